@@ -1,0 +1,62 @@
+# iot-anchor: the README's two commands are `make demo` and `make test`.
+# Both run `setup` first; a second `make setup` installs nothing and takes seconds.
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+MICROPYTHON := .cache/micropython/micropython
+PYTEST_ARGS ?=
+
+.PHONY: setup venv mosquitto micropython test test-unit test-boards demo lint \
+        bench bench-firmware bench-gateway clean
+
+setup: venv mosquitto micropython
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+mosquitto:
+	@if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then :; \
+	elif [ "$$(id -u)" -eq 0 ]; then \
+	  echo "setup: installing mosquitto from Debian's packages"; \
+	  (apt-get install -y -q mosquitto || (apt-get update -q && apt-get install -y -q mosquitto)) >/dev/null; \
+	else \
+	  echo "setup: mosquitto is missing; install it with:  sudo apt-get install -y mosquitto"; exit 1; \
+	fi
+
+micropython:
+	@tools/install-micropython >/dev/null
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: setup
+	$(PY) -m pytest tests/unit tests/firmware $(PYTEST_ARGS)
+
+demo: setup
+	$(VENV)/bin/iot-anchor demo
+
+lint: venv
+	$(VENV)/bin/ruff check gateway tests tools
+	$(VENV)/bin/mypy
+
+bench-firmware: setup
+	$(PY) tools/bench_firmware.py
+
+bench-gateway: setup
+	$(PY) tools/bench_gateway.py
+
+bench: setup
+	$(PY) tools/bench.py
+
+test-boards: setup
+	tools/test-boards
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .hypothesis

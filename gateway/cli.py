@@ -1,0 +1,72 @@
+"""The `iot-anchor` command line (also `python -m gateway`).
+
+Each command lives in its own module under gateway/, which exposes
+`register(subparsers) -> None`; that function adds its sub-parser(s) and sets
+`func=<callable taking the parsed args and returning an exit code>`.
+To add a command, add its module to COMMAND_MODULES.
+Only `AnchorError` is caught here; it is printed as one line `error: what; hint`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from gateway import __version__
+from gateway.errors import AnchorError
+
+COMMAND_MODULES: list[str] = [
+    # "gateway.cmd_init", ... each with register(subparsers)
+]
+
+
+def default_data_dir() -> str:
+    return os.environ.get("IOT_ANCHOR_DATA", "./anchor-data")
+
+
+def add_data_arg(p: argparse.ArgumentParser) -> None:
+    """The `--data DIR` option shared by every command."""
+    p.add_argument(
+        "--data",
+        metavar="DIR",
+        default=default_data_dir(),
+        help="data directory (default: $IOT_ANCHOR_DATA, else ./anchor-data)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="iot-anchor",
+        description="Anchor signed sensor readings in a tamper-evident Merkle-tree ledger.",
+    )
+    parser.add_argument("--version", action="version", version=f"iot-anchor {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(
+        level=min(level, logging.INFO) if args.command in ("run", "demo", "simulate") else level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except AnchorError as e:
+        print(f"error: {e.explain()}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
