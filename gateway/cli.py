@@ -21,6 +21,7 @@ from gateway.errors import AnchorError
 
 COMMAND_MODULES: list[str] = [
     # "gateway.cmd_init", ... each with register(subparsers)
+    "gateway.cmd_broker_config",
 ]
 
 
