@@ -1,0 +1,591 @@
+"""MQTT 3.1.1 client for MicroPython asyncio (Unix port, ESP32, RP2), written for iot-anchor.
+
+What it does:
+- QoS 0 and QoS 1 publish; QoS 1 keeps the message in `inflight` until the PUBACK arrives and
+  retransmits it with the DUP flag after `response_timeout` s, up to `retries` times, after which
+  the connection is treated as dead.
+- QoS 1 subscriptions: an incoming QoS 1 PUBLISH is passed to `on_message(topic, payload,
+  retained)` first and acknowledged (PUBACK) only when the callback returned, so a message that
+  the callback could not handle (it raised) is redelivered.
+- keepalive: a PINGREQ when nothing was sent for keepalive/2 s; the connection is dead when
+  nothing was received for 1.5 x keepalive s (MQTT 3.1.1 section 3.1.2.10).
+- last will (`set_last_will`) and a "birth" message published after every connect
+  (`set_birth`): the device uses both on anchor/<id>/status, retained "offline" / "online".
+- `run()`: the reconnect supervisor. It connects, subscribes again to every registered topic,
+  publishes the birth message, and when the connection dies it reconnects after an exponential
+  backoff with jitter (equal jitter: half the delay fixed, half random).
+- TLS where the port has `ssl` (`mqtts://`); this Unix build has none, and asking for TLS
+  without it raises ValueError at construction, not later.
+
+Failures: every network failure surfaces as OSError (timeouts become OSError(ETIMEDOUT), a closed
+connection OSError(ECONNRESET), a broker refusal OSError(ECONNREFUSED)); `run()` catches exactly
+OSError. Protocol errors from the broker (malformed packets) also close the connection as OSError.
+
+clean_session: default False with a stable client id, so the broker keeps our subscription and
+queues QoS 1 messages for us (the gateway's acks) while we are offline. On a reconnect that finds
+the session present, unacknowledged QoS 1 publishes are sent again with DUP, as MQTT 3.1.1
+section 4.4 requires. The device resends its own readings from the flash outbox anyway, so a
+clean session would also be correct, only with more republishing.
+
+Transport: `connector(host, port, ssl)` is an async function returning a stream with `write(b)`,
+`async drain()`, `async readexactly(n)` and `async wait_closed()`; the default is
+asyncio.open_connection (non-blocking socket). Tests pass a fake stream and assert the bytes.
+
+Memory: one 5-byte header buffer reused for every PUBLISH, inflight holds references to the
+caller's topic/payload objects (no copies); max_inflight bounds it.
+"""
+
+import asyncio
+import os
+import struct
+import time
+
+try:
+    from micropython import const
+except ImportError:  # CPython, for reading the code with tools
+    def const(x):
+        return x
+
+try:
+    import ssl as _ssl
+except ImportError:
+    _ssl = None
+
+from errno import ECONNREFUSED, ECONNRESET, EIO, ENOTCONN, ETIMEDOUT
+
+_CONNECT = const(0x10)
+_CONNACK = const(0x20)
+_PUBLISH = const(0x30)
+_PUBACK = const(0x40)
+_SUBSCRIBE = const(0x82)
+_SUBACK = const(0x90)
+_PINGREQ = const(0xC0)
+_PINGRESP = const(0xD0)
+_DISCONNECT = const(0xE0)
+
+PINGREQ = b"\xc0\x00"
+DISCONNECT = b"\xe0\x00"
+
+_MAX_RLEN = const(268435455)
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding. Pure functions, tested byte for byte.
+
+def encode_length(n, buf=None, off=0):
+    """Remaining Length (MQTT 3.1.1 section 2.2.3): 1 to 4 bytes, 7 bits each, low first.
+
+    Requires 0 <= n <= 268435455. With `buf`, writes at `off` and returns the byte count;
+    without, returns the encoded bytes.
+    """
+    if n < 0 or n > _MAX_RLEN:
+        raise ValueError("MQTT remaining length %d out of range 0..268435455" % n)
+    out = buf if buf is not None else bytearray(4)
+    i = off
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out[i] = b | 0x80
+            i += 1
+        else:
+            out[i] = b
+            i += 1
+            break
+    if buf is not None:
+        return i - off
+    return bytes(out[:i])
+
+
+def _bytes(s):
+    return s.encode() if isinstance(s, str) else bytes(s)
+
+
+def _field(b):
+    """A length-prefixed UTF-8 string / binary field (2-byte big-endian length)."""
+    if len(b) > 65535:
+        raise ValueError("MQTT field longer than 65535 bytes")
+    return struct.pack("!H", len(b)) + b
+
+
+def connect_packet(client_id, keepalive=60, clean_session=False, will=None, user=None,
+                   password=None):
+    """The CONNECT packet. will = (topic, message, retain, qos) or None."""
+    flags = 0x02 if clean_session else 0
+    payload = _field(_bytes(client_id))
+    if will is not None:
+        wtopic, wmsg, wretain, wqos = will
+        flags |= 0x04 | (wqos << 3) | (0x20 if wretain else 0)
+        payload += _field(_bytes(wtopic)) + _field(_bytes(wmsg))
+    if user is not None:
+        flags |= 0x80
+        payload += _field(_bytes(user))
+        if password is not None:
+            flags |= 0x40
+            payload += _field(_bytes(password))
+    var = b"\x00\x04MQTT\x04" + struct.pack("!BH", flags, keepalive)
+    return bytes([_CONNECT]) + encode_length(len(var) + len(payload)) + var + payload
+
+
+def publish_header(buf, topic_len, payload_len, qos=0, retain=False, dup=False):
+    """Fill the fixed header of a PUBLISH into buf (5 bytes); returns its length.
+
+    The packet on the wire is: header, 2-byte topic length, topic, [2-byte packet id], payload.
+    """
+    buf[0] = _PUBLISH | (0x08 if dup else 0) | (qos << 1) | (1 if retain else 0)
+    return 1 + encode_length(2 + topic_len + (2 if qos else 0) + payload_len, buf, 1)
+
+
+def publish_packet(topic, payload, qos=0, pid=0, retain=False, dup=False):
+    """The whole PUBLISH packet as bytes (used by tests and for small messages)."""
+    t = _bytes(topic)
+    h = bytearray(5)
+    n = publish_header(h, len(t), len(payload), qos, retain, dup)
+    return bytes(h[:n]) + _field(t) + (struct.pack("!H", pid) if qos else b"") + bytes(payload)
+
+
+def subscribe_packet(pid, topic, qos=1):
+    body = struct.pack("!H", pid) + _field(_bytes(topic)) + bytes([qos])
+    return bytes([_SUBSCRIBE]) + encode_length(len(body)) + body
+
+
+def puback_packet(pid):
+    return struct.pack("!BBH", _PUBACK, 2, pid)
+
+
+def parse_url(url):
+    """mqtt://HOST[:PORT] or mqtts://HOST[:PORT] -> (host, port, tls)."""
+    if url.startswith("mqtt://"):
+        rest, port, tls = url[7:], 1883, False
+    elif url.startswith("mqtts://"):
+        rest, port, tls = url[8:], 8883, True
+    else:
+        raise ValueError("broker URL %r must start with mqtt:// or mqtts://" % url)
+    rest = rest.rstrip("/")
+    if ":" in rest:
+        host, p = rest.rsplit(":", 1)
+        try:
+            port = int(p)
+        except ValueError:
+            raise ValueError("broker URL %r has a bad port %r" % (url, p))
+    else:
+        host = rest
+    if not host:
+        raise ValueError("broker URL %r has no host" % url)
+    return host, port, tls
+
+
+async def _open(host, port, ssl):
+    if ssl:
+        return await asyncio.open_connection(host, port, ssl=ssl)
+    return await asyncio.open_connection(host, port)
+
+
+def _rand(n):
+    """A random int in [0, n), from os.urandom (no `random` module needed)."""
+    if n <= 1:
+        return 0
+    return int.from_bytes(os.urandom(4), "big") % n
+
+
+# ---------------------------------------------------------------------------------------------
+
+class MQTTClient:
+    """An asyncio MQTT 3.1.1 client. See the module docstring for the behaviour.
+
+    Typical use:
+        c = MQTTClient("dev-1", "127.0.0.1", 1883)
+        c.set_last_will("anchor/dev-1/status", b"offline", retain=True)
+        c.set_birth("anchor/dev-1/status", b"online", retain=True)
+        c.on_message = handler            # handler(topic: bytes, payload: bytes, retained)
+        c.subscribe("anchor/dev-1/ack", 1)
+        asyncio.create_task(c.run())      # connects and reconnects forever
+        await c.wait_connected()
+        await c.publish("anchor/dev-1/readings", msg, qos=1)
+    """
+
+    def __init__(self, client_id, host, port=1883, keepalive=60, clean_session=False,
+                 ssl=None, user=None, password=None, response_timeout=10, retries=2,
+                 max_inflight=8, backoff_min=0.5, backoff_max=30, max_packet=4096,
+                 connector=None, tick_ms=1000):
+        if ssl and _ssl is None and connector is None:
+            raise ValueError("TLS was asked for (mqtts://) but this MicroPython has no ssl "
+                             "module; use mqtt:// or a firmware build with ssl")
+        if ssl is True:
+            ctx = _ssl.SSLContext(_ssl.PROTOCOL_TLS_CLIENT)
+            ssl = ctx
+        self.client_id = client_id
+        self.host = host
+        self.port = port
+        self.keepalive = keepalive
+        self.clean_session = clean_session
+        self.ssl = ssl
+        self.user = user
+        self.password = password
+        self.response_ms = int(response_timeout * 1000)
+        self.retries = retries
+        self.max_inflight = max_inflight
+        self.backoff_min_ms = int(backoff_min * 1000)
+        self.backoff_max_ms = int(backoff_max * 1000)
+        self.max_packet = max_packet
+        self._connector = connector or _open
+        self._tick_ms = tick_ms
+        self.will = None
+        self.birth = None
+        self.subs = []              # [(topic bytes, qos)], sent again after every connect
+        self.on_message = None      # callback(topic: bytes, payload: bytes, retained: bool)
+        self.inflight = {}          # pid -> [topic, payload, retain, sent_ticks, tries]
+        self._pid = 0
+        self._stream = None
+        self._up = False
+        self._closing = False
+        self._tasks = []
+        self._hdr = bytearray(5)
+        self._lock = asyncio.Lock()
+        self._ev_up = asyncio.Event()      # set while connected
+        self._ev_down = asyncio.Event()    # set when the current connection died
+        self._ev_ack = asyncio.Event()     # pulsed on PUBACK/SUBACK and on connection loss
+        self._subacks = {}
+        self._last_rx = 0
+        self._last_tx = 0
+        self.session_present = False
+        self.error = None           # the OSError that ended the last connection
+        # counters for status lines and tests
+        self.connects = 0
+        self.retransmits = 0
+        self.pings = 0
+        self.received = 0
+
+    # -- configuration --------------------------------------------------------------------
+
+    def set_last_will(self, topic, msg, retain=True, qos=1):
+        self.will = (_bytes(topic), _bytes(msg), retain, qos)
+
+    def set_birth(self, topic, msg, retain=True, qos=1):
+        self.birth = (_bytes(topic), _bytes(msg), retain, qos)
+
+    def subscribe(self, topic, qos=1):
+        """Register a subscription; it is (re)sent on every connect, and now if connected."""
+        t = _bytes(topic)
+        self.subs.append((t, qos))
+        if self._up:
+            asyncio.create_task(self._subscribe_now(t, qos))
+
+    # -- state ----------------------------------------------------------------------------
+
+    def isconnected(self):
+        return self._up
+
+    async def wait_connected(self):
+        while not self._up:
+            await self._ev_up.wait()
+
+    # -- one connection -------------------------------------------------------------------
+
+    async def connect(self):
+        """One connection attempt: CONNECT, CONNACK, subscriptions, birth message.
+
+        Returns session_present. Raises OSError on any failure (and leaves nothing open).
+        """
+        if self._stream is not None:
+            await self._teardown()
+        self._ev_down.clear()
+        try:
+            self._stream = await asyncio.wait_for_ms(
+                self._connector(self.host, self.port, self.ssl), self.response_ms)
+        except asyncio.TimeoutError:
+            raise OSError(ETIMEDOUT)
+        try:
+            pkt = connect_packet(self.client_id, self.keepalive, self.clean_session, self.will,
+                                 self.user, self.password)
+            await self._write(pkt)
+            typ, body = await self._read_packet_timeout()
+            if typ & 0xF0 != _CONNACK or len(body) != 2:
+                raise OSError(EIO)
+            if body[1] != 0:
+                # 1 bad protocol, 2 id rejected, 3 unavailable, 4 bad user/pass, 5 not authorised
+                raise OSError(ECONNREFUSED)
+            self.session_present = bool(body[0] & 1)
+            now = time.ticks_ms()
+            self._last_rx = now
+            self._up = True
+            self.connects += 1
+            self._tasks = [asyncio.create_task(self._reader()),
+                           asyncio.create_task(self._ticker())]
+            if self.session_present:
+                # MQTT 3.1.1 section 4.4: resend unacknowledged publishes with DUP
+                for pid in list(self.inflight):
+                    await self._resend(pid)
+            else:
+                self.inflight = {}
+            for t, q in self.subs:
+                await self._subscribe_now(t, q)
+            if self.birth is not None:
+                bt, bm, br, bq = self.birth
+                await self.publish(bt, bm, retain=br, qos=bq)
+        except BaseException as e:
+            await self._teardown()
+            if isinstance(e, (EOFError, asyncio.TimeoutError)):
+                raise OSError(ECONNRESET)
+            raise
+        self._ev_up.set()
+        return self.session_present
+
+    async def _subscribe_now(self, topic, qos):
+        pid = self._next_pid()
+        self._subacks[pid] = None
+        await self._write(subscribe_packet(pid, topic, qos))
+        t0 = time.ticks_ms()
+        while self._subacks.get(pid) is None:
+            if not self._up:
+                raise OSError(ENOTCONN)
+            if time.ticks_diff(time.ticks_ms(), t0) > self.response_ms:
+                self._subacks.pop(pid, None)
+                raise OSError(ETIMEDOUT)
+            await self._wait_ack_event(self.response_ms)
+        code = self._subacks.pop(pid)
+        if code == 0x80:
+            raise OSError(ECONNREFUSED)   # the broker refused the subscription (ACL)
+
+    async def _wait_ack_event(self, ms):
+        try:
+            await asyncio.wait_for_ms(self._ev_ack.wait(), ms)
+        except asyncio.TimeoutError:
+            pass
+
+    def _pulse(self):
+        self._ev_ack.set()
+        self._ev_ack.clear()
+
+    def _next_pid(self):
+        pid = self._pid
+        while True:
+            pid = pid + 1 if pid < 65535 else 1
+            if pid not in self.inflight and pid not in self._subacks:
+                self._pid = pid
+                return pid
+
+    # -- sending --------------------------------------------------------------------------
+
+    async def _write(self, *parts):
+        """Write parts as one packet; the lock keeps packets whole and drains one at a time."""
+        s = self._stream
+        if s is None:
+            raise OSError(ENOTCONN)
+        async with self._lock:
+            if s is not self._stream:
+                raise OSError(ENOTCONN)
+            try:
+                for p in parts:
+                    s.write(p)
+                await asyncio.wait_for_ms(s.drain(), self.response_ms)
+            except asyncio.TimeoutError:
+                self._fail(OSError(ETIMEDOUT))
+                raise OSError(ETIMEDOUT)
+            except OSError as e:
+                self._fail(e)
+                raise
+        self._last_tx = time.ticks_ms()
+
+    async def publish(self, topic, payload, retain=False, qos=0, wait=False):
+        """Publish; returns the packet id (0 for QoS 0).
+
+        QoS 1 waits for a free inflight slot first. With wait=True it also waits for the PUBACK
+        (retransmitting as needed). Raises OSError when not connected or the connection dies.
+        """
+        t = _bytes(topic)
+        if not self._up:
+            raise OSError(ENOTCONN)
+        pid = 0
+        if qos:
+            while len(self.inflight) >= self.max_inflight:
+                await self._wait_ack_event(self._tick_ms)
+                if not self._up:
+                    raise OSError(ENOTCONN)
+            pid = self._next_pid()
+            self.inflight[pid] = [t, payload, retain, time.ticks_ms(), 0]
+        await self._send_publish(t, payload, qos, pid, retain, False)
+        if wait and qos:
+            while pid in self.inflight:
+                if not self._up:
+                    raise OSError(ENOTCONN)
+                await self._wait_ack_event(self._tick_ms)
+        return pid
+
+    async def _send_publish(self, t, payload, qos, pid, retain, dup):
+        h = self._hdr
+        n = publish_header(h, len(t), len(payload), qos, retain, dup)
+        if qos:
+            await self._write(memoryview(h)[:n], struct.pack("!H", len(t)), t,
+                              struct.pack("!H", pid), payload)
+        else:
+            await self._write(memoryview(h)[:n], struct.pack("!H", len(t)), t, payload)
+
+    async def _resend(self, pid):
+        e = self.inflight.get(pid)
+        if e is None:
+            return
+        e[3] = time.ticks_ms()
+        e[4] += 1
+        self.retransmits += 1
+        await self._send_publish(e[0], e[1], 1, pid, e[2], True)
+
+    # -- receiving ------------------------------------------------------------------------
+
+    async def _read_packet(self):
+        s = self._stream
+        b = await s.readexactly(1)
+        typ = b[0]
+        n = 0
+        shift = 0
+        for _ in range(4):
+            c = (await s.readexactly(1))[0]
+            n |= (c & 0x7F) << shift
+            shift += 7
+            if not c & 0x80:
+                break
+        else:
+            raise OSError(EIO)
+        if n > self.max_packet:
+            raise OSError(EIO)     # far larger than anything we subscribed for
+        body = await s.readexactly(n) if n else b""
+        self._last_rx = time.ticks_ms()
+        return typ, body
+
+    async def _read_packet_timeout(self):
+        try:
+            return await asyncio.wait_for_ms(self._read_packet(), self.response_ms)
+        except asyncio.TimeoutError:
+            raise OSError(ETIMEDOUT)
+        except EOFError:
+            raise OSError(ECONNRESET)
+
+    async def _reader(self):
+        try:
+            while True:
+                typ, body = await self._read_packet()
+                await self._handle(typ, body)
+        except EOFError:
+            self._fail(OSError(ECONNRESET))
+        except OSError as e:
+            self._fail(e)
+
+    async def _handle(self, typ, body):
+        kind = typ & 0xF0
+        if kind == _PUBLISH:
+            qos = (typ >> 1) & 3
+            tlen = (body[0] << 8) | body[1]
+            topic = body[2:2 + tlen]
+            off = 2 + tlen
+            pid = 0
+            if qos:
+                if qos > 1:
+                    raise OSError(EIO)     # we never subscribe with QoS 2
+                pid = (body[off] << 8) | body[off + 1]
+                off += 2
+            self.received += 1
+            cb = self.on_message
+            if cb is not None:
+                try:
+                    cb(topic, body[off:], bool(typ & 1))
+                except Exception as e:  # a bug in the handler must not kill the reader
+                    # no PUBACK: with clean_session=False the broker redelivers on reconnect
+                    print("mqtt: on_message failed: %r" % (e,))
+                    return
+            if qos:
+                await self._write(puback_packet(pid))
+        elif kind == _PUBACK:
+            if len(body) == 2:
+                self.inflight.pop((body[0] << 8) | body[1], None)
+                self._pulse()
+        elif kind == _SUBACK:
+            if len(body) >= 3:
+                pid = (body[0] << 8) | body[1]
+                if pid in self._subacks:
+                    self._subacks[pid] = 0x80 if body[2] == 0x80 else 0
+                self._pulse()
+        elif kind == _PINGRESP:
+            pass
+        else:
+            raise OSError(EIO)
+
+    # -- keepalive, retransmission --------------------------------------------------------
+
+    async def _ticker(self):
+        ka = self.keepalive * 1000
+        try:
+            while self._up:
+                await asyncio.sleep_ms(self._tick_ms)
+                now = time.ticks_ms()
+                if ka and time.ticks_diff(now, self._last_rx) > ka + ka // 2:
+                    raise OSError(ETIMEDOUT)
+                for pid in list(self.inflight):
+                    e = self.inflight.get(pid)
+                    if e is not None and time.ticks_diff(now, e[3]) >= self.response_ms:
+                        if e[4] >= self.retries:
+                            raise OSError(ETIMEDOUT)
+                        await self._resend(pid)
+                if ka and time.ticks_diff(now, self._last_tx) >= ka // 2:
+                    self.pings += 1
+                    await self._write(PINGREQ)
+        except OSError as e:
+            self._fail(e)
+
+    # -- failure and reconnect ------------------------------------------------------------
+
+    def _fail(self, exc):
+        """Mark the connection dead (idempotent). The supervisor tears it down."""
+        if self._up or self._stream is not None:
+            if self.error is None or self._up:
+                self.error = exc
+            self._up = False
+            self._ev_up.clear()
+            self._ev_down.set()
+            self._pulse()
+
+    async def _teardown(self):
+        self._up = False
+        self._ev_up.clear()
+        cur = asyncio.current_task()
+        for t in self._tasks:
+            if t is not cur:
+                t.cancel()
+        self._tasks = []
+        s, self._stream = self._stream, None
+        if s is not None:
+            try:
+                await s.wait_closed()
+            except Exception:
+                pass
+        self._subacks = {}
+        self._pulse()
+
+    async def run(self):
+        """Connect, and reconnect with exponential backoff and jitter, until disconnect()."""
+        delay = self.backoff_min_ms
+        while not self._closing:
+            try:
+                await self.connect()
+                delay = self.backoff_min_ms
+            except OSError as e:
+                self.error = e
+                await asyncio.sleep_ms(delay // 2 + _rand(delay // 2 + 1))
+                delay = min(delay * 2, self.backoff_max_ms)
+                continue
+            await self._ev_down.wait()
+            await self._teardown()
+
+    async def disconnect(self):
+        """Clean shutdown: DISCONNECT (so the broker discards the will) and close."""
+        self._closing = True
+        if self._up:
+            try:
+                await self._write(DISCONNECT)
+            except OSError:
+                pass
+        self._fail(OSError(ENOTCONN))
+        await self._teardown()
+
+    def abort(self):
+        """Drop the connection without DISCONNECT (the broker then publishes the will)."""
+        self._fail(OSError(ECONNRESET))
