@@ -1,0 +1,265 @@
+"""The MQTT service against the real Mosquitto, with a small in-memory stand-in pipeline.
+
+These tests pin the service's own duties (batching, acks only after the commit, PUBACK to the
+broker only after the commit, retained checkpoint, clean stop); the end-to-end tests in
+test_e2e.py run the real pipeline with real MicroPython devices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import aiomqtt
+import cbor2
+import pytest
+
+from gateway.broker import PrivateBroker
+from gateway.errors import StorageError
+from gateway.service import GatewayService, ServiceConfig, device_from_topic, encode_ack
+
+
+@dataclass
+class FakePipeline:
+    """Readings are b"<dev>:<seq>"; anything else, or a dev/topic mismatch, is rejected."""
+
+    key_id: str = "testkey"
+    fail_commits: int = 0
+    stored: dict[tuple[str, int], int] = field(default_factory=dict)  # -> entry
+    open_batch: list[tuple[str, int]] = field(default_factory=list)
+    touched: set[str] = field(default_factory=set)
+    entries: int = 0
+    rejected: int = 0
+    commit_gate: threading.Event | None = None
+    commits: list[float] = field(default_factory=list)
+
+    def latest_checkpoint(self) -> str | None:
+        return None
+
+    def submit(self, messages: list[tuple[bytes, str | None]]) -> list[str]:
+        out = []
+        for payload, topic_dev in messages:
+            try:
+                dev, seq_s = payload.decode().split(":")
+                seq = int(seq_s)
+            except ValueError:
+                self.rejected += 1
+                out.append("rejected")
+                continue
+            if dev != topic_dev:
+                self.rejected += 1
+                out.append("rejected")
+                continue
+            self.touched.add(dev)
+            if (dev, seq) in self.stored or (dev, seq) in self.open_batch:
+                out.append("duplicate")
+            else:
+                self.open_batch.append((dev, seq))
+                out.append("accepted")
+        return out
+
+    def pending(self) -> int:
+        return len(self.open_batch)
+
+    def commit(self) -> Any:
+        if self.commit_gate is not None:
+            self.commit_gate.wait(30)
+        if self.fail_commits:
+            self.fail_commits -= 1
+            raise StorageError("disk full (simulated)", "free some space")
+        entry = self.entries
+        self.entries += 1
+        n = len(self.open_batch)
+        for k in self.open_batch:
+            self.stored[k] = entry
+        self.open_batch = []
+        acks = {}
+        for dev in sorted(self.touched):
+            seqs = sorted(s for d, s in self.stored if d == dev)
+            upto = -1
+            while upto + 1 in seqs:
+                upto += 1
+            acks[dev] = SimpleNamespace(upto=upto, seqs=[s for s in seqs if s > upto],
+                                        entry=entry)
+        self.touched = set()
+        import time
+
+        self.commits.append(time.monotonic())
+        return SimpleNamespace(entry=entry, root=bytes([entry]) * 32, n=n,
+                               checkpoint=f"iot-anchor/test\n{entry + 1}\nroot\n", acks=acks)
+
+
+def test_topic_and_ack_encoding() -> None:
+    assert device_from_topic("anchor/dev-1/readings") == "dev-1"
+    assert device_from_topic("anchor//readings") is None
+    assert device_from_topic("anchor/a/b/readings") is None
+    assert encode_ack(4, [9, 7], 2) == cbor2.dumps({"upto": 4, "seqs": [7, 9], "entry": 2},
+                                                   canonical=True)
+    # canonical key order: "seqs" < "upto" < "entry" (length first, then bytes)
+    assert list(cbor2.loads(encode_ack(None, [], 0))) == ["seqs", "upto", "entry"]
+    assert cbor2.loads(encode_ack(None, [], 0))["upto"] == -1
+
+
+async def _start(svc: GatewayService) -> asyncio.Task[int]:
+    task = asyncio.create_task(svc.run())
+    for _ in range(200):
+        if svc._connected.is_set():  # noqa: SLF001
+            return task
+        await asyncio.sleep(0.05)
+    raise AssertionError("service did not connect")
+
+
+async def _collect(broker: PrivateBroker, topics: list[str], out: list[tuple[str, bytes, bool]],
+                   ready: asyncio.Event) -> None:
+    async with aiomqtt.Client("127.0.0.1", broker.port) as c:
+        for t in topics:
+            await c.subscribe(t, qos=1)
+        ready.set()
+        async for m in c.messages:
+            out.append((m.topic.value, bytes(m.payload), m.retain))  # type: ignore[arg-type]
+
+
+def _cfg(broker: PrivateBroker, tmp_path: Path, **kw: Any) -> ServiceConfig:
+    return ServiceConfig(data_dir=tmp_path, broker=broker.url, **kw)
+
+
+def test_batches_acks_and_checkpoint(broker: PrivateBroker, tmp_path: Path) -> None:
+    pipe = FakePipeline()
+
+    async def main() -> None:
+        svc = GatewayService(_cfg(broker, tmp_path, batch_interval=0.3, batch_max=5),
+                             lambda: pipe)
+        task = await _start(svc)
+        got: list[tuple[str, bytes, bool]] = []
+        ready = asyncio.Event()
+        col = asyncio.create_task(_collect(broker, ["anchor/+/ack", "anchor/checkpoint"], got,
+                                           ready))
+        await ready.wait()
+        async with aiomqtt.Client("127.0.0.1", broker.port) as pub:
+            for seq in range(12):
+                await pub.publish("anchor/d1/readings", f"d1:{seq}".encode(), qos=1)
+            await pub.publish("anchor/d2/readings", b"d1:99", qos=1)  # wrong topic
+            await pub.publish("anchor/d2/readings", b"d2:1", qos=1)  # gap at 0
+            await pub.publish("anchor/d1/readings", b"d1:3", qos=1)  # duplicate
+        for _ in range(100):
+            acks = [cbor2.loads(p) for t, p, _ in got if t == "anchor/d1/ack"]
+            if acks and acks[-1]["upto"] == 11 and any(t == "anchor/d2/ack" for t, _, _ in got):
+                break
+            await asyncio.sleep(0.05)
+        svc.request_stop()
+        assert await asyncio.wait_for(task, 20) == 0
+        col.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await col
+        d1 = [cbor2.loads(p) for t, p, _ in got if t == "anchor/d1/ack"]
+        d2 = [cbor2.loads(p) for t, p, _ in got if t == "anchor/d2/ack"]
+        assert d1[-1]["upto"] == 11 and d1[-1]["seqs"] == []
+        assert d2[-1] == {"upto": -1, "seqs": [1], "entry": d2[-1]["entry"]}
+        # batch_max 5: 12 + 1 readings need at least 3 batches, none larger than 5
+        assert pipe.entries >= 3
+        assert len(pipe.stored) == 13 and pipe.rejected == 1
+        cps = [p.decode() for t, p, _ in got if t == "anchor/checkpoint"]
+        assert cps and cps[-1] == f"iot-anchor/test\n{pipe.entries}\nroot\n"
+
+        # The checkpoint is retained: a new subscriber gets the latest one.
+        async with aiomqtt.Client("127.0.0.1", broker.port) as c:
+            await c.subscribe("anchor/checkpoint", qos=1)
+            m = await asyncio.wait_for(c.messages.__anext__(), 5)
+            assert m.retain and bytes(m.payload) == cps[-1].encode()  # type: ignore[arg-type]
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("puback", ["commit", "receipt"])
+def test_no_ack_and_no_puback_before_commit(
+    broker: PrivateBroker, tmp_path: Path, puback: str
+) -> None:
+    """A failed commit acknowledges nothing; a restarted gateway gets the message again.
+
+    With --puback receipt (paho's default) the broker forgets the message instead: the
+    contrast shows that the redelivery comes from the delayed PUBACK.
+    """
+    pipe = FakePipeline(fail_commits=1000)
+
+    async def first_run() -> list[tuple[str, bytes, bool]]:
+        svc = GatewayService(_cfg(broker, tmp_path, batch_interval=0.2, puback=puback),
+                             lambda: pipe)
+        task = await _start(svc)
+        got: list[tuple[str, bytes, bool]] = []
+        ready = asyncio.Event()
+        col = asyncio.create_task(_collect(broker, ["anchor/+/ack"], got, ready))
+        await ready.wait()
+        async with aiomqtt.Client("127.0.0.1", broker.port) as pub:
+            await pub.publish("anchor/d1/readings", b"d1:0", qos=1)
+        await asyncio.sleep(1.5)  # several failed commits
+        svc.request_stop()
+        assert await asyncio.wait_for(task, 20) == 0
+        col.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await col
+        return got
+
+    assert asyncio.run(first_run()) == []
+    assert pipe.stored == {}
+
+    # Restart with a working store: the broker redelivers the un-PUBACKed message.
+    pipe2 = FakePipeline()
+
+    async def second_run() -> None:
+        svc = GatewayService(_cfg(broker, tmp_path, batch_interval=0.2), lambda: pipe2)
+        task = await _start(svc)
+        for _ in range(40):
+            if pipe2.stored:
+                break
+            await asyncio.sleep(0.05)
+        svc.request_stop()
+        assert await asyncio.wait_for(task, 20) == 0
+
+    asyncio.run(second_run())
+    assert pipe2.stored == ({("d1", 0): 0} if puback == "commit" else {})
+
+
+def test_stop_commits_open_batch(broker: PrivateBroker, tmp_path: Path) -> None:
+    """SIGTERM-style stop with a long batch interval: the open batch is committed and acked."""
+    pipe = FakePipeline()
+
+    async def main() -> None:
+        svc = GatewayService(_cfg(broker, tmp_path, batch_interval=60), lambda: pipe)
+        task = await _start(svc)
+        got: list[tuple[str, bytes, bool]] = []
+        ready = asyncio.Event()
+        col = asyncio.create_task(_collect(broker, ["anchor/+/ack"], got, ready))
+        await ready.wait()
+        async with aiomqtt.Client("127.0.0.1", broker.port) as pub:
+            for seq in range(3):
+                await pub.publish("anchor/d9/readings", f"d9:{seq}".encode(), qos=1)
+        for _ in range(100):
+            if svc.stats.received == 3:
+                break
+            await asyncio.sleep(0.05)
+        assert pipe.entries == 0
+        svc.request_stop()
+        assert await asyncio.wait_for(task, 20) == 0
+        await asyncio.sleep(0.3)
+        col.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await col
+        assert pipe.entries == 1 and len(pipe.stored) == 3
+        assert [cbor2.loads(p)["upto"] for _, p, _ in got] == [2]
+
+    asyncio.run(main())
+
+
+def test_bad_options() -> None:
+    from gateway.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        ServiceConfig(Path("."), batch_interval=0) and GatewayService(
+            ServiceConfig(Path("."), batch_interval=0), FakePipeline)
+    with pytest.raises(ConfigError):
+        GatewayService(ServiceConfig(Path("."), broker="tcp://x"), FakePipeline)
