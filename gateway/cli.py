@@ -22,6 +22,9 @@ from gateway.errors import AnchorError
 COMMAND_MODULES: list[str] = [
     # "gateway.cmd_init", ... each with register(subparsers)
     "gateway.cmd_broker_config",
+    "gateway.cmd_run",
+    "gateway.cmd_simulate",
+    "gateway.cmd_demo",
 ]
 
 

@@ -339,15 +339,16 @@ class GatewayService:
             self._queue_out(ack_topic(dev), encode_ack(*ack), False)
         # 3. the retained checkpoint
         text = _checkpoint_text(result)
-        if text:
+        if text and text != self._checkpoint:
             self._checkpoint = text
             self._queue_out(CHECKPOINT_TOPIC, text.encode(), True)
         n, entry, root = _batch_figures(result)
-        self.stats.batches += 1
+        self.stats.batches += 1 if n else 0
         self.stats.readings += n
         log.info(
-            "batch: %d readings, entry %s, root %s, commit %.1f ms (%d messages)",
-            n, entry, root[:16] if root else "-", ms, len(batch),
+            "batch: %d readings, entry %s, root %s, commit %.1f ms (%d messages, %d acks)",
+            n, "-" if entry is None else entry, root[:16] if root else "-", ms, len(batch),
+            len(result.acks),
         )
 
     # -- outgoing acks and checkpoints ------------------------------------------------------
@@ -385,17 +386,29 @@ class GatewayService:
 
 
 # -- the pipeline interface (gateway/pipeline.py), kept in one place -------------------------
+# The stand-in pipeline in tests/integration/test_service.py implements the same surface.
 
 
 def _client_id(pipeline: Any) -> str:
-    return f"iot-anchor-gw-{pipeline.key_id}"
+    """A stable MQTT client id: "iot-anchor-gw-<gateway key id>" (16 hex digits)."""
+    key_id = getattr(pipeline, "key_id", None)
+    if key_id is None:
+        from gateway import note
+
+        key_id = note.gateway_key_id(pipeline.signer)
+    return f"iot-anchor-gw-{key_id}"
 
 
 def _latest_checkpoint(pipeline: Any) -> str | None:
-    return pipeline.latest_checkpoint()
+    store = getattr(pipeline, "store", None)
+    if store is None:
+        return None
+    latest = store.latest_checkpoint()
+    return latest[1] if latest else None
 
 
 def _submit(pipeline: Any, chunk: list[_Inbound]) -> None:
+    # Outcomes are counted by the pipeline and stored as rejection counters at the commit.
     pipeline.submit([(m.payload, m.dev) for m in chunk])
 
 
@@ -411,6 +424,9 @@ def _close(pipeline: Any) -> None:
     close = getattr(pipeline, "close", None)
     if close is not None:
         close()
+    store = getattr(pipeline, "store", None)
+    if store is not None:
+        store.close()
 
 
 def _acks(result: Any) -> dict[str, tuple[int | None, list[int], int]]:
@@ -422,8 +438,8 @@ def _checkpoint_text(result: Any) -> str | None:
 
 
 def _batch_figures(result: Any) -> tuple[int, Any, str]:
-    root = result.root.hex() if isinstance(result.root, bytes) else str(result.root or "")
-    return int(result.n), result.entry, root
+    root = result.root.hex() if isinstance(result.root, bytes) else ""
+    return int(result.readings), result.entry, root
 
 
 def run_service(cfg: ServiceConfig, pipeline_factory: Callable[[], Any]) -> int:

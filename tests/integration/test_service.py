@@ -90,7 +90,7 @@ class FakePipeline:
         import time
 
         self.commits.append(time.monotonic())
-        return SimpleNamespace(entry=entry, root=bytes([entry]) * 32, n=n,
+        return SimpleNamespace(entry=entry, root=bytes([entry]) * 32, readings=n,
                                checkpoint=f"iot-anchor/test\n{entry + 1}\nroot\n", acks=acks)
 
 
