@@ -176,9 +176,12 @@ def parse_url(url):
 
 
 async def _open(host, port, ssl):
+    # MicroPython's reader and writer are the same Stream object
     if ssl:
-        return await asyncio.open_connection(host, port, ssl=ssl)
-    return await asyncio.open_connection(host, port)
+        r, _ = await asyncio.open_connection(host, port, ssl=ssl)
+    else:
+        r, _ = await asyncio.open_connection(host, port)
+    return r
 
 
 def _rand(n):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 import pytest
-
 from conftest import FIRMWARE, run_mp
 
 SCRIPT = FIRMWARE / "tests" / "test_mqtt.py"

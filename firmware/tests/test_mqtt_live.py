@@ -1,0 +1,115 @@
+# MicroPython side of the Mosquitto integration tests (tests/integration/test_mqtt_client.py).
+# Usage:
+#   micropython test_mqtt_live.py pub  URL CLIENT_ID TOPIC N       publish N QoS 1, wait PUBACKs
+#   micropython test_mqtt_live.py sub  URL CLIENT_ID TOPIC N       print N received messages
+#   micropython test_mqtt_live.py will URL CLIENT_ID               will + birth, then idle
+#   micropython test_mqtt_live.py soak URL CLIENT_ID TOPIC N       publish N through reconnects
+# Lines printed are parsed by the test: "ready", "acked N", "got TOPIC HEX", "connected K".
+
+import sys
+
+_here = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
+sys.path.insert(0, _here + "/..")
+
+import asyncio
+import binascii
+
+from anchor import mqtt
+
+
+def client(url, cid, **kw):
+    host, port, tls = mqtt.parse_url(url)
+    return mqtt.MQTTClient(cid, host, port, ssl=tls or None, **kw)
+
+
+async def pub(url, cid, topic, n):
+    c = client(url, cid)
+    task = asyncio.create_task(c.run())
+    await c.wait_connected()
+    for i in range(n):
+        await c.publish(topic, b"msg-%d" % i, qos=1, wait=True)
+    print("acked", n)
+    await c.disconnect()
+    await task
+
+
+async def sub(url, cid, topic, n):
+    c = client(url, cid, clean_session=True)
+    got = []
+
+    def on_message(t, p, retained):
+        got.append(1)
+        print("got", t.decode(), binascii.hexlify(p).decode())
+    c.on_message = on_message
+    c.subscribe(topic, 1)
+    task = asyncio.create_task(c.run())
+    await c.wait_connected()
+    print("ready")
+    while len(got) < n:
+        await asyncio.sleep_ms(10)
+    await c.disconnect()
+    await task
+
+
+async def will(url, cid):
+    c = client(url, cid, keepalive=30)
+    c.set_last_will("anchor/%s/status" % cid, "offline", retain=True, qos=1)
+    c.set_birth("anchor/%s/status" % cid, "online", retain=True, qos=1)
+    asyncio.create_task(c.run())
+    await c.wait_connected()
+    while c.inflight:
+        await asyncio.sleep_ms(10)
+    print("ready")
+    while True:
+        await asyncio.sleep(1)
+
+
+async def soak(url, cid, topic, n):
+    # clean session: the broker forgets our subscription on disconnect, so a message received
+    # after a reconnect proves that the client subscribed again by itself.
+    c = client(url, cid, clean_session=True, keepalive=5, response_timeout=2,
+               backoff_min=0.1, backoff_max=1)
+    bye = []
+
+    def on_message(t, p, retained):
+        print("got", t.decode(), binascii.hexlify(p).decode())
+        if p == b"bye":
+            bye.append(1)
+    c.on_message = on_message
+    c.subscribe("%s/in" % cid, 1)
+    task = asyncio.create_task(c.run())
+    seen = 0
+    i = 0
+    while i < n or not bye:
+        if c.connects != seen and c.isconnected():
+            seen = c.connects
+            print("connected", seen)
+        if i < n:
+            try:
+                await c.publish(topic, b"soak-%d" % i, qos=1, wait=True)
+                i += 1
+                print("acked", i)
+            except OSError:
+                await asyncio.sleep_ms(100)
+        await asyncio.sleep_ms(50)
+    await c.disconnect()
+    await task
+
+
+def main():
+    a = sys.argv[1:]
+    mode = a[0]
+    if mode == "pub":
+        asyncio.run(pub(a[1], a[2], a[3], int(a[4])))
+    elif mode == "sub":
+        asyncio.run(sub(a[1], a[2], a[3], int(a[4])))
+    elif mode == "will":
+        asyncio.run(will(a[1], a[2]))
+    elif mode == "soak":
+        asyncio.run(soak(a[1], a[2], a[3], int(a[4])))
+    else:
+        print("unknown mode %r: use pub, sub, will or soak" % mode)
+        sys.exit(2)
+
+
+main()

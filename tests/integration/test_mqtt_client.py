@@ -1,0 +1,189 @@
+"""The firmware's MQTT client (firmware/anchor/mqtt.py) under MicroPython against real Mosquitto.
+
+paho-mqtt in CPython is the other side: it receives what the firmware publishes, publishes what
+the firmware must receive, and watches the retained status topic for the will.
+"""
+
+from __future__ import annotations
+
+import queue
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import paho.mqtt.client as paho
+import pytest
+from conftest import FIRMWARE
+
+from gateway.broker import PrivateBroker
+
+SCRIPT = str(FIRMWARE / "tests" / "test_mqtt_live.py")
+
+
+class Proc:
+    """A MicroPython process whose stdout lines are collected by a thread."""
+
+    def __init__(self, micropython: str, *args: str) -> None:
+        self.p = subprocess.Popen(
+            [micropython, SCRIPT, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._q: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.p.stdout is not None
+        for line in self.p.stdout:
+            self._q.put(line.rstrip("\n"))
+
+    def wait_for(self, pred: Any, timeout: float = 20) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self._q.get(timeout=0.1)
+            except queue.Empty:
+                if self.p.poll() is not None and self._q.empty():
+                    break
+                continue
+            self.lines.append(line)
+            if pred(line):
+                return line
+        raise AssertionError(f"no matching line within {timeout} s; output: {self.lines}")
+
+    def drain(self) -> None:
+        while not self._q.empty():
+            self.lines.append(self._q.get())
+
+    def stop(self) -> None:
+        if self.p.poll() is None:
+            self.p.kill()
+        self.p.wait(10)
+
+
+@contextmanager
+def mp(micropython: str, *args: str) -> Iterator[Proc]:
+    proc = Proc(micropython, *args)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+class Paho:
+    """A paho client that records (topic, payload, retain) and reconnects by itself."""
+
+    def __init__(self, broker: PrivateBroker, cid: str, topics: list[str],
+                 clean: bool = True) -> None:
+        self.msgs: list[tuple[str, bytes, bool]] = []
+        self.cond = threading.Condition()
+        self.c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=cid,
+                             clean_session=clean)
+        self.c.reconnect_delay_set(0.1, 1)
+        self.topics = topics
+        self.subscribed = threading.Event()
+        self.c.on_connect = self._on_connect
+        self.c.on_subscribe = lambda *a: self.subscribed.set()
+        self.c.on_message = self._on_message
+        self.c.connect("127.0.0.1", broker.port, keepalive=5)
+        self.c.loop_start()
+        if topics:
+            assert self.subscribed.wait(10), "paho did not subscribe"
+
+    def _on_connect(self, c: Any, u: Any, flags: Any, rc: Any, props: Any = None) -> None:
+        for t in self.topics:
+            c.subscribe(t, qos=1)
+
+    def _on_message(self, c: Any, u: Any, m: Any) -> None:
+        with self.cond:
+            self.msgs.append((m.topic, bytes(m.payload), bool(m.retain)))
+            self.cond.notify_all()
+
+    def wait(self, pred: Any, timeout: float = 20) -> None:
+        with self.cond:
+            ok = self.cond.wait_for(lambda: pred(self.msgs), timeout)
+        assert ok, f"paho did not see the expected messages; got {self.msgs}"
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        self.c.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
+
+    def close(self) -> None:
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+@pytest.fixture
+def watcher(broker: PrivateBroker) -> Iterator[Any]:
+    made: list[Paho] = []
+
+    def make(topics: list[str], cid: str = "watcher", clean: bool = True) -> Paho:
+        p = Paho(broker, cid, topics, clean)
+        made.append(p)
+        return p
+    yield make
+    for p in made:
+        p.close()
+
+
+def test_firmware_publishes_qos1_paho_receives(micropython: str, broker: PrivateBroker,
+                                               watcher: Any) -> None:
+    w = watcher(["fw/pub"])
+    with mp(micropython, "pub", broker.url, "fw-pub", "fw/pub", "25") as p:
+        p.wait_for(lambda s: s == "acked 25")
+        assert p.p.wait(10) == 0
+    w.wait(lambda m: len(m) >= 25)
+    assert [x[1] for x in w.msgs] == [b"msg-%d" % i for i in range(25)]
+
+
+def test_firmware_receives_qos1(micropython: str, broker: PrivateBroker, watcher: Any) -> None:
+    w = watcher([])
+    with mp(micropython, "sub", broker.url, "fw-sub", "anchor/fw-sub/ack", "3") as p:
+        p.wait_for(lambda s: s == "ready")
+        for payload in (b"\xa1\x00\x01", b"two", b"x" * 300):
+            w.publish("anchor/fw-sub/ack", payload)
+        assert p.p.wait(20) == 0
+        p.drain()
+    got = [line.split() for line in p.lines if line.startswith("got ")]
+    assert got == [["got", "anchor/fw-sub/ack", "a10001"],
+                   ["got", "anchor/fw-sub/ack", b"two".hex()],
+                   ["got", "anchor/fw-sub/ack", "78" * 300]]
+
+
+def test_will_delivered_on_abrupt_kill(micropython: str, broker: PrivateBroker,
+                                       watcher: Any) -> None:
+    w = watcher(["anchor/fw-will/status"])
+    with mp(micropython, "will", broker.url, "fw-will") as p:
+        p.wait_for(lambda s: s == "ready")
+        w.wait(lambda m: (("anchor/fw-will/status", b"online", False) in m))
+        p.p.kill()                      # SIGKILL: no DISCONNECT, the broker sends the will
+        p.p.wait(10)
+        w.wait(lambda m: m[-1][:2] == ("anchor/fw-will/status", b"offline"), 15)
+    # retained: a newcomer sees "offline"
+    late = watcher(["anchor/fw-will/status"], cid="late")
+    late.wait(lambda m: ("anchor/fw-will/status", b"offline", True) in m)
+
+
+def test_reconnects_and_resubscribes_after_broker_restart(micropython: str,
+                                                          broker: PrivateBroker,
+                                                          watcher: Any) -> None:
+    n = 60
+    w = watcher(["fw/soak"], cid="soak-watch", clean=False)
+    with mp(micropython, "soak", broker.url, "fw-soak", "fw/soak", str(n)) as p:
+        p.wait_for(lambda s: s == "connected 1")
+        p.wait_for(lambda s: s == "acked 15")
+        broker.restart()
+        p.wait_for(lambda s: s == "connected 2", 30)
+        p.wait_for(lambda s: s == f"acked {n}", 60)
+        # the firmware's subscription was made with a clean session, so it exists only if the
+        # client subscribed again after the reconnect
+        deadline = time.monotonic() + 20
+        while p.p.poll() is None and time.monotonic() < deadline:
+            w.publish("fw-soak/in", b"bye")
+            time.sleep(0.3)
+        assert p.p.wait(10) == 0
+        p.drain()
+    assert any(line == "got fw-soak/in " + b"bye".hex() for line in p.lines), p.lines
+    w.wait(lambda m: {x[1] for x in m} >= {b"soak-%d" % i for i in range(n)}, 30)
