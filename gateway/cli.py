@@ -21,6 +21,11 @@ from gateway.errors import AnchorError
 
 COMMAND_MODULES: list[str] = [
     # "gateway.cmd_init", ... each with register(subparsers)
+    "gateway.cmd_init",
+    "gateway.cmd_device",
+    "gateway.cmd_ingest",
+    "gateway.cmd_ledger",
+    "gateway.cmd_receipt",
     "gateway.cmd_broker_config",
     "gateway.cmd_run",
     "gateway.cmd_simulate",

@@ -1,0 +1,493 @@
+"""`ledger verify`: an audit that trusts nothing in the database but the gateway's public key.
+
+What it recomputes and compares, in this order (the first difference is reported as
+``<table> <id>: <what differs>``; `audit()` returns all problems found, up to a limit):
+
+1. ``entries``: rows 0..N-1 without holes; each body decodes strictly (gateway.entry), names its
+   own index, links to SHA-256 of the previous body (32 zero bytes for entry 0), matches the
+   ``hash`` and ``kind`` columns. Device entries are replayed into the key history (an "add" of
+   a new id, "rotate"/"revoke" of an active one).
+2. ``ledger_nodes`` and ``meta.ledger_range``: equal to the ledger tree rebuilt from the entries.
+3. ``checkpoints``: one per ledger size 1..N (the gateway signs one after every entry), each
+   signed by the gateway key with the right origin, its size and root equal to the rebuilt tree
+   at that size, and its ``root`` column equal to what the note says.
+4. ``batches`` and ``readings``, batch by batch: the batch row matches its entry (n, root),
+   readings ids are dense and in batch order, every reading decodes strictly, its dev/seq/batch
+   columns match the message, its ES256 signature (low-S) verifies against the key that was
+   valid at that entry (from the replayed history; in a thread pool), and the RFC 6962 root and
+   16-leaf group nodes recomputed from the COSE bytes equal the entry's root and the stored ones.
+5. Each device's seq/prev chain: for stored seqs s and s+1, prev(s+1) = SHA-256(message s)
+   unless a chain_break event is recorded for (dev, s+1); seq 0 must have prev = 32 zero bytes.
+   No (dev, seq) is stored twice.
+6. ``devices`` and ``device_keys`` equal the replayed history; the per-device counters
+   (readings, last_seq, upto) equal what the readings give.
+
+Not covered (not in the ledger, so nothing can prove them): the rejection counters and the
+equivocation events. The checkpoint is what an outside party holds; a consistent rewrite of the
+whole database with the gateway key is out of scope (see docs/security.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from gateway import merkle, note
+from gateway.cose import Rejection, decode
+from gateway.entry import BatchEntry, DeviceEntry, EntryError, decode_entry
+from gateway.errors import AnchorError
+from gateway.store import GROUP, Store, batch_nodes, storage_error
+from gateway.verifier import PublicKey, VerifierPool, check_signature, load_public_key
+
+ZERO_HASH = bytes(32)
+MAX_PROBLEMS = 100
+READ_CHUNK = 8192
+
+
+@dataclass
+class _Key:
+    key: bytes
+    pub: PublicKey | None
+    from_entry: int
+    until_entry: int | None = None
+
+
+@dataclass
+class AuditResult:
+    problems: list[str] = field(default_factory=list)
+    entries: int = 0
+    readings: int = 0
+    checkpoints: int = 0
+    devices: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class _Stop(Exception):
+    pass
+
+
+class Progress:
+    """A one-line progress bar on stderr, shown only when stderr is a terminal."""
+
+    def __init__(self, total: int, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.total = max(total, 1)
+        self.enabled = self.stream.isatty()
+        self.last = 0.0
+
+    def update(self, done: int, label: str = "readings") -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self.last < 0.1 and done < self.total:
+            return
+        self.last = now
+        frac = min(1.0, done / self.total)
+        bar = "#" * int(frac * 30)
+        self.stream.write(f"\rverifying {label} [{bar:<30}] {done}/{self.total} {frac:4.0%}")
+        self.stream.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+class Auditor:
+    def __init__(self, store: Store, vkey: str, *, workers: int = 2,
+                 progress: Progress | None = None, max_problems: int = MAX_PROBLEMS) -> None:
+        self.store = store
+        self.c: sqlite3.Connection = store.conn
+        self.vkey = vkey
+        self.workers = workers
+        self.progress = progress
+        self.max_problems = max_problems
+        self.result = AuditResult()
+        self.history: dict[str, list[_Key]] = {}
+        self.status: dict[str, str] = {}
+        self.batch_entries: list[BatchEntry] = []
+        self.chain_breaks: set[tuple[str, int]] = set()
+
+    def problem(self, table: str, ident: Any, what: str) -> None:
+        self.result.problems.append(f"{table} {ident}: {what}")
+        if len(self.result.problems) >= self.max_problems:
+            raise _Stop
+
+    def run(self) -> AuditResult:
+        t0 = time.perf_counter()
+        with self.store.lock:
+            try:
+                self.c.execute("BEGIN")  # one consistent snapshot
+                try:
+                    self._run()
+                except _Stop:
+                    pass
+                finally:
+                    self.c.execute("ROLLBACK")
+            except sqlite3.Error as e:
+                raise storage_error(e, self.store.path, "auditing the database") from e
+        self.result.seconds = time.perf_counter() - t0
+        return self.result
+
+    def _run(self) -> None:
+        roots = self._entries()
+        self._checkpoints(roots)
+        self.chain_breaks = {(d, s) for d, s in self.c.execute(
+            "SELECT dev, seq FROM events WHERE kind = 'chain_break'")}
+        self._readings()
+        self._devices()
+
+    # 1-2 ------------------------------------------------------------------------------------
+
+    def _entries(self) -> list[bytes]:
+        """Check the entries; return the ledger-tree root at every size 0..N."""
+        tree = merkle.CompactRange()
+        roots = [merkle.EMPTY_ROOT]
+        prev = ZERO_HASH
+        expect = 0
+        node_rows = self.c.execute("SELECT level, idx, hash FROM ledger_nodes ORDER BY idx, level")
+        stored_nodes = {(lv, ix): bytes(h) for lv, ix, h in node_rows}
+        seen_nodes = 0
+        rows = self.c.execute("SELECT i, kind, body, hash FROM entries ORDER BY i")
+        for i, kind, body, h in rows:
+            if i != expect:
+                self.problem("entries", expect, f"row is missing (next row is {i})")
+                return roots
+            expect += 1
+            body = bytes(body)
+            try:
+                e = decode_entry(body)
+            except EntryError as err:
+                self.problem("entries", i, f"body does not decode: {err.what}")
+                return roots
+            if e.i != i:
+                self.problem("entries", i, f"body says i={e.i}")
+            if e.prev != prev:
+                self.problem("entries", i, f"prev {e.prev.hex()} != hash of entry {i - 1} "
+                                           f"{prev.hex()}")
+            prev = hashlib.sha256(body).digest()
+            if bytes(h) != prev:
+                self.problem("entries", i, f"hash column {bytes(h).hex()} != SHA-256 of the body "
+                                           f"{prev.hex()}")
+            if kind != e.kind:
+                self.problem("entries", i, f"kind column {kind!r} != body kind {e.kind!r}")
+            for lv, ix, nh in tree.append(merkle.leaf_hash(body)):
+                got = stored_nodes.get((lv, ix))
+                seen_nodes += 1
+                if got != nh:
+                    self.problem("ledger_nodes", f"({lv}, {ix})",
+                                 "missing" if got is None else
+                                 f"hash {got.hex()} != recomputed {nh.hex()}")
+            roots.append(tree.root())
+            if isinstance(e, DeviceEntry):
+                self._device_entry(e)
+            else:
+                self.batch_entries.append(e)
+        self.result.entries = expect
+        if seen_nodes != len(stored_nodes):
+            self.problem("ledger_nodes", "*", f"{len(stored_nodes)} rows, the ledger tree has "
+                                              f"{seen_nodes} nodes")
+        blob = self.c.execute("SELECT value FROM meta WHERE key = 'ledger_range'").fetchone()
+        if blob is None or bytes(blob[0]) != tree.to_bytes():
+            self.problem("meta", "ledger_range", "differs from the ledger tree rebuilt from "
+                                                 "the entries")
+        return roots
+
+    def _device_entry(self, e: DeviceEntry) -> None:
+        hist = self.history.setdefault(e.dev, [])
+        active = hist[-1] if hist and hist[-1].until_entry is None else None
+        try:
+            pub = load_public_key(e.key)
+        except AnchorError:
+            self.problem("entries", e.i, f"device {e.dev!r} key is not a P-256 point")
+            pub = None
+        if e.action == "add":
+            if hist:
+                self.problem("entries", e.i, f"device {e.dev!r} added twice")
+            hist.append(_Key(e.key, pub, e.i))
+            self.status[e.dev] = "active"
+        elif active is None:
+            self.problem("entries", e.i, f"{e.action} of device {e.dev!r}, which is not active")
+        elif e.action == "rotate":
+            active.until_entry = e.i
+            hist.append(_Key(e.key, pub, e.i))
+        else:  # revoke
+            if e.key != active.key:
+                self.problem("entries", e.i, f"revoke of {e.dev!r} names a key that is not its "
+                                             "current one")
+            active.until_entry = e.i
+            self.status[e.dev] = "revoked"
+
+    # 3 ---------------------------------------------------------------------------------------
+
+    def _checkpoints(self, roots: list[bytes]) -> None:
+        n = len(roots) - 1
+        expect = 1
+        count = 0
+        for size, root, text in self.c.execute(
+                "SELECT size, root, note FROM checkpoints ORDER BY size"):
+            count += 1
+            if size != expect:
+                self.problem("checkpoints", expect, f"row is missing (next row is size {size})")
+                return
+            expect += 1
+            try:
+                cp = note.verify_checkpoint(text, self.vkey)
+            except AnchorError as err:
+                self.problem("checkpoints", size, f"note does not verify: {err.what}")
+                continue
+            if cp.size != size:
+                self.problem("checkpoints", size, f"note says size {cp.size}")
+            elif size > n:
+                self.problem("checkpoints", size, f"size is beyond the {n} entries")
+            elif cp.root != roots[size]:
+                self.problem("checkpoints", size, f"note root {cp.root.hex()} != ledger tree root "
+                                                  f"{roots[size].hex()}")
+            if bytes(root) != cp.root:
+                self.problem("checkpoints", size, "root column differs from the signed note")
+        self.result.checkpoints = count
+        if expect - 1 != n:
+            self.problem("checkpoints", n, f"the latest checkpoint has size {expect - 1}, the "
+                                           f"ledger {n} entries")
+
+    # 4 ---------------------------------------------------------------------------------------
+
+    def _key_at(self, dev: str, entry: int) -> PublicKey | None | str:
+        for k in self.history.get(dev, ()):
+            if k.from_entry < entry and (k.until_entry is None or entry < k.until_entry):
+                return k.pub
+        return "no key was valid for this device at that entry"
+
+    def _readings(self) -> None:
+        total = self.c.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
+        if self.progress is None:
+            self.progress = Progress(total)
+        self.progress.total = max(total, 1)
+        pool = VerifierPool(self.workers)
+        try:
+            self._scan(pool)
+        finally:
+            pool.close()
+            self.progress.finish()
+
+    def _scan(self, pool: VerifierPool) -> None:
+        next_id = 0
+        last: dict[str, tuple[int, bytes]] = {}  # dev -> (seq, digest) in id order
+        self.deferred: list[tuple[str, int, bytes, int]] = []  # (dev, seq, prev, id)
+        self.counts: dict[str, list[int]] = {}  # dev -> [readings, max seq]
+        pending: list[BatchEntry] = []
+        pending_n = 0
+        for b in self.batch_entries:
+            pending.append(b)
+            pending_n += b.n
+            if pending_n >= READ_CHUNK:
+                next_id = self._scan_group(pool, pending, next_id, last)
+                pending, pending_n = [], 0
+        next_id = self._scan_group(pool, pending, next_id, last)
+        extra = self.c.execute("SELECT MIN(id), COUNT(*) FROM readings WHERE id >= ?",
+                               (next_id,)).fetchone()
+        if extra[1]:
+            self.problem("readings", extra[0], f"{extra[1]} row(s) beyond the last batch "
+                                               f"(ids from {next_id} on belong to no entry)")
+        more = self.c.execute("SELECT entry FROM batches WHERE entry NOT IN "
+                              "(SELECT i FROM entries WHERE kind = 'batch') LIMIT 1").fetchone()
+        if more:
+            self.problem("batches", more[0], "row has no batch entry in the ledger")
+        self._chains()
+
+    def _scan_group(self, pool: VerifierPool, group: Sequence[BatchEntry], next_id: int,
+                    last: dict[str, tuple[int, bytes]]) -> int:
+        if not group:
+            return next_id
+        lo = next_id
+        hi = lo + sum(b.n for b in group)
+        rows = self.c.execute("SELECT id, dev, seq, batch, cose FROM readings "
+                              "WHERE id >= ? AND id < ? ORDER BY id", (lo, hi)).fetchall()
+        brows = {r[0]: r for r in self.c.execute(
+            "SELECT entry, first, n, root, nodes FROM batches WHERE entry >= ? AND entry <= ?",
+            (group[0].i, group[-1].i))}
+        # decode + verify on the pool, in id order
+        items: list[tuple[int, str, int, int, bytes, int]] = []
+        pos = lo
+        row_iter = iter(rows)
+        by_id = {r[0]: r for r in rows}
+        del row_iter
+        for b in group:
+            for k in range(b.n):
+                r = by_id.get(pos + k)
+                if r is None:
+                    self.problem("readings", pos + k, f"row is missing (batch entry {b.i} "
+                                                      f"has {b.n} readings from id {pos})")
+                    return hi
+                items.append((r[0], r[1], r[2], r[3], bytes(r[4]), b.i))
+            pos += b.n
+        results = pool.map_chunks(self._check_chunk, items)
+        # per reading, then per batch
+        pos = lo
+        k = 0
+        for b in group:
+            leaves: list[bytes] = []
+            for _ in range(b.n):
+                rid, dev, seq, batch, cose, entry = items[k]
+                res = results[k]
+                k += 1
+                if isinstance(res, str):
+                    self.problem("readings", rid, res)
+                    leaves.append(merkle.leaf_hash(cose))
+                    continue
+                digest, prev, dseq, ddev = res
+                if ddev != dev or dseq != seq:
+                    self.problem("readings", rid, f"columns say {dev!r} seq {seq}, the message "
+                                                  f"{ddev!r} seq {dseq}")
+                if batch != b.i:
+                    self.problem("readings", rid, f"batch column {batch} != entry {b.i}")
+                leaves.append(merkle.leaf_hash(cose))
+                cnt = self.counts.setdefault(ddev, [0, -1])
+                cnt[0] += 1
+                cnt[1] = max(cnt[1], dseq)
+                before = last.get(ddev)
+                if before is not None and before[0] + 1 == dseq:
+                    if prev != before[1] and (ddev, dseq) not in self.chain_breaks:
+                        self.problem("readings", rid, f"{ddev!r} seq {dseq}: prev is not the "
+                                     f"hash of seq {dseq - 1} and no chain_break is recorded")
+                elif dseq == 0:
+                    if prev != ZERO_HASH and (ddev, 0) not in self.chain_breaks:
+                        self.problem("readings", rid, f"{ddev!r} seq 0: prev is not 32 zero "
+                                     "bytes and no chain_break is recorded")
+                else:
+                    self.deferred.append((ddev, dseq, prev, rid))
+                if before is None or dseq > before[0]:
+                    last[ddev] = (dseq, digest)
+            brow = brows.get(b.i)
+            nodes = batch_nodes(leaves)
+            root = merkle.root(nodes)
+            if brow is None:
+                self.problem("batches", b.i, "row is missing")
+            else:
+                if brow[1] != pos or brow[2] != b.n:
+                    self.problem("batches", b.i, f"first/n columns ({brow[1]}, {brow[2]}) != "
+                                                 f"({pos}, {b.n}) from the ledger")
+                if bytes(brow[3]) != b.root:
+                    self.problem("batches", b.i, "root column differs from the ledger entry")
+                if bytes(brow[4]) != b"".join(nodes):
+                    self.problem("batches", b.i, f"nodes column differs from the {GROUP}-leaf "
+                                                 "group roots recomputed from the readings")
+            if root != b.root:
+                self.problem("entries", b.i, f"batch root {b.root.hex()} != root recomputed "
+                                             f"from readings {pos}..{pos + b.n - 1} {root.hex()}")
+            pos += b.n
+            self.result.readings += b.n
+        assert self.progress is not None
+        self.progress.update(self.result.readings)
+        return hi
+
+    def _check_chunk(self, chunk: Sequence[tuple[int, str, int, int, bytes, int]]
+                     ) -> list[str | tuple[bytes, bytes, int, str]]:
+        out: list[str | tuple[bytes, bytes, int, str]] = []
+        for _rid, _dev, _seq, _batch, cose, entry in chunk:
+            try:
+                d = decode(cose, max(len(cose), 1))
+            except Rejection as r:
+                out.append(f"message does not decode ({r.reason}: {r.detail})")
+                continue
+            key = self._key_at(d.dev, entry)
+            if key is None or isinstance(key, str):
+                out.append(f"{d.dev!r} seq {d.seq}: {key or 'its key is not a P-256 point'} "
+                           f"(batch entry {entry})")
+                continue
+            reason = check_signature(key, d.to_be_signed, d.signature)
+            if reason:
+                out.append(f"{d.dev!r} seq {d.seq}: signature check failed ({reason}) against "
+                           f"the key valid at entry {entry}")
+                continue
+            out.append((d.digest, d.prev, d.seq, d.dev))
+        return out
+
+    # 5 ---------------------------------------------------------------------------------------
+
+    def _chains(self) -> None:
+        for dev, seq, prev, rid in self.deferred:
+            rows = self.c.execute("SELECT seq, cose FROM readings WHERE dev = ? AND seq IN (?, ?)",
+                                  (dev, seq - 1, seq)).fetchall()
+            mine = [r for r in rows if r[0] == seq]
+            if len(mine) != 1:
+                self.problem("readings", rid, f"{dev!r} seq {seq} is stored {len(mine)} times")
+                continue
+            before = [r for r in rows if r[0] == seq - 1]
+            if len(before) > 1:
+                self.problem("readings", rid, f"{dev!r} seq {seq - 1} is stored "
+                                              f"{len(before)} times")
+            elif before and prev != hashlib.sha256(before[0][1]).digest() \
+                    and (dev, seq) not in self.chain_breaks:
+                self.problem("readings", rid, f"{dev!r} seq {seq}: prev is not the hash of seq "
+                                              f"{seq - 1} and no chain_break is recorded")
+
+    # 6 ---------------------------------------------------------------------------------------
+
+    def _devices(self) -> None:
+        rows = {r[0]: r for r in self.c.execute(
+            "SELECT id, key, status, entry, readings, last_seq, upto FROM devices")}
+        uptos = self._watermarks()
+        for dev, hist in self.history.items():
+            r = rows.pop(dev, None)
+            if r is None:
+                self.problem("devices", dev, "row is missing (the ledger registers this device)")
+                continue
+            cur = hist[-1]
+            if bytes(r[1]) != cur.key:
+                self.problem("devices", dev, "key differs from the ledger's device entries")
+            if r[2] != self.status.get(dev):
+                self.problem("devices", dev, f"status {r[2]!r} != {self.status.get(dev)!r} from "
+                                             "the ledger")
+            n, top = self.counts.get(dev, [0, -1])
+            if r[4] != n or (r[5] if r[5] is not None else -1) != top:
+                self.problem("devices", dev, f"readings/last_seq ({r[4]}, {r[5]}) != ({n}, "
+                                             f"{top if top >= 0 else None}) from the readings")
+            if r[6] != uptos.get(dev, -1):
+                self.problem("devices", dev, f"upto {r[6]} != {uptos.get(dev, -1)} from the "
+                                             "readings")
+        for dev in rows:
+            self.problem("devices", dev, "row is not backed by any device entry in the ledger")
+        for dev in self.counts:
+            if dev not in self.history:
+                self.problem("readings", dev, "readings of a device the ledger never registered")
+        keys = sorted((d, bytes(k), f, u) for d, k, f, u in self.c.execute(
+            "SELECT dev, key, from_entry, until_entry FROM device_keys"))
+        want = sorted((d, k.key, k.from_entry, k.until_entry)
+                      for d, hist in self.history.items() for k in hist)
+        if keys != want:
+            bad = next((a for a, b in zip(keys, want, strict=False) if a != b),
+                       keys[len(want)] if len(keys) > len(want) else want[len(keys)])
+            self.problem("device_keys", f"({bad[0]}, {bad[2]})",
+                         "differs from the key history in the ledger's device entries")
+        self.result.devices = len(self.history)
+
+    def _watermarks(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        first_gap = {d: int(s) for d, s in self.c.execute(
+            "SELECT dev, MIN(seq) FROM (SELECT dev, seq, LEAD(seq) OVER (PARTITION BY dev "
+            "ORDER BY seq) AS nxt FROM readings) WHERE nxt IS NULL OR nxt > seq + 1 GROUP BY dev")}
+        starts = {d: int(s) for d, s in self.c.execute(
+            "SELECT dev, MIN(seq) FROM readings GROUP BY dev")}
+        for dev, lo in starts.items():
+            out[dev] = first_gap[dev] if lo == 0 else -1
+        return out
+
+
+def audit(store: Store, vkey: str, *, workers: int = 2, progress: Progress | None = None,
+          max_problems: int = MAX_PROBLEMS) -> AuditResult:
+    """Run every check; returns the problems found (empty when the ledger holds)."""
+    return Auditor(store, vkey, workers=workers, progress=progress,
+                   max_problems=max_problems).run()
+
+
+ProgressFactory = Callable[[int], Progress]

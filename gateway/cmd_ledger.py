@@ -1,0 +1,125 @@
+"""`iot-anchor ledger verify` and `iot-anchor ledger status [--json]`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from gateway import note
+from gateway.audit import audit
+from gateway.cli import add_data_arg
+from gateway.errors import ConfigError
+from gateway.store import VKEY_NAME, Store
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("ledger", help="audit the ledger or show its status")
+    lsub = p.add_subparsers(dest="ledger_command", metavar="ACTION")
+    lsub.required = True
+
+    v = lsub.add_parser(
+        "verify", help="audit everything in the database (exit 0: all holds, 1: broken)",
+        description="Re-verify every reading's signature against the key registered at the "
+        "time, recompute every batch root, the entry hash chain, the ledger tree and every "
+        "checkpoint signature, and each device's seq/prev chain. Exit 0 when everything "
+        "holds; otherwise exit 1 and name the first broken item (table, id, what differs).")
+    v.add_argument("--gateway-key", metavar="VKEY",
+                   help="the gateway's vkey to trust (default: DIR/gateway.vkey, which must "
+                   "match the database's record)")
+    v.add_argument("--workers", type=int, default=2, help="verifier threads (default 2)")
+    v.add_argument("--all", action="store_true", help="list every problem found (up to 100)")
+    add_data_arg(v)
+    v.set_defaults(func=_verify)
+
+    s = lsub.add_parser("status", help="counts, latest checkpoint, devices, gaps, rejections")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    add_data_arg(s)
+    s.set_defaults(func=_status)
+
+
+def _trusted_vkey(store: Store, given: str | None) -> str:
+    if given:
+        note.parse_vkey(given)
+        return given.strip()
+    path = store.data_dir / VKEY_NAME
+    try:
+        vkey = path.read_text().strip()
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}",
+                          "pass the gateway key with --gateway-key VKEY") from e
+    note.parse_vkey(vkey)
+    return vkey
+
+
+def _verify(args: argparse.Namespace) -> int:
+    with Store.open(args.data) as store:
+        vkey = _trusted_vkey(store, args.gateway_key)
+        recorded = store.meta("gateway_vkey")
+        res = audit(store, vkey, workers=args.workers)
+    if recorded != vkey:
+        res.problems.insert(0, "meta gateway_vkey: differs from the trusted gateway key")
+    if res.ok:
+        rate = res.readings / res.seconds if res.seconds > 0 else 0.0
+        print(f"ledger OK: {res.entries} entries, {res.readings} readings, "
+              f"{res.checkpoints} checkpoints, {res.devices} devices verified in "
+              f"{res.seconds:.2f} s ({rate:,.0f} readings/s)")
+        return 0
+    print(f"ledger BROKEN: {res.problems[0]}")
+    if len(res.problems) > 1:
+        if args.all:
+            for p in res.problems[1:]:
+                print(f"  also: {p}")
+        else:
+            print(f"  ({len(res.problems) - 1} more problem(s); --all lists them)")
+    print("the database differs from what the gateway signed; restore it from a backup "
+          "and compare", file=sys.stderr)
+    return 1
+
+
+def status(store: Store) -> dict[str, Any]:
+    """The `ledger status --json` object."""
+    cp = store.latest_checkpoint()
+    gaps = store.gaps()
+    devices: dict[str, Any] = {}
+    for d in store.devices():
+        devices[d.id] = {
+            "readings": d.readings,
+            "last_seq": d.last_seq,
+            "gaps": gaps.get(d.id, []),
+            "status": d.status,
+            "upto": d.upto,
+        }
+    events = {k: int(n) for k, n in store.query(
+        "SELECT kind, COUNT(*) FROM events GROUP BY kind ORDER BY kind")}
+    return {
+        "readings": store.reading_count(),
+        "entries": store.entry_count(),
+        "checkpoint": cp[1] if cp else None,
+        "devices": devices,
+        "rejected": store.rejected_counts(),
+        "events": events,
+        "gateway_key": store.vkey(),
+    }
+
+
+def _status(args: argparse.Namespace) -> int:
+    with Store.open(args.data) as store:
+        st = status(store)
+    if args.json:
+        print(json.dumps(st, indent=2))
+        return 0
+    print(f"readings {st['readings']}, ledger entries {st['entries']}")
+    print(f"gateway key {st['gateway_key']}")
+    for dev, d in st["devices"].items():
+        gaps = ", ".join(f"{a}-{b}" for a, b in d["gaps"]) or "none"
+        print(f"  {dev} ({d['status']}): {d['readings']} readings, last seq {d['last_seq']}, "
+              f"gaps {gaps}")
+    rej = st["rejected"]
+    print("rejected: " + (", ".join(f"{k} {v}" for k, v in rej.items()) or "none"))
+    if st["events"]:
+        print("security events: " + ", ".join(f"{k} {v}" for k, v in st["events"].items()))
+    print("checkpoint:")
+    print(st["checkpoint"] or "(none yet)", end="" if st["checkpoint"] else "\n")
+    return 0

@@ -1,0 +1,431 @@
+"""decode -> verify -> dedupe -> batch -> commit -> acks: shared by `ingest` and `run`.
+
+API (the MQTT service and `ingest` use exactly this)::
+
+    p = Pipeline(store, batch_max=4096, max_message=2048, workers=2, signer=None)
+    outcomes = p.submit([raw_bytes, (raw_bytes, topic_device_id_or_None), ...])
+    p.pending()            # readings in the open batch
+    result = p.commit()    # CommitResult | None
+    p.close()              # stops the verifier threads (also a context manager)
+
+`submit` never raises for bad input: every message gets an `Outcome(status, reason, dev, seq)`
+with status "accepted" (joined the open batch), "duplicate" (already anchored or already in the
+open batch with the same bytes; it will be acknowledged again) or "rejected" (reason: a name
+from `REASONS`). It can raise `StorageError` when the database cannot be read.
+Passing `(bytes, topic_dev)` lets the service refuse a message published on another device's
+topic (`topic_mismatch`). `signer` defaults to the key in the data directory.
+
+`commit()` closes the open batch. ONE SQLite transaction stores the readings (split into
+batches of at most `batch_max`, one ledger entry each), the batches, their entries, a signed
+checkpoint after each entry, the security events and the rejection counters. It returns None
+when nothing happened since the last commit, else a `CommitResult` whose `acks` has an
+`Ack(upto, seqs, entry)` for every device with accepted or duplicate readings since the last commit:
+``upto`` = the highest seq such that every seq <= it is anchored (-1 when seq 0 is not),
+``seqs`` = the other seqs acknowledged now, above upto, and ``entry`` = the index of the newest
+ledger entry, which contains (or follows) every acknowledged reading. Nothing is acknowledged
+before the commit. When the commit fails it raises `StorageError` (disk full, read-only, ...),
+acknowledges nothing and keeps the open batch, so a later `commit()` retries it.
+
+Design choices:
+* Verification runs in a thread pool (`gateway.verifier`): each task decodes and verifies a
+  chunk of messages; `cryptography` releases the GIL while it verifies.
+* Device state is cached: per device the highest seq, the hash of that reading (for the prev
+  check of the next one) and the watermark ``upto`` (stored in `devices.upto`). A new seq above
+  the device's highest needs no database lookup; a late one (below it) is looked up in the
+  database: absent -> accepted (it fills a gap), same bytes -> duplicate, other bytes ->
+  equivocation (rejected, and stored as a security event; the first message is kept).
+* ``prev`` is checked against the stored predecessor (seq-1) when there is one; a late reading
+  is also checked as the predecessor of a stored seq+1. A mismatch is a "chain_break" event: the
+  reading is still anchored (its signature is valid). seq 0 must have prev = 32 zero bytes.
+* Another process (a `device add`, an `ingest` while `run` is up) may commit to the same
+  database: every submit checks SQLite's data_version and reloads the registry and the device
+  state when it changed; the commit re-checks the open batch against the database inside its
+  transaction in that case.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway import merkle
+from gateway.cose import DECODE_REASONS, MAX_MESSAGE, Decoded, Rejection, decode
+from gateway.errors import StorageError
+from gateway.store import Store, batch_nodes, make_batch_entry, now_ms
+from gateway.verifier import PublicKey, VerifierPool, check_signature, load_public_key
+
+REASONS: tuple[str, ...] = DECODE_REASONS + (
+    "unknown_device",
+    "revoked_device",
+    "high_s",
+    "bad_signature",
+    "topic_mismatch",
+    "equivocation",
+)
+ZERO_HASH = bytes(32)
+
+Message = bytes | bytearray | memoryview | tuple[bytes, str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    status: str  # "accepted" | "duplicate" | "rejected"
+    reason: str | None = None
+    dev: str | None = None
+    seq: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    upto: int
+    seqs: list[int]
+    entry: int
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    entry: int | None  # index of the last entry written by this commit (None: no new entry)
+    root: bytes | None  # root of that batch
+    readings: int  # readings anchored by this commit
+    entries: list[int]  # the batch entries written
+    size: int  # ledger size after the commit
+    checkpoint: str | None  # the latest signed checkpoint
+    acks: dict[str, Ack] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Dev:
+    last_seq: int  # -1: none stored
+    last_hash: bytes | None  # digest of the reading with last_seq (None: unknown, look it up)
+    upto: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Event:
+    kind: str
+    dev: str
+    seq: int
+    cose: bytes | None
+    detail: str
+
+
+def _check(keys: dict[str, tuple[PublicKey, str]], max_message: int,
+           items: Sequence[tuple[bytes, str | None]]) -> list[Decoded | str]:
+    """Worker: decode and verify a chunk. Returns a Decoded or a rejection reason per item."""
+    out: list[Decoded | str] = []
+    for raw, topic in items:
+        try:
+            d = decode(raw, max_message)
+        except Rejection as r:
+            out.append(r.reason)
+            continue
+        except Exception:  # the decoder raises only Rejection; keep the promise regardless
+            out.append("cbor_malformed")
+            continue
+        if topic is not None and topic != d.dev:
+            out.append("topic_mismatch")
+            continue
+        entry = keys.get(d.dev)
+        if entry is None:
+            out.append("unknown_device")
+            continue
+        key, status = entry
+        if status != "active":
+            out.append("revoked_device")
+            continue
+        try:
+            reason = check_signature(key, d.to_be_signed, d.signature)
+        except Exception:
+            reason = "bad_signature"
+        out.append(reason if reason else d)
+    return out
+
+
+class Pipeline:
+    """See the module docstring."""
+
+    def __init__(self, store: Store, *, batch_max: int = 4096, max_message: int = MAX_MESSAGE,
+                 workers: int = 2, signer: Any = None) -> None:
+        if batch_max < 1:
+            raise ValueError("batch_max must be at least 1")
+        self.store = store
+        self.batch_max = batch_max
+        self.max_message = max_message
+        self.signer = signer if signer is not None else store.load_signer()
+        self.pool = VerifierPool(workers)
+        self._keys: dict[str, tuple[PublicKey, str]] = {}
+        self._key_bytes: dict[str, bytes] = {}
+        self._devs: dict[str, _Dev] = {}
+        self._batch: list[Decoded] = []
+        self._in_batch: dict[tuple[str, int], bytes] = {}  # (dev, seq) -> digest
+        self._acked: dict[str, set[int]] = {}
+        self._rejected: Counter[str] = Counter()
+        self._events: list[_Event] = []
+        self.totals: Counter[str] = Counter()  # accepted / duplicate / rejected since start
+        self.reload()
+
+    # --- state ---------------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """Re-read the registry and forget cached device state (after outside changes)."""
+        keys: dict[str, tuple[PublicKey, str]] = {}
+        key_bytes: dict[str, bytes] = {}
+        for row in self.store.devices():
+            key_bytes[row.id] = bytes(row.key)
+            keys[row.id] = (load_public_key(bytes(row.key)), row.status)
+        self._keys, self._key_bytes = keys, key_bytes
+        self._devs = {}
+
+    def _dev(self, dev: str) -> _Dev:
+        st = self._devs.get(dev)
+        if st is None:
+            row = self.store.device(dev)
+            if row is None or row.last_seq is None:
+                st = _Dev(-1, None, -1 if row is None else row.upto)
+            else:
+                st = _Dev(row.last_seq, None, row.upto)
+            self._devs[dev] = st
+        return st
+
+    def _digest_of(self, dev: str, seq: int) -> bytes | None:
+        """Digest of the reading (dev, seq) if it is stored or in the open batch."""
+        h = self._in_batch.get((dev, seq))
+        if h is not None:
+            return h
+        st = self._dev(dev)
+        if seq == st.last_seq and st.last_hash is not None:
+            return st.last_hash
+        cose = self.store.stored_cose(dev, seq)
+        if cose is None:
+            return None
+        h = hashlib.sha256(cose).digest()
+        if seq == st.last_seq:
+            st.last_hash = h
+        return h
+
+    def pending(self) -> int:
+        return len(self._batch)
+
+    # --- submit --------------------------------------------------------------------------------
+
+    def submit(self, messages: Sequence[Message]) -> list[Outcome]:
+        if self.store.changed_elsewhere():
+            self.reload()
+        items: list[tuple[bytes, str | None]] = []
+        for m in messages:
+            if isinstance(m, tuple):
+                raw, topic = m
+            else:
+                raw, topic = m, None
+            if type(raw) is not bytes:
+                raw = bytes(raw)
+            items.append((raw, topic))
+        keys, limit = self._keys, self.max_message
+        checked = self.pool.map_chunks(lambda chunk: _check(keys, limit, chunk), items)
+        out: list[Outcome] = []
+        for res in checked:
+            if isinstance(res, str):
+                self._rejected[res] += 1
+                out.append(Outcome("rejected", res))
+            else:
+                out.append(self._classify(res))
+        for o in out:
+            self.totals[o.status] += 1
+        return out
+
+    def _classify(self, d: Decoded) -> Outcome:
+        dev, seq = d.dev, d.seq
+        st = self._dev(dev)
+        digest = d.digest
+        prior = self._in_batch.get((dev, seq))
+        if prior is None and seq <= st.last_seq:
+            prior = self._digest_of(dev, seq)
+        if prior is not None:
+            if prior == digest:
+                self._acked.setdefault(dev, set()).add(seq)
+                return Outcome("duplicate", None, dev, seq)
+            self._rejected["equivocation"] += 1
+            self._events.append(_Event("equivocation", dev, seq, d.raw,
+                                       f"stored message has sha256 {prior.hex()}, "
+                                       f"this one {digest.hex()}"))
+            return Outcome("rejected", "equivocation", dev, seq)
+        # accepted: check the chain in both directions
+        if seq == 0:
+            expected: bytes | None = ZERO_HASH
+        elif seq - 1 == st.last_seq and st.last_hash is not None:
+            expected = st.last_hash
+        else:
+            expected = self._digest_of(dev, seq - 1)
+        if expected is not None and d.prev != expected:
+            self._events.append(_Event("chain_break", dev, seq, None,
+                                       f"prev {d.prev.hex()} != sha256 of seq {seq - 1} "
+                                       f"{expected.hex()}"))
+        if seq < st.last_seq:
+            self._check_successor(dev, seq, digest)
+        self._batch.append(d)
+        self._in_batch[(dev, seq)] = digest
+        self._acked.setdefault(dev, set()).add(seq)
+        if seq > st.last_seq:
+            st.last_seq = seq
+            st.last_hash = digest
+        return Outcome("accepted", None, dev, seq)
+
+    def _check_successor(self, dev: str, seq: int, digest: bytes) -> None:
+        nxt = self._next_prev(dev, seq + 1)
+        if nxt is not None and nxt != digest:
+            self._events.append(_Event("chain_break", dev, seq + 1, None,
+                                       f"prev {nxt.hex()} != sha256 of late seq {seq} "
+                                       f"{digest.hex()}"))
+
+    def _next_prev(self, dev: str, seq: int) -> bytes | None:
+        """The prev field of reading (dev, seq), if stored or in the open batch."""
+        if (dev, seq) in self._in_batch:
+            for d in reversed(self._batch):
+                if d.dev == dev and d.seq == seq:
+                    return d.prev
+        cose = self.store.stored_cose(dev, seq)
+        if cose is None:
+            return None
+        try:
+            return decode(cose, max(self.max_message, len(cose))).prev
+        except Rejection:
+            return None
+
+    # --- commit --------------------------------------------------------------------------------
+
+    def commit(self) -> CommitResult | None:
+        if not (self._batch or self._acked or self._rejected or self._events):
+            return None
+        try:
+            result = self._commit()
+        except StorageError:
+            # nothing was written: keep the open batch for a retry, but forget cached state
+            self._devs = {}
+            raise
+        self._batch = []
+        self._in_batch = {}
+        self._acked = {}
+        self._rejected = Counter()
+        self._events = []
+        return result
+
+    def _commit(self) -> CommitResult:
+        store = self.store
+        entries: list[int] = []
+        root: bytes | None = None
+        checkpoint: str | None = None
+        with store.write() as c:
+            if store.changed_elsewhere():
+                self._recheck_batch(c)
+            head = store.head(c)
+            t = now_ms()
+            batch = self._batch
+            row = c.execute("SELECT MAX(id) FROM readings").fetchone()
+            next_id = 0 if row[0] is None else row[0] + 1
+            for start in range(0, len(batch), self.batch_max):
+                part = batch[start:start + self.batch_max]
+                leaves = [merkle.leaf_hash(d.raw) for d in part]
+                nodes = batch_nodes(leaves)
+                root = merkle.root(nodes)
+                body = make_batch_entry(head, root, len(part), t)
+                e = store.append_entry(c, head, "batch", body)
+                head = type(head)(e.index + 1, e.hash, head.tree)
+                c.execute("INSERT INTO batches (entry, first, n, root, nodes) VALUES (?,?,?,?,?)",
+                          (e.index, next_id, len(part), root, b"".join(nodes)))
+                c.executemany(
+                    "INSERT INTO readings (id, dev, seq, batch, cose) VALUES (?, ?, ?, ?, ?)",
+                    [(next_id + k, d.dev, d.seq, e.index, d.raw) for k, d in enumerate(part)])
+                next_id += len(part)
+                entries.append(e.index)
+                checkpoint = store.checkpoint(c, head.tree, self.signer)
+            acks = self._update_devices(c, head.size - 1)
+            if self._events:
+                c.executemany(
+                    "INSERT INTO events (kind, dev, seq, cose, detail, t) VALUES (?,?,?,?,?,?)",
+                    [(ev.kind, ev.dev, ev.seq, ev.cose, ev.detail, t) for ev in self._events])
+            if self._rejected:
+                c.executemany(
+                    "INSERT INTO rejected (reason, n) VALUES (?, ?) "
+                    "ON CONFLICT (reason) DO UPDATE SET n = n + excluded.n",
+                    sorted(self._rejected.items()))
+            if not entries:
+                cp = c.execute("SELECT note FROM checkpoints ORDER BY size DESC LIMIT 1").fetchone()
+                checkpoint = cp[0] if cp else None
+            size = head.size
+        # the transaction is committed: now the cached watermarks may move
+        for dev, ack in acks.items():
+            self._dev(dev).upto = ack.upto
+        return CommitResult(entries[-1] if entries else None, root, len(self._batch), entries,
+                            size, checkpoint, acks)
+
+    def _update_devices(self, c: Any, newest_entry: int) -> dict[str, Ack]:
+        by_dev: dict[str, list[int]] = {}
+        for d in self._batch:
+            by_dev.setdefault(d.dev, []).append(d.seq)
+        acks: dict[str, Ack] = {}
+        for dev, seqs_acked in self._acked.items():
+            new = by_dev.get(dev, [])
+            row = c.execute("SELECT upto, last_seq FROM devices WHERE id = ?", (dev,)).fetchone()
+            upto = row[0] if row else -1
+            last = max(row[1] if row and row[1] is not None else -1, max(new, default=-1))
+            if new:
+                have = set(new)
+                while upto + 1 in have:
+                    upto += 1
+                while upto < last:  # late readings may have joined an older run: walk the index
+                    more = [r[0] for r in c.execute(
+                        "SELECT seq FROM readings WHERE dev = ? AND seq > ? ORDER BY seq LIMIT 512",
+                        (dev, upto))]
+                    moved = False
+                    for s in more:
+                        if s != upto + 1:
+                            break
+                        upto, moved = s, True
+                    if not moved or len(more) < 512:
+                        break
+                c.execute("UPDATE devices SET readings = readings + ?, last_seq = ?, upto = ? "
+                          "WHERE id = ?", (len(new), last, upto, dev))
+            acks[dev] = Ack(upto, sorted(s for s in seqs_acked if s > upto), newest_entry)
+        return acks
+
+    def _recheck_batch(self, c: Any) -> None:
+        """Another process committed since our last look: drop open-batch readings that are now
+        stored, or whose device key changed or was revoked."""
+        self.reload()
+        keep: list[Decoded] = []
+        for d in self._batch:
+            row = c.execute("SELECT cose FROM readings WHERE dev = ? AND seq = ?",
+                            (d.dev, d.seq)).fetchone()
+            if row is not None:
+                if bytes(row[0]) != d.raw:
+                    self._rejected["equivocation"] += 1
+                    self._events.append(_Event("equivocation", d.dev, d.seq, d.raw,
+                                               "stored by another process first"))
+                continue  # stored meanwhile: still acknowledged (it is anchored)
+            entry = self._keys.get(d.dev)
+            if entry is None or entry[1] != "active":
+                self._rejected["revoked_device"] += 1
+                self._acked.get(d.dev, set()).discard(d.seq)
+                continue
+            reason = check_signature(entry[0], d.to_be_signed, d.signature)
+            if reason:
+                self._rejected[reason] += 1
+                self._acked.get(d.dev, set()).discard(d.seq)
+                continue
+            keep.append(d)
+        self._batch = keep
+        self._in_batch = {(d.dev, d.seq): d.digest for d in keep}
+
+    # --- lifetime ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

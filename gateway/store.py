@@ -1,0 +1,558 @@
+"""The gateway's data directory and its SQLite database: schema, migrations, queries.
+
+Data directory (``--data DIR``)::
+
+    DIR/ledger.db       SQLite database (WAL, synchronous=FULL)
+    DIR/gateway.key     the gateway's Ed25519 signing key, PKCS#8 PEM, mode 0600
+    DIR/gateway.vkey    its public key in C2SP vkey form (a copy for convenience; the audit
+                        and receipts take the vkey from the operator, not from here)
+
+Schema (version `SCHEMA_VERSION`, in ``PRAGMA user_version``; `MIGRATIONS[k]` takes a database
+from version k to k+1, and opening a database runs the missing ones in one transaction):
+
+``entries(i, kind, body, hash)``
+    the ledger: entry i's deterministic CBOR bytes (gateway.entry) and SHA-256(body).
+``ledger_nodes(level, idx, hash)``
+    every completed perfect subtree of the ledger tree (level 0 = the entry leaf hashes), as
+    reported by `merkle.CompactRange.append`: inclusion proofs need O(log n) lookups.
+``batches(entry, first, n, root, nodes)``
+    a batch of readings: its ledger entry index, the id of its first reading (the batch's
+    readings are ids first .. first+n-1, in leaf order), its RFC 6962 root, and ``nodes``: the
+    roots of its consecutive 16-leaf groups (the last one partial), concatenated; a receipt
+    needs at most 16 readings plus these to build an inclusion proof.
+``readings(id, dev, seq, batch, cose)``
+    each anchored reading once: the COSE bytes as received; unique (dev, seq). The leaf hash
+    SHA-256(0x00 || cose) is recomputed when needed, not stored.
+``devices(id, key, status, entry, readings, last_seq, upto)``
+    the registry's current state: key (65-byte SEC1 point), "active" | "revoked", the entry
+    of the last change, count of anchored readings, highest seq, and ``upto``: the
+    contiguous-anchored watermark (every seq <= upto is anchored; -1 when seq 0 is not), so an
+    ack's ``upto`` is O(1).
+``device_keys(dev, key, from_entry, until_entry)``
+    key history: a reading in batch entry b was checked against the key with
+    from_entry < b < until_entry (until_entry NULL = still valid).
+``checkpoints(size, root, note)``
+    every signed checkpoint, one per ledger size.
+``events(id, kind, dev, seq, cose, detail, t)``
+    security events: "equivocation" (a second, different message for a stored (dev, seq); the
+    first one is kept, this one is stored here), "chain_break" (a stored reading whose prev is
+    not the hash of the stored reading seq-1; the reading is still anchored, it is authentic).
+``rejected(reason, n)``
+    rejection counters by reason, updated in the batch's transaction.
+``meta(key, value)``
+    ``gateway_vkey``, ``ledger_range`` (the ledger tree's compact range, merkle.CompactRange
+    bytes), ``created``.
+
+All writes go through `Store.write()` (BEGIN IMMEDIATE ... COMMIT): a commit is one
+transaction. SQLite failures become `StorageError` with what happened and what to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway import merkle, note
+from gateway.entry import batch_entry, device_entry, entry_hash, entry_leaf_hash
+from gateway.errors import ConfigError, IntegrityError, StorageError
+
+DB_NAME = "ledger.db"
+KEY_NAME = "gateway.key"
+VKEY_NAME = "gateway.vkey"
+GROUP = 16  # leaves per stored batch node (see `batches.nodes`)
+ZERO_HASH = bytes(32)
+
+MIGRATIONS: list[str] = [
+    # 0 -> 1: the initial schema
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+    CREATE TABLE entries (
+        i INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('batch', 'device')),
+        body BLOB NOT NULL,
+        hash BLOB NOT NULL
+    );
+    CREATE TABLE ledger_nodes (
+        level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL,
+        PRIMARY KEY (level, idx)
+    ) WITHOUT ROWID;
+    CREATE TABLE batches (
+        entry INTEGER PRIMARY KEY,
+        first INTEGER NOT NULL,
+        n INTEGER NOT NULL,
+        root BLOB NOT NULL,
+        nodes BLOB NOT NULL
+    );
+    CREATE TABLE readings (
+        id INTEGER PRIMARY KEY,
+        dev TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        batch INTEGER NOT NULL,
+        cose BLOB NOT NULL
+    );
+    CREATE UNIQUE INDEX readings_dev_seq ON readings (dev, seq);
+    CREATE TABLE devices (
+        id TEXT PRIMARY KEY,
+        key BLOB NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('active', 'revoked')),
+        entry INTEGER NOT NULL,
+        readings INTEGER NOT NULL DEFAULT 0,
+        last_seq INTEGER,
+        upto INTEGER NOT NULL DEFAULT -1
+    );
+    CREATE TABLE device_keys (
+        dev TEXT NOT NULL,
+        key BLOB NOT NULL,
+        from_entry INTEGER NOT NULL,
+        until_entry INTEGER,
+        PRIMARY KEY (dev, from_entry)
+    );
+    CREATE TABLE checkpoints (
+        size INTEGER PRIMARY KEY,
+        root BLOB NOT NULL,
+        note TEXT NOT NULL
+    );
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        dev TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        cose BLOB,
+        detail TEXT NOT NULL,
+        t INTEGER NOT NULL
+    );
+    CREATE INDEX events_dev_seq ON events (dev, seq);
+    CREATE TABLE rejected (reason TEXT PRIMARY KEY, n INTEGER NOT NULL);
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def storage_error(e: BaseException, path: Path, doing: str) -> StorageError:
+    """Turn an sqlite3/OS error into a StorageError that says what to do."""
+    msg = str(e)
+    low = msg.lower()
+    if "full" in low or getattr(e, "errno", None) == 28:
+        hint = f"free space on the disk holding {path.parent} and retry; nothing was acknowledged"
+    elif "readonly" in low or "read-only" in low or getattr(e, "errno", None) in (13, 30):
+        hint = f"make {path.parent} and {path.name} writable by this user; nothing was acknowledged"
+    elif "locked" in low or "busy" in low:
+        hint = "another iot-anchor process holds the database; retry when it is done"
+    elif "malformed" in low or "not a database" in low or "corrupt" in low:
+        hint = (f"the database file {path} is damaged: restore it from a backup, "
+                "then run 'iot-anchor ledger verify'")
+    elif "unable to open" in low:
+        hint = f"check that {path.parent} exists and is accessible, or run 'iot-anchor init'"
+    else:
+        hint = "check the data directory and the disk, then retry"
+    return StorageError(f"{doing} failed on {path}: {msg}", hint)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRow:
+    id: str
+    key: bytes
+    status: str
+    entry: int
+    readings: int
+    last_seq: int | None
+    upto: int
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """The ledger head read inside a write transaction."""
+
+    size: int  # number of entries
+    last_hash: bytes  # entry_hash of entry size-1, or 32 zero bytes
+    tree: merkle.CompactRange
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    index: int
+    body: bytes
+    hash: bytes
+
+
+def batch_nodes(leaves: Sequence[bytes]) -> list[bytes]:
+    """Roots of consecutive GROUP-leaf groups (the last may be partial). The batch root is
+    `merkle.root(batch_nodes(leaves))`: RFC 6962 trees are left-packed, so every full group is
+    a perfect subtree and the partial tail is the rightmost one."""
+    return [merkle.root(leaves[i:i + GROUP]) for i in range(0, len(leaves), GROUP)]
+
+
+def split_nodes(blob: bytes) -> list[bytes]:
+    return [blob[i:i + 32] for i in range(0, len(blob), 32)]
+
+
+class Store:
+    """One open data directory. Thread-safe (one lock around the one connection)."""
+
+    def __init__(self, data_dir: Path, conn: sqlite3.Connection, readonly: bool) -> None:
+        self.data_dir = data_dir
+        self.path = data_dir / DB_NAME
+        self.conn = conn
+        self.readonly = readonly
+        self.lock = threading.RLock()
+        self._data_version = self._pragma("data_version")
+
+    # --- opening -------------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, data_dir: str | os.PathLike[str]) -> tuple[Store, str]:
+        """`iot-anchor init`: make DIR, the database and the key. Returns (store, vkey).
+        Refuses a DIR that already holds anything."""
+        d = Path(data_dir)
+        if d.exists() and (not d.is_dir() or any(d.iterdir())):
+            raise ConfigError(
+                f"data directory {d} already exists and is not empty",
+                "refusing to overwrite it; pick another --data DIR or remove it first",
+            )
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            os.chmod(d, 0o700)
+        except OSError as e:
+            raise StorageError(f"cannot create data directory {d}: {e.strerror}",
+                               "check the path and its permissions") from e
+        key = note.generate_key()
+        note.save_private_key(d / KEY_NAME, key)
+        vkey = note.vkey_from_private(key)
+        try:
+            (d / VKEY_NAME).write_text(vkey + "\n")
+        except OSError as e:
+            raise storage_error(e, d / VKEY_NAME, "writing the vkey") from e
+        store = cls._connect(d, create=True)
+        with store.write() as c:
+            c.execute("INSERT INTO meta VALUES ('gateway_vkey', ?)", (vkey,))
+            c.execute("INSERT INTO meta VALUES ('created', ?)", (now_ms(),))
+            c.execute("INSERT INTO meta VALUES ('ledger_range', ?)",
+                      (merkle.CompactRange().to_bytes(),))
+        return store, vkey
+
+    @classmethod
+    def open(cls, data_dir: str | os.PathLike[str], *, readonly: bool = False) -> Store:
+        d = Path(data_dir)
+        if not (d / DB_NAME).is_file():
+            raise ConfigError(
+                f"no iot-anchor database in {d}",
+                "run 'iot-anchor init --data DIR' first, or pass the right --data / "
+                "$IOT_ANCHOR_DATA",
+            )
+        return cls._connect(d, create=False, readonly=readonly)
+
+    @classmethod
+    def _connect(cls, d: Path, *, create: bool, readonly: bool = False) -> Store:
+        path = d / DB_NAME
+        try:
+            if readonly:
+                conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
+                                       check_same_thread=False, timeout=30)
+            else:
+                conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                                       timeout=30)
+            if not readonly:
+                conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=OFF")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.Error as e:
+            raise storage_error(e, path, "opening the database") from e
+        if version > SCHEMA_VERSION:
+            raise ConfigError(
+                f"{path} has schema version {version}, newer than this iot-anchor "
+                f"({SCHEMA_VERSION})", "upgrade iot-anchor")
+        store = cls(d, conn, readonly)
+        if version < SCHEMA_VERSION:
+            if readonly:
+                raise ConfigError(f"{path} has an old schema ({version})",
+                                  "open it once read-write to migrate it")
+            store._migrate(version)
+        return store
+
+    def _migrate(self, version: int) -> None:
+        with self.write() as c:
+            for k in range(version, SCHEMA_VERSION):
+                for stmt in MIGRATIONS[k].split(";"):
+                    if stmt.strip():
+                        c.execute(stmt)
+            c.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        with self.lock:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- low level -----------------------------------------------------------------------------
+
+    def _pragma(self, name: str) -> int:
+        try:
+            return int(self.conn.execute(f"PRAGMA {name}").fetchone()[0])
+        except sqlite3.Error as e:
+            raise storage_error(e, self.path, f"PRAGMA {name}") from e
+
+    def changed_elsewhere(self) -> bool:
+        """True once after another connection (another process) committed something."""
+        with self.lock:
+            v = self._pragma("data_version")
+            if v != self._data_version:
+                self._data_version = v
+                return True
+            return False
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE). Any failure rolls back and raises
+        StorageError (sqlite errors) or re-raises (our own errors)."""
+        if self.readonly:
+            raise StorageError(f"{self.path} is open read-only", "open it read-write")
+        with self.lock:
+            c = self.conn
+            try:
+                c.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as e:
+                raise storage_error(e, self.path, "starting a transaction") from e
+            try:
+                yield c
+                c.execute("COMMIT")
+            except BaseException as e:
+                with contextlib.suppress(sqlite3.Error):
+                    c.execute("ROLLBACK")
+                if isinstance(e, sqlite3.Error):
+                    raise storage_error(e, self.path, "writing the ledger") from e
+                raise
+
+    def query(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        with self.lock:
+            try:
+                return self.conn.execute(sql, args).fetchall()
+            except sqlite3.Error as e:
+                raise storage_error(e, self.path, "reading the database") from e
+
+    def one(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        rows = self.query(sql, args)
+        return rows[0] if rows else None
+
+    # --- ledger head, entries, checkpoints (call inside write()) ------------------------------
+
+    def meta(self, key: str) -> Any:
+        row = self.one("SELECT value FROM meta WHERE key = ?", (key,))
+        return row[0] if row else None
+
+    def vkey(self) -> str:
+        v = self.meta("gateway_vkey")
+        if not v:
+            raise StorageError(f"{self.path} has no gateway key record", "run 'iot-anchor init'")
+        return str(v)
+
+    def load_signer(self) -> Any:
+        key = note.load_private_key(self.data_dir / KEY_NAME)
+        if note.vkey_from_private(key) != self.vkey():
+            raise ConfigError(
+                f"{self.data_dir / KEY_NAME} is not the key this ledger was created with",
+                "restore the original gateway.key",
+            )
+        return key
+
+    def head(self, c: sqlite3.Connection) -> Head:
+        row = c.execute("SELECT i, hash FROM entries ORDER BY i DESC LIMIT 1").fetchone()
+        size, last = (row[0] + 1, row[1]) if row else (0, ZERO_HASH)
+        blob = c.execute("SELECT value FROM meta WHERE key = 'ledger_range'").fetchone()
+        try:
+            tree = merkle.CompactRange.from_bytes(blob[0]) if blob else merkle.CompactRange()
+        except ValueError as e:
+            raise IntegrityError(f"meta.ledger_range is damaged: {e}",
+                                 "run 'iot-anchor ledger verify'") from None
+        if tree.size != size:
+            raise IntegrityError(
+                f"the ledger tree has {tree.size} leaves but the entries table {size} rows",
+                "the database was changed outside iot-anchor; run 'iot-anchor ledger verify'")
+        return Head(size, last, tree)
+
+    def append_entry(self, c: sqlite3.Connection, head: Head, kind: str, body: bytes) -> Appended:
+        """Insert entry `head.size` (its bytes made by the caller with head.last_hash) and its
+        ledger-tree nodes; advances `head.tree` in place."""
+        i = head.size
+        h = entry_hash(body)
+        c.execute("INSERT INTO entries (i, kind, body, hash) VALUES (?, ?, ?, ?)",
+                  (i, kind, body, h))
+        nodes = head.tree.append(entry_leaf_hash(body))
+        c.executemany("INSERT INTO ledger_nodes (level, idx, hash) VALUES (?, ?, ?)", nodes)
+        return Appended(i, body, h)
+
+    def checkpoint(self, c: sqlite3.Connection, tree: merkle.CompactRange, signer: Any) -> str:
+        """Sign and store the checkpoint for `tree` (the state after this transaction's
+        appends). Refuses to sign anything that does not extend the last checkpoint."""
+        size, root = tree.size, tree.root()
+        last = c.execute("SELECT size, root FROM checkpoints ORDER BY size DESC LIMIT 1").fetchone()
+        if last is not None:
+            if size < last[0] or (size == last[0] and root != last[1]):
+                raise IntegrityError(
+                    f"refusing to sign checkpoint size {size}: the last signed one has size "
+                    f"{last[0]} and another root", "run 'iot-anchor ledger verify'")
+            if size == last[0]:
+                return str(c.execute("SELECT note FROM checkpoints WHERE size = ?",
+                                     (size,)).fetchone()[0])
+            # the new tree must contain the old one: check the old root from stored nodes
+            old = merkle.range_root_from_nodes(
+                lambda lv, ix: _node(c, lv, ix), 0, last[0]) if last[0] else merkle.EMPTY_ROOT
+            if old != last[1]:
+                raise IntegrityError(
+                    f"the ledger tree's first {last[0]} entries no longer give the signed root",
+                    "the database was changed outside iot-anchor; run 'iot-anchor ledger verify'")
+        text = note.sign_checkpoint(size, root, signer)
+        c.execute("INSERT INTO checkpoints (size, root, note) VALUES (?, ?, ?)", (size, root, text))
+        c.execute("UPDATE meta SET value = ? WHERE key = 'ledger_range'", (tree.to_bytes(),))
+        return text
+
+    def latest_checkpoint(self) -> tuple[int, str] | None:
+        row = self.one("SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1")
+        return (int(row[0]), str(row[1])) if row else None
+
+    def entry_count(self) -> int:
+        row = self.one("SELECT MAX(i) FROM entries")
+        return 0 if row is None or row[0] is None else int(row[0]) + 1
+
+    def ledger_node(self, level: int, idx: int) -> bytes:
+        with self.lock:
+            return _node(self.conn, level, idx)
+
+    # --- device registry -----------------------------------------------------------------------
+
+    def devices(self) -> list[DeviceRow]:
+        return [DeviceRow(*r) for r in self.query(
+            "SELECT id, key, status, entry, readings, last_seq, upto FROM devices ORDER BY id")]
+
+    def device(self, dev: str) -> DeviceRow | None:
+        r = self.one("SELECT id, key, status, entry, readings, last_seq, upto FROM devices "
+                     "WHERE id = ?", (dev,))
+        return DeviceRow(*r) if r else None
+
+    def device_event(self, signer: Any, dev: str, key: bytes, action: str) -> tuple[int, str]:
+        """Record a registry change (add / revoke / rotate) as a ledger entry, update the
+        registry tables and sign a checkpoint, in one transaction. Returns (entry, checkpoint).
+        The caller checks that the change makes sense (registry.py)."""
+        with self.write() as c:
+            head = self.head(c)
+            body = device_entry(head.size, head.last_hash, dev, key, action, now_ms())
+            e = self.append_entry(c, head, "device", body)
+            if action == "add":
+                c.execute("INSERT INTO devices (id, key, status, entry) VALUES (?, ?, 'active', ?)",
+                          (dev, key, e.index))
+                c.execute("INSERT INTO device_keys VALUES (?, ?, ?, NULL)", (dev, key, e.index))
+            else:
+                c.execute("UPDATE device_keys SET until_entry = ? "
+                          "WHERE dev = ? AND until_entry IS NULL", (e.index, dev))
+                if action == "rotate":
+                    c.execute("INSERT INTO device_keys VALUES (?, ?, ?, NULL)",
+                              (dev, key, e.index))
+                    c.execute("UPDATE devices SET key = ?, entry = ? WHERE id = ?",
+                              (key, e.index, dev))
+                else:
+                    c.execute("UPDATE devices SET status = 'revoked', entry = ? WHERE id = ?",
+                              (e.index, dev))
+            cp = self.checkpoint(c, head.tree, signer)
+        return e.index, cp
+
+    # --- readings ------------------------------------------------------------------------------
+
+    def reading_count(self) -> int:
+        row = self.one("SELECT MAX(id) FROM readings")
+        return 0 if row is None or row[0] is None else int(row[0]) + 1
+
+    def stored_cose(self, dev: str, seq: int) -> bytes | None:
+        row = self.one("SELECT cose FROM readings WHERE dev = ? AND seq = ?", (dev, seq))
+        return bytes(row[0]) if row else None
+
+    def rejected_counts(self) -> dict[str, int]:
+        return {r: int(n) for r, n in self.query("SELECT reason, n FROM rejected ORDER BY reason")}
+
+    def gaps(self) -> dict[str, list[list[int]]]:
+        """Missing seq ranges below each device's last seq: {dev: [[lo, hi], ...]}."""
+        out: dict[str, list[list[int]]] = {}
+        for dev, lo in self.query(
+                "SELECT dev, MIN(seq) FROM readings GROUP BY dev HAVING MIN(seq) > 0"):
+            out.setdefault(dev, []).append([0, int(lo) - 1])
+        for dev, seq, nxt in self.query(
+                "SELECT dev, seq, nxt FROM (SELECT dev, seq, LEAD(seq) OVER "
+                "(PARTITION BY dev ORDER BY seq) AS nxt FROM readings) WHERE nxt > seq + 1 "
+                "ORDER BY dev, seq"):
+            out.setdefault(dev, []).append([int(seq) + 1, int(nxt) - 1])
+        return out
+
+    def receipt_parts(self, dev: str, seq: int) -> dict[str, Any] | None:
+        """What `receipt.build_receipt` needs for (dev, seq), or None if it is not anchored."""
+        with self.lock:
+            try:
+                return self._receipt_parts(dev, seq)
+            except sqlite3.Error as e:
+                raise storage_error(e, self.path, "reading the database") from e
+
+    def _receipt_parts(self, dev: str, seq: int) -> dict[str, Any] | None:
+        c = self.conn
+        row = c.execute("SELECT id, batch, cose FROM readings WHERE dev = ? AND seq = ?",
+                        (dev, seq)).fetchone()
+        if row is None:
+            return None
+        rid, b, cose = row
+        brow = c.execute("SELECT first, n, root, nodes FROM batches WHERE entry = ?",
+                         (b,)).fetchone()
+        if brow is None:
+            raise IntegrityError(f"readings.id {rid} names batch {b}, which does not exist",
+                                 "run 'iot-anchor ledger verify'")
+        first, n, _root, nodes_blob = brow
+        idx = rid - first
+        g = idx // GROUP
+        lo = first + g * GROUP
+        hi = min(first + n, lo + GROUP)
+        leaves = [merkle.leaf_hash(x[0]) for x in c.execute(
+            "SELECT cose FROM readings WHERE id >= ? AND id < ? ORDER BY id", (lo, hi))]
+        if len(leaves) != hi - lo:
+            raise IntegrityError(f"batch {b} is missing readings between ids {lo} and {hi}",
+                                 "run 'iot-anchor ledger verify'")
+        nodes = split_nodes(nodes_blob)
+        proof = merkle.inclusion_proof(leaves, idx - g * GROUP) + merkle.inclusion_proof(nodes, g)
+        cp = c.execute("SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1").fetchone()
+        body = c.execute("SELECT body FROM entries WHERE i = ?", (b,)).fetchone()
+        if cp is None or body is None or cp[0] <= b:
+            raise IntegrityError(f"batch entry {b} is not covered by a stored checkpoint",
+                                 "run 'iot-anchor ledger verify'")
+        size = int(cp[0])
+        eproof = merkle.inclusion_proof_with(
+            lambda lo_, hi_: merkle.range_root_from_nodes(lambda lv, ix: _node(c, lv, ix),
+                                                          lo_, hi_), b, size)
+        return {
+            "cose": bytes(cose), "reading_index": idx, "batch_size": n, "reading_proof": proof,
+            "entry": bytes(body[0]), "entry_index": b, "tree_size": size, "entry_proof": eproof,
+            "checkpoint": str(cp[1]),
+        }
+
+
+def _node(c: sqlite3.Connection, level: int, idx: int) -> bytes:
+    row = c.execute("SELECT hash FROM ledger_nodes WHERE level = ? AND idx = ?",
+                    (level, idx)).fetchone()
+    if row is None:
+        raise IntegrityError(f"ledger_nodes has no node (level {level}, index {idx})",
+                             "run 'iot-anchor ledger verify'")
+    return bytes(row[0])
+
+
+def make_batch_entry(head: Head, root: bytes, n: int, t: int) -> bytes:
+    return batch_entry(head.size, head.last_hash, root, n, t)
