@@ -78,6 +78,7 @@ ORIGIN_PREFIX = "iot-anchor/"
 SIG_TYPE_ED25519 = 0x01
 _DASH = "\u2014 "
 _MAX_SIGNATURES = 100
+MAX_NOTE_SIZE = 64 * 1024  # a checkpoint note is about 200 bytes
 
 
 class NoteError(AnchorError):
@@ -153,10 +154,14 @@ def vkey_from_private(private_key: Ed25519PrivateKey, name: str | None = None) -
 
 
 def _b64decode(text: str, what: str) -> bytes:
+    """Strict standard base64: padded, no stray characters, canonical (re-encodes the same)."""
     try:
-        return base64.b64decode(text.encode("ascii"), validate=True)
-    except (binascii.Error, ValueError, UnicodeEncodeError) as e:
-        raise NoteError(f"{what} is not valid base64") from e
+        raw = base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        raise NoteError(f"{what} is not valid base64") from None
+    if base64.b64encode(raw).decode("ascii") != text:
+        raise NoteError(f"{what} is not in canonical base64")
+    return raw
 
 
 def parse_vkey(vkey: str) -> tuple[str, bytes, Ed25519PublicKey]:
@@ -225,6 +230,8 @@ def verify_note(note: str, vkey: str) -> str:
     every signature by `vkey` must be valid. Raises NoteError with the reason.
     """
     name, kid, pub = parse_vkey(vkey)
+    if isinstance(note, str) and len(note) > MAX_NOTE_SIZE:
+        raise NoteError(f"the note is {len(note)} characters long, more than {MAX_NOTE_SIZE}")
     if not isinstance(note, str) or not note.endswith("\n"):
         raise NoteError("a signed note must end with a newline")
     cut = note.rfind("\n\n")

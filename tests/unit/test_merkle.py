@@ -335,3 +335,15 @@ def test_verifiers_only_raise_proof_error(
         merkle.verify_consistency(index, size, proof, leaf, root)
     except ProofError:
         pass
+
+
+def test_memoryview_and_bytearray_inputs() -> None:
+    hs = merkle.leaf_hashes([b"a", bytearray(b"b"), memoryview(b"c")])
+    assert hs == [hashlib.sha256(b"\x00" + x).digest() for x in (b"a", b"b", b"c")]
+    r = merkle.root([memoryview(h) for h in hs])
+    assert type(r) is bytes and r == merkle.root(hs)
+    assert type(merkle.root([bytearray(hs[0])])) is bytes
+    proof = merkle.inclusion_proof(hs, 1)
+    merkle.verify_inclusion(memoryview(hs[1]), 1, 3, [memoryview(p) for p in proof], r)
+    with pytest.raises(ProofError, match="str"):
+        merkle.verify_inclusion(hs[1], 1, 3, ["00" * 32], r)  # type: ignore[list-item]

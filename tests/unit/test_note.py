@@ -302,3 +302,19 @@ def test_load_raw_seed_and_refusals(tmp_path: Path) -> None:
         note.load_private_key(junk)
     with pytest.raises(ConfigError, match="cannot read"):
         note.load_private_key(tmp_path / "missing.key")
+
+
+def test_non_canonical_base64_and_oversized_notes_are_refused() -> None:
+    k = fixed_key()
+    root = hashlib.sha256(b"r").digest()
+    body = note.format_checkpoint("o", 1, root)
+    b64 = base64.b64encode(root).decode()  # 44 chars, one '=': the last digit has 2 spare bits
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    twin = b64[:-2] + alphabet[alphabet.index(b64[-2]) ^ 1] + "="
+    assert base64.b64decode(twin) == root  # same bytes, different text
+    with pytest.raises(NoteError, match="canonical"):
+        note.parse_checkpoint(body.replace(b64, twin))
+    vkey = note.vkey_from_private(k)
+    huge = "x\n" * 40_000 + "\n\u2014 a AAAA\n"
+    with pytest.raises(NoteError, match="more than"):
+        note.verify_note(huge, vkey)
