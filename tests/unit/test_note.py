@@ -238,6 +238,21 @@ def test_parse_vkey_rejects(vkey: str) -> None:
         note.parse_vkey(vkey)
 
 
+@pytest.mark.parametrize(
+    "vkey",
+    [
+        GO_VKEY,
+        # golang.org/x/mod/sumdb/note tests; transparency-dev/formats note tests ('+' in base64)
+        "EnochRoot+af0cfe78+ATtqJ7zOtqQtYqOo0CpvDXNlMhV3HeJDpjrASKGLWdop",
+        "TEST+7997405c+AQcC+FTVKf0jlTdHDY3rbevmnKxxPjigCXlVtGe6RIr6",
+    ],
+)
+def test_published_vkeys_parse(vkey: str) -> None:
+    # Their key IDs were computed by other implementations: parse_vkey recomputes and compares.
+    name, kid, pub = note.parse_vkey(vkey)
+    assert note.format_vkey(name, pub) == vkey
+
+
 def test_vkey_with_plus_in_base64() -> None:
     # Keys whose base64 contains '+' must still parse: search for one deterministically.
     for i in range(200):
