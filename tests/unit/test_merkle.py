@@ -171,7 +171,8 @@ def _mutations(proof: list[bytes], rnd: random.Random) -> list[list[bytes]]:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(n=st.integers(1, 2000), pick=st.randoms(use_true_random=False))
+@given(n=st.integers(0, 2000), pick=st.randoms(use_true_random=False))
+@example(n=0, pick=random.Random(0))
 @example(n=2000, pick=random.Random(1))
 @example(n=1024, pick=random.Random(2))
 @example(n=1025, pick=random.Random(3))
@@ -180,6 +181,11 @@ def test_inclusion_matches_reference(n: int, pick: random.Random) -> None:
     hs = merkle.leaf_hashes(data)
     r = merkle.root(hs)
     assert r == ref_mth(data)
+    assert r == CompactRange.from_leaves(hs).root()
+    if n == 0:  # the empty tree has a root but no leaves to prove
+        with pytest.raises(ValueError):
+            merkle.inclusion_proof(hs, 0)
+        return
     for index in {0, n - 1, pick.randrange(n)}:
         proof = merkle.inclusion_proof(hs, index)
         assert proof == ref_path(index, data)
