@@ -1,0 +1,404 @@
+# The outbox: signed readings on flash until the gateway acknowledges them as anchored.
+#
+# Layout under DIR/outbox/:
+#   00000001.seg, 00000002.seg, ...  append-only segments of reading records (seq order)
+#   acks.log                         append-only log of acks and drops; rewritten (tmp + rename)
+#                                    when it grows past _LOG_COMPACT (2 KB)
+#
+# A record, in both kinds of file, is a 12-byte header and a payload:
+#   magic 0xA7 (u8) | kind (u8) | payload length (u16 LE) | seq (u32 LE) | CRC-32 (u32 LE)
+# where the CRC-32 (binascii.crc32) covers the first 8 header bytes and the payload. Kinds:
+#   _READING  seq = the reading's seq, payload = the whole COSE message
+#   _ACK      seq = upto + 1 (so upto = -1 is 0), payload = the other acked seqs (u32 LE each)
+#   _DROP     seq = 0, payload = the seqs dropped by the size bound (u32 LE each)
+#   _BASE     seq = upto + 1, payload = dropped total (u32) then the done seqs above upto
+#             (first record of a compacted acks.log)
+#
+# Power loss: a record is written with one write() call and a segment or the log is never
+# rewritten in place. On load, the first record that is short or fails its CRC ends that file
+# (a torn last write is dropped, never a crash); appends after a reboot always start a new
+# segment, so a torn tail is never followed by good records. A reading stays until an ack (or
+# the size bound) marks it done; a segment whose records are all done is deleted. An ack is made
+# durable in acks.log before any segment is deleted, so a crash in between only delays deletion.
+#
+# Size bound (documented policy): at most `max_records` readings wait in the outbox. Appending
+# one more drops the oldest waiting reading first, and counts it in `dropped` (persisted). The
+# number of segment files is bounded too (max_records / seg_records + 2): when a new segment
+# would exceed it, the oldest segment's waiting readings are dropped and counted the same way.
+# Dropping never raises; the device keeps producing.
+#
+# RAM: 11 bytes per record slot of each live segment (seq u32, offset u16, last publish ticks
+# i32, state u8; arrays preallocated per segment), plus one small object per segment. Records stay on
+# flash and are read back one at a time for (re)publishing.
+
+import binascii
+import os
+import struct
+from array import array
+
+try:
+    from micropython import const
+except ImportError:
+
+    def const(x):
+        return x
+
+
+_MAGIC = const(0xA7)
+_READING = const(1)
+_ACK = const(2)
+_DROP = const(3)
+_BASE = const(4)
+_HDR = const(12)
+_LOG_COMPACT = const(2048)
+_NEVER = const(-1)  # "never published" in the sent-ticks array
+
+_PENDING = const(0)
+_DONE = const(1)
+_FREE = const(2)
+
+
+def _crc(hdr8, payload):
+    return binascii.crc32(payload, binascii.crc32(hdr8)) & 0xFFFFFFFF
+
+
+def _record(kind, seq, payload):
+    hdr = bytearray(_HDR)
+    struct.pack_into("<BBHI", hdr, 0, _MAGIC, kind, len(payload), seq)
+    struct.pack_into("<I", hdr, 8, _crc(memoryview(hdr)[:8], payload))
+    return hdr + payload
+
+
+def _u32s(seqs):
+    b = bytearray(4 * len(seqs))
+    for i, s in enumerate(seqs):
+        struct.pack_into("<I", b, 4 * i, s)
+    return b
+
+
+def _records(path):
+    """Yield (kind, seq, payload, offset) for each good record; stop at the first bad one."""
+    try:
+        f = open(path, "rb")
+    except OSError:
+        return
+    try:
+        off = 0
+        while True:
+            hdr = f.read(_HDR)
+            if len(hdr) < _HDR:
+                return
+            magic, kind, n, seq, crc = struct.unpack("<BBHII", hdr)
+            if magic != _MAGIC:
+                return
+            payload = f.read(n)
+            if len(payload) < n or _crc(memoryview(hdr)[:8], payload) != crc:
+                return
+            yield kind, seq, payload, off
+            off += _HDR + n
+    finally:
+        f.close()
+
+
+class _Seg:
+    # Arrays preallocated for `cap` records (no growth slack); unused slots have state _FREE.
+    __slots__ = ("num", "path", "seqs", "offs", "sent", "st", "n", "pending", "size")
+
+    def __init__(self, num, path, cap):
+        # MicroPython builds an array from a buffer's raw bytes: cap zeroed items each
+        self.num = num
+        self.path = path
+        self.seqs = array("I", bytearray(4 * cap))   # "I"/"i": 4 bytes on every port
+        self.offs = array("H", bytearray(2 * cap))
+        self.sent = array("i", bytearray(4 * cap))
+        self.st = bytearray(b"\x02" * cap)
+        self.n = 0
+        self.pending = 0
+        self.size = 0
+
+    def add(self, seq, off, done):
+        i = self.n
+        if i < len(self.st):
+            self.seqs[i] = seq
+            self.offs[i] = off
+            self.sent[i] = _NEVER
+            self.st[i] = _DONE if done else _PENDING
+        else:  # a segment written with a larger seg_records than now
+            self.seqs.append(seq)
+            self.offs.append(off)
+            self.sent.append(_NEVER)
+            self.st.append(_DONE if done else _PENDING)
+        self.n = i + 1
+        if not done:
+            self.pending += 1
+
+
+class Outbox:
+    """The flash outbox in `root`/outbox. See the module comment for format and policy."""
+
+    def __init__(self, root, max_records=1000, seg_records=64, seg_bytes=16384):
+        if max_records < 1 or seg_records < 1 or not 1024 <= seg_bytes <= 65535:
+            raise ValueError("outbox sizes out of range: max_records >= 1, seg_records >= 1, "
+                             "1024 <= seg_bytes <= 65535")
+        self.dir = root.rstrip("/") + "/outbox"
+        self.max_records = max_records
+        self.seg_records = seg_records
+        self.seg_bytes = seg_bytes
+        self.max_segs = max_records // seg_records + 2
+        self.segs = []          # _Seg, oldest first
+        self._cur = None        # the segment appends go to (never one from before a reload)
+        self.upto = -1          # every seq <= upto is done
+        self.dropped = 0
+        self.pending = 0
+        self.last_seq = -1      # highest seq ever appended that is still on flash
+        self.corrupt = 0        # files whose tail was cut by a bad record at load
+        self._log_size = 0
+        self._next_num = 1
+        _mkdirs(self.dir)
+        self._load()
+
+    # -- load -----------------------------------------------------------------------------
+
+    def _load(self):
+        log = self.dir + "/acks.log"
+        try:
+            os.remove(self.dir + "/acks.tmp")   # an interrupted compaction: acks.log is intact
+        except OSError:
+            pass
+        extra = set()
+        good_end = 0
+        for kind, seq, payload, off in _records(log):
+            if kind == _ACK:
+                self.upto = max(self.upto, seq - 1)
+                for i in range(0, len(payload), 4):
+                    extra.add(struct.unpack_from("<I", payload, i)[0])
+            elif kind == _DROP:
+                for i in range(0, len(payload), 4):
+                    extra.add(struct.unpack_from("<I", payload, i)[0])
+                self.dropped += len(payload) // 4
+            elif kind == _BASE:
+                self.upto = max(self.upto, seq - 1)
+                self.dropped += struct.unpack_from("<I", payload, 0)[0]
+                for i in range(4, len(payload), 4):
+                    extra.add(struct.unpack_from("<I", payload, i)[0])
+            good_end = off + _HDR + len(payload)
+        self._log_size = _size(log)
+        torn_log = self._log_size != good_end
+        if torn_log:
+            self.corrupt += 1
+        nums = []
+        for name in os.listdir(self.dir):
+            if name.endswith(".seg"):
+                try:
+                    nums.append(int(name[:-4]))
+                except ValueError:
+                    pass
+        nums.sort()
+        for num in nums:
+            seg = _Seg(num, self._path(num), self.seg_records)
+            end = 0
+            for kind, seq, payload, off in _records(seg.path):
+                if kind != _READING:
+                    continue
+                seg.add(seq, off, seq <= self.upto or seq in extra)
+                if seq > self.last_seq:
+                    self.last_seq = seq
+                end = off + _HDR + len(payload)
+            seg.size = end
+            if _size(seg.path) != end:
+                self.corrupt += 1
+            self.pending += seg.pending
+            self.segs.append(seg)
+            self._next_num = num + 1
+        extra = None
+        self._cur = None
+        self._sweep()
+        if torn_log or self._log_size > _LOG_COMPACT:
+            self._compact_log()     # later appends must not sit behind a torn record
+
+    def _path(self, num):
+        return "%s/%08d.seg" % (self.dir, num)
+
+    # -- append ---------------------------------------------------------------------------
+
+    def append(self, seq, msg):
+        """Store one signed reading. Requires seq > every seq appended before."""
+        if len(msg) > 65535 - _HDR:
+            raise ValueError("reading of %d bytes is too large for the outbox" % len(msg))
+        while self.pending >= self.max_records:
+            self._drop_oldest()
+        cur = self._cur
+        if cur is None or cur.n >= self.seg_records or \
+                cur.size + _HDR + len(msg) > self.seg_bytes:
+            while len(self.segs) >= self.max_segs:
+                self._drop_segment(self.segs[0])
+            cur = self._cur = _Seg(self._next_num, self._path(self._next_num), self.seg_records)
+            self._next_num += 1
+            self.segs.append(cur)
+        rec = _record(_READING, seq, msg)
+        with open(cur.path, "ab") as f:
+            f.write(rec)
+        cur.add(seq, cur.size, False)
+        cur.size += len(rec)
+        self.pending += 1
+        self.last_seq = seq
+
+    def _drop_oldest(self):
+        for seg in self.segs:
+            if seg.pending:
+                st = seg.st
+                for i in range(len(st)):
+                    if st[i] == _PENDING:
+                        self._log(_record(_DROP, 0, _u32s((seg.seqs[i],))))
+                        self._mark(seg, i)
+                        self.dropped += 1
+                        self._sweep()
+                        return
+        raise RuntimeError("outbox: nothing to drop")  # unreachable while pending > 0
+
+    def _drop_segment(self, seg):
+        lost = [seg.seqs[i] for i in range(len(seg.st)) if seg.st[i] == _PENDING]
+        if lost:
+            self._log(_record(_DROP, 0, _u32s(lost)))
+            self.dropped += len(lost)
+        for i in range(len(seg.st)):
+            if seg.st[i] == _PENDING:
+                self._mark(seg, i)
+        self._sweep()
+
+    # -- acks -----------------------------------------------------------------------------
+
+    def ack(self, upto, seqs=()):
+        """Apply an ack: every seq <= upto and each of `seqs` is anchored. Returns how many
+        waiting readings it removed. Durable (acks.log) before any segment is deleted."""
+        if len(seqs) > 8:
+            seqs = set(seqs)
+        newly = 0
+        for seg in self.segs:
+            if not seg.pending:
+                continue
+            st = seg.st
+            sq = seg.seqs
+            for i in range(len(st)):
+                if st[i] == _PENDING and (sq[i] <= upto or sq[i] in seqs):
+                    newly += 1
+        if upto > self.upto or newly:
+            extra = [s for s in seqs if s > upto]
+            self._log(_record(_ACK, max(upto, self.upto) + 1, _u32s(extra)))
+            if upto > self.upto:
+                self.upto = upto
+            for seg in self.segs:
+                if not seg.pending:
+                    continue
+                st = seg.st
+                sq = seg.seqs
+                for i in range(len(st)):
+                    if st[i] == _PENDING and (sq[i] <= upto or sq[i] in seqs):
+                        self._mark(seg, i)
+            self._sweep()
+        return newly
+
+    def _mark(self, seg, i):
+        seg.st[i] = _DONE
+        seg.pending -= 1
+        self.pending -= 1
+
+    def _sweep(self):
+        """Delete segments with nothing waiting (the one being appended to only once it is
+        full, so a quiet device does not create and delete a file per reading); compact the
+        log when it is long."""
+        keep = []
+        for seg in self.segs:
+            if seg.pending == 0 and (seg is not self._cur or seg.n >= self.seg_records):
+                try:
+                    os.remove(seg.path)
+                except OSError:
+                    pass
+                if seg is self._cur:
+                    self._cur = None
+            else:
+                keep.append(seg)
+        self.segs = keep
+        if self._log_size > _LOG_COMPACT:
+            self._compact_log()
+
+    def _log(self, rec):
+        with open(self.dir + "/acks.log", "ab") as f:
+            f.write(rec)
+        self._log_size += len(rec)
+
+    def _compact_log(self):
+        done = []
+        for seg in self.segs:
+            for i in range(len(seg.st)):
+                if seg.st[i] == _DONE and seg.seqs[i] > self.upto:
+                    done.append(seg.seqs[i])
+        payload = _u32s([self.dropped] + done)
+        rec = _record(_BASE, self.upto + 1, payload)
+        tmp = self.dir + "/acks.tmp"
+        with open(tmp, "wb") as f:
+            f.write(rec)
+        os.rename(tmp, self.dir + "/acks.log")
+        self._log_size = len(rec)
+
+    # -- reading back ---------------------------------------------------------------------
+
+    def waiting(self):
+        """Yield (seg, i, seq) for every waiting reading, oldest first. Safe while acks arrive:
+        check `is_waiting(seg, i)` after each await."""
+        for seg in list(self.segs):
+            for i in range(len(seg.st)):
+                if seg.st[i] == _PENDING:
+                    yield seg, i, seg.seqs[i]
+
+    def is_waiting(self, seg, i):
+        return seg.st[i] == _PENDING and seg in self.segs
+
+    def read(self, seg, i):
+        """The COSE message of record i of seg (checked against its CRC). OSError if gone."""
+        with open(seg.path, "rb") as f:
+            f.seek(seg.offs[i])
+            hdr = f.read(_HDR)
+            magic, kind, n, seq, crc = struct.unpack("<BBHII", hdr)
+            payload = f.read(n)
+        if magic != _MAGIC or seq != seg.seqs[i] or _crc(memoryview(hdr)[:8], payload) != crc:
+            raise OSError(5)  # EIO: the flash changed under us
+        return payload
+
+    def sent_at(self, seg, i):
+        """ticks_ms of the last publish, or None when never published since load."""
+        t = seg.sent[i]
+        return None if t == _NEVER else t
+
+    def mark_sent(self, seg, i, ticks):
+        seg.sent[i] = ticks & 0x3FFFFFFF
+
+    def clear_sent(self):
+        """Forget publish times (after a reconnect everything is due again)."""
+        for seg in self.segs:
+            s = seg.sent
+            for i in range(len(s)):
+                s[i] = _NEVER
+
+    def stats(self):
+        return {"pending": self.pending, "dropped": self.dropped, "segments": len(self.segs),
+                "upto": self.upto, "corrupt": self.corrupt}
+
+
+def _size(path):
+    try:
+        return os.stat(path)[6]
+    except OSError:
+        return 0
+
+
+def _mkdirs(path):
+    cur = "/" if path.startswith("/") else ""
+    for part in path.split("/"):
+        if not part:
+            continue
+        cur = cur + part if (not cur or cur.endswith("/")) else cur + "/" + part
+        try:
+            os.mkdir(cur)
+        except OSError:
+            pass
