@@ -67,6 +67,15 @@ RECEIPT_VERSION = 1
 MAX_COSE_SIZE = 64 * 1024  # a receipt may come from anywhere: bound what we decode
 P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 _MAX_PROOF = 64
+_HINT = (
+    "the receipt does not prove this reading: it was altered, or comes from another gateway; "
+    "ask the gateway for a fresh one with 'iot-anchor receipt DEVICE SEQ'"
+)
+
+
+def _fail(what: str, hint: str = _HINT) -> ReceiptError:
+    """A ReceiptError with the default hint (what to do next) unless one is given."""
+    return ReceiptError(what, hint)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,11 +138,11 @@ def parse_receipt(text: str | bytes) -> dict[str, Any]:
     try:
         obj = json.loads(text)
     except (ValueError, UnicodeDecodeError) as e:
-        raise ReceiptError(
+        raise _fail(
             f"receipt is not valid JSON ({e})", "pass the file written by 'iot-anchor receipt'"
         ) from None
     if not isinstance(obj, dict):
-        raise ReceiptError(
+        raise _fail(
             "receipt is not a JSON object", "pass the file written by 'iot-anchor receipt'"
         )
     return obj
@@ -144,13 +153,15 @@ def parse_receipt(text: str | bytes) -> dict[str, Any]:
 
 def _get(obj: Mapping[str, Any], key: str, typ: type, where: str) -> Any:
     if not isinstance(obj, Mapping) or key not in obj:
-        raise ReceiptError(f"receipt field {where}{key} is missing", "the receipt is incomplete")
+        raise _fail(f"receipt field {where}{key} is missing", "the receipt is incomplete")
     v = obj[key]
     if typ is int:
         if type(v) is not int or v < 0:
-            raise ReceiptError(f"receipt field {where}{key} must be a non-negative integer")
+            raise _fail(f"receipt field {where}{key} must be a non-negative integer")
     elif not isinstance(v, typ):
-        raise ReceiptError(f"receipt field {where}{key} must be a {typ.__name__}")
+        kinds: dict[type, str] = {dict: "JSON object", list: "list", str: "string"}
+        kind = kinds.get(typ, typ.__name__)
+        raise _fail(f"receipt field {where}{key} must be a {kind}")
     return v
 
 
@@ -159,21 +170,21 @@ def _hex(obj: Mapping[str, Any], key: str, where: str) -> bytes:
     try:
         return bytes.fromhex(s)
     except ValueError:
-        raise ReceiptError(f"receipt field {where}{key} is not hex") from None
+        raise _fail(f"receipt field {where}{key} is not hex") from None
 
 
 def _proof(obj: Mapping[str, Any], where: str) -> list[bytes]:
     items = _get(obj, "proof", list, where)
     if len(items) > _MAX_PROOF:
-        raise ReceiptError(f"receipt field {where}proof has {len(items)} elements (max 64)")
+        raise _fail(f"receipt field {where}proof has {len(items)} elements (max 64)")
     out = []
     for i, s in enumerate(items):
         if not isinstance(s, str) or len(s) != 64:
-            raise ReceiptError(f"receipt field {where}proof[{i}] is not a 64-digit hex hash")
+            raise _fail(f"receipt field {where}proof[{i}] is not a 64-digit hex hash")
         try:
             out.append(bytes.fromhex(s))
         except ValueError:
-            raise ReceiptError(f"receipt field {where}proof[{i}] is not hex") from None
+            raise _fail(f"receipt field {where}proof[{i}] is not hex") from None
     return out
 
 
@@ -193,35 +204,35 @@ class _Cose:
 def _decode_cose(data: bytes) -> _Cose:
     """Strict COSE_Sign1/ES256 decoding of one reading (the rules of the gateway pipeline)."""
     if len(data) > MAX_COSE_SIZE:
-        raise ReceiptError(f"reading is {len(data)} bytes, larger than {MAX_COSE_SIZE}")
+        raise _fail(f"reading is {len(data)} bytes, larger than {MAX_COSE_SIZE}")
     try:
         msg = cbor2.loads(data)
     except Exception as e:  # cbor2 raises several types on hostile input
-        raise ReceiptError(f"reading is not valid CBOR ({type(e).__name__})") from None
+        raise _fail(f"reading is not valid CBOR ({type(e).__name__})") from None
     if not isinstance(msg, cbor2.CBORTag) or msg.tag != 18:
-        raise ReceiptError("reading is not a COSE_Sign1 message (CBOR tag 18)")
+        raise _fail("reading is not a COSE_Sign1 message (CBOR tag 18)")
     v = msg.value
     if not isinstance(v, list) or len(v) != 4:
-        raise ReceiptError("reading COSE_Sign1 does not have exactly four elements")
+        raise _fail("reading COSE_Sign1 does not have exactly four elements")
     protected, unprotected, payload, sig = v
     if not isinstance(protected, bytes) or not isinstance(payload, bytes):
-        raise ReceiptError("reading protected header or payload is not a byte string")
+        raise _fail("reading protected header or payload is not a byte string")
     if unprotected != {}:
-        raise ReceiptError("reading unprotected header is not empty")
+        raise _fail("reading unprotected header is not empty")
     if not isinstance(sig, bytes) or len(sig) != 64:
-        raise ReceiptError("reading signature is not exactly 64 bytes")
+        raise _fail("reading signature is not exactly 64 bytes")
     try:
         hdr = cbor2.loads(protected)
     except Exception:
-        raise ReceiptError("reading protected header is not valid CBOR") from None
+        raise _fail("reading protected header is not valid CBOR") from None
     if not isinstance(hdr, dict) or set(hdr) != {1, 4} or hdr[1] != -7:
-        raise ReceiptError("reading protected header is not {1: -7 (ES256), 4: kid}")
+        raise _fail("reading protected header is not {1: -7 (ES256), 4: kid}")
     kid = hdr[4]
     if not isinstance(kid, bytes):
-        raise ReceiptError("reading kid is not a byte string")
+        raise _fail("reading kid is not a byte string")
     dev, seq = _payload_fields(payload)
     if dev.encode() != kid:
-        raise ReceiptError(f"reading payload dev {dev!r} is not the kid {kid!r}")
+        raise _fail(f"reading payload dev {dev!r} is not the kid {kid!r}")
     return _Cose(protected, payload, sig, kid, dev, seq)
 
 
@@ -229,12 +240,12 @@ def _payload_fields(payload: bytes) -> tuple[str, int]:
     try:
         p = cbor2.loads(payload)
     except Exception:
-        raise ReceiptError("reading payload is not valid CBOR") from None
+        raise _fail("reading payload is not valid CBOR") from None
     if not isinstance(p, dict):
-        raise ReceiptError("reading payload is not a CBOR map")
+        raise _fail("reading payload is not a CBOR map")
     dev, seq = p.get("dev"), p.get("seq")
     if not isinstance(dev, str) or type(seq) is not int or seq < 0:
-        raise ReceiptError("reading payload lacks a text 'dev' or an unsigned 'seq'")
+        raise _fail("reading payload lacks a text 'dev' or an unsigned 'seq'")
     return dev, seq
 
 
@@ -247,21 +258,21 @@ def _check_es256(c: _Cose, device_key: bytes) -> None:
     try:
         pub = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), bytes(device_key))
     except ValueError:
-        raise ReceiptError(
+        raise _fail(
             "the device key is not a valid P-256 point",
             "pass the 65-byte uncompressed key as 130 hex digits",
         ) from None
     r = int.from_bytes(c.signature[:32], "big")
     s = int.from_bytes(c.signature[32:], "big")
     if not (0 < r < P256_N and 0 < s < P256_N):
-        raise ReceiptError("reading signature has r or s out of range")
+        raise _fail("reading signature has r or s out of range")
     if s > P256_N // 2:
-        raise ReceiptError("reading signature is high-S, which the gateway never accepts")
+        raise _fail("reading signature is high-S, which the gateway never accepts")
     tbs = cbor2.dumps(["Signature1", c.protected, b"", c.payload])
     try:
         pub.verify(encode_dss_signature(r, s), tbs, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
-        raise ReceiptError(
+        raise _fail(
             "the device signature does not verify with the given device key",
             "check that the key is the one registered for this device at the time",
         ) from None
@@ -278,10 +289,10 @@ def verify_receipt(
     Raises ReceiptError with a one-line reason on the first failure; returns what was proven.
     """
     if not isinstance(receipt, Mapping):
-        raise ReceiptError("receipt is not a JSON object")
+        raise _fail("receipt is not a JSON object")
     version = receipt.get("version")
     if version != RECEIPT_VERSION:
-        raise ReceiptError(
+        raise _fail(
             f"receipt version {version!r} is not supported (expected {RECEIPT_VERSION})",
             "use an iot-anchor release that writes this version",
         )
@@ -295,10 +306,10 @@ def verify_receipt(
     try:
         cp = note.verify_checkpoint(cp_text, gateway_vkey)
     except AnchorError as e:
-        raise ReceiptError(f"checkpoint: {e.what}", e.hint) from None
+        raise _fail(f"checkpoint: {e.what}", e.hint) from None
     tree_size = _get(ent, "size", int, "entry.")
     if tree_size != cp.size:
-        raise ReceiptError(
+        raise _fail(
             f"receipt entry.size {tree_size} is not the checkpoint's tree size {cp.size}"
         )
 
@@ -308,35 +319,35 @@ def verify_receipt(
     try:
         entry = decode_entry(entry_bytes)
     except EntryError as e:
-        raise ReceiptError(f"ledger entry: {e.what}", "the receipt was altered") from None
+        raise _fail(f"ledger entry: {e.what}", "the receipt was altered") from None
     if not isinstance(entry, BatchEntry):
-        raise ReceiptError(f"ledger entry {entry.i} is a {entry.kind} entry, not a batch entry")
+        raise _fail(f"ledger entry {entry.i} is a {entry.kind} entry, not a batch entry")
     if entry.i != entry_index:
-        raise ReceiptError(f"ledger entry says i={entry.i} but entry.index is {entry_index}")
+        raise _fail(f"ledger entry says i={entry.i} but entry.index is {entry_index}")
     try:
         merkle.verify_inclusion(
             merkle.leaf_hash(entry_bytes), entry_index, tree_size, _proof(ent, "entry."), cp.root
         )
     except merkle.ProofError as e:
-        raise ReceiptError(f"ledger entry not in the checkpoint: {e.what}") from None
+        raise _fail(f"ledger entry not in the checkpoint: {e.what}") from None
 
     # 3. reading in the batch tree
     cose = _hex(reading, "cose", "reading.")
     r_index = _get(reading, "index", int, "reading.")
     r_size = _get(reading, "size", int, "reading.")
     if r_size != entry.n:
-        raise ReceiptError(f"reading.size {r_size} is not the batch size n={entry.n}")
+        raise _fail(f"reading.size {r_size} is not the batch size n={entry.n}")
     try:
         merkle.verify_inclusion(
             merkle.leaf_hash(cose), r_index, r_size, _proof(reading, "reading."), entry.root
         )
     except merkle.ProofError as e:
-        raise ReceiptError(f"reading not in the batch: {e.what}") from None
+        raise _fail(f"reading not in the batch: {e.what}") from None
 
     # 4. the reading itself
     c = _decode_cose(cose)
     if c.dev != device or c.seq != seq:
-        raise ReceiptError(
+        raise _fail(
             f"receipt names device {device!r} seq {seq}, the reading is {c.dev!r} seq {c.seq}"
         )
 
