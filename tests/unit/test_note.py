@@ -39,6 +39,28 @@ GO_NOTE = (
 )
 
 
+# The second signer of the same text in golang.org/x/mod/sumdb/note's tests.
+ENOCH_VKEY = "EnochRoot+af0cfe78+ATtqJ7zOtqQtYqOo0CpvDXNlMhV3HeJDpjrASKGLWdop"
+ENOCH_LINE = (
+    "\u2014 EnochRoot "
+    "rwz+eBzmZa0SO3NbfRGzPCpDckykFXSdeX+MNtCOXm2/5n2tiOHp+vAF1aGrQ5ovTG01oOTGwnWLox33WWd1RvMc+QQ=\n"
+)
+# The example of the C2SP signed-note specification.
+C2SP_VKEY = "example.com/foo+530d903a+AekyeRrm56hApGFkyQR4ZCbV54Id2LKaANYcrnKv3U2k"
+C2SP_NOTE = (
+    "This is an example message.\n\n\u2014 example.com/foo "
+    "Uw2QOkn8srV1yJGh2VYRlL1Tnagv1YEq6TfXppzi2ONncAlTgK7Ztg1ERYNZXsYjOBH3mFXmRKuwHjG1Yu72IneyaQM=\n"
+)
+# A checkpoint signed by the Go checksum database (sum.golang.org/latest, captured by a third
+# party), with the verifier key Go publishes in cmd/go.
+SUMDB_VKEY = "sum.golang.org+033de0ae+Ac4zctda0e5eza+HJyk9SxEdh+s3Ux18htTTAD8OuAn8"
+SUMDB_NOTE = (
+    "go.sum database tree\n65664258\nWVVNVD2qx+fTq31zkj6UAqxT5X6HvGphGM+o8Thnbsg=\n\n"
+    "\u2014 sum.golang.org "
+    "Az3grligJmgX7KGyGPKybykNTh3VgsbLvUuvOwrM5zLVlulmFp2wdvbxOw74/gcNxURShXEpb7RXcs3+BYflYN+w0gQ=\n"
+)
+
+
 def go_private_key() -> Ed25519PrivateKey:
     blob = base64.b64decode(GO_SKEY.split("+", 4)[4])
     assert blob[0] == 1
@@ -67,6 +89,21 @@ def test_go_example_is_reproduced_and_verified() -> None:
     assert note.verify_note(GO_NOTE, GO_VKEY) == GO_TEXT
     name, kid, pub = note.parse_vkey(GO_VKEY)
     assert (name, kid.hex()) == ("PeterNeumann", "c74f20a3")
+
+
+def test_published_notes_verify() -> None:
+    two = GO_NOTE + ENOCH_LINE
+    assert note.verify_note(two, GO_VKEY) == GO_TEXT
+    assert note.verify_note(two, ENOCH_VKEY) == GO_TEXT
+    assert note.verify_note(C2SP_NOTE, C2SP_VKEY) == "This is an example message.\n"
+    body = note.verify_note(SUMDB_NOTE, SUMDB_VKEY)
+    cp = note.parse_checkpoint(body)
+    assert (cp.origin, cp.size) == ("go.sum database tree", 65664258)
+    assert cp.root == base64.b64decode("WVVNVD2qx+fTq31zkj6UAqxT5X6HvGphGM+o8Thnbsg=")
+    with pytest.raises(NoteError, match="does not match"):
+        note.verify_note(SUMDB_NOTE.replace("65664258", "65664259"), SUMDB_VKEY)
+    with pytest.raises(NoteError, match="no signature by"):
+        note.verify_note(SUMDB_NOTE, C2SP_VKEY)
 
 
 def test_key_id_and_vkey_computed_independently() -> None:
