@@ -43,10 +43,9 @@ import logging
 import random
 import signal
 import time
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -101,7 +100,7 @@ class ServiceConfig:
     backoff_max: float = 10.0
 
 
-@dataclass
+@dataclass(slots=True)
 class _Inbound:
     dev: str | None  # from the topic
     payload: bytes
@@ -115,7 +114,7 @@ class _Stats:
     batches: int = 0
     readings: int = 0
     received: int = 0
-    outcomes: dict[str, int] = field(default_factory=dict)
+    acks_published: int = 0
 
 
 class GatewayService:
@@ -123,6 +122,12 @@ class GatewayService:
 
     `pipeline_factory` builds the pipeline; it is called in the worker thread, which also
     makes every later call on it (SQLite handles belong to the thread that opened them).
+
+    Hot path: paho hands each PUBLISH to aiomqtt, which puts it in its queue; the service
+    gives aiomqtt a queue class whose `put_nowait` appends straight to the inbox (aiomqtt's
+    public `queue_type` option), so a message costs no task or future of its own. Acks are
+    coalesced per device while they wait (upto = the highest, seqs = the union above it,
+    entry = the newest) and published through paho without awaiting each PUBACK.
     """
 
     def __init__(self, cfg: ServiceConfig, pipeline_factory: Callable[[], Any]) -> None:
@@ -140,13 +145,16 @@ class GatewayService:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="anchor-pipeline")
         self._pipeline: Any = None
         self._inbox: list[_Inbound] = []
+        self._accepting = True
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
         self._gen = 0
-        self._unacked: deque[_Inbound] = deque()  # submitted, waiting for the commit
-        self._outgoing: deque[tuple[str, bytes, bool]] = deque()  # acks, checkpoint
+        self._unacked: list[_Inbound] = []  # submitted, waiting for the commit
+        self._acks_out: dict[str, tuple[int, set[int], int]] = {}  # dev -> coalesced ack
+        self._checkpoint_out = False
+        self._published: list[Any] = []  # paho MQTTMessageInfo of the latest round
         self._out_wake = asyncio.Event()
         self._checkpoint: str | None = None
         self._drained = asyncio.Event()  # the processor made its last commit
@@ -169,6 +177,7 @@ class GatewayService:
             self._pipeline = await self._call(self._factory)
             self.client_id = await self._call(_client_id, self._pipeline)
             self._checkpoint = await self._call(_latest_checkpoint, self._pipeline)
+            self._checkpoint_out = self._checkpoint is not None
             log.info(
                 "gateway %s: broker %s, batch interval %.3g s, batch max %d, PUBACK on %s",
                 self.client_id, self.cfg.broker, self.cfg.batch_interval, self.cfg.batch_max,
@@ -196,6 +205,25 @@ class GatewayService:
 
     # -- MQTT connection --------------------------------------------------------------------
 
+    def _on_message(self, m: aiomqtt.Message) -> None:
+        """Called by paho (through aiomqtt's queue) for every PUBLISH received."""
+        if not self._accepting:
+            return  # stopping: not PUBACKed, the broker keeps it for the next run
+        payload = m.payload if isinstance(m.payload, bytes) else b""
+        self._inbox.append(_Inbound(device_from_topic(m.topic.value), payload, m.mid, m.qos,
+                                    self._gen))
+        self.stats.received += 1
+        self._wake.set()
+
+    def _inlet(self) -> type[asyncio.Queue[aiomqtt.Message]]:
+        on_message = self._on_message
+
+        class Inlet(asyncio.Queue[aiomqtt.Message]):
+            def put_nowait(self, item: aiomqtt.Message) -> None:
+                on_message(item)
+
+        return Inlet
+
     async def _connection_loop(self) -> None:
         failures = 0
         while not self._stop.is_set():
@@ -206,6 +234,7 @@ class GatewayService:
                 clean_session=False,
                 keepalive=self.cfg.keepalive,
                 max_inflight_messages=1000,
+                queue_type=self._inlet(),
                 timeout=10,
             )
             if self.cfg.puback == "commit":
@@ -224,11 +253,8 @@ class GatewayService:
                         log.info("connected to %s as %s", self.cfg.broker, self.client_id)
                     failures = 0
                     if self._checkpoint:
-                        self._queue_out(CHECKPOINT_TOPIC, self._checkpoint.encode(), True)
-                    await self._receive(client)
-                    # Stop requested: let the final commit's acks go out, then disconnect.
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._final.wait(), 15)
+                        self._checkpoint_out = True
+                    await self._session(client)
             except aiomqtt.MqttError as e:
                 failures += 1
                 log.warning("broker %s: %s", self.cfg.broker, e)
@@ -244,30 +270,28 @@ class GatewayService:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
 
-    async def _receive(self, client: aiomqtt.Client) -> None:
-        gen = self._gen
-        stop_wait = asyncio.ensure_future(self._stop.wait())
+    async def _session(self, client: aiomqtt.Client) -> None:
+        """Return on stop (after the final acks went out); raise MqttError on disconnect."""
+
+        async def watch() -> None:
+            # The inlet keeps aiomqtt's queue empty: this only ends on a disconnect.
+            async for _ in client.messages:
+                pass
+
+        watcher = asyncio.create_task(watch(), name="disconnect-watch")
+        stopper = asyncio.create_task(self._stop.wait(), name="stop-wait")
         try:
-            it = client.messages.__aiter__()
-            while not self._stop.is_set():
-                nxt = asyncio.ensure_future(it.__anext__())
-                done, _ = await asyncio.wait(
-                    {nxt, stop_wait}, return_when=asyncio.FIRST_COMPLETED
-                )
-                if nxt not in done:
-                    nxt.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                        await nxt
-                    break
-                msg = nxt.result()
-                payload = msg.payload if isinstance(msg.payload, bytes) else b""
-                self._inbox.append(
-                    _Inbound(device_from_topic(msg.topic.value), payload, msg.mid, msg.qos, gen)
-                )
-                self.stats.received += 1
-                self._wake.set()
+            await asyncio.wait({watcher, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if watcher.done():
+                watcher.result()  # raises the MqttError of the disconnect
+                return
+            # Stop requested: let the final commit's acks go out, then disconnect.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._final.wait(), 15)
         finally:
-            stop_wait.cancel()
+            for t in (watcher, stopper):
+                t.cancel()
+            await asyncio.gather(watcher, stopper, return_exceptions=True)
 
     # -- batching ---------------------------------------------------------------------------
 
@@ -281,22 +305,23 @@ class GatewayService:
         while True:
             timeout = None
             if opened is not None:
-                timeout = max(0.0, opened + cfg.batch_interval - time.monotonic())
+                timeout = max(0.0, max(opened + cfg.batch_interval, retry_at) - time.monotonic())
             if not self._inbox and not self._stop.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
             stopping = self._stop.is_set()
-            if self._inbox:
+            if stopping:
+                self._accepting = False
+            if self._inbox and pending < cfg.batch_max:
                 room = cfg.batch_max - pending
                 chunk, self._inbox = self._inbox[:room], self._inbox[room:]
-                if chunk:
-                    if opened is None:
-                        opened = time.monotonic()
-                    await self._call(_submit, self._pipeline, chunk)
-                    self._unacked.extend(chunk)
-                    submitted += len(chunk)
-                    pending = await self._call(_pending, self._pipeline)
+                if opened is None:
+                    opened = time.monotonic()
+                await self._call(_submit, self._pipeline, chunk)
+                self._unacked.extend(chunk)
+                submitted += len(chunk)
+                pending = await self._call(_pending, self._pipeline)
             due = opened is not None and time.monotonic() >= opened + cfg.batch_interval
             full = pending >= cfg.batch_max
             if submitted and (due or full or stopping) and time.monotonic() >= retry_at:
@@ -311,11 +336,10 @@ class GatewayService:
                     retry_at = time.monotonic() + 1.0
                     if stopping:
                         break
-                    await asyncio.sleep(0)
                     continue
             if stopping and not self._inbox:
                 break
-            if self._inbox:
+            if self._inbox and pending < cfg.batch_max:
                 self._wake.set()
         self._drained.set()
         self._out_wake.set()
@@ -324,24 +348,26 @@ class GatewayService:
         t0 = time.perf_counter()
         result = await self._call(_commit, self._pipeline)
         ms = (time.perf_counter() - t0) * 1000
-        batch = list(self._unacked)
-        self._unacked.clear()
+        batch, self._unacked = self._unacked, []
         # 1. the broker: PUBACK everything of this batch, in arrival order
         client = self._client
         if self.cfg.puback == "commit" and client is not None:
+            paho = client._client  # noqa: SLF001
+            gen = self._gen
             for m in batch:
-                if m.gen == self._gen and m.qos > 0:
-                    client._client.ack(m.mid, m.qos)  # noqa: SLF001
+                if m.gen == gen and m.qos > 0:
+                    paho.ack(m.mid, m.qos)
         if result is None:
             return
         # 2. the devices
-        for dev, ack in _acks(result).items():
-            self._queue_out(ack_topic(dev), encode_ack(*ack), False)
+        for dev, (upto, seqs, entry) in _acks(result).items():
+            self._merge_ack(dev, -1 if upto is None else upto, seqs, entry)
         # 3. the retained checkpoint
         text = _checkpoint_text(result)
         if text and text != self._checkpoint:
             self._checkpoint = text
-            self._queue_out(CHECKPOINT_TOPIC, text.encode(), True)
+            self._checkpoint_out = True
+        self._out_wake.set()
         n, entry, root = _batch_figures(result)
         self.stats.batches += 1 if n else 0
         self.stats.readings += n
@@ -353,36 +379,64 @@ class GatewayService:
 
     # -- outgoing acks and checkpoints ------------------------------------------------------
 
-    def _queue_out(self, topic: str, payload: bytes, retain: bool) -> None:
-        self._outgoing.append((topic, payload, retain))
-        self._out_wake.set()
+    def _merge_ack(self, dev: str, upto: int, seqs: Iterable[int], entry: int) -> None:
+        old = self._acks_out.get(dev)
+        if old is None:
+            self._acks_out[dev] = (upto, set(seqs), entry)
+            return
+        new_upto = max(upto, old[0])
+        merged = {s for s in old[1] if s > new_upto}
+        merged.update(s for s in seqs if s > new_upto)
+        self._acks_out[dev] = (new_upto, merged, max(entry, old[2]))
+
+    def _publish_round(self, client: aiomqtt.Client) -> bool:
+        """Hand every waiting ack and the checkpoint to paho. False if the link is down."""
+        paho = client._client  # noqa: SLF001
+        acks, self._acks_out = self._acks_out, {}
+        infos = []
+        items = list(acks.items())
+        for k, (dev, (upto, seqs, entry)) in enumerate(items):
+            info = paho.publish(ack_topic(dev), encode_ack(upto, list(seqs), entry), qos=1)
+            if info.rc != 0:
+                for dev2, ack in items[k:]:
+                    self._merge_ack(dev2, ack[0], ack[1], ack[2])
+                return False
+            infos.append(info)
+        self.stats.acks_published += len(infos)
+        if self._checkpoint_out and self._checkpoint:
+            info = paho.publish(CHECKPOINT_TOPIC, self._checkpoint.encode(), qos=1, retain=True)
+            if info.rc != 0:
+                return False
+            self._checkpoint_out = False
+            infos.append(info)
+        self._published = infos
+        return True
 
     async def _publisher(self) -> None:
-        """Publish queued acks/checkpoints while connected; keep them across reconnects."""
+        """Publish acks/checkpoints while connected; the waiting ones survive reconnects."""
         while True:
             await self._out_wake.wait()
             self._out_wake.clear()
-            while self._outgoing and self._connected.is_set() and self._client is not None:
-                client = self._client
-                batch = [self._outgoing.popleft() for _ in range(min(len(self._outgoing), 500))]
-                results = await asyncio.gather(
-                    *(client.publish(t, p, qos=1, retain=r) for t, p, r in batch),
-                    return_exceptions=True,
-                )
-                failed = [b for b, r in zip(batch, results, strict=True)
-                          if isinstance(r, BaseException)]
-                if failed:
-                    # Put them back in order; they go out after the reconnect.
-                    self._outgoing.extendleft(reversed(failed))
-                    break
-            if self._drained.is_set() and (not self._outgoing or not self._connected.is_set()):
-                if self._outgoing:
-                    log.warning(
-                        "%d acks not delivered (broker unreachable); devices will republish "
-                        "and be acknowledged as duplicates next time", len(self._outgoing),
-                    )
-                self._final.set()
-                return
+            client = self._client
+            if self._connected.is_set() and client is not None:
+                self._publish_round(client)
+            if self._drained.is_set():
+                break
+        # The last commit is done: wait (bounded) until the broker has PUBACKed our acks.
+        deadline = time.monotonic() + 10
+        while self._connected.is_set() and time.monotonic() < deadline:
+            client = self._client
+            if self._acks_out and client is not None:
+                self._publish_round(client)
+            if not self._acks_out and all(i.is_published() for i in self._published):
+                break
+            await asyncio.sleep(0.02)
+        if self._acks_out:
+            log.warning(
+                "%d acks not delivered (broker unreachable); the devices will republish and "
+                "be acknowledged (as duplicates) next time", len(self._acks_out),
+            )
+        self._final.set()
 
 
 # -- the pipeline interface (gateway/pipeline.py), kept in one place -------------------------
