@@ -254,7 +254,8 @@ def _payload_ident(cose: bytes) -> tuple[str, int]:
     return c.dev, c.seq
 
 
-def _check_es256(c: _Cose, device_key: bytes) -> None:
+def _verify_es256(device_key: bytes, message: bytes, signature: bytes) -> None:
+    """ES256 with the gateway's policy: 64-byte r||s, 0 < r, s < n, and s <= n/2 (low-S)."""
     try:
         pub = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), bytes(device_key))
     except ValueError:
@@ -262,20 +263,26 @@ def _check_es256(c: _Cose, device_key: bytes) -> None:
             "the device key is not a valid P-256 point",
             "pass the 65-byte uncompressed key as 130 hex digits",
         ) from None
-    r = int.from_bytes(c.signature[:32], "big")
-    s = int.from_bytes(c.signature[32:], "big")
+    if len(signature) != 64:
+        raise _fail(f"reading signature is {len(signature)} bytes, not 64")
+    r = int.from_bytes(signature[:32], "big")
+    s = int.from_bytes(signature[32:], "big")
     if not (0 < r < P256_N and 0 < s < P256_N):
         raise _fail("reading signature has r or s out of range")
     if s > P256_N // 2:
         raise _fail("reading signature is high-S, which the gateway never accepts")
-    tbs = cbor2.dumps(["Signature1", c.protected, b"", c.payload])
     try:
-        pub.verify(encode_dss_signature(r, s), tbs, ec.ECDSA(hashes.SHA256()))
+        pub.verify(encode_dss_signature(r, s), message, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
         raise _fail(
             "the device signature does not verify with the given device key",
             "check that the key is the one registered for this device at the time",
         ) from None
+
+
+def _check_es256(c: _Cose, device_key: bytes) -> None:
+    tbs = cbor2.dumps(["Signature1", c.protected, b"", c.payload])
+    _verify_es256(device_key, tbs, c.signature)
 
 
 # --------------------------------------------------------------------------- verify
