@@ -355,3 +355,32 @@ def test_es256_policy_against_wycheproof(vectors: Path) -> None:
                 refused_invalid += 1
     assert refused_invalid == 89 and accepted + refused_high_s == 173
     assert accepted > 0 and refused_high_s > 0
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=70),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=8,
+)
+FIELD_PATHS = [
+    ("version",), ("device",), ("seq",), ("checkpoint",), ("reading",), ("entry",),
+    ("reading", "cose"), ("reading", "index"), ("reading", "size"), ("reading", "proof"),
+    ("reading", "proof", 0), ("entry", "cbor"), ("entry", "index"), ("entry", "size"),
+    ("entry", "proof"), ("entry", "proof", 0),
+]  # fmt: skip
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(path=st.sampled_from(FIELD_PATHS), value=json_values)
+def test_any_field_replaced_by_any_json_only_raises_receipt_error(
+    ledger: Ledger, path: tuple[Any, ...], value: Any
+) -> None:
+    r = ledger.receipt(2, 1)
+    bad = mutate(r, path, value)
+    if bad == r:
+        return
+    with pytest.raises(ReceiptError):
+        verify_receipt(bad, ledger.vkey, sec1(ledger.dev_key))
