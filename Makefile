@@ -9,7 +9,7 @@ MICROPYTHON := .cache/micropython/micropython
 PYTEST_ARGS ?=
 
 .PHONY: setup venv mosquitto micropython test test-unit test-boards demo lint \
-        bench bench-firmware bench-gateway clean
+        bench bench-firmware bench-gateway clean fuzz
 
 setup: venv mosquitto micropython
 
@@ -35,6 +35,16 @@ micropython:
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Longer decoder fuzzing than `make test` does: hypothesis with more examples, then atheris
+# (coverage-guided, Linux x86_64 only) for FUZZ_SECONDS.
+FUZZ_SECONDS ?= 120
+fuzz: venv
+	IOT_ANCHOR_FUZZ_EXAMPLES=5000 $(PY) -m pytest -q tests/unit/test_fuzz_decoder.py
+	@if $(PY) -c 'import atheris' 2>/dev/null; then \
+	  $(PY) tools/fuzz_decoder.py --seconds $(FUZZ_SECONDS) 2>fuzz-decoder.log \
+	    || { tail -40 fuzz-decoder.log; exit 1; }; \
+	else echo "fuzz: atheris is not installed here (Linux x86_64 only); hypothesis ran alone"; fi
 
 test-unit: setup
 	$(PY) -m pytest tests/unit tests/firmware $(PYTEST_ARGS)
