@@ -38,6 +38,9 @@ def register(sub: Any) -> None:
     p.add_argument("--drain-timeout", metavar="S", type=float, default=60.0,
                    help="seconds to wait after production for every outbox to be "
                         "acknowledged (default 60)")
+    p.add_argument("--ack-timeout", metavar="S", type=float, default=10.0,
+                   help="a device publishes a reading again when no ack came within S seconds "
+                        "(default 10)")
     p.add_argument("--fleet-dir", metavar="DIR", default=None,
                    help="where the devices' state lives (default DATA/fleet)")
     p.set_defaults(func=cmd_simulate)
@@ -48,9 +51,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     fleet = Path(args.fleet_dir) if args.fleet_dir else data / "fleet"
     if args.engine == "cpython":
         res = run_cpython(data, fleet, args.devices, args.interval, args.duration, args.broker,
-                          args.drain_timeout, args.count, args.procs)
+                          args.drain_timeout, args.count, args.procs, args.ack_timeout)
     else:
         res = run_micropython(data, fleet, args.devices, args.interval, args.duration,
-                              args.broker, args.drain_timeout)
+                              args.broker, args.drain_timeout, args.ack_timeout)
     res.print()
     return 0 if res.ok else 1

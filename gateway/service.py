@@ -233,7 +233,7 @@ class GatewayService:
                 identifier=self.client_id,
                 clean_session=False,
                 keepalive=self.cfg.keepalive,
-                max_inflight_messages=1000,
+                max_inflight_messages=0,  # no limit (paho scans its list per PUBACK otherwise)
                 queue_type=self._inlet(),
                 timeout=10,
             )

@@ -122,7 +122,10 @@ class DeviceReport:
 
     @property
     def ok(self) -> bool:
-        return self.exit_code in (0, None) and self.acknowledged >= self.produced > 0
+        # A restarted device also acknowledges readings replayed from its previous run, so
+        # acknowledged may exceed produced; its outbox must be empty at the end.
+        return (self.exit_code in (0, None) and self.acknowledged >= self.produced > 0
+                and int(self.summary.get("outbox", 0)) == 0)
 
 
 @dataclass
@@ -213,6 +216,8 @@ class MicroPythonFleet:
 
     def start(self, broker: str, interval: float, count: int,
               extra: tuple[str, ...] = ()) -> None:
+        """Run every device: `count` readings every `interval` s; `extra`: more run options
+        (e.g. ("--ack-timeout", "2", "--timeout", "30"))."""
         for d in self.devices:
             self.start_one(d, broker, interval, count, extra)
 
@@ -252,13 +257,13 @@ class MicroPythonFleet:
                 tail = text.strip().splitlines()[-1:] or ["no output"]
                 rep.note = f"no summary (exit {rep.exit_code}): {tail[0][:120]}"
             elif rep.exit_code not in (0, None):
-                rep.note = f"exit code {rep.exit_code}"
+                rep.note = f"exit code {rep.exit_code}, outbox {summary.get('outbox')}"
             out.append(rep)
         return out
 
 
 def run_micropython(data_dir: Path, fleet_dir: Path, n: int, interval: float, duration: float,
-                    broker: str, drain_timeout: float,
+                    broker: str, drain_timeout: float, ack_timeout: float = 10.0,
                     log: Callable[[str], None] = print) -> SimResult:
     if interval <= 0:
         raise ConfigError(f"--interval {interval} is not positive for MicroPython devices",
@@ -270,8 +275,9 @@ def run_micropython(data_dir: Path, fleet_dir: Path, n: int, interval: float, du
         f"every {interval:g} s, broker {broker}")
     t0 = time.monotonic()
     try:
-        fleet.start(broker, interval, count)
-        fleet.wait(t0 + count * interval + drain_timeout + 5.0)
+        fleet.start(broker, interval, count,
+                    ("--timeout", f"{drain_timeout:g}", "--ack-timeout", f"{ack_timeout:g}"))
+        fleet.wait(t0 + count * interval + drain_timeout + 10.0)
     finally:
         fleet.stop()
     reports = fleet.reports()
@@ -280,7 +286,7 @@ def run_micropython(data_dir: Path, fleet_dir: Path, n: int, interval: float, du
 
 def run_cpython(data_dir: Path, fleet_dir: Path, n: int, interval: float, duration: float,
                 broker: str, drain_timeout: float, count: int | None, procs: int,
-                log: Callable[[str], None] = print) -> SimResult:
+                ack_timeout: float = 10.0, log: Callable[[str], None] = print) -> SimResult:
     if count is None:
         if interval <= 0:
             raise ConfigError("--interval 0 (as fast as possible) needs --count",
@@ -294,7 +300,7 @@ def run_cpython(data_dir: Path, fleet_dir: Path, n: int, interval: float, durati
         f"{count} pre-signed readings each, interval {interval:g} s, broker {broker}")
     cfg = loadgen.EngineConfig(broker, interval=interval,
                                duration=duration if interval > 0 else math.inf,
-                               drain_timeout=drain_timeout)
+                               drain_timeout=drain_timeout, ack_timeout=ack_timeout)
     try:
         res = loadgen.run_engine(cfg, states, [count] * n, procs)
     finally:
