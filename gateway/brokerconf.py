@@ -17,8 +17,9 @@ What the ACL allows (topics are those of docs/protocol.md and issue 4):
 A device's MQTT username is its device id. Anything not listed is denied: Mosquitto drops a
 denied PUBLISH silently under MQTT 3.1.1 (the client gets its PUBACK all the same), and it
 checks `read` when it delivers a message, so a subscription to another device's topics (which
-Mosquitto 2.0.11 grants in its SUBACK) never receives anything. The gateway still checks that `dev` and `kid` in a
-reading equal the device in the topic; the ACL is a second wall, not the only one.
+Mosquitto 2.0.11 grants in its SUBACK) never receives anything. The gateway still refuses
+a reading whose `dev` differs from the device named in its topic (`topic_mismatch`): the ACL is
+a second wall, not the only one.
 
 Password hashes. Mosquitto 2.0 reads `$7$<iterations>$<base64 salt>$<base64 hash>`, the hash
 being PBKDF2-HMAC-SHA512 of the password with a 12-byte salt, 64 bytes long. We compute it with

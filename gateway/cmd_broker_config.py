@@ -68,10 +68,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def registered_devices(data: Path) -> list[str]:
     """The active (not revoked) device ids of the registry in `data`."""
-    from gateway.store import open_store  # the core's store; imported only when needed
+    from gateway.store import Store
 
-    with open_store(data) as store:
-        return [d.id for d in store.devices() if not d.revoked]
+    with Store.open(data, readonly=True) as store:
+        return [d.id for d in store.devices() if d.status == "active"]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -439,3 +439,29 @@ def test_cli_writes_files_keeps_passwords_and_shows_urls(tmp_path: Path, capsys)
     assert cli_main(["broker-config", "--data", str(data), "--listener", "mqtts://h:1",
                      "--device", "x"]) == 2
     assert "--tls-cert" in capsys.readouterr().err
+
+
+def test_cli_takes_the_active_devices_from_the_registry(tmp_path: Path, capsys) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    data = tmp_path / "data"
+    assert cli_main(["init", "--data", str(data)]) == 0
+    for dev in ("dev-a", "dev-b", "dev-c"):
+        point = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+        assert cli_main(["device", "add", dev, "--public-key", point.hex(), "--data",
+                         str(data)]) == 0
+    assert cli_main(["broker-config", "--data", str(data)]) == 0
+    creds = load_credentials(data / "broker-credentials.json")
+    assert creds is not None and sorted(creds.devices) == ["dev-a", "dev-b", "dev-c"]
+    assert cli_main(["device", "revoke", "dev-b", "--data", str(data)]) == 0
+    capsys.readouterr()
+    assert cli_main(["broker-config", "--data", str(data)]) == 0
+    assert "removed (no longer registered or active): dev-b" in capsys.readouterr().out
+    creds2 = load_credentials(data / "broker-credentials.json")
+    assert creds2 is not None and sorted(creds2.devices) == ["dev-a", "dev-c"]
+    assert creds2.devices["dev-a"] == creds.devices["dev-a"]
+    acl = (data / "broker" / "acl").read_text()
+    assert "dev-b" not in acl and "user dev-c" in acl
+    assert "dev-b:" not in (data / "broker" / "passwd").read_text()
