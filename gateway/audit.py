@@ -370,6 +370,9 @@ class Auditor:
             brow = brows.get(b.i)
             nodes = batch_nodes(leaves)
             root = merkle.root(nodes)
+            if root != b.root:
+                self.problem("entries", b.i, f"batch root {b.root.hex()} != root recomputed "
+                                             f"from readings {pos}..{pos + b.n - 1} {root.hex()}")
             if brow is None:
                 self.problem("batches", b.i, "row is missing")
             else:
@@ -381,9 +384,6 @@ class Auditor:
                 if bytes(brow[4]) != b"".join(nodes):
                     self.problem("batches", b.i, f"nodes column differs from the {GROUP}-leaf "
                                                  "group roots recomputed from the readings")
-            if root != b.root:
-                self.problem("entries", b.i, f"batch root {b.root.hex()} != root recomputed "
-                                             f"from readings {pos}..{pos + b.n - 1} {root.hex()}")
             pos += b.n
             self.result.readings += b.n
         assert self.progress is not None
@@ -465,8 +465,10 @@ class Auditor:
         want = sorted((d, k.key, k.from_entry, k.until_entry)
                       for d, hist in self.history.items() for k in hist)
         if keys != want:
-            bad = next((a for a, b in zip(keys, want, strict=False) if a != b),
-                       keys[len(want)] if len(keys) > len(want) else want[len(keys)])
+            diff = [a if a != b else None for a, b in zip(keys, want, strict=False)]
+            diff = [a for a in diff if a is not None]
+            bad = diff[0] if diff else (keys[len(want)] if len(keys) > len(want)
+                                        else want[len(keys)])
             self.problem("device_keys", f"({bad[0]}, {bad[2]})",
                          "differs from the key history in the ledger's device entries")
         self.result.devices = len(self.history)

@@ -1,0 +1,185 @@
+"""Strict decoding of reading messages (gateway/cose.py): every rule has its named reason."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import cbor2
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.cose import DECODE_REASONS, MAX_DEPTH, Rejection, decode, sig_structure
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from helpers_readings import Device, cose_sign1  # noqa: E402
+
+DEV = Device("sensor-1")
+GOOD = DEV.message(5, bytes(range(32)), {"t": 21.5, "n": -3}, ts=1_700_000_123)
+
+
+def reason(msg: bytes, **kw: int) -> str:
+    with pytest.raises(Rejection) as info:
+        decode(msg, **kw)
+    assert info.value.reason in DECODE_REASONS
+    return info.value.reason
+
+
+def parts(msg: bytes) -> list:
+    return list(cbor2.loads(msg).value)
+
+
+def rebuild(protected: bytes, unprotected: object, payload: bytes, sig: object) -> bytes:
+    return cbor2.dumps(cbor2.CBORTag(18, [protected, unprotected, payload, sig]))
+
+
+def test_valid_message_decodes_to_its_fields() -> None:
+    d = decode(GOOD)
+    assert (d.dev, d.seq, d.ts, d.prev, d.data) == ("sensor-1", 5, 1_700_000_123,
+                                                     bytes(range(32)), {"t": 21.5, "n": -3})
+    p, _, payload, sig = parts(GOOD)
+    assert d.protected == p and d.payload == payload and d.signature == sig
+    assert d.to_be_signed == cbor2.dumps(["Signature1", p, b"", payload])
+    assert d.digest == hashlib.sha256(GOOD).digest()
+
+
+def test_ts_is_optional_and_unknown_keys_are_ignored() -> None:
+    m = DEV.message(0, bytes(32), ts=None, extra={"fw": "1.2", "zz": {"nested": [1, 2.5]}})
+    d = decode(m)
+    assert d.ts is None and d.seq == 0
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("too_large", "too_large"),
+    ("empty", "cbor_malformed"),
+    ("truncated", "cbor_malformed"),
+    ("trailing", "trailing_bytes"),
+    ("untagged", "not_tag18"),
+    ("tag98", "not_tag18"),
+    ("array3", "not_array4"),
+    ("array5", "not_array4"),
+    ("protected_text", "bad_protected"),
+    ("protected_extra_label", "bad_protected"),
+    ("protected_no_kid", "bad_protected"),
+    ("alg_es384", "unsupported_alg"),
+    ("alg_eddsa", "unsupported_alg"),
+    ("unprotected_nonempty", "bad_unprotected"),
+    ("sig_63", "bad_signature_length"),
+    ("sig_65", "bad_signature_length"),
+    ("sig_text", "bad_signature_length"),
+    ("payload_nil", "bad_payload"),
+    ("payload_array", "bad_payload"),
+    ("payload_dup_key", "bad_payload"),
+    ("missing_seq", "missing_field"),
+    ("missing_prev", "missing_field"),
+    ("seq_negative", "bad_field"),
+    ("seq_text", "bad_field"),
+    ("prev_31", "bad_field"),
+    ("data_text_value", "bad_field"),
+    ("ts_float", "bad_field"),
+    ("v2", "unsupported_version"),
+    ("dev_kid", "dev_kid_mismatch"),
+    ("indefinite", "cbor_malformed"),
+    ("huge_bstr", "cbor_malformed"),
+    ("huge_map", "cbor_malformed"),
+    ("deep", "too_deep"),
+    ("bad_utf8", "cbor_malformed"),
+])
+def test_each_rule_has_its_reason(case: str, expected: str) -> None:
+    p, u, payload, sig = parts(GOOD)
+    reading = cbor2.loads(payload)
+
+    def with_payload(**changes: object) -> bytes:
+        r = dict(reading)
+        for k, v in changes.items():
+            if v is None:
+                r.pop(k)
+            else:
+                r[k] = v
+        return rebuild(p, {}, cbor2.dumps(r, canonical=True), sig)
+
+    msgs = {
+        "too_large": GOOD + bytes(2048),
+        "empty": b"",
+        "truncated": GOOD[:-10],
+        "trailing": GOOD + b"\x00",
+        "untagged": cbor2.dumps([p, {}, payload, sig]),
+        "tag98": cbor2.dumps(cbor2.CBORTag(98, [p, {}, payload, sig])),
+        "array3": cbor2.dumps(cbor2.CBORTag(18, [p, {}, payload])),
+        "array5": cbor2.dumps(cbor2.CBORTag(18, [p, {}, payload, sig, b""])),
+        "protected_text": rebuild("x", {}, payload, sig),
+        "protected_extra_label": rebuild(cbor2.dumps({1: -7, 4: b"sensor-1", 3: 0}), {},
+                                         payload, sig),
+        "protected_no_kid": rebuild(cbor2.dumps({1: -7}), {}, payload, sig),
+        "alg_es384": DEV.message(5, bytes(32), alg=-35),
+        "alg_eddsa": DEV.message(5, bytes(32), alg=-8),
+        "unprotected_nonempty": rebuild(p, {4: b"sensor-1"}, payload, sig),
+        "sig_63": rebuild(p, {}, payload, sig[:63]),
+        "sig_65": rebuild(p, {}, payload, sig + b"\x00"),
+        "sig_text": rebuild(p, {}, payload, "x" * 64),
+        "payload_nil": rebuild(p, {}, None, sig),  # type: ignore[arg-type]
+        "payload_array": rebuild(p, {}, cbor2.dumps([1, 2]), sig),
+        "payload_dup_key": rebuild(p, {}, _with_raw_key(payload, b"\x61v")[:-1] + b"\x01", sig),
+        "missing_seq": with_payload(seq=None),
+        "missing_prev": with_payload(prev=None),
+        "seq_negative": with_payload(seq=-1),
+        "seq_text": with_payload(seq="5"),
+        "prev_31": with_payload(prev=bytes(31)),
+        "data_text_value": with_payload(data={"t": "hot"}),
+        "ts_float": with_payload(ts=1.5),
+        "v2": with_payload(v=2),
+        "dev_kid": DEV.message(5, bytes(32), dev="sensor-2"),
+        "indefinite": b"\xd2\x9f" + GOOD[2:] + b"\xff",
+        "huge_bstr": b"\xd2\x84\x5b\xff\xff\xff\xff\xff\xff\xff\xff",
+        "huge_map": rebuild(p, {}, b"\xbb\x7f\xff\xff\xff\xff\xff\xff\xff", sig),
+        "deep": rebuild(p, {}, cbor2.dumps(dict(reading, x=_nest(MAX_DEPTH + 2)),
+                                           canonical=True), sig),
+        "bad_utf8": rebuild(p, {}, _with_raw_key(payload, b"\x62\xc3\x28"), sig),
+    }
+    assert reason(msgs[case]) == expected
+
+
+def _nest(depth: int) -> object:
+    v: object = 1
+    for _ in range(depth):
+        v = [v]
+    return v
+
+
+def _with_raw_key(payload: bytes, key: bytes) -> bytes:
+    """Add one more pair (raw key bytes -> 0) to the payload map (count < 23)."""
+    assert 0xA0 <= payload[0] < 0xB7
+    return bytes([payload[0] + 1]) + payload[1:] + key + b"\x00"
+
+
+def test_size_limit_is_configurable() -> None:
+    assert reason(GOOD, max_size=len(GOOD) - 1) == "too_large"
+    assert decode(GOOD, max_size=len(GOOD)).seq == 5
+
+
+def test_sig_structure_matches_cbor2() -> None:
+    for n in (0, 23, 24, 255, 256, 70000):
+        assert sig_structure(b"p" * n, b"q" * n) == cbor2.dumps(["Signature1", b"p" * n, b"",
+                                                                 b"q" * n])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=300), st.integers(0, len(GOOD)))
+def test_never_raises_anything_but_rejection(junk: bytes, cut: int) -> None:
+    for msg in (junk, GOOD[:cut] + junk, GOOD[:cut] + junk + GOOD[cut:]):
+        try:
+            decode(msg)
+        except Rejection as r:
+            assert r.reason in DECODE_REASONS
+
+
+def test_a_message_cbor2_would_reencode_is_kept_byte_exact() -> None:
+    # non-shortest length head on the payload: still decodes, and raw stays as received
+    p, _, payload, sig = parts(GOOD)
+    head = b"\x59" + len(payload).to_bytes(2, "big")
+    msg = b"\xd2\x84" + cbor2.dumps(p) + b"\xa0" + head + payload + cbor2.dumps(sig)
+    d = decode(msg)
+    assert d.raw == msg and d.payload == payload
+    assert cose_sign1(p, payload, sig) != msg

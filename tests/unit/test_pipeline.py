@@ -1,0 +1,237 @@
+"""The Pipeline: classification, batching, acks, chains, registry changes, storage failures."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway import merkle, registry
+from gateway.audit import audit
+from gateway.errors import StorageError
+from gateway.pipeline import REASONS, Pipeline
+from gateway.store import Store
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from helpers_readings import Device, high_s_twin  # noqa: E402
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s, _ = Store.create(tmp_path / "data")
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def devices(store: Store) -> list[Device]:
+    devs = [Device(f"d{i}") for i in range(3)]
+    for d in devs:
+        registry.add(store, d.id, d.public_bytes)
+    return devs
+
+
+@pytest.fixture
+def pipe(store: Store, devices: list[Device]) -> Iterator[Pipeline]:
+    p = Pipeline(store, batch_max=64, workers=2)
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def statuses(outs: list) -> list[str]:
+    return [o.status if o.status != "rejected" else o.reason for o in outs]
+
+
+def assert_audit_ok(store: Store) -> None:
+    res = audit(store, store.vkey())
+    assert res.ok, res.problems
+
+
+def test_accept_commit_ack(store: Store, devices: list[Device], pipe: Pipeline) -> None:
+    a, b, _ = devices
+    msgs = a.readings(5) + b.readings(3)
+    outs = pipe.submit(msgs)
+    assert statuses(outs) == ["accepted"] * 8
+    assert [(o.dev, o.seq) for o in outs[:2]] == [("d0", 0), ("d0", 1)]
+    assert pipe.pending() == 8
+    res = pipe.commit()
+    assert res is not None and pipe.pending() == 0
+    assert res.readings == 8 and len(res.entries) == 1 and res.entry == res.entries[0]
+    assert res.acks["d0"].upto == 4 and res.acks["d0"].seqs == []
+    assert res.acks["d1"].upto == 2 and res.acks["d1"].entry == res.entry
+    assert res.root == merkle.root([merkle.leaf_hash(m) for m in msgs])
+    assert res.checkpoint is not None and f"\n{res.size}\n" in res.checkpoint
+    assert pipe.commit() is None
+    assert_audit_ok(store)
+
+
+def test_nothing_is_acknowledged_before_commit_and_duplicates_are_acked_again(
+        store: Store, devices: list[Device], pipe: Pipeline) -> None:
+    a = devices[0]
+    msgs = a.readings(4)
+    assert statuses(pipe.submit(msgs + [msgs[1]])) == ["accepted"] * 4 + ["duplicate"]
+    first = pipe.commit()
+    assert first is not None and first.acks["d0"].upto == 3
+    assert statuses(pipe.submit([msgs[2]])) == ["duplicate"]
+    again = pipe.commit()
+    assert again is not None and again.entries == [] and again.acks["d0"].upto == 3
+    assert store.reading_count() == 4
+
+
+def test_gap_late_fill_and_watermark(store: Store, devices: list[Device], pipe: Pipeline) -> None:
+    a = devices[0]
+    msgs = a.readings(10)
+    pipe.submit(msgs[:3] + msgs[6:8])
+    res = pipe.commit()
+    assert res is not None
+    assert res.acks["d0"].upto == 2 and res.acks["d0"].seqs == [6, 7]
+    # gaps are reported by the store
+    assert store.gaps()["d0"] == [[3, 5]]
+    # late readings fill the gap: accepted, the watermark jumps over the stored ones
+    assert statuses(pipe.submit([msgs[4], msgs[3], msgs[5]])) == ["accepted"] * 3
+    res = pipe.commit()
+    assert res is not None and res.acks["d0"].upto == 7 and res.acks["d0"].seqs == []
+    assert store.device("d0").upto == 7  # type: ignore[union-attr]
+    assert store.gaps().get("d0", []) == []
+    assert_audit_ok(store)
+
+
+def test_equivocation_is_kept_first_and_recorded(store: Store, devices: list[Device],
+                                                 pipe: Pipeline) -> None:
+    a = devices[0]
+    first = a.message(0, bytes(32), {"t": 1})
+    second = a.message(0, bytes(32), {"t": 2})
+    assert statuses(pipe.submit([first, second])) == ["accepted", "equivocation"]
+    pipe.commit()
+    third = a.message(0, bytes(32), {"t": 3})
+    assert statuses(pipe.submit([third])) == ["equivocation"]
+    pipe.commit()
+    assert store.stored_cose("d0", 0) == first
+    ev = store.query("SELECT kind, dev, seq, cose FROM events ORDER BY id")
+    assert [(k, d, s, bytes(c)) for k, d, s, c in ev] == [
+        ("equivocation", "d0", 0, second), ("equivocation", "d0", 0, third)]
+    assert store.rejected_counts() == {"equivocation": 2}
+    assert_audit_ok(store)
+
+
+def test_chain_break_is_recorded_and_still_anchored(store: Store, devices: list[Device],
+                                                    pipe: Pipeline) -> None:
+    a = devices[0]
+    m0 = a.message(0, bytes(32))
+    m1 = a.message(1, hashlib.sha256(m0).digest())
+    m2 = a.message(2, b"\x01" * 32)  # wrong prev
+    m5 = a.message(5, b"\x02" * 32)  # after a gap: cannot be checked, no event
+    assert statuses(pipe.submit([m0, m1, m2, m5])) == ["accepted"] * 4
+    pipe.commit()
+    ev = store.query("SELECT kind, dev, seq FROM events")
+    assert ev == [("chain_break", "d0", 2)]
+    # late seq 4 whose hash is not m5's prev: the break is recorded on seq 5
+    m4 = a.message(4, b"\x03" * 32)
+    pipe.submit([m4])
+    pipe.commit()
+    assert sorted(store.query("SELECT seq FROM events WHERE kind = 'chain_break'")) == [(2,), (5,)]
+    assert_audit_ok(store)
+
+
+def test_seq0_must_have_zero_prev(store: Store, devices: list[Device], pipe: Pipeline) -> None:
+    pipe.submit([devices[0].message(0, b"\x09" * 32)])
+    pipe.commit()
+    assert store.query("SELECT kind, seq FROM events") == [("chain_break", 0)]
+    assert_audit_ok(store)
+
+
+def test_rejections_by_reason(store: Store, devices: list[Device], pipe: Pipeline) -> None:
+    a, b, _ = devices
+    stranger = Device("stranger")
+    good = a.next()
+    outs = pipe.submit([
+        b"\x00\x01", stranger.next(), high_s_twin(good), (b.next(), "d0"),
+        a.message(9, bytes(32), dev="d1"), good[:-1] + bytes([good[-1] ^ 1]),
+        b"\xd2" + b"\x81" * 300, good,
+    ])
+    assert statuses(outs) == ["not_tag18", "unknown_device", "high_s", "topic_mismatch",
+                              "dev_kid_mismatch", "bad_signature", "not_array4", "accepted"]
+    assert all(o.reason in REASONS for o in outs if o.reason)
+    pipe.commit()
+    counts = store.rejected_counts()
+    assert counts["unknown_device"] == 1 and counts["high_s"] == 1 and sum(counts.values()) == 7
+
+
+def test_revoke_and_rotate_keep_old_readings_verifiable(store: Store, devices: list[Device],
+                                                        pipe: Pipeline) -> None:
+    a, b, _ = devices
+    pipe.submit(a.readings(3) + b.readings(3))
+    pipe.commit()
+    # rotation by another connection (like the CLI in another process)
+    other = Store.open(store.data_dir)
+    new_key = Device("d0")
+    registry.rotate(other, "d0", new_key.public_bytes)
+    registry.revoke(other, "d1")
+    other.close()
+    new_key.seq, new_key.prev = a.seq, a.prev
+    outs = pipe.submit([a.next(), new_key.next(), b.next()])
+    assert statuses(outs) == ["bad_signature", "accepted", "revoked_device"]
+    pipe.commit()
+    assert_audit_ok(store)
+    keys = store.query("SELECT dev, from_entry, until_entry FROM device_keys ORDER BY dev, "
+                       "from_entry")
+    assert [k[0] for k in keys] == ["d0", "d0", "d1", "d2"]
+    assert keys[0][2] is not None and keys[1][2] is None
+
+
+def test_batch_max_splits_into_entries(store: Store, devices: list[Device]) -> None:
+    with Pipeline(store, batch_max=10, workers=2) as p:
+        p.submit(devices[0].readings(25))
+        res = p.commit()
+    assert res is not None and len(res.entries) == 3 and res.readings == 25
+    assert [n for (n,) in store.query("SELECT n FROM batches ORDER BY entry")] == [10, 10, 5]
+    assert_audit_ok(store)
+
+
+def test_commit_failure_acks_nothing_and_retries(store: Store, devices: list[Device],
+                                                 tmp_path: Path) -> None:
+    a = devices[0]
+    p = Pipeline(store, batch_max=64, workers=1)
+    p.submit(a.readings(5))
+    p.commit()
+    p.submit(a.readings(5))
+    store.conn.execute("PRAGMA query_only=ON")  # every write now fails like a read-only disk
+    with pytest.raises(StorageError) as info:
+        p.commit()
+    assert "ledger.db" in info.value.what and info.value.hint
+    assert p.pending() == 5
+    assert store.reading_count() == 5
+    store.conn.execute("PRAGMA query_only=OFF")
+    res = p.commit()
+    assert res is not None and res.acks["d0"].upto == 9
+    p.close()
+    assert_audit_ok(store)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.lists(st.one_of(st.binary(max_size=200), st.integers(0, 7)), max_size=20))
+def test_pipeline_never_crashes_only_rejects(pipe: Pipeline, devices: list[Device],
+                                             items: list) -> None:
+    base = devices[2].message(3, bytes(32))
+    msgs = []
+    for x in items:
+        if isinstance(x, int):  # a mutation of a valid message
+            msgs.append(base[: len(base) - x * 7] + bytes(x))
+        else:
+            msgs.append(x)
+    outs = pipe.submit(msgs)
+    assert len(outs) == len(msgs)
+    for o in outs:
+        assert o.status in ("accepted", "duplicate", "rejected")
+        assert o.status != "rejected" or o.reason in REASONS
+    pipe.commit()
