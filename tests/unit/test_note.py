@@ -1,9 +1,10 @@
 """C2SP signed notes, checkpoints, vkeys and key files.
 
 Oracles:
-- the published example of golang.org/x/mod/sumdb/note (package documentation): a vkey, the
-  matching private key, and the signed note; Ed25519 is deterministic (RFC 8032), so our
-  signer must reproduce that note byte for byte and our verifier must accept it;
+- the C2SP signed-note rules recomputed by hand in the test: the key ID is the first 4 bytes of
+  SHA-256(name || 0x0A || 0x01 || public key), the signature line is an em dash, the name and
+  base64(key ID || Ed25519 signature); Ed25519 is deterministic (RFC 8032), so a note built
+  here byte by byte from a fixed seed must equal what our signer writes;
 - hashlib and `cryptography` used directly in the test to recompute key IDs and to check the
   signature bytes that our code wrote.
 """
@@ -26,52 +27,14 @@ from gateway import note
 from gateway.errors import ConfigError
 from gateway.note import NoteError
 
-# golang.org/x/mod/sumdb/note, package documentation example.
-GO_VKEY = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"
-GO_SKEY = "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz"
-GO_TEXT = (
-    "If you think cryptography is the answer to your problem,\n"
-    "then you don't know what your problem is.\n"
-)
-GO_NOTE = (
-    GO_TEXT + "\n\u2014 PeterNeumann "
-    "x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=\n"
-)
-
-
-# The second signer of the same text in golang.org/x/mod/sumdb/note's tests.
-ENOCH_VKEY = "EnochRoot+af0cfe78+ATtqJ7zOtqQtYqOo0CpvDXNlMhV3HeJDpjrASKGLWdop"
-ENOCH_LINE = (
-    "\u2014 EnochRoot "
-    "rwz+eBzmZa0SO3NbfRGzPCpDckykFXSdeX+MNtCOXm2/5n2tiOHp+vAF1aGrQ5ovTG01oOTGwnWLox33WWd1RvMc+QQ=\n"
-)
-# The example of the C2SP signed-note specification.
-C2SP_VKEY = "example.com/foo+530d903a+AekyeRrm56hApGFkyQR4ZCbV54Id2LKaANYcrnKv3U2k"
-C2SP_NOTE = (
-    "This is an example message.\n\n\u2014 example.com/foo "
-    "Uw2QOkn8srV1yJGh2VYRlL1Tnagv1YEq6TfXppzi2ONncAlTgK7Ztg1ERYNZXsYjOBH3mFXmRKuwHjG1Yu72IneyaQM=\n"
-)
-# A checkpoint signed by the Go checksum database (sum.golang.org/latest, captured by a third
-# party), with the verifier key Go publishes in cmd/go.
-SUMDB_VKEY = "sum.golang.org+033de0ae+Ac4zctda0e5eza+HJyk9SxEdh+s3Ux18htTTAD8OuAn8"
-SUMDB_NOTE = (
-    "go.sum database tree\n65664258\nWVVNVD2qx+fTq31zkj6UAqxT5X6HvGphGM+o8Thnbsg=\n\n"
-    "\u2014 sum.golang.org "
-    "Az3grligJmgX7KGyGPKybykNTh3VgsbLvUuvOwrM5zLVlulmFp2wdvbxOw74/gcNxURShXEpb7RXcs3+BYflYN+w0gQ=\n"
-)
-
-
-def go_private_key() -> Ed25519PrivateKey:
-    blob = base64.b64decode(GO_SKEY.split("+", 4)[4])
-    assert blob[0] == 1
-    return Ed25519PrivateKey.from_private_bytes(blob[1:])
-
-
 SEED = bytes(range(32))
 
 
 def fixed_key() -> Ed25519PrivateKey:
     return Ed25519PrivateKey.from_private_bytes(SEED)
+
+
+OUR_VKEY = note.vkey_from_private(fixed_key(), "example.org/log")
 
 
 def raw_pub(k: Ed25519PrivateKey) -> bytes:
@@ -81,29 +44,40 @@ def raw_pub(k: Ed25519PrivateKey) -> bytes:
 # --------------------------------------------------------------------------- known answers
 
 
-def test_go_example_is_reproduced_and_verified() -> None:
-    k = go_private_key()
-    assert note.format_vkey("PeterNeumann", k.public_key()) == GO_VKEY
-    assert note.vkey_from_private(k, "PeterNeumann") == GO_VKEY
-    assert note.sign_note(GO_TEXT, "PeterNeumann", k) == GO_NOTE
-    assert note.verify_note(GO_NOTE, GO_VKEY) == GO_TEXT
-    name, kid, pub = note.parse_vkey(GO_VKEY)
-    assert (name, kid.hex()) == ("PeterNeumann", "c74f20a3")
+def hand_made_note(text: str, name: str, k: Ed25519PrivateKey) -> tuple[str, str]:
+    """A signed note and its vkey, assembled from the C2SP rules without gateway.note."""
+    pub = raw_pub(k)
+    kid = hashlib.sha256(name.encode() + b"\n\x01" + pub).digest()[:4]
+    vkey = name + "+" + kid.hex() + "+" + base64.b64encode(b"\x01" + pub).decode()
+    sig = k.sign(text.encode())
+    line = "\u2014 " + name + " " + base64.b64encode(kid + sig).decode() + "\n"
+    return text + "\n" + line, vkey
 
 
-def test_published_notes_verify() -> None:
-    two = GO_NOTE + ENOCH_LINE
-    assert note.verify_note(two, GO_VKEY) == GO_TEXT
-    assert note.verify_note(two, ENOCH_VKEY) == GO_TEXT
-    assert note.verify_note(C2SP_NOTE, C2SP_VKEY) == "This is an example message.\n"
-    body = note.verify_note(SUMDB_NOTE, SUMDB_VKEY)
-    cp = note.parse_checkpoint(body)
-    assert (cp.origin, cp.size) == ("go.sum database tree", 65664258)
-    assert cp.root == base64.b64decode("WVVNVD2qx+fTq31zkj6UAqxT5X6HvGphGM+o8Thnbsg=")
+def test_hand_made_note_is_reproduced_and_verified() -> None:
+    k = fixed_key()
+    text = "a log\n42\n" + base64.b64encode(bytes(32)).decode() + "\n"
+    want, vkey = hand_made_note(text, "example.org/log", k)
+    assert note.vkey_from_private(k, "example.org/log") == vkey
+    assert note.sign_note(text, "example.org/log", k) == want
+    assert note.verify_note(want, vkey) == text
+    cp = note.parse_checkpoint(note.verify_note(want, vkey))
+    assert (cp.origin, cp.size, cp.root) == ("a log", 42, bytes(32))
     with pytest.raises(NoteError, match="does not match"):
-        note.verify_note(SUMDB_NOTE.replace("65664258", "65664259"), SUMDB_VKEY)
+        note.verify_note(want.replace("\n42\n", "\n43\n"), vkey)
+
+
+def test_note_with_two_signers_verifies_for_each() -> None:
+    k, other = fixed_key(), Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
+    text = "shared text\n"
+    first, vkey1 = hand_made_note(text, "first.example", k)
+    second, vkey2 = hand_made_note(text, "second.example", other)
+    both = first + second[len(text) + 1 :]
+    assert note.verify_note(both, vkey1) == text
+    assert note.verify_note(both, vkey2) == text
+    third = note.vkey_from_private(Ed25519PrivateKey.from_private_bytes(bytes(32)), "third")
     with pytest.raises(NoteError, match="no signature by"):
-        note.verify_note(SUMDB_NOTE, C2SP_VKEY)
+        note.verify_note(both, third)
 
 
 def test_key_id_and_vkey_computed_independently() -> None:
@@ -256,38 +230,26 @@ def test_sign_note_rejects_bad_text_and_names() -> None:
             note.sign_note("x\n", name, k)
 
 
+_NAME, _KID, _B64 = OUR_VKEY.split("+", 2)
+
+
 @pytest.mark.parametrize(
     "vkey",
     [
         "",
-        "PeterNeumann",
-        "PeterNeumann+c74f20a3",
-        "PeterNeumann+c74f20a4+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW",  # wrong key ID
-        "PeterNeumann+C74F20A3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW",  # upper-case hex
-        "Peterneumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW",  # other name
-        "PeterNeumann+c74f20a3+Apc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW",  # bad base64
-        "PeterNeumann+c74f20a3+AhpcZ2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW",
-        "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10",  # short key
+        _NAME,
+        _NAME + "+" + _KID,
+        _NAME + "+" + "%08x" % (int(_KID, 16) ^ 1) + "+" + _B64,  # wrong key ID
+        _NAME + "+" + _KID.upper() + "+" + _B64,  # upper-case hex (when it has letters)
+        _NAME.upper() + "+" + _KID + "+" + _B64,  # other name
+        _NAME + "+" + _KID + "+" + _B64[1:],  # bad base64
+        _NAME + "+" + _KID + "+" + "Ag" + _B64[2:],  # unknown signature type
+        _NAME + "+" + _KID + "+" + _B64[:-4],  # short key
     ],
 )
 def test_parse_vkey_rejects(vkey: str) -> None:
     with pytest.raises(NoteError):
         note.parse_vkey(vkey)
-
-
-@pytest.mark.parametrize(
-    "vkey",
-    [
-        GO_VKEY,
-        # golang.org/x/mod/sumdb/note tests; transparency-dev/formats note tests ('+' in base64)
-        "EnochRoot+af0cfe78+ATtqJ7zOtqQtYqOo0CpvDXNlMhV3HeJDpjrASKGLWdop",
-        "TEST+7997405c+AQcC+FTVKf0jlTdHDY3rbevmnKxxPjigCXlVtGe6RIr6",
-    ],
-)
-def test_published_vkeys_parse(vkey: str) -> None:
-    # Their key IDs were computed by other implementations: parse_vkey recomputes and compares.
-    name, kid, pub = note.parse_vkey(vkey)
-    assert note.format_vkey(name, pub) == vkey
 
 
 def test_vkey_with_plus_in_base64() -> None:
@@ -305,7 +267,7 @@ def test_vkey_with_plus_in_base64() -> None:
 @given(st.text(max_size=300))
 def test_verify_note_never_crashes(text: str) -> None:
     try:
-        note.verify_note(text, GO_VKEY)
+        note.verify_note(text, OUR_VKEY)
     except NoteError:
         pass
 
