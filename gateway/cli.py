@@ -23,6 +23,7 @@ COMMAND_MODULES: list[str] = [
     # "gateway.cmd_init", ... each with register(subparsers)
     "gateway.cmd_init",
     "gateway.cmd_device",
+    "gateway.cmd_provision",  # adds `device provision`; after cmd_device
     "gateway.cmd_ingest",
     "gateway.cmd_ledger",
     "gateway.cmd_receipt",

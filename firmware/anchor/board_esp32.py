@@ -1,7 +1,8 @@
 # ESP32 board layer (sys.platform == "esp32"): the shared Wi-Fi/NTP/watchdog/LED/BME280 part
 # from board_net.py, plus the ESP32's own clock epoch and internal temperature sensor.
 #
-# Clock: time.time() on the ESP32 port counts seconds from 2000-01-01, so unix = t + 946684800.
+# Clock: time.time() on the ESP32 port counts seconds from 2000-01-01, so unix = t + 946684800
+# (board_net finds the epoch with time.gmtime(0)[0], as the MicroPython docs advise).
 # Internal temperature:
 # - ESP32-S2/S3/C3/C6: esp32.mcu_temperature(), calibrated, integer degrees C.
 # - classic ESP32: only esp32.raw_temperature(), an uncalibrated die reading in degrees F that
@@ -17,7 +18,6 @@ _ABSENT_F = 128
 
 class Board(NetBoard):
     name = "esp32"
-    EPOCH = 946684800  # 2000-01-01 in unix seconds
     WDT_MAX_MS = 0
 
     def _mcu_temp(self):

@@ -15,6 +15,11 @@ _JOIN_TIMEOUT_MS = const(20000)  # one Wi-Fi join attempt
 _BACKOFF_MIN_MS = const(1000)
 _BACKOFF_MAX_MS = const(60000)
 _NTP_RETRY_MIN_S = const(4)
+_KEEPER_MS = const(2000)  # how often the keeper checks the link
+
+# Seconds from 1970 to the port's epoch: 2000-01-01 on ESP32 (time.gmtime(0)[0] == 2000),
+# 1970 on RP2, as the MicroPython docs say to find out.
+_EPOCH = 946684800 if time.gmtime(0)[0] == 2000 else 0
 
 
 def _status_name(st):
@@ -26,11 +31,12 @@ def _status_name(st):
 
 
 class NetBoard:
-    """A Wi-Fi board. Subclasses set `name`, `EPOCH` (seconds from 1970 to the port's epoch),
-    `WDT_MAX_MS`, and implement `_mcu_temp()` (degrees C, or None when the chip offers none)."""
+    """A Wi-Fi board implementing the interface documented in board_unix.py. Subclasses set
+    `name`, `WDT_MAX_MS` and implement `_mcu_temp()` (degrees C, or None when the chip offers
+    none). `EPOCH` is the seconds from 1970 to the port's epoch (tests set it to model a port)."""
 
     name = "mcu"
-    EPOCH = 0
+    EPOCH = _EPOCH
     WDT_MAX_MS = 0  # 0 = no limit
 
     def __init__(self, cfg):
@@ -55,6 +61,7 @@ class NetBoard:
         self._led = None
         self._bme = None
         self.sensor_errors = 0
+        self._keeper = None
         led = cfg.get("led")
         if led is not None:
             self._led = machine.Pin(led, machine.Pin.OUT)
@@ -141,7 +148,18 @@ class NetBoard:
 
     async def network_up(self):
         """Return once Wi-Fi is connected (and the clock synced when due). Retries forever,
-        with exponential backoff and jitter between attempts (1 s doubling to 60 s)."""
+        with exponential backoff and jitter between attempts (1 s doubling to 60 s). The first
+        call also starts the keeper task, which rejoins after a drop and re-syncs the clock."""
+        if self._keeper is None:
+            self._keeper = asyncio.create_task(self._keep())
+        await self._join()
+
+    async def _keep(self):
+        while True:
+            await asyncio.sleep_ms(_KEEPER_MS)
+            await self._join()
+
+    async def _join(self):
         if not self.wlan.isconnected():
             self.led(True)
             self._backoff = self.backoff_min_ms

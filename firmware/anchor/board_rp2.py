@@ -12,7 +12,6 @@ _ADC_TEMP = 4
 
 class Board(NetBoard):
     name = "rp2"
-    EPOCH = 0
     WDT_MAX_MS = 8388  # ports/rp2/machine_wdt.c: larger timeouts raise ValueError
 
     def __init__(self, cfg):

@@ -22,7 +22,8 @@ DEFAULTS = {
     "watchdog_ms": 8000,  # 0 = no watchdog; RP2 allows at most 8388
     "ntp_host": "pool.ntp.org",
     "ntp_resync": 3600,  # seconds between clock re-syncs
-    "dir": "/anchor",  # state, key and outbox on flash
+    "dir": "data",  # key, seq state and outbox, relative to the board's root (/data)
+    "board": None,  # board layer: None = by sys.platform; "esp32", "rp2", "unix" to choose
 }
 
 _TYPES = {
@@ -42,9 +43,11 @@ _TYPES = {
     "ntp_host": (str,),
     "ntp_resync": (int, float),
     "dir": (str,),
+    "board": (str, type(None)),
 }
 
 SENSORS = ("mcu", "bme280")
+BOARDS = ("esp32", "rp2", "unix")
 
 
 def merge(overrides):
@@ -59,6 +62,8 @@ def merge(overrides):
     for s in cfg["sensors"]:
         if s not in SENSORS:
             raise ValueError("unknown sensor %r in config; use %s" % (s, ", ".join(SENSORS)))
+    if cfg["board"] is not None and cfg["board"] not in BOARDS:
+        raise ValueError("unknown board %r in config; use %s" % (cfg["board"], ", ".join(BOARDS)))
     if cfg["interval"] <= 0:
         raise ValueError("config interval must be > 0 seconds")
     return cfg

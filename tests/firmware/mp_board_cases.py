@@ -38,6 +38,7 @@ def make_board(**over):
     # The board's RTC is the stand-in's (unset at power-on, set by ntptime.settime()); on a real
     # board the same value is what time.time() returns.
     b._port_time = machine.sim.rtc_seconds
+    b.EPOCH = 946684800 if FLAVOUR == "esp32" else 0  # the real port's epoch (2000 / 1970)
     b.join_timeout_ms = 300
     b.backoff_min_ms = 40
     b.backoff_max_ms = 320

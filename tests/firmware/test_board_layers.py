@@ -167,7 +167,7 @@ def test_watchdog_fed_by_loop_and_bites_on_hang(micropython: str, flavour: str) 
 def test_default_device_id_is_unique_id_hex(micropython: str, flavour: str) -> None:
     r = case(micropython, "identity", flavour)
     assert r["default"] == bytes(r["uid"]).hex()
-    assert r["configured"] == "greenhouse-7" and r["dir"] == "/anchor"
+    assert r["configured"] == "greenhouse-7" and r["dir"] == "data"
 
 
 def test_config_file_overrides_defaults(micropython: str, tmp_path: Path) -> None:

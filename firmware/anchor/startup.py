@@ -1,0 +1,79 @@
+# Board start-up: what main.py runs on a board (no command line there). Loads the config
+# (/anchor.json), picks the board layer, arms the watchdog, creates the key on first boot (from
+# os.urandom, on the board: the private key never leaves it), and runs the device loop forever.
+#
+# Paths are relative to `root`: "/" on a board; "" (the working directory) when a test boots a
+# directory that stands in for a board's flash (gateway/provision.py LocalUnixBoard).
+import sys
+
+from anchor import Error, config
+
+_BOARD_PLATFORMS = ("esp32", "rp2")
+
+
+def make_board(cfg):
+    """The board layer named by cfg["board"], else the one for sys.platform."""
+    name = cfg.get("board") or sys.platform
+    if name == "esp32":
+        from anchor.board_esp32 import Board
+    elif name == "rp2":
+        from anchor.board_rp2 import Board
+    else:
+        from anchor.board_unix import Board
+    return Board(cfg)
+
+
+def load_device(board, d):
+    """The device state in d; on first boot a new key, generated here on the board."""
+    from anchor.state import Device
+
+    try:
+        return Device.load(d)
+    except Error:
+        if _has_key(d):
+            raise  # a damaged key file: do not silently replace the device's identity
+        return Device.create(d, dev_id=board.device_id())
+
+
+def _has_key(d):
+    import os
+
+    from anchor.state import KEY_FILE
+
+    try:
+        os.stat(d + "/" + KEY_FILE)
+        return True
+    except OSError:
+        return False
+
+
+def main(root=None):
+    if root is None:
+        root = "/" if sys.platform in _BOARD_PLATFORMS else ""
+    import asyncio
+
+    from anchor import device
+
+    cfg = config.load(root + "anchor.json")
+    cfg["dir"] = root + cfg["dir"].lstrip("/")
+    board = make_board(cfg)
+    board.start_watchdog()
+    try:
+        dev = load_device(board, cfg["dir"])
+        opts = device.parse_args([])
+        opts["dir"] = cfg["dir"]
+        opts["broker"] = cfg["broker"]
+        board, dev, ob, client = device.build(opts, board)
+        loop = device.Loop(board, dev, ob, client, interval=cfg["interval"])
+        asyncio.run(loop.run())
+    except Exception as e:  # noqa: BLE001 - a board must not stop: report, then restart
+        sys.print_exception(e)
+        if root != "/":
+            raise
+        import time
+
+        import machine
+
+        board.led(True)
+        time.sleep(10)  # long enough to read the message on the console, then start over
+        machine.reset()
