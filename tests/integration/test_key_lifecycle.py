@@ -116,6 +116,25 @@ def test_rotation_and_revocation(tmp_path: Path) -> None:
     listing = {d["id"]: d for d in json.loads(iot(data, "device", "list", "--json").stdout)}
     assert listing[dev.id]["status"] == "revoked" and listing[other.id]["status"] == "active"
 
+    # An auditor with a copy of the database and only the gateway's public key: the copy holds
+    # no private key, and `ledger verify` with the right vkey passes, with another one fails.
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    with sqlite3.connect(data / "ledger.db") as src, sqlite3.connect(copy / "ledger.db") as dst:
+        src.backup(dst)
+    assert sorted(p.name for p in copy.iterdir()) == ["ledger.db"]
+    assert iot(copy, "ledger", "verify", "--gateway-key", vkey).returncode == 0
+    other_vkey = iot(tmp_path / "other", "init").stdout.strip().splitlines()[-1]
+    proc = iot(copy, "ledger", "verify", "--gateway-key", other_vkey, ok=False)
+    assert proc.returncode == 1 and "BROKEN" in proc.stdout, proc.stdout + proc.stderr
+    # A checkpoint saved earlier (as devices receive them) is still in the copy, byte for byte.
+    saved = status["checkpoint"]
+    size = int(saved.splitlines()[1])
+    with sqlite3.connect(copy / "ledger.db") as db:
+        (note_then,) = db.execute("SELECT note FROM checkpoints WHERE size = ?",
+                                  (size,)).fetchone()
+    assert note_then == saved
+
     # The key history cannot be rewritten quietly: give the new key to the old readings'
     # period in the database, and the audit names the difference.
     with sqlite3.connect(data / "ledger.db") as db:
