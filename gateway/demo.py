@@ -138,10 +138,10 @@ class Demo:
             dev_key = (fleet.fleet_dir / f"{dev}.pub").read_text().strip()
             vr = self.run_cli("verify-receipt", str(receipt_path), "--gateway-key", vkey,
                               "--device-key", dev_key)
-            line = (vr.stdout.strip() or vr.stderr.strip()).splitlines()[-1:] or [""]
+            said = (vr.stdout.strip() or vr.stderr.strip()).splitlines()[-1:] or [""]
             print(f"receipt for {dev} seq {seq}: {len(r.stdout)} bytes of JSON; verified "
                   f"offline with the gateway vkey and the device key: exit {vr.returncode}: "
-                  f"{line[0]}")
+                  f"{said[0]}")
             self.check(vr.returncode == 0, "the receipt did not verify")
         took = time.monotonic() - self.t0
         print()

@@ -128,13 +128,13 @@ def _encode(obj: Any, out: bytearray) -> None:
     elif isinstance(obj, Mapping):
         items = []
         for k, v in obj.items():
-            kb = bytearray()
-            _encode(k, kb)
-            items.append((bytes(kb), v))
+            key_buf = bytearray()
+            _encode(k, key_buf)
+            items.append((bytes(key_buf), v))
         items.sort(key=lambda kv: kv[0])
         _head(5, len(items), out)
-        for kb, v in items:
-            out += kb
+        for key_bytes, v in items:
+            out += key_bytes
             _encode(v, out)
     else:
         raise TypeError(f"cannot encode {type(obj).__name__} as CBOR")
