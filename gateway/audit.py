@@ -330,27 +330,28 @@ class Auditor:
                     return hi
                 items.append((r[0], r[1], r[2], r[3], bytes(r[4]), b.i))
             pos += b.n
-        results = pool.map_chunks(self._check_chunk, items)
-        # per reading, then per batch
+        # per reading, then per batch; the pool verifies ahead while this loop checks
+        results: list[tuple[bytes, str | None, bytes, bytes, int, str]] = []
+        ahead = pool.iter_chunks(self._check_chunk, items)
         pos = lo
         k = 0
         for b in group:
+            while len(results) < k + b.n:
+                results.extend(next(ahead))
             leaves: list[bytes] = []
             for _ in range(b.n):
-                rid, dev, seq, batch, cose, entry = items[k]
-                res = results[k]
+                rid, dev, seq, batch, _cose, _entry = items[k]
+                leaf, err, digest, prev, dseq, ddev = results[k]
                 k += 1
-                if isinstance(res, str):
-                    self.problem("readings", rid, res)
-                    leaves.append(merkle.leaf_hash(cose))
+                leaves.append(leaf)
+                if err is not None:
+                    self.problem("readings", rid, err)
                     continue
-                digest, prev, dseq, ddev = res
                 if ddev != dev or dseq != seq:
                     self.problem("readings", rid, f"columns say {dev!r} seq {seq}, the message "
                                                   f"{ddev!r} seq {dseq}")
                 if batch != b.i:
                     self.problem("readings", rid, f"batch column {batch} != entry {b.i}")
-                leaves.append(merkle.leaf_hash(cose))
                 cnt = self.counts.setdefault(ddev, [0, -1])
                 cnt[0] += 1
                 cnt[1] = max(cnt[1], dseq)
@@ -391,25 +392,29 @@ class Auditor:
         return hi
 
     def _check_chunk(self, chunk: Sequence[tuple[int, str, int, int, bytes, int]]
-                     ) -> list[str | tuple[bytes, bytes, int, str]]:
-        out: list[str | tuple[bytes, bytes, int, str]] = []
+                     ) -> list[tuple[bytes, str | None, bytes, bytes, int, str]]:
+        """Worker: (leaf hash, problem or None, digest, prev, seq, dev) per reading."""
+        out: list[tuple[bytes, str | None, bytes, bytes, int, str]] = []
         for _rid, _dev, _seq, _batch, cose, entry in chunk:
+            leaf = merkle.leaf_hash(cose)
             try:
                 d = decode(cose, max(len(cose), 1))
             except Rejection as r:
-                out.append(f"message does not decode ({r.reason}: {r.detail})")
+                out.append((leaf, f"message does not decode ({r.reason}: {r.detail})",
+                            b"", b"", -1, ""))
                 continue
             key = self._key_at(d.dev, entry)
             if key is None or isinstance(key, str):
-                out.append(f"{d.dev!r} seq {d.seq}: {key or 'its key is not a P-256 point'} "
-                           f"(batch entry {entry})")
+                out.append((leaf, f"{d.dev!r} seq {d.seq}: "
+                            f"{key or 'its key is not a P-256 point'} (batch entry {entry})",
+                            b"", b"", -1, ""))
                 continue
             reason = check_signature(key, d.to_be_signed, d.signature)
             if reason:
-                out.append(f"{d.dev!r} seq {d.seq}: signature check failed ({reason}) against "
-                           f"the key valid at entry {entry}")
+                out.append((leaf, f"{d.dev!r} seq {d.seq}: signature check failed ({reason}) "
+                            f"against the key valid at entry {entry}", b"", b"", -1, ""))
                 continue
-            out.append((d.digest, d.prev, d.seq, d.dev))
+            out.append((leaf, None, d.digest, d.prev, d.seq, d.dev))
         return out
 
     # 5 ---------------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ hand for exactly this structure instead of calling a general CBOR library, becau
 * the nesting depth is bounded (`MAX_DEPTH`) and the parser never recurses deeper than that;
 * it needs no re-encoding: the Sig_structure is built from the original protected and payload
   bytes;
-* it is about 3x faster than cbor2 for this shape, and decoding runs on the hot path.
+* the firmware's exact deterministic layout is read by a fast path (`_fast`, no function
+  call per CBOR item, about 3 us); anything else goes through the general strict parser.
 
 What is accepted beyond the firmware's exact output: non-shortest integer and length heads and
 unknown payload keys (ignored, so later firmware versions can add fields; they must still be
@@ -392,9 +393,153 @@ def decode(msg: bytes, max_size: int = MAX_MESSAGE) -> Decoded:
 def _decode(msg: bytes, max_size: int) -> Decoded:
     if type(msg) is not bytes:
         msg = bytes(msg)
+    if len(msg) > max_size:
+        raise Rejection("too_large", f"{len(msg)} bytes > limit {max_size}")
+    try:
+        fast = _fast(msg)
+    except (IndexError, ValueError, struct.error):
+        fast = None
+    return fast if fast is not None else _decode_general(msg)
+
+
+_UINT_HEAD = {0x18: 1, 0x19: 2, 0x1A: 4, 0x1B: 8}
+_FLOAT_FMT = {0xF9: (">e", 2), 0xFA: (">f", 4), 0xFB: (">d", 8)}
+
+
+def _fast(msg: bytes) -> Decoded | None:
+    """The firmware's exact deterministic layout, read in one pass with no calls per item.
+
+    Returns None for anything else (including every malformed message), and the general
+    parser then decides; so this path never rejects, and on what it accepts it must agree with
+    `_decode_general` exactly (tests/unit/test_cose.py checks both on the same inputs).
+    Layout: d2 84 | bstr(a2 01 26 04 bstr(kid)) | a0 | bstr(payload) | 58 40 sig, with the
+    payload map's keys in deterministic order: v, ts (optional), dev, seq, data, prev.
+    """
     end = len(msg)
-    if end > max_size:
-        raise Rejection("too_large", f"{end} bytes > limit {max_size}")
+    if msg[0] != 0xD2 or msg[1] != 0x84:
+        return None
+    b = msg[2]
+    if 0x40 <= b <= 0x57:
+        plen, pos = b - 0x40, 3
+    elif b == 0x58:
+        plen, pos = msg[3], 4
+    else:
+        return None
+    protected = msg[pos:pos + plen]
+    pos += plen
+    if protected[:4] != b"\xa2\x01\x26\x04":
+        return None
+    b = protected[4]
+    if 0x41 <= b <= 0x57:
+        kid = protected[5:]
+        if len(kid) != b - 0x40:
+            return None
+    elif b == 0x58:
+        kid = protected[6:]
+        if len(kid) != protected[5] or not 24 <= len(kid) <= MAX_DEVICE_ID:
+            return None
+    else:
+        return None
+    if msg[pos] != 0xA0:
+        return None
+    b = msg[pos + 1]
+    if b == 0x58:
+        n, pos = msg[pos + 2], pos + 3
+    elif b == 0x59:
+        n, pos = (msg[pos + 2] << 8) | msg[pos + 3], pos + 4
+    else:
+        return None
+    payload = msg[pos:pos + n]
+    pos += n
+    if end - pos != 66 or msg[pos] != 0x58 or msg[pos + 1] != 0x40 or len(payload) != n:
+        return None
+    signature = msg[pos + 2:]
+    # the Reading: {"v": 1, ["ts": uint,] "dev": tstr, "seq": uint, "data": map, "prev": 32}
+    p = payload
+    count = p[0]
+    if p[1:4] != b"\x61\x76\x01":
+        return None
+    q = 4
+    ts: int | None = None
+    if count == 0xA6 and p[4:7] == b"\x62ts":
+        b = p[7]
+        if b < 24:
+            ts, q = b, 8
+        else:
+            w = _UINT_HEAD.get(b)
+            if w is None:
+                return None
+            ts, q = int.from_bytes(p[8:8 + w], "big"), 8 + w
+    elif count != 0xA5:
+        return None
+    if p[q:q + 4] != b"\x63dev":
+        return None
+    b = p[q + 4]
+    if 0x60 <= b <= 0x77:
+        dlen, q = b - 0x60, q + 5
+    elif b == 0x78:
+        dlen, q = p[q + 5], q + 6
+    else:
+        return None
+    if p[q:q + dlen] != kid:
+        return None
+    q += dlen
+    if p[q:q + 4] != b"\x63seq":
+        return None
+    b = p[q + 4]
+    if b < 24:
+        seq, q = b, q + 5
+    else:
+        w = _UINT_HEAD.get(b)
+        if w is None:
+            return None
+        seq, q = int.from_bytes(p[q + 5:q + 5 + w], "big"), q + 5 + w
+        if seq > MAX_SEQ:
+            return None
+    if p[q:q + 5] != b"\x64data":
+        return None
+    b = p[q + 5]
+    if not 0xA0 <= b <= 0xB7:
+        return None
+    q += 6
+    data: dict[str, int | float] = {}
+    for _ in range(b - 0xA0):
+        b = p[q]
+        if not 0x60 <= b <= 0x77:
+            return None
+        key = p[q + 1:q + 1 + b - 0x60].decode("utf-8")  # ValueError: not UTF-8 -> general
+        q += 1 + b - 0x60
+        b = p[q]
+        if b < 0x18:
+            value: int | float = b
+            q += 1
+        elif 0x20 <= b < 0x38:
+            value = 0x1F - b
+            q += 1
+        elif b in _FLOAT_FMT:
+            fmt, w = _FLOAT_FMT[b]
+            value = struct.unpack_from(fmt, p, q + 1)[0]
+            q += 1 + w
+        else:
+            w = _UINT_HEAD.get(b & 0x1F if b < 0x40 else -1, 0)
+            if not w:
+                return None
+            value = int.from_bytes(p[q + 1:q + 1 + w], "big")
+            if b >= 0x20:
+                value = -1 - value
+            q += 1 + w
+        if key in data:
+            return None
+        data[key] = value
+    if p[q:q + 7] != b"\x64prev\x58\x20" or q + 39 != len(p):
+        return None
+    prev = p[q + 7:]
+    dev = kid.decode("utf-8")
+    return Decoded(msg, dev, seq, ts, prev, data, protected, payload, signature)
+
+
+def _decode_general(msg: bytes) -> Decoded:
+    end = len(msg)
     major, arg, pos = _head(msg, 0, end)
     if major != 6 or arg != 18:
         raise Rejection("not_tag18", "the message must start with CBOR tag 18 (COSE_Sign1)")

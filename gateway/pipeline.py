@@ -224,14 +224,15 @@ class Pipeline:
                 raw = bytes(raw)
             items.append((raw, topic))
         keys, limit = self._keys, self.max_message
-        checked = self.pool.map_chunks(lambda chunk: _check(keys, limit, chunk), items)
         out: list[Outcome] = []
-        for res in checked:
-            if isinstance(res, str):
-                self._rejected[res] += 1
-                out.append(Outcome("rejected", res))
-            else:
-                out.append(self._classify(res))
+        append = out.append
+        for part in self.pool.iter_chunks(lambda chunk: _check(keys, limit, chunk), items):
+            for res in part:
+                if isinstance(res, str):
+                    self._rejected[res] += 1
+                    append(Outcome("rejected", res))
+                else:
+                    append(self._classify(res))
         for o in out:
             self.totals[o.status] += 1
         return out

@@ -15,7 +15,7 @@ Policy (docs/gateway.md):
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -93,17 +93,23 @@ class VerifierPool:
         return self._pool
 
     def map_chunks(self, fn: Callable[[Sequence[T]], list[R]], items: Sequence[T]) -> list[R]:
-        if not items:
-            return []
-        if len(items) <= self.chunk or self.workers == 1:
-            # below one chunk a pool hop costs more than it saves
-            if self.workers == 1 or len(items) <= 16:
-                return fn(items)
-        size = min(self.chunk, max(16, -(-len(items) // self.workers)))
         out: list[R] = []
-        for part in self._executor().map(fn, chunked(items, size)):
+        for part in self.iter_chunks(fn, items):
             out.extend(part)
         return out
+
+    def iter_chunks(self, fn: Callable[[Sequence[T]], list[R]],
+                    items: Sequence[T]) -> Iterator[list[R]]:
+        """fn over chunks of items on the pool; yields each chunk's results in input order as
+        soon as it is ready, so the caller can work on chunk k while the pool verifies k+1."""
+        if not items:
+            return
+        if self.workers == 1 or len(items) <= 16:
+            # one worker, or too little work: a pool hop costs more than it saves
+            yield fn(items)
+            return
+        size = min(self.chunk, max(16, -(-len(items) // self.workers)))
+        yield from self._executor().map(fn, chunked(items, size))
 
     def close(self) -> None:
         if self._pool is not None:

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway import cose
 from gateway.cose import DECODE_REASONS, MAX_DEPTH, Rejection, decode, sig_structure
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -183,3 +184,49 @@ def test_a_message_cbor2_would_reencode_is_kept_byte_exact() -> None:
     d = decode(msg)
     assert d.raw == msg and d.payload == payload
     assert cose_sign1(p, payload, sig) != msg
+
+
+def _general(msg: bytes) -> object:
+    try:
+        return cose._decode_general(msg)
+    except Rejection as r:
+        return r.reason
+
+
+def _fast_or_none(msg: bytes) -> object:
+    try:
+        return cose._fast(msg)
+    except (IndexError, ValueError):
+        return None
+
+
+_values = st.one_of(st.integers(-(2**64), 2**64 - 1),
+                    st.floats(allow_nan=False, width=16), st.floats(allow_nan=False, width=32),
+                    st.floats(allow_nan=False))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(dev=st.text(st.characters(codec="utf-8"), min_size=1, max_size=30).filter(
+           lambda s: len(s.encode()) <= 64),
+       seq=st.integers(0, 2**64 - 1), ts=st.one_of(st.none(), st.integers(0, 2**64 - 1)),
+       data=st.dictionaries(st.text(max_size=8), _values, max_size=6),
+       cut=st.integers(0, 400), flip=st.integers(0, 255))
+def test_fast_path_agrees_with_the_general_parser(dev: str, seq: int, ts: int | None,
+                                                  data: dict, cut: int, flip: int) -> None:
+    reading = {"v": 1, "dev": dev, "seq": seq, "prev": bytes(32), "data": data}
+    if ts is not None:
+        reading["ts"] = ts
+    protected = cbor2.dumps({1: -7, 4: dev.encode()}, canonical=True)
+    msg = cose_sign1(protected, cbor2.dumps(reading, canonical=True), bytes(range(64)))
+    variants = [msg]
+    if cut < len(msg):
+        variants.append(msg[:cut] + bytes([msg[cut] ^ flip]) + msg[cut + 1:])
+        variants.append(msg[:cut] + msg[cut + 1:])
+    for m in variants:
+        fast = _fast_or_none(m)
+        if fast is not None:
+            assert fast == _general(m)
+    if seq < 2**63:
+        # the canonical form is what the fast path exists for (small maps, short ids)
+        if len(data) < 24:
+            assert _fast_or_none(msg) is not None and _fast_or_none(msg) == _general(msg)

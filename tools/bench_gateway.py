@@ -1,0 +1,189 @@
+#!/usr/bin/env python3
+"""`make bench-gateway`: gateway-core figures, each against a baseline measured in the same run.
+
+1. ingest throughput: pre-signed readings (firmware-identical bytes, gateway.loadgen) through
+   `Pipeline.submit` + `commit` (threaded verifier, batches of --batch-max, SQLite commits),
+   against a bare `cryptography` verify loop over the same messages on the same number of
+   threads (DER signatures and Sig_structures prepared beforehand, so the baseline is pure
+   verification). Goal: ratio >= 0.8.
+2. `ledger verify` rate (the full audit: signatures, roots, chain, checkpoints), readings/s.
+   Goal: >= 20,000 readings/s.
+3. receipt build (database lookups + proofs) and offline verify (checkpoint signature, two
+   inclusion proofs, the device signature): median ms. Goal: <= 2 ms each.
+
+Prints a readable summary, then one JSON object as the last line. `--profile` also prints the
+top of a cProfile of the ingest run (to stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import pstats
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gateway import registry  # noqa: E402
+from gateway.audit import audit  # noqa: E402
+from gateway.cose import decode  # noqa: E402
+from gateway.loadgen import DeviceSigner  # noqa: E402
+from gateway.pipeline import Pipeline  # noqa: E402
+from gateway.receipt import build_receipt, verify_receipt  # noqa: E402
+from gateway.store import Store  # noqa: E402
+from gateway.verifier import ES256, load_public_key  # noqa: E402
+
+
+def presign(devices: int, per_device: int) -> tuple[list[bytes], dict[str, bytes]]:
+    import hashlib
+
+    signers = [DeviceSigner.generate(f"bench-{i:03d}") for i in range(devices)]
+    per: list[list[bytes]] = []
+    for s in signers:
+        prev = bytes(32)
+        out = []
+        for seq in range(per_device):
+            m = s.sign(seq, prev, {"t": 20.5 + (seq % 40) / 8, "h": 40 + seq % 20,
+                                   "p": 1013.25}, ts=1_760_000_000 + seq)
+            prev = hashlib.sha256(m).digest()
+            out.append(m)
+        per.append(out)
+    msgs = [per[d][i] for i in range(per_device) for d in range(devices)]
+    return msgs, {s.dev: s.public_key for s in signers}
+
+
+def bare_verify_rate(msgs: list[bytes], keys: dict[str, bytes], threads: int) -> float:
+    pubs = {d: load_public_key(k) for d, k in keys.items()}
+    work = []
+    for m in msgs:
+        d = decode(m)
+        r, s = int.from_bytes(d.signature[:32], "big"), int.from_bytes(d.signature[32:], "big")
+        work.append((pubs[d.dev], encode_dss_signature(r, s), d.to_be_signed))
+    parts = [work[i::threads] for i in range(threads)]
+
+    def run(part: list) -> None:
+        for pub, sig, tbs in part:
+            pub.verify(sig, tbs, ES256)
+
+    ts = [threading.Thread(target=run, args=(p,)) for p in parts]
+    t0 = time.perf_counter()
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return len(msgs) / (time.perf_counter() - t0)
+
+
+def ingest_rate(store: Store, msgs: list[bytes], workers: int, batch_max: int,
+                profile: bool) -> tuple[float, str]:
+    prof = cProfile.Profile() if profile else None
+    chunk = 1024
+    with Pipeline(store, batch_max=batch_max, workers=workers) as p:
+        t0 = time.perf_counter()
+        if prof:
+            prof.enable()
+        accepted = 0
+        for i in range(0, len(msgs), chunk):
+            accepted += sum(o.status == "accepted" for o in p.submit(msgs[i:i + chunk]))
+            if p.pending() >= batch_max:
+                p.commit()
+        p.commit()
+        if prof:
+            prof.disable()
+        dt = time.perf_counter() - t0
+    if accepted != len(msgs):
+        raise SystemExit(f"bench: only {accepted} of {len(msgs)} readings were accepted")
+    text = ""
+    if prof:
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(18)
+        text = buf.getvalue()
+    return len(msgs) / dt, text
+
+
+def receipt_times(store: Store, vkey: str, keys: dict[str, bytes], msgs: list[bytes],
+                  n: int) -> tuple[float, float]:
+    rng = random.Random(1)
+    build, check = [], []
+    for _ in range(n):
+        d = decode(rng.choice(msgs))
+        t0 = time.perf_counter()
+        parts = store.receipt_parts(d.dev, d.seq)
+        assert parts is not None
+        rec = build_receipt(**parts)
+        t1 = time.perf_counter()
+        verify_receipt(rec, vkey, keys[d.dev])
+        t2 = time.perf_counter()
+        build.append((t1 - t0) * 1000)
+        check.append((t2 - t1) * 1000)
+    return statistics.median(build), statistics.median(check)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--readings", type=int, default=40_000)
+    ap.add_argument("--devices", type=int, default=20)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--batch-max", type=int, default=4096)
+    ap.add_argument("--receipts", type=int, default=200)
+    ap.add_argument("--profile", action="store_true", help="print a cProfile of the ingest")
+    args = ap.parse_args()
+
+    per = max(1, args.readings // args.devices)
+    t0 = time.perf_counter()
+    msgs, keys = presign(args.devices, per)
+    sign_s = time.perf_counter() - t0
+    print(f"pre-signed {len(msgs)} readings from {args.devices} devices in {sign_s:.1f} s "
+          f"({statistics.mean(map(len, msgs)):.0f} bytes each)")
+
+    with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
+        store, vkey = Store.create(Path(tmp) / "data")
+        for dev, key in keys.items():
+            registry.add(store, dev, key)
+        base = bare_verify_rate(msgs, keys, args.workers)
+        rate, prof = ingest_rate(store, msgs, args.workers, args.batch_max, args.profile)
+        base2 = bare_verify_rate(msgs, keys, args.workers)
+        baseline = (base + base2) / 2
+        ratio = rate / baseline
+        print(f"ingest: {rate:,.0f} readings/s through the pipeline; bare cryptography verify on "
+              f"{args.workers} threads: {baseline:,.0f}/s (before {base:,.0f}, after "
+              f"{base2:,.0f}); ratio {ratio:.2f} (goal >= 0.8)")
+        res = audit(store, vkey, workers=args.workers)
+        if not res.ok:
+            raise SystemExit(f"bench: the audit failed: {res.problems[0]}")
+        vrate = res.readings / res.seconds
+        print(f"ledger verify: {res.readings} readings, {res.entries} entries in "
+              f"{res.seconds:.2f} s = {vrate:,.0f} readings/s (goal >= 20,000); "
+              f"ratio to bare verify {vrate / baseline:.2f}")
+        b_ms, v_ms = receipt_times(store, vkey, keys, msgs, args.receipts)
+        print(f"receipt: build {b_ms:.3f} ms, verify {v_ms:.3f} ms median over "
+              f"{args.receipts} (goal <= 2 ms each)")
+        db_bytes = sum(f.stat().st_size for f in (Path(tmp) / "data").glob("ledger.db*"))
+        print(f"database: {db_bytes / len(msgs):.0f} bytes per reading")
+        store.close()
+    if prof:
+        print(prof, file=sys.stderr)
+    print(json.dumps({
+        "readings": len(msgs), "devices": args.devices, "workers": args.workers,
+        "batch_max": args.batch_max, "cpus": os.cpu_count(),
+        "ingest_per_s": round(rate), "bare_verify_per_s": round(baseline),
+        "ingest_ratio": round(ratio, 3), "ledger_verify_per_s": round(vrate),
+        "receipt_build_ms": round(b_ms, 3), "receipt_verify_ms": round(v_ms, 3),
+        "db_bytes_per_reading": round(db_bytes / len(msgs)),
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
