@@ -1,0 +1,376 @@
+# The device loop: read sensors (board layer) -> sign (state.Device) -> append to the flash
+# outbox -> publish on anchor/<id>/readings (QoS 1) -> acks on anchor/<id>/ack remove readings
+# from the outbox. Runs under asyncio with three tasks: the MQTT client's reconnect supervisor,
+# the producer (one reading per interval), and the sender (publishes what is due).
+#
+# Command line (Unix port), via main.py:
+#   micropython firmware/main.py run --dir DIR [--broker mqtt://HOST:PORT] [--interval S]
+#       [--count N] [--timeout S] [--ack-timeout S] [--outbox-max N] [--keepalive S]
+#   --broker       default $IOT_ANCHOR_BROKER, else mqtt://127.0.0.1:1883 (mqtts:// needs ssl)
+#   --interval     seconds between readings (default 60; 0 = as fast as signing allows)
+#   --count N      produce N readings, then exit 0 once the outbox is empty (everything this
+#                  device ever queued, including readings replayed from before a restart, is
+#                  acknowledged as anchored); exit 1 with the summary if that takes more than
+#                  --timeout S (default 120) after the Nth reading. Without --count: forever.
+#   --ack-timeout  publish a reading again when no ack came this many seconds after its last
+#                  publish (default 30); every waiting reading is also published again after
+#                  each reconnect
+#   --outbox-max   readings kept waiting at most; beyond, the oldest is dropped and counted
+#                  (default 1000; see outbox.py)
+#
+# Output: one line per event, at most one per reading, "key=value" words after an event name:
+#   start dev=ID seq=N outbox=K broker=URL
+#   connected n=K                     (K-th connection to the broker)
+#   disconnected err=E
+#   pub seq=N outbox=K                (a new reading's first publish)
+#   repub n=K                         (K waiting readings published again in one pass)
+#   ack upto=U seqs=S entry=E removed=R outbox=K
+#   bad-ack err=...                   (an ack that does not decode; ignored)
+# and, when the loop ends (--count), one JSON object on the last line:
+#   {"dev": ID, "produced": N, "acked": M, "outbox": K, "dropped": D, "seq": NEXT_SEQ,
+#    "published": P, "republished": R, "connects": C, "heap_max": BYTES, "ok": true|false,
+#    "error": null or why the loop stopped}   (heap_max: gc.mem_alloc() after gc.collect(),
+#    sampled after each reading and each republish pass)
+# "acked" counts readings removed from the outbox by acks during this run (replayed ones too).
+#
+# Topics (docs/protocol.md): readings anchor/<id>/readings (QoS 1); acks anchor/<id>/ack (QoS 1,
+# CBOR {"upto": int, "seqs": [int], "entry": int}, upto -1 when seq 0 is not anchored yet);
+# status anchor/<id>/status, retained "online" on connect, "offline" as the last will and on a
+# clean exit.
+
+import asyncio
+import gc
+import sys
+import time
+
+from anchor import Error
+
+_UNIX = sys.platform not in ("esp32", "rp2")
+
+USAGE = """usage: micropython main.py run --dir DIR [--broker mqtt://HOST:PORT] [--interval S]
+    [--count N] [--timeout S] [--ack-timeout S] [--outbox-max N] [--keepalive S]"""
+
+OPTIONS = {
+    # name: (type, default)
+    "dir": (str, None),
+    "broker": (str, None),
+    "interval": (float, 60.0),
+    "count": (int, None),
+    "timeout": (float, 120.0),
+    "ack-timeout": (float, 30.0),
+    "outbox-max": (int, 1000),
+    "keepalive": (int, 30),
+}
+
+
+def parse_args(args):
+    """--name value pairs -> dict with every OPTIONS key. Raises Error naming the bad one."""
+    opts = {k: v[1] for k, v in OPTIONS.items()}
+    i = 0
+    while i < len(args):
+        a = args[i]
+        name = a[2:] if a.startswith("--") else None
+        if name not in OPTIONS:
+            raise Error("run: unknown argument %r\n%s" % (a, USAGE))
+        if i + 1 >= len(args):
+            raise Error("run: %s needs a value\n%s" % (a, USAGE))
+        typ = OPTIONS[name][0]
+        try:
+            v = typ(args[i + 1])
+        except ValueError:
+            raise Error("run: %s wants a number, not %r" % (a, args[i + 1]))
+        if typ is not str and v < 0:
+            raise Error("run: %s must not be negative" % a)
+        opts[name] = v
+        i += 2
+    if not opts["dir"]:
+        import os
+
+        opts["dir"] = os.getenv("IOT_ANCHOR_DEVICE_DIR")
+        if not opts["dir"]:
+            raise Error("run: --dir DIR is required (the directory made by keygen)")
+    if not opts["broker"]:
+        import os
+
+        opts["broker"] = os.getenv("IOT_ANCHOR_BROKER") or "mqtt://127.0.0.1:1883"
+    if opts["count"] is not None and opts["count"] < 1:
+        raise Error("run: --count must be at least 1")
+    if opts["outbox-max"] < 1:
+        raise Error("run: --outbox-max must be at least 1")
+    return opts
+
+
+def decode_ack(payload):
+    """(upto, seqs, entry) from an ack's CBOR; raises ValueError when it is not one."""
+    from anchor import cbor
+
+    try:
+        m = cbor.decode(payload)
+    except Error as e:
+        raise ValueError("not CBOR (%s)" % e)
+    if not isinstance(m, dict):
+        raise ValueError("not a CBOR map")
+    upto = m.get("upto")
+    seqs = m.get("seqs", [])
+    entry = m.get("entry", -1)
+    if not isinstance(upto, int) or isinstance(upto, bool) or upto < -1:
+        raise ValueError("'upto' must be an integer >= -1")
+    if not isinstance(seqs, list) or any(
+            not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seqs):
+        raise ValueError("'seqs' must be a list of non-negative integers")
+    if not isinstance(entry, int):
+        raise ValueError("'entry' must be an integer")
+    return upto, seqs, entry
+
+
+class Loop:
+    """One device's loop. `board` is a board layer (board_unix.py documents the interface),
+    `dev` a state.Device, `outbox` an outbox.Outbox, `client` an mqtt.MQTTClient."""
+
+    def __init__(self, board, dev, outbox, client, interval=60, count=None, timeout=120,
+                 ack_timeout=30, out=print):
+        self.board = board
+        self.dev = dev
+        self.outbox = outbox
+        self.client = client
+        self.interval_ms = int(interval * 1000)
+        self.count = count
+        self.timeout_ms = int(timeout * 1000)
+        self.ack_ms = int(ack_timeout * 1000)
+        self.out = out
+        prefix = "anchor/%s/" % dev.dev_id
+        self.t_readings = prefix + "readings"
+        self.t_ack = prefix + "ack"
+        self.t_status = prefix + "status"
+        self.produced = 0
+        self.acked = 0
+        self.published = 0
+        self.republished = 0
+        self.bad_acks = 0
+        self.heap_max = 0
+        self._last_announced = -1
+        self.crash = None
+        self._kick = asyncio.Event()
+        self._done = asyncio.Event()
+        self._stop = False
+        client.set_last_will(self.t_status, b"offline", retain=True, qos=1)
+        client.set_birth(self.t_status, b"online", retain=True, qos=1)
+        client.on_message = self._on_message
+        client.subscribe(self.t_ack, 1)
+
+    # -- acks -----------------------------------------------------------------------------
+
+    def _on_message(self, topic, payload, retained):
+        if topic != self.t_ack.encode():
+            return
+        try:
+            upto, seqs, entry = decode_ack(payload)
+        except ValueError as e:
+            self.bad_acks += 1
+            self.out("bad-ack err=%s" % str(e).replace(" ", "_"))
+            return
+        removed = self.outbox.ack(upto, seqs)
+        self.acked += removed
+        self.out("ack upto=%d seqs=%d entry=%d removed=%d outbox=%d" % (
+            upto, len(seqs), entry, removed, self.outbox.pending))
+        self._check_done()
+
+    def _check_done(self):
+        if self.count is not None and self.produced >= self.count and not self.outbox.pending:
+            self._done.set()
+
+    # -- producing ------------------------------------------------------------------------
+
+    def requeue_last(self):
+        """After a crash between signing and appending: the last signed message is in the
+        device state (last.cose) but not in the outbox. Queue it again (a duplicate, should
+        it have been queued after all, is harmless: the gateway deduplicates and acks it)."""
+        dev, ob = self.dev, self.outbox
+        last = dev.seq - 1
+        if dev.last_message is not None and last > ob.last_seq and last > ob.upto:
+            ob.append(last, dev.last_message)
+            return True
+        return False
+
+    def produce(self):
+        data = self.board.read_sensors()
+        seq = self.dev.seq
+        msg = self.dev.next_reading(data, self.board.time())
+        self.outbox.append(seq, msg)
+        self.produced += 1
+        self._kick.set()
+        return seq
+
+    async def _producer(self):
+        next_t = time.ticks_ms()
+        while not self._stop and (self.count is None or self.produced < self.count):
+            self.produce()
+            self._sample_heap()
+            next_t = time.ticks_add(next_t, self.interval_ms)
+            delay = time.ticks_diff(next_t, time.ticks_ms())
+            if delay < 0:           # signing or the flash was slower than the interval
+                next_t = time.ticks_ms()
+                delay = 0
+            await self.board.sleep_fed(delay)
+        self._check_done()
+
+    # -- sending --------------------------------------------------------------------------
+
+    async def _publish_due(self):
+        ob = self.outbox
+        c = self.client
+        n_re = 0
+        for seg, i, seq in ob.waiting():
+            if not ob.is_waiting(seg, i):
+                continue
+            t = ob.sent_at(seg, i)
+            if t is not None and time.ticks_diff(time.ticks_ms(), t) < self.ack_ms:
+                continue
+            msg = ob.read(seg, i)
+            await c.publish(self.t_readings, msg, qos=1)
+            msg = None
+            if ob.is_waiting(seg, i):
+                ob.mark_sent(seg, i, time.ticks_ms())
+            if seq > self._last_announced:   # a reading of this run, published the first time
+                self._last_announced = seq
+                self.published += 1
+                self.out("pub seq=%d outbox=%d" % (seq, ob.pending))
+            else:
+                n_re += 1
+        if n_re:
+            self.republished += n_re
+            self.out("repub n=%d" % n_re)
+            self._sample_heap()
+
+    async def _sender(self):
+        seen = 0
+        while not self._stop:
+            c = self.client
+            if c.isconnected():
+                if c.connects != seen:
+                    seen = c.connects
+                    self.outbox.clear_sent()
+                    self.out("connected n=%d" % seen)
+                try:
+                    await self._publish_due()
+                except OSError as e:
+                    self.out("disconnected err=%s" % _err(e))
+            self._kick.clear()
+            try:
+                await asyncio.wait_for_ms(self._kick.wait(), 500)
+            except asyncio.TimeoutError:
+                pass
+            self.board.feed()
+
+    async def _guard(self, coro, name):
+        """Run one of the loop's tasks; if it dies (a bug, MemoryError), end the whole loop
+        instead of leaving the others running without it."""
+        try:
+            await coro
+        except Exception as e:
+            self.crash = "%s task failed: %s: %s" % (name, type(e).__name__, e)
+            self._done.set()
+
+    def _sample_heap(self):
+        gc.collect()
+        a = gc.mem_alloc()
+        if a > self.heap_max:
+            self.heap_max = a
+
+    # -- the whole loop -------------------------------------------------------------------
+
+    async def run(self):
+        """Run until --count is satisfied (True) or its timeout passed (False); forever
+        without a count."""
+        self._last_announced = self.dev.seq - 1
+        self.requeue_last()
+        self.out("start dev=%s seq=%d outbox=%d" % (
+            self.dev.dev_id, self.dev.seq, self.outbox.pending))
+        await self.board.network_up()
+        sup = asyncio.create_task(self._guard(self.client.run(), "mqtt"))
+        snd = asyncio.create_task(self._guard(self._sender(), "sender"))
+        prod = asyncio.create_task(self._guard(self._producer(), "producer"))
+        ok = True
+        try:
+            while not self._done.is_set():
+                if self.count is not None and self.produced >= self.count:
+                    try:
+                        await asyncio.wait_for_ms(self._done.wait(), self.timeout_ms)
+                    except asyncio.TimeoutError:
+                        ok = False
+                    break
+                await asyncio.sleep_ms(100)
+            if self.crash is not None:
+                ok = False
+        finally:
+            self._stop = True
+            prod.cancel()
+            snd.cancel()
+            if self.client.isconnected():
+                try:
+                    await self.client.publish(self.t_status, b"offline", retain=True, qos=1,
+                                              wait=True)
+                except OSError:
+                    pass
+            await self.client.disconnect()
+            sup.cancel()
+        return ok
+
+    def summary(self, ok):
+        import json
+
+        return json.dumps({
+            "dev": self.dev.dev_id, "produced": self.produced, "acked": self.acked,
+            "outbox": self.outbox.pending, "dropped": self.outbox.dropped,
+            "seq": self.dev.seq, "published": self.published, "republished": self.republished,
+            "connects": self.client.connects, "heap_max": self.heap_max, "ok": ok,
+            "error": self.crash})
+
+
+def _err(e):
+    import errno
+
+    code = e.args[0] if e.args else 0
+    return errno.errorcode.get(code, str(code)) if hasattr(errno, "errorcode") else str(code)
+
+
+def build(opts, board=None):
+    """Board, Device, Outbox and MQTT client for the options of parse_args()."""
+    from anchor import mqtt
+    from anchor.outbox import Outbox
+    from anchor.state import Device
+
+    if board is None:
+        from anchor.board import Board
+
+        board = Board({"dir": opts["dir"], "id": None})
+    d = opts["dir"]
+    dev = Device.load(d)
+    if hasattr(board, "seed"):
+        board.seed(dev.dev_id)
+    try:
+        host, port, tls = mqtt.parse_url(opts["broker"])
+        client = mqtt.MQTTClient(dev.dev_id, host, port, keepalive=opts["keepalive"],
+                                 ssl=True if tls else None)
+    except ValueError as e:
+        raise Error(str(e))
+    ob = Outbox(d, max_records=opts["outbox-max"])
+    return board, dev, ob, client
+
+
+def main(args):
+    """`run` on the Unix port (args after "run"); returns the exit status."""
+    opts = parse_args(args)
+    board, dev, ob, client = build(opts)
+    loop = Loop(board, dev, ob, client, interval=opts["interval"], count=opts["count"],
+                timeout=opts["timeout"], ack_timeout=opts["ack-timeout"])
+    ok = asyncio.run(loop.run())
+    if loop.crash is not None:
+        print("error: the device loop stopped: %s; the outbox keeps every unacknowledged "
+              "reading, run again to resume" % loop.crash, file=sys.stderr)
+    elif not ok:
+        print("error: timed out after %g s waiting for acks: %d readings still waiting in the "
+              "outbox; check that the gateway (iot-anchor run) is running and uses broker %s"
+              % (opts["timeout"], ob.pending, opts["broker"]), file=sys.stderr)
+    print(loop.summary(ok))
+    return 0 if ok else 1

@@ -1,0 +1,251 @@
+# MicroPython tests of anchor/device.py (the pieces testable without a broker), the Unix board
+# layer and the board selection. Run: micropython firmware/tests/test_device.py [name ...]
+# (driven by tests/firmware/test_device.py; the loop against Mosquitto is tested in
+# tests/integration/test_mqtt_client_device.py).
+
+import sys
+
+_here = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
+sys.path.insert(0, _here + "/..")
+
+import asyncio
+import os
+
+from anchor import Error, cbor, device
+from anchor import board_unix
+from anchor.outbox import Outbox
+from anchor.state import Device
+
+_BASE = (os.getenv("TMPDIR") or "/tmp").rstrip("/") + "/device-test-%d" % (
+    int.from_bytes(os.urandom(4), "big"))
+_count = [0]
+
+
+def _rmtree(p):
+    try:
+        names = os.listdir(p)
+    except OSError:
+        return
+    for n in names:
+        q = p + "/" + n
+        try:
+            os.remove(q)
+        except OSError:
+            _rmtree(q)
+    os.rmdir(p)
+
+
+def fresh():
+    _count[0] += 1
+    try:
+        os.mkdir(_BASE)
+    except OSError:
+        pass
+    d = "%s/%d" % (_BASE, _count[0])
+    os.mkdir(d)
+    return d
+
+
+class NullClient:
+    """Just enough of MQTTClient for Loop's constructor and the ack path."""
+
+    def __init__(self):
+        self.subs = []
+        self.will = self.birth = None
+        self.on_message = None
+        self.connects = 0
+
+    def set_last_will(self, t, m, retain=True, qos=1):
+        self.will = (t, m, retain, qos)
+
+    def set_birth(self, t, m, retain=True, qos=1):
+        self.birth = (t, m, retain, qos)
+
+    def subscribe(self, t, qos=1):
+        self.subs.append((t, qos))
+
+    def isconnected(self):
+        return False
+
+
+def make_loop(count=None, secret="11" * 32):
+    d = fresh()
+    dev = Device.create(d, dev_id="dev-t", secret=secret)
+    board = board_unix.Board({"dir": d, "id": None}, thermal_root=d + "/no-thermal")
+    board.seed(dev.dev_id)
+    lines = []
+    loop = device.Loop(board, dev, Outbox(d), NullClient(), interval=0, count=count,
+                       out=lines.append)
+    return loop, lines, d
+
+
+# ---------------------------------------------------------------------------------------------
+
+def test_parse_args_defaults_and_errors():
+    o = device.parse_args(["--dir", "/x", "--count", "3", "--interval", "0.5"])
+    assert o["dir"] == "/x" and o["count"] == 3 and o["interval"] == 0.5
+    assert o["ack-timeout"] == 30.0 and o["outbox-max"] == 1000 and o["timeout"] == 120.0
+    assert o["broker"] == (os.getenv("IOT_ANCHOR_BROKER") or "mqtt://127.0.0.1:1883")
+    for bad, words in ((["--dir", "/x", "--bogus", "1"], "unknown argument"),
+                       (["--dir", "/x", "--count"], "needs a value"),
+                       (["--dir", "/x", "--count", "x"], "wants a number"),
+                       (["--dir", "/x", "--count", "0"], "at least 1"),
+                       (["--dir", "/x", "--interval", "-1"], "negative")):
+        try:
+            device.parse_args(bad)
+        except Error as e:
+            assert words in str(e), (bad, str(e))
+        else:
+            raise AssertionError("accepted %r" % bad)
+
+
+def test_decode_ack():
+    assert device.decode_ack(cbor.encode({"upto": 5, "seqs": [7, 9], "entry": 12})) == \
+        (5, [7, 9], 12)
+    assert device.decode_ack(cbor.encode({"upto": -1, "seqs": [], "entry": 0})) == (-1, [], 0)
+    # unknown keys are ignored (later gateway versions may add some)
+    assert device.decode_ack(cbor.encode({"upto": 1, "seqs": [], "entry": 3, "x": "y"}))[0] == 1
+    for bad in (b"\xff", cbor.encode([1, 2]), cbor.encode({"seqs": []}),
+                cbor.encode({"upto": -2, "seqs": []}), cbor.encode({"upto": 1, "seqs": [-1]}),
+                cbor.encode({"upto": 1, "seqs": "x"}), cbor.encode({"upto": True})):
+        try:
+            device.decode_ack(bad)
+        except ValueError:
+            pass
+        else:
+            raise AssertionError("accepted %r" % bad)
+
+
+def test_produce_then_ack_empties_outbox():
+    loop, lines, d = make_loop(count=3)
+    for _ in range(3):
+        loop.produce()
+    assert loop.outbox.pending == 3 and loop.dev.seq == 3
+    t = b"anchor/dev-t/ack"
+    loop._on_message(t, cbor.encode({"upto": 0, "seqs": [2], "entry": 1}), False)
+    assert loop.outbox.pending == 1 and loop.acked == 2
+    assert lines[-1] == "ack upto=0 seqs=1 entry=1 removed=2 outbox=1", lines
+    assert not loop._done.is_set()
+    loop._on_message(b"anchor/other/ack", cbor.encode({"upto": 9, "seqs": []}), False)
+    assert loop.outbox.pending == 1        # another device's topic is ignored
+    loop._on_message(t, b"\x00garbage", False)
+    assert loop.bad_acks == 1 and lines[-1].startswith("bad-ack err=")
+    loop._on_message(t, cbor.encode({"upto": 2, "seqs": [], "entry": 2}), False)
+    assert loop.outbox.pending == 0 and loop._done.is_set()
+
+
+def test_topics_will_birth_subscription():
+    loop, lines, d = make_loop()
+    c = loop.client
+    assert c.will == ("anchor/dev-t/status", b"offline", True, 1)
+    assert c.birth == ("anchor/dev-t/status", b"online", True, 1)
+    assert c.subs == [("anchor/dev-t/ack", 1)]
+    assert loop.t_readings == "anchor/dev-t/readings"
+
+
+def test_requeue_last_after_crash_between_sign_and_append():
+    loop, lines, d = make_loop()
+    loop.produce()
+    # a crash right after signing: the state advanced, the outbox never saw the message
+    msg = loop.dev.next_reading({"temp": 1.5}, None)
+    dev2 = Device.load(d)
+    ob2 = Outbox(d)
+    assert ob2.pending == 1 and dev2.last_message == msg
+    loop2 = device.Loop(loop.board, dev2, ob2, NullClient(), out=lines.append)
+    assert loop2.requeue_last() is True
+    assert [s for _, _, s in ob2.waiting()] == [0, 1]
+    g, i, _ = list(ob2.waiting())[1]
+    assert ob2.read(g, i) == msg
+    assert loop2.requeue_last() is False   # already there
+    ob2.ack(1, [])
+    assert device.Loop(loop.board, Device.load(d), Outbox(d), NullClient()).requeue_last() \
+        is False                            # acked: nothing to requeue
+
+
+def test_readings_carry_sensor_data_and_clock():
+    loop, lines, d = make_loop()
+    loop.produce()
+    g, i, _ = list(loop.outbox.waiting())[0]
+    from anchor import cose
+
+    r = cbor.decode(cose.decode_sign1(loop.outbox.read(g, i))[2])
+    assert r["dev"] == "dev-t" and r["seq"] == 0 and set(r["data"]) == {"temp"}
+    assert isinstance(r["ts"], int) and r["ts"] > 1704067200
+
+
+def test_unix_board_simulated_signal():
+    d = fresh()
+    b = board_unix.Board({"dir": d, "id": None}, thermal_root=d)
+    assert b.thermal is None and b.name == "unix" and b.data_dir() == d
+    b.seed("dev-1")
+    vals = [b.simulated(1000000 + 10 * k) for k in range(60)]
+    assert all(16 <= v <= 26 for v in vals), vals
+    assert max(vals) - min(vals) > 0.5               # it moves (slow sine)...
+    assert all(abs(vals[k + 1] - vals[k]) < 0.6 for k in range(59))   # ...slowly
+    b2 = board_unix.Board({"dir": d, "id": None}, thermal_root=d)
+    b2.seed("dev-1")
+    assert [b2.simulated(1000000 + 10 * k) for k in range(60)] == vals   # reproducible
+    b3 = board_unix.Board({"dir": d, "id": None}, thermal_root=d)
+    b3.seed("dev-2")
+    assert [b3.simulated(1000000 + 10 * k) for k in range(60)] != vals   # per device
+    assert set(b.read_sensors()) == {"temp"}
+    t = b.time()
+    assert isinstance(t, int) and t > 1704067200
+
+
+def test_unix_board_thermal_zone():
+    d = fresh()
+    os.mkdir(d + "/thermal_zone0")
+    os.mkdir(d + "/thermal_zone1")
+    with open(d + "/thermal_zone0/temp", "w") as f:
+        f.write("garbage\n")                          # unreadable zone is skipped
+    with open(d + "/thermal_zone1/temp", "w") as f:
+        f.write("47250\n")
+    b = board_unix.Board({"dir": d, "id": None}, thermal_root=d)
+    assert b.thermal == d + "/thermal_zone1/temp"
+    assert b.read_sensors() == {"cpu_temp": 47.25}
+    os.remove(d + "/thermal_zone1/temp")              # vanished: fall back to simulation
+    assert set(b.read_sensors()) == {"temp"} and b.sensor_errors == 1
+
+
+def test_board_selection():
+    from anchor import board
+
+    assert board.PLATFORM == sys.platform
+    assert board.Board is board_unix.Board           # on the Unix port
+
+
+def test_board_interface_async_parts():
+    d = fresh()
+    b = board_unix.Board({"dir": d, "id": "x"}, thermal_root=d)
+    assert b.device_id() == "x" and b.online()
+    b.start_watchdog()
+    b.feed()
+    b.led(True)
+    assert b.led_on
+
+    async def main():
+        await b.network_up()
+        await b.sleep_fed(1)
+    asyncio.run(main())
+
+
+# ---------------------------------------------------------------------------------------------
+
+def _main():
+    names = sys.argv[1:] or sorted(k for k in globals() if k.startswith("test_"))
+    failed = 0
+    for name in names:
+        try:
+            globals()[name]()
+            print("ok", name)
+        except Exception as e:
+            failed += 1
+            print("FAIL", name)
+            sys.print_exception(e)
+    _rmtree(_BASE)
+    print("%d passed, %d failed" % (len(names) - failed, failed))
+    sys.exit(1 if failed else 0)
+
+
+_main()
