@@ -318,9 +318,7 @@ class Auditor:
         # decode + verify on the pool, in id order
         items: list[tuple[int, str, int, int, bytes, int]] = []
         pos = lo
-        row_iter = iter(rows)
         by_id = {r[0]: r for r in rows}
-        del row_iter
         for b in group:
             for k in range(b.n):
                 r = by_id.get(pos + k)
@@ -470,11 +468,11 @@ class Auditor:
         want = sorted((d, k.key, k.from_entry, k.until_entry)
                       for d, hist in self.history.items() for k in hist)
         if keys != want:
-            diff = [a if a != b else None for a, b in zip(keys, want, strict=False)]
-            diff = [a for a in diff if a is not None]
-            bad = diff[0] if diff else (keys[len(want)] if len(keys) > len(want)
-                                        else want[len(keys)])
-            self.problem("device_keys", f"({bad[0]}, {bad[2]})",
+            diff = [(a[0], a[2]) for a, b in zip(keys, want, strict=False) if a != b]
+            longer = keys if len(keys) > len(want) else want
+            dev, start = diff[0] if diff else (longer[min(len(keys), len(want))][0],
+                                               longer[min(len(keys), len(want))][2])
+            self.problem("device_keys", f"({dev}, {start})",
                          "differs from the key history in the ledger's device entries")
         self.result.devices = len(self.history)
 

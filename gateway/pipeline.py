@@ -217,12 +217,9 @@ class Pipeline:
         items: list[tuple[bytes, str | None]] = []
         for m in messages:
             if isinstance(m, tuple):
-                raw, topic = m
+                items.append((m[0] if type(m[0]) is bytes else bytes(m[0]), m[1]))
             else:
-                raw, topic = m, None
-            if type(raw) is not bytes:
-                raw = bytes(raw)
-            items.append((raw, topic))
+                items.append((m if type(m) is bytes else bytes(m), None))
         keys, limit = self._keys, self.max_message
         out: list[Outcome] = []
         append = out.append
