@@ -227,6 +227,7 @@ class GatewayService:
     async def _connection_loop(self) -> None:
         failures = 0
         while not self._stop.is_set():
+            error = "the connection ended"
             client = aiomqtt.Client(
                 self.host,
                 self.port,
@@ -257,7 +258,7 @@ class GatewayService:
                     await self._session(client)
             except aiomqtt.MqttError as e:
                 failures += 1
-                log.warning("broker %s: %s", self.cfg.broker, e)
+                error = str(e)
             finally:
                 self._connected.clear()
                 self._client = None
@@ -266,7 +267,10 @@ class GatewayService:
                 break
             delay = min(self.cfg.backoff_max, self.cfg.backoff_min * 2 ** min(failures, 16))
             delay *= 0.5 + random.random()
-            log.info("reconnecting in %.1f s", delay)
+            log.warning(
+                "broker %s: %s; check that it runs and that --broker / $IOT_ANCHOR_BROKER "
+                "points at it; retrying in %.1f s", self.cfg.broker, error, delay,
+            )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
 

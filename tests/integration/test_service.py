@@ -263,3 +263,64 @@ def test_bad_options() -> None:
             ServiceConfig(Path("."), batch_interval=0), FakePipeline)
     with pytest.raises(ConfigError):
         GatewayService(ServiceConfig(Path("."), broker="tcp://x"), FakePipeline)
+
+
+def test_commit_fault_then_recovery(broker: PrivateBroker, tmp_path: Path) -> None:
+    """Failing commits acknowledge nothing; once the store works again the batch commits once
+    and its acks go out."""
+    pipe = FakePipeline(fail_commits=3)
+
+    async def main() -> None:
+        svc = GatewayService(_cfg(broker, tmp_path, batch_interval=0.1), lambda: pipe)
+        task = await _start(svc)
+        got: list[tuple[str, bytes, bool]] = []
+        ready = asyncio.Event()
+        col = asyncio.create_task(_collect(broker, ["anchor/+/ack"], got, ready))
+        await ready.wait()
+        async with aiomqtt.Client("127.0.0.1", broker.port) as pub:
+            for seq in range(4):
+                await pub.publish("anchor/d5/readings", f"d5:{seq}".encode(), qos=1)
+        await asyncio.sleep(1.0)
+        assert got == [] and pipe.entries == 0  # still failing (1 retry per second)
+        for _ in range(100):
+            if got:
+                break
+            await asyncio.sleep(0.05)
+        svc.request_stop()
+        assert await asyncio.wait_for(task, 20) == 0
+        col.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await col
+        assert pipe.fail_commits == 0 and pipe.entries == 1 and len(pipe.stored) == 4
+        assert [cbor2.loads(p)["upto"] for _, p, _ in got] == [3]
+
+    asyncio.run(main())
+
+
+def test_broker_restart_reconnects_and_delivers(broker: PrivateBroker, tmp_path: Path) -> None:
+    pipe = FakePipeline()
+
+    async def main() -> None:
+        svc = GatewayService(_cfg(broker, tmp_path, batch_interval=0.1, backoff_min=0.05),
+                             lambda: pipe)
+        task = await _start(svc)
+        broker.kill()
+        await asyncio.sleep(0.5)
+        assert not svc._connected.is_set()  # noqa: SLF001
+        broker.start()
+        for _ in range(200):
+            if svc._connected.is_set():  # noqa: SLF001
+                break
+            await asyncio.sleep(0.05)
+        assert svc._connected.is_set()  # noqa: SLF001
+        async with aiomqtt.Client("127.0.0.1", broker.port) as pub:
+            await pub.publish("anchor/d6/readings", b"d6:0", qos=1)
+        for _ in range(100):
+            if pipe.stored:
+                break
+            await asyncio.sleep(0.05)
+        svc.request_stop()
+        assert await asyncio.wait_for(task, 20) == 0
+        assert pipe.stored == {("d6", 0): 0}
+
+    asyncio.run(main())
