@@ -226,7 +226,12 @@ class Loop:
             t = ob.sent_at(seg, i)
             if t is not None and time.ticks_diff(time.ticks_ms(), t) < self.ack_ms:
                 continue
-            msg = ob.read(seg, i)
+            try:
+                msg = ob.read(seg, i)
+            except OSError as e:    # the flash lost it (CRC mismatch, file gone): give up on it
+                ob.drop(seg, i)
+                self.out("bad-record seq=%d err=%s" % (seq, _err(e)))
+                continue
             await c.publish(self.t_readings, msg, qos=1)
             msg = None
             if ob.is_waiting(seg, i):
@@ -244,17 +249,22 @@ class Loop:
 
     async def _sender(self):
         seen = 0
+        up = False
         while not self._stop:
             c = self.client
             if c.isconnected():
                 if c.connects != seen:
                     seen = c.connects
+                    up = True
                     self.outbox.clear_sent()
                     self.out("connected n=%d" % seen)
                 try:
                     await self._publish_due()
-                except OSError as e:
-                    self.out("disconnected err=%s" % _err(e))
+                except OSError:
+                    pass            # the client noticed too and reconnects; reported below
+            if up and not c.isconnected():
+                up = False
+                self.out("disconnected err=%s" % _err(c.error))
             self._kick.clear()
             try:
                 await asyncio.wait_for_ms(self._kick.wait(), 500)
@@ -307,10 +317,10 @@ class Loop:
             prod.cancel()
             snd.cancel()
             if self.client.isconnected():
-                try:
-                    await self.client.publish(self.t_status, b"offline", retain=True, qos=1,
-                                              wait=True)
-                except OSError:
+                try:   # a clean DISCONNECT suppresses the will, so say "offline" ourselves
+                    await asyncio.wait_for_ms(self.client.publish(
+                        self.t_status, b"offline", retain=True, qos=1, wait=True), 5000)
+                except (OSError, asyncio.TimeoutError):
                     pass
             await self.client.disconnect()
             sup.cancel()
@@ -330,6 +340,8 @@ class Loop:
 def _err(e):
     import errno
 
+    if e is None:
+        return "none"
     code = e.args[0] if e.args else 0
     return errno.errorcode.get(code, str(code)) if hasattr(errno, "errorcode") else str(code)
 
@@ -351,15 +363,54 @@ def build(opts, board=None):
     try:
         host, port, tls = mqtt.parse_url(opts["broker"])
         client = mqtt.MQTTClient(dev.dev_id, host, port, keepalive=opts["keepalive"],
-                                 ssl=True if tls else None)
+                                 ssl=True if tls else None, wait_network=board.network_up)
     except ValueError as e:
         raise Error(str(e))
     ob = Outbox(d, max_records=opts["outbox-max"])
     return board, dev, ob, client
 
 
+def board_main():
+    """The loop on a board (main.py at boot, no arguments): configuration from anchor/config.py
+    (/anchor.json), the board layer for this port, forever. On the first boot without a key it
+    creates one (id from the config or the board) and prints the public key for registration.
+    If a task dies (MemoryError, a bug), the board resets after 5 s: state and outbox are on
+    flash, so the loop resumes where it stopped."""
+    from anchor import config
+    from anchor.board import Board
+    from anchor.state import Device
+
+    cfg = config.load()
+    board = Board(cfg)
+    board.start_watchdog()
+    opts = {k: v[1] for k, v in OPTIONS.items()}
+    opts["dir"] = board.data_dir()
+    opts["broker"] = cfg["broker"]
+    opts["interval"] = cfg["interval"]
+    try:
+        Device.load(opts["dir"])
+    except Error:
+        from binascii import hexlify
+
+        dev = Device.create(opts["dir"], dev_id=board.device_id())
+        print("new device %s, public key:" % dev.dev_id)
+        print(hexlify(dev.public_key).decode())
+        dev = None
+    board, dev, ob, client = build(opts, board)
+    loop = Loop(board, dev, ob, client, interval=opts["interval"],
+                ack_timeout=opts["ack-timeout"])
+    asyncio.run(loop.run())
+    print("device loop stopped: %s; resetting in 5 s" % loop.crash)
+    time.sleep(5)
+    import machine
+
+    machine.reset()
+
+
 def main(args):
-    """`run` on the Unix port (args after "run"); returns the exit status."""
+    """`run` (args after "run"); returns the exit status. No args on a board: board_main()."""
+    if not args and not _UNIX:
+        return board_main()
     opts = parse_args(args)
     board, dev, ob, client = build(opts)
     loop = Loop(board, dev, ob, client, interval=opts["interval"], count=opts["count"],

@@ -27,6 +27,9 @@ the session present, unacknowledged QoS 1 publishes are sent again with DUP, as 
 section 4.4 requires. The device resends its own readings from the flash outbox anyway, so a
 clean session would also be correct, only with more republishing.
 
+Network: `wait_network`, an async function (a board's Wi-Fi join), is awaited before every
+connection attempt.
+
 Transport: `connector(host, port, ssl)` is an async function returning a stream with `write(b)`,
 `async drain()`, `async readexactly(n)` and `async wait_closed()`; the default is
 asyncio.open_connection (non-blocking socket). Tests pass a fake stream and assert the bytes.
@@ -210,7 +213,7 @@ class MQTTClient:
     def __init__(self, client_id, host, port=1883, keepalive=60, clean_session=False,
                  ssl=None, user=None, password=None, response_timeout=10, retries=2,
                  max_inflight=8, backoff_min=0.5, backoff_max=30, max_packet=4096,
-                 connector=None, tick_ms=1000):
+                 connector=None, tick_ms=1000, wait_network=None):
         if ssl and _ssl is None and connector is None:
             raise ValueError("TLS was asked for (mqtts://) but this MicroPython has no ssl "
                              "module; use mqtt:// or a firmware build with ssl")
@@ -232,6 +235,7 @@ class MQTTClient:
         self.backoff_max_ms = int(backoff_max * 1000)
         self.max_packet = max_packet
         self._connector = connector or _open
+        self._wait_network = wait_network   # async fn, awaited before each connect attempt
         self._tick_ms = tick_ms
         self.will = None
         self.birth = None
@@ -472,6 +476,8 @@ class MQTTClient:
             self._fail(OSError(ECONNRESET))
         except OSError as e:
             self._fail(e)
+        except Exception:   # a malformed packet (IndexError), MemoryError: drop the connection
+            self._fail(OSError(EIO))
 
     async def _handle(self, typ, body):
         kind = typ & 0xF0
@@ -533,6 +539,8 @@ class MQTTClient:
                     await self._write(PINGREQ)
         except OSError as e:
             self._fail(e)
+        except Exception:
+            self._fail(OSError(EIO))
 
     # -- failure and reconnect ------------------------------------------------------------
 
@@ -568,6 +576,8 @@ class MQTTClient:
         delay = self.backoff_min_ms
         while not self._closing:
             try:
+                if self._wait_network is not None:
+                    await self._wait_network()     # e.g. Wi-Fi join on a board
                 await self.connect()
                 delay = self.backoff_min_ms
             except OSError as e:

@@ -211,6 +211,8 @@ class Outbox:
             self.segs.append(seg)
             self._next_num = num + 1
         extra = None
+        if self.upto > self.last_seq:
+            self.last_seq = self.upto
         self._cur = None
         self._sweep()
         if torn_log or self._log_size > _LOG_COMPACT:
@@ -256,6 +258,14 @@ class Outbox:
                         return
         raise RuntimeError("outbox: nothing to drop")  # unreachable while pending > 0
 
+    def drop(self, seg, i):
+        """Give up on one waiting reading (its record cannot be read back): counted as dropped."""
+        if seg.st[i] == _PENDING:
+            self._log(_record(_DROP, 0, _u32s((seg.seqs[i],))))
+            self._mark(seg, i)
+            self.dropped += 1
+            self._sweep()
+
     def _drop_segment(self, seg):
         lost = [seg.seqs[i] for i in range(len(seg.st)) if seg.st[i] == _PENDING]
         if lost:
@@ -271,6 +281,10 @@ class Outbox:
     def ack(self, upto, seqs=()):
         """Apply an ack: every seq <= upto and each of `seqs` is anchored. Returns how many
         waiting readings it removed. Durable (acks.log) before any segment is deleted."""
+        # Never beyond what was appended: a wrong or hostile ack with a huge upto must not mark
+        # future readings as done (on reload they would be skipped).
+        if upto > self.last_seq:
+            upto = self.last_seq
         if len(seqs) > 8:
             seqs = set(seqs)
         newly = 0
@@ -283,7 +297,7 @@ class Outbox:
                 if st[i] == _PENDING and (sq[i] <= upto or sq[i] in seqs):
                     newly += 1
         if upto > self.upto or newly:
-            extra = [s for s in seqs if s > upto]
+            extra = [s for s in seqs if upto < s <= self.last_seq]
             self._log(_record(_ACK, max(upto, self.upto) + 1, _u32s(extra)))
             if upto > self.upto:
                 self.upto = upto

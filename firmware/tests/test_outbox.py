@@ -122,6 +122,30 @@ def test_segments_are_deleted_when_done():
     assert segfiles(d) == []               # after a reload a done segment is never appended to
 
 
+def test_ack_beyond_what_was_appended_is_clamped():
+    d = fresh()
+    ob = Outbox(d)
+    for s in range(3):
+        ob.append(s, msg(s))
+    assert ob.ack(1000000, [2000000]) == 3     # a wrong (or hostile) ack
+    ob.append(3, msg(3))
+    ob.append(4, msg(4))
+    ob = Outbox(d)
+    assert seqs_waiting(ob) == [3, 4] and ob.upto == 2   # future readings were not skipped
+
+
+def test_drop_one_unreadable_record():
+    d = fresh()
+    ob = Outbox(d)
+    for s in range(3):
+        ob.append(s, msg(s))
+    g, i, s = list(ob.waiting())[1]
+    ob.drop(g, i)
+    assert seqs_waiting(ob) == [0, 2] and ob.dropped == 1
+    ob = Outbox(d)
+    assert seqs_waiting(ob) == [0, 2] and ob.dropped == 1
+
+
 def test_torn_tail_is_dropped_and_appends_continue():
     d = fresh()
     ob = Outbox(d)
