@@ -41,6 +41,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import resource
 import signal
 import time
 from collections.abc import Callable, Iterable
@@ -187,6 +188,14 @@ class GatewayService:
                 tg.create_task(self._connection_loop(), name="connection")
                 tg.create_task(self._processor(), name="processor")
                 tg.create_task(self._publisher(), name="publisher")
+            ru = resource.getrusage(resource.RUSAGE_SELF)
+            st = self.stats
+            log.info(
+                "stopped: %d messages received, %d readings anchored in %d batches, %d acks "
+                "published; CPU %.1f s user + %.1f s system, peak RSS %.0f MB",
+                st.received, st.readings, st.batches, st.acks_published, ru.ru_utime,
+                ru.ru_stime, ru.ru_maxrss / 1024,
+            )
             return 0
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
