@@ -54,7 +54,8 @@ from typing import Any
 from gateway import merkle
 from gateway.cose import DECODE_REASONS, MAX_MESSAGE, Decoded, Rejection, decode
 from gateway.errors import StorageError
-from gateway.store import Store, batch_nodes, make_batch_entry, now_ms
+from gateway.merkle import leaf_hash
+from gateway.store import GROUP, Store, batch_nodes, make_batch_entry, now_ms
 from gateway.verifier import PublicKey, VerifierPool, check_signature, load_public_key
 
 REASONS: tuple[str, ...] = DECODE_REASONS + (
@@ -66,6 +67,7 @@ REASONS: tuple[str, ...] = DECODE_REASONS + (
     "equivocation",
 )
 ZERO_HASH = bytes(32)
+sha256 = hashlib.sha256
 
 Message = bytes | bytearray | memoryview | tuple[bytes, str | None]
 
@@ -112,10 +114,14 @@ class _Event:
     detail: str
 
 
+_Checked = tuple[Decoded, bytes, bytes]  # the message, its SHA-256, its RFC 6962 leaf hash
+
+
 def _check(keys: dict[str, tuple[PublicKey, str]], max_message: int,
-           items: Sequence[tuple[bytes, str | None]]) -> list[Decoded | str]:
-    """Worker: decode and verify a chunk. Returns a Decoded or a rejection reason per item."""
-    out: list[Decoded | str] = []
+           items: Sequence[tuple[bytes, str | None]]) -> list[_Checked | str]:
+    """Worker: decode and verify a chunk. Per item: (Decoded, digest, leaf hash) or the
+    rejection reason. The hashes are made here so that the serial part of a commit is short."""
+    out: list[_Checked | str] = []
     for raw, topic in items:
         try:
             d = decode(raw, max_message)
@@ -140,7 +146,7 @@ def _check(keys: dict[str, tuple[PublicKey, str]], max_message: int,
             reason = check_signature(key, d.to_be_signed, d.signature)
         except Exception:
             reason = "bad_signature"
-        out.append(reason if reason else d)
+        out.append(reason if reason else (d, sha256(raw).digest(), leaf_hash(raw)))
     return out
 
 
@@ -151,6 +157,8 @@ class Pipeline:
                  workers: int = 2, signer: Any = None) -> None:
         if batch_max < 1:
             raise ValueError("batch_max must be at least 1")
+        # group roots can be made during submit when batches split on group boundaries
+        self._aligned = batch_max % GROUP == 0
         self.store = store
         self.batch_max = batch_max
         self.max_message = max_message
@@ -160,6 +168,8 @@ class Pipeline:
         self._key_bytes: dict[str, bytes] = {}
         self._devs: dict[str, _Dev] = {}
         self._batch: list[Decoded] = []
+        self._leaves: list[bytes] = []  # leaf hashes of the open batch, in order
+        self._groups: list[bytes] = []  # roots of its complete GROUP-leaf groups, per batch part
         self._in_batch: dict[tuple[str, int], bytes] = {}  # (dev, seq) -> digest
         self._acked: dict[str, set[int]] = {}
         self._rejected: Counter[str] = Counter()
@@ -229,15 +239,14 @@ class Pipeline:
                     self._rejected[res] += 1
                     append(Outcome("rejected", res))
                 else:
-                    append(self._classify(res))
+                    append(self._classify(*res))
         for o in out:
             self.totals[o.status] += 1
         return out
 
-    def _classify(self, d: Decoded) -> Outcome:
+    def _classify(self, d: Decoded, digest: bytes, leaf: bytes) -> Outcome:
         dev, seq = d.dev, d.seq
         st = self._dev(dev)
-        digest = d.digest
         prior = self._in_batch.get((dev, seq))
         if prior is None and seq <= st.last_seq:
             prior = self._digest_of(dev, seq)
@@ -264,7 +273,12 @@ class Pipeline:
         if seq < st.last_seq:
             self._check_successor(dev, seq, digest)
         self._batch.append(d)
+        self._leaves.append(leaf)
         self._in_batch[(dev, seq)] = digest
+        k = len(self._leaves)
+        if k % GROUP == 0 and self._aligned:
+            # a complete group: its root now, while the pool is still verifying
+            self._groups.append(merkle.root(self._leaves[k - GROUP:k]))
         self._acked.setdefault(dev, set()).add(seq)
         if seq > st.last_seq:
             st.last_seq = seq
@@ -304,6 +318,8 @@ class Pipeline:
             self._devs = {}
             raise
         self._batch = []
+        self._leaves = []
+        self._groups = []
         self._in_batch = {}
         self._acked = {}
         self._rejected = Counter()
@@ -325,8 +341,8 @@ class Pipeline:
             next_id = 0 if row[0] is None else row[0] + 1
             for start in range(0, len(batch), self.batch_max):
                 part = batch[start:start + self.batch_max]
-                leaves = [merkle.leaf_hash(d.raw) for d in part]
-                nodes = batch_nodes(leaves)
+                leaves = self._leaves[start:start + len(part)]
+                nodes = self._nodes(start, leaves)
                 root = merkle.root(nodes)
                 body = make_batch_entry(head, root, len(part), t)
                 e = store.append_entry(c, head, "batch", body)
@@ -358,6 +374,20 @@ class Pipeline:
             self._dev(dev).upto = ack.upto
         return CommitResult(entries[-1] if entries else None, root, len(self._batch), entries,
                             size, checkpoint, acks)
+
+    def _nodes(self, start: int, leaves: list[bytes]) -> list[bytes]:
+        """Group roots of the batch part starting at `start`: the ones made during submit, plus
+        the partial last group."""
+        if not self._aligned:
+            return batch_nodes(leaves)
+        g0 = start // GROUP
+        full = len(leaves) // GROUP
+        nodes = self._groups[g0:g0 + full]
+        if len(nodes) != full:  # not made during submit (after a recheck): make them now
+            return batch_nodes(leaves)
+        if len(leaves) % GROUP:
+            nodes.append(merkle.root(leaves[full * GROUP:]))
+        return nodes
 
     def _update_devices(self, c: Any, newest_entry: int) -> dict[str, Ack]:
         by_dev: dict[str, list[int]] = {}
@@ -415,6 +445,8 @@ class Pipeline:
                 continue
             keep.append(d)
         self._batch = keep
+        self._leaves = [leaf_hash(d.raw) for d in keep]
+        self._groups = []  # recomputed at the commit
         self._in_batch = {(d.dev, d.seq): d.digest for d in keep}
 
     # --- lifetime ------------------------------------------------------------------------------
