@@ -571,23 +571,23 @@ if _fresh:
         # a new key continues the old seq numbers: a seq is never reused by a device id
         state._write_atomic(_d + '/' + state.SEQ_FILE,
                             ('{"v": 1, "reserved_upto": %%d}' %% _upto).encode())
-print(repr((_fresh, _dev.dev_id, ''.join('%%02x' %% b for b in _dev.public_key))))
+print(repr((_fresh, _dev.dev_id, ''.join('%%02x' %% b for b in _dev.public_key), _dev.seq)))
 """
 
 
 def ensure_key(board: BoardTransport, dev_id: str, state_dir: str,
-               new_key: bool) -> tuple[bytes, bool]:
-    """Generate the key on the board (or keep its key); the public key and whether it is new.
-    Only the public key crosses the wire."""
+               new_key: bool) -> tuple[bytes, bool, int]:
+    """Generate the key on the board (or keep its key): the public key, whether it is new, and
+    the next seq the board will sign. Only the public key crosses the wire."""
     out = board.exec(KEY_CODE % (state_dir, new_key, dev_id), timeout=120)
-    fresh, have_id, pub_hex = ast.literal_eval(out.strip().splitlines()[-1])
+    fresh, have_id, pub_hex, next_seq = ast.literal_eval(out.strip().splitlines()[-1])
     if have_id != dev_id:
         raise ProvisionError(
             f"the board already holds the key of device '{have_id}', not '{dev_id}'",
             f"provision it as '{have_id}', or give --new-key to replace its key (the old "
             f"device's readings stay verifiable)",
         )
-    return bytes.fromhex(pub_hex), bool(fresh)
+    return bytes.fromhex(pub_hex), bool(fresh), int(next_seq)
 
 
 def register_key(data: str, dev_id: str, key: bytes, new_key: bool) -> str:
@@ -614,11 +614,12 @@ def register_key(data: str, dev_id: str, key: bytes, new_key: bool) -> str:
         return "rotate"
 
 
-def wait_first_reading(broker: str, dev_id: str, key: bytes, timeout: float,
+def wait_first_reading(broker: str, dev_id: str, key: bytes, timeout: float, min_seq: int = 0,
                        subscribed: threading.Event | None = None,
                        on_ready: Callable[[], None] | None = None) -> cose.Decoded:
     """Subscribe to anchor/<id>/readings, call on_ready() (the board reset), and return the
-    first message that decodes and verifies under `key`."""
+    first message with seq >= min_seq (a new one: the board also replays unacknowledged older
+    readings from its outbox) that decodes and verifies under `key`."""
     import paho.mqtt.client as mqtt
 
     host, port = parse_broker(broker)
@@ -674,7 +675,9 @@ def wait_first_reading(broker: str, dev_id: str, key: bytes, timeout: float,
                     continue
                 why = check_signature(pub, d.to_be_signed, d.signature)
                 if why is None and d.dev == dev_id:
-                    return d
+                    if d.seq >= min_seq:
+                        return d
+                    continue  # a replayed older reading
                 log.warning("a reading on anchor/%s/readings did not verify: %s", dev_id, why)
     finally:
         c.loop_stop()
@@ -703,7 +706,7 @@ def provision(board: BoardTransport, opts: Options,
         check_broker_from_board(board, opts.broker)
         say(f"broker: {host}:{port} reachable from the board")
     state_dir = str(cfg.get("dir", "data")).strip("/") or "data"
-    pub, fresh = ensure_key(board, opts.dev_id, state_dir, opts.new_key)
+    pub, fresh, next_seq = ensure_key(board, opts.dev_id, state_dir, opts.new_key)
     say(f"key: {'generated on the board' if fresh else 'kept (the board already had it)'}; "
         f"public key {pub.hex()[:24]}...")
     action = register_key(opts.data, opts.dev_id, pub, opts.new_key)
@@ -712,7 +715,8 @@ def provision(board: BoardTransport, opts: Options,
          "unchanged": f"'{opts.dev_id}' was already registered with this key"}[action])
     result = Result(info, pub, fresh, action, len(files))
     say(f"resetting the board; waiting up to {opts.wait:.0f} s for its first signed reading")
-    d = wait_first_reading(opts.broker, opts.dev_id, pub, opts.wait, on_ready=board.reset)
+    d = wait_first_reading(opts.broker, opts.dev_id, pub, opts.wait, min_seq=next_seq,
+                           on_ready=board.reset)
     result.first_seq, result.first_ts = d.seq, d.ts
     say(f"first reading: seq {d.seq}, ts {d.ts}, data {d.data} -- signature verified")
     return result

@@ -83,7 +83,7 @@ class NetBoard:
     def time(self):
         """Unix seconds, or None while the clock has not been set (no NTP sync yet and the RTC
         reads before 2025: it starts at the port's epoch on power-up)."""
-        t = self._port_time() + self.EPOCH
+        t = int(self._port_time()) + self.EPOCH
         if self._synced or t >= _PLAUSIBLE:
             return t
         return None

@@ -60,9 +60,7 @@ def main(root=None):
     board.start_watchdog()
     try:
         dev = load_device(board, cfg["dir"])
-        opts = device.parse_args([])
-        opts["dir"] = cfg["dir"]
-        opts["broker"] = cfg["broker"]
+        opts = device.parse_args(["--dir", cfg["dir"], "--broker", cfg["broker"]])
         board, dev, ob, client = device.build(opts, board)
         loop = device.Loop(board, dev, ob, client, interval=cfg["interval"])
         asyncio.run(loop.run())

@@ -13,7 +13,9 @@ SOFT_RESET = 5
 class _Sim:
     def __init__(self):
         self.flavour("esp32")
-        self.adc = {}  # channel -> u16 value (int) or a callable returning one
+        # channel -> u16 value (int) or a callable returning one; channel 4 (RP2040 temperature
+        # sensor) reads 0.706 V, i.e. 27 degC, until a test sets it
+        self.adc = {4: 14020}
         self.i2c = {}  # address -> device object: read(reg, n) -> bytes, write(reg, data)
         self.pin_log = []  # (pin id, value) for every output write
         self.pins = {}
