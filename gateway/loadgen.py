@@ -553,7 +553,7 @@ class EngineConfig:
     window: int = 16  # un-PUBACKed publishes per device
 
 
-async def _drive(cfg: EngineConfig, devs: list[_Dev], go_at: float) -> None:
+async def _drive(cfg: EngineConfig, devs: list[_Dev], go: Any) -> None:
     host, port = parse_broker_url(cfg.broker)
     stop = asyncio.Event()
     conns = [_Conn(host, port, d, cfg.window) for d in devs]
@@ -563,7 +563,8 @@ async def _drive(cfg: EngineConfig, devs: list[_Dev], go_at: float) -> None:
     # Wait for the connections (bounded), then for the common start time.
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(asyncio.gather(*(c.ready.wait() for c in conns)), 30)
-    await asyncio.sleep(max(0.0, go_at - time.time()))
+    # Every worker has signed: start together (`go` is a multiprocessing Event).
+    await asyncio.get_running_loop().run_in_executor(None, go.wait, 120)
     t0 = time.monotonic()
     produce_until = t0 + cfg.duration
 
@@ -617,7 +618,7 @@ async def _drive(cfg: EngineConfig, devs: list[_Dev], go_at: float) -> None:
 
 
 def _worker(
-    cfg: EngineConfig, specs: list[tuple[str, bytes, int, bytes, int, int]], go_at: float,
+    cfg: EngineConfig, specs: list[tuple[str, bytes, int, bytes, int, int]], go: Any,
     out: Any,
 ) -> None:
     """One worker process: pre-sign, then drive its share of the fleet; send results."""
@@ -630,7 +631,7 @@ def _worker(
         sign_s = time.perf_counter() - sign_t0
         out.send({"signed": sum(len(d.msgs) for d in devs), "sign_s": sign_s})
         start = time.monotonic()
-        asyncio.run(_drive(cfg, devs, go_at))
+        asyncio.run(_drive(cfg, devs, go))
         elapsed = time.monotonic() - start
         result = {
             "devices": {
@@ -696,16 +697,17 @@ def run_engine(
     shares: list[list[tuple[str, bytes, int, bytes, int, int]]] = [[] for _ in range(procs)]
     for i, (st, n) in enumerate(zip(states, counts, strict=True)):
         shares[i % procs].append((st.dev, st.secret, st.next_seq, st.prev, i, n))
-    go_at = time.time() + 2.0 + 0.00002 * sum(counts) / procs  # after everyone has signed
+    go = ctx.Event()  # set once every worker has pre-signed its share
     pipes, workers = [], []
     for share in shares:
         rx, tx = ctx.Pipe(duplex=False)
-        p = ctx.Process(target=_worker, args=(cfg, share, go_at, tx), daemon=True)
+        p = ctx.Process(target=_worker, args=(cfg, share, go, tx), daemon=True)
         p.start()
         tx.close()
         pipes.append(rx)
         workers.append(p)
     results, signed, sign_s = [], 0, 0.0
+    finished = False
     try:
         for rx in pipes:
             first = rx.recv()
@@ -714,18 +716,20 @@ def run_engine(
                                   "check the broker URL and the machine's limits (ulimit -n)")
             signed += first["signed"]
             sign_s = max(sign_s, first["sign_s"])
+        go.set()
         for rx in pipes:
             res = rx.recv()
             if "error" in res:
                 raise AnchorError(f"load worker failed: {res['error']}",
                                   "check the broker URL and the machine's limits (ulimit -n)")
             results.append(res)
+        finished = True
     except EOFError as e:
         raise AnchorError("a load worker process died",
                           "run again with fewer devices or look at the machine's memory") from e
     finally:
         for p in workers:
-            p.join(5)
+            p.join(5 if finished else 0)
             if p.is_alive():
                 p.kill()
                 p.join()
