@@ -235,3 +235,22 @@ def test_pipeline_never_crashes_only_rejects(pipe: Pipeline, devices: list[Devic
         assert o.status in ("accepted", "duplicate", "rejected")
         assert o.status != "rejected" or o.reason in REASONS
     pipe.commit()
+
+
+def test_disk_full_is_a_storage_error_and_recovers(store: Store, devices: list[Device]) -> None:
+    a = devices[0]
+    p = Pipeline(store, batch_max=4096, workers=1)
+    p.submit(a.readings(3))
+    p.commit()
+    pages = store.conn.execute("PRAGMA page_count").fetchone()[0]
+    store.conn.execute(f"PRAGMA max_page_count = {pages}")  # SQLITE_FULL on the next growth
+    p.submit(a.readings(500))
+    with pytest.raises(StorageError) as info:
+        p.commit()
+    assert "full" in info.value.what and "free space" in info.value.hint
+    assert store.reading_count() == 3 and p.pending() == 500
+    store.conn.execute("PRAGMA max_page_count = 1073741823")
+    res = p.commit()
+    assert res is not None and res.acks["d0"].upto == 502
+    p.close()
+    assert_audit_ok(store)
