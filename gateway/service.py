@@ -124,9 +124,10 @@ class GatewayService:
     `pipeline_factory` builds the pipeline; it is called in the worker thread, which also
     makes every later call on it (SQLite handles belong to the thread that opened them).
 
-    Hot path: paho hands each PUBLISH to aiomqtt, which puts it in its queue; the service
-    gives aiomqtt a queue class whose `put_nowait` appends straight to the inbox (aiomqtt's
-    public `queue_type` option), so a message costs no task or future of its own. Acks are
+    Hot path: paho's `on_message` callback (run by aiomqtt on the event loop's thread) appends
+    each PUBLISH straight to the inbox, so a message costs no aiomqtt Message, queue entry,
+    task or future of its own; aiomqtt's message iterator stays empty and only reports a
+    disconnect. paho's per-packet debug logging is off unless -vv. Acks are
     coalesced per device while they wait (upto = the highest, seqs = the union above it,
     entry = the newest) and published through paho without awaiting each PUBACK.
     """
@@ -214,24 +215,17 @@ class GatewayService:
 
     # -- MQTT connection --------------------------------------------------------------------
 
-    def _on_message(self, m: aiomqtt.Message) -> None:
-        """Called by paho (through aiomqtt's queue) for every PUBLISH received."""
+    def _on_message(self, _client: Any, _userdata: Any, m: Any) -> None:
+        """paho's on_message (a paho MQTTMessage), run on the event loop's thread."""
         if not self._accepting:
             return  # stopping: not PUBACKed, the broker keeps it for the next run
-        payload = m.payload if isinstance(m.payload, bytes) else b""
-        self._inbox.append(_Inbound(device_from_topic(m.topic.value), payload, m.mid, m.qos,
-                                    self._gen))
+        try:
+            dev = device_from_topic(m.topic)
+        except UnicodeDecodeError:  # brokers refuse such topics; never let paho see a raise
+            dev = ""  # matches no device: rejected as topic_mismatch
+        self._inbox.append(_Inbound(dev, m.payload, m.mid, m.qos, self._gen))
         self.stats.received += 1
         self._wake.set()
-
-    def _inlet(self) -> type[asyncio.Queue[aiomqtt.Message]]:
-        on_message = self._on_message
-
-        class Inlet(asyncio.Queue[aiomqtt.Message]):
-            def put_nowait(self, item: aiomqtt.Message) -> None:
-                on_message(item)
-
-        return Inlet
 
     async def _connection_loop(self) -> None:
         failures = 0
@@ -244,12 +238,16 @@ class GatewayService:
                 clean_session=False,
                 keepalive=self.cfg.keepalive,
                 max_inflight_messages=0,  # no limit (paho scans its list per PUBACK otherwise)
-                queue_type=self._inlet(),
                 timeout=10,
             )
+            paho = client._client  # noqa: SLF001
             if self.cfg.puback == "commit":
                 # aiomqtt does not expose paho's manual_ack; see the module docstring.
-                client._client.manual_ack_set(True)  # noqa: SLF001
+                paho.manual_ack_set(True)
+            # The hot path: paho's own on_message instead of aiomqtt's message queue.
+            paho.on_message = self._on_message
+            if not logging.getLogger("mqtt").isEnabledFor(logging.DEBUG):
+                paho.disable_logger()  # paho formats a debug record per packet otherwise
             try:
                 async with client:
                     self._gen += 1  # older messages' packet ids died with the old connection
@@ -287,7 +285,7 @@ class GatewayService:
         """Return on stop (after the final acks went out); raise MqttError on disconnect."""
 
         async def watch() -> None:
-            # The inlet keeps aiomqtt's queue empty: this only ends on a disconnect.
+            # Messages bypass aiomqtt's queue (see _on_message): this ends on a disconnect.
             async for _ in client.messages:
                 pass
 
