@@ -193,3 +193,31 @@ def test_another_gateway_key_fails(copy: Store, tmp_path: Path) -> None:
 
 def test_db_file_name() -> None:
     assert DB_NAME == "ledger.db"
+
+
+class _Stream:
+    def __init__(self, tty: bool) -> None:
+        self.tty = tty
+        self.text = ""
+
+    def isatty(self) -> bool:
+        return self.tty
+
+    def write(self, s: str) -> None:
+        self.text += s
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_progress_bar_only_on_a_terminal(copy: Store, tty: bool) -> None:
+    from gateway.audit import Progress
+
+    stream = _Stream(tty)
+    res = audit(copy, copy.vkey(), progress=Progress(1, stream))  # type: ignore[arg-type]
+    assert res.ok
+    if tty:
+        assert "verifying readings" in stream.text and "3001/3001 100%" in stream.text
+    else:
+        assert stream.text == ""
