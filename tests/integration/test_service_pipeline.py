@@ -1,0 +1,110 @@
+"""`iot-anchor run` with the real pipeline: topic checks, duplicates acknowledged again, acks
+and the retained checkpoint as a device sees them. Messages are signed by the load engine's
+signer (byte-identical to the firmware's, see tests/unit/test_loadgen_firmware.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiomqtt
+import cbor2
+import pytest
+
+from gateway import note, registry
+from gateway.broker import PrivateBroker
+from gateway.loadgen import DeviceSigner
+from gateway.simulate import stop_process_group
+from gateway.store import Store
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, broker: PrivateBroker) -> Iterator[tuple[Path, str, dict]]:
+    data = tmp_path / "data"
+    store, vkey = Store.create(data)
+    signers = {dev: DeviceSigner.generate(dev) for dev in ("dev-a", "dev-b")}
+    for dev, s in signers.items():
+        registry.add(store, dev, s.public_key)
+    store.close()
+    log = tmp_path / "gateway.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "--data", str(data), "--broker", broker.url,
+             "--batch-interval", "0.2"],
+            stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        while "connected to" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        yield data, vkey, signers
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0, log.read_text()
+        assert "stopped: " in log.read_text()
+    finally:
+        stop_process_group(proc, grace=0.5)
+
+
+def test_topics_duplicates_acks_checkpoint(gateway: tuple[Path, str, dict],
+                                           broker: PrivateBroker) -> None:
+    data, vkey, signers = gateway
+    a = signers["dev-a"]
+    m0 = a.sign(0, bytes(32), {"t": 20.5}, 1700000000)
+    m1 = a.sign(1, hashlib.sha256(m0).digest(), {"t": 20.75}, 1700000001)
+
+    async def main() -> tuple[list[dict], list[bytes]]:
+        acks: list[dict] = []
+        checkpoints: list[bytes] = []
+        async with aiomqtt.Client("127.0.0.1", broker.port) as c:
+            await c.subscribe("anchor/dev-a/ack", qos=1)
+            await c.subscribe("anchor/dev-b/ack", qos=1)
+            await c.subscribe("anchor/checkpoint", qos=1)
+
+            async def wait_acks(n: int) -> None:
+                async with asyncio.timeout(10):
+                    async for m in c.messages:
+                        if m.topic.value == "anchor/checkpoint":
+                            checkpoints.append(bytes(m.payload))  # type: ignore[arg-type]
+                        else:
+                            acks.append({"topic": m.topic.value,
+                                         **cbor2.loads(m.payload)})  # type: ignore[arg-type]
+                        if len(acks) >= n:
+                            return
+
+            # dev-a's reading on dev-b's topic: rejected, nobody acked
+            await c.publish("anchor/dev-b/readings", m0, qos=1)
+            # seq 1 before seq 0: anchored, upto stays -1
+            await c.publish("anchor/dev-a/readings", m1, qos=1)
+            await wait_acks(1)
+            await c.publish("anchor/dev-a/readings", m0, qos=1)
+            await wait_acks(2)
+            # a copy of a stored reading: acknowledged again, not stored twice
+            await c.publish("anchor/dev-a/readings", m0, qos=1)
+            await wait_acks(3)
+        return acks, checkpoints
+
+    acks, checkpoints = asyncio.run(main())
+    assert [x["topic"] for x in acks] == ["anchor/dev-a/ack"] * 3
+    assert (acks[0]["upto"], acks[0]["seqs"]) == (-1, [1])
+    assert (acks[1]["upto"], acks[1]["seqs"]) == (1, [])
+    assert (acks[2]["upto"], acks[2]["seqs"]) == (1, [])
+    assert acks[2]["entry"] == acks[1]["entry"]  # nothing new was anchored
+    # the retained checkpoint: a signed note for the ledger as it is now
+    assert checkpoints
+    cp = note.verify_checkpoint(checkpoints[-1].decode(), vkey)
+    status = json.loads(subprocess.run(
+        [sys.executable, "-m", "gateway", "ledger", "status", "--json", "--data", str(data)],
+        capture_output=True, text=True, cwd=ROOT, timeout=60).stdout)
+    assert cp.size == status["entries"]
+    assert status["readings"] == 2
+    assert status["rejected"] == {"topic_mismatch": 1}
+    assert status["devices"]["dev-a"]["last_seq"] == 1
