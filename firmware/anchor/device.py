@@ -6,7 +6,9 @@
 # Command line (Unix port), via main.py:
 #   micropython firmware/main.py run --dir DIR [--broker mqtt://HOST:PORT] [--interval S]
 #       [--count N] [--timeout S] [--ack-timeout S] [--outbox-max N] [--keepalive S]
-#   --broker       default $IOT_ANCHOR_BROKER, else mqtt://127.0.0.1:1883 (mqtts:// needs ssl)
+#   --broker       mqtt://[USER:PASSWORD@]HOST[:PORT] (or mqtts://, which needs a port with ssl
+#                  and the broker's CA in DIR/ca.pem); default $IOT_ANCHOR_BROKER, else
+#                  mqtt://127.0.0.1:1883
 #   --interval     seconds between readings (default 60; 0 = as fast as signing allows)
 #   --count N      produce N readings, then exit 0 once the outbox is empty (everything this
 #                  device ever queued, including readings replayed from before a restart, is
@@ -19,7 +21,7 @@
 #                  (default 1000; see outbox.py)
 #
 # Output: one line per event, at most one per reading, "key=value" words after an event name:
-#   start dev=ID seq=N outbox=K broker=URL
+#   start dev=ID seq=N outbox=K
 #   connected n=K                     (K-th connection to the broker)
 #   disconnected err=E
 #   pub seq=N outbox=K                (a new reading's first publish)
@@ -47,8 +49,9 @@ from anchor import Error
 
 _UNIX = sys.platform not in ("esp32", "rp2")
 
-USAGE = """usage: micropython main.py run --dir DIR [--broker mqtt://HOST:PORT] [--interval S]
-    [--count N] [--timeout S] [--ack-timeout S] [--outbox-max N] [--keepalive S]"""
+USAGE = """usage: micropython main.py run --dir DIR [--broker mqtt://[USER:PASS@]HOST:PORT]
+    [--interval S] [--count N] [--timeout S] [--ack-timeout S] [--outbox-max N]
+    [--keepalive S]"""
 
 OPTIONS = {
     # name: (type, default)
@@ -346,6 +349,33 @@ def _err(e):
     return errno.errorcode.get(code, str(code)) if hasattr(errno, "errorcode") else str(code)
 
 
+def _safe_url(url):
+    from anchor.mqtt import _safe
+
+    return _safe(url)
+
+
+def _tls_context(d):
+    """An SSLContext that verifies the broker against DIR/ca.pem (or ca.der): the CA that signed
+    the broker's certificate. Untested here: this Unix build has no ssl module."""
+    try:
+        import ssl
+    except ImportError:
+        raise Error("mqtts:// needs a firmware with the ssl module, and this one has none; "
+                    "use mqtt:// or a build with ssl")
+    for name in ("ca.pem", "ca.der"):
+        try:
+            with open(d + "/" + name, "rb") as f:
+                ca = f.read()
+        except OSError:
+            continue
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(cadata=ca)
+        return ctx
+    raise Error("mqtts:// needs the broker's CA certificate in %s/ca.pem (or ca.der) to check "
+                "the broker; copy it there" % d)
+
+
 def build(opts, board=None):
     """Board, Device, Outbox and MQTT client for the options of parse_args()."""
     from anchor import mqtt
@@ -361,9 +391,10 @@ def build(opts, board=None):
     if hasattr(board, "seed"):
         board.seed(dev.dev_id)
     try:
-        host, port, tls = mqtt.parse_url(opts["broker"])
+        host, port, tls, user, password = mqtt.parse_url(opts["broker"])
         client = mqtt.MQTTClient(dev.dev_id, host, port, keepalive=opts["keepalive"],
-                                 ssl=True if tls else None, wait_network=board.network_up)
+                                 ssl=_tls_context(d) if tls else None, user=user,
+                                 password=password, wait_network=board.network_up)
     except ValueError as e:
         raise Error(str(e))
     ob = Outbox(d, max_records=opts["outbox-max"])
@@ -422,6 +453,6 @@ def main(args):
     elif not ok:
         print("error: timed out after %g s waiting for acks: %d readings still waiting in the "
               "outbox; check that the gateway (iot-anchor run) is running and uses broker %s"
-              % (opts["timeout"], ob.pending, opts["broker"]), file=sys.stderr)
+              % (opts["timeout"], ob.pending, _safe_url(opts["broker"])), file=sys.stderr)
     print(loop.summary(ok))
     return 0 if ok else 1

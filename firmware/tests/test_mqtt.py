@@ -506,14 +506,24 @@ def test_inflight_window_blocks_until_puback():
 
 
 def test_parse_url_and_tls_guard():
-    assert mqtt.parse_url("mqtt://127.0.0.1:1884") == ("127.0.0.1", 1884, False)
-    assert mqtt.parse_url("mqtt://broker") == ("broker", 1883, False)
-    assert mqtt.parse_url("mqtts://broker") == ("broker", 8883, True)
+    assert mqtt.parse_url("mqtt://127.0.0.1:1884") == ("127.0.0.1", 1884, False, None, None)
+    assert mqtt.parse_url("mqtt://broker") == ("broker", 1883, False, None, None)
+    assert mqtt.parse_url("mqtts://broker/") == ("broker", 8883, True, None, None)
+    assert mqtt.parse_url("mqtt://dev-1:s3cr%3At@10.0.0.2:1884") == \
+        ("10.0.0.2", 1884, False, "dev-1", "s3cr:t")
+    assert mqtt.parse_url("mqtts://dev-1@h") == ("h", 8883, True, "dev-1", None)
     for bad in ("tcp://x:1", "mqtt://:1883", "mqtt://h:port"):
         try:
             mqtt.parse_url(bad)
         except ValueError as e:
             assert bad in str(e)
+        else:
+            raise AssertionError(bad)
+    for bad in ("mqtt://u:pw@h:port", "mqtt://u:pw@", "mqtt://@h", "mqtt://u:%zz@h"):
+        try:
+            mqtt.parse_url(bad)
+        except ValueError as e:
+            assert "pw" not in str(e)            # never echo a password
         else:
             raise AssertionError(bad)
     if mqtt._ssl is None:

@@ -4,6 +4,8 @@
 #   micropython test_mqtt_live.py sub  URL CLIENT_ID TOPIC N       print N received messages
 #   micropython test_mqtt_live.py will URL CLIENT_ID               will + birth, then idle
 #   micropython test_mqtt_live.py soak URL CLIENT_ID TOPIC N       publish N through reconnects
+#   micropython test_mqtt_live.py once URL CLIENT_ID               one connect: "connected" or
+#                                                                   "refused ERRNO"
 # Lines printed are parsed by the test: "ready", "acked N", "got TOPIC HEX", "connected K".
 
 import sys
@@ -18,8 +20,8 @@ from anchor import mqtt
 
 
 def client(url, cid, **kw):
-    host, port, tls = mqtt.parse_url(url)
-    return mqtt.MQTTClient(cid, host, port, ssl=tls or None, **kw)
+    host, port, tls, user, password = mqtt.parse_url(url)
+    return mqtt.MQTTClient(cid, host, port, ssl=tls or None, user=user, password=password, **kw)
 
 
 async def pub(url, cid, topic, n):
@@ -96,6 +98,17 @@ async def soak(url, cid, topic, n):
     await task
 
 
+async def once(url, cid):
+    c = client(url, cid)
+    try:
+        await c.connect()
+    except OSError as e:
+        print("refused", e.args[0])
+        return
+    print("connected")
+    await c.disconnect()
+
+
 def main():
     a = sys.argv[1:]
     mode = a[0]
@@ -105,6 +118,8 @@ def main():
         asyncio.run(sub(a[1], a[2], a[3], int(a[4])))
     elif mode == "will":
         asyncio.run(will(a[1], a[2]))
+    elif mode == "once":
+        asyncio.run(once(a[1], a[2]))
     elif mode == "soak":
         asyncio.run(soak(a[1], a[2], a[3], int(a[4])))
     else:

@@ -6,12 +6,14 @@ the firmware must receive, and watches the retained status topic for the will.
 
 from __future__ import annotations
 
+import os
 import queue
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -19,6 +21,7 @@ import pytest
 from conftest import FIRMWARE
 
 from gateway.broker import PrivateBroker
+from gateway.brokerconf import hash_password
 
 SCRIPT = str(FIRMWARE / "tests" / "test_mqtt_live.py")
 
@@ -187,3 +190,21 @@ def test_reconnects_and_resubscribes_after_broker_restart(micropython: str,
         p.drain()
     assert any(line == "got fw-soak/in " + b"bye".hex() for line in p.lines), p.lines
     w.wait(lambda m: {x[1] for x in m} >= {b"soak-%d" % i for i in range(n)}, 30)
+
+
+def test_password_from_the_url(micropython: str, tmp_path: Path) -> None:
+    pwfile = tmp_path / "passwd"
+    pwfile.write_text(f"fw-auth:{hash_password('s3cr:t pw', iterations=1000)}\n")
+    pwfile.chmod(0o600)
+    # as root, mosquitto drops to user "mosquitto" unless told to stay (as brokerconf does)
+    extra = f"password_file {pwfile}\n" + ("user root\n" if os.geteuid() == 0 else "")
+    with PrivateBroker(workdir=tmp_path / "b", anonymous=False, extra_config=extra) as b:
+        def once(url: str) -> str:
+            with mp(micropython, "once", url, "fw-auth") as p:
+                assert p.p.wait(20) == 0
+                p.drain()
+            return p.lines[-1]
+        good = f"mqtt://fw-auth:s3cr%3At%20pw@127.0.0.1:{b.port}"
+        assert once(good) == "connected"
+        assert once(f"mqtt://fw-auth:wrong@127.0.0.1:{b.port}") == "refused 111"   # ECONNREFUSED
+        assert once(b.url) == "refused 111"                                         # anonymous
