@@ -171,6 +171,7 @@ class Pipeline:
         self._leaves: list[bytes] = []  # leaf hashes of the open batch, in order
         self._groups: list[bytes] = []  # roots of its complete GROUP-leaf groups, per batch part
         self._in_batch: dict[tuple[str, int], bytes] = {}  # (dev, seq) -> digest
+        self._prev_in_batch: dict[tuple[str, int], bytes] = {}  # (dev, seq) -> its prev field
         self._acked: dict[str, set[int]] = {}
         self._rejected: Counter[str] = Counter()
         self._events: list[_Event] = []
@@ -275,6 +276,7 @@ class Pipeline:
         self._batch.append(d)
         self._leaves.append(leaf)
         self._in_batch[(dev, seq)] = digest
+        self._prev_in_batch[(dev, seq)] = d.prev
         k = len(self._leaves)
         if k % GROUP == 0 and self._aligned:
             # a complete group: its root now, while the pool is still verifying
@@ -294,10 +296,9 @@ class Pipeline:
 
     def _next_prev(self, dev: str, seq: int) -> bytes | None:
         """The prev field of reading (dev, seq), if stored or in the open batch."""
-        if (dev, seq) in self._in_batch:
-            for d in reversed(self._batch):
-                if d.dev == dev and d.seq == seq:
-                    return d.prev
+        p = self._prev_in_batch.get((dev, seq))
+        if p is not None:
+            return p
         cose = self.store.stored_cose(dev, seq)
         if cose is None:
             return None
@@ -321,6 +322,7 @@ class Pipeline:
         self._leaves = []
         self._groups = []
         self._in_batch = {}
+        self._prev_in_batch = {}
         self._acked = {}
         self._rejected = Counter()
         self._events = []
@@ -448,6 +450,7 @@ class Pipeline:
         self._leaves = [leaf_hash(d.raw) for d in keep]
         self._groups = []  # recomputed at the commit
         self._in_batch = {(d.dev, d.seq): d.digest for d in keep}
+        self._prev_in_batch = {(d.dev, d.seq): d.prev for d in keep}
 
     # --- lifetime ------------------------------------------------------------------------------
 

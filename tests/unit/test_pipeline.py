@@ -254,3 +254,14 @@ def test_disk_full_is_a_storage_error_and_recovers(store: Store, devices: list[D
     assert res is not None and res.acks["d0"].upto == 502
     p.close()
     assert_audit_ok(store)
+
+
+def test_reverse_order_in_one_batch_has_no_false_chain_break(store: Store,
+                                                             devices: list[Device]) -> None:
+    msgs = devices[0].readings(300)
+    with Pipeline(store, batch_max=4096, workers=2) as p:
+        assert statuses(p.submit(list(reversed(msgs)))) == ["accepted"] * 300
+        res = p.commit()
+    assert res is not None and res.acks["d0"].upto == 299 and res.acks["d0"].seqs == []
+    assert store.query("SELECT COUNT(*) FROM events") == [(0,)]
+    assert_audit_ok(store)
