@@ -25,11 +25,11 @@ from typing import BinaryIO
 from gateway.cli import add_data_arg
 from gateway.cose import MAX_MESSAGE
 from gateway.errors import ConfigError
-from gateway.pipeline import Pipeline
+from gateway.pipeline import CommitResult, Outcome, Pipeline, feed
 from gateway.store import Store
 
 MAX_RECORD = 1 << 20
-CHUNK = 4096
+CHUNK = 1024
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -95,33 +95,30 @@ def run(args: argparse.Namespace) -> int:
     rejected: Counter[str] = Counter()
     entries: list[int] = []
     size = 0
+
+    def on_outcomes(outs: list[Outcome]) -> None:
+        for o in outs:
+            counts[o.status] += 1
+            if o.status == "rejected":
+                rejected[o.reason or "unknown"] += 1
+
+    def on_commit(res: CommitResult) -> None:
+        nonlocal size
+        entries.extend(res.entries)
+        size = res.size
+
     with Store.open(args.data) as store, Pipeline(store, batch_max=args.batch_max,
                                                   max_message=args.max_message,
                                                   workers=args.workers) as pipe:
         records = _binary_records(f, bad) if args.binary else _hex_records(f, bad)
-        chunk: list[bytes] = []
         try:
-            for rec in records:
-                chunk.append(rec)
-                if len(chunk) >= CHUNK:
-                    _feed(pipe, chunk, counts, rejected)
-                    chunk = []
-                    if pipe.pending() >= args.batch_max:
-                        res = pipe.commit()
-                        if res:
-                            entries += res.entries
-                            size = res.size
+            feed(pipe, _chunks(records), on_outcomes, on_commit)
         except OSError as e:
             raise ConfigError(f"reading {args.file} failed: {e.strerror}", "check the input") from e
         finally:
             if f is not sys.stdin.buffer:
                 f.close()
-        _feed(pipe, chunk, counts, rejected)
-        res = pipe.commit()
-        if res:
-            entries += res.entries
-            size = res.size
-        else:
+        if not entries:
             size = store.entry_count()
     rejected.update(bad)
     summary = {
@@ -146,11 +143,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _feed(pipe: Pipeline, chunk: list[bytes], counts: Counter[str],
-          rejected: Counter[str]) -> None:
-    if not chunk:
-        return
-    for o in pipe.submit(chunk):
-        counts[o.status] += 1
-        if o.status == "rejected":
-            rejected[o.reason or "unknown"] += 1
+def _chunks(records: Iterator[bytes]) -> Iterator[list[bytes]]:
+    chunk: list[bytes] = []
+    for rec in records:
+        chunk.append(rec)
+        if len(chunk) >= CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

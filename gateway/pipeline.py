@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +70,7 @@ ZERO_HASH = bytes(32)
 sha256 = hashlib.sha256
 
 Message = bytes | bytearray | memoryview | tuple[bytes, str | None]
+_Checked = tuple[Decoded, bytes, bytes]  # the message, its SHA-256, its RFC 6962 leaf hash
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +99,13 @@ class CommitResult:
     acks: dict[str, Ack] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """Messages handed to the verifier threads by `Pipeline.start`, not yet classified."""
+
+    parts: Iterator[list[_Checked | str]]
+
+
 @dataclass(slots=True)
 class _Dev:
     last_seq: int  # -1: none stored
@@ -112,9 +120,6 @@ class _Event:
     seq: int
     cose: bytes | None
     detail: str
-
-
-_Checked = tuple[Decoded, bytes, bytes]  # the message, its SHA-256, its RFC 6962 leaf hash
 
 
 def _check(keys: dict[str, tuple[PublicKey, str]], max_message: int,
@@ -223,6 +228,14 @@ class Pipeline:
     # --- submit --------------------------------------------------------------------------------
 
     def submit(self, messages: Sequence[Message]) -> list[Outcome]:
+        """Decode, verify and classify `messages`; see the module docstring."""
+        return self.finish(self.start(messages))
+
+    def start(self, messages: Sequence[Message]) -> Submission:
+        """The first half of `submit`: hand the messages to the verifier threads and return at
+        once. `finish(submission)` classifies them. Between the two the caller may `commit()`
+        the previous batch, so the SQLite writes overlap the verification (see `feed`).
+        Submissions must be finished in the order they were started."""
         if self.store.changed_elsewhere():
             self.reload()
         items: list[tuple[bytes, str | None]] = []
@@ -232,9 +245,13 @@ class Pipeline:
             else:
                 items.append((m if type(m) is bytes else bytes(m), None))
         keys, limit = self._keys, self.max_message
+        return Submission(self.pool.iter_chunks(lambda chunk: _check(keys, limit, chunk), items))
+
+    def finish(self, submission: Submission) -> list[Outcome]:
+        """The second half of `submit`: classify the verified messages, in order."""
         out: list[Outcome] = []
         append = out.append
-        for part in self.pool.iter_chunks(lambda chunk: _check(keys, limit, chunk), items):
+        for part in submission.parts:
             for res in part:
                 if isinstance(res, str):
                     self._rejected[res] += 1
@@ -462,3 +479,35 @@ class Pipeline:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def feed(pipe: Pipeline, chunks: Iterable[Sequence[Message]],
+         on_outcomes: Callable[[list[Outcome]], None] | None = None,
+         on_commit: Callable[[CommitResult], None] | None = None) -> None:
+    """Run a stream of message chunks through `pipe`, committing whenever the open batch holds
+    `batch_max` readings and once at the end. Chunk k+1 is verified by the pool while chunk k
+    is classified and while a commit writes to SQLite (which releases the GIL), so the verifier
+    threads do not wait for the database. Used by `ingest` and the benchmark."""
+    ahead: Submission | None = None
+    for chunk in chunks:
+        nxt = pipe.start(chunk)
+        if ahead is not None:
+            _finish(pipe, ahead, on_outcomes, on_commit)
+        ahead = nxt
+    if ahead is not None:
+        _finish(pipe, ahead, on_outcomes, on_commit)
+    res = pipe.commit()
+    if res is not None and on_commit is not None:
+        on_commit(res)
+
+
+def _finish(pipe: Pipeline, sub: Submission,
+            on_outcomes: Callable[[list[Outcome]], None] | None,
+            on_commit: Callable[[CommitResult], None] | None) -> None:
+    outs = pipe.finish(sub)
+    if on_outcomes is not None:
+        on_outcomes(outs)
+    if pipe.pending() >= pipe.batch_max:
+        res = pipe.commit()
+        if res is not None and on_commit is not None:
+            on_commit(res)

@@ -100,16 +100,17 @@ class VerifierPool:
 
     def iter_chunks(self, fn: Callable[[Sequence[T]], list[R]],
                     items: Sequence[T]) -> Iterator[list[R]]:
-        """fn over chunks of items on the pool; yields each chunk's results in input order as
-        soon as it is ready, so the caller can work on chunk k while the pool verifies k+1."""
+        """fn over chunks of items on the pool, started at once; the returned iterator yields
+        each chunk's results in input order as soon as it is ready, so the caller can work on
+        chunk k (or on anything else) while the pool verifies the rest."""
         if not items:
-            return
+            return iter(())
         if self.workers == 1 or len(items) <= 16:
-            # one worker, or too little work: a pool hop costs more than it saves
-            yield fn(items)
-            return
+            # one worker, or too little work: a pool hop costs more than it saves (run lazily,
+            # on the caller's thread, when the results are asked for)
+            return (fn(part) for part in (items,))
         size = min(self.chunk, max(16, -(-len(items) // self.workers)))
-        yield from self._executor().map(fn, chunked(items, size))
+        return self._executor().map(fn, chunked(items, size))
 
     def close(self) -> None:
         if self._pool is not None:

@@ -41,7 +41,7 @@ from gateway import registry  # noqa: E402
 from gateway.audit import audit  # noqa: E402
 from gateway.cose import decode  # noqa: E402
 from gateway.loadgen import DeviceSigner  # noqa: E402
-from gateway.pipeline import Pipeline  # noqa: E402
+from gateway.pipeline import Outcome, Pipeline, feed  # noqa: E402
 from gateway.receipt import build_receipt, verify_receipt  # noqa: E402
 from gateway.store import Store  # noqa: E402
 from gateway.verifier import ES256, load_public_key  # noqa: E402
@@ -116,16 +116,17 @@ def ingest_rate(store: Store, msgs: list[bytes], workers: int, batch_max: int,
                 profile: bool) -> tuple[float, str]:
     prof = cProfile.Profile() if profile else None
     chunk = 1024
+    accepted = 0
+
+    def count(outs: list[Outcome]) -> None:
+        nonlocal accepted
+        accepted += sum(o.status == "accepted" for o in outs)
+
     with Pipeline(store, batch_max=batch_max, workers=workers) as p:
         t0 = time.perf_counter()
         if prof:
             prof.enable()
-        accepted = 0
-        for i in range(0, len(msgs), chunk):
-            accepted += sum(o.status == "accepted" for o in p.submit(msgs[i:i + chunk]))
-            if p.pending() >= batch_max:
-                p.commit()
-        p.commit()
+        feed(p, (msgs[i:i + chunk] for i in range(0, len(msgs), chunk)), count)
         if prof:
             prof.disable()
         dt = time.perf_counter() - t0

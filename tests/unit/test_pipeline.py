@@ -265,3 +265,24 @@ def test_reverse_order_in_one_batch_has_no_false_chain_break(store: Store,
     assert res is not None and res.acks["d0"].upto == 299 and res.acks["d0"].seqs == []
     assert store.query("SELECT COUNT(*) FROM events") == [(0,)]
     assert_audit_ok(store)
+
+
+def test_feed_overlaps_commits_with_verification(store: Store, devices: list[Device]) -> None:
+    from gateway.pipeline import feed
+
+    a, b, _ = devices
+    msgs = [m for pair in zip(a.readings(200), b.readings(200), strict=True) for m in pair]
+    msgs.insert(50, b"junk")
+    commits: list = []
+    statuses_seen: list[str] = []
+    with Pipeline(store, batch_max=64, workers=2) as p:
+        feed(p, (msgs[i:i + 37] for i in range(0, len(msgs), 37)),
+             lambda outs: statuses_seen.extend(o.status for o in outs), commits.append)
+    assert statuses_seen.count("accepted") == 400 and statuses_seen.count("rejected") == 1
+    assert sum(c.readings for c in commits) == 400
+    # acks are monotonic and end at the last seq
+    assert commits[-1].acks["d0"].upto == 199 and commits[-1].acks["d1"].upto == 199
+    ups = [c.acks["d0"].upto for c in commits if "d0" in c.acks]
+    assert ups == sorted(ups)
+    assert store.rejected_counts() == {"not_tag18": 1}
+    assert_audit_ok(store)
