@@ -8,6 +8,11 @@ API (the MQTT service and `ingest` use exactly this)::
     result = p.commit()    # CommitResult | None
     p.close()              # stops the verifier threads (also a context manager)
 
+    sub = p.start(messages)   # submit in two halves: verification starts in the pool ...
+    p.commit()                # ... the previous batch can be committed meanwhile ...
+    outcomes = p.finish(sub)  # ... then classify (finish submissions in start order)
+    feed(p, chunks, on_outcomes, on_commit)   # that loop, committing every batch_max readings
+
 `submit` never raises for bad input: every message gets an `Outcome(status, reason, dev, seq)`
 with status "accepted" (joined the open batch), "duplicate" (already anchored or already in the
 open batch with the same bytes; it will be acknowledged again) or "rejected" (reason: a name
