@@ -23,6 +23,7 @@
 # Output: one line per event, at most one per reading, "key=value" words after an event name:
 #   start dev=ID seq=N outbox=K
 #   connected n=K                     (K-th connection to the broker)
+#   connect-failed n=K err=E          (K-th failed attempt; retried with backoff up to 30 s)
 #   disconnected err=E
 #   pub seq=N outbox=K                (a new reading's first publish)
 #   repub n=K                         (K waiting readings published again in one pass)
@@ -252,9 +253,13 @@ class Loop:
 
     async def _sender(self):
         seen = 0
+        fails = 0
         up = False
         while not self._stop:
             c = self.client
+            if c.failures != fails:
+                fails = c.failures
+                self.out("connect-failed n=%d err=%s" % (fails, _err(c.error)))
             if c.isconnected():
                 if c.connects != seen:
                     seen = c.connects

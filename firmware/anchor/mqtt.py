@@ -290,7 +290,8 @@ class MQTTClient:
         self.inflight = {}          # pid -> [topic, payload, retain, sent_ticks, tries]
         self._pid = 0
         self._stream = None
-        self._up = False
+        self._up = False            # the socket is usable (set before the subscriptions)
+        self._ready = False         # connected, subscribed, birth sent: isconnected()
         self._closing = False
         self._tasks = []
         self._hdr = bytearray(5)
@@ -306,6 +307,7 @@ class MQTTClient:
         self.error = None           # the OSError that ended the last connection
         # counters for status lines and tests
         self.connects = 0
+        self.failures = 0           # failed connection attempts
         self.retransmits = 0
         self.pings = 0
         self.received = 0
@@ -328,10 +330,11 @@ class MQTTClient:
     # -- state ----------------------------------------------------------------------------
 
     def isconnected(self):
-        return self._up
+        """True once connected, subscribed and the birth message sent, until a failure."""
+        return self._ready
 
     async def wait_connected(self):
-        while not self._up:
+        while not self._ready:
             await self._ev_up.wait()
 
     # -- one connection -------------------------------------------------------------------
@@ -382,6 +385,7 @@ class MQTTClient:
             if isinstance(e, (EOFError, asyncio.TimeoutError)):
                 raise OSError(ECONNRESET)
             raise
+        self._ready = True
         self._ev_up.set()
         return self.session_present
 
@@ -619,12 +623,14 @@ class MQTTClient:
             if self.error is None or self._up:
                 self.error = exc
             self._up = False
+            self._ready = False
             self._ev_up.clear()
             self._ev_down.set()
             self._pulse()
 
     async def _teardown(self):
         self._up = False
+        self._ready = False
         self._ev_up.clear()
         cur = asyncio.current_task()
         for t in self._tasks:
@@ -651,6 +657,7 @@ class MQTTClient:
                 delay = self.backoff_min_ms
             except OSError as e:
                 self.error = e
+                self.failures += 1
                 await asyncio.sleep_ms(delay // 2 + _rand(delay // 2 + 1))
                 delay = min(delay * 2, self.backoff_max_ms)
                 continue
