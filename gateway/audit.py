@@ -33,7 +33,7 @@ import hashlib
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -73,6 +73,22 @@ class AuditResult:
 
 class _Stop(Exception):
     pass
+
+
+_Result = tuple[bytes, str | None, bytes, bytes, int, str]
+
+
+@dataclass
+class _Group:
+    """Consecutive batches whose readings are being verified on the pool."""
+
+    group: Sequence[BatchEntry]
+    lo: int  # first reading id
+    hi: int  # one past the last reading id
+    items: list[tuple[int, str, int, int, bytes, int]]
+    brows: dict[int, Any]
+    ahead: Iterator[list[_Result]]
+    missing: tuple[int, str] | None = None
 
 
 class Progress:
@@ -284,15 +300,26 @@ class Auditor:
         last: dict[str, tuple[int, bytes]] = {}  # dev -> (seq, digest) in id order
         self.deferred: list[tuple[str, int, bytes, int]] = []  # (dev, seq, prev, id)
         self.counts: dict[str, list[int]] = {}  # dev -> [readings, max seq]
-        pending: list[BatchEntry] = []
-        pending_n = 0
+        groups: list[list[BatchEntry]] = [[]]
+        size = 0
         for b in self.batch_entries:
-            pending.append(b)
-            pending_n += b.n
-            if pending_n >= READ_CHUNK:
-                next_id = self._scan_group(pool, pending, next_id, last)
-                pending, pending_n = [], 0
-        next_id = self._scan_group(pool, pending, next_id, last)
+            groups[-1].append(b)
+            size += b.n
+            if size >= READ_CHUNK:
+                groups.append([])
+                size = 0
+        # group k+1 is read and handed to the pool before group k is checked
+        ahead: _Group | None = None
+        for group in groups:
+            if not group:
+                continue
+            nxt = self._start_group(pool, group, next_id)
+            next_id = nxt.hi
+            if ahead is not None:
+                self._finish_group(ahead, last)
+            ahead = nxt
+        if ahead is not None:
+            self._finish_group(ahead, last)
         extra = self.c.execute("SELECT MIN(id), COUNT(*) FROM readings WHERE id >= ?",
                                (next_id,)).fetchone()
         if extra[1]:
@@ -304,10 +331,9 @@ class Auditor:
             self.problem("batches", more[0], "row has no batch entry in the ledger")
         self._chains()
 
-    def _scan_group(self, pool: VerifierPool, group: Sequence[BatchEntry], next_id: int,
-                    last: dict[str, tuple[int, bytes]]) -> int:
-        if not group:
-            return next_id
+    def _start_group(self, pool: VerifierPool, group: Sequence[BatchEntry],
+                     next_id: int) -> _Group:
+        """Read a group of batches' readings and start their verification on the pool."""
         lo = next_id
         hi = lo + sum(b.n for b in group)
         rows = self.c.execute("SELECT id, dev, seq, batch, cose FROM readings "
@@ -315,7 +341,6 @@ class Auditor:
         brows = {r[0]: r for r in self.c.execute(
             "SELECT entry, first, n, root, nodes FROM batches WHERE entry >= ? AND entry <= ?",
             (group[0].i, group[-1].i))}
-        # decode + verify on the pool, in id order
         items: list[tuple[int, str, int, int, bytes, int]] = []
         pos = lo
         by_id = {r[0]: r for r in rows}
@@ -323,14 +348,20 @@ class Auditor:
             for k in range(b.n):
                 r = by_id.get(pos + k)
                 if r is None:
-                    self.problem("readings", pos + k, f"row is missing (batch entry {b.i} "
-                                                      f"has {b.n} readings from id {pos})")
-                    return hi
+                    return _Group(group, lo, hi, [], brows, iter(()), (
+                        pos + k, f"row is missing (batch entry {b.i} has {b.n} readings from "
+                                 f"id {pos})"))
                 items.append((r[0], r[1], r[2], r[3], bytes(r[4]), b.i))
             pos += b.n
+        return _Group(group, lo, hi, items, brows, pool.iter_chunks(self._check_chunk, items))
+
+    def _finish_group(self, g: _Group, last: dict[str, tuple[int, bytes]]) -> None:
+        if g.missing is not None:
+            self.problem("readings", g.missing[0], g.missing[1])
+            return
+        group, lo, items, brows, ahead = g.group, g.lo, g.items, g.brows, g.ahead
         # per reading, then per batch; the pool verifies ahead while this loop checks
         results: list[tuple[bytes, str | None, bytes, bytes, int, str]] = []
-        ahead = pool.iter_chunks(self._check_chunk, items)
         pos = lo
         k = 0
         for b in group:
@@ -387,7 +418,6 @@ class Auditor:
             self.result.readings += b.n
         assert self.progress is not None
         self.progress.update(self.result.readings)
-        return hi
 
     def _check_chunk(self, chunk: Sequence[tuple[int, str, int, int, bytes, int]]
                      ) -> list[tuple[bytes, str | None, bytes, bytes, int, str]]:
