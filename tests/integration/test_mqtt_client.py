@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
 import subprocess
 import threading
 import time
@@ -208,3 +209,29 @@ def test_password_from_the_url(micropython: str, tmp_path: Path) -> None:
         assert once(good) == "connected"
         assert once(f"mqtt://fw-auth:wrong@127.0.0.1:{b.port}") == "refused 111"   # ECONNREFUSED
         assert once(b.url) == "refused 111"                                         # anonymous
+
+
+def test_dead_connection_detected_when_the_broker_freezes(micropython: str,
+                                                          broker: PrivateBroker,
+                                                          watcher: Any) -> None:
+    """SIGSTOP the broker: the TCP connection stays open but nothing answers. The client must
+    give up on it by itself (PUBACK timeout after retransmissions, or keepalive) and connect
+    again once the broker runs; a second connection proves the detection."""
+    n = 40
+    w = watcher(["fw/frozen"], cid="frozen-watch", clean=False)
+    assert broker.proc is not None
+    with mp(micropython, "soak", broker.url, "fw-frozen", "fw/frozen", str(n)) as p:
+        p.wait_for(lambda s: s == "acked 10")
+        os.kill(broker.proc.pid, signal.SIGSTOP)
+        try:
+            time.sleep(8)      # > 2 retransmissions x 2 s response timeout (test_mqtt_live)
+        finally:
+            os.kill(broker.proc.pid, signal.SIGCONT)
+        p.wait_for(lambda s: s == "connected 2", 30)
+        p.wait_for(lambda s: s == f"acked {n}", 60)
+        deadline = time.monotonic() + 20
+        while p.p.poll() is None and time.monotonic() < deadline:
+            w.publish("fw-frozen/in", b"bye")
+            time.sleep(0.3)
+        assert p.p.wait(10) == 0
+    w.wait(lambda m: {x[1] for x in m} >= {b"soak-%d" % i for i in range(n)}, 30)
