@@ -78,7 +78,7 @@ Message = bytes | bytearray | memoryview | tuple[bytes, str | None]
 _Checked = tuple[Decoded, bytes, bytes]  # the message, its SHA-256, its RFC 6962 leaf hash
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per message, and frozen ones cost 4x to construct
 class Outcome:
     status: str  # "accepted" | "duplicate" | "rejected"
     reason: str | None = None
