@@ -352,3 +352,25 @@ def test_device_loop_in_a_bounded_heap(micropython: str, tmp_path: Path,
     print("device loop live heap (gc.mem_alloc after collect), 5 vs 40 readings:", maxima)
     assert maxima[1] <= maxima[0] + 2048, maxima     # no growth per reading
     g.chain_ok("dev-h", 45)
+
+
+def test_full_outbox_drops_oldest_and_counts(micropython: str, tmp_path: Path,
+                                             broker: PrivateBroker, gateway: Any,
+                                             devices: list[Device]) -> None:
+    keys = {"dev-o": keygen(micropython, tmp_path / "o", "dev-o")}
+    d = Device(micropython, tmp_path / "o", broker, "--interval", "0", "--count", "10",
+               "--outbox-max", "4", "--timeout", "0")
+    devices.append(d)
+    rc, s, err = d.finish()
+    assert rc == 1 and s["outbox"] == 4 and s["dropped"] == 6
+    g = gateway(keys)
+    d = Device(micropython, tmp_path / "o", broker, "--interval", "0", "--count", "1",
+               "--outbox-max", "4")
+    devices.append(d)
+    rc, s, err = d.finish()
+    assert rc == 0, err
+    # the 11th reading pushed out one more: seqs 7..10 survive, 7 were dropped in all
+    assert s["outbox"] == 0 and s["dropped"] == 7 and s["acked"] == 4
+    with g.lock:
+        assert sorted(g.got["dev-o"]) == [7, 8, 9, 10]
+    assert not g.errors, g.errors
