@@ -62,8 +62,17 @@ bench-firmware: setup
 bench-gateway: setup
 	$(PY) tools/bench_gateway.py
 
-bench: setup
-	$(PY) tools/bench.py
+# BENCH_ARGS: e.g. --duration 60, --sweep 100,1000,5000 (draws docs/bench-devices.png),
+# --ledger 1000000. The bench extra (matplotlib, for the plot) is installed once.
+BENCH_ARGS ?=
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(PY) -m pip install -q -e '.[bench]'
+	@touch $@
+
+bench: setup $(BENCH_STAMP)
+	$(PY) tools/bench.py $(BENCH_ARGS)
 
 test-boards: setup
 	tools/test-boards
