@@ -49,6 +49,7 @@ class NetBoard:
         self.backoff_min_ms = _BACKOFF_MIN_MS
         self.backoff_max_ms = _BACKOFF_MAX_MS
         self.ntp_retry_min_s = _NTP_RETRY_MIN_S
+        self.keeper_ms = _KEEPER_MS
         self._backoff = _BACKOFF_MIN_MS
         self.backoff_log = []  # delays slept between failed joins, last 8
         self._synced = False
@@ -156,7 +157,7 @@ class NetBoard:
 
     async def _keep(self):
         while True:
-            await asyncio.sleep_ms(_KEEPER_MS)
+            await asyncio.sleep_ms(self.keeper_ms)
             await self._join()
 
     async def _join(self):

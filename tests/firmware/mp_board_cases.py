@@ -113,6 +113,28 @@ def case_drop():
         joins=b.wifi_joins, backoff=b.backoff_log)
 
 
+def case_keeper():
+    """After the first network_up(), the keeper task alone rejoins after a drop and re-syncs
+    the clock when due; the device loop does not have to call anything."""
+    b = make_board(ntp_resync=1)
+    b.keeper_ms = 100
+    out = {}
+
+    async def go():
+        await b.network_up()
+        out["joins_before"] = b.wifi_joins
+        ntp0 = ntptime.sim.requests
+        network.sim.drop()
+        out["dropped"] = b.online()
+        await asyncio.sleep_ms(1300)  # > keeper_ms + join_ms, and > ntp_resync (1 s)
+        out["online"] = b.online()
+        out["joins_after"] = b.wifi_joins
+        out["ntp_requests"] = ntptime.sim.requests - ntp0
+
+    run(go())
+    done(**out)
+
+
 def case_ntp():
     b = make_board(ntp_resync=1)
     ntptime.sim.fail_next = 3
@@ -161,7 +183,7 @@ def case_temp():
                               ("esp32", 53.4)):
             esp32.sim.temp_c = temp
             b = make_board(variant=variant)
-            out["%s@%s" % (variant, temp)] = b.read_sensors()
+            out[f"{variant}@{temp}"] = b.read_sensors()
         esp32.sim.temp_c = 95  # outside the S3 sensor's configured range
         b = make_board(variant="esp32s3")
         out["range"] = [b.read_sensors(), b.sensor_errors]

@@ -62,6 +62,14 @@ def test_wifi_drop_reconnects(micropython: str, flavour: str) -> None:
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)
+def test_keeper_rejoins_and_resyncs_by_itself(micropython: str, flavour: str) -> None:
+    r = case(micropython, "keeper", flavour)
+    assert r["joins_before"] == 1 and r["dropped"] is False
+    assert r["online"] is True and r["joins_after"] == 2
+    assert r["ntp_requests"] >= 1
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
 def test_ntp_failures_retry_then_resync(micropython: str, flavour: str) -> None:
     r = case(micropython, "ntp", flavour)
     # three timeouts: the clock stays unset (ts omitted) and the retry delay doubles

@@ -153,7 +153,7 @@ class WDT:
         if timeout <= 0:
             raise ValueError("WDT timeout too short")
         if sim.wdt_max is not None and timeout > sim.wdt_max:
-            raise ValueError("timeout exceeds %d" % sim.wdt_max)
+            raise ValueError(f"timeout exceeds {sim.wdt_max}")
         self._timeout = timeout
         self._last = time.ticks_ms()
         sim.wdt = self
