@@ -170,9 +170,12 @@ class Auditor:
         roots = [merkle.EMPTY_ROOT]
         prev = ZERO_HASH
         expect = 0
-        node_rows = self.c.execute("SELECT level, idx, hash FROM ledger_nodes ORDER BY idx, level")
-        stored_nodes = {(lv, ix): bytes(h) for lv, ix, h in node_rows}
-        seen_nodes = 0
+        # stored nodes in the order appends complete them: node (L, k) is completed by leaf
+        # (k + 1) * 2**L - 1, lower levels first; compared as a stream (no table in memory)
+        nodes = self.c.execute(
+            "SELECT level, idx, hash FROM ledger_nodes ORDER BY ((idx + 1) << level) - 1, level")
+        stored = nodes.fetchone()
+        nodes_ok = True
         rows = self.c.execute("SELECT i, kind, body, hash FROM entries ORDER BY i")
         for i, kind, body, h in rows:
             if i != expect:
@@ -197,21 +200,25 @@ class Auditor:
             if kind != e.kind:
                 self.problem("entries", i, f"kind column {kind!r} != body kind {e.kind!r}")
             for lv, ix, nh in tree.append(merkle.leaf_hash(body)):
-                got = stored_nodes.get((lv, ix))
-                seen_nodes += 1
-                if got != nh:
+                if not nodes_ok:
+                    continue
+                if stored is None or (stored[0], stored[1]) != (lv, ix):
+                    self.problem("ledger_nodes", f"({lv}, {ix})", "row is missing")
+                    nodes_ok = False
+                    continue
+                if bytes(stored[2]) != nh:
                     self.problem("ledger_nodes", f"({lv}, {ix})",
-                                 "missing" if got is None else
-                                 f"hash {got.hex()} != recomputed {nh.hex()}")
+                                 f"hash {bytes(stored[2]).hex()} != recomputed {nh.hex()}")
+                stored = nodes.fetchone()
             roots.append(tree.root())
             if isinstance(e, DeviceEntry):
                 self._device_entry(e)
             else:
                 self.batch_entries.append(e)
         self.result.entries = expect
-        if seen_nodes != len(stored_nodes):
-            self.problem("ledger_nodes", "*", f"{len(stored_nodes)} rows, the ledger tree has "
-                                              f"{seen_nodes} nodes")
+        if nodes_ok and stored is not None:
+            self.problem("ledger_nodes", f"({stored[0]}, {stored[1]})",
+                         "row is not a node of the ledger tree")
         blob = self.c.execute("SELECT value FROM meta WHERE key = 'ledger_range'").fetchone()
         if blob is None or bytes(blob[0]) != tree.to_bytes():
             self.problem("meta", "ledger_range", "differs from the ledger tree rebuilt from "

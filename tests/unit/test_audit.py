@@ -221,3 +221,14 @@ def test_progress_bar_only_on_a_terminal(copy: Store, tty: bool) -> None:
         assert "verifying readings" in stream.text and "3001/3001 100%" in stream.text
     else:
         assert stream.text == ""
+
+
+def test_extra_rows_are_named(copy: Store) -> None:
+    copy.conn.execute("INSERT INTO ledger_nodes VALUES (7, 99, zeroblob(32))")
+    assert first_problem(copy).startswith("ledger_nodes (7, 99): row is not a node")
+
+
+def test_extra_reading_row_is_named(copy: Store) -> None:
+    cose = copy.one("SELECT cose FROM readings WHERE id = 0")[0]
+    copy.conn.execute("INSERT INTO readings VALUES (5000, 'dev-0', 999999, 3, ?)", (cose,))
+    assert first_problem(copy).startswith("readings 5000:")
