@@ -447,7 +447,11 @@ def main(args):
     """`run` (args after "run"); returns the exit status. No args on a board: board_main()."""
     if not args and not _UNIX:
         return board_main()
-    opts = parse_args(args)
+    try:
+        opts = parse_args(args)
+    except Error as e:      # a usage error: exit 2, as main.py does for its own
+        print("error: %s" % e, file=sys.stderr)
+        return 2
     board, dev, ob, client = build(opts)
     loop = Loop(board, dev, ob, client, interval=opts["interval"], count=opts["count"],
                 timeout=opts["timeout"], ack_timeout=opts["ack-timeout"])

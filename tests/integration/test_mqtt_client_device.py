@@ -374,3 +374,17 @@ def test_full_outbox_drops_oldest_and_counts(micropython: str, tmp_path: Path,
     with g.lock:
         assert sorted(g.got["dev-o"]) == [7, 8, 9, 10]
     assert not g.errors, g.errors
+
+
+def test_run_errors_say_what_to_do(micropython: str, tmp_path: Path) -> None:
+    r = run_mp(micropython, MAIN, "run", "--dir", str(tmp_path / "none"))
+    assert r.returncode == 1 and "run 'keygen --dir" in r.stderr
+    keygen(micropython, tmp_path / "e", "dev-e")
+    for args, words in ((["--count", "0"], "at least 1"), (["--bogus", "1"], "unknown argument"),
+                        (["--broker", "http://x"], "must start with mqtt://"),
+                        (["--broker", "mqtts://dev-e:pw@h"], "ssl")):
+        r = run_mp(micropython, MAIN, "run", "--dir", str(tmp_path / "e"), *args)
+        assert r.returncode in (1, 2) and words in r.stderr, (args, r.stderr)
+        assert "pw" not in r.stderr
+    r = run_mp(micropython, MAIN, "run", "--dir", str(tmp_path / "e"), "--interval", "x")
+    assert r.returncode == 2 and "wants a number" in r.stderr
