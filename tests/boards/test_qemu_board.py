@@ -90,3 +90,24 @@ def test_key_generation_cannot_run_in_the_emulator(qemu: Qemu, tmp_path: Path) -
         install(board, files, {"id": "qemu-1"})
         with pytest.raises(BoardError, match="the board reported: .*('time'|urandom|Errno)"):
             ensure_key(board, "qemu-1", "data", new_key=False)
+
+
+def test_provision_flow_on_the_emulator_until_its_limits(qemu: Qemu, broker: object,
+                                                         tmp_path: Path) -> None:
+    """`provision()` itself on the emulated board, the network checks off (no network there):
+    detection, version checks, compile, install and the config check pass; the key step is the
+    first that needs what the emulator lacks, and its error names the board's failure."""
+    from gateway.provision import Options, provision
+
+    said: list[str] = []
+    opts = Options(dev_id="qemu-1", wifi_ssid="lab", wifi_password="pw",
+                   broker=broker.url, data=str(tmp_path / "gw"),  # type: ignore[attr-defined]
+                   platforms=("qemu",), check_network=False)
+    with RomfsRamBoard(qemu.pty) as board:
+        with pytest.raises(BoardError, match="the board reported: ImportError: .*'time'"):
+            provision(board, opts, say=said.append)
+        assert board.files["anchor.json"]
+        out = board.exec("import anchor.config\nprint(anchor.config.__file__)")
+        assert out.strip() == "/rom/lib/anchor/config.mpy"
+    assert said[0].startswith("board: MicroPython 1.25.0 on qemu (mps2-an385 with Cortex-M3)")
+    assert said[1].startswith(f"copied {len(firmware_files())} files")
