@@ -135,7 +135,9 @@ def main(argv):
         if not argv:
             if _UNIX:
                 raise UsageError("no command given")
-            return run([]) or 0
+            from anchor import startup  # a board: config, board layer, device loop
+
+            return startup.main() or 0
         if argv[0] in ("-h", "--help", "help"):
             raise _Help()
         cmd = COMMANDS.get(argv[0])
