@@ -6,6 +6,9 @@
 #   micropython test_mqtt_live.py soak URL CLIENT_ID TOPIC N       publish N through reconnects
 #   micropython test_mqtt_live.py once URL CLIENT_ID               one connect: "connected" or
 #                                                                   "refused ERRNO"
+#   micropython test_mqtt_live.py bench URL [N]                    QoS 1 publish rate (a bench:
+#       prints figures, the last line JSON), against a baseline in the same run that writes
+#       each packet piecewise (what the client did first: Nagle + delayed ACK)
 # Lines printed are parsed by the test: "ready", "acked N", "got TOPIC HEX", "connected K".
 
 import sys
@@ -15,6 +18,7 @@ sys.path.insert(0, _here + "/..")
 
 import asyncio
 import binascii
+import time
 
 from anchor import mqtt
 
@@ -109,6 +113,50 @@ async def once(url, cid):
     await c.disconnect()
 
 
+class _Piecewise(mqtt.MQTTClient):
+    # the baseline: one write() per packet part, as the first version did
+    async def _write(self, *parts):
+        s = self._stream
+        if s is None:
+            raise OSError(107)
+        async with self._lock:
+            for p in parts:
+                s.write(p)
+            await s.drain()
+
+
+async def _rate(cls, url, n, inflight):
+    host, port, _, user, password = mqtt.parse_url(url)
+    c = cls("bench-%d" % inflight, host, port, max_inflight=inflight, user=user,
+            password=password, clean_session=True)
+    task = asyncio.create_task(c.run())
+    await c.wait_connected()
+    msg = b"x" * 160            # about the size of a signed reading
+    t0 = time.ticks_ms()
+    for _ in range(n):
+        await c.publish("bench/readings", msg, qos=1)
+    while c.inflight:
+        await asyncio.sleep_ms(1)
+    dt = max(1, time.ticks_diff(time.ticks_ms(), t0))
+    await c.disconnect()
+    await task
+    return n * 1000 / dt
+
+
+async def bench(url, n):
+    import json
+
+    out = {}
+    for inflight in (1, 8):
+        base = await _rate(_Piecewise, url, max(20, n // 50), inflight)
+        ours = await _rate(mqtt.MQTTClient, url, n, inflight)
+        print("QoS 1 publishes/s with %d in flight: %.0f (one write per packet), %.0f "
+              "(piecewise baseline), ratio %.1f" % (inflight, ours, base, ours / base))
+        out["inflight_%d" % inflight] = {"per_s": round(ours), "baseline_per_s": round(base),
+                                         "ratio": round(ours / base, 1)}
+    print(json.dumps(out))
+
+
 def main():
     a = sys.argv[1:]
     mode = a[0]
@@ -118,6 +166,8 @@ def main():
         asyncio.run(sub(a[1], a[2], a[3], int(a[4])))
     elif mode == "will":
         asyncio.run(will(a[1], a[2]))
+    elif mode == "bench":
+        asyncio.run(bench(a[1], int(a[2]) if len(a) > 2 else 2000))
     elif mode == "once":
         asyncio.run(once(a[1], a[2]))
     elif mode == "soak":
