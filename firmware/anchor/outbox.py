@@ -161,10 +161,14 @@ class Outbox:
 
     def _load(self):
         log = self.dir + "/acks.log"
-        try:
-            os.remove(self.dir + "/acks.tmp")   # an interrupted compaction: acks.log is intact
-        except OSError:
-            pass
+        tmp = self.dir + "/acks.tmp"
+        if _exists(log):
+            try:
+                os.remove(tmp)          # an interrupted compaction: acks.log is intact
+            except OSError:
+                pass
+        elif _exists(tmp):
+            os.rename(tmp, log)         # interrupted between remove and rename (FAT)
         extra = set()
         good_end = 0
         for kind, seq, payload, off in _records(log):
@@ -352,7 +356,12 @@ class Outbox:
         tmp = self.dir + "/acks.tmp"
         with open(tmp, "wb") as f:
             f.write(rec)
-        os.rename(tmp, self.dir + "/acks.log")
+        log = self.dir + "/acks.log"
+        try:
+            os.rename(tmp, log)
+        except OSError:             # FAT cannot rename over a file; load() handles a crash here
+            os.remove(log)
+            os.rename(tmp, log)
         self._log_size = len(rec)
 
     # -- reading back ---------------------------------------------------------------------
@@ -397,6 +406,14 @@ class Outbox:
     def stats(self):
         return {"pending": self.pending, "dropped": self.dropped, "segments": len(self.segs),
                 "upto": self.upto, "corrupt": self.corrupt}
+
+
+def _exists(path):
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
 
 
 def _size(path):

@@ -247,6 +247,29 @@ def test_ack_log_compaction_keeps_state():
     assert ob2.upto == s - 3
 
 
+def test_interrupted_log_compaction():
+    d = fresh()
+    ob = Outbox(d)
+    for s in range(4):
+        ob.append(s, msg(s))
+    ob.ack(1, [])
+    ob._compact_log()
+    log = d + "/outbox/acks.log"
+    with open(log, "rb") as f:
+        good = f.read()
+    # crash while writing acks.tmp: acks.log is intact, the torn tmp is discarded
+    with open(d + "/outbox/acks.tmp", "wb") as f:
+        f.write(good[:5])
+    ob = Outbox(d)
+    assert seqs_waiting(ob) == [2, 3]
+    assert "acks.tmp" not in os.listdir(d + "/outbox")
+    # crash on FAT between removing acks.log and renaming acks.tmp over it
+    os.rename(log, d + "/outbox/acks.tmp")
+    ob = Outbox(d)
+    assert seqs_waiting(ob) == [2, 3] and ob.upto == 1
+    assert "acks.log" in os.listdir(d + "/outbox")
+
+
 def test_republish_bookkeeping():
     d = fresh()
     ob = Outbox(d)
