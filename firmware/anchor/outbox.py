@@ -18,8 +18,12 @@
 # rewritten in place. On load, the first record that is short or fails its CRC ends that file
 # (a torn last write is dropped, never a crash); appends after a reboot always start a new
 # segment, so a torn tail is never followed by good records. A reading stays until an ack (or
-# the size bound) marks it done; a segment whose records are all done is deleted. An ack is made
-# durable in acks.log before any segment is deleted, so a crash in between only delays deletion.
+# the size bound) marks it done; a segment whose records are all done is deleted (the one being
+# appended to only once it is full, so a quiet device does not create and delete a file per
+# reading). An ack is made durable in acks.log before any segment is deleted, so a crash in
+# between only delays deletion. An ack never reaches past the highest seq appended (clamped),
+# so a wrong ack cannot mark future readings done. The log is compacted by writing acks.tmp and
+# renaming it over acks.log; load() finishes or discards an interrupted compaction.
 #
 # Size bound (documented policy): at most `max_records` readings wait in the outbox. Appending
 # one more drops the oldest waiting reading first, and counts it in `dropped` (persisted). The
@@ -28,8 +32,9 @@
 # Dropping never raises; the device keeps producing.
 #
 # RAM: 11 bytes per record slot of each live segment (seq u32, offset u16, last publish ticks
-# i32, state u8; arrays preallocated per segment), plus one small object per segment. Records stay on
-# flash and are read back one at a time for (re)publishing.
+# i32, state u8; arrays preallocated per segment), plus one small object per segment: measured
+# 21 bytes per waiting record with 400 waiting on the Unix port (test_index_memory_per_record).
+# Records stay on flash and are read back one at a time for (re)publishing.
 
 import binascii
 import os
