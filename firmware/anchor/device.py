@@ -298,8 +298,10 @@ class Loop:
     # -- the whole loop -------------------------------------------------------------------
 
     async def run(self):
-        """Run until --count is satisfied (True) or its timeout passed (False); forever
-        without a count."""
+        """With a count: run until it is satisfied (True) or its timeout passed (False).
+        Without: forever. If one of the tasks dies (a bug, MemoryError), `crash` says why and
+        the loop ends: returning False with a count, raising Error without one (so a board's
+        start-up resets the board)."""
         self._last_announced = self.dev.seq - 1
         self.requeue_last()
         self.out("start dev=%s seq=%d outbox=%d" % (
@@ -332,6 +334,8 @@ class Loop:
                     pass
             await self.client.disconnect()
             sup.cancel()
+        if self.crash is not None and self.count is None:
+            raise Error("the device loop stopped: %s" % self.crash)
         return ok
 
     def summary(self, ok):
@@ -407,40 +411,11 @@ def build(opts, board=None):
 
 
 def board_main():
-    """The loop on a board (main.py at boot, no arguments): configuration from anchor/config.py
-    (/anchor.json), the board layer for this port, forever. On the first boot without a key it
-    creates one (id from the config or the board) and prints the public key for registration.
-    If a task dies (MemoryError, a bug), the board resets after 5 s: state and outbox are on
-    flash, so the loop resumes where it stopped."""
-    from anchor import config
-    from anchor.board import Board
-    from anchor.state import Device
+    """The loop on a board (main.py at boot, no arguments): anchor/startup.py does the start-up
+    (config, board layer, watchdog, first-boot key) and resets the board if the loop stops."""
+    from anchor import startup
 
-    cfg = config.load()
-    board = Board(cfg)
-    board.start_watchdog()
-    opts = {k: v[1] for k, v in OPTIONS.items()}
-    opts["dir"] = board.data_dir()
-    opts["broker"] = cfg["broker"]
-    opts["interval"] = cfg["interval"]
-    try:
-        Device.load(opts["dir"])
-    except Error:
-        from binascii import hexlify
-
-        dev = Device.create(opts["dir"], dev_id=board.device_id())
-        print("new device %s, public key:" % dev.dev_id)
-        print(hexlify(dev.public_key).decode())
-        dev = None
-    board, dev, ob, client = build(opts, board)
-    loop = Loop(board, dev, ob, client, interval=opts["interval"],
-                ack_timeout=opts["ack-timeout"])
-    asyncio.run(loop.run())
-    print("device loop stopped: %s; resetting in 5 s" % loop.crash)
-    time.sleep(5)
-    import machine
-
-    machine.reset()
+    return startup.main()
 
 
 def main(args):
@@ -455,7 +430,10 @@ def main(args):
     board, dev, ob, client = build(opts)
     loop = Loop(board, dev, ob, client, interval=opts["interval"], count=opts["count"],
                 timeout=opts["timeout"], ack_timeout=opts["ack-timeout"])
-    ok = asyncio.run(loop.run())
+    try:
+        ok = asyncio.run(loop.run())
+    except Error:           # without --count the loop only ends when a task died
+        ok = False
     if loop.crash is not None:
         print("error: the device loop stopped: %s; the outbox keeps every unacknowledged "
               "reading, run again to resume" % loop.crash, file=sys.stderr)

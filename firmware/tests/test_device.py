@@ -67,6 +67,16 @@ class NullClient:
     def isconnected(self):
         return False
 
+    failures = 0
+    error = None
+
+    async def run(self):
+        while True:
+            await asyncio.sleep_ms(50)
+
+    async def disconnect(self):
+        pass
+
 
 def make_loop(count=None, secret="11" * 32):
     d = fresh()
@@ -171,6 +181,24 @@ def test_readings_carry_sensor_data_and_clock():
     r = cbor.decode(cose.decode_sign1(loop.outbox.read(g, i))[2])
     assert r["dev"] == "dev-t" and r["seq"] == 0 and set(r["data"]) == {"temp"}
     assert isinstance(r["ts"], int) and r["ts"] > 1704067200
+
+
+def test_a_dying_task_ends_the_loop():
+    class BrokenBoard(board_unix.Board):
+        def read_sensors(self):
+            raise RuntimeError("sensor bus hung")
+
+    for count in (None, 3):
+        loop, lines, d = make_loop(count=count)
+        loop.board = BrokenBoard({"dir": d, "id": None}, thermal_root=d)
+        try:
+            ok = asyncio.run(loop.run())
+        except Error as e:
+            assert count is None and "producer task failed: RuntimeError" in str(e)
+        else:
+            assert count == 3 and ok is False
+        assert "sensor bus hung" in loop.crash
+        assert '"error": "producer task failed' in loop.summary(False)
 
 
 def test_unix_board_simulated_signal():
