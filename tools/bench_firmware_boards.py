@@ -13,7 +13,10 @@ its own through SECTIONS and summary() here), and the rig the heap-limit test us
                  is the same search for `main.py sign` (one reading, no network, no outbox).
 
 The Unix port is 64-bit: its objects are larger than on a 32-bit board (pointers and small ints
-twice the size), so these heaps are upper bounds for an ESP32 or RP2040.
+twice the size), so these heaps are upper bounds for an ESP32 or RP2040. For board-sized
+figures, build the Unix port 32-bit (apt-get install gcc-multilib, then make -C ports/unix
+MICROPY_FORCE_32BIT=1 with the options tools/install-micropython uses) and run this file with
+IOT_ANCHOR_MICROPYTHON=<that binary>.
 
 Run alone: `python tools/bench_firmware_boards.py` prints the same lines, then one JSON object.
 """
@@ -50,6 +53,24 @@ m0 = gc.mem_alloc()
 from anchor import device, mqtt, outbox, state, cose, cbor, p256, hmac256, board, config, startup
 gc.collect()
 print(gc.mem_alloc() - m0)
+"""
+
+# RAM per module, each imported after the ones it needs (so it is counted once)
+_RAM_BY_MODULE = """
+import gc, sys, json
+sys.path.insert(0, %r)
+out = {}
+gc.collect()
+prev = gc.mem_alloc()
+for m in ('anchor', 'anchor.cbor', 'anchor.hmac256', 'anchor.p256', 'anchor.cose',
+          'anchor.state', 'anchor.outbox', 'anchor.mqtt', 'anchor.board', 'anchor.device',
+          'anchor.config', 'anchor.startup'):
+    __import__(m)
+    gc.collect()
+    a = gc.mem_alloc()
+    out[m.split('.')[-1]] = a - prev
+    prev = a
+print(json.dumps(out))
 """
 
 
@@ -196,6 +217,9 @@ def firmware_ram(mp: str) -> dict[str, Any]:
 
         mpy = ram(fw)
         src = ram(FIRMWARE)
+        p = subprocess.run([mp, "-c", _RAM_BY_MODULE % str(fw)], capture_output=True,
+                           text=True, timeout=60)
+        by_module = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else {}
 
         def imports_in(path: Path) -> Callable[[int], bool]:
             def works(k: int) -> bool:
@@ -208,6 +232,7 @@ def firmware_ram(mp: str) -> dict[str, Any]:
         imp_mpy = smallest_heap(imports_in(fw), 16, 512)
         imp_src = smallest_heap(imports_in(FIRMWARE), 16, 512)
     return {"firmware_ram_bytes_mpy": mpy, "firmware_ram_bytes_source": src,
+            "firmware_ram_bytes_by_module": by_module,
             "firmware_ram_ratio_mpy_source": round(mpy / src, 3),
             "import_heap_kib_mpy": imp_mpy, "import_heap_kib_source": imp_src,
             "import_heap_ratio_mpy_source": round(imp_mpy / imp_src, 2)
@@ -263,6 +288,9 @@ def summary(res: dict[str, dict[str, Any]]) -> list[str]:
         f"{r['firmware_ram_ratio_mpy_source']:.2f}); smallest heap to import it: "
         f"{r['import_heap_kib_mpy']} KiB from .mpy, {r['import_heap_kib_source']} KiB from "
         f"sources (ratio {r['import_heap_ratio_mpy_source']})",
+        "    by module (.mpy): " + ", ".join(
+            f"{k} {v}" for k, v in sorted(r["firmware_ram_bytes_by_module"].items(),
+                                          key=lambda kv: -kv[1])),
         f"  smallest heap for the device loop: {loop} KiB ({h['loop_heap_readings']} readings "
         f"anchored end to end via Mosquitto and the gateway, from .mpy; goal <= "
         f"{GOAL_LOOP_HEAP_KIB} KiB: {goal}); baseline 'main.py sign' alone: "
