@@ -89,6 +89,56 @@ def encode_ack(upto: int | None, seqs: list[int], entry: int) -> bytes:
     )
 
 
+class _ReadAhead:
+    """paho's socket, read 64 KiB at a time.
+
+    paho reads a packet with three or more `recv` calls (1 byte of type, the length byte by
+    byte, then the body), and each is a system call that also releases and re-takes the GIL,
+    which the verifier threads hold much of the time. This wrapper serves those small reads
+    from one large read. `pending()` (the buffered byte count; paho and aiomqtt ask SSL sockets
+    the same) makes aiomqtt's reader call `loop_read` again until the buffer is empty, since
+    epoll does not report bytes that are already out of the kernel.
+    Measured in `make bench` (burst, 1,000 devices): 113 -> 106 us gateway CPU per reading.
+    Everything else is delegated to the socket.
+    """
+
+    __slots__ = ("_sock", "_buf", "_pos")
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._buf = b""
+        self._pos = 0
+
+    def recv(self, n: int) -> bytes:
+        buf, pos = self._buf, self._pos
+        if pos >= len(buf):
+            buf = self._sock.recv(65536)  # BlockingIOError / OSError go to paho as before
+            if len(buf) <= n:
+                self._buf, self._pos = b"", 0
+                return bytes(buf)
+            pos = 0
+            self._buf = buf
+        self._pos = pos + n
+        return buf[pos:pos + n]
+
+    def pending(self) -> int:
+        inner = getattr(self._sock, "pending", None)
+        return max(0, len(self._buf) - self._pos) + (inner() if inner is not None else 0)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def _read_ahead(paho: Any) -> None:
+    """Make the paho client wrap each new socket in `_ReadAhead`."""
+    create = paho._create_socket  # noqa: SLF001
+
+    def create_socket() -> Any:
+        return _ReadAhead(create())
+
+    paho._create_socket = create_socket  # noqa: SLF001
+
+
 @dataclass
 class ServiceConfig:
     data_dir: Path
@@ -246,6 +296,7 @@ class GatewayService:
                 paho.manual_ack_set(True)
             # The hot path: paho's own on_message instead of aiomqtt's message queue.
             paho.on_message = self._on_message
+            _read_ahead(paho)
             if not logging.getLogger("mqtt").isEnabledFor(logging.DEBUG):
                 paho.disable_logger()  # paho formats a debug record per packet otherwise
             try:
