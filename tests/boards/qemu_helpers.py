@@ -102,6 +102,11 @@ class RomfsRamBoard(MpremoteBoard):
     def makedirs(self, path: str) -> None:
         return None
 
+    def restart(self) -> None:
+        # No firmware runs on the emulated board, so no watchdog to escape; and the qemu port's
+        # machine.reset() ends the emulator.
+        return None
+
     def remove(self, paths: object) -> None:
         return None
 

@@ -240,6 +240,20 @@ def case_identity():
          dir=b.data_dir())
 
 
+def case_hold():
+    """With anchor.hold at the root, start-up returns before it arms the watchdog."""
+    from anchor import startup
+
+    root = sys.argv[3] + "/"
+    with open(root + "anchor.json", "w") as f:
+        f.write(json.dumps({"board": FLAVOUR, "watchdog_ms": 5000}))
+    with open(root + "anchor.hold", "w") as f:
+        f.write("")
+    machine.sim.flavour(FLAVOUR)
+    held = startup.main(root)
+    done(held=held, wdt=machine.sim.wdt is not None, joins=network.sim.joins)
+
+
 def case_config():
     path = sys.argv[3]
     out = {"missing": config.load(path + ".none")["interval"]}

@@ -178,6 +178,13 @@ def test_default_device_id_is_unique_id_hex(micropython: str, flavour: str) -> N
     assert r["configured"] == "greenhouse-7" and r["dir"] == "data"
 
 
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_hold_file_stops_startup_before_the_watchdog(micropython: str, flavour: str,
+                                                     tmp_path: Path) -> None:
+    r = case(micropython, "hold", flavour, str(tmp_path))
+    assert r == {"held": 0, "wdt": False, "joins": 0}
+
+
 def test_config_file_overrides_defaults(micropython: str, tmp_path: Path) -> None:
     r = case(micropython, "config", "esp32", str(tmp_path / "anchor.json"))
     assert r["missing"] == 60

@@ -92,12 +92,12 @@ def test_provision_then_reprovision_keeps_key_then_new_key(
     assert any("first reading: seq 0" in s for s in said)
     assert 20 < float(said[-1].split("'mcu_temp': ")[1].split("}")[0]) < 35  # stand-in ADC 27 C
 
-    board.close()  # power off; re-provisioning keeps the key
-    r2 = provision(board, options(broker, gateway_data))
+    assert board.running()  # the firmware keeps running after provisioning...
+    r2 = provision(board, options(broker, gateway_data))  # ...and is held for re-provisioning
+    assert not (root / "anchor.hold").exists()
     assert not r2.key_was_new and r2.public_key == r.public_key and r2.registered == "unchanged"
     assert r2.first_seq is not None and r2.first_seq > r.first_seq  # seq continues
 
-    board.close()
     r3 = provision(board, options(broker, gateway_data, new_key=True))
     assert r3.key_was_new and r3.public_key != r.public_key and r3.registered == "rotate"
     assert r3.first_seq is not None and r3.first_seq > r2.first_seq, "no seq reused"
@@ -114,6 +114,8 @@ def test_wifi_failure_is_named(board: LocalUnixBoard, broker: PrivateBroker,
     assert "2.4 GHz" in e.value.hint
     assert registered(gateway_data) == [], "nothing registered when the board cannot connect"
     assert not (board.root / "data/key.json").exists()
+    # the board stays held (not running a half-provisioned firmware) until provisioned again
+    assert (board.root / "anchor.hold").exists()
 
 
 def test_broker_unreachable(board: LocalUnixBoard, gateway_data: Path,
@@ -128,7 +130,6 @@ def test_broker_unreachable(board: LocalUnixBoard, gateway_data: Path,
 def test_board_already_holding_another_device_key(board: LocalUnixBoard, broker: PrivateBroker,
                                                   gateway_data: Path) -> None:
     provision(board, options(broker, gateway_data, wait=60))
-    board.close()
     with pytest.raises(ProvisionError, match="already holds the key of device 'pico-1'"):
         provision(board, options(broker, gateway_data, dev_id="pico-2"))
 
