@@ -4,6 +4,9 @@ The steps, each with its own error when it fails:
 
 1. find the board (``--port auto``: the first USB serial port), read its platform, MicroPython
    version and ``.mpy`` format (``sys.implementation._mpy``);
+   then hold it: create ``/anchor.hold`` and hard-reset it into its REPL, so a watchdog armed
+   by a running firmware cannot reset it mid-way (start-up returns early while the file exists;
+   it is removed before the final reset);
 2. compile the firmware (the files listed in firmware/package.json) with an ``mpy-cross`` that
    emits exactly that ``.mpy`` version;
 3. copy it to the board (``/lib/anchor/*.mpy``, ``/boot.py``, ``/main.py``) and write the config
