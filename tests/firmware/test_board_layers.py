@@ -5,7 +5,6 @@ failures. The cases themselves are in mp_board_cases.py; each prints a JSON obje
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -201,8 +200,3 @@ def test_config_file_overrides_defaults(micropython: str, tmp_path: Path) -> Non
                           "sensors": ["mcu", "bme280"]}
     assert r["reloaded"] == 30
 
-
-def test_cases_run_quickly(micropython: str) -> None:
-    t0 = time.monotonic()
-    case(micropython, "identity", "esp32")
-    assert time.monotonic() - t0 < 5
