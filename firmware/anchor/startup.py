@@ -71,9 +71,11 @@ def main(root=None):
     cfg = config.load(root + "anchor.json")
     cfg["dir"] = root + cfg["dir"].lstrip("/")
     board = make_board(cfg)
-    board.start_watchdog()
     try:
+        # first boot: the key is made before the watchdog is armed (P-256 keygen and the comb
+        # table take seconds on a board, without a chance to feed it)
         dev = load_device(board, cfg["dir"])
+        board.start_watchdog()
         opts = device.parse_args(["--dir", cfg["dir"], "--broker", cfg["broker"]])
         board, dev, ob, client = device.build(opts, board)
         loop = device.Loop(board, dev, ob, client, interval=cfg["interval"])
