@@ -239,6 +239,14 @@ def proc_hwm_mb(pid: int) -> float:
     return math.nan
 
 
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has been busy (all processes, /proc/stat)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
+    return (sum(v[:8]) - idle) / CLK_TCK
+
+
 def gateway_cmd() -> list[str]:
     exe = Path(sys.executable).parent / "iot-anchor"
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "gateway"]
@@ -298,9 +306,11 @@ def phase_baseline(fleet: Fleet, o: Opts) -> dict[str, Any]:
                 raise AnchorError("the baseline subscriber did not start",
                                   "run tools/bench_baseline.py by hand to see why")
             b0 = proc_cpu_s(broker.proc.pid) if broker.proc else 0.0
+            m0, w0 = machine_busy_s(), time.monotonic()
             load = run_load(fleet, broker.url, o.procs, 0.0, 0.0, 1e9)
             out, _ = sub.communicate(timeout=600)
             b1 = proc_cpu_s(broker.proc.pid) if broker.proc else 0.0
+            m1, w1 = machine_busy_s(), time.monotonic()
         finally:
             if sub.poll() is None:
                 sub.kill()
@@ -316,7 +326,13 @@ def phase_baseline(fleet: Fleet, o: Opts) -> dict[str, Any]:
         "consumer_us_per_msg": 1e6 * res["cpu_s"] / max(1, res["received"]),
         "broker_cpu_s": b1 - b0,
         "engine_cpu_s": load.cpu_s,
+        "others_cores": others(m1 - m0, res["cpu_s"] + (b1 - b0) + load.cpu_s, w1 - w0),
     }
+
+
+def others(machine_s: float, ours_s: float, wall_s: float) -> float:
+    """Cores used by processes outside the bench (other users of the machine) in a phase."""
+    return max(0.0, machine_s - ours_s) / wall_s if wall_s > 0 else math.nan
 
 
 def phase_gateway(fleet: Fleet, o: Opts, paced: bool, tag: str) -> dict[str, Any]:
@@ -340,11 +356,13 @@ def phase_gateway(fleet: Fleet, o: Opts, paced: bool, tag: str) -> dict[str, Any
                 time.sleep(0.1)
             c0 = proc_cpu_s(gw.pid)
             b0 = proc_cpu_s(broker.proc.pid) if broker.proc else 0.0
+            m0, w0 = machine_busy_s(), time.monotonic()
             load = run_load(fleet, broker.url, o.procs, interval,
                             drain=max(120.0, n / 1000), ack_timeout=1e9)
             cpu = proc_cpu_s(gw.pid) - c0
             rss = proc_hwm_mb(gw.pid)
             b1 = proc_cpu_s(broker.proc.pid) if broker.proc else 0.0
+            m1, w1 = machine_busy_s(), time.monotonic()
         finally:
             stop(gw)
     batches = Batches.parse(logf.read_text())
@@ -375,7 +393,9 @@ def phase_gateway(fleet: Fleet, o: Opts, paced: bool, tag: str) -> dict[str, Any
         "commit_ms_mean": statistics.fmean(batches.commit_ms) if batches.commit_ms else 0,
         "commit_ms_max": max(batches.commit_ms, default=0),
         "broker_cpu_s": b1 - b0,
+        "broker_us_per_reading": 1e6 * (b1 - b0) / max(1, anchored),
         "engine_cpu_s": load.cpu_s,
+        "others_cores": others(m1 - m0, cpu + (b1 - b0) + load.cpu_s, w1 - w0),
         "log": str(logf),
     }
 
@@ -402,6 +422,7 @@ def bench_devices(n_devices: int, o: Opts, duration: float, runs: int) -> dict[s
     fleet = make_fleet(n_devices, per_device, o.workdir, o.procs)
     log(f"  pre-signed {fleet.readings} readings in {fleet.sign_s:.1f} s; registered "
         f"{n_devices} devices in {fleet.register_s:.1f} s")
+    loadavg = open("/proc/loadavg").read().split()[0]
     per_run = []
     for r in range(runs):
         base = phase_baseline(fleet, o)
@@ -418,7 +439,7 @@ def bench_devices(n_devices: int, o: Opts, duration: float, runs: int) -> dict[s
             f"peak RSS {paced['rss_mb']:.0f} MB")
         per_run.append({"baseline": base, "burst": burst, "paced": paced,
                         "ratio": burst["per_s"] / base["per_s"]})
-    return summarise(n_devices, per_device, o, duration, per_run)
+    return {**summarise(n_devices, per_device, o, duration, per_run), "loadavg_start": loadavg}
 
 
 def summarise(n_devices: int, per_device: int, o: Opts, duration: float,
@@ -451,6 +472,9 @@ def summarise(n_devices: int, per_device: int, o: Opts, duration: float,
         "cpu_us_per_reading": m("burst", "cpu_us_per_reading"),
         "cpu_cores_paced": m("paced", "cpu_cores"),
         "baseline_cpu_us_per_msg": m("baseline", "consumer_us_per_msg"),
+        "broker_us_per_reading": m("burst", "broker_us_per_reading"),
+        "others_cores": median(max(r[p]["others_cores"] for p in ("baseline", "burst", "paced"))
+                               for r in per_run),
         "batches": m("burst", "batches"),
         "batch_mean": m("burst", "batch_mean"),
         "batch_max_seen": m("burst", "batch_max"),
@@ -474,27 +498,44 @@ def summarise(n_devices: int, per_device: int, o: Opts, duration: float,
     }
 
 
+def F(x: Any, spec: str) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return format(x, spec)
+
+
 def print_summary(s: dict[str, Any]) -> None:
+    """The readable summary; a figure that could not be measured shows as n/a."""
+
+    def g(key: str, spec: str) -> str:
+        return F(s.get(key), spec)
+
     goal_lat = s["batch_interval_s"] * 1000 + 250
-    print(f"== {s['devices']} devices, {s['readings']:,} pre-signed readings, load over "
+    print(f"== {s['devices']} devices, {g('readings', ',')} pre-signed readings, load over "
           f"{s['procs']} processes, median of {s['runs']} runs ==")
-    print(f"  baseline (bare paho, QoS 1)   {s['baseline_per_s']:>10,.0f} msgs/s "
-          f"({s['baseline_cpu_us_per_msg']:.0f} us CPU/msg)")
-    print(f"  gateway, burst                {s['anchored_per_s']:>10,.0f} anchored/s   "
-          f"ratio {s['ratio']:.2f} (goal >= 0.8)")
-    print(f"  gateway, paced {s['paced_offered_per_s']:,.0f}/s for {s['paced_duration_s']:g} s "
-          f"{s['paced_anchored_per_s']:>7,.0f} anchored/s   (goal >= 10,000 for 60 s)")
-    print(f"  latency publish->anchored (paced) p50 {s['latency_p50_ms']:.0f} ms, p99 "
-          f"{s['latency_p99_ms']:.0f} ms (goal p99 <= {goal_lat:.0f} ms); in the burst p50 "
-          f"{s['burst_latency_p50_ms']:.0f} ms, p99 {s['burst_latency_p99_ms']:.0f} ms (queueing)")
-    print(f"  gateway CPU {s['cpu_cores']:.2f} cores in the burst, {s['cpu_us_per_reading']:.0f} "
-          f"us/reading; {s['cpu_cores_paced']:.2f} cores paced")
-    print(f"  peak RSS {s['rss_mb']:.0f} MB (burst {s['rss_mb_burst']:.0f}, paced "
-          f"{s['rss_mb_paced']:.0f}; goal <= 200)")
-    print(f"  batches (burst): {s['batches']:.0f}, mean {s['batch_mean']:.0f} readings, max "
-          f"{s['batch_max_seen']:.0f}, commit mean {s['commit_ms_mean']:.1f} ms, max "
-          f"{s['commit_ms_max']:.1f} ms; paced: {s['paced_batches']:.0f} batches, mean "
-          f"{s['paced_batch_mean']:.0f}, commit mean {s['paced_commit_ms_mean']:.1f} ms")
+    print(f"  baseline (bare paho, QoS 1)   {g('baseline_per_s', '>10,.0f')} msgs/s "
+          f"({g('baseline_cpu_us_per_msg', '.0f')} us CPU/msg)")
+    print(f"  gateway, burst                {g('anchored_per_s', '>10,.0f')} anchored/s   "
+          f"ratio {g('ratio', '.2f')} (goal >= 0.8)")
+    print(f"  gateway, paced {g('paced_offered_per_s', ',.0f')}/s for "
+          f"{g('paced_duration_s', 'g')} s {g('paced_anchored_per_s', '>7,.0f')} anchored/s   "
+          f"(goal >= 10,000 for 60 s)")
+    print(f"  latency publish->anchored (paced) p50 {g('latency_p50_ms', '.0f')} ms, p99 "
+          f"{g('latency_p99_ms', '.0f')} ms (goal p99 <= {goal_lat:.0f} ms); in the burst "
+          f"p50 {g('burst_latency_p50_ms', '.0f')} ms, p99 {g('burst_latency_p99_ms', '.0f')} "
+          f"ms (queueing)")
+    print(f"  gateway CPU {g('cpu_cores', '.2f')} cores in the burst, "
+          f"{g('cpu_us_per_reading', '.0f')} us/reading; {g('cpu_cores_paced', '.2f')} cores "
+          f"paced; broker {g('broker_us_per_reading', '.0f')} us/reading")
+    print(f"  peak RSS {g('rss_mb', '.0f')} MB (burst {g('rss_mb_burst', '.0f')}, paced "
+          f"{g('rss_mb_paced', '.0f')}; goal <= 200)")
+    print(f"  batches (burst): {g('batches', '.0f')}, mean {g('batch_mean', '.0f')} readings, "
+          f"max {g('batch_max_seen', '.0f')}, commit mean {g('commit_ms_mean', '.1f')} ms, max "
+          f"{g('commit_ms_max', '.1f')} ms; paced: {g('paced_batches', '.0f')} batches, mean "
+          f"{g('paced_batch_mean', '.0f')}, commit mean {g('paced_commit_ms_mean', '.1f')} ms")
+    print(f"  other processes on the machine (not the bench) used {g('others_cores', '.2f')} "
+          f"cores (median over runs of the busiest phase); load average at the start "
+          f"{s.get('loadavg_start')}")
     print(f"  every reading anchored and acknowledged: {'yes' if s['all_anchored'] else 'NO'}; "
           f"republished {s['republished']}")
 
