@@ -11,6 +11,10 @@ its own through SECTIONS and summary() here), and the rig the heap-limit test us
                  end through Mosquitto and the gateway service (`iot-anchor run`), found by
                  binary search in 1 KiB steps; the goal is 48 KiB. The baseline in the same run
                  is the same search for `main.py sign` (one reading, no network, no outbox).
+  loop_frozen    the same search with the firmware frozen into the binary (a Unix port built
+                 with FROZEN_MANIFEST = asyncio + the anchor package, cached under
+                 .cache/micropython-frozen/): the bytecode then stays in the binary, as it stays
+                 in flash on a board whose MicroPython is built with the firmware frozen in.
 
 The Unix port is 64-bit: its objects are larger than on a 32-bit board (pointers and small ints
 twice the size), so these heaps are upper bounds for an ESP32 or RP2040. For board-sized
@@ -271,9 +275,60 @@ def loop_heap(mp: str) -> dict[str, Any]:
             "loop_heap_ratio_to_sign": round(loop / sign, 2) if loop and sign else None}
 
 
+_FROZEN_MANIFEST = """include("$(MPY_DIR)/extmod/asyncio")
+package("anchor", base_path=%r)
+"""
+
+
+def frozen_binary() -> str | None:
+    """The Unix port with the firmware frozen in, built (or brought up to date) from the source
+    tools/install-micropython unpacked; None when that source is not there."""
+    work = ROOT / ".cache" / "micropython" / "build"
+    srcs = sorted(work.glob("micropython-*/ports/unix"))
+    if not srcs:
+        return None
+    out = ROOT / ".cache" / "micropython-frozen"
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = out / "manifest.py"
+    manifest.write_text(_FROZEN_MANIFEST % str(FIRMWARE))
+    lib = work / "empty-lib"
+    lib.mkdir(exist_ok=True)
+    if not (lib / "README.md").exists():
+        (lib / "README.md").write_text("Empty stand-in for micropython-lib.\n")
+    p = subprocess.run(
+        ["make", "-C", str(srcs[0]), f"-j{os.cpu_count() or 2}", f"BUILD={out / 'build'}",
+         "MICROPY_PY_BTREE=0", "MICROPY_SSL_MBEDTLS=0", "MICROPY_SSL_AXTLS=0",
+         "MICROPY_PY_SSL=0", "MICROPY_PY_FFI=0", f"FROZEN_MANIFEST={manifest}",
+         f"MPY_LIB_DIR={lib}"], capture_output=True, text=True, timeout=900)
+    binary = out / "build" / "micropython"
+    if p.returncode != 0 or not binary.exists():
+        raise RuntimeError("building the frozen Unix port failed: " + p.stderr[-2000:])
+    return str(binary)
+
+
+def loop_frozen(mp: str) -> dict[str, Any]:
+    frozen = frozen_binary()
+    if frozen is None:
+        return {"loop_heap_kib_min_frozen": None, "firmware_ram_bytes_frozen": None}
+    p = subprocess.run([frozen, "-c", _RAM_SCRIPT % "/nonexistent"], capture_output=True,
+                       text=True, timeout=60)
+    ram = int(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else None
+    with tempfile.TemporaryDirectory(prefix="bench-fw-frozen-") as tmp:
+        rig = LoopRig(frozen, Path(tmp), devices=9)
+        shutil.rmtree(rig.fw / "anchor")  # main.py alone: the anchor package is the frozen one
+        with rig:
+            loop = smallest_heap(lambda k: rig.run_loop(k, LOOP_READINGS)[0], 16, 192)
+    return {"loop_heap_kib_min_frozen": loop, "firmware_ram_bytes_frozen": ram}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a and b else None
+
+
 SECTIONS: list[tuple[str, Callable[[str], dict[str, Any]]]] = [
     ("firmware_ram", firmware_ram),
     ("loop_heap", loop_heap),
+    ("loop_frozen", loop_frozen),
 ]
 
 
@@ -295,6 +350,10 @@ def summary(res: dict[str, dict[str, Any]]) -> list[str]:
         f"anchored end to end via Mosquitto and the gateway, from .mpy; goal <= "
         f"{GOAL_LOOP_HEAP_KIB} KiB: {goal}); baseline 'main.py sign' alone: "
         f"{h['sign_heap_kib_min_baseline']} KiB (ratio {h['loop_heap_ratio_to_sign']})",
+        f"  firmware frozen into the binary:   {res['loop_frozen']['firmware_ram_bytes_frozen']} "
+        f"bytes of RAM loaded, the loop in {res['loop_frozen']['loop_heap_kib_min_frozen']} KiB "
+        "(as on a board whose MicroPython build has the firmware frozen in); ratio to .mpy: "
+        f"{_ratio(res['loop_frozen']['loop_heap_kib_min_frozen'], loop)}",
         "  (64-bit Unix port: a 32-bit board needs less for the same objects)",
     ]
 
