@@ -139,10 +139,26 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _read_only(directory: Path) -> bool:
+    """True when `directory` is on a read-only file system or not writable by us."""
+    try:
+        if os.statvfs(directory).f_flag & os.ST_RDONLY:
+            return True
+        return not os.access(directory, os.W_OK)
+    except OSError:
+        return False
+
+
 def storage_error(e: BaseException, path: Path, doing: str) -> StorageError:
     """Turn an sqlite3/OS error into a StorageError that says what to do."""
     msg = str(e)
     low = msg.lower()
+    if _read_only(path.parent) and ("open" in low or "readonly" in low or "read-only" in low
+                                    or getattr(e, "errno", None) in (13, 30)):
+        return StorageError(
+            f"{doing} failed on {path}: the data directory {path.parent} is read-only ({msg})",
+            f"make {path.parent} writable again (remount it read-write or fix its "
+            "permissions) and retry; nothing was acknowledged")
     if "full" in low or getattr(e, "errno", None) == 28:
         hint = f"free space on the disk holding {path.parent} and retry; nothing was acknowledged"
     elif "readonly" in low or "read-only" in low or getattr(e, "errno", None) in (13, 30):
@@ -302,10 +318,17 @@ class Store:
 
     # --- low level -----------------------------------------------------------------------------
 
+    def _forget_cache(self) -> None:
+        """After a database error, drop the connection's page cache: a damaged page read
+        before the file was repaired must not be served from memory afterwards."""
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.execute("PRAGMA shrink_memory")
+
     def _pragma(self, name: str) -> int:
         try:
             return int(self.conn.execute(f"PRAGMA {name}").fetchone()[0])
         except sqlite3.Error as e:
+            self._forget_cache()
             raise storage_error(e, self.path, f"PRAGMA {name}") from e
 
     def changed_elsewhere(self) -> bool:
@@ -328,6 +351,7 @@ class Store:
             try:
                 c.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as e:
+                self._forget_cache()
                 raise storage_error(e, self.path, "starting a transaction") from e
             try:
                 yield c
@@ -336,6 +360,7 @@ class Store:
                 with contextlib.suppress(sqlite3.Error):
                     c.execute("ROLLBACK")
                 if isinstance(e, sqlite3.Error):
+                    self._forget_cache()
                     raise storage_error(e, self.path, "writing the ledger") from e
                 raise
 
@@ -344,6 +369,7 @@ class Store:
             try:
                 return self.conn.execute(sql, args).fetchall()
             except sqlite3.Error as e:
+                self._forget_cache()
                 raise storage_error(e, self.path, "reading the database") from e
 
     def one(self, sql: str, args: Sequence[Any] = ()) -> Any:
@@ -503,6 +529,7 @@ class Store:
             try:
                 return self._receipt_parts(dev, seq)
             except sqlite3.Error as e:
+                self._forget_cache()
                 raise storage_error(e, self.path, "reading the database") from e
 
     def _receipt_parts(self, dev: str, seq: int) -> dict[str, Any] | None:

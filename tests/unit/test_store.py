@@ -124,3 +124,70 @@ def test_device_registry_rules(tmp_path: Path) -> None:
     hex33 = ("02" if point.y % 2 == 0 else "03") + point.x.to_bytes(32, "big").hex()
     assert registry.parse_public_key(hex33) == compressed.public_bytes
     store.close()
+
+
+def test_read_only_data_directory_is_named(tmp_path: Path) -> None:
+    import contextlib
+    import os
+    import subprocess
+
+    data = tmp_path / "data"
+    Store.create(data)[0].close()
+    view = tmp_path / "view"
+    mounted = False
+    if os.geteuid() == 0:  # root ignores permissions: use a read-only bind mount
+        view.mkdir()
+        ok = subprocess.run(["mount", "--bind", str(data), str(view)], capture_output=True)
+        mounted = ok.returncode == 0 and subprocess.run(
+            ["mount", "-o", "remount,bind,ro", str(view)], capture_output=True).returncode == 0
+        if not mounted:
+            subprocess.run(["umount", str(view)], capture_output=True)
+            pytest.skip("no read-only bind mount here, and root ignores permissions")
+    else:
+        view = data
+        for p in [data, *data.iterdir()]:
+            p.chmod(0o555 if p.is_dir() else 0o444)
+    try:
+        with pytest.raises(StorageError) as info:
+            s = Store.open(view)
+            with contextlib.closing(s):
+                registry.add(s, "x", Device("x").public_bytes)
+        assert "read-only" in info.value.what and "init" not in info.value.explain()
+        assert "writable" in info.value.hint
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(view)], capture_output=True)
+        else:
+            for p in [data, *data.iterdir()]:
+                p.chmod(0o755 if p.is_dir() else 0o644)
+
+
+def test_a_repaired_page_is_read_again(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    store, _ = Store.create(data)
+    dev = Device("p")
+    registry.add(store, "p", dev.public_bytes)
+    with Pipeline(store, workers=1) as p:
+        p.submit(dev.readings(50))
+        p.commit()
+    store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    (root,) = store.one("SELECT rootpage FROM sqlite_master WHERE name = 'readings'")
+    (size,) = store.one("PRAGMA page_size")
+    assert store.stored_cose("p", 3) is not None  # the page is now in this connection's cache
+    with open(data / DB_NAME, "r+b") as f:
+        f.seek((root - 1) * size)
+        original = f.read(size)
+        f.seek((root - 1) * size)
+        f.write(b"\xff" * size)
+    # another connection sees the damage
+    other = Store.open(data)
+    with pytest.raises(StorageError) as info:
+        other.stored_cose("p", 3)
+    assert "damaged" in info.value.hint or "backup" in info.value.hint
+    with open(data / DB_NAME, "r+b") as f:
+        f.seek((root - 1) * size)
+        f.write(original)
+    # after the error the page cache was dropped: the repaired page is read from the file
+    assert other.stored_cose("p", 3) is not None
+    other.close()
+    store.close()
