@@ -271,6 +271,7 @@ class Store:
     @classmethod
     def _connect(cls, d: Path, *, create: bool, readonly: bool = False) -> Store:
         path = d / DB_NAME
+        conn: sqlite3.Connection | None = None
         try:
             if readonly:
                 conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
@@ -283,19 +284,24 @@ class Store:
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=OFF")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-        except sqlite3.Error as e:
-            raise storage_error(e, path, "opening the database") from e
-        if version > SCHEMA_VERSION:
-            raise ConfigError(
-                f"{path} has schema version {version}, newer than this iot-anchor "
-                f"({SCHEMA_VERSION})", "upgrade iot-anchor")
-        store = cls(d, conn, readonly)
-        if version < SCHEMA_VERSION:
-            if readonly:
+            if version > SCHEMA_VERSION:
+                raise ConfigError(
+                    f"{path} has schema version {version}, newer than this iot-anchor "
+                    f"({SCHEMA_VERSION})", "upgrade iot-anchor")
+            if version < SCHEMA_VERSION and readonly:
                 raise ConfigError(f"{path} has an old schema ({version})",
                                   "open it once read-write to migrate it")
-            store._migrate(version)
-        return store
+            store = cls(d, conn, readonly)
+            if version < SCHEMA_VERSION:
+                store._migrate(version)
+            return store
+        except BaseException as e:
+            if conn is not None:  # no file handle may outlive a failed open
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            if isinstance(e, sqlite3.Error):
+                raise storage_error(e, path, "opening the database") from e
+            raise
 
     def _migrate(self, version: int) -> None:
         with self.write() as c:
