@@ -16,7 +16,9 @@ API (the MQTT service and `ingest` use exactly this)::
 `submit` never raises for bad input: every message gets an `Outcome(status, reason, dev, seq)`
 with status "accepted" (joined the open batch), "duplicate" (already anchored or already in the
 open batch with the same bytes; it will be acknowledged again) or "rejected" (reason: a name
-from `REASONS`). It can raise `StorageError` when the database cannot be read.
+from `REASONS`). It can raise `StorageError` when the database cannot be read (a damaged
+file): the caller should hold those messages and submit them again later, which is safe, since
+any that were already classified come back as duplicates of the open batch.
 Passing `(bytes, topic_dev)` lets the service refuse a message published on another device's
 topic (`topic_mismatch`). `signer` defaults to the key in the data directory.
 
