@@ -311,3 +311,31 @@ def test_two_processes_on_one_ledger(store: Store, devices: list[Device]) -> Non
     p2.close()
     other.close()
     assert_audit_ok(store)
+
+
+def test_submit_again_after_a_storage_error(store: Store, devices: list[Device],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    a = devices[0]
+    msgs = a.readings(10)
+    with Pipeline(store, batch_max=4096, workers=1) as p:
+        p.submit(msgs[5:8])
+        p.commit()
+        real = store.stored_cose
+        calls = {"n": 0}
+
+        def flaky(dev: str, seq: int) -> bytes | None:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise StorageError("reading the database failed: disk I/O error", "retry")
+            return real(dev, seq)
+
+        monkeypatch.setattr(store, "stored_cose", flaky)
+        batch = msgs[8:] + msgs[:5]  # seq 8, 9 are new; 0..4 are late and need lookups
+        with pytest.raises(StorageError):
+            p.submit(batch)
+        outs = p.submit(batch)  # the same messages again
+        assert [o.status for o in outs] == ["duplicate"] * 2 + ["accepted"] * 5
+        res = p.commit()
+    assert res is not None and res.acks["d0"].upto == 9
+    assert store.reading_count() == 10
+    assert_audit_ok(store)
