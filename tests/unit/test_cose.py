@@ -224,8 +224,8 @@ def test_fast_path_agrees_with_the_general_parser(dev: str, seq: int, ts: int | 
         variants.append(msg[:cut] + msg[cut + 1:])
     for m in variants:
         fast = _fast_or_none(m)
-        if fast is not None:
-            assert fast == _general(m)
+        if fast is not None:  # repr: a bit flip can make a NaN, and NaN != NaN
+            assert repr(fast) == repr(_general(m))
     if seq < 2**63 and all(len(k.encode()) < 24 for k in data):
         # the canonical form is what the fast path exists for (sensor names below 24 bytes)
         assert _fast_or_none(msg) is not None and _fast_or_none(msg) == _general(msg)
