@@ -49,8 +49,10 @@ def verify(data: Path, vkey: str) -> subprocess.CompletedProcess[str]:
 class GatewayProc:
     """`iot-anchor run` in its own process group; everything it prints goes to `log`."""
 
-    def __init__(self, data: Path, broker_url: str, log: Path, *extra: str,
+    def __init__(self, data: Path, broker_url: str | None, log: Path, *extra: str,
                  env: dict[str, str] | None = None) -> None:
+        """`broker_url` None: the gateway takes $IOT_ANCHOR_BROKER from `env` (so that a
+        password in the URL does not show on its command line)."""
         self.data, self.broker_url, self.log, self.extra = data, broker_url, log, extra
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
@@ -60,7 +62,8 @@ class GatewayProc:
         mark = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                cli("run", "--data", str(self.data), "--broker", self.broker_url, *self.extra),
+                cli("run", "--data", str(self.data),
+                    *(("--broker", self.broker_url) if self.broker_url else ()), *self.extra),
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
                 start_new_session=True, env=self.env)
         self.starts += 1
