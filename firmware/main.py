@@ -14,143 +14,34 @@
 # On a board, main.py runs at boot with no arguments and starts the device loop.
 
 import sys
-from binascii import hexlify
 
-try:
-    import json
-except ImportError:
-    import ujson as json
-
-from anchor import Error
+from anchor import Error, unload
 
 _UNIX = sys.platform in ("linux", "darwin", "win32")
 
-USAGE = """usage:
-  micropython main.py keygen --dir DIR [--id DEVICE_ID] [--secret HEX64]
-  micropython main.py sign --dir DIR --data JSON [--ts UNIX_SECONDS|none]
-  micropython main.py run --dir DIR [...]   (the device loop)
---dir defaults to $IOT_ANCHOR_DEVICE_DIR."""
 
+def main(argv):
+    """Run a command; returns the process exit status. Kept small: main.py is compiled from
+    source at every start (RAM on a board), the commands live in anchor/cli.py and
+    anchor/device.py."""
+    if not argv and not _UNIX:
+        from anchor import startup  # a board: config, board layer, device loop
 
-class UsageError(Error):
-    pass
+        return startup.main() or 0
+    from anchor import cli
 
-
-class _Help(Exception):
-    pass
-
-
-def _options(args, allowed):
-    """--name value pairs -> dict. allowed: the option names (without --)."""
-    opts = {}
-    i = 0
-    while i < len(args):
-        a = args[i]
-        if a in ("-h", "--help"):
-            raise _Help()
-        if not a.startswith("--") or a[2:] not in allowed:
-            raise UsageError("unknown argument %r" % a)
-        if i + 1 >= len(args):
-            raise UsageError("%s needs a value" % a)
-        opts[a[2:]] = args[i + 1]
-        i += 2
-    return opts
-
-
-def _dir(opts):
-    d = opts.get("dir")
-    if not d:
-        try:
-            import os
-
-            d = os.getenv("IOT_ANCHOR_DEVICE_DIR")
-        except (ImportError, AttributeError):
-            d = None
-    if not d:
-        raise UsageError("--dir DIR is required")
-    return d.rstrip("/") or "/"
-
-
-def keygen(args):
-    from anchor.state import Device
-
-    opts = _options(args, ("dir", "id", "secret"))
-    d = _dir(opts)
-    dev = Device.create(d, dev_id=opts.get("id"), secret=opts.get("secret"))
-    print("device %s, state in %s" % (dev.dev_id, d))
-    print(hexlify(dev.public_key).decode())
-
-
-def _parse_data(text):
-    t = text.strip()
-    try:
-        if not (t.startswith("{") and t.endswith("}")):
-            raise ValueError
-        data = json.loads(t)
-    except ValueError:
-        raise Error('--data is not a JSON object (expected e.g. {"temp": 21.5}): %s' % text)
-    if not isinstance(data, dict):
-        raise Error('--data is not a JSON object (expected e.g. {"temp": 21.5})')
-    return data
-
-
-def sign(args):
-    from anchor.state import Device, unix_time
-
-    opts = _options(args, ("dir", "data", "ts"))
-    d = _dir(opts)
-    if "data" not in opts:
-        raise UsageError("--data JSON is required")
-    data = _parse_data(opts["data"])
-    ts = opts.get("ts")
-    if ts is None:
-        ts = unix_time()
-    elif ts == "none":
-        ts = None
-    else:
-        try:
-            ts = int(ts)
-        except ValueError:
-            raise Error("--ts must be unix seconds or 'none', not %r" % ts)
-    dev = Device.load(d)
-    msg = dev.next_reading(data, ts)
-    print("device %s, seq %d, %d bytes" % (dev.dev_id, dev.seq - 1, len(msg)))
-    print(hexlify(msg).decode())
-
-
-def run(args):
+    status = cli.main(argv)
+    if status is not None:
+        return status
+    cli = None
+    unload("cli")
     try:
         from anchor import device
     except ImportError as e:
-        raise Error("the device loop is not available in this build (%s)" % e)
-    return device.main(args)
-
-
-COMMANDS = {"keygen": keygen, "sign": sign, "run": run}
-
-
-def main(argv):
-    """Run a command; returns the process exit status."""
+        print("error: the device loop is not available in this build (%s)" % e, file=sys.stderr)
+        return 1
     try:
-        if not argv:
-            if _UNIX:
-                raise UsageError("no command given")
-            from anchor import startup  # a board: config, board layer, device loop
-
-            return startup.main() or 0
-        if argv[0] in ("-h", "--help", "help"):
-            raise _Help()
-        cmd = COMMANDS.get(argv[0])
-        if cmd is None:
-            raise UsageError("unknown command %r" % argv[0])
-        return cmd(argv[1:]) or 0
-    except _Help:
-        print(USAGE)
-        return 0
-    except UsageError as e:
-        print("error: %s" % e, file=sys.stderr)
-        print(USAGE, file=sys.stderr)
-        return 2
+        return device.main(argv[1:]) or 0
     except Error as e:
         print("error: %s" % e, file=sys.stderr)
         return 1

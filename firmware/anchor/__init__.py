@@ -2,7 +2,9 @@
 #
 # One module per concept: p256 (ECDSA), hmac256, cbor (deterministic encoder, small decoder),
 # cose (the Reading and its COSE_Sign1 message), state (the device's key, seq and prev on flash).
-# This file stays tiny: importing `anchor` must not pull in the big modules.
+# This file stays tiny: importing `anchor` must not pull in the big modules. Rarely used code is
+# in the *x.py modules (p256x, statex, cosex, mqttx, devicex), loaded on first use and, where the
+# device loop uses one only at start-up, dropped again with unload().
 
 VERSION = "0.1.0"
 
@@ -12,3 +14,18 @@ class Error(Exception):
 
     The command line catches only this and prints `error: <message>`.
     """
+
+
+def unload(*names):
+    """Forget the named submodules (e.g. "devicex") once the caller is done with them, so that
+    the garbage collector can free their code: RAM matters on a board. A later import loads
+    them again."""
+    import sys
+
+    pkg = sys.modules[__name__]
+    for n in names:
+        sys.modules.pop(__name__ + "." + n, None)
+        try:
+            delattr(pkg, n)
+        except AttributeError:
+            pass

@@ -172,106 +172,87 @@ def encode(obj):
 
 
 # ---- decoder ----
+# One recursive function (each function costs RAM on a board, so no reader class): returns the
+# item at data[i] and the offset after it.
 
 
-def _half(h):
-    e = (h >> 10) & 0x1F
-    m = h & 0x3FF
-    if e == 0:
-        v = m * 2.0**-24
-    elif e == 31:
-        v = float("nan") if m else float("inf")
+def _item(b, i, depth):
+    if depth > _MAX_DEPTH:
+        raise CBORError("CBOR nested deeper than %d" % _MAX_DEPTH)
+    end = len(b)
+    if i >= end:
+        raise CBORError("truncated CBOR at offset %d" % i)
+    ib = b[i]
+    major = ib >> 5
+    ai = ib & 31
+    i += 1
+    if ai < 24:
+        n = ai
+    elif ai < 28:
+        k = 1 << (ai - 24)  # 1, 2, 4, 8 bytes
+        if i + k > end:
+            raise CBORError("truncated CBOR at offset %d" % i)
+        n = int.from_bytes(b[i:i + k], "big")
+        if major == 7 and ai > 24:  # float16/32/64
+            if k == 2:
+                e = (n >> 10) & 0x1F
+                m = n & 0x3FF
+                if e == 31:
+                    v = float("nan") if m else float("inf")
+                else:
+                    v = (m + (1024 if e else 0)) * 2.0 ** ((e or 1) - 25)
+                n = -v if n & 0x8000 else v
+            else:
+                n = struct.unpack(">f" if k == 4 else ">d", b[i:i + k])[0]
+            return n, i + k
+        i += k
+    elif ai == 31:
+        raise CBORError("indefinite-length CBOR is not supported")
     else:
-        v = (1024 + m) * 2.0 ** (e - 25)
-    return -v if h & 0x8000 else v
-
-
-class _Reader:
-    def __init__(self, data):
-        self.data = memoryview(data)
-        self.pos = 0
-
-    def take(self, n):
-        p = self.pos
-        if n > len(self.data) - p:
-            raise CBORError("truncated CBOR: %d bytes needed at offset %d" % (n, p))
-        self.pos = p + n
-        return self.data[p : p + n]
-
-    def arg(self, ai):
-        if ai < 24:
-            return ai
-        if ai == 24:
-            return self.take(1)[0]
-        if ai == 25:
-            return struct.unpack(">H", self.take(2))[0]
-        if ai == 26:
-            return struct.unpack(">I", self.take(4))[0]
-        if ai == 27:
-            return int.from_bytes(self.take(8), "big")
-        if ai == 31:
-            raise CBORError("indefinite-length CBOR is not supported")
         raise CBORError("reserved CBOR additional information %d" % ai)
-
-    def item(self, depth):
-        if depth > _MAX_DEPTH:
-            raise CBORError("CBOR nested deeper than %d" % _MAX_DEPTH)
-        ib = self.take(1)[0]
-        major = ib >> 5
-        ai = ib & 31
-        if major == 7:
-            if ai == 20:
-                return False
-            if ai == 21:
-                return True
-            if ai == 22 or ai == 23:  # null, undefined
-                return None
-            if ai == 25:
-                return _half(struct.unpack(">H", self.take(2))[0])
-            if ai == 26:
-                return struct.unpack(">f", self.take(4))[0]
-            if ai == 27:
-                return struct.unpack(">d", self.take(8))[0]
-            if ai < 24:
-                raise CBORError("unassigned CBOR simple value %d" % ai)
-            if ai == 24:
-                raise CBORError("unassigned CBOR simple value %d" % self.take(1)[0])
-            raise CBORError("unexpected CBOR break or reserved value")
-        n = self.arg(ai)
-        if major == 0:
-            return n
-        if major == 1:
-            return -1 - n
-        if major == 2:
-            return bytes(self.take(n))
+    if major < 2:
+        return (n if major == 0 else -1 - n), i
+    if major < 4:
+        if n > end - i:
+            raise CBORError("truncated CBOR string at offset %d" % i)
+        v = bytes(b[i:i + n])
         if major == 3:
             try:
-                return str(self.take(n), "utf-8")
+                v = str(v, "utf-8")
             except UnicodeError:
                 raise CBORError("invalid UTF-8 in a CBOR text string")
-        if major == 4:
-            if n > len(self.data) - self.pos:  # each item takes at least one byte
-                raise CBORError("truncated CBOR array of %d items" % n)
-            return [self.item(depth + 1) for _ in range(n)]
-        if major == 5:
-            if 2 * n > len(self.data) - self.pos:
-                raise CBORError("truncated CBOR map of %d pairs" % n)
-            d = {}
-            for _ in range(n):
-                k = self.item(depth + 1)
-                if not isinstance(k, (int, str, bytes, float)) and k is not None:
-                    raise CBORError("unsupported CBOR map key type")
-                if k in d:
-                    raise CBORError("duplicate CBOR map key %r" % (k,))
-                d[k] = self.item(depth + 1)
-            return d
-        return Tag(n, self.item(depth + 1))  # major 6
+        return v, i + n
+    if major == 6:
+        v, i = _item(b, i, depth + 1)
+        return Tag(n, v), i
+    if major == 7:
+        if 20 <= n <= 23 and ai < 24:  # false, true, null, undefined (as None)
+            return (False, True, None, None)[n - 20], i
+        raise CBORError("unassigned CBOR simple value %d" % n)
+    # arrays and maps: each item takes at least one byte
+    if n * (major - 3) > end - i:
+        raise CBORError("truncated CBOR container at offset %d" % i)
+    if major == 4:
+        v = []
+        for _ in range(n):
+            x, i = _item(b, i, depth + 1)
+            v.append(x)
+        return v, i
+    v = {}
+    for _ in range(n):
+        k, i = _item(b, i, depth + 1)
+        if not isinstance(k, (int, str, bytes, float)) and k is not None:
+            raise CBORError("unsupported CBOR map key type")
+        if k in v:
+            raise CBORError("duplicate CBOR map key %r" % (k,))
+        v[k], i = _item(b, i, depth + 1)
+    return v, i
 
 
 def decode(data):
     """Decode exactly one CBOR data item from data (bytes-like)."""
-    r = _Reader(data)
-    obj = r.item(0)
-    if r.pos != len(r.data):
-        raise CBORError("%d trailing bytes after the CBOR item" % (len(r.data) - r.pos))
+    b = memoryview(data)
+    obj, i = _item(b, 0, 0)
+    if i != len(b):
+        raise CBORError("%d trailing bytes after the CBOR item" % (len(b) - i))
     return obj

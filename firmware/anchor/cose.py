@@ -9,7 +9,8 @@
 #   decode_sign1(msg) -> (protected, unprotected, payload, signature)
 #   verify1(pub, msg, external_aad=b"") -> bool          any ES256 COSE_Sign1, tagged or not
 #
-# The message is assembled from pre-encoded parts so no intermediate CBOR tree is built.
+# decode_sign1 and verify1 are in cosex.py (loaded on first use through __getattr__ below): the
+# device only signs. The message is assembled from pre-encoded parts so no intermediate CBOR tree is built.
 
 from hashlib import sha256
 
@@ -93,44 +94,8 @@ def message_hash(msg):
     return sha256(msg).digest()
 
 
-def decode_sign1(msg):
-    """(protected bytes, unprotected dict, payload bytes, signature bytes) of a COSE_Sign1.
+def __getattr__(name):
+    # decode_sign1, verify1: not needed to sign, kept out of RAM until used (cosex.py)
+    from anchor import cosex
 
-    Accepts tag 18 or an untagged array; raises cbor.CBORError on anything else.
-    """
-    obj = cbor.decode(msg)
-    if isinstance(obj, cbor.Tag):
-        if obj.tag != TAG_SIGN1:
-            raise cbor.CBORError("CBOR tag %d is not COSE_Sign1 (18)" % obj.tag)
-        obj = obj.value
-    if not isinstance(obj, list) or len(obj) != 4:
-        raise cbor.CBORError("COSE_Sign1 is an array of 4 items")
-    protected, unprotected, payload, sig = obj
-    if not isinstance(protected, bytes) or not isinstance(unprotected, dict):
-        raise cbor.CBORError("bad COSE_Sign1 headers")
-    if not isinstance(payload, bytes) or not isinstance(sig, bytes):
-        raise cbor.CBORError("COSE_Sign1 payload and signature are byte strings")
-    return protected, unprotected, payload, sig
-
-
-def verify1(pub, msg, external_aad=b""):
-    """True if msg is a COSE_Sign1 with alg ES256 whose signature verifies under pub.
-
-    pub: 65-byte SEC1 point. The algorithm is taken from the protected header, else from the
-    unprotected one; anything other than ES256 (-7) fails. High-S signatures verify (plain
-    ECDSA); the gateway's stricter policy is its own.
-    """
-    try:
-        protected, unprotected, payload, sig = decode_sign1(msg)
-        ph = cbor.decode(protected) if protected else {}
-    except cbor.CBORError:
-        return False
-    if not isinstance(ph, dict):
-        return False
-    alg = ph[1] if 1 in ph else unprotected.get(1)
-    if alg != ALG_ES256:
-        return False
-    # RFC 9052 section 4.4: with no protected attributes the Sig_structure carries a zero-length
-    # bstr, also when the message sent an encoded empty map (the COSE examples' sign-pass-01).
-    tbs = sig_structure(protected if ph else b"", payload, external_aad)
-    return p256.verify(pub, sha256(tbs).digest(), sig)
+    return getattr(cosex, name)

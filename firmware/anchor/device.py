@@ -36,6 +36,9 @@
 #    sampled after each reading and each republish pass)
 # "acked" counts readings removed from the outbox by acks during this run (replayed ones too).
 #
+# The command line (parse_args, USAGE) and build() are in devicex.py: main() loads it, builds
+# the loop's objects, and drops it again (anchor.unload) before the loop starts.
+#
 # Topics (docs/protocol.md): readings anchor/<id>/readings (QoS 1); acks anchor/<id>/ack (QoS 1,
 # CBOR {"upto": int, "seqs": [int], "entry": int}, upto -1 when seq 0 is not anchored yet);
 # status anchor/<id>/status, retained "online" on connect, "offline" as the last will and on a
@@ -46,63 +49,9 @@ import gc
 import sys
 import time
 
-from anchor import Error
+from anchor import Error, unload
 
 _UNIX = sys.platform not in ("esp32", "rp2")
-
-USAGE = """usage: micropython main.py run --dir DIR [--broker mqtt://[USER:PASS@]HOST:PORT]
-    [--interval S] [--count N] [--timeout S] [--ack-timeout S] [--outbox-max N]
-    [--keepalive S]"""
-
-OPTIONS = {
-    # name: (type, default)
-    "dir": (str, None),
-    "broker": (str, None),
-    "interval": (float, 60.0),
-    "count": (int, None),
-    "timeout": (float, 120.0),
-    "ack-timeout": (float, 30.0),
-    "outbox-max": (int, 1000),
-    "keepalive": (int, 30),
-}
-
-
-def parse_args(args):
-    """--name value pairs -> dict with every OPTIONS key. Raises Error naming the bad one."""
-    opts = {k: v[1] for k, v in OPTIONS.items()}
-    i = 0
-    while i < len(args):
-        a = args[i]
-        name = a[2:] if a.startswith("--") else None
-        if name not in OPTIONS:
-            raise Error("run: unknown argument %r\n%s" % (a, USAGE))
-        if i + 1 >= len(args):
-            raise Error("run: %s needs a value\n%s" % (a, USAGE))
-        typ = OPTIONS[name][0]
-        try:
-            v = typ(args[i + 1])
-        except ValueError:
-            raise Error("run: %s wants a number, not %r" % (a, args[i + 1]))
-        if typ is not str and v < 0:
-            raise Error("run: %s must not be negative" % a)
-        opts[name] = v
-        i += 2
-    if not opts["dir"]:
-        import os
-
-        opts["dir"] = os.getenv("IOT_ANCHOR_DEVICE_DIR")
-        if not opts["dir"]:
-            raise Error("run: --dir DIR is required (the directory made by keygen)")
-    if not opts["broker"]:
-        import os
-
-        opts["broker"] = os.getenv("IOT_ANCHOR_BROKER") or "mqtt://127.0.0.1:1883"
-    if opts["count"] is not None and opts["count"] < 1:
-        raise Error("run: --count must be at least 1")
-    if opts["outbox-max"] < 1:
-        raise Error("run: --outbox-max must be at least 1")
-    return opts
-
 
 def decode_ack(payload):
     """(upto, seqs, entry) from an ack's CBOR; raises ValueError when it is not one."""
@@ -358,58 +307,6 @@ def _err(e):
     return errno.errorcode.get(code, str(code)) if hasattr(errno, "errorcode") else str(code)
 
 
-def _safe_url(url):
-    from anchor.mqtt import _safe
-
-    return _safe(url)
-
-
-def _tls_context(d):
-    """An SSLContext that verifies the broker against DIR/ca.pem (or ca.der): the CA that signed
-    the broker's certificate. Untested here: this Unix build has no ssl module."""
-    try:
-        import ssl
-    except ImportError:
-        raise Error("mqtts:// needs a firmware with the ssl module, and this one has none; "
-                    "use mqtt:// or a build with ssl")
-    for name in ("ca.pem", "ca.der"):
-        try:
-            with open(d + "/" + name, "rb") as f:
-                ca = f.read()
-        except OSError:
-            continue
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.load_verify_locations(cadata=ca)
-        return ctx
-    raise Error("mqtts:// needs the broker's CA certificate in %s/ca.pem (or ca.der) to check "
-                "the broker; copy it there" % d)
-
-
-def build(opts, board=None):
-    """Board, Device, Outbox and MQTT client for the options of parse_args()."""
-    from anchor import mqtt
-    from anchor.outbox import Outbox
-    from anchor.state import Device
-
-    if board is None:
-        from anchor.board import Board
-
-        board = Board({"dir": opts["dir"], "id": None})
-    d = opts["dir"]
-    dev = Device.load(d)
-    if hasattr(board, "seed"):
-        board.seed(dev.dev_id)
-    try:
-        host, port, tls, user, password = mqtt.parse_url(opts["broker"])
-        client = mqtt.MQTTClient(dev.dev_id, host, port, keepalive=opts["keepalive"],
-                                 ssl=_tls_context(d) if tls else None, user=user,
-                                 password=password, wait_network=board.network_up)
-    except ValueError as e:
-        raise Error(str(e))
-    ob = Outbox(d, max_records=opts["outbox-max"])
-    return board, dev, ob, client
-
-
 def board_main():
     """The loop on a board (main.py at boot, no arguments): anchor/startup.py does the start-up
     (config, board layer, watchdog, first-boot key) and resets the board if the loop stops."""
@@ -422,12 +319,16 @@ def main(args):
     """`run` (args after "run"); returns the exit status. No args on a board: board_main()."""
     if not args and not _UNIX:
         return board_main()
+    from anchor import devicex
+
     try:
-        opts = parse_args(args)
+        opts = devicex.parse_args(args)
     except Error as e:      # a usage error: exit 2, as main.py does for its own
         print("error: %s" % e, file=sys.stderr)
         return 2
-    board, dev, ob, client = build(opts)
+    board, dev, ob, client = devicex.build(opts)
+    devicex = None
+    unload("devicex", "mqttx")  # start-up code, not needed while the loop runs
     loop = Loop(board, dev, ob, client, interval=opts["interval"], count=opts["count"],
                 timeout=opts["timeout"], ack_timeout=opts["ack-timeout"])
     try:
@@ -438,8 +339,17 @@ def main(args):
         print("error: the device loop stopped: %s; the outbox keeps every unacknowledged "
               "reading, run again to resume" % loop.crash, file=sys.stderr)
     elif not ok:
+        from anchor.mqtt import _safe
+
         print("error: timed out after %g s waiting for acks: %d readings still waiting in the "
               "outbox; check that the gateway (iot-anchor run) is running and uses broker %s"
-              % (opts["timeout"], ob.pending, _safe_url(opts["broker"])), file=sys.stderr)
+              % (opts["timeout"], ob.pending, _safe(opts["broker"])), file=sys.stderr)
     print(loop.summary(ok))
     return 0 if ok else 1
+
+
+def __getattr__(name):
+    # parse_args, build, OPTIONS, USAGE: start-up code in devicex.py, loaded when asked for
+    from anchor import devicex
+
+    return getattr(devicex, name)

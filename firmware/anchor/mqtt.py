@@ -34,6 +34,9 @@ Transport: `connector(host, port, ssl)` is an async function returning a stream 
 `async drain()`, `async readexactly(n)` and `async wait_closed()`; the default is
 asyncio.open_connection (non-blocking socket). Tests pass a fake stream and assert the bytes.
 
+parse_url (the broker URL), _safe and publish_packet are in mqttx.py, loaded when first asked for
+(module __getattr__): the device needs them only at start-up and drops them again.
+
 Memory: one 5-byte header buffer and one packet buffer (256 bytes, grown to the largest packet)
 reused for every packet; inflight holds references to the caller's topic/payload objects (no
 copies); max_inflight bounds it. Each packet goes out in one write (see _gather).
@@ -140,14 +143,6 @@ def publish_header(buf, topic_len, payload_len, qos=0, retain=False, dup=False):
     return 1 + encode_length(2 + topic_len + (2 if qos else 0) + payload_len, buf, 1)
 
 
-def publish_packet(topic, payload, qos=0, pid=0, retain=False, dup=False):
-    """The whole PUBLISH packet as bytes (used by tests and for small messages)."""
-    t = _bytes(topic)
-    h = bytearray(5)
-    n = publish_header(h, len(t), len(payload), qos, retain, dup)
-    return bytes(h[:n]) + _field(t) + (struct.pack("!H", pid) if qos else b"") + bytes(payload)
-
-
 def subscribe_packet(pid, topic, qos=1):
     body = struct.pack("!H", pid) + _field(_bytes(topic)) + bytes([qos])
     return bytes([_SUBSCRIBE]) + encode_length(len(body)) + body
@@ -155,73 +150,6 @@ def subscribe_packet(pid, topic, qos=1):
 
 def puback_packet(pid):
     return struct.pack("!BBH", _PUBACK, 2, pid)
-
-
-def _unquote(s):
-    """Percent-decoding for the user and password of a URL."""
-    if "%" not in s:
-        return s
-    out = bytearray()
-    i = 0
-    while i < len(s):
-        if s[i] == "%" and i + 2 < len(s) + 1:
-            try:
-                out.append(int(s[i + 1:i + 3], 16))
-            except ValueError:
-                raise ValueError("broker URL has a bad %-escape in its user or password")
-            i += 3
-        else:
-            out.extend(s[i].encode())
-            i += 1
-    return out.decode()
-
-
-def parse_url(url):
-    """mqtt://[USER[:PASSWORD]@]HOST[:PORT] or mqtts://... -> (host, port, tls, user, password).
-
-    user and password are None when absent (percent-escapes decoded). Raises ValueError.
-    """
-    if url.startswith("mqtt://"):
-        rest, port, tls = url[7:], 1883, False
-    elif url.startswith("mqtts://"):
-        rest, port, tls = url[8:], 8883, True
-    else:
-        raise ValueError("broker URL %r must start with mqtt:// or mqtts://" % url)
-    rest = rest.rstrip("/")
-    user = password = None
-    if "@" in rest:
-        cred, rest = rest.rsplit("@", 1)
-        if ":" in cred:
-            user, password = cred.split(":", 1)
-            password = _unquote(password)
-        else:
-            user = cred
-        user = _unquote(user)
-        if not user:
-            raise ValueError("broker URL has an empty user name before '@'")
-    if ":" in rest:
-        host, p = rest.rsplit(":", 1)
-        try:
-            port = int(p)
-        except ValueError:
-            raise ValueError("broker URL %r has a bad port %r" % (_safe(url), p))
-    else:
-        host = rest
-    if not host:
-        raise ValueError("broker URL %r has no host" % _safe(url))
-    return host, port, tls, user, password
-
-
-def _safe(url):
-    """The URL with any password replaced by ***, for error messages."""
-    i = url.find("://")
-    at = url.rfind("@")
-    if i < 0 or at < 0:
-        return url
-    cred = url[i + 3:at]
-    if ":" in cred:
-        return url[:i + 3] + cred.split(":", 1)[0] + ":***" + url[at:]
-    return url
 
 
 async def _open(host, port, ssl):
@@ -678,3 +606,10 @@ class MQTTClient:
     def abort(self):
         """Drop the connection without DISCONNECT (the broker then publishes the will)."""
         self._fail(OSError(ECONNRESET))
+
+
+def __getattr__(name):
+    # parse_url, publish_packet, _safe: used at start-up or by tests only (mqttx.py)
+    from anchor import mqttx
+
+    return getattr(mqttx, name)

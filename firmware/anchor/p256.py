@@ -2,12 +2,17 @@
 #
 # Public surface:
 #   generate_secret() -> int              a new private scalar, rejection-sampled from os.urandom
-#   secret_from_bytes(b) -> int           32 big-endian bytes -> scalar; ValueError unless 1 <= d < n
+#   secret_from_bytes(b) -> int           32 big-endian bytes -> scalar; ValueError unless
+#                                         1 <= d < n
 #   public_key(d) -> bytes                65-byte uncompressed SEC1 point (0x04 || x || y)
 #   sign(d, digest) -> bytes              64-byte r || s, RFC 6979 nonce, low-S (s <= n/2)
 #   verify(pub, digest, sig) -> bool      plain ECDSA verification (accepts high-S too)
 #   rfc6979_k(d, digest) -> int           the first RFC 6979 nonce (known-answer tests)
 #   sign_rs(d, digest) -> (r, s)          the signature before low-S normalisation
+# Only signing (what the device loop runs) is in this file; generate_secret, verify, rfc6979_k,
+# sign_message, decode_point, on_curve and the general mul/_add are in p256x.py, which is
+# imported when one of those names is first asked for here (module __getattr__), so their code
+# takes no RAM on a board that only signs.
 #
 # Speed. Field elements are plain ints reduced with `%` (one C call; a hand-written Solinas
 # reduction is slower in bytecode). Points are in Jacobian coordinates (X/Z^2, Y/Z^3), doubled
@@ -16,8 +21,8 @@
 # spaced _D = ceil(256/_W) bits apart; table[i] = sum of 2^(t*_D)*G over the bits t of i. A
 # multiplication is then _D-1 doublings and at most _D mixed additions instead of 255 doublings
 # and ~128 additions. The table is one bytearray of affine coordinates (64 bytes a point),
-# allocated at import and filled on first use. Inversions use the extended Euclidean algorithm in bytecode,
-# which on MicroPython is ~5x faster than pow(a, m - 2, m) (67 us against 354 us on this PC).
+# allocated at import and filled on first use. Inversions use the extended Euclidean algorithm
+# in bytecode, which on MicroPython is ~5x faster than pow(a, m - 2, m) (67 us against 354 us on this PC).
 #
 # Measured on the Unix port (x86-64, MicroPython 1.25; tools/bench_firmware.py): about 1.05 ms
 # per signature against 3.9 ms for plain double-and-add (ratio ~0.27), about 6 KB peak heap during
@@ -26,9 +31,6 @@
 # Not constant-time: MicroPython's big integers are variable-time and the comb skips zero
 # columns. The threat model is a device that signs its own sensor data; a local timing or power
 # side channel is out of scope (see docs/protocol.md).
-
-import hashlib
-import os
 
 try:
     from micropython import const
@@ -42,7 +44,6 @@ from anchor.hmac256 import Hmac256
 
 P = 0xFFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFF
 N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
-B = 0x5AC635D8AA3A93E7B3EBBD55769886BC651D06B0CC53B0F63BCE3C3E27D2604B
 GX = 0x6B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C296
 GY = 0x4FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5
 HALF_N = N >> 1
@@ -118,29 +119,6 @@ def _madd(X1, Y1, Z1, x2, y2):
     return X3, (R * (V - X3) - Y1 * HHH) % p, Z1 * H % p
 
 
-def _add(X1, Y1, Z1, X2, Y2, Z2):
-    """Full Jacobian addition (used by verification and table building)."""
-    p = P
-    if not Z1:
-        return X2, Y2, Z2
-    if not Z2:
-        return X1, Y1, Z1
-    Z1Z1 = Z1 * Z1 % p
-    Z2Z2 = Z2 * Z2 % p
-    U1 = X1 * Z2Z2 % p
-    S1 = Y1 * (Z2 * Z2Z2 % p) % p
-    H = X2 * Z1Z1 % p - U1
-    R = Y2 * (Z1 * Z1Z1 % p) % p - S1
-    if not H:
-        if not R:
-            return _dbl(X1, Y1, Z1)
-        return 1, 1, 0
-    HH = H * H % p
-    HHH = H * HH % p
-    V = U1 * HH % p
-    X3 = (R * R - HHH - V - V) % p
-    return X3, (R * (V - X3) - S1 * HHH) % p, Z1 * Z2 % p * H % p
-
 
 def _affine(X, Y, Z):
     """Jacobian -> affine (x, y); None for infinity."""
@@ -151,10 +129,6 @@ def _affine(X, Y, Z):
     zi2 = zi * zi % p
     return X * zi2 % p, Y * zi2 * zi % p
 
-
-def on_curve(x, y):
-    p = P
-    return 0 <= x < p and 0 <= y < p and (y * y - x * x * x + 3 * x - B) % p == 0
 
 
 # ---- fixed-base comb for k*G ----
@@ -248,23 +222,6 @@ def mul_g(k):
     return X, Y, Z
 
 
-def mul(k, x, y):
-    """k*(x, y) in Jacobian coordinates, any affine point (4-bit fixed window)."""
-    # Precompute 1..15 times the point.
-    win = [(x, y, 1)]
-    for _ in range(14):
-        win.append(_madd(*win[-1], x, y))
-    X = Y = 1
-    Z = 0
-    kb = k.to_bytes(32, "big")
-    for byte in kb:
-        for nib in (byte >> 4, byte & 15):
-            for _ in range(4):
-                X, Y, Z = _dbl(X, Y, Z)
-            if nib:
-                X, Y, Z = _add(X, Y, Z, *win[nib - 1])
-    return X, Y, Z
-
 
 # ---- keys ----
 
@@ -279,29 +236,12 @@ def secret_from_bytes(b):
     return d
 
 
-def generate_secret():
-    """A new private scalar: 32 bytes from os.urandom, redrawn until 1 <= d < n."""
-    while True:
-        d = int.from_bytes(os.urandom(32), "big")
-        if 0 < d < N:
-            return d
-
 
 def public_key(d):
     """65-byte uncompressed SEC1 encoding of d*G. Requires 1 <= d < n."""
     x, y = _affine(*mul_g(d))
     return b"\x04" + x.to_bytes(32, "big") + y.to_bytes(32, "big")
 
-
-def decode_point(pub):
-    """65-byte uncompressed SEC1 point -> (x, y). ValueError if malformed or not on the curve."""
-    if len(pub) != 65 or pub[0] != 4:
-        raise ValueError("expected a 65-byte uncompressed SEC1 point")
-    x = int.from_bytes(pub[1:33], "big")
-    y = int.from_bytes(pub[33:], "big")
-    if not on_curve(x, y):
-        raise ValueError("point is not on P-256")
-    return x, y
 
 
 # ---- ECDSA ----
@@ -327,11 +267,6 @@ def _nonces(d, digest):
         mac = Hmac256(K)
         V = mac.digest(V)
 
-
-def rfc6979_k(d, digest):
-    """The first RFC 6979 nonce for private key d and a 32-byte digest."""
-    for k in _nonces(d, digest):
-        return k
 
 
 def sign_rs(d, digest, mul_base=None):
@@ -361,30 +296,8 @@ def sign(d, digest, mul_base=None):
     return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
 
-def sign_message(d, msg):
-    return sign(d, hashlib.sha256(msg).digest())
+def __getattr__(name):
+    # p256.verify, p256.generate_secret, ...: the rarely used half, loaded on first use
+    from anchor import p256x
 
-
-def verify(pub, digest, sig):
-    """True if sig (64 bytes r || s) is a valid ECDSA signature of digest under pub (65 bytes).
-
-    Plain ECDSA: a high-S signature verifies too; callers that want low-S check s themselves.
-    """
-    try:
-        x, y = decode_point(pub)
-    except ValueError:
-        return False
-    if len(sig) != 64:
-        return False
-    n = N
-    r = int.from_bytes(sig[:32], "big")
-    s = int.from_bytes(sig[32:], "big")
-    if not (0 < r < n and 0 < s < n):
-        return False
-    e = int.from_bytes(digest, "big")
-    w = inverse(s, n)
-    X, Y, Z = _add(*mul_g(e * w % n), *mul(r * w % n, x, y))
-    if not Z:
-        return False
-    zi = inverse(Z, P)
-    return X * zi * zi % P % n == r
+    return getattr(p256x, name)

@@ -11,7 +11,7 @@
 # reset the board in the middle of provisioning; it removes the file before the final reset.
 import sys
 
-from anchor import Error, config
+from anchor import Error, unload
 
 _BOARD_PLATFORMS = ("esp32", "rp2")
 HOLD = "anchor.hold"
@@ -68,7 +68,10 @@ def main(root=None):
         print("iot-anchor: %s%s exists: not starting (provisioning); remove it to run" % (
             root, HOLD))
         return 0
+    from anchor import config
+
     cfg = config.load(root + "anchor.json")
+    config = None
     cfg["dir"] = root + cfg["dir"].lstrip("/")
     board = make_board(cfg)
     try:
@@ -78,6 +81,7 @@ def main(root=None):
         board.start_watchdog()
         opts = device.parse_args(["--dir", cfg["dir"], "--broker", cfg["broker"]])
         board, dev, ob, client = device.build(opts, board)
+        unload("devicex", "mqttx", "statex", "p256x", "config")  # start-up code: free its RAM
         loop = device.Loop(board, dev, ob, client, interval=cfg["interval"])
         asyncio.run(loop.run())
     except Exception as e:  # noqa: BLE001 - a board must not stop: report, then restart

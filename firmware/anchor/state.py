@@ -25,6 +25,9 @@
 #   - last.cose lost or unreadable (a damaged file system): the next seq falls back to
 #     reserved_upto, which is always above every seq ever used, so no seq is reused; prev starts
 #     again from 32 zero bytes and the gateway records a chain break, which is the truth.
+# Creating a device (keygen) is in statex.py, loaded only then: Device.create forwards there,
+# and so do this module's other names (default_id, ...) through __getattr__ below.
+#
 # Flash cost per reading: one small file rewrite (last.cose, about 200 bytes) plus, every 64
 # readings, seq.json.
 
@@ -84,37 +87,8 @@ def check_id(dev_id):
             raise Error("device id %r: use only letters, digits, '.', '_' and '-'" % dev_id)
 
 
-def default_id(public_key):
-    """<platform>-<first 10 hex digits of SHA-256(public key)>, e.g. linux-3fa2b09c1d."""
-    return "%s-%s" % (sys.platform, hexlify(cose.message_hash(public_key)).decode()[:10])
-
-
 def _path(d, name):
     return d + "/" + name if d else name
-
-
-_ERRNO = {
-    2: "no such file or directory",
-    13: "permission denied",
-    17: "file exists",
-    20: "not a directory",
-    21: "is a directory",
-    28: "no space left on device",
-    30: "read-only file system",
-}
-
-
-def _errno_name(e):
-    code = e.args[0] if e.args else 0
-    return _ERRNO.get(code, "errno %s" % code)
-
-
-def _exists(path):
-    try:
-        os.stat(path)
-        return True
-    except OSError:
-        return False
 
 
 def _read(path):
@@ -147,23 +121,20 @@ def _write_atomic(path, data):
             path, _errno_name(e)))
 
 
-def _makedirs(d):
-    try:
-        if os.stat(d)[0] & 0x4000:
-            return
-        raise Error("%s exists and is not a directory" % d)
-    except OSError:
-        pass
-    parent = d.rstrip("/").rsplit("/", 1)[0] if "/" in d.rstrip("/") else ""
-    if parent:
-        _makedirs(parent)
-    try:
-        os.mkdir(d)
-    except OSError as e:
-        raise Error("cannot create directory %s (%s)" % (d, _errno_name(e)))
+def _errno_name(e):
+    from anchor.statex import errno_name  # error path only
+
+    return errno_name(e)
 
 
 class Device:
+    @classmethod
+    def create(cls, d, dev_id=None, secret=None):
+        """New device state in directory d (created if missing); see statex.create."""
+        from anchor.statex import create
+
+        return create(cls, d, dev_id, secret)
+
     def __init__(self, d, dev_id, secret, public_key, seq, reserved_upto, last):
         self.dir = d
         self.dev_id = dev_id
@@ -174,42 +145,6 @@ class Device:
         self._reserved_upto = reserved_upto
         self.last_message = last
         self.prev = cose.message_hash(last) if last else bytes(32)
-
-    @classmethod
-    def create(cls, d, dev_id=None, secret=None):
-        """New device state in directory d (created if missing).
-
-        secret: None for a new key from os.urandom, else 32 bytes or 64 hex characters.
-        dev_id: None for default_id(public key). Refuses a directory that already holds state.
-        """
-        if secret is None:
-            s = p256.generate_secret()
-        else:
-            if isinstance(secret, str):
-                if len(secret) != 64:
-                    raise Error("--secret must be 64 hex characters (32 bytes)")
-                try:
-                    secret = unhexlify(secret)
-                except ValueError:
-                    raise Error("--secret must be 64 hex characters (32 bytes)")
-            try:
-                s = p256.secret_from_bytes(secret)
-            except ValueError as e:
-                raise Error("bad secret: %s" % e)
-        pub = p256.public_key(s)
-        if dev_id is None:
-            dev_id = default_id(pub)
-        check_id(dev_id)
-        _makedirs(d)
-        for name in (KEY_FILE, SEQ_FILE, LAST_FILE):
-            if _exists(_path(d, name)) or _exists(_path(d, name + ".tmp")):
-                raise Error("%s already holds device state (%s); keep it, or use an empty "
-                            "directory" % (d, name))
-        key = {"v": 1, "id": dev_id, "secret": hexlify(s.to_bytes(32, "big")).decode(),
-               "public": hexlify(pub).decode()}
-        _write_atomic(_path(d, SEQ_FILE), json.dumps({"v": 1, "reserved_upto": 0}).encode())
-        _write_atomic(_path(d, KEY_FILE), json.dumps(key).encode())
-        return cls(d, dev_id, s, pub, 0, 0, None)
 
     @classmethod
     def load(cls, d):
@@ -239,12 +174,13 @@ class Device:
         seq = reserved
         if last is not None:
             try:
-                payload = cbor.decode(cose.decode_sign1(last)[2])
+                m = cbor.decode(last).value  # 18([protected, {}, payload, signature])
+                payload = cbor.decode(m[2])
                 last_seq = payload["seq"]
-                if payload["dev"] != dev_id or not isinstance(last_seq, int):
+                if len(m) != 4 or payload["dev"] != dev_id or not isinstance(last_seq, int):
                     raise ValueError("not this device's message")
                 seq = last_seq + 1
-            except (Error, ValueError, KeyError, TypeError):
+            except (Error, ValueError, KeyError, TypeError, IndexError, AttributeError):
                 last = None  # see the note at the top: fall back to the reservation
         return cls(d, dev_id, s, pub, seq, reserved, last)
 
@@ -273,3 +209,10 @@ class Device:
         self.prev = cose.message_hash(msg)
         self.seq = seq + 1
         return msg
+
+
+def __getattr__(name):
+    # default_id, MAX_ID_LEN, ...: what only creating a device needs (statex.py)
+    from anchor import statex
+
+    return getattr(statex, name)

@@ -1,0 +1,105 @@
+# Start-up half of the device loop (anchor/device.py documents the command line): parsing the
+# `run` options and building the board, device state, outbox and MQTT client. device.main()
+# loads this, builds, and drops it again before the loop runs, so its code takes no RAM then;
+# device.parse_args and device.build still work (device.py forwards those names here).
+
+from anchor import Error
+
+USAGE = """usage: micropython main.py run --dir DIR [--broker mqtt://[USER:PASS@]HOST:PORT]
+    [--interval S] [--count N] [--timeout S] [--ack-timeout S] [--outbox-max N]
+    [--keepalive S]"""
+
+OPTIONS = {
+    # name: (type, default)
+    "dir": (str, None),
+    "broker": (str, None),
+    "interval": (float, 60.0),
+    "count": (int, None),
+    "timeout": (float, 120.0),
+    "ack-timeout": (float, 30.0),
+    "outbox-max": (int, 1000),
+    "keepalive": (int, 30),
+}
+
+
+def parse_args(args):
+    """--name value pairs -> dict with every OPTIONS key. Raises Error naming the bad one."""
+    opts = {k: v[1] for k, v in OPTIONS.items()}
+    i = 0
+    while i < len(args):
+        a = args[i]
+        name = a[2:] if a.startswith("--") else None
+        if name not in OPTIONS:
+            raise Error("run: unknown argument %r\n%s" % (a, USAGE))
+        if i + 1 >= len(args):
+            raise Error("run: %s needs a value\n%s" % (a, USAGE))
+        typ = OPTIONS[name][0]
+        try:
+            v = typ(args[i + 1])
+        except ValueError:
+            raise Error("run: %s wants a number, not %r" % (a, args[i + 1]))
+        if typ is not str and v < 0:
+            raise Error("run: %s must not be negative" % a)
+        opts[name] = v
+        i += 2
+    if not opts["dir"]:
+        import os
+
+        opts["dir"] = os.getenv("IOT_ANCHOR_DEVICE_DIR")
+        if not opts["dir"]:
+            raise Error("run: --dir DIR is required (the directory made by keygen)")
+    if not opts["broker"]:
+        import os
+
+        opts["broker"] = os.getenv("IOT_ANCHOR_BROKER") or "mqtt://127.0.0.1:1883"
+    if opts["count"] is not None and opts["count"] < 1:
+        raise Error("run: --count must be at least 1")
+    if opts["outbox-max"] < 1:
+        raise Error("run: --outbox-max must be at least 1")
+    return opts
+
+
+def _tls_context(d):
+    """An SSLContext that verifies the broker against DIR/ca.pem (or ca.der): the CA that signed
+    the broker's certificate. Untested here: this Unix build has no ssl module."""
+    try:
+        import ssl
+    except ImportError:
+        raise Error("mqtts:// needs a firmware with the ssl module, and this one has none; "
+                    "use mqtt:// or a build with ssl")
+    for name in ("ca.pem", "ca.der"):
+        try:
+            with open(d + "/" + name, "rb") as f:
+                ca = f.read()
+        except OSError:
+            continue
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(cadata=ca)
+        return ctx
+    raise Error("mqtts:// needs the broker's CA certificate in %s/ca.pem (or ca.der) to check "
+                "the broker; copy it there" % d)
+
+
+def build(opts, board=None):
+    """Board, Device, Outbox and MQTT client for the options of parse_args()."""
+    from anchor import mqtt
+    from anchor.outbox import Outbox
+    from anchor.state import Device
+
+    if board is None:
+        from anchor.board import Board
+
+        board = Board({"dir": opts["dir"], "id": None})
+    d = opts["dir"]
+    dev = Device.load(d)
+    if hasattr(board, "seed"):
+        board.seed(dev.dev_id)
+    try:
+        host, port, tls, user, password = mqtt.parse_url(opts["broker"])
+        client = mqtt.MQTTClient(dev.dev_id, host, port, keepalive=opts["keepalive"],
+                                 ssl=_tls_context(d) if tls else None, user=user,
+                                 password=password, wait_network=board.network_up)
+    except ValueError as e:
+        raise Error(str(e))
+    ob = Outbox(d, max_records=opts["outbox-max"])
+    return board, dev, ob, client
