@@ -609,6 +609,11 @@ async def _drive(cfg: EngineConfig, devs: list[_Dev], go: Any) -> None:
         await asyncio.sleep(0.05)
     for t in repubs:
         t.cancel()
+    # Let the broker PUBACK what is still in flight (bounded), so that everything counted as
+    # produced has reached it even with --drain-timeout 0; then disconnect cleanly.
+    settle_until = time.monotonic() + 5.0
+    while any(c.inflight for c in conns) and time.monotonic() < settle_until:
+        await asyncio.sleep(0.02)
     for c in conns:
         await c.disconnect()
     stop.set()

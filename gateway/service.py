@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import resource
 import signal
@@ -149,6 +150,7 @@ class ServiceConfig:
     keepalive: int = 30
     backoff_min: float = 0.2
     backoff_max: float = 10.0
+    inbox_max: int = 0  # messages waiting at most (0: max(8 x batch_max, 32768))
 
 
 @dataclass(slots=True)
@@ -166,6 +168,8 @@ class _Stats:
     readings: int = 0
     received: int = 0
     acks_published: int = 0
+    inbox_peak: int = 0
+    resyncs: int = 0
 
 
 class GatewayService:
@@ -209,6 +213,13 @@ class GatewayService:
         self._published: list[Any] = []  # paho MQTTMessageInfo of the latest round
         self._out_wake = asyncio.Event()
         self._checkpoint: str | None = None
+        # Memory bound: above this many waiting messages new ones are not taken (and, with
+        # --puback commit, not PUBACKed); once the backlog is worked off the service reconnects
+        # and the broker sends them again (see _resync).
+        self._high_water = cfg.inbox_max or max(8 * cfg.batch_max, 32768)
+        self._shed = 0
+        self._shed_since = 0.0
+        self._resync = False
         self._drained = asyncio.Event()  # the processor made its last commit
         self._final = asyncio.Event()  # ... and the publisher sent what it could
         self.stats = _Stats()
@@ -269,12 +280,19 @@ class GatewayService:
         """paho's on_message (a paho MQTTMessage), run on the event loop's thread."""
         if not self._accepting:
             return  # stopping: not PUBACKed, the broker keeps it for the next run
+        if len(self._inbox) >= self._high_water and self.cfg.puback == "commit":
+            if not self._shed:
+                self._shed_since = time.monotonic()
+            self._shed += 1  # not PUBACKed either: the broker sends it again after _resync
+            return
         try:
             dev = device_from_topic(m.topic)
         except UnicodeDecodeError:  # brokers refuse such topics; never let paho see a raise
             dev = ""  # matches no device: rejected as topic_mismatch
         self._inbox.append(_Inbound(dev, m.payload, m.mid, m.qos, self._gen))
         self.stats.received += 1
+        if len(self._inbox) > self.stats.inbox_peak:
+            self.stats.inbox_peak = len(self._inbox)
         self._wake.set()
 
     async def _connection_loop(self) -> None:
@@ -299,11 +317,13 @@ class GatewayService:
             _read_ahead(paho)
             if not logging.getLogger("mqtt").isEnabledFor(logging.DEBUG):
                 paho.disable_logger()  # paho formats a debug record per packet otherwise
+            # A new generation before connecting: a persistent session's backlog can arrive in
+            # the same read as the CONNACK, and those messages must be PUBACKed on this
+            # connection (packet ids of older connections died with them).
+            self._gen += 1
+            self._client = client
             try:
                 async with client:
-                    self._gen += 1  # older messages' packet ids died with the old connection
-                    await client.subscribe(READINGS_TOPIC, qos=1)
-                    self._client = client
                     self._connected.set()
                     self._out_wake.set()
                     if failures:
@@ -323,6 +343,10 @@ class GatewayService:
                 self._out_wake.set()
             if self._stop.is_set():
                 break
+            if self._resync:
+                self._resync = False
+                failures = 0
+                continue
             delay = min(self.cfg.backoff_max, self.cfg.backoff_min * 2 ** min(failures, 16))
             delay *= 0.5 + random.random()
             log.warning(
@@ -340,20 +364,51 @@ class GatewayService:
             async for _ in client.messages:
                 pass
 
+        async def subscribe() -> None:
+            # No timeout: a persistent session's backlog arrives before the SUBACK, and the
+            # session keeps its subscription anyway; a disconnect ends the wait (watcher).
+            granted = await client.subscribe(READINGS_TOPIC, qos=1, timeout=math.inf)
+            if any(g.is_failure if hasattr(g, "is_failure") else int(g) >= 0x80
+                   for g in granted):
+                raise aiomqtt.MqttError(
+                    f"the broker refused the subscription to {READINGS_TOPIC} (check the "
+                    "gateway's ACL in the broker config)")
+
         watcher = asyncio.create_task(watch(), name="disconnect-watch")
         stopper = asyncio.create_task(self._stop.wait(), name="stop-wait")
+        sub = asyncio.create_task(subscribe(), name="subscribe")
+        tasks = {watcher, stopper, sub}
         try:
-            await asyncio.wait({watcher, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            if watcher.done():
-                watcher.result()  # raises the MqttError of the disconnect
+            while True:
+                waiting = {watcher, stopper} | ({sub} if not sub.done() else set())
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if watcher.done():
+                    watcher.result()  # raises the MqttError of the disconnect
+                    return
+                if sub.done() and not stopper.done():
+                    sub.result()  # raises if the broker refused
+                    continue
+                # Stop requested: let the final commit's acks go out, then disconnect.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._final.wait(), 15)
                 return
-            # Stop requested: let the final commit's acks go out, then disconnect.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._final.wait(), 15)
         finally:
-            for t in (watcher, stopper):
+            for t in tasks:
                 t.cancel()
-            await asyncio.gather(watcher, stopper, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _request_resync(self) -> None:
+        """Reconnect so that the broker redelivers the messages not taken (see _high_water)."""
+        client = self._client
+        log.info(
+            "%d messages arrived while %d were waiting and were not taken; reconnecting so "
+            "that the broker sends them again", self._shed, self._high_water,
+        )
+        self._shed = 0
+        self.stats.resyncs += 1
+        if client is not None:
+            self._resync = True
+            client._client.disconnect()  # noqa: SLF001
 
     # -- batching ---------------------------------------------------------------------------
 
@@ -392,6 +447,12 @@ class GatewayService:
                     submitted = pending = 0
                     opened = None
                     retry_at = 0.0
+                    # Resync once the backlog is worked off; under steady traffic the inbox
+                    # may never empty, then after 5 s with it below half the limit.
+                    if self._shed and not stopping and (
+                            not self._inbox or (len(self._inbox) < self._high_water // 2
+                                                and time.monotonic() - self._shed_since > 5)):
+                        self._request_resync()
                 except AnchorError as e:
                     # Nothing of this batch is acknowledged; try again, and keep saying why.
                     log.error("commit failed, nothing acknowledged: %s", e.explain())

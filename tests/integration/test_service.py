@@ -324,3 +324,34 @@ def test_broker_restart_reconnects_and_delivers(broker: PrivateBroker, tmp_path:
         assert pipe.stored == {("d6", 0): 0}
 
     asyncio.run(main())
+
+
+def test_backlog_above_inbox_limit_is_taken_in_rounds(broker: PrivateBroker,
+                                                      tmp_path: Path) -> None:
+    """A persistent-session backlog larger than the inbox limit: the service takes at most the
+    limit, leaves the rest un-PUBACKed, reconnects once the inbox is worked off, and the broker
+    sends the rest again: everything is stored once, memory stays bounded."""
+    pipe = FakePipeline()
+    cfg = _cfg(broker, tmp_path, batch_interval=0.05, batch_max=20, inbox_max=60)
+
+    async def main() -> None:
+        svc = GatewayService(cfg, lambda: pipe)
+        task = await _start(svc)  # creates the persistent session
+        svc.request_stop()
+        assert await asyncio.wait_for(task, 20) == 0
+        async with aiomqtt.Client("127.0.0.1", broker.port) as pub:
+            for seq in range(400):
+                await pub.publish("anchor/d7/readings", f"d7:{seq}".encode(), qos=1)
+        svc = GatewayService(cfg, lambda: pipe)
+        task = await _start(svc)
+        for _ in range(400):
+            if len(pipe.stored) == 400:
+                break
+            await asyncio.sleep(0.05)
+        svc.request_stop()
+        assert await asyncio.wait_for(task, 20) == 0
+        assert sorted(pipe.stored) == [("d7", s) for s in range(400)]
+        assert svc.stats.resyncs >= 1
+        assert svc.stats.inbox_peak <= 60
+
+    asyncio.run(main())
