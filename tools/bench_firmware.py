@@ -14,6 +14,10 @@ can be added, e.g. the RAM of the loaded firmware and the smallest heap for the 
   cli_heap        the smallest `-X heapsize` in which `main.py sign` works, with the modules
                   compiled to .mpy as a board runs them, and from .py sources.
   message_size    bytes of a reading message: three floats, a 16-character device id, a ts.
+  firmware_ram, loop_heap, loop_frozen
+                  from tools/bench_firmware_boards.py (its docstring describes them): the RAM
+                  the loaded firmware takes, the smallest heap in which the device loop still
+                  gets readings anchored end to end (binary search), and the same frozen.
 
 Peak-heap method: in one MicroPython process the signing modules are imported and the comb table
 is built; then, for a target T, the heap is filled with filler blocks until only about T bytes
@@ -41,6 +45,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE = ROOT / "firmware"
+
+sys.path.insert(0, str(ROOT / "tools"))
+import bench_firmware_boards as boards  # noqa: E402
 
 # What `main.py keygen` and `main.py sign` import (p256x: keygen without --secret).
 SIGNING_MODULES = ("__init__", "cli", "hmac256", "p256", "p256x", "cbor", "cose", "state", "statex")
@@ -322,6 +329,9 @@ SECTIONS: list[tuple[str, Callable[[str], dict[str, Any]]]] = [
     ("cli_heap", cli_heap),
     ("message_size", message_size),
 ]
+# The board-sized figures (issue 5): RAM of the loaded firmware, the smallest heap for the
+# device loop end to end, and the same with the firmware frozen into the binary.
+SECTIONS += boards.SECTIONS
 
 
 def summary(res: dict[str, dict[str, Any]]) -> list[str]:
@@ -352,7 +362,7 @@ def summary(res: dict[str, dict[str, Any]]) -> list[str]:
         f"{GOAL_MESSAGE}: {goal(m['message_bytes'] <= GOAL_MESSAGE)}); "
         f"{m['message_bytes_board_float32']} with a board's float32 values; "
         f"{m['message_bytes_worst']} worst case (3 float64, seq >= 65536)",
-    ]
+    ] + boards.summary(res)
 
 
 def main() -> int:
@@ -369,7 +379,7 @@ def main() -> int:
     for name, _ in SECTIONS:
         flat.update(res[name])
     flat["goals"] = {"ratio": GOAL_RATIO, "peak_heap_bytes": GOAL_PEAK_HEAP,
-                     "message_bytes": GOAL_MESSAGE}
+                     "message_bytes": GOAL_MESSAGE, "loop_heap_kib": boards.GOAL_LOOP_HEAP_KIB}
     flat["micropython"] = version
     print(json.dumps(flat, sort_keys=True))
     return 0

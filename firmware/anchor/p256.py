@@ -24,8 +24,8 @@
 # allocated at import and filled on first use. Inversions use the extended Euclidean algorithm
 # in bytecode, which on MicroPython is ~5x faster than pow(a, m - 2, m) (67 us against 354 us on this PC).
 #
-# Measured on the Unix port (x86-64, MicroPython 1.25; tools/bench_firmware.py): about 1.05 ms
-# per signature against 3.9 ms for plain double-and-add (ratio ~0.27), about 6 KB peak heap during
+# Measured on the Unix port (x86-64, MicroPython 1.25; tools/bench_firmware.py): about 1.2 ms
+# per signature against 3.9 ms for plain double-and-add (ratio ~0.31), about 6 KB peak heap during
 # one signature (64-bit objects; less on a 32-bit board). The comb sweep is above _W below.
 #
 # Not constant-time: MicroPython's big integers are variable-time and the comb skips zero
@@ -52,20 +52,20 @@ HALF_N = N >> 1
 # MicroPython 1.25), median ms per whole signature (RFC 6979 nonce, k*G, inversions, low-S),
 # against 3.9 ms for plain double-and-add in the same runs:
 #   _W = 4:  1.47 ms,    960-byte table, built in  3.5 ms
-#   _W = 5:  1.23 ms,  1 984 bytes,              5.5 ms
-#   _W = 6:  1.06 ms,  4 032 bytes,              7.7 ms   <- chosen
+#   _W = 5:  1.23 ms,  1 984 bytes,              5.5 ms   <- chosen
+#   _W = 6:  1.06 ms,  4 032 bytes,              7.7 ms
 #   _W = 7:  0.92 ms,  8 128 bytes,             13.8 ms
 #   _W = 8:  0.82 ms, 16 320 bytes,             23.0 ms
-# Past 6 teeth each step doubles the RAM for about 13% less time; on a board with ~100 KB free
-# 4 KB is the better trade. An ESP32 at 240 MHz is roughly 20-50x slower than this PC (an
+# Each tooth more doubles the RAM for about 13% less time. 5 teeth: the device loop has to fit in
+# a 64 KiB heap (docs/boards.md, "Memory"), where 2 KB matter more than 0.17 ms per reading. An ESP32 at 240 MHz is roughly 20-50x slower than this PC (an
 # estimate, not measured here): ~20-50 ms per signature, ~0.2-0.4 s to build the table once.
-_W = const(6)
-_D = const(43)  # ceil(256 / _W)
+_W = const(5)
+_D = const(52)  # ceil(256 / _W)
 COMB_TEETH = _W  # public copies: const names with a leading underscore are inlined away
 COMB_SPACING = _D
 
 # The comb table: affine (x, y) of table[i] at offset 64 * (i - 1), 32 bytes each, big-endian.
-# The buffer is allocated at import, while the heap is still unfragmented (a 4 KB block can be
+# The buffer is allocated at import, while the heap is still unfragmented (a 2 KB block can be
 # hard to find later in a small heap), and filled on first use.
 _table = bytearray(64 * ((1 << _W) - 1))
 _table_ready = False
