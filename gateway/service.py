@@ -218,7 +218,7 @@ class GatewayService:
         # and the broker sends them again (see _resync).
         self._high_water = cfg.inbox_max or max(8 * cfg.batch_max, 32768)
         self._shed = 0
-        self._shed_since = 0.0
+        self._draining = False  # taking nothing until the inbox is committed, then resync
         self._resync = False
         self._drained = asyncio.Event()  # the processor made its last commit
         self._final = asyncio.Event()  # ... and the publisher sent what it could
@@ -280,9 +280,8 @@ class GatewayService:
         """paho's on_message (a paho MQTTMessage), run on the event loop's thread."""
         if not self._accepting:
             return  # stopping: not PUBACKed, the broker keeps it for the next run
-        if len(self._inbox) >= self._high_water and self.cfg.puback == "commit":
-            if not self._shed:
-                self._shed_since = time.monotonic()
+        if self._draining or (len(self._inbox) >= self._high_water
+                              and self.cfg.puback == "commit"):
             self._shed += 1  # not PUBACKed either: the broker sends it again after _resync
             return
         try:
@@ -322,6 +321,7 @@ class GatewayService:
             # connection (packet ids of older connections died with them).
             self._gen += 1
             self._client = client
+            self._draining = False
             try:
                 async with client:
                     self._connected.set()
@@ -447,12 +447,13 @@ class GatewayService:
                     submitted = pending = 0
                     opened = None
                     retry_at = 0.0
-                    # Resync once the backlog is worked off; under steady traffic the inbox
-                    # may never empty, then after 5 s with it below half the limit.
-                    if self._shed and not stopping and (
-                            not self._inbox or (len(self._inbox) < self._high_water // 2
-                                                and time.monotonic() - self._shed_since > 5)):
-                        self._request_resync()
+                    # Messages were left un-PUBACKed: take nothing more, commit what was
+                    # taken (so all of it is PUBACKed on this connection), then reconnect.
+                    if self._shed and not stopping:
+                        if self._inbox:
+                            self._draining = True
+                        else:
+                            self._request_resync()
                 except AnchorError as e:
                     # Nothing of this batch is acknowledged; try again, and keep saying why.
                     log.error("commit failed, nothing acknowledged: %s", e.explain())
