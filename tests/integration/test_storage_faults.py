@@ -290,10 +290,6 @@ def test_read_only_data_directory(tmp_path: Path, broker: PrivateBroker) -> None
         rig.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "store.storage_error says 'unable to open database file; check that DIR exists and is "
-    "accessible, or run iot-anchor init' for a read-only data directory; it should say that "
-    "DIR is read-only (os.access/statvfs ST_RDONLY) and not suggest init"))
 def test_read_only_data_directory_is_named_as_such(tmp_path: Path) -> None:
     data = tmp_path / "data"
     Store.create(data)[0].close()
@@ -360,9 +356,7 @@ def test_corrupted_page(tmp_path: Path, broker: PrivateBroker) -> None:
 @pytest.mark.xfail(strict=True, reason=(
     "a StorageError raised by Pipeline.submit (reading the damaged database) escapes the "
     "service's processor task: the gateway exits with an ExceptionGroup traceback instead of "
-    "logging the error, holding the messages and retrying; and after the file is repaired the "
-    "same SQLite connection keeps the damaged page in its cache (PRAGMA shrink_memory, or "
-    "reopening the store, after a StorageError fixes that)"))
+    "logging the error, holding the messages and retrying"))
 def test_corrupted_page_gateway_survives(tmp_path: Path, broker: PrivateBroker) -> None:
     rig = Rig(tmp_path, broker, tmp_path / "data")
     try:
