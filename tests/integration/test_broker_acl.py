@@ -496,7 +496,7 @@ def test_gateway_and_firmware_devices_through_the_acl_broker(tmp_path: Path,
     gw = GatewayProc(data, None, tmp_path / "gateway.log", "--batch-interval", "0.2",
                      env=dict(os.environ, IOT_ANCHOR_BROKER=gw_url))
     try:
-        gw.start(timeout=15)
+        gw.start(timeout=10)
         for d in fleet.devices:
             fleet.start_one(d, cfg.url_for(d.dev), 0.1, 5, ("--ack-timeout", "2",
                                                             "--timeout", "30"))

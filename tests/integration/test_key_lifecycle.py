@@ -143,3 +143,59 @@ def test_rotation_and_revocation(tmp_path: Path) -> None:
     proc = iot(data, "ledger", "verify", "--gateway-key", vkey, ok=False)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "device_keys" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+def test_rotation_and_revocation_while_the_gateway_runs(tmp_path: Path) -> None:
+    """`device rotate` and `device revoke` from the command line while `iot-anchor run` is
+    anchoring the device's readings over MQTT: the running gateway takes the change at once."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from faults import AckWatcher, GatewayProc, status, verify
+
+    from gateway.broker import PrivateBroker
+
+    data = tmp_path / "data"
+    vkey = iot(data, "init").stdout.strip().splitlines()[-1]
+    dev = Device("live-1")
+    iot(data, "device", "add", dev.id, "--public-key", dev.public_hex)
+    with PrivateBroker(workdir=tmp_path / "broker") as broker:
+        gw = GatewayProc(data, broker.url, tmp_path / "gateway.log", "--batch-interval", "0.1")
+        watcher = AckWatcher(broker.port)
+        import paho.mqtt.client as mqtt
+
+        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="live-1-pub")
+        pub.connect("127.0.0.1", broker.port)
+        pub.loop_start()
+
+        def send(msgs: list[bytes]) -> None:
+            for m in msgs:
+                pub.publish(f"anchor/{dev.id}/readings", m, qos=1).wait_for_publish(10)
+
+        try:
+            gw.start()
+            send(dev.readings(5))  # seq 0..4, first key
+            assert watcher.wait_upto({dev.id: 4}, 20)
+            old_key, old_private = dev.public_hex, dev.key
+            dev.key = ec.generate_private_key(ec.SECP256R1())
+            iot(data, "device", "rotate", dev.id, "--public-key", dev.public_hex)
+            stale = Device(dev.id, key=old_private, seq=dev.seq, prev=dev.prev).next()
+            send([stale])  # seq 5 under the old key: refused by the running gateway
+            send(dev.readings(5))  # seq 5..9, new key
+            assert watcher.wait_upto({dev.id: 9}, 20)
+            iot(data, "device", "revoke", dev.id)
+            send(dev.readings(3))  # seq 10..12: refused
+            marker = Device("live-2")
+            iot(data, "device", "add", marker.id, "--public-key", marker.public_hex)
+            pub.publish(f"anchor/{marker.id}/readings", marker.next(), qos=1).wait_for_publish(10)
+            assert watcher.wait_upto({marker.id: 0}, 20)  # everything before it was processed
+            assert gw.stop() == 0
+        finally:
+            pub.loop_stop()
+            watcher.close()
+            gw.cleanup()
+    st = status(data)
+    assert st["devices"][dev.id]["readings"] == 10 and st["devices"][dev.id]["last_seq"] == 9
+    assert st["rejected"] == {"bad_signature": 1, "revoked_device": 3}, st["rejected"]
+    assert watcher.acked(dev.id) == set(range(10))
+    assert verify(data, vkey).returncode == 0
+    assert receipt_ok(data, tmp_path, vkey, dev.id, 2, old_key)
+    assert receipt_ok(data, tmp_path, vkey, dev.id, 7, dev.public_hex)
