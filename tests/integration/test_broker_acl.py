@@ -516,3 +516,48 @@ def test_gateway_and_firmware_devices_through_the_acl_broker(tmp_path: Path,
         fleet.stop()
         gw.cleanup()
         broker.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="checks the hand-over of the files when run as root")
+def test_as_root_the_files_go_to_the_mosquitto_user(tmp_path: Path) -> None:
+    """Started as root, Mosquitto switches to the 'mosquitto' user before it reads the password
+    file: the files must belong to that user, which broker-config arranges when run as root."""
+    import pwd
+    import shutil
+    import tempfile
+
+    try:
+        owner = pwd.getpwnam("mosquitto")
+    except KeyError:
+        pytest.skip("no 'mosquitto' user on this machine")
+    out = Path(tempfile.mkdtemp(prefix="iot-anchor-brokerconf-"))  # not under pytest's 0700 dir
+    try:
+        out.chmod(0o755)
+        (tmp_path / "data").mkdir()
+        cfg = write_broker_config(
+            out / "broker", tmp_path / "data" / "broker-credentials.json", ["dev-a"],
+            listeners=[parse_listener(f"mqtt://127.0.0.1:{free_port()}")],
+        )
+        for p in (cfg.passwd, cfg.acl, cfg.conf, out / "broker" / "persist"):
+            assert p.stat().st_uid == owner.pw_uid, p
+        assert oct(cfg.passwd.stat().st_mode & 0o777) == "0o600"
+        assert "\nuser " not in cfg.conf.read_text()  # Mosquitto's own default: drop to mosquitto
+        broker = Broker(cfg)
+        broker.start()
+        try:
+            c = Client(cfg.listeners[0].port, "dev-a", cfg.creds.devices["dev-a"])
+            assert not c.connect().is_failure
+            c.close()
+            assert client_refused(cfg.listeners[0].port, "dev-a", "wrong")
+        finally:
+            broker.stop()
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def client_refused(port: int, user: str, password: str) -> bool:
+    c = Client(port, user, password)
+    try:
+        return c.connect().is_failure
+    finally:
+        c.close()
