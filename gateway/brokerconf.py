@@ -289,6 +289,10 @@ def render_conf(
         # The gateway's persistent session holds readings while it is down; devices resend
         # anything unacknowledged anyway, so this bounds memory, not durability.
         "max_queued_messages 100000",
+        # The gateway PUBACKs a reading only after the batch holding it has committed, so a
+        # whole batch is in flight at once; Mosquitto's default of 20 in flight per client
+        # would cap it at 20 readings per batch interval.
+        "max_inflight_messages 0",
         f"max_packet_size {max_packet_size}",
         "log_dest stderr",
         "log_type error",

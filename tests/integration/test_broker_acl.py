@@ -8,6 +8,7 @@ has arrived the denied message would have arrived before it if it had been let t
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import queue
@@ -272,6 +273,36 @@ def test_only_the_gateway_publishes_acks_and_checkpoints(setup) -> None:
     assert a.wait_for(b"gateway-ack-a") == [("anchor/dev-a/ack", b"gateway-ack-a", False)]
 
 
+def test_a_subscriber_that_holds_its_pubacks_is_not_throttled(setup) -> None:
+    """The gateway PUBACKs a reading only after its batch commits: the broker must keep
+    delivering meanwhile (Mosquitto's default would stop at 20 unacknowledged messages)."""
+    cfg = setup[0]
+    got: queue.Queue[int] = queue.Queue()
+    gw = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="held-pubacks",
+                     protocol=mqtt.MQTTv311, manual_ack=True, clean_session=False)
+    gw.username_pw_set(cfg.creds.gateway_user, cfg.creds.gateway_password)
+    subscribed = threading.Event()
+    gw.on_connect = lambda c, u, f, rc, p: c.subscribe("anchor/+/readings", qos=1)
+    gw.on_subscribe = lambda c, u, mid, rcs, p: subscribed.set()
+    gw.on_message = lambda c, u, m: got.put(m.mid)  # and no ack
+    gw.connect("127.0.0.1", cfg.listeners[0].port, keepalive=30)
+    gw.loop_start()
+    try:
+        assert subscribed.wait(WAIT)
+        a = connected(setup, "dev-a")
+        for i in range(100):
+            a.publish("anchor/dev-a/readings", b"r%d" % i)
+        deadline = time.monotonic() + WAIT
+        mids = set()
+        while len(mids) < 100 and time.monotonic() < deadline:
+            with contextlib.suppress(queue.Empty):
+                mids.add(got.get(timeout=0.1))
+        assert len(mids) == 100, f"only {len(mids)} delivered without PUBACKs"
+    finally:
+        gw.disconnect()
+        gw.loop_stop()
+
+
 def _connect_packet(client_id: str, user: str, password: str, will_topic: str,
                     will: bytes) -> bytes:
     """A raw MQTT 3.1.1 CONNECT with a QoS 0 will (so that we can drop the TCP link)."""
@@ -413,6 +444,7 @@ def test_cli_writes_files_keeps_passwords_and_shows_urls(tmp_path: Path, capsys)
     assert creds is not None and sorted(creds.devices) == ["dev-a", "dev-b"]
     conf = (data / "broker" / "mosquitto.conf").read_text()
     assert "allow_anonymous false" in conf and "listener 18830 127.0.0.1" in conf
+    assert "\nmax_inflight_messages 0\n" in conf  # the gateway holds PUBACKs until a commit
     assert str(data / "broker" / "mosquitto.conf") in out
     for secret in (creds.gateway_password, *creds.devices.values()):
         assert secret not in out  # passwords are never printed unless asked for
