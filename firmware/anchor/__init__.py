@@ -3,8 +3,8 @@
 # One module per concept: p256 (ECDSA), hmac256, cbor (deterministic encoder, small decoder),
 # cose (the Reading and its COSE_Sign1 message), state (the device's key, seq and prev on flash).
 # This file stays tiny: importing `anchor` must not pull in the big modules. Rarely used code is
-# in the *x.py modules (p256x, statex, cosex, mqttx, devicex), loaded on first use and, where the
-# device loop uses one only at start-up, dropped again with unload().
+# in the *x.py modules (p256x, statex, cosex, mqttx, devicex, outboxx), loaded on first use and,
+# where the device loop uses one only at start-up, dropped again with unload().
 
 VERSION = "0.1.0"
 
@@ -27,5 +27,5 @@ def unload(*names):
         sys.modules.pop(__name__ + "." + n, None)
         try:
             delattr(pkg, n)
-        except AttributeError:
+        except (AttributeError, KeyError):  # MicroPython raises KeyError for a missing name
             pass

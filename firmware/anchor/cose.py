@@ -10,7 +10,8 @@
 #   verify1(pub, msg, external_aad=b"") -> bool          any ES256 COSE_Sign1, tagged or not
 #
 # decode_sign1 and verify1 are in cosex.py (loaded on first use through __getattr__ below): the
-# device only signs. The message is assembled from pre-encoded parts so no intermediate CBOR tree is built.
+# device only signs. The message is assembled from pre-encoded parts so no intermediate CBOR
+# tree is built.
 
 from hashlib import sha256
 

@@ -3,7 +3,7 @@
 # loads this, builds, and drops it again before the loop runs, so its code takes no RAM then;
 # device.parse_args and device.build still work (device.py forwards those names here).
 
-from anchor import Error
+from anchor import Error, unload
 
 USAGE = """usage: micropython main.py run --dir DIR [--broker mqtt://[USER:PASS@]HOST:PORT]
     [--interval S] [--count N] [--timeout S] [--ack-timeout S] [--outbox-max N]
@@ -82,8 +82,6 @@ def _tls_context(d):
 
 def build(opts, board=None):
     """Board, Device, Outbox and MQTT client for the options of parse_args()."""
-    from anchor import mqtt
-    from anchor.outbox import Outbox
     from anchor.state import Device
 
     if board is None:
@@ -91,15 +89,24 @@ def build(opts, board=None):
 
         board = Board({"dir": opts["dir"], "id": None})
     d = opts["dir"]
+    # One part after the other, each start-up-only module dropped once used, so that they are
+    # never all in RAM at once (this start-up is the heap's peak otherwise).
     dev = Device.load(d)
+    unload("statex", "p256x")
     if hasattr(board, "seed"):
         board.seed(dev.dev_id)
+    from anchor.outbox import Outbox
+
+    ob = Outbox(d, max_records=opts["outbox-max"])
+    unload("outboxx")
+    from anchor import mqtt
+
     try:
         host, port, tls, user, password = mqtt.parse_url(opts["broker"])
+        unload("mqttx")
         client = mqtt.MQTTClient(dev.dev_id, host, port, keepalive=opts["keepalive"],
                                  ssl=_tls_context(d) if tls else None, user=user,
                                  password=password, wait_network=board.network_up)
     except ValueError as e:
         raise Error(str(e))
-    ob = Outbox(d, max_records=opts["outbox-max"])
     return board, dev, ob, client

@@ -31,6 +31,9 @@
 # would exceed it, the oldest segment's waiting readings are dropped and counted the same way.
 # Dropping never raises; the device keeps producing.
 #
+# Loading the outbox from flash (start-up) is in outboxx.py, which the device loop drops from RAM
+# once it has started.
+#
 # RAM: 11 bytes per record slot of each live segment (seq u32, offset u16, last publish ticks
 # i32, state u8; arrays preallocated per segment), plus one small object per segment: measured
 # 21 bytes per waiting record with 400 waiting on the Unix port (test_index_memory_per_record).
@@ -79,30 +82,6 @@ def _u32s(seqs):
     for i, s in enumerate(seqs):
         struct.pack_into("<I", b, 4 * i, s)
     return b
-
-
-def _records(path):
-    """Yield (kind, seq, payload, offset) for each good record; stop at the first bad one."""
-    try:
-        f = open(path, "rb")
-    except OSError:
-        return
-    try:
-        off = 0
-        while True:
-            hdr = f.read(_HDR)
-            if len(hdr) < _HDR:
-                return
-            magic, kind, n, seq, crc = struct.unpack("<BBHII", hdr)
-            if magic != _MAGIC:
-                return
-            payload = f.read(n)
-            if len(payload) < n or _crc(memoryview(hdr)[:8], payload) != crc:
-                return
-            yield kind, seq, payload, off
-            off += _HDR + n
-    finally:
-        f.close()
 
 
 class _Seg:
@@ -159,73 +138,11 @@ class Outbox:
         self.corrupt = 0        # files whose tail was cut by a bad record at load
         self._log_size = 0
         self._next_num = 1
-        _mkdirs(self.dir)
-        self._load()
+        from anchor.outboxx import load  # start-up only: the device drops it afterwards
+
+        load(self)
 
     # -- load -----------------------------------------------------------------------------
-
-    def _load(self):
-        log = self.dir + "/acks.log"
-        tmp = self.dir + "/acks.tmp"
-        if _exists(log):
-            try:
-                os.remove(tmp)          # an interrupted compaction: acks.log is intact
-            except OSError:
-                pass
-        elif _exists(tmp):
-            os.rename(tmp, log)         # interrupted between remove and rename (FAT)
-        extra = set()
-        good_end = 0
-        for kind, seq, payload, off in _records(log):
-            if kind == _ACK:
-                self.upto = max(self.upto, seq - 1)
-                for i in range(0, len(payload), 4):
-                    extra.add(struct.unpack_from("<I", payload, i)[0])
-            elif kind == _DROP:
-                for i in range(0, len(payload), 4):
-                    extra.add(struct.unpack_from("<I", payload, i)[0])
-                self.dropped += len(payload) // 4
-            elif kind == _BASE:
-                self.upto = max(self.upto, seq - 1)
-                self.dropped += struct.unpack_from("<I", payload, 0)[0]
-                for i in range(4, len(payload), 4):
-                    extra.add(struct.unpack_from("<I", payload, i)[0])
-            good_end = off + _HDR + len(payload)
-        self._log_size = _size(log)
-        torn_log = self._log_size != good_end
-        if torn_log:
-            self.corrupt += 1
-        nums = []
-        for name in os.listdir(self.dir):
-            if name.endswith(".seg"):
-                try:
-                    nums.append(int(name[:-4]))
-                except ValueError:
-                    pass
-        nums.sort()
-        for num in nums:
-            seg = _Seg(num, self._path(num), self.seg_records)
-            end = 0
-            for kind, seq, payload, off in _records(seg.path):
-                if kind != _READING:
-                    continue
-                seg.add(seq, off, seq <= self.upto or seq in extra)
-                if seq > self.last_seq:
-                    self.last_seq = seq
-                end = off + _HDR + len(payload)
-            seg.size = end
-            if _size(seg.path) != end:
-                self.corrupt += 1
-            self.pending += seg.pending
-            self.segs.append(seg)
-            self._next_num = num + 1
-        extra = None
-        if self.upto > self.last_seq:
-            self.last_seq = self.upto
-        self._cur = None
-        self._sweep()
-        if torn_log or self._log_size > _LOG_COMPACT:
-            self._compact_log()     # later appends must not sit behind a torn record
 
     def _path(self, num):
         return "%s/%08d.seg" % (self.dir, num)
@@ -411,30 +328,3 @@ class Outbox:
     def stats(self):
         return {"pending": self.pending, "dropped": self.dropped, "segments": len(self.segs),
                 "upto": self.upto, "corrupt": self.corrupt}
-
-
-def _exists(path):
-    try:
-        os.stat(path)
-        return True
-    except OSError:
-        return False
-
-
-def _size(path):
-    try:
-        return os.stat(path)[6]
-    except OSError:
-        return 0
-
-
-def _mkdirs(path):
-    cur = "/" if path.startswith("/") else ""
-    for part in path.split("/"):
-        if not part:
-            continue
-        cur = cur + part if (not cur or cur.endswith("/")) else cur + "/" + part
-        try:
-            os.mkdir(cur)
-        except OSError:
-            pass

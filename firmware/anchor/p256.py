@@ -9,8 +9,9 @@
 #   verify(pub, digest, sig) -> bool      plain ECDSA verification (accepts high-S too)
 #   rfc6979_k(d, digest) -> int           the first RFC 6979 nonce (known-answer tests)
 #   sign_rs(d, digest) -> (r, s)          the signature before low-S normalisation
-# Only signing (what the device loop runs) is in this file; generate_secret, verify, rfc6979_k,
-# sign_message, decode_point, on_curve and the general mul/_add are in p256x.py, which is
+# Only signing (what the device loop runs) is in this file; generate_secret, secret_from_bytes,
+# public_key, verify, rfc6979_k, sign_message, decode_point, on_curve, the general mul/_add/_madd
+# and building the comb table are in p256x.py, which is
 # imported when one of those names is first asked for here (module __getattr__), so their code
 # takes no RAM on a board that only signs.
 #
@@ -21,8 +22,9 @@
 # spaced _D = ceil(256/_W) bits apart; table[i] = sum of 2^(t*_D)*G over the bits t of i. A
 # multiplication is then _D-1 doublings and at most _D mixed additions instead of 255 doublings
 # and ~128 additions. The table is one bytearray of affine coordinates (64 bytes a point),
-# allocated at import and filled on first use. Inversions use the extended Euclidean algorithm
-# in bytecode, which on MicroPython is ~5x faster than pow(a, m - 2, m) (67 us against 354 us on this PC).
+# allocated at import and filled on first use (p256x._build_table). Inversions use the extended
+# Euclidean algorithm in bytecode, which on MicroPython is ~5x faster than pow(a, m - 2, m)
+# (67 us against 354 us on this PC).
 #
 # Measured on the Unix port (x86-64, MicroPython 1.25; tools/bench_firmware.py): about 1.2 ms
 # per signature against 3.9 ms for plain double-and-add (ratio ~0.31), about 6 KB peak heap during
@@ -57,8 +59,9 @@ HALF_N = N >> 1
 #   _W = 7:  0.92 ms,  8 128 bytes,             13.8 ms
 #   _W = 8:  0.82 ms, 16 320 bytes,             23.0 ms
 # Each tooth more doubles the RAM for about 13% less time. 5 teeth: the device loop has to fit in
-# a 64 KiB heap (docs/boards.md, "Memory"), where 2 KB matter more than 0.17 ms per reading. An ESP32 at 240 MHz is roughly 20-50x slower than this PC (an
-# estimate, not measured here): ~20-50 ms per signature, ~0.2-0.4 s to build the table once.
+# a 64 KiB heap (docs/boards.md, "Memory"), where 2 KB matter more than 0.17 ms per reading.
+# An ESP32 at 240 MHz is roughly 20-50x slower than this PC (an estimate, not measured here):
+# ~20-50 ms per signature, ~0.2-0.4 s to build the table once (at start-up, in Device.load).
 _W = const(5)
 _D = const(52)  # ceil(256 / _W)
 COMB_TEETH = _W  # public copies: const names with a leading underscore are inlined away
@@ -100,73 +103,15 @@ def _dbl(X, Y, Z):
     return X3, (alpha * (4 * beta - X3) - 8 * gamma * gamma) % p, (Y + Y) * Z % p
 
 
-def _madd(X1, Y1, Z1, x2, y2):
-    """(X1:Y1:Z1) + (x2, y2), the second point affine and not infinity."""
-    p = P
-    if not Z1:
-        return x2, y2, 1
-    ZZ = Z1 * Z1 % p
-    H = x2 * ZZ % p - X1
-    R = y2 * (Z1 * ZZ % p) % p - Y1
-    if not H:
-        if not R:
-            return _dbl(x2, y2, 1)
-        return 1, 1, 0
-    HH = H * H % p
-    HHH = H * HH % p
-    V = X1 * HH % p
-    X3 = (R * R - HHH - V - V) % p
-    return X3, (R * (V - X3) - Y1 * HHH) % p, Z1 * H % p
-
-
-
-def _affine(X, Y, Z):
-    """Jacobian -> affine (x, y); None for infinity."""
-    if not Z:
-        return None
-    p = P
-    zi = inverse(Z, p)
-    zi2 = zi * zi % p
-    return X * zi2 % p, Y * zi2 * zi % p
-
-
-
 # ---- fixed-base comb for k*G ----
-
-
-def _build_table(out):
-    # The _W base points 2^(t*_D) * G (affine), then every subset sum, each made from an earlier
-    # entry plus one base point and stored in affine form straight away, so little else stays
-    # alive. One inversion per entry (about 65 us each here) is slower than Montgomery's batch
-    # trick but keeps the peak heap small, which matters more on a board; it runs once.
-    n = (1 << _W) - 1
-    base = [(GX, GY)]
-    for _ in range(_W - 1):
-        x, y = base[-1]
-        X, Y, Z = x, y, 1
-        for _ in range(_D):
-            X, Y, Z = _dbl(X, Y, Z)
-        base.append(_affine(X, Y, Z))
-    top = 0
-    for i in range(1, n + 1):
-        if i == 2 << top:
-            top += 1
-        rest = i - (1 << top)
-        x, y = base[top]
-        if rest:
-            o = 64 * (rest - 1)
-            X, Y, Z = _madd(int.from_bytes(out[o : o + 32], "big"),
-                            int.from_bytes(out[o + 32 : o + 64], "big"), 1, x, y)
-            x, y = _affine(X, Y, Z)
-        o = 64 * (i - 1)
-        out[o : o + 32] = x.to_bytes(32, "big")
-        out[o + 32 : o + 64] = y.to_bytes(32, "big")
 
 
 def table():
     """The comb table (a bytearray of 64 * (2^_W - 1) bytes), filled on first use."""
     global _table_ready
     if not _table_ready:
+        from anchor.p256x import _build_table  # once, at start-up (Device.load)
+
         _build_table(_table)
         _table_ready = True
     return _table
@@ -220,27 +165,6 @@ def mul_g(k):
         X = (R * R - HHH - V - V) % p
         Y = (R * (V - X) - Y * HHH) % p
     return X, Y, Z
-
-
-
-# ---- keys ----
-
-
-def secret_from_bytes(b):
-    """32 big-endian bytes -> private scalar. ValueError unless 1 <= d < n."""
-    if len(b) != 32:
-        raise ValueError("a P-256 secret is 32 bytes")
-    d = int.from_bytes(b, "big")
-    if not 0 < d < N:
-        raise ValueError("a P-256 secret must be in [1, n-1]")
-    return d
-
-
-
-def public_key(d):
-    """65-byte uncompressed SEC1 encoding of d*G. Requires 1 <= d < n."""
-    x, y = _affine(*mul_g(d))
-    return b"\x04" + x.to_bytes(32, "big") + y.to_bytes(32, "big")
 
 
 

@@ -25,8 +25,9 @@
 #   - last.cose lost or unreadable (a damaged file system): the next seq falls back to
 #     reserved_upto, which is always above every seq ever used, so no seq is reused; prev starts
 #     again from 32 zero bytes and the gateway records a chain break, which is the truth.
-# Creating a device (keygen) is in statex.py, loaded only then: Device.create forwards there,
-# and so do this module's other names (default_id, ...) through __getattr__ below.
+# Creating a device (keygen) and loading its state (start-up) are in statex.py, loaded only
+# then: Device.create and Device.load forward there, and so do this module's other names
+# (default_id, check_id, ...) through __getattr__ below.
 #
 # Flash cost per reading: one small file rewrite (last.cose, about 200 bytes) plus, every 64
 # readings, seq.json.
@@ -34,7 +35,6 @@
 import os
 import sys
 import time
-from binascii import hexlify, unhexlify
 
 try:
     import json
@@ -49,7 +49,7 @@ except ImportError:
         return x
 
 
-from anchor import Error, cbor, cose, p256
+from anchor import Error, cose
 
 _SEQ_BLOCK = const(64)
 _EPOCH_2000 = const(946684800)  # 2000-01-01T00:00:00Z in unix seconds
@@ -59,9 +59,6 @@ _CLOCK_VALID_AFTER = const(1704067200)
 KEY_FILE = "key.json"
 SEQ_FILE = "seq.json"
 LAST_FILE = "last.cose"
-
-_ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-"
-MAX_ID_LEN = const(64)
 
 try:
     _EPOCH_OFFSET = _EPOCH_2000 if time.gmtime(0)[0] == 2000 else 0
@@ -78,28 +75,8 @@ def unix_time():
     return t if t >= _CLOCK_VALID_AFTER else None
 
 
-def check_id(dev_id):
-    """Raise Error unless dev_id is 1..64 characters of A-Z a-z 0-9 . _ - (MQTT topic safe)."""
-    if not isinstance(dev_id, str) or not 0 < len(dev_id) <= MAX_ID_LEN:
-        raise Error("device id must be 1 to %d characters" % MAX_ID_LEN)
-    for c in dev_id:
-        if c not in _ID_CHARS:
-            raise Error("device id %r: use only letters, digits, '.', '_' and '-'" % dev_id)
-
-
 def _path(d, name):
     return d + "/" + name if d else name
-
-
-def _read(path):
-    """File contents, or None if it does not exist (the .tmp copy counts, see above)."""
-    for p in (path, path + ".tmp"):
-        try:
-            with open(p, "rb") as f:
-                return f.read()
-        except OSError:
-            pass
-    return None
 
 
 def _write_atomic(path, data):
@@ -135,6 +112,14 @@ class Device:
 
         return create(cls, d, dev_id, secret)
 
+    @classmethod
+    def load(cls, d):
+        """The device state in directory d. Error if there is no key or a file is damaged
+        (statex.load: run once at start-up, so not kept in RAM)."""
+        from anchor.statex import load
+
+        return load(cls, d)
+
     def __init__(self, d, dev_id, secret, public_key, seq, reserved_upto, last):
         self.dir = d
         self.dev_id = dev_id
@@ -145,44 +130,6 @@ class Device:
         self._reserved_upto = reserved_upto
         self.last_message = last
         self.prev = cose.message_hash(last) if last else bytes(32)
-
-    @classmethod
-    def load(cls, d):
-        """The device state in directory d. Error if there is no key or a file is damaged."""
-        raw = _read(_path(d, KEY_FILE))
-        if raw is None:
-            raise Error("no device key in %s; run 'keygen --dir %s' first" % (d, d))
-        try:
-            key = json.loads(raw)
-            dev_id = key["id"]
-            s = p256.secret_from_bytes(unhexlify(key["secret"]))
-            pub = unhexlify(key["public"])
-        except (ValueError, KeyError, TypeError) as e:
-            raise Error("%s is damaged (%s)" % (_path(d, KEY_FILE), e))
-        check_id(dev_id)
-        if p256.public_key(s) != pub:
-            raise Error("%s is damaged: public key does not match the secret" %
-                        _path(d, KEY_FILE))
-        reserved = 0
-        raw = _read(_path(d, SEQ_FILE))
-        if raw is not None:
-            try:
-                reserved = int(json.loads(raw)["reserved_upto"])
-            except (ValueError, KeyError, TypeError):
-                raise Error("%s is damaged" % _path(d, SEQ_FILE))
-        last = _read(_path(d, LAST_FILE))
-        seq = reserved
-        if last is not None:
-            try:
-                m = cbor.decode(last).value  # 18([protected, {}, payload, signature])
-                payload = cbor.decode(m[2])
-                last_seq = payload["seq"]
-                if len(m) != 4 or payload["dev"] != dev_id or not isinstance(last_seq, int):
-                    raise ValueError("not this device's message")
-                seq = last_seq + 1
-            except (Error, ValueError, KeyError, TypeError, IndexError, AttributeError):
-                last = None  # see the note at the top: fall back to the reservation
-        return cls(d, dev_id, s, pub, seq, reserved, last)
 
     def next_reading(self, data, ts=None):
         """Sign the next reading and return the whole COSE message (bytes).
@@ -212,7 +159,7 @@ class Device:
 
 
 def __getattr__(name):
-    # default_id, MAX_ID_LEN, ...: what only creating a device needs (statex.py)
+    # default_id, check_id, ...: what only creating or loading a device needs (statex.py)
     from anchor import statex
 
     return getattr(statex, name)

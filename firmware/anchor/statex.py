@@ -1,5 +1,6 @@
-# Creating a device's state (keygen): what the device loop never runs, so it is not kept in RAM
-# with state.py (state.Device.create forwards here). See state.py for the files and their format.
+# Creating a device's state (keygen) and loading it (start-up): run once, so not kept in RAM
+# with state.py (state.Device.create and Device.load forward here; the device loop drops this
+# module after start-up). See state.py for the files and their format.
 
 import os
 import sys
@@ -10,8 +11,39 @@ try:
 except ImportError:
     import ujson as json
 
-from anchor import Error, p256
-from anchor.state import KEY_FILE, LAST_FILE, SEQ_FILE, _path, _write_atomic, check_id, cose
+try:
+    from micropython import const
+except ImportError:
+
+    def const(x):
+        return x
+
+
+from anchor import Error, cbor, cose, p256
+from anchor.state import KEY_FILE, LAST_FILE, SEQ_FILE, _path, _write_atomic
+
+_ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-"
+MAX_ID_LEN = const(64)
+
+
+def check_id(dev_id):
+    """Raise Error unless dev_id is 1..64 characters of A-Z a-z 0-9 . _ - (MQTT topic safe)."""
+    if not isinstance(dev_id, str) or not 0 < len(dev_id) <= MAX_ID_LEN:
+        raise Error("device id must be 1 to %d characters" % MAX_ID_LEN)
+    for c in dev_id:
+        if c not in _ID_CHARS:
+            raise Error("device id %r: use only letters, digits, '.', '_' and '-'" % dev_id)
+
+
+def _read(path):
+    """File contents, or None if it does not exist (the .tmp copy counts, see state.py)."""
+    for p in (path, path + ".tmp"):
+        try:
+            with open(p, "rb") as f:
+                return f.read()
+        except OSError:
+            pass
+    return None
 
 
 def default_id(public_key):
@@ -93,3 +125,41 @@ def create(cls, d, dev_id=None, secret=None):
     _write_atomic(_path(d, SEQ_FILE), json.dumps({"v": 1, "reserved_upto": 0}).encode())
     _write_atomic(_path(d, KEY_FILE), json.dumps(key).encode())
     return cls(d, dev_id, s, pub, 0, 0, None)
+
+
+def load(cls, d):
+    """The device state in directory d. Error if there is no key or a file is damaged."""
+    raw = _read(_path(d, KEY_FILE))
+    if raw is None:
+        raise Error("no device key in %s; run 'keygen --dir %s' first" % (d, d))
+    try:
+        key = json.loads(raw)
+        dev_id = key["id"]
+        s = p256.secret_from_bytes(unhexlify(key["secret"]))
+        pub = unhexlify(key["public"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise Error("%s is damaged (%s)" % (_path(d, KEY_FILE), e))
+    check_id(dev_id)
+    if p256.public_key(s) != pub:
+        raise Error("%s is damaged: public key does not match the secret" %
+                    _path(d, KEY_FILE))
+    reserved = 0
+    raw = _read(_path(d, SEQ_FILE))
+    if raw is not None:
+        try:
+            reserved = int(json.loads(raw)["reserved_upto"])
+        except (ValueError, KeyError, TypeError):
+            raise Error("%s is damaged" % _path(d, SEQ_FILE))
+    last = _read(_path(d, LAST_FILE))
+    seq = reserved
+    if last is not None:
+        try:
+            m = cbor.decode(last).value  # 18([protected, {}, payload, signature])
+            payload = cbor.decode(m[2])
+            last_seq = payload["seq"]
+            if len(m) != 4 or payload["dev"] != dev_id or not isinstance(last_seq, int):
+                raise ValueError("not this device's message")
+            seq = last_seq + 1
+        except (Error, ValueError, KeyError, TypeError, IndexError, AttributeError):
+            last = None  # see the note at the top: fall back to the reservation
+    return cls(d, dev_id, s, pub, seq, reserved, last)
