@@ -23,15 +23,15 @@ def register(sub: Any) -> None:
     add_broker_arg(p)
     p.add_argument("--devices", metavar="N", type=int, required=True, help="number of devices")
     p.add_argument("--interval", metavar="S", type=float, default=1.0,
-                   help="seconds between readings per device (default 1; with --engine "
-                        "cpython, 0 = as fast as possible)")
+                   help="seconds between readings per device (default 1; 0 = as fast as "
+                        "possible, with --count)")
     p.add_argument("--duration", metavar="S", type=float, default=10.0,
                    help="seconds the devices produce readings (default 10)")
     p.add_argument("--engine", choices=("micropython", "cpython"), default="micropython",
                    help="real firmware under the MicroPython Unix port (default), or the "
                         "CPython load engine (pre-signed, identical bytes) for scale tests")
     p.add_argument("--count", metavar="N", type=int, default=None,
-                   help="cpython engine: readings per device (default duration / interval)")
+                   help="readings per device (default: duration / interval)")
     p.add_argument("--procs", metavar="P", type=int, default=min(4, os.cpu_count() or 1),
                    help="cpython engine: worker processes sharing the connections "
                         "(default: CPU count, at most 4)")
@@ -54,6 +54,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                           args.drain_timeout, args.count, args.procs, args.ack_timeout)
     else:
         res = run_micropython(data, fleet, args.devices, args.interval, args.duration,
-                              args.broker, args.drain_timeout, args.ack_timeout)
+                              args.broker, args.drain_timeout, args.ack_timeout, args.count)
     res.print()
     return 0 if res.ok else 1

@@ -264,11 +264,20 @@ class MicroPythonFleet:
 
 def run_micropython(data_dir: Path, fleet_dir: Path, n: int, interval: float, duration: float,
                     broker: str, drain_timeout: float, ack_timeout: float = 10.0,
+                    count: int | None = None,
                     log: Callable[[str], None] = print) -> SimResult:
-    if interval <= 0:
-        raise ConfigError(f"--interval {interval} is not positive for MicroPython devices",
-                          "give e.g. --interval 1")
-    count = max(1, math.ceil(duration / interval))
+    """Each device produces `count` readings (default duration / interval), one per interval
+    (0: as fast as it signs; then --count is needed and --duration bounds the production)."""
+    if interval < 0:
+        raise ConfigError(f"--interval {interval} is negative", "give e.g. --interval 1")
+    if count is None:
+        if interval == 0:
+            raise ConfigError("--interval 0 (as fast as possible) needs --count",
+                              "give the readings per device, e.g. --count 20")
+        count = max(1, math.ceil(duration / interval))
+    if count < 1:
+        raise ConfigError(f"--count {count} is below 1", "give at least 1")
+    production = count * interval if interval > 0 else duration
     fleet = MicroPythonFleet(fleet_dir, n)
     added = fleet.prepare(data_dir)
     log(f"simulate: {n} MicroPython devices ({added} newly registered), {count} readings each "
@@ -277,7 +286,7 @@ def run_micropython(data_dir: Path, fleet_dir: Path, n: int, interval: float, du
     try:
         fleet.start(broker, interval, count,
                     ("--timeout", f"{drain_timeout:g}", "--ack-timeout", f"{ack_timeout:g}"))
-        fleet.wait(t0 + count * interval + drain_timeout + 10.0)
+        fleet.wait(t0 + production + drain_timeout + 10.0)
     finally:
         fleet.stop()
     reports = fleet.reports()

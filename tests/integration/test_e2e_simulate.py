@@ -117,6 +117,8 @@ def test_simulate_explains_bad_options(data: Path, broker: PrivateBroker) -> Non
     assert code == 2 and "error: --interval 0 (as fast as possible) needs --count" in out
     code, _, out = _simulate(data, broker, "--devices", "0")
     assert code == 2 and "--devices 0 is below 1" in out
+    code, _, out = _simulate(data, broker, "--devices", "1", "--interval", "0")
+    assert code == 2 and "error: --interval 0 (as fast as possible) needs --count" in out
 
 
 def test_demo_passes_in_under_60_s() -> None:
