@@ -108,3 +108,54 @@ def test_topics_duplicates_acks_checkpoint(gateway: tuple[Path, str, dict],
     assert status["readings"] == 2
     assert status["rejected"] == {"topic_mismatch": 1}
     assert status["devices"]["dev-a"]["last_seq"] == 1
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_commits_open_batch(tmp_path: Path, broker: PrivateBroker,
+                                   sig: signal.Signals) -> None:
+    """`iot-anchor run` with a 60 s batch interval: the signal closes the open batch, commits
+    it, acknowledges it, and the process exits 0."""
+    data = tmp_path / "data"
+    store, _ = Store.create(data)
+    signer = DeviceSigner.generate("dev-s")
+    registry.add(store, "dev-s", signer.public_key)
+    store.close()
+    log = tmp_path / "gateway.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "--data", str(data), "--broker", broker.url,
+             "--batch-interval", "60"],
+            stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        while "connected to" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        msgs, prev = [], bytes(32)
+        for seq in range(3):
+            m = signer.sign(seq, prev, {"t": seq}, 1700000000 + seq)
+            msgs.append(m)
+            prev = hashlib.sha256(m).digest()
+
+        async def main() -> list[dict]:
+            async with aiomqtt.Client("127.0.0.1", broker.port) as c:
+                await c.subscribe("anchor/dev-s/ack", qos=1)
+                for m in msgs:
+                    await c.publish("anchor/dev-s/readings", m, qos=1)
+                await asyncio.sleep(1.0)  # received, waiting in the open batch
+                assert "batch:" not in log.read_text()
+                proc.send_signal(sig)
+                async with asyncio.timeout(20):
+                    async for m in c.messages:
+                        return [cbor2.loads(m.payload)]  # type: ignore[arg-type]
+            return []
+
+        acks = asyncio.run(main())
+        assert proc.wait(20) == 0, log.read_text()
+        assert acks and acks[0]["upto"] == 2
+        text = log.read_text()
+        assert "stopping: closing the open batch" in text and "batch: 3 readings" in text
+        with Store.open(data, readonly=True) as st:
+            assert st.reading_count() == 3
+    finally:
+        stop_process_group(proc, grace=0.5)
