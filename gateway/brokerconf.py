@@ -293,6 +293,7 @@ def render_conf(
         # whole batch is in flight at once; Mosquitto's default of 20 in flight per client
         # would cap it at 20 readings per batch interval.
         "max_inflight_messages 0",
+
         f"max_packet_size {max_packet_size}",
         "log_dest stderr",
         "log_type error",
@@ -302,7 +303,11 @@ def render_conf(
     if run_as:
         out.insert(1, f"user {run_as}")
     for lst in listeners:
-        out += ["", f"listener {lst.port} {lst.host}", "protocol mqtt"]
+        # The client id is the username: the gateway's own id is public (derived from its key
+        # id), and a device using it would otherwise kick the gateway off and take its
+        # persistent session. (Mosquitto 2.0.11 reads this option per listener.)
+        out += ["", f"listener {lst.port} {lst.host}", "protocol mqtt",
+                "use_username_as_clientid true"]
         if lst.tls:
             assert tls is not None
             out += [f"certfile {tls.cert}", f"keyfile {tls.key}", "tls_version tlsv1.2"]

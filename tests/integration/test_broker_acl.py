@@ -83,10 +83,13 @@ class Client:
     """A paho client with blocking connect/subscribe/publish and a queue of what it received."""
 
     def __init__(self, port: int, user: str | None, password: str | None,
-                 tls_ca: Path | None = None, will: tuple[str, bytes] | None = None) -> None:
+                 tls_ca: Path | None = None, will: tuple[str, bytes] | None = None,
+                 client_id: str | None = None) -> None:
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                             client_id=f"t-{uuid.uuid4().hex[:8]}",
-                             protocol=mqtt.MQTTv311, reconnect_on_failure=False)
+                             client_id=client_id or f"t-{uuid.uuid4().hex[:8]}",
+                             protocol=mqtt.MQTTv311, reconnect_on_failure=False,
+                             clean_session=client_id is None)
+        self.disconnects = 0
         if user is not None:
             self.c.username_pw_set(user, password)
         if tls_ca is not None:
@@ -100,9 +103,13 @@ class Client:
         self.msgs: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
         self.cond = threading.Condition()
         self.c.on_connect = lambda c, u, f, rc, p: self.connack.put(rc)
+        self.c.on_disconnect = self._on_disconnect
         self.c.on_subscribe = self._on_subscribe
         self.c.on_publish = self._on_publish
         self.c.on_message = lambda c, u, m: self.msgs.put((m.topic, m.payload, bool(m.retain)))
+
+    def _on_disconnect(self, c: object, u: object, f: object, rc: object, p: object) -> None:
+        self.disconnects += 1
 
     def _on_subscribe(self, c: object, u: object, mid: int, rcs: list, p: object) -> None:
         with self.cond:
@@ -263,14 +270,32 @@ def test_only_the_gateway_publishes_acks_and_checkpoints(setup) -> None:
     gw.publish("anchor/dev-b/ack", b"gateway-ack")
     got = b.wait_for(b"gateway-ack")
     assert got == [("anchor/dev-b/ack", b"gateway-ack", False)]
-    # The retained checkpoint is still the gateway's.
-    c = connected(setup, "dev-a")
+    # The retained checkpoint is still the gateway's (for a new subscriber; one connection per
+    # username, so dev-b connects again).
+    b.close()
+    c = connected(setup, "dev-b")
     assert c.subscribe("anchor/checkpoint")
     assert c.wait_for(b"real-checkpoint") == [("anchor/checkpoint", b"real-checkpoint", True)]
     # And the device's forged own ack never reached it either.
     assert a.subscribe("anchor/dev-a/ack")
     gw.publish("anchor/dev-a/ack", b"gateway-ack-a")
     assert a.wait_for(b"gateway-ack-a") == [("anchor/dev-a/ack", b"gateway-ack-a", False)]
+
+
+def test_a_device_cannot_take_over_the_gateways_session(setup) -> None:
+    """The gateway's client id is public (it is derived from the gateway key id, which every
+    checkpoint names). A device connecting with it must not kick the gateway off nor take its
+    persistent session: the broker uses each client's username as its client id."""
+    gw_id = "iot-anchor-gw-0123456789abcdef"
+    gw = connected(setup, "iot-anchor-gateway", client_id=gw_id)
+    assert gw.subscribe("anchor/+/readings")
+    thief = connected(setup, "dev-a", client_id=gw_id)
+    thief.subscribe("anchor/+/readings")
+    b = connected(setup, "dev-b")
+    b.publish("anchor/dev-b/readings", b"still-delivered")
+    assert gw.wait_for(b"still-delivered") == [("anchor/dev-b/readings", b"still-delivered",
+                                                False)]
+    assert gw.disconnects == 0 and thief.msgs.empty()
 
 
 def test_a_subscriber_that_holds_its_pubacks_is_not_throttled(setup) -> None:
