@@ -14,7 +14,10 @@ What the ACL allows (topics are those of docs/protocol.md and issue 4):
   (subscribes to, receives) `anchor/<id>/ack` and `anchor/checkpoint`;
 - the gateway writes `anchor/+/ack` and `anchor/checkpoint`, and reads `anchor/#`.
 
-A device's MQTT username is its device id. Anything not listed is denied: Mosquitto drops a
+A device's MQTT username is its device id, and every client's MQTT client id is forced to its
+username (`use_username_as_clientid`), so no device can take over the gateway's persistent
+session by connecting with the gateway's client id (which is public: it derives from the
+gateway key id). Anything not listed is denied: Mosquitto drops a
 denied PUBLISH silently under MQTT 3.1.1 (the client gets its PUBACK all the same), and it
 checks `read` when it delivers a message, so a subscription to another device's topics (which
 Mosquitto 2.0.11 grants in its SUBACK) never receives anything. The gateway still refuses
