@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 from gateway.demo import run_demo
@@ -16,6 +17,14 @@ def register(sub: Any) -> None:
                     "'ledger verify' and a receipt verified offline. Exits 0 only if all holds.")
     p.add_argument("--keep", action="store_true",
                    help="keep the temporary folder (data dir, logs) and print its path")
-    p.set_defaults(func=lambda args: run_demo(keep=args.keep))
+    p.set_defaults(func=cmd_demo)
 
 
+def cmd_demo(args: Any) -> int:
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    return run_demo(keep=args.keep)
+
+
+def _sigterm_as_interrupt(signum: int, frame: object) -> None:
+    """SIGTERM stops the devices and workers like Ctrl-C does (the `finally` blocks run)."""
+    raise KeyboardInterrupt

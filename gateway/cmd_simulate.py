@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ def register(sub: Any) -> None:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     data = Path(args.data)
     fleet = Path(args.fleet_dir) if args.fleet_dir else data / "fleet"
     if args.engine == "cpython":
@@ -57,3 +59,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                               args.broker, args.drain_timeout, args.ack_timeout, args.count)
     res.print()
     return 0 if res.ok else 1
+
+
+def _sigterm_as_interrupt(signum: int, frame: object) -> None:
+    """SIGTERM stops the devices and workers like Ctrl-C does (the `finally` blocks run)."""
+    raise KeyboardInterrupt

@@ -152,6 +152,18 @@ class SimResult:
                           "acknowledged": acked, **self.figures}), file=out)
 
 
+def stop_process(proc: subprocess.Popen[Any], grace: float = 5.0) -> None:
+    """SIGINT one process, then SIGKILL it after `grace` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def stop_process_group(proc: subprocess.Popen[Any], grace: float = 5.0) -> None:
     """SIGINT the process group, then SIGKILL it after `grace` seconds."""
     if proc.poll() is not None:
@@ -226,9 +238,9 @@ class MicroPythonFleet:
         cmd = firmware_cmd("run", "--dir", str(d.dir), "--broker", broker,
                            "--interval", f"{interval:g}", "--count", str(count), *extra)
         with open(d.log, "ab") as log:
+            # In our process group: whoever stops simulate's group stops the devices too.
             d.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, cwd=ROOT,
-                                      start_new_session=True)
+                                      stdin=subprocess.DEVNULL, cwd=ROOT)
 
     def wait(self, deadline: float) -> None:
         """Wait until every process exits or `deadline` (monotonic) passes; stop the rest."""
@@ -238,12 +250,12 @@ class MicroPythonFleet:
             try:
                 d.proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                stop_process_group(d.proc)
+                stop_process(d.proc)
 
     def stop(self) -> None:
         for d in self.devices:
             if d.proc is not None:
-                stop_process_group(d.proc, grace=3.0)
+                stop_process(d.proc, grace=3.0)
 
     def reports(self) -> list[DeviceReport]:
         out = []

@@ -226,7 +226,7 @@ def test_device_killed_and_restarted(setup_factory) -> None:  # type: ignore[no-
     s.gateway.kill()  # no acks for a while: the victim's outbox fills up
     time.sleep(1.0)
     assert victim.proc is not None
-    os.killpg(victim.proc.pid, signal.SIGKILL)
+    victim.proc.kill()  # SIGKILL
     victim.proc.wait()
     first_run = published_seqs(victim.log)
     assert first_run, victim.log.read_text()

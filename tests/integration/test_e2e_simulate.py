@@ -56,10 +56,17 @@ def gateway(data: Path, broker: PrivateBroker, tmp_path: Path) -> Iterator[subpr
 
 def _simulate(data: Path, broker: PrivateBroker, *args: str,
               timeout: float = 120) -> tuple[int, dict, str]:
-    p = subprocess.run(cli("simulate", "--data", str(data), "--broker", broker.url, *args),
-                       capture_output=True, text=True, cwd=ROOT, timeout=timeout)
-    lines = p.stdout.strip().splitlines()
-    return p.returncode, json.loads(lines[-1]) if lines else {}, p.stdout + p.stderr
+    """Run simulate in its own process group (its devices included), stopped if it hangs."""
+    proc = subprocess.Popen(cli("simulate", "--data", str(data), "--broker", broker.url, *args),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        stop_process_group(proc, grace=5)
+    lines = out.strip().splitlines()
+    summary = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}
+    return proc.returncode, summary, out + err
 
 
 def _status(data: Path) -> dict:
