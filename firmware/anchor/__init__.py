@@ -2,9 +2,10 @@
 #
 # One module per concept: p256 (ECDSA), hmac256, cbor (deterministic encoder, small decoder),
 # cose (the Reading and its COSE_Sign1 message), state (the device's key, seq and prev on flash).
-# This file stays tiny: importing `anchor` must not pull in the big modules. Rarely used code is
-# in the *x.py modules (p256x, statex, cosex, mqttx, devicex, outboxx), loaded on first use and,
-# where the device loop uses one only at start-up, dropped again with unload().
+# This file stays tiny: importing `anchor` must not pull in the big modules. Code that runs only
+# at start-up or rarely is in separate modules (p256key, p256x, statex, statenew, cosex, mqttx,
+# devicex, outboxx, cli), loaded on first use; where the device loop uses one only at start-up,
+# it is dropped again with unload() (docs/boards.md, "Memory").
 
 VERSION = "0.1.0"
 

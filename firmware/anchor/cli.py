@@ -10,7 +10,7 @@ try:
 except ImportError:
     import ujson as json
 
-from anchor import Error
+from anchor import Error, unload
 
 USAGE = """usage:
   micropython main.py keygen --dir DIR [--id DEVICE_ID] [--secret HEX64]
@@ -100,6 +100,7 @@ def sign(args):
         except ValueError:
             raise Error("--ts must be unix seconds or 'none', not %r" % ts)
     dev = Device.load(d)
+    unload("statex", "p256key")  # start-up code: not needed to sign
     msg = dev.next_reading(data, ts)
     print("device %s, seq %d, %d bytes" % (dev.dev_id, dev.seq - 1, len(msg)))
     print(hexlify(msg).decode())

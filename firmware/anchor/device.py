@@ -328,7 +328,7 @@ def main(args):
         return 2
     board, dev, ob, client = devicex.build(opts)
     devicex = None
-    unload("devicex", "mqttx", "statex", "p256x", "outboxx")  # start-up code: free its RAM
+    unload("devicex", "mqttx", "statex", "statenew", "p256key", "p256x", "outboxx")  # start-up
     loop = Loop(board, dev, ob, client, interval=opts["interval"], count=opts["count"],
                 timeout=opts["timeout"], ack_timeout=opts["ack-timeout"])
     try:

@@ -92,7 +92,7 @@ def build(opts, board=None):
     # One part after the other, each start-up-only module dropped once used, so that they are
     # never all in RAM at once (this start-up is the heap's peak otherwise).
     dev = Device.load(d)
-    unload("statex", "p256x")
+    unload("statex", "p256key")
     if hasattr(board, "seed"):
         board.seed(dev.dev_id)
     from anchor.outbox import Outbox

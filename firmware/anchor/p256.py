@@ -9,9 +9,9 @@
 #   verify(pub, digest, sig) -> bool      plain ECDSA verification (accepts high-S too)
 #   rfc6979_k(d, digest) -> int           the first RFC 6979 nonce (known-answer tests)
 #   sign_rs(d, digest) -> (r, s)          the signature before low-S normalisation
-# Only signing (what the device loop runs) is in this file; generate_secret, secret_from_bytes,
-# public_key, verify, rfc6979_k, sign_message, decode_point, on_curve, the general mul/_add/_madd
-# and building the comb table are in p256x.py, which is
+# Only signing (what the device loop runs) is in this file. secret_from_bytes, public_key and
+# building the comb table (start-up) are in p256key.py; generate_secret, verify, rfc6979_k,
+# sign_message, decode_point, on_curve and the general mul/_add are in p256x.py; each is
 # imported when one of those names is first asked for here (module __getattr__), so their code
 # takes no RAM on a board that only signs.
 #
@@ -22,7 +22,7 @@
 # spaced _D = ceil(256/_W) bits apart; table[i] = sum of 2^(t*_D)*G over the bits t of i. A
 # multiplication is then _D-1 doublings and at most _D mixed additions instead of 255 doublings
 # and ~128 additions. The table is one bytearray of affine coordinates (64 bytes a point),
-# allocated at import and filled on first use (p256x._build_table). Inversions use the extended
+# allocated at import and filled on first use (p256key._build_table). Inversions use the extended
 # Euclidean algorithm in bytecode, which on MicroPython is ~5x faster than pow(a, m - 2, m)
 # (67 us against 354 us on this PC).
 #
@@ -110,7 +110,7 @@ def table():
     """The comb table (a bytearray of 64 * (2^_W - 1) bytes), filled on first use."""
     global _table_ready
     if not _table_ready:
-        from anchor.p256x import _build_table  # once, at start-up (Device.load)
+        from anchor.p256key import _build_table  # once, at start-up (Device.load)
 
         _build_table(_table)
         _table_ready = True
@@ -221,7 +221,9 @@ def sign(d, digest, mul_base=None):
 
 
 def __getattr__(name):
-    # p256.verify, p256.generate_secret, ...: the rarely used half, loaded on first use
-    from anchor import p256x
-
-    return getattr(p256x, name)
+    # loaded on first use: start-up code (p256key.py), the rarely used rest (p256x.py)
+    if name in ("secret_from_bytes", "public_key", "_madd", "_affine", "_build_table"):
+        from anchor import p256key as m
+    else:
+        from anchor import p256x as m
+    return getattr(m, name)

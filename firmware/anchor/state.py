@@ -25,9 +25,9 @@
 #   - last.cose lost or unreadable (a damaged file system): the next seq falls back to
 #     reserved_upto, which is always above every seq ever used, so no seq is reused; prev starts
 #     again from 32 zero bytes and the gateway records a chain break, which is the truth.
-# Creating a device (keygen) and loading its state (start-up) are in statex.py, loaded only
-# then: Device.create and Device.load forward there, and so do this module's other names
-# (default_id, check_id, ...) through __getattr__ below.
+# Loading the state (start-up) is in statex.py, creating a device (keygen) in statenew.py, each
+# loaded only then: Device.load and Device.create forward there, and so do this module's other
+# names (check_id, default_id, ...) through __getattr__ below.
 #
 # Flash cost per reading: one small file rewrite (last.cose, about 200 bytes) plus, every 64
 # readings, seq.json.
@@ -99,7 +99,7 @@ def _write_atomic(path, data):
 
 
 def _errno_name(e):
-    from anchor.statex import errno_name  # error path only
+    from anchor.statenew import errno_name  # error path only
 
     return errno_name(e)
 
@@ -107,8 +107,8 @@ def _errno_name(e):
 class Device:
     @classmethod
     def create(cls, d, dev_id=None, secret=None):
-        """New device state in directory d (created if missing); see statex.create."""
-        from anchor.statex import create
+        """New device state in directory d (created if missing); see statenew.create."""
+        from anchor.statenew import create
 
         return create(cls, d, dev_id, secret)
 
@@ -159,7 +159,9 @@ class Device:
 
 
 def __getattr__(name):
-    # default_id, check_id, ...: what only creating or loading a device needs (statex.py)
-    from anchor import statex
-
-    return getattr(statex, name)
+    # check_id, ...: loading a device (statex.py); default_id, ...: creating one (statenew.py)
+    if name in ("check_id", "MAX_ID_LEN", "_read"):
+        from anchor import statex as m
+    else:
+        from anchor import statenew as m
+    return getattr(m, name)

@@ -1,0 +1,97 @@
+# Creating a device's state (keygen, first boot): run once, so not kept in RAM with state.py
+# (state.Device.create forwards here, and so do state.default_id, ...). See state.py for the
+# files and their format.
+
+import os
+import sys
+from binascii import hexlify, unhexlify
+
+try:
+    import json
+except ImportError:
+    import ujson as json
+
+from anchor import Error, cose, p256
+from anchor.state import KEY_FILE, LAST_FILE, SEQ_FILE, _path, _write_atomic
+from anchor.statex import check_id
+
+
+def default_id(public_key):
+    """<platform>-<first 10 hex digits of SHA-256(public key)>, e.g. linux-3fa2b09c1d."""
+    return "%s-%s" % (sys.platform, hexlify(cose.message_hash(public_key)).decode()[:10])
+
+
+_ERRNO = {
+    2: "no such file or directory",
+    13: "permission denied",
+    17: "file exists",
+    20: "not a directory",
+    21: "is a directory",
+    28: "no space left on device",
+    30: "read-only file system",
+}
+
+
+def errno_name(e):
+    code = e.args[0] if e.args else 0
+    return _ERRNO.get(code, "errno %s" % code)
+
+
+def exists(path):
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
+
+
+def makedirs(d):
+    try:
+        if os.stat(d)[0] & 0x4000:
+            return
+        raise Error("%s exists and is not a directory" % d)
+    except OSError:
+        pass
+    parent = d.rstrip("/").rsplit("/", 1)[0] if "/" in d.rstrip("/") else ""
+    if parent:
+        makedirs(parent)
+    try:
+        os.mkdir(d)
+    except OSError as e:
+        raise Error("cannot create directory %s (%s)" % (d, errno_name(e)))
+
+
+def create(cls, d, dev_id=None, secret=None):
+    """New device state in directory d (created if missing).
+
+    secret: None for a new key from os.urandom, else 32 bytes or 64 hex characters.
+    dev_id: None for default_id(public key). Refuses a directory that already holds state.
+    """
+    if secret is None:
+        s = p256.generate_secret()
+    else:
+        if isinstance(secret, str):
+            if len(secret) != 64:
+                raise Error("--secret must be 64 hex characters (32 bytes)")
+            try:
+                secret = unhexlify(secret)
+            except ValueError:
+                raise Error("--secret must be 64 hex characters (32 bytes)")
+        try:
+            s = p256.secret_from_bytes(secret)
+        except ValueError as e:
+            raise Error("bad secret: %s" % e)
+    pub = p256.public_key(s)
+    if dev_id is None:
+        dev_id = default_id(pub)
+    check_id(dev_id)
+    makedirs(d)
+    for name in (KEY_FILE, SEQ_FILE, LAST_FILE):
+        if exists(_path(d, name)) or exists(_path(d, name + ".tmp")):
+            raise Error("%s already holds device state (%s); keep it, or use an empty "
+                        "directory" % (d, name))
+    key = {"v": 1, "id": dev_id, "secret": hexlify(s.to_bytes(32, "big")).decode(),
+           "public": hexlify(pub).decode()}
+    _write_atomic(_path(d, SEQ_FILE), json.dumps({"v": 1, "reserved_upto": 0}).encode())
+    _write_atomic(_path(d, KEY_FILE), json.dumps(key).encode())
+    return cls(d, dev_id, s, pub, 0, 0, None)
