@@ -73,6 +73,9 @@ BATCH_RE = re.compile(
     r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO iot_anchor\.service: batch: (\d+) readings, "
     r"entry \S+, root \S+, commit ([\d.]+) ms"
 )
+# The devices' outbox: a reading not acknowledged after this long is published again (the
+# firmware's default), so a lost ack costs a republish, as on a real fleet.
+ACK_TIMEOUT = 30.0
 # CLOCK_REALTIME - CLOCK_MONOTONIC: turns the engine's monotonic stamps into log times.
 WALL_MINUS_MONO = time.time() - time.monotonic()
 
@@ -376,7 +379,7 @@ def phase_gateway(fleet: Fleet, o: Opts, paced: bool, tag: str) -> dict[str, Any
             b0 = proc_cpu_s(broker.proc.pid) if broker.proc else 0.0
             m0, w0 = machine_busy_s(), time.monotonic()
             load = run_load(fleet, broker.url, o.procs, interval,
-                            drain=max(120.0, n / 1000), ack_timeout=1e9)
+                            drain=max(120.0, n / 1000), ack_timeout=ACK_TIMEOUT)
             cpu = proc_cpu_s(gw.pid) - c0
             rss = proc_hwm_mb(gw.pid)
             b1 = proc_cpu_s(broker.proc.pid) if broker.proc else 0.0
