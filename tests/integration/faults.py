@@ -23,8 +23,6 @@ from typing import Any
 import cbor2
 import paho.mqtt.client as mqtt
 
-from gateway.simulate import stop_process_group
-
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -44,6 +42,23 @@ def status(data: Path) -> dict[str, Any]:
 
 def verify(data: Path, vkey: str) -> subprocess.CompletedProcess[str]:
     return iot("ledger", "verify", "--data", str(data), "--gateway-key", vkey)
+
+
+def stop_group(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGINT the process group that `proc` leads, then SIGKILL it after `grace` seconds."""
+    if proc.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGINT, grace), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+    proc.wait()
 
 
 class GatewayProc:
@@ -111,11 +126,11 @@ class GatewayProc:
         try:
             return self.proc.wait(timeout)
         finally:
-            stop_process_group(self.proc, grace=0.1)
+            stop_group(self.proc, grace=0.1)
 
     def cleanup(self) -> None:
         if self.proc is not None:
-            stop_process_group(self.proc, grace=0.5)
+            stop_group(self.proc, grace=0.5)
 
 
 class AckWatcher:
