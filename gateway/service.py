@@ -420,25 +420,42 @@ class GatewayService:
         pending = 0  # readings waiting in the pipeline's open batch
         retry_at = 0.0
         while True:
-            timeout = None
-            if opened is not None:
-                timeout = max(0.0, max(opened + cfg.batch_interval, retry_at) - time.monotonic())
-            if not self._inbox and not self._stop.is_set():
+            now = time.monotonic()
+            if retry_at > now and not self._stop.is_set():
+                # backing off after a storage error: messages keep waiting in the inbox
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), retry_at - now)
+            elif not self._inbox and not self._stop.is_set():
+                timeout = None
+                if opened is not None:
+                    timeout = max(0.0, opened + cfg.batch_interval - now)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
             stopping = self._stop.is_set()
             if stopping:
                 self._accepting = False
-            if self._inbox and pending < cfg.batch_max:
+            if self._inbox and pending < cfg.batch_max and time.monotonic() >= retry_at:
                 room = cfg.batch_max - pending
                 chunk, self._inbox = self._inbox[:room], self._inbox[room:]
-                if opened is None:
-                    opened = time.monotonic()
-                await self._call(_submit, self._pipeline, chunk)
-                self._unacked.extend(chunk)
-                submitted += len(chunk)
-                pending = await self._call(_pending, self._pipeline)
+                try:
+                    await self._call(_submit, self._pipeline, chunk)
+                except AnchorError as e:
+                    # The database could not be read: keep the messages (not PUBACKed) and
+                    # try again; a stop gives up on them (the broker redelivers them).
+                    log.error("cannot check readings, retrying in 1 s: %s", e.explain())
+                    self._inbox[:0] = chunk
+                    retry_at = time.monotonic() + 1.0
+                    if stopping:
+                        self._inbox.clear()
+                    else:
+                        continue
+                else:
+                    if opened is None:
+                        opened = time.monotonic()
+                    self._unacked.extend(chunk)
+                    submitted += len(chunk)
+                    pending = await self._call(_pending, self._pipeline)
             due = opened is not None and time.monotonic() >= opened + cfg.batch_interval
             full = pending >= cfg.batch_max
             if submitted and (due or full or stopping) and time.monotonic() >= retry_at:

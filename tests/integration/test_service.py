@@ -30,6 +30,7 @@ class FakePipeline:
 
     key_id: str = "testkey"
     fail_commits: int = 0
+    fail_submits: int = 0
     stored: dict[tuple[str, int], int] = field(default_factory=dict)  # -> entry
     open_batch: list[tuple[str, int]] = field(default_factory=list)
     touched: set[str] = field(default_factory=set)
@@ -42,6 +43,9 @@ class FakePipeline:
         return None
 
     def submit(self, messages: list[tuple[bytes, str | None]]) -> list[str]:
+        if self.fail_submits:
+            self.fail_submits -= 1
+            raise StorageError("database is locked (simulated)", "wait")
         out = []
         for payload, topic_dev in messages:
             try:
@@ -353,5 +357,32 @@ def test_backlog_above_inbox_limit_is_taken_in_rounds(broker: PrivateBroker,
         assert sorted(pipe.stored) == [("d7", s) for s in range(400)]
         assert svc.stats.resyncs >= 1
         assert svc.stats.inbox_peak <= 60
+
+    asyncio.run(main())
+
+
+def test_submit_fault_then_recovery(broker: PrivateBroker, tmp_path: Path) -> None:
+    """The store cannot be read for a while: the messages wait (backing off, not spinning)
+    and are anchored once it works again."""
+    import resource
+
+    pipe = FakePipeline(fail_submits=2)
+
+    async def main() -> None:
+        svc = GatewayService(_cfg(broker, tmp_path, batch_interval=0.1), lambda: pipe)
+        task = await _start(svc)
+        cpu0 = resource.getrusage(resource.RUSAGE_SELF).ru_utime
+        async with aiomqtt.Client("127.0.0.1", broker.port) as pub:
+            for seq in range(5):
+                await pub.publish("anchor/d8/readings", f"d8:{seq}".encode(), qos=1)
+        for _ in range(100):
+            if len(pipe.stored) == 5:
+                break
+            await asyncio.sleep(0.05)
+        cpu = resource.getrusage(resource.RUSAGE_SELF).ru_utime - cpu0
+        svc.request_stop()
+        assert await asyncio.wait_for(task, 20) == 0
+        assert pipe.fail_submits == 0 and len(pipe.stored) == 5
+        assert cpu < 1.0, f"{cpu:.2f} s of CPU while backing off"
 
     asyncio.run(main())
