@@ -246,10 +246,17 @@ class GatewayService:
                 self.client_id, self.cfg.broker, self.cfg.batch_interval, self.cfg.batch_max,
                 self.cfg.puback,
             )
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._connection_loop(), name="connection")
-                tg.create_task(self._processor(), name="processor")
-                tg.create_task(self._publisher(), name="publisher")
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self._connection_loop(), name="connection")
+                    tg.create_task(self._processor(), name="processor")
+                    tg.create_task(self._publisher(), name="publisher")
+            except BaseExceptionGroup as group:
+                # The CLI explains an AnchorError in one line; do not hide it in a group.
+                for e in group.exceptions:
+                    if isinstance(e, AnchorError):
+                        raise e from None
+                raise
             ru = resource.getrusage(resource.RUSAGE_SELF)
             st = self.stats
             log.info(
