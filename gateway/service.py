@@ -2,7 +2,7 @@
 
 Data flow (one asyncio loop, one worker thread that owns the pipeline and its SQLite handle):
 
-    broker --PUBLISH anchor/<id>/readings (QoS 1)--> receiver task --> inbox (list)
+    broker --PUBLISH anchor/<id>/readings (QoS 1)--> paho on_message --> inbox (list)
     processor task: inbox --submit--> Pipeline (worker thread) --commit--> CommitResult
     after the commit:  PUBACK the broker for every message of the batch (manual acks),
                        publish anchor/<id>/ack (QoS 1, CBOR {"upto", "seqs", "entry"}),
@@ -33,6 +33,14 @@ stores it has committed. Two mechanisms keep a reading that was received but not
 
 A message that arrived on a previous connection is not PUBACKed on a new one (packet ids are
 per connection); the broker redelivers it and the pipeline counts the copy as a duplicate.
+
+Memory bound. After an outage the broker sends the session's whole backlog at once. At most
+`inbox_max` messages wait (default max(8 x batch_max, 32768)); what arrives above that is
+neither taken nor PUBACKed. The service then takes nothing more until what it took is
+committed and PUBACKed, and reconnects: the broker sends the rest again (`_request_resync`).
+
+Storage faults. A failed submit or commit is logged with its reason and retried every second;
+nothing is PUBACKed or acknowledged meanwhile, and the messages keep waiting.
 """
 
 from __future__ import annotations
