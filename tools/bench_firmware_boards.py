@@ -5,7 +5,8 @@ its own through SECTIONS and summary() here), and the rig the heap-limit test us
   firmware_ram   RAM the loaded firmware takes: gc.mem_alloc() after importing every module the
                  device loop needs (and the comb table they allocate), from .mpy files compiled
                  with mpy-cross as a board runs them; the same from .py sources in the same run,
-                 as the baseline, and the ratio.
+                 as the baseline, and the ratio; and what stays once the loop has started (its
+                 start-up modules dropped again, its board, state, outbox and client built).
   loop_heap      the smallest `micropython -X heapsize` at which the device loop, from .mpy,
                  still produces N readings and gets all of them acknowledged as anchored, end to
                  end through Mosquitto and the gateway service (`iot-anchor run`), found by
@@ -55,6 +56,21 @@ sys.path.insert(0, %r)
 gc.collect()
 m0 = gc.mem_alloc()
 from anchor import device, mqtt, outbox, state, cose, cbor, p256, hmac256, board, config, startup
+gc.collect()
+print(gc.mem_alloc() - m0)
+"""
+
+# What stays in RAM once the device loop has started: its modules, after its start-up dropped the
+# start-up-only ones (device.main does the same), and the objects the loop runs on.
+_RAM_STARTED = """
+import gc, sys
+sys.path.insert(0, %r)
+gc.collect()
+m0 = gc.mem_alloc()
+from anchor import device, unload
+opts = device.parse_args(["--dir", %r, "--broker", "mqtt://127.0.0.1:1"])
+objs = device.build(opts)
+unload("devicex", "mqttx", "statex", "statenew", "p256key", "p256x", "outboxx")
 gc.collect()
 print(gc.mem_alloc() - m0)
 """
@@ -221,6 +237,12 @@ def firmware_ram(mp: str) -> dict[str, Any]:
 
         mpy = ram(fw)
         src = ram(FIRMWARE)
+        d = Path(tmp) / "dev"
+        subprocess.run([mp, str(fw / "main.py"), "keygen", "--dir", str(d), "--secret", "11" * 32],
+                       capture_output=True, check=True, timeout=60)
+        p = subprocess.run([mp, "-c", _RAM_STARTED % (str(fw), str(d))], capture_output=True,
+                           text=True, timeout=60)
+        started = int(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else None
         p = subprocess.run([mp, "-c", _RAM_BY_MODULE % str(fw)], capture_output=True,
                            text=True, timeout=60)
         by_module = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else {}
@@ -235,7 +257,9 @@ def firmware_ram(mp: str) -> dict[str, Any]:
         # the heap needed to get there: compiling sources on the board costs extra RAM
         imp_mpy = smallest_heap(imports_in(fw), 16, 512)
         imp_src = smallest_heap(imports_in(FIRMWARE), 16, 512)
-    return {"firmware_ram_bytes_mpy": mpy, "firmware_ram_bytes_source": src,
+    return {"micropython_word_bits": word_bits(mp),
+            "firmware_ram_bytes_mpy": mpy, "firmware_ram_bytes_source": src,
+            "firmware_ram_bytes_loop_started": started,
             "firmware_ram_bytes_by_module": by_module,
             "firmware_ram_ratio_mpy_source": round(mpy / src, 3),
             "import_heap_kib_mpy": imp_mpy, "import_heap_kib_source": imp_src,
@@ -280,14 +304,22 @@ package("anchor", base_path=%r)
 """
 
 
-def frozen_binary() -> str | None:
+def word_bits(mp: str) -> int:
+    """64 or 32: the word size of a MicroPython binary."""
+    out = subprocess.run([mp, "-c", "import sys; print(sys.maxsize)"], capture_output=True,
+                         text=True, check=True).stdout
+    return 64 if int(out) > 2**32 else 32
+
+
+def frozen_binary(bits: int = 64) -> str | None:
     """The Unix port with the firmware frozen in, built (or brought up to date) from the source
-    tools/install-micropython unpacked; None when that source is not there."""
+    tools/install-micropython unpacked, 32-bit when bits is 32 (as the 32-bit binary measured
+    next to it; needs gcc-multilib); None when that source is not there."""
     work = ROOT / ".cache" / "micropython" / "build"
     srcs = sorted(work.glob("micropython-*/ports/unix"))
     if not srcs:
         return None
-    out = ROOT / ".cache" / "micropython-frozen"
+    out = ROOT / ".cache" / ("micropython-frozen" if bits == 64 else f"micropython-frozen{bits}")
     out.mkdir(parents=True, exist_ok=True)
     manifest = out / "manifest.py"
     manifest.write_text(_FROZEN_MANIFEST % str(FIRMWARE))
@@ -299,7 +331,8 @@ def frozen_binary() -> str | None:
         ["make", "-C", str(srcs[0]), f"-j{os.cpu_count() or 2}", f"BUILD={out / 'build'}",
          "MICROPY_PY_BTREE=0", "MICROPY_SSL_MBEDTLS=0", "MICROPY_SSL_AXTLS=0",
          "MICROPY_PY_SSL=0", "MICROPY_PY_FFI=0", f"FROZEN_MANIFEST={manifest}",
-         f"MPY_LIB_DIR={lib}"], capture_output=True, text=True, timeout=900)
+         f"MPY_LIB_DIR={lib}", *(["MICROPY_FORCE_32BIT=1"] if bits == 32 else [])],
+        capture_output=True, text=True, timeout=900)
     binary = out / "build" / "micropython"
     if p.returncode != 0 or not binary.exists():
         raise RuntimeError("building the frozen Unix port failed: " + p.stderr[-2000:])
@@ -307,7 +340,7 @@ def frozen_binary() -> str | None:
 
 
 def loop_frozen(mp: str) -> dict[str, Any]:
-    frozen = frozen_binary()
+    frozen = frozen_binary(word_bits(mp))
     if frozen is None:
         return {"loop_heap_kib_min_frozen": None, "firmware_ram_bytes_frozen": None}
     p = subprocess.run([frozen, "-c", _RAM_SCRIPT % "/nonexistent"], capture_output=True,
@@ -343,6 +376,8 @@ def summary(res: dict[str, dict[str, Any]]) -> list[str]:
         f"{r['firmware_ram_ratio_mpy_source']:.2f}); smallest heap to import it: "
         f"{r['import_heap_kib_mpy']} KiB from .mpy, {r['import_heap_kib_source']} KiB from "
         f"sources (ratio {r['import_heap_ratio_mpy_source']})",
+        f"  RAM once the loop has started (start-up modules dropped, its objects built): "
+        f"{r['firmware_ram_bytes_loop_started']} bytes",
         "    by module (.mpy): " + ", ".join(
             f"{k} {v}" for k, v in sorted(r["firmware_ram_bytes_by_module"].items(),
                                           key=lambda kv: -kv[1])),
@@ -354,7 +389,9 @@ def summary(res: dict[str, dict[str, Any]]) -> list[str]:
         f"bytes of RAM loaded, the loop in {res['loop_frozen']['loop_heap_kib_min_frozen']} KiB "
         "(as on a board whose MicroPython build has the firmware frozen in); ratio to .mpy: "
         f"{_ratio(res['loop_frozen']['loop_heap_kib_min_frozen'], loop)}",
-        "  (64-bit Unix port: a 32-bit board needs less for the same objects)",
+        f"  ({r['micropython_word_bits']}-bit Unix port"
+        + (": a 32-bit board needs less for the same objects)" if r["micropython_word_bits"] == 64
+           else ": objects the size of a 32-bit board's)"),
     ]
 
 

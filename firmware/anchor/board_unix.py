@@ -32,12 +32,7 @@ import math
 import os
 import time
 
-try:
-    from micropython import const
-except ImportError:
-
-    def const(x):
-        return x
+from micropython import const
 
 
 _THERMAL = "/sys/class/thermal"

@@ -18,13 +18,7 @@
 
 import struct
 
-try:
-    from micropython import const
-except ImportError:
-
-    def const(x):
-        return x
-
+from micropython import const
 
 from anchor import Error
 

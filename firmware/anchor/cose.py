@@ -15,13 +15,7 @@
 
 from hashlib import sha256
 
-try:
-    from micropython import const
-except ImportError:
-
-    def const(x):
-        return x
-
+from micropython import const
 
 from anchor import Error, cbor, p256
 

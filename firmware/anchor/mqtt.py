@@ -47,11 +47,7 @@ import os
 import struct
 import time
 
-try:
-    from micropython import const
-except ImportError:  # CPython, for reading the code with tools
-    def const(x):
-        return x
+from micropython import const
 
 try:
     import ssl as _ssl

@@ -44,12 +44,7 @@ import os
 import struct
 from array import array
 
-try:
-    from micropython import const
-except ImportError:
-
-    def const(x):
-        return x
+from micropython import const
 
 
 _MAGIC = const(0xA7)

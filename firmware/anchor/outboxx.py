@@ -4,13 +4,7 @@
 import os
 import struct
 
-try:
-    from micropython import const
-except ImportError:
-
-    def const(x):
-        return x
-
+from micropython import const
 
 from anchor.outbox import _Seg, _crc
 

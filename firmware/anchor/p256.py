@@ -34,13 +34,7 @@
 # columns. The threat model is a device that signs its own sensor data; a local timing or power
 # side channel is out of scope (see docs/protocol.md).
 
-try:
-    from micropython import const
-except ImportError:  # CPython, for tests and tools that import the firmware
-
-    def const(x):
-        return x
-
+from micropython import const
 
 from anchor.hmac256 import Hmac256
 

@@ -41,13 +41,7 @@ try:
 except ImportError:
     import ujson as json
 
-try:
-    from micropython import const
-except ImportError:
-
-    def const(x):
-        return x
-
+from micropython import const
 
 from anchor import Error, cose
 

@@ -9,13 +9,7 @@ try:
 except ImportError:
     import ujson as json
 
-try:
-    from micropython import const
-except ImportError:
-
-    def const(x):
-        return x
-
+from micropython import const
 
 from anchor import Error, cbor, p256
 from anchor.state import KEY_FILE, LAST_FILE, SEQ_FILE, _path
