@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import heapq
 import json
 import math
 import multiprocessing
@@ -504,7 +505,6 @@ class _Conn:
         connection that drops is left to the republisher (the outbox).
         """
         i = 0
-        d = self.d
         while i < len(items):
             await self.ready.wait()
             writer = self.writer
@@ -513,28 +513,41 @@ class _Conn:
                 self.room.clear()
                 await self.room.wait()
                 continue
-            out = bytearray()
-            now = time.monotonic()
-            for seq, msg in items[i : i + free]:
-                pid = self._next_pid()
-                self.inflight[pid] = seq
-                first = seq not in d.sent_at
-                if first:
-                    d.sent_at[seq] = now
-                    d.produced += 1
-                    if seq >= d.next_seq:
-                        d.next_seq = seq + 1
-                        d.prev = hashlib.sha256(msg).digest()
-                else:
-                    d.republished += 1
-                d.last_sent[seq] = now
-                out += publish_packet(d.topic, msg, pid, dup=not first)
+            self._write(writer, items[i : i + free])
             i += free
-            writer.write(out)
             try:
                 await writer.drain()
             except (OSError, ConnectionError):
                 await asyncio.sleep(0.05)
+
+    def send_nowait(self, item: tuple[int, bytes]) -> bool:
+        """Publish one reading now if connected and the window has room; else False."""
+        writer = self.writer
+        if writer is None or not self.ready.is_set() or len(self.inflight) >= self.window:
+            return False
+        self._write(writer, [item])
+        return True
+
+    def _write(self, writer: asyncio.StreamWriter, items: list[tuple[int, bytes]]) -> None:
+        """One write of PUBLISH packets for `items`; the bookkeeping of first publishes."""
+        d = self.d
+        out = bytearray()
+        now = time.monotonic()
+        for seq, msg in items:
+            pid = self._next_pid()
+            self.inflight[pid] = seq
+            first = seq not in d.sent_at
+            if first:
+                d.sent_at[seq] = now
+                d.produced += 1
+                if seq >= d.next_seq:
+                    d.next_seq = seq + 1
+                    d.prev = hashlib.sha256(msg).digest()
+            else:
+                d.republished += 1
+            d.last_sent[seq] = now
+            out += publish_packet(d.topic, msg, pid, dup=not first)
+        writer.write(out)
 
     async def disconnect(self) -> None:
         if self.writer is not None:
@@ -569,19 +582,46 @@ async def _drive(cfg: EngineConfig, devs: list[_Dev], go: Any) -> None:
     produce_until = t0 + cfg.duration
 
     async def produce(c: _Conn) -> None:
-        d = c.d
-        if cfg.interval > 0:
-            await asyncio.sleep(random.random() * cfg.interval)
-        if cfg.interval <= 0:
-            await c.send(d.msgs)  # as fast as the window and the CPU allow
-            return
-        for i, item in enumerate(d.msgs):
-            if time.monotonic() >= produce_until:
-                break
-            await c.send([item])
-            delay = t0 + (i + 1) * cfg.interval - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
+        await c.send(c.d.msgs)  # as fast as the window and the CPU allow
+
+    async def paced() -> None:
+        """Every device publishes one reading per interval, at its own random phase.
+
+        One scheduler for the whole share instead of a coroutine per device: the readings
+        due within the next millisecond go out in one pass, and a device whose connection is
+        down or whose window is full gets its readings queued, in order, on a task of its own.
+        """
+        backlog: dict[int, list[tuple[int, bytes]]] = {}
+        drainers: dict[int, asyncio.Task[None]] = {}
+
+        async def drain(k: int) -> None:
+            while backlog.get(k):
+                items = backlog.pop(k)
+                await conns[k].send(items)
+
+        heap = [(t0 + random.random() * cfg.interval, k, 0)
+                for k, c in enumerate(conns) if c.d.msgs]
+        heapq.heapify(heap)
+        while heap:
+            now = time.monotonic()
+            due = heap[0][0]
+            if due > now + 0.001:
+                await asyncio.sleep(due - now)
+                continue
+            while heap and heap[0][0] <= now + 0.001:
+                due, k, i = heapq.heappop(heap)
+                if due >= produce_until:
+                    continue
+                c = conns[k]
+                item = c.d.msgs[i]
+                if k in backlog or not c.send_nowait(item):
+                    backlog.setdefault(k, []).append(item)
+                    if k not in drainers or drainers[k].done():
+                        drainers[k] = asyncio.create_task(drain(k))
+                if i + 1 < len(c.d.msgs):
+                    heapq.heappush(heap, (due + cfg.interval, k, i + 1))
+            await asyncio.sleep(0)
+        await asyncio.gather(*drainers.values())
 
     async def republisher(c: _Conn) -> None:
         """The outbox: publish again what is not acknowledged after ack_timeout."""
@@ -599,9 +639,11 @@ async def _drive(cfg: EngineConfig, devs: list[_Dev], go: Any) -> None:
             if due:
                 await c.send(due)
 
-    producers = [asyncio.create_task(produce(c)) for c in conns]
     repubs = [asyncio.create_task(republisher(c)) for c in conns]
-    await asyncio.gather(*producers)
+    if cfg.interval > 0:
+        await paced()
+    else:
+        await asyncio.gather(*(produce(c) for c in conns))
     drain_until = time.monotonic() + cfg.drain_timeout
     while time.monotonic() < drain_until:
         if all(len(d.acked) >= d.produced for d in devs):
