@@ -199,6 +199,7 @@ class FleetDevice:
     dir: Path
     log: Path
     proc: subprocess.Popen[bytes] | None = None
+    log_offset: int = 0  # where this run's output starts in the (appended) log
 
 
 class MicroPythonFleet:
@@ -237,6 +238,7 @@ class MicroPythonFleet:
                   extra: tuple[str, ...] = ()) -> None:
         cmd = firmware_cmd("run", "--dir", str(d.dir), "--broker", broker,
                            "--interval", f"{interval:g}", "--count", str(count), *extra)
+        d.log_offset = d.log.stat().st_size if d.log.exists() else 0
         with open(d.log, "ab") as log:
             # In our process group: whoever stops simulate's group stops the devices too.
             d.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
@@ -260,7 +262,11 @@ class MicroPythonFleet:
     def reports(self) -> list[DeviceReport]:
         out = []
         for d in self.devices:
-            text = d.log.read_text(errors="replace") if d.log.exists() else ""
+            text = ""
+            if d.log.exists():
+                with open(d.log, "rb") as f:
+                    f.seek(d.log_offset)
+                    text = f.read().decode(errors="replace")
             summary = last_json_line(text) or {}
             rep = DeviceReport(d.dev, int(summary.get("produced", 0)),
                                int(summary.get("acked", 0)),
