@@ -42,8 +42,8 @@ FUZZ_SECONDS ?= 120
 fuzz: venv
 	IOT_ANCHOR_FUZZ_EXAMPLES=5000 $(PY) -m pytest -q tests/unit/test_fuzz_decoder.py
 	@if $(PY) -c 'import atheris' 2>/dev/null; then \
-	  $(PY) tools/fuzz_decoder.py --seconds $(FUZZ_SECONDS) 2>fuzz-decoder.log \
-	    || { tail -40 fuzz-decoder.log; exit 1; }; \
+	  mkdir -p .cache && $(PY) tools/fuzz_decoder.py --seconds $(FUZZ_SECONDS) --artifacts .cache \
+	    2>.cache/fuzz-decoder.log || { tail -40 .cache/fuzz-decoder.log; exit 1; }; \
 	else echo "fuzz: atheris is not installed here (Linux x86_64 only); hypothesis ran alone"; fi
 
 test-unit: setup

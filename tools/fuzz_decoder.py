@@ -14,7 +14,7 @@ message that cbor2 does not read back to the same fields; a single input that ta
 It stops after --seconds and prints one readable line, then one JSON object as its last line:
 inputs tried, inputs per second, accepted, rejections by reason, coverage-guided corpus size.
 Exit 0 if nothing failed; on a failure libFuzzer prints the input and writes it as crash-*
-into the current folder, and the exit code is non-zero.
+into --artifacts (the current folder by default), and the exit code is non-zero.
 
 atheris has wheels for Linux x86_64 (CPython 3.11 to 3.13); where it does not install, the
 hypothesis fuzz tests (tests/unit/test_fuzz_decoder.py) are the decoder's fuzzing.
@@ -130,6 +130,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60.0, help="how long to fuzz (default 60)")
     ap.add_argument("--corpus", help="corpus folder to use and grow (default: a temporary one)")
     ap.add_argument("--seed", type=int, default=0, help="libFuzzer seed (0: random)")
+    ap.add_argument("--artifacts", default="./",
+                    help="where a failing input is written as crash-* (default: ./)")
     args = ap.parse_args()
     tmp = None
     if args.corpus:
@@ -145,7 +147,8 @@ def main() -> None:
     state["deadline"] = state["start"] + args.seconds
     libfuzzer_args = [sys.argv[0], str(corpus), f"-max_len={cose.MAX_MESSAGE + 64}",
                       f"-seed={args.seed}", "-print_final_stats=0", "-close_fd_mask=0",
-                      f"-max_total_time={int(args.seconds) + 30}"]
+                      f"-max_total_time={int(args.seconds) + 30}",
+                      f"-artifact_prefix={args.artifacts.rstrip('/')}/"]
     atheris.Setup(libfuzzer_args, test_one_input)
     atheris.Fuzz()
 
