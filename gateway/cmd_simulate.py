@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 from gateway.cli import add_data_arg
 from gateway.cmd_run import add_broker_arg
-from gateway.simulate import run_cpython, run_micropython
+from gateway.simulate import run_cpython, run_micropython, running_gateway
 
 
 def register(sub: Any) -> None:
@@ -44,6 +45,9 @@ def register(sub: Any) -> None:
                         "(default 10)")
     p.add_argument("--fleet-dir", metavar="DIR", default=None,
                    help="where the devices' state lives (default DATA/fleet)")
+    p.add_argument("--with-gateway", action="store_true",
+                   help="also run the gateway ('iot-anchor run' on the same --data and "
+                        "--broker) for the simulation, and stop it afterwards")
     p.set_defaults(func=cmd_simulate)
 
 
@@ -51,12 +55,18 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     data = Path(args.data)
     fleet = Path(args.fleet_dir) if args.fleet_dir else data / "fleet"
-    if args.engine == "cpython":
-        res = run_cpython(data, fleet, args.devices, args.interval, args.duration, args.broker,
-                          args.drain_timeout, args.count, args.procs, args.ack_timeout)
-    else:
-        res = run_micropython(data, fleet, args.devices, args.interval, args.duration,
-                              args.broker, args.drain_timeout, args.ack_timeout, args.count)
+    with contextlib.ExitStack() as stack:
+        if args.with_gateway:
+            log = fleet / "gateway.log"
+            stack.enter_context(running_gateway(data, args.broker, log))
+            print(f"simulate: gateway running (log {log})")
+        if args.engine == "cpython":
+            res = run_cpython(data, fleet, args.devices, args.interval, args.duration,
+                              args.broker, args.drain_timeout, args.count, args.procs,
+                              args.ack_timeout)
+        else:
+            res = run_micropython(data, fleet, args.devices, args.interval, args.duration,
+                                  args.broker, args.drain_timeout, args.ack_timeout, args.count)
     res.print()
     return 0 if res.ok else 1
 

@@ -16,12 +16,14 @@ Two engines:
 
 The fleet folder defaults to `<data>/fleet`, so running simulate again on the same data dir
 reuses the devices (their keys are registered once) and their seqs continue.
-simulate does not start a gateway: run `iot-anchor run` beside it (or use `iot-anchor demo`).
+simulate does not start a gateway unless asked (`--with-gateway`): run `iot-anchor run`
+beside it, or use `iot-anchor demo`.
 It exits 0 only when every reading produced was acknowledged as anchored.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -30,7 +32,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -349,3 +351,41 @@ def run_cpython(data_dir: Path, fleet_dir: Path, n: int, interval: float, durati
 
 def _round(x: float | None) -> float | None:
     return None if x is None else round(x, 1)
+
+
+@contextlib.contextmanager
+def running_gateway(data_dir: Path, broker: str, log_path: Path,
+                    batch_interval: float = 0.5) -> Iterator[subprocess.Popen[bytes]]:
+    """`iot-anchor run` as a child for the duration of the block (simulate --with-gateway);
+    stopped with SIGTERM after it (it commits and acknowledges its open batch)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    start = log_path.stat().st_size if log_path.exists() else 0
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "--data", str(data_dir), "--broker", broker,
+             "--batch-interval", f"{batch_interval:g}"],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT)
+
+    def said() -> str:
+        with open(log_path, "rb") as f:
+            f.seek(start)
+            return f.read().decode(errors="replace")
+
+    try:
+        deadline = time.monotonic() + 30
+        while "connected to" not in said():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                last = (said().strip().splitlines() or ["no output"])[-1]
+                raise AnchorError(f"the gateway did not connect to {broker}: {last}",
+                                  f"see {log_path}; is the data dir initialised and the "
+                                  "broker running?")
+            time.sleep(0.05)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

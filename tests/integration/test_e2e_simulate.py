@@ -150,3 +150,19 @@ def test_store_untouched_by_failed_simulate(data: Path, broker: PrivateBroker) -
     with Store.open(data, readonly=True) as store:
         assert store.reading_count() == 0
         assert [d.id for d in store.devices()] == ["sim-0000"]
+
+
+def test_simulate_with_gateway(data: Path, broker: PrivateBroker, tmp_path: Path) -> None:
+    code, summary, out = _simulate(data, broker, "--devices", "2", "--interval", "0.2",
+                                   "--duration", "1", "--ack-timeout", "2", "--with-gateway")
+    assert code == 0, out
+    assert summary["produced"] == summary["acknowledged"] == 10
+    assert _status(data)["readings"] == 10
+    log = (data / "fleet" / "gateway.log").read_text()
+    assert "stopped: 10 messages received, 10 readings anchored" in log
+    # no data dir: the gateway cannot start, and simulate says why
+    p = subprocess.run(cli("simulate", "--data", str(tmp_path / "none"), "--broker", broker.url,
+                           "--devices", "1", "--with-gateway", "--fleet-dir",
+                           str(tmp_path / "fleet2")),
+                       capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert p.returncode == 2 and "the gateway did not connect" in p.stderr, p.stderr
