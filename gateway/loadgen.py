@@ -35,7 +35,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import cbor2
 from cryptography.hazmat.primitives import hashes
@@ -293,19 +293,44 @@ def presign(state: DeviceState, dev_index: int, count: int) -> list[tuple[int, b
 # --------------------------------------------------------------------------- MQTT
 
 
-def parse_broker_url(url: str) -> tuple[str, int]:
-    """mqtt://HOST:PORT -> (host, port). Only plain MQTT over TCP."""
+def parse_broker_url(url: str, tls_ok: bool = False) -> tuple[str, int]:
+    """mqtt://HOST:PORT -> (host, port); with `tls_ok`, also mqtts://HOST:PORT (port 8883
+    by default). The load engine speaks plain MQTT over TCP only."""
     parts = urlsplit(url)
+    if parts.scheme == "mqtts" and tls_ok and parts.hostname:
+        try:
+            return parts.hostname, parts.port or 8883
+        except ValueError as e:
+            raise ConfigError(f"broker URL {redact_url(url)!r} has a bad port",
+                              "use a number 1-65535") from e
     if parts.scheme != "mqtt" or not parts.hostname:
         raise ConfigError(
-            f"broker URL {url!r} is not of the form mqtt://HOST[:PORT]",
+            f"broker URL {redact_url(url)!r} is not of the form mqtt://[USER:PASSWORD@]HOST[:PORT]",
             "give e.g. --broker mqtt://127.0.0.1:1883",
         )
     try:
         port = parts.port or 1883
     except ValueError as e:
-        raise ConfigError(f"broker URL {url!r} has a bad port", "use a number 1-65535") from e
+        raise ConfigError(f"broker URL {redact_url(url)!r} has a bad port",
+                          "use a number 1-65535") from e
     return parts.hostname, port
+
+
+def broker_auth(url: str) -> tuple[str | None, str | None]:
+    """The user and password of mqtt://USER:PASSWORD@HOST:PORT (percent-decoded), or Nones."""
+    parts = urlsplit(url)
+    user = unquote(parts.username) if parts.username is not None else None
+    password = unquote(parts.password) if parts.password is not None else None
+    return user, password
+
+
+def redact_url(url: str) -> str:
+    """The URL for logs and messages: the password replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return parts._replace(netloc=netloc).geturl()
 
 
 def _varint(n: int) -> bytes:

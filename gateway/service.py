@@ -49,9 +49,11 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import random
 import resource
 import signal
+import ssl
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -63,7 +65,7 @@ import aiomqtt
 import cbor2
 
 from gateway.errors import AnchorError, ConfigError
-from gateway.loadgen import parse_broker_url
+from gateway.loadgen import broker_auth, parse_broker_url, redact_url
 
 log = logging.getLogger("iot_anchor.service")
 
@@ -204,7 +206,10 @@ class GatewayService:
         if cfg.puback not in ("commit", "receipt"):
             raise ConfigError(f"--puback {cfg.puback!r} is unknown", "use commit or receipt")
         self.cfg = cfg
-        self.host, self.port = parse_broker_url(cfg.broker)
+        self.host, self.port = parse_broker_url(cfg.broker, tls_ok=True)
+        self.tls = cfg.broker.startswith("mqtts://")
+        self.username, self.password = broker_auth(cfg.broker)
+        self.broker_shown = redact_url(cfg.broker)  # never log the password
         self._factory = pipeline_factory
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="anchor-pipeline")
         self._pipeline: Any = None
@@ -251,7 +256,7 @@ class GatewayService:
             self._checkpoint_out = self._checkpoint is not None
             log.info(
                 "gateway %s: broker %s, batch interval %.3g s, batch max %d, PUBACK on %s",
-                self.client_id, self.cfg.broker, self.cfg.batch_interval, self.cfg.batch_max,
+                self.client_id, self.broker_shown, self.cfg.batch_interval, self.cfg.batch_max,
                 self.cfg.puback,
             )
             try:
@@ -317,6 +322,9 @@ class GatewayService:
                 self.host,
                 self.port,
                 identifier=self.client_id,
+                username=self.username,
+                password=self.password,
+                tls_context=_tls_context() if self.tls else None,
                 clean_session=False,
                 keepalive=self.cfg.keepalive,
                 max_inflight_messages=0,  # no limit (paho scans its list per PUBACK otherwise)
@@ -342,9 +350,9 @@ class GatewayService:
                     self._connected.set()
                     self._out_wake.set()
                     if failures:
-                        log.info("reconnected to %s", self.cfg.broker)
+                        log.info("reconnected to %s", self.broker_shown)
                     else:
-                        log.info("connected to %s as %s", self.cfg.broker, self.client_id)
+                        log.info("connected to %s as %s", self.broker_shown, self.client_id)
                     failures = 0
                     if self._checkpoint:
                         self._checkpoint_out = True
@@ -364,10 +372,12 @@ class GatewayService:
                 continue
             delay = min(self.cfg.backoff_max, self.cfg.backoff_min * 2 ** min(failures, 16))
             delay *= 0.5 + random.random()
-            log.warning(
-                "broker %s: %s; check that it runs and that --broker / $IOT_ANCHOR_BROKER "
-                "points at it; retrying in %.1f s", self.cfg.broker, error, delay,
-            )
+            if "authori" in error.lower() or "user name or password" in error.lower():
+                hint = "check the user and password in the broker URL (mqtt://USER:PASS@HOST)"
+            else:
+                hint = "check that it runs and that --broker / $IOT_ANCHOR_BROKER points at it"
+            log.warning("broker %s: %s; %s; retrying in %.1f s", self.broker_shown,
+                        error.replace(self.password or "\0", "***"), hint, delay)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
 
@@ -650,6 +660,16 @@ def _checkpoint_text(result: Any) -> str | None:
 def _batch_figures(result: Any) -> tuple[int, Any, str]:
     root = result.root.hex() if isinstance(result.root, bytes) else ""
     return int(result.readings), result.entry, root
+
+
+def _tls_context() -> ssl.SSLContext:
+    """mqtts://: verify the broker against the system CAs, or $IOT_ANCHOR_BROKER_CA."""
+    cafile = os.environ.get("IOT_ANCHOR_BROKER_CA") or None
+    try:
+        return ssl.create_default_context(cafile=cafile)
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(f"cannot load the broker CA certificate {cafile}: {e}",
+                          "set IOT_ANCHOR_BROKER_CA to a readable PEM file") from e
 
 
 def run_service(cfg: ServiceConfig, pipeline_factory: Callable[[], Any]) -> int:

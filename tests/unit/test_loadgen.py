@@ -26,12 +26,14 @@ from gateway.loadgen import (
     P256_N,
     DeviceSigner,
     DeviceState,
+    broker_auth,
     cbor_encode,
     connect_packet,
     decode_ack,
     parse_broker_url,
     presign,
     publish_packet,
+    redact_url,
     subscribe_packet,
 )
 
@@ -175,3 +177,16 @@ def test_parse_broker_url() -> None:
         parse_broker_url("http://x:1")
     with pytest.raises(ConfigError):
         DeviceSigner("d", b"short")
+
+
+def test_broker_url_credentials_and_tls() -> None:
+    url = "mqtt://gw:s3cr%2Ft@127.0.0.1:1884"
+    assert parse_broker_url(url) == ("127.0.0.1", 1884)
+    assert broker_auth(url) == ("gw", "s3cr/t")
+    assert broker_auth("mqtt://127.0.0.1") == (None, None)
+    assert redact_url(url) == "mqtt://gw:***@127.0.0.1:1884"
+    assert redact_url("mqtt://h:1") == "mqtt://h:1"
+    assert parse_broker_url("mqtts://broker.example", tls_ok=True) == ("broker.example", 8883)
+    with pytest.raises(ConfigError) as e:
+        parse_broker_url("mqtts://u:pw@h:1")  # the load engine has no TLS
+    assert "pw" not in str(e.value)
