@@ -386,3 +386,71 @@ def test_submit_fault_then_recovery(broker: PrivateBroker, tmp_path: Path) -> No
         assert cpu < 1.0, f"{cpu:.2f} s of CPU while backing off"
 
     asyncio.run(main())
+
+
+def test_mqtts_with_a_private_ca(broker: PrivateBroker, tmp_path: Path,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """--broker mqtts://...: TLS, the broker verified against $IOT_ANCHOR_BROKER_CA."""
+    import datetime
+    import ipaddress
+    import shutil
+    import tempfile
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from gateway.broker import free_port
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "iot-anchor service test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    # Mosquitto may drop to its own user before reading them: a world-readable folder.
+    tls_dir = Path(tempfile.mkdtemp(prefix="iot-anchor-tls-"))
+    try:
+        tls_dir.chmod(0o755)
+        crt, pem = tls_dir / "server.crt", tls_dir / "server.key"
+        crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        pem.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+        pem.chmod(0o644)
+        tls_port = free_port()
+        tls = PrivateBroker(
+            port=broker.port, workdir=tmp_path / "tls-broker",
+            extra_config=f"listener {tls_port} 127.0.0.1\ncertfile {crt}\nkeyfile {pem}\n")
+        broker.stop()  # the same port, now with a TLS listener beside it
+        tls.start()
+        try:
+            pipe = FakePipeline()
+            monkeypatch.setenv("IOT_ANCHOR_BROKER_CA", str(crt))
+            cfg = ServiceConfig(data_dir=tmp_path, broker=f"mqtts://127.0.0.1:{tls_port}",
+                                batch_interval=0.1)
+
+            async def main() -> None:
+                svc = GatewayService(cfg, lambda: pipe)
+                task = await _start(svc)
+                async with aiomqtt.Client("127.0.0.1", tls.port) as pub:
+                    await pub.publish("anchor/d9/readings", b"d9:0", qos=1)
+                for _ in range(100):
+                    if pipe.stored:
+                        break
+                    await asyncio.sleep(0.05)
+                svc.request_stop()
+                assert await asyncio.wait_for(task, 20) == 0
+
+            asyncio.run(main())
+            assert pipe.stored == {("d9", 0): 0}
+        finally:
+            tls.close()
+    finally:
+        shutil.rmtree(tls_dir, ignore_errors=True)
