@@ -38,6 +38,33 @@ def micropython() -> str:
     return path
 
 
+def micropython32_path() -> Path:
+    env = os.environ.get("IOT_ANCHOR_MICROPYTHON32")
+    return Path(env) if env else ROOT / ".cache" / "micropython" / "micropython32"
+
+
+@pytest.fixture(scope="session")
+def micropython32() -> str:
+    """Path of a 32-bit build of the MicroPython Unix port (a board's object sizes; the heap-limit
+    test runs on it). Missing or not 32-bit = failure, never a skip."""
+    path = micropython32_path()
+    if not path.is_file():
+        pytest.fail(
+            f"the 32-bit MicroPython Unix port is missing ({path}): run 'make setup' or "
+            "'tools/install-micropython --32bit' (x86_64 with gcc-multilib), or set "
+            "IOT_ANCHOR_MICROPYTHON32 to a 32-bit micropython binary"
+        )
+    p = subprocess.run([str(path), "-c", "import sys; print(sys.maxsize)"], capture_output=True,
+                       text=True, timeout=30)
+    if p.returncode != 0 or int(p.stdout.strip() or 0) >= 2**32:
+        pytest.fail(
+            f"{path} is not a working 32-bit MicroPython (sys.maxsize: {p.stdout.strip()!r}, "
+            f"{p.stderr.strip()[-200:]!r}): rebuild it with 'tools/install-micropython --32bit' "
+            "after removing it, or point IOT_ANCHOR_MICROPYTHON32 at a 32-bit build"
+        )
+    return str(path)
+
+
 @pytest.fixture(scope="session")
 def vectors() -> Path:
     if not VECTORS.is_dir():
