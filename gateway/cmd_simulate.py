@@ -68,6 +68,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             res = run_micropython(data, fleet, args.devices, args.interval, args.duration,
                                   args.broker, args.drain_timeout, args.ack_timeout, args.count)
     res.print()
+    if res.figures.get("interrupted"):
+        return 130
     return 0 if res.ok else 1
 
 

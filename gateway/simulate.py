@@ -137,7 +137,8 @@ class SimResult:
 
     @property
     def ok(self) -> bool:
-        return bool(self.devices) and all(d.ok for d in self.devices)
+        return (bool(self.devices) and all(d.ok for d in self.devices)
+                and not self.figures.get("interrupted"))
 
     def print(self, out: TextIO = sys.stdout) -> None:
         width = max((len(d.dev) for d in self.devices), default=6)
@@ -301,16 +302,23 @@ def run_micropython(data_dir: Path, fleet_dir: Path, n: int, interval: float, du
     fleet = MicroPythonFleet(fleet_dir, n)
     added = fleet.prepare(data_dir)
     log(f"simulate: {n} MicroPython devices ({added} newly registered), {count} readings each "
-        f"every {interval:g} s, broker {broker}")
+        f"every {interval:g} s, broker {loadgen.redact_url(broker)}")
     t0 = time.monotonic()
+    interrupted = False
     try:
         fleet.start(broker, interval, count,
                     ("--timeout", f"{drain_timeout:g}", "--ack-timeout", f"{ack_timeout:g}"))
         fleet.wait(t0 + production + drain_timeout + 10.0)
+    except KeyboardInterrupt:
+        interrupted = True  # Ctrl-C or SIGTERM: stop the devices, report what they said
     finally:
         fleet.stop()
     reports = fleet.reports()
-    return SimResult(reports, {"engine": "micropython", "seconds": round(time.monotonic() - t0, 2)})
+    figures: dict[str, Any] = {"engine": "micropython",
+                               "seconds": round(time.monotonic() - t0, 2)}
+    if interrupted:
+        figures["interrupted"] = True
+    return SimResult(reports, figures)
 
 
 def run_cpython(data_dir: Path, fleet_dir: Path, n: int, interval: float, duration: float,
@@ -326,7 +334,8 @@ def run_cpython(data_dir: Path, fleet_dir: Path, n: int, interval: float, durati
     keys = {st.dev: loadgen.DeviceSigner(st.dev, st.secret).public_key for st in states}
     added = register_devices(data_dir, keys)
     log(f"simulate: {n} CPython devices ({added} newly registered) over {procs} processes, "
-        f"{count} pre-signed readings each, interval {interval:g} s, broker {broker}")
+        f"{count} pre-signed readings each, interval {interval:g} s, "
+        f"broker {loadgen.redact_url(broker)}")
     cfg = loadgen.EngineConfig(broker, interval=interval,
                                duration=duration if interval > 0 else math.inf,
                                drain_timeout=drain_timeout, ack_timeout=ack_timeout)
