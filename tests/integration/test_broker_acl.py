@@ -525,9 +525,6 @@ def test_cli_takes_the_active_devices_from_the_registry(tmp_path: Path, capsys) 
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "iot-anchor run does not use the user:password of its broker URL yet (gateway/service.py "
-    "connects without credentials), so the broker-config broker refuses the gateway"))
 def test_gateway_and_firmware_devices_through_the_acl_broker(tmp_path: Path,
                                                               micropython: str) -> None:
     """The whole system behind broker-config's broker: real firmware devices and the gateway,
