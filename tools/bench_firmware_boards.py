@@ -17,11 +17,13 @@ its own through SECTIONS and summary() here), and the rig the heap-limit test us
                  .cache/micropython-frozen/): the bytecode then stays in the binary, as it stays
                  in flash on a board whose MicroPython is built with the firmware frozen in.
 
-The Unix port is 64-bit: its objects are larger than on a 32-bit board (pointers and small ints
-twice the size), so these heaps are upper bounds for an ESP32 or RP2040. For board-sized
-figures, build the Unix port 32-bit (apt-get install gcc-multilib, then make -C ports/unix
-MICROPY_FORCE_32BIT=1 with the options tools/install-micropython uses) and run this file with
-IOT_ANCHOR_MICROPYTHON=<that binary>.
+Every section runs twice: on the 32-bit build of the Unix port (.cache/micropython/micropython32,
+built by `make setup` with tools/install-micropython --32bit, or $IOT_ANCHOR_MICROPYTHON32),
+whose objects and pointers are the size they are on an ESP32 or RP2040, so its figures are the
+board's and carry the plain JSON keys (the goal is checked on them); and on the 64-bit binary,
+whose objects are larger (pointers, small ints and GC blocks twice the size), keys ending in
+_64bit. Without a 32-bit build (not supported on aarch64, say) the plain keys are null. If the
+binary given is itself 32-bit, it is the one measured and the _64bit keys are null.
 
 Run alone: `python tools/bench_firmware_boards.py` prints the same lines, then one JSON object.
 """
@@ -101,6 +103,45 @@ def micropython() -> str:
     if not mp:
         sys.exit("bench: the MicroPython Unix port is missing: run 'make setup'")
     return mp
+
+
+def micropython32() -> str | None:
+    """The 32-bit build of the Unix port, or None when it is not there."""
+    env = os.environ.get("IOT_ANCHOR_MICROPYTHON32")
+    built = ROOT / ".cache" / "micropython" / "micropython32"
+    return env or (str(built) if built.exists() else None)
+
+
+def binaries(mp: str) -> tuple[str | None, str | None]:
+    """(32-bit, 64-bit) binaries to measure: `mp` by its word size, and the 32-bit build."""
+    if word_bits(mp) == 32:
+        return mp, None
+    mp32 = micropython32()
+    if mp32 is not None and (not Path(mp32).is_file() or word_bits(mp32) != 32):
+        sys.exit(f"bench: {mp32} is not a 32-bit MicroPython: remove it and run "
+                 "'tools/install-micropython --32bit', or fix $IOT_ANCHOR_MICROPYTHON32")
+    return mp32, mp
+
+
+# keys that are settings of the bench, the same on both word sizes: reported once
+_SETTINGS = {"loop_heap_goal_kib", "loop_heap_readings"}
+
+
+def both_word_sizes(fn: Callable[[str], dict[str, Any]]) -> Callable[[str], dict[str, Any]]:
+    """The section `fn` on the 32-bit build (plain keys) and on the 64-bit one (keys + _64bit)."""
+    def section(mp: str) -> dict[str, Any]:
+        mp32, mp64 = binaries(mp)
+        r64 = fn(mp64) if mp64 else None
+        r32 = fn(mp32) if mp32 else None
+        keys = list((r32 or r64 or {}).keys())
+        out: dict[str, Any] = {k: (r32 or {}).get(k) for k in keys}
+        out.update({f"{k}_64bit": (r64 or {}).get(k) for k in keys if k not in _SETTINGS})
+        out.update({k: (r32 or r64 or {})[k] for k in keys if k in _SETTINGS})
+        out["micropython32"] = mp32
+        return out
+    section.__name__ = fn.__name__
+    section.__doc__ = fn.__doc__
+    return section
 
 
 def mpy_format(mp: str) -> tuple[int, int]:
@@ -257,8 +298,7 @@ def firmware_ram(mp: str) -> dict[str, Any]:
         # the heap needed to get there: compiling sources on the board costs extra RAM
         imp_mpy = smallest_heap(imports_in(fw), 16, 512)
         imp_src = smallest_heap(imports_in(FIRMWARE), 16, 512)
-    return {"micropython_word_bits": word_bits(mp),
-            "firmware_ram_bytes_mpy": mpy, "firmware_ram_bytes_source": src,
+    return {"firmware_ram_bytes_mpy": mpy, "firmware_ram_bytes_source": src,
             "firmware_ram_bytes_loop_started": started,
             "firmware_ram_bytes_by_module": by_module,
             "firmware_ram_ratio_mpy_source": round(mpy / src, 3),
@@ -359,39 +399,49 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 SECTIONS: list[tuple[str, Callable[[str], dict[str, Any]]]] = [
-    ("firmware_ram", firmware_ram),
-    ("loop_heap", loop_heap),
-    ("loop_frozen", loop_frozen),
+    ("firmware_ram", both_word_sizes(firmware_ram)),
+    ("loop_heap", both_word_sizes(loop_heap)),
+    ("loop_frozen", both_word_sizes(loop_frozen)),
 ]
 
 
 def summary(res: dict[str, dict[str, Any]]) -> list[str]:
-    r, h = res["firmware_ram"], res["loop_heap"]
-    loop = h["loop_heap_kib_min"]
-    goal = ("meets the goal" if loop is not None and loop <= GOAL_LOOP_HEAP_KIB
-            else "MISSES the goal")
+    r, h, f = res["firmware_ram"], res["loop_heap"], res["loop_frozen"]
+    loop, loop64 = h["loop_heap_kib_min"], h["loop_heap_kib_min_64bit"]
+
+    def two(key: str, d: dict[str, Any], unit: str = "") -> str:
+        return f"{d[key]}{unit} (64-bit: {d[key + '_64bit']}{unit})"
+
+    if loop is not None:
+        goal = ("meets the goal" if loop <= GOAL_LOOP_HEAP_KIB else "MISSES the goal")
+    else:
+        goal = ("NOT MEASURED: no 32-bit build; run 'tools/install-micropython --32bit' (x86_64 "
+                "with gcc-multilib) or set IOT_ANCHOR_MICROPYTHON32")
+    by_module = r["firmware_ram_bytes_by_module"] or r["firmware_ram_bytes_by_module_64bit"] or {}
+    which = "32-bit" if r["firmware_ram_bytes_by_module"] else "64-bit"
     return [
-        f"  loaded firmware RAM (all modules): {r['firmware_ram_bytes_mpy']} bytes from .mpy, "
-        f"{r['firmware_ram_bytes_source']} from .py sources (ratio "
-        f"{r['firmware_ram_ratio_mpy_source']:.2f}); smallest heap to import it: "
-        f"{r['import_heap_kib_mpy']} KiB from .mpy, {r['import_heap_kib_source']} KiB from "
-        f"sources (ratio {r['import_heap_ratio_mpy_source']})",
+        "  heap figures on the 32-bit build of the Unix port (a board's object sizes), the 64-bit "
+        "binary's in brackets:",
+        f"  loaded firmware RAM (all modules): {two('firmware_ram_bytes_mpy', r)} bytes from "
+        f".mpy, {two('firmware_ram_bytes_source', r)} from .py sources (ratio "
+        f"{two('firmware_ram_ratio_mpy_source', r)}); smallest heap to import it: "
+        f"{two('import_heap_kib_mpy', r, ' KiB')} from .mpy, "
+        f"{two('import_heap_kib_source', r, ' KiB')} from sources",
         f"  RAM once the loop has started (start-up modules dropped, its objects built): "
-        f"{r['firmware_ram_bytes_loop_started']} bytes",
-        "    by module (.mpy): " + ", ".join(
-            f"{k} {v}" for k, v in sorted(r["firmware_ram_bytes_by_module"].items(),
-                                          key=lambda kv: -kv[1])),
-        f"  smallest heap for the device loop: {loop} KiB ({h['loop_heap_readings']} readings "
-        f"anchored end to end via Mosquitto and the gateway, from .mpy; goal <= "
-        f"{GOAL_LOOP_HEAP_KIB} KiB: {goal}); baseline 'main.py sign' alone: "
-        f"{h['sign_heap_kib_min_baseline']} KiB (ratio {h['loop_heap_ratio_to_sign']})",
-        f"  firmware frozen into the binary:   {res['loop_frozen']['firmware_ram_bytes_frozen']} "
-        f"bytes of RAM loaded, the loop in {res['loop_frozen']['loop_heap_kib_min_frozen']} KiB "
-        "(as on a board whose MicroPython build has the firmware frozen in); ratio to .mpy: "
-        f"{_ratio(res['loop_frozen']['loop_heap_kib_min_frozen'], loop)}",
-        f"  ({r['micropython_word_bits']}-bit Unix port"
-        + (": a 32-bit board needs less for the same objects)" if r["micropython_word_bits"] == 64
-           else ": objects the size of a 32-bit board's)"),
+        f"{two('firmware_ram_bytes_loop_started', r)} bytes",
+        f"    by module (.mpy, {which}): " + ", ".join(
+            f"{k} {v}" for k, v in sorted(by_module.items(), key=lambda kv: -kv[1])),
+        f"  smallest heap for the device loop: {loop} KiB on the 32-bit build, {loop64} KiB on "
+        f"the 64-bit one (ratio 64/32: {_ratio(loop64, loop)}; {h['loop_heap_readings']} "
+        f"readings anchored end to end via Mosquitto and the gateway, from .mpy; goal <= "
+        f"{GOAL_LOOP_HEAP_KIB} KiB on the 32-bit build: {goal}); baseline 'main.py sign' alone: "
+        f"{two('sign_heap_kib_min_baseline', h, ' KiB')} (ratio loop/sign "
+        f"{two('loop_heap_ratio_to_sign', h)})",
+        f"  firmware frozen into the binary:   {two('firmware_ram_bytes_frozen', f)} bytes of RAM "
+        f"loaded, the loop in {two('loop_heap_kib_min_frozen', f, ' KiB')} (as on a board whose "
+        f"MicroPython build has the firmware frozen in); ratio to .mpy: "
+        f"{_ratio(f['loop_heap_kib_min_frozen'], loop)} "
+        f"(64-bit: {_ratio(f['loop_heap_kib_min_frozen_64bit'], loop64)})",
     ]
 
 
