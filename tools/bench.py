@@ -16,10 +16,11 @@ connection per device (client id = device id), with up to 16 un-PUBACKed publish
 Each run has three phases, back to back, each with a fresh broker:
 
 1. baseline, burst: a bare paho subscriber at QoS 1 that only counts (tools/bench_baseline.py);
-   the engine publishes all N readings as fast as the broker PUBACKs them.
+   the engine publishes --burst of the readings (default 100,000, the first ones of every
+   device) as fast as the broker PUBACKs them.
    baseline msgs/s = messages / (last counted - first counted).
 2. gateway, burst: the real gateway (`iot-anchor run` as a subprocess, fresh data dir with the
-   D devices registered), the same N readings published the same way.
+   D devices registered), the same readings published the same way.
    anchored readings/s = readings committed from the first to the last full batch (closed by
    --batch-max) / the time between those commits, from the gateway's log: the rate once it
    runs, as the baseline's is. ratio = anchored / baseline. The engine waits until every
@@ -177,13 +178,14 @@ class LoadResult:
 
 
 def run_load(fleet: Fleet, broker: str, procs: int, interval: float, drain: float,
-             ack_timeout: float) -> LoadResult:
-    """Publish every pre-signed reading (interval 0 = as fast as PUBACKs allow)."""
+             ack_timeout: float, per_device: int | None = None) -> LoadResult:
+    """Publish the pre-signed readings, the first `per_device` of each device (default all);
+    interval 0 = as fast as PUBACKs allow."""
     procs = max(1, min(procs, len(fleet.devices)))
     shares: list[list[tuple[str, list[tuple[int, bytes]]]]] = [[] for _ in range(procs)]
-    for i, d in enumerate(fleet.devices):
-        shares[i % procs].append(d)
-    per_device = max(len(m) for _, m in fleet.devices)
+    for i, (dev, msgs) in enumerate(fleet.devices):
+        shares[i % procs].append((dev, msgs[:per_device] if per_device else msgs))
+    per_device = max(len(m) for share in shares for _, m in share)
     duration = math.inf if interval <= 0 else (per_device + 1) * interval
     cfg = loadgen.EngineConfig(broker, interval=interval, duration=duration,
                                drain_timeout=drain, ack_timeout=ack_timeout)
@@ -312,10 +314,12 @@ class Opts:
     batch_max: int
     rate: float
     workdir: Path
+    burst: int = 100_000  # readings in the burst phases (at most all that were signed)
+    burst_per_device: int | None = None  # set per fleet size
 
 
 def phase_baseline(fleet: Fleet, o: Opts) -> dict[str, Any]:
-    n = fleet.readings
+    n = sum(len(m[:o.burst_per_device]) for _, m in fleet.devices)
     with PrivateBroker(workdir=o.workdir / "broker-baseline") as broker:
         sub = subprocess.Popen(
             [sys.executable, str(ROOT / "tools" / "bench_baseline.py"), "--broker", broker.url,
@@ -327,7 +331,7 @@ def phase_baseline(fleet: Fleet, o: Opts) -> dict[str, Any]:
                                   "run tools/bench_baseline.py by hand to see why")
             b0 = proc_cpu_s(broker.proc.pid) if broker.proc else 0.0
             m0, w0 = machine_busy_s(), time.monotonic()
-            load = run_load(fleet, broker.url, o.procs, 0.0, 0.0, 1e9)
+            load = run_load(fleet, broker.url, o.procs, 0.0, 0.0, 1e9, o.burst_per_device)
             out, _ = sub.communicate(timeout=600)
             b1 = proc_cpu_s(broker.proc.pid) if broker.proc else 0.0
             m1, w1 = machine_busy_s(), time.monotonic()
@@ -380,7 +384,8 @@ def phase_gateway(fleet: Fleet, o: Opts, paced: bool, tag: str) -> dict[str, Any
             b0 = proc_cpu_s(broker.proc.pid) if broker.proc else 0.0
             m0, w0 = machine_busy_s(), time.monotonic()
             load = run_load(fleet, broker.url, o.procs, interval,
-                            drain=max(120.0, n / 1000), ack_timeout=ACK_TIMEOUT)
+                            drain=max(120.0, n / 1000), ack_timeout=ACK_TIMEOUT,
+                            per_device=None if paced else o.burst_per_device)
             cpu = proc_cpu_s(gw.pid) - c0
             rss = proc_hwm_mb(gw.pid)
             b1 = proc_cpu_s(broker.proc.pid) if broker.proc else 0.0
@@ -443,6 +448,7 @@ def bench_devices(n_devices: int, o: Opts, duration: float, runs: int) -> dict[s
     log(f"bench: {n_devices} devices x {per_device} readings = {n_devices * per_device}, "
         f"load over {o.procs} processes, {runs} runs")
     fleet = make_fleet(n_devices, per_device, o.workdir, o.procs)
+    o.burst_per_device = max(1, min(per_device, math.ceil(o.burst / n_devices)))
     log(f"  pre-signed {fleet.readings} readings in {fleet.sign_s:.1f} s; registered "
         f"{n_devices} devices in {fleet.register_s:.1f} s")
     loadavg = open("/proc/loadavg").read().split()[0]
@@ -474,6 +480,7 @@ def summarise(n_devices: int, per_device: int, o: Opts, duration: float,
     return {
         "devices": n_devices,
         "readings": n_devices * per_device,
+        "burst_readings": per_run[0]["burst"]["published"],
         "procs": o.procs,
         "runs": len(per_run),
         "batch_interval_s": o.batch_interval,
@@ -537,8 +544,9 @@ def print_summary(s: dict[str, Any]) -> None:
         return F(s.get(key), spec)
 
     goal_lat = s["batch_interval_s"] * 1000 + 250
-    print(f"== {s['devices']} devices, {g('readings', ',')} pre-signed readings, load over "
-          f"{s['procs']} processes, median of {s['runs']} runs ==")
+    print(f"== {s['devices']} devices, {g('readings', ',')} pre-signed readings (bursts of "
+          f"{g('burst_readings', ',')}), load over {s['procs']} processes, median of "
+          f"{s['runs']} runs ==")
     print(f"  baseline (bare paho, QoS 1)   {g('baseline_per_s', '>10,.0f')} msgs/s "
           f"(end to end {g('baseline_per_s_e2e', ',.0f')}; "
           f"{g('baseline_cpu_us_per_msg', '.0f')} us CPU/msg)")
@@ -629,6 +637,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="readings/s offered in the paced phase (default 5000: the latency of "
                          "a gateway that keeps up; --rate 10000 --duration 60 for the issue's "
                          "sustained goal)")
+    ap.add_argument("--burst", type=int, default=100_000, metavar="N",
+                    help="readings in the burst phases (default 100000, at most rate x "
+                         "duration): a backlog the gateway drains in seconds, not minutes")
     ap.add_argument("--runs", type=int, default=3, help="runs per figure, medians (default 3)")
     ap.add_argument("--procs", type=int, default=os.cpu_count() or 2,
                     help="load-engine processes (default: one per core)")
@@ -654,7 +665,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so the finally blocks stop the gateways, brokers, workers.
     signal.signal(signal.SIGTERM, _interrupted)
     workdir = Path(tempfile.mkdtemp(prefix="iot-anchor-bench-"))
-    o = Opts(args.procs, args.batch_interval, args.batch_max, args.rate, workdir)
+    o = Opts(args.procs, args.batch_interval, args.batch_max, args.rate, workdir, args.burst)
     t0 = time.monotonic()
     results = []
     try:
