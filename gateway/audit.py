@@ -19,8 +19,9 @@ What it recomputes and compares, in this order (the first difference is reported
 5. Each device's seq/prev chain: for stored seqs s and s+1, prev(s+1) = SHA-256(message s)
    unless a chain_break event is recorded for (dev, s+1); seq 0 must have prev = 32 zero bytes.
    No (dev, seq) is stored twice.
-6. ``devices`` and ``device_keys`` equal the replayed history; the per-device counters
-   (readings, last_seq, upto) equal what the readings give.
+6. ``devices`` and ``device_keys`` equal the replayed history (key, status, the index of the
+   device's latest entry); the per-device counters (readings, last_seq, upto) equal what the
+   readings give.
 
 Not covered (not in the ledger, so nothing can prove them): the rejection counters and the
 equivocation events. The checkpoint is what an outside party holds; a consistent rewrite of the
@@ -73,6 +74,10 @@ class AuditResult:
 
 class _Stop(Exception):
     pass
+
+
+def _lenient_text(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
 
 
 _Result = tuple[bytes, str | None, bytes, bytes, int, str]
@@ -132,6 +137,7 @@ class Auditor:
         self.status: dict[str, str] = {}
         self.batch_entries: list[BatchEntry] = []
         self.chain_breaks: set[tuple[str, int]] = set()
+        self.last_entry: dict[str, int] = {}  # dev -> index of its latest device entry
 
     def problem(self, table: str, ident: Any, what: str) -> None:
         self.result.problems.append(f"{table} {ident}: {what}")
@@ -141,6 +147,12 @@ class Auditor:
     def run(self) -> AuditResult:
         t0 = time.perf_counter()
         with self.store.lock:
+            # Trust no column's storage class either: TEXT that is not UTF-8 (in any column)
+            # is read with U+FFFD in place of the bad bytes, so it differs from what the ledger
+            # says and is named, instead of stopping the audit. (BLOB columns are read with
+            # CAST(... AS BLOB), which also turns a number or text there into bytes.)
+            factory = self.c.text_factory
+            self.c.text_factory = _lenient_text
             try:
                 self.c.execute("BEGIN")  # one consistent snapshot
                 try:
@@ -151,6 +163,8 @@ class Auditor:
                     self.c.execute("ROLLBACK")
             except sqlite3.Error as e:
                 raise storage_error(e, self.store.path, "auditing the database") from e
+            finally:
+                self.c.text_factory = factory
         self.result.seconds = time.perf_counter() - t0
         return self.result
 
@@ -173,10 +187,12 @@ class Auditor:
         # stored nodes in the order appends complete them: node (L, k) is completed by leaf
         # (k + 1) * 2**L - 1, lower levels first; compared as a stream (no table in memory)
         nodes = self.c.execute(
-            "SELECT level, idx, hash FROM ledger_nodes ORDER BY ((idx + 1) << level) - 1, level")
+            "SELECT level, idx, CAST(hash AS BLOB) FROM ledger_nodes "
+            "ORDER BY ((idx + 1) << level) - 1, level")
         stored = nodes.fetchone()
         nodes_ok = True
-        rows = self.c.execute("SELECT i, kind, body, hash FROM entries ORDER BY i")
+        rows = self.c.execute("SELECT i, kind, CAST(body AS BLOB), CAST(hash AS BLOB) FROM entries "
+                              "ORDER BY i")
         for i, kind, body, h in rows:
             if i != expect:
                 self.problem("entries", expect, f"row is missing (next row is {i})")
@@ -219,13 +235,15 @@ class Auditor:
         if nodes_ok and stored is not None:
             self.problem("ledger_nodes", f"({stored[0]}, {stored[1]})",
                          "row is not a node of the ledger tree")
-        blob = self.c.execute("SELECT value FROM meta WHERE key = 'ledger_range'").fetchone()
+        blob = self.c.execute(
+            "SELECT CAST(value AS BLOB) FROM meta WHERE key = 'ledger_range'").fetchone()
         if blob is None or bytes(blob[0]) != tree.to_bytes():
             self.problem("meta", "ledger_range", "differs from the ledger tree rebuilt from "
                                                  "the entries")
         return roots
 
     def _device_entry(self, e: DeviceEntry) -> None:
+        self.last_entry[e.dev] = e.i
         hist = self.history.setdefault(e.dev, [])
         active = hist[-1] if hist and hist[-1].until_entry is None else None
         try:
@@ -257,7 +275,7 @@ class Auditor:
         expect = 1
         count = 0
         for size, root, text in self.c.execute(
-                "SELECT size, root, note FROM checkpoints ORDER BY size"):
+                "SELECT size, CAST(root AS BLOB), note FROM checkpoints ORDER BY size"):
             count += 1
             if size != expect:
                 self.problem("checkpoints", expect, f"row is missing (next row is size {size})")
@@ -343,10 +361,11 @@ class Auditor:
         """Read a group of batches' readings and start their verification on the pool."""
         lo = next_id
         hi = lo + sum(b.n for b in group)
-        rows = self.c.execute("SELECT id, dev, seq, batch, cose FROM readings "
+        rows = self.c.execute("SELECT id, dev, seq, batch, CAST(cose AS BLOB) FROM readings "
                               "WHERE id >= ? AND id < ? ORDER BY id", (lo, hi)).fetchall()
         brows = {r[0]: r for r in self.c.execute(
-            "SELECT entry, first, n, root, nodes FROM batches WHERE entry >= ? AND entry <= ?",
+            "SELECT entry, first, n, CAST(root AS BLOB), CAST(nodes AS BLOB) FROM batches "
+            "WHERE entry >= ? AND entry <= ?",
             (group[0].i, group[-1].i))}
         items: list[tuple[int, str, int, int, bytes, int]] = []
         pos = lo
@@ -456,7 +475,8 @@ class Auditor:
 
     def _chains(self) -> None:
         for dev, seq, prev, rid in self.deferred:
-            rows = self.c.execute("SELECT seq, cose FROM readings WHERE dev = ? AND seq IN (?, ?)",
+            rows = self.c.execute("SELECT seq, CAST(cose AS BLOB) FROM readings WHERE dev = ? "
+                                  "AND seq IN (?, ?)",
                                   (dev, seq - 1, seq)).fetchall()
             mine = [r for r in rows if r[0] == seq]
             if len(mine) != 1:
@@ -475,7 +495,7 @@ class Auditor:
 
     def _devices(self) -> None:
         rows = {r[0]: r for r in self.c.execute(
-            "SELECT id, key, status, entry, readings, last_seq, upto FROM devices")}
+            "SELECT id, CAST(key AS BLOB), status, entry, readings, last_seq, upto FROM devices")}
         uptos = self._watermarks()
         for dev, hist in self.history.items():
             r = rows.pop(dev, None)
@@ -488,6 +508,9 @@ class Auditor:
             if r[2] != self.status.get(dev):
                 self.problem("devices", dev, f"status {r[2]!r} != {self.status.get(dev)!r} from "
                                              "the ledger")
+            if r[3] != self.last_entry.get(dev):
+                self.problem("devices", dev, f"entry {r[3]!r} != {self.last_entry.get(dev)}, its "
+                                             "latest device entry in the ledger")
             n, top = self.counts.get(dev, [0, -1])
             if r[4] != n or (r[5] if r[5] is not None else -1) != top:
                 self.problem("devices", dev, f"readings/last_seq ({r[4]}, {r[5]}) != ({n}, "
@@ -501,7 +524,7 @@ class Auditor:
             if dev not in self.history:
                 self.problem("readings", dev, "readings of a device the ledger never registered")
         keys = sorted((d, bytes(k), f, u) for d, k, f, u in self.c.execute(
-            "SELECT dev, key, from_entry, until_entry FROM device_keys"))
+            "SELECT dev, CAST(key AS BLOB), from_entry, until_entry FROM device_keys"))
         want = sorted((d, k.key, k.from_entry, k.until_entry)
                       for d, hist in self.history.items() for k in hist)
         if keys != want:
