@@ -48,8 +48,13 @@ def _receipt(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     try:
         text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        print(f"FAIL: cannot read {args.file}: {e}")
+    except OSError as e:
+        print(f"FAIL: cannot read {args.file}: {e.strerror or e}; check the path (or pass - to "
+              "read the receipt from stdin)")
+        return 1
+    except UnicodeDecodeError:
+        print(f"FAIL: {args.file} is not text (not UTF-8); pass the JSON file written by "
+              "'iot-anchor receipt DEVICE SEQ'")
         return 1
     try:
         key = None
