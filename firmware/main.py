@@ -9,7 +9,7 @@
 #   micropython firmware/main.py run ...
 #       the device loop: anchor/device.py (main(args)), when present
 # --dir defaults to $IOT_ANCHOR_DEVICE_DIR. An error prints one line "error: ..." on stderr and
-# exits 1; a usage error exits 2.
+# exits 1 (running out of heap too); a usage error exits 2. `run --help` prints run's options.
 #
 # On a board, main.py runs at boot with no arguments and starts the device loop.
 
@@ -48,6 +48,14 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    _status = main(sys.argv[1:] if _UNIX else [])
+    try:
+        _status = main(sys.argv[1:] if _UNIX else [])
+    except MemoryError:
+        if not _UNIX:
+            raise  # a board: the traceback on the REPL, then the watchdog resets it
+        print("error: out of memory (the heap is too small for this command); give MicroPython"
+              " a bigger heap (-X heapsize=...), or run the firmware compiled to .mpy",
+              file=sys.stderr)
+        _status = 1
     if _status:
         sys.exit(_status)

@@ -118,6 +118,11 @@ def main(argv):
         if argv[0] in ("-h", "--help", "help"):
             raise _Help()
         if argv[0] == "run":
+            if "-h" in argv or "--help" in argv:
+                from anchor.devicex import USAGE as RUN_USAGE
+
+                print(RUN_USAGE)
+                return 0
             return None
         cmd = COMMANDS.get(argv[0])
         if cmd is None:
