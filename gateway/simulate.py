@@ -151,6 +151,10 @@ class SimResult:
         status = "all acknowledged" if self.ok else "NOT all acknowledged"
         print(f"{len(self.devices)} devices: {produced} readings produced, {acked} acknowledged "
               f"as anchored: {status}", file=out)
+        if not self.ok and not self.figures.get("interrupted"):
+            print("simulate: check that the gateway runs ('iot-anchor run' with the same --data "
+                  "and --broker, or pass --with-gateway) and that its log shows no error, or give "
+                  "it longer (--drain-timeout)", file=sys.stderr)
         print(json.dumps({"ok": self.ok, "devices": len(self.devices), "produced": produced,
                           "acknowledged": acked, **self.figures}), file=out)
 
