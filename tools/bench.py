@@ -261,15 +261,23 @@ def gateway_cmd() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "gateway"]
 
 
-def stop(proc: subprocess.Popen[Any], grace: float = 30.0) -> None:
+def stop(proc: subprocess.Popen[Any], grace: float = 30.0) -> float:
+    """SIGTERM (then SIGKILL after `grace`); returns the process's lifetime peak RSS in MB
+    (ru_maxrss from wait4, which includes its shutdown), NaN if it was already reaped."""
     if proc.poll() is not None:
-        return
+        return math.nan
     proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return ru.ru_maxrss / 1024
+        time.sleep(0.05)
+    proc.kill()
+    _pid, status, ru = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return ru.ru_maxrss / 1024
 
 
 @dataclass
@@ -391,7 +399,7 @@ def phase_gateway(fleet: Fleet, o: Opts, paced: bool, tag: str) -> dict[str, Any
             b1 = proc_cpu_s(broker.proc.pid) if broker.proc else 0.0
             m1, w1 = machine_busy_s(), time.monotonic()
         finally:
-            stop(gw)
+            rss_life = stop(gw)
     batches = Batches.parse(logf.read_text())
     with Store.open(data, readonly=True) as st:
         anchored = st.reading_count()
@@ -415,6 +423,7 @@ def phase_gateway(fleet: Fleet, o: Opts, paced: bool, tag: str) -> dict[str, Any
         "cpu_cores": cpu / span if span > 0 else math.nan,
         "cpu_us_per_reading": 1e6 * cpu / max(1, anchored),
         "rss_mb": rss,
+        "rss_mb_with_shutdown": rss_life,
         "batches": len(batches.sizes),
         "batch_mean": statistics.fmean(batches.sizes) if batches.sizes else 0,
         "batch_max": max(batches.sizes, default=0),
@@ -501,6 +510,8 @@ def summarise(n_devices: int, per_device: int, o: Opts, duration: float,
         "rss_mb": rss,
         "rss_mb_burst": m("burst", "rss_mb"),
         "rss_mb_paced": m("paced", "rss_mb"),
+        "rss_mb_with_shutdown": median(max(r["burst"]["rss_mb_with_shutdown"],
+                                           r["paced"]["rss_mb_with_shutdown"]) for r in per_run),
         "cpu_cores": m("burst", "cpu_cores"),
         "cpu_us_per_reading": m("burst", "cpu_us_per_reading"),
         "cpu_cores_paced": m("paced", "cpu_cores"),
@@ -563,8 +574,9 @@ def print_summary(s: dict[str, Any]) -> None:
     print(f"  gateway CPU {g('cpu_cores', '.2f')} cores in the burst, "
           f"{g('cpu_us_per_reading', '.0f')} us/reading; {g('cpu_cores_paced', '.2f')} cores "
           f"paced; broker {g('broker_us_per_reading', '.0f')} us/reading")
-    print(f"  peak RSS {g('rss_mb', '.0f')} MB (burst {g('rss_mb_burst', '.0f')}, paced "
-          f"{g('rss_mb_paced', '.0f')}; goal <= 200)")
+    print(f"  peak RSS {g('rss_mb', '.0f')} MB while running (burst {g('rss_mb_burst', '.0f')}, "
+          f"paced {g('rss_mb_paced', '.0f')}; goal <= 200); "
+          f"{g('rss_mb_with_shutdown', '.0f')} MB including the shutdown")
     print(f"  batches (burst): {g('batches', '.0f')}, mean {g('batch_mean', '.0f')} readings, "
           f"max {g('batch_max_seen', '.0f')}, commit mean {g('commit_ms_mean', '.1f')} ms, max "
           f"{g('commit_ms_max', '.1f')} ms; paced: {g('paced_batches', '.0f')} batches, mean "
@@ -697,6 +709,8 @@ def _interrupted(_sig: int, _frame: Any) -> None:
 
 def _rounded(x: Any) -> Any:
     if isinstance(x, float):
+        if math.isnan(x):
+            return None  # not measurable in this run (JSON has no NaN)
         return round(x, 3) if abs(x) < 100 else round(x, 1)
     if isinstance(x, dict):
         return {k: _rounded(v) for k, v in x.items()}
