@@ -33,8 +33,11 @@ mosquitto:
 # Also a 32-bit build (micropython32: a board's object sizes, for the heap-limit test), where
 # tools/install-micropython --32bit supports it (x86_64, 32-bit systems); elsewhere (status 3)
 # set-up goes on and the heap-limit test fails saying so.
-micropython:
-	@tools/install-micropython >/dev/null
+# The Unix port is also linked into .venv/bin, so `micropython` is on PATH once the venv is active.
+micropython: venv
+	@p=$$(tools/install-micropython | tail -n 1) && p=$$(readlink -f "$$p") && \
+	  if [ "$$p" != "$$(readlink -f $(VENV)/bin/micropython 2>/dev/null)" ]; then \
+	    ln -sf "$$p" $(VENV)/bin/micropython; fi
 	@tools/install-micropython --32bit >/dev/null || { rc=$$?; [ $$rc -eq 3 ] || exit $$rc; \
 	  echo "setup: no 32-bit MicroPython here (see above); everything but the heap-limit test runs"; }
 
