@@ -1,6 +1,13 @@
 # The command line of firmware/main.py on the Unix port: keygen and sign (and usage errors).
 # main.py documents the commands. `run` (the device loop) is anchor/device.py; main.py drops this
 # module before starting it, so its code takes no RAM while the loop runs.
+#
+# Memory. Run from the .py sources, every module is compiled at start, and compiling one needs
+# several times its bytecode in free heap for a moment (its whole parse tree; 11-20 KB for our
+# modules on a 64-bit port). keygen and sign must work in a 48 KiB heap (issue 2) that way too,
+# so _imports() compiles the biggest modules first, while little is held, with a collection
+# between them; sign loads the device (start-up code: statex, p256key, the CBOR decoder), drops
+# that code, and only then compiles cose.py (state.py imports it on first use).
 
 import sys
 from binascii import hexlify
@@ -58,7 +65,17 @@ def _dir(opts):
     return d.rstrip("/") or "/"
 
 
+def _imports(*names):
+    import gc
+
+    for n in names:
+        gc.collect()
+        __import__("anchor." + n)
+    gc.collect()
+
+
 def keygen(args):
+    _imports("p256x", "p256", "state", "statenew", "p256key")
     from anchor.state import Device
 
     opts = _options(args, ("dir", "id", "secret"))
@@ -82,6 +99,7 @@ def _parse_data(text):
 
 
 def sign(args):
+    _imports("p256", "cbor", "state", "statex", "p256key", "cborx")
     from anchor.state import Device, unix_time
 
     opts = _options(args, ("dir", "data", "ts"))
@@ -100,7 +118,8 @@ def sign(args):
         except ValueError:
             raise Error("--ts must be unix seconds or 'none', not %r" % ts)
     dev = Device.load(d)
-    unload("statex", "p256key")  # start-up code: not needed to sign
+    unload("statex", "p256key", "cborx")  # start-up code: not needed to sign
+    _imports("cose")
     msg = dev.next_reading(data, ts)
     print("device %s, seq %d, %d bytes" % (dev.dev_id, dev.seq - 1, len(msg)))
     print(hexlify(msg).decode())

@@ -93,6 +93,9 @@ def build(opts, board=None):
     # never all in RAM at once (this start-up is the heap's peak otherwise).
     dev = Device.load(d)
     unload("statex", "p256key")
+    # What the loop signs with (state.py imports cose on first use) and decodes acks with (cbor
+    # forwards decode to cborx): loaded now, at start-up, not in the middle of the loop.
+    from anchor import cborx, cose  # noqa: F401
     if hasattr(board, "seed"):
         board.seed(dev.dev_id)
     from anchor.outbox import Outbox

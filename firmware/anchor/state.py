@@ -41,9 +41,11 @@ try:
 except ImportError:
     import ujson as json
 
+from hashlib import sha256
+
 from micropython import const
 
-from anchor import Error, cose
+from anchor import Error
 
 _SEQ_BLOCK = const(64)
 _EPOCH_2000 = const(946684800)  # 2000-01-01T00:00:00Z in unix seconds
@@ -123,7 +125,7 @@ class Device:
         self.seq = seq
         self._reserved_upto = reserved_upto
         self.last_message = last
-        self.prev = cose.message_hash(last) if last else bytes(32)
+        self.prev = sha256(last).digest() if last else bytes(32)  # cose.message_hash
 
     def next_reading(self, data, ts=None):
         """Sign the next reading and return the whole COSE message (bytes).
@@ -133,6 +135,8 @@ class Device:
         """
         if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int) or ts < 0):
             raise Error("ts must be a non-negative integer (unix seconds)")
+        from anchor import cose  # here, not at the top: see cli.py ("Memory")
+
         seq = self.seq
         # Encoding and signing have no side effects: bad input fails here and costs nothing.
         payload = cose.reading(self.dev_id, seq, self.prev, data, ts)
@@ -147,7 +151,7 @@ class Device:
             self._reserved_upto = upto
         _write_atomic(_path(self.dir, LAST_FILE), msg)
         self.last_message = msg
-        self.prev = cose.message_hash(msg)
+        self.prev = sha256(msg).digest()
         self.seq = seq + 1
         return msg
 

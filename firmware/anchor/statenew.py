@@ -5,20 +5,21 @@
 import os
 import sys
 from binascii import hexlify, unhexlify
+from hashlib import sha256
 
 try:
     import json
 except ImportError:
     import ujson as json
 
-from anchor import Error, cose, p256
+from anchor import Error, p256
 from anchor.state import KEY_FILE, LAST_FILE, SEQ_FILE, _path, _write_atomic
 from anchor.statex import check_id
 
 
 def default_id(public_key):
     """<platform>-<first 10 hex digits of SHA-256(public key)>, e.g. linux-3fa2b09c1d."""
-    return "%s-%s" % (sys.platform, hexlify(cose.message_hash(public_key)).decode()[:10])
+    return "%s-%s" % (sys.platform, hexlify(sha256(public_key).digest()).decode()[:10])
 
 
 _ERRNO = {

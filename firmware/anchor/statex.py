@@ -11,7 +11,7 @@ except ImportError:
 
 from micropython import const
 
-from anchor import Error, cbor, p256
+from anchor import Error, p256
 from anchor.state import KEY_FILE, LAST_FILE, SEQ_FILE, _path
 
 _ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-"
@@ -64,6 +64,8 @@ def load(cls, d):
     last = _read(_path(d, LAST_FILE))
     seq = reserved
     if last is not None:
+        from anchor import cbor  # here: keygen imports this module but never decodes
+
         try:
             m = cbor.decode(last).value  # 18([protected, {}, payload, signature])
             payload = cbor.decode(m[2])
