@@ -102,3 +102,23 @@ def test_read_ahead_wraps_each_new_socket() -> None:
     s1, s2 = paho._create_socket(), paho._create_socket()
     assert isinstance(s1, _ReadAhead) and isinstance(s2, _ReadAhead)
     assert s1._sock is made[0] and s2._sock is made[1]
+
+
+def test_paused_reads_nothing_and_reports_nothing_pending() -> None:
+    """Back-pressure: while paused, paho is told "nothing to read" (its packet state is kept)
+    and aiomqtt's reader sees nothing pending; the bytes are all there after the pause."""
+    a, b = socket.socketpair()
+    try:
+        a.sendall(b"abcdef")
+        s = _ReadAhead(b)
+        assert s.recv(2) == b"ab"
+        s.paused = True
+        assert s.pending() == 0
+        with pytest.raises(BlockingIOError):
+            s.recv(1)
+        s.paused = False
+        assert s.pending() == 4
+        assert s.recv(10) == b"cdef"
+    finally:
+        a.close()
+        b.close()
