@@ -114,7 +114,8 @@ def make_fleet(n_devices: int, per_device: int, workdir: Path, procs: int) -> Fl
     signers = [loadgen.DeviceSigner.generate(dev) for dev in ids]
     jobs = [(s.dev, s.secret, i, per_device) for i, s in enumerate(signers)]
     t0 = time.perf_counter()
-    with multiprocessing.get_context("fork").Pool(procs) as pool:
+    with multiprocessing.get_context("fork").Pool(
+            procs, initializer=signal.signal, initargs=(signal.SIGTERM, signal.SIG_DFL)) as pool:
         devices = pool.map(_presign, jobs, chunksize=max(1, len(jobs) // (4 * procs)))
     sign_s = time.perf_counter() - t0
     template = workdir / f"template-{n_devices}"
@@ -144,6 +145,7 @@ class _StartAt:
 def _load_worker(cfg: loadgen.EngineConfig, share: list[tuple[str, list[tuple[int, bytes]]]],
                  go_at: float, tx: Any) -> None:
     """One load process: loadgen's fleet driver over this share's pre-signed readings."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's clean-up handler
     try:
         devs = [loadgen._Dev(dev, msgs) for dev, msgs in share]  # noqa: SLF001
         ru0 = resource.getrusage(resource.RUSAGE_SELF)
