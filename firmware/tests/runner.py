@@ -8,7 +8,8 @@
 import sys
 
 
-def main(g):
+def main(g, after=None):
+    """Run the tests in module globals g; `after()` (clean-up) runs before the summary."""
     names = sys.argv[1:] or sorted(k for k in g if k.startswith("test_"))
     failed = 0
     for name in names:
@@ -19,6 +20,8 @@ def main(g):
             failed += 1
             print("FAIL", name)
             sys.print_exception(e)
+    if after:
+        after()
     print("%d passed, %d failed" % (len(names) - failed, failed))
     sys.exit(1 if failed else 0)
 

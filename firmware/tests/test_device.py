@@ -15,6 +15,7 @@ from anchor import Error, cbor, device
 from anchor import board_unix
 from anchor.outbox import Outbox
 from anchor.state import Device
+import runner
 
 _BASE = (os.getenv("TMPDIR") or "/tmp").rstrip("/") + "/device-test-%d" % (
     int.from_bytes(os.urandom(4), "big"))
@@ -260,20 +261,4 @@ def test_board_interface_async_parts():
 
 # ---------------------------------------------------------------------------------------------
 
-def _main():
-    names = sys.argv[1:] or sorted(k for k in globals() if k.startswith("test_"))
-    failed = 0
-    for name in names:
-        try:
-            globals()[name]()
-            print("ok", name)
-        except Exception as e:
-            failed += 1
-            print("FAIL", name)
-            sys.print_exception(e)
-    _rmtree(_BASE)
-    print("%d passed, %d failed" % (len(names) - failed, failed))
-    sys.exit(1 if failed else 0)
-
-
-_main()
+runner.main(globals(), after=lambda: _rmtree(_BASE))

@@ -14,6 +14,7 @@ import time
 from errno import ECONNREFUSED, ETIMEDOUT, EIO
 
 from anchor import mqtt
+import runner
 
 
 def h(s):
@@ -540,19 +541,4 @@ def test_parse_url_and_tls_guard():
 
 # ---------------------------------------------------------------------------------------------
 
-def _main():
-    names = sys.argv[1:] or sorted(k for k in globals() if k.startswith("test_"))
-    failed = 0
-    for name in names:
-        try:
-            globals()[name]()
-            print("ok", name)
-        except Exception as e:
-            failed += 1
-            print("FAIL", name)
-            sys.print_exception(e)
-    print("%d passed, %d failed" % (len(names) - failed, failed))
-    sys.exit(1 if failed else 0)
-
-
-_main()
+runner.main(globals())

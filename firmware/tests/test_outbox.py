@@ -12,6 +12,7 @@ import os
 import struct
 
 from anchor.outbox import Outbox
+import runner
 
 _BASE = (os.getenv("TMPDIR") or "/tmp").rstrip("/") + "/outbox-test-%d" % (
     int.from_bytes(os.urandom(4), "big"))
@@ -346,20 +347,4 @@ def test_index_memory_per_record():
 
 # ---------------------------------------------------------------------------------------------
 
-def _main():
-    names = sys.argv[1:] or sorted(k for k in globals() if k.startswith("test_"))
-    failed = 0
-    for name in names:
-        try:
-            globals()[name]()
-            print("ok", name)
-        except Exception as e:
-            failed += 1
-            print("FAIL", name)
-            sys.print_exception(e)
-    _rmtree(_BASE)
-    print("%d passed, %d failed" % (len(names) - failed, failed))
-    sys.exit(1 if failed else 0)
-
-
-_main()
+runner.main(globals(), after=lambda: _rmtree(_BASE))
