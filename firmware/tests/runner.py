@@ -26,6 +26,23 @@ def main(g, after=None):
     sys.exit(1 if failed else 0)
 
 
+def rmtree(p):
+    """Remove the directory p and everything under it (no shutil on MicroPython)."""
+    import os
+
+    try:
+        names = os.listdir(p)
+    except OSError:
+        return
+    for n in names:
+        q = p + "/" + n
+        try:
+            os.remove(q)
+        except OSError:
+            rmtree(q)
+    os.rmdir(p)
+
+
 def raises(exc, fn, *args):
     """True if fn(*args) raises exc (or a subclass)."""
     try:

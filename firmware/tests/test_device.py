@@ -22,20 +22,6 @@ _BASE = (os.getenv("TMPDIR") or "/tmp").rstrip("/") + "/device-test-%d" % (
 _count = [0]
 
 
-def _rmtree(p):
-    try:
-        names = os.listdir(p)
-    except OSError:
-        return
-    for n in names:
-        q = p + "/" + n
-        try:
-            os.remove(q)
-        except OSError:
-            _rmtree(q)
-    os.rmdir(p)
-
-
 def fresh():
     _count[0] += 1
     try:
@@ -261,4 +247,4 @@ def test_board_interface_async_parts():
 
 # ---------------------------------------------------------------------------------------------
 
-runner.main(globals(), after=lambda: _rmtree(_BASE))
+runner.main(globals(), after=lambda: runner.rmtree(_BASE))

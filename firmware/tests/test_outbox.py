@@ -18,27 +18,13 @@ _BASE = (os.getenv("TMPDIR") or "/tmp").rstrip("/") + "/outbox-test-%d" % (
     int.from_bytes(os.urandom(4), "big"))
 
 
-def _rmtree(p):
-    try:
-        names = os.listdir(p)
-    except OSError:
-        return
-    for n in names:
-        q = p + "/" + n
-        try:
-            os.remove(q)
-        except OSError:
-            _rmtree(q)
-    os.rmdir(p)
-
-
 _count = [0]
 
 
 def fresh():
     _count[0] += 1
     d = "%s/%d" % (_BASE, _count[0])
-    _rmtree(d)
+    runner.rmtree(d)
     try:
         os.mkdir(_BASE)
     except OSError:
@@ -347,4 +333,4 @@ def test_index_memory_per_record():
 
 # ---------------------------------------------------------------------------------------------
 
-runner.main(globals(), after=lambda: _rmtree(_BASE))
+runner.main(globals(), after=lambda: runner.rmtree(_BASE))

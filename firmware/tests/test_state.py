@@ -27,26 +27,12 @@ def _tmpdir():
     return d
 
 
-def _rmtree(d):
-    try:
-        names = os.listdir(d)
-    except OSError:
-        return
-    for n in names:
-        p = d + "/" + n
-        if os.stat(p)[0] & 0x4000:
-            _rmtree(p)
-        else:
-            os.remove(p)
-    os.rmdir(d)
-
-
 def _with_dir(fn):
     d = _tmpdir()
     try:
         fn(d)
     finally:
-        _rmtree(d)
+        runner.rmtree(d)
 
 
 def _payload(msg):
