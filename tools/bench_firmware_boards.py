@@ -25,7 +25,8 @@ whose objects are larger (pointers, small ints and GC blocks twice the size), ke
 _64bit. Without a 32-bit build (not supported on aarch64, say) the plain keys are null. If the
 binary given is itself 32-bit, it is the one measured and the _64bit keys are null.
 
-Run alone: `python tools/bench_firmware_boards.py` prints the same lines, then one JSON object.
+Run alone: `python tools/bench_firmware_boards.py` prints the same lines, then one JSON object;
+`--only loop_heap --bits 32` runs one section on one build (repeat --only for more).
 """
 
 from __future__ import annotations
@@ -124,6 +125,9 @@ def binaries(mp: str) -> tuple[str | None, str | None]:
     return mp32, mp
 
 
+# --bits: only the 32-bit build or only the 64-bit binary (None: both)
+_ONLY_BITS: int | None = None
+
 # keys that are settings of the bench, the same on both word sizes: reported once
 _SETTINGS = {"loop_heap_goal_kib", "loop_heap_readings"}
 
@@ -132,6 +136,13 @@ def both_word_sizes(fn: Callable[[str], dict[str, Any]]) -> Callable[[str], dict
     """The section `fn` on the 32-bit build (plain keys) and on the 64-bit one (keys + _64bit)."""
     def section(mp: str) -> dict[str, Any]:
         mp32, mp64 = binaries(mp)
+        if _ONLY_BITS == 32:
+            if mp32 is None:
+                sys.exit("bench: --bits 32 asked for, but there is no 32-bit MicroPython: run "
+                         "'tools/install-micropython --32bit' or set IOT_ANCHOR_MICROPYTHON32")
+            mp64 = None
+        elif _ONLY_BITS == 64:
+            mp32 = None
         r64 = fn(mp64) if mp64 else None
         r32 = fn(mp32) if mp32 else None
         keys = list((r32 or r64 or {}).keys())
@@ -446,17 +457,36 @@ def summary(res: dict[str, dict[str, Any]]) -> list[str]:
     ]
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    names = [n for n, _ in SECTIONS]
+    ap = argparse.ArgumentParser(description="Board-sized firmware heap figures (see the module "
+                                 "docstring); all sections on both word sizes by default.")
+    ap.add_argument("--only", action="append", choices=names, metavar="SECTION",
+                    help="run only this section (repeatable): " + ", ".join(names))
+    ap.add_argument("--bits", type=int, choices=(32, 64),
+                    help="measure only the 32-bit build or only the 64-bit binary")
+    a = ap.parse_args(argv)
     mp = micropython()
+    global _ONLY_BITS
+    _ONLY_BITS = a.bits
     res: dict[str, dict[str, Any]] = {}
     for name, fn in SECTIONS:
+        if a.only and name not in a.only:
+            continue
         print(f"bench-firmware-boards: {name} ...", file=sys.stderr, flush=True)
         res[name] = fn(mp)
-    for line in summary(res):
-        print(line)
+    if not a.only:
+        for line in summary(res):
+            print(line)
+    else:
+        for name, r in res.items():
+            print(f"  {name}: " + ", ".join(f"{k}={v}" for k, v in r.items()
+                                            if not isinstance(v, dict)))
     flat: dict[str, Any] = {}
-    for name, _ in SECTIONS:
-        flat.update(res[name])
+    for r in res.values():
+        flat.update(r)
     print(json.dumps(flat, sort_keys=True))
     return 0
 
