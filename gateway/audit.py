@@ -14,7 +14,7 @@ What it recomputes and compares, in this order (the first difference is reported
 4. ``batches`` and ``readings``, batch by batch: the batch row matches its entry (n, root),
    readings ids are dense and in batch order, every reading decodes strictly, its dev/seq/batch
    columns match the message, its ES256 signature (low-S) verifies against the key that was
-   valid at that entry (from the replayed history; in a thread pool), and the RFC 6962 root and
+   valid at that entry (from the replayed history; on the verifier pool), and the RFC 6962 root and
    16-leaf group nodes recomputed from the COSE bytes equal the entry's root and the stored ones.
 5. Each device's seq/prev chain: for stored seqs s and s+1, prev(s+1) = SHA-256(message s)
    unless a chain_break event is recorded for (dev, s+1); seq 0 must have prev = 32 zero bytes.
@@ -43,7 +43,7 @@ from gateway.cose import Rejection, decode
 from gateway.entry import BatchEntry, DeviceEntry, EntryError, decode_entry
 from gateway.errors import AnchorError
 from gateway.store import GROUP, Store, batch_nodes, storage_error
-from gateway.verifier import PublicKey, VerifierPool, check_signature, load_public_key
+from gateway.verifier import Context, PublicKey, VerifierPool, check_signature, load_public_key
 
 ZERO_HASH = bytes(32)
 MAX_PROBLEMS = 100
@@ -302,18 +302,15 @@ class Auditor:
 
     # 4 ---------------------------------------------------------------------------------------
 
-    def _key_at(self, dev: str, entry: int) -> PublicKey | None | str:
-        for k in self.history.get(dev, ()):
-            if k.from_entry < entry and (k.until_entry is None or entry < k.until_entry):
-                return k.pub
-        return "no key was valid for this device at that entry"
-
     def _readings(self) -> None:
         total = self.c.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
         if self.progress is None:
             self.progress = Progress(total)
         self.progress.total = max(total, 1)
         pool = VerifierPool(self.workers)
+        sent = {dev: [(k.key, k.from_entry, k.until_entry) for k in hist]
+                for dev, hist in self.history.items()}
+        self._ctx = Context(0, sent, _prepare_history, _local_history(self.history))
         try:
             self._scan(pool)
         finally:
@@ -379,7 +376,8 @@ class Auditor:
                                  f"id {pos})"))
                 items.append((r[0], r[1], r[2], r[3], bytes(r[4]), b.i))
             pos += b.n
-        return _Group(group, lo, hi, items, brows, pool.iter_chunks(self._check_chunk, items))
+        work = [(it[4], it[5]) for it in items]  # (COSE bytes, batch entry)
+        return _Group(group, lo, hi, items, brows, pool.iter_chunks(_check_chunk, work, self._ctx))
 
     def _finish_group(self, g: _Group, last: dict[str, tuple[int, bytes]]) -> None:
         if g.missing is not None:
@@ -444,32 +442,6 @@ class Auditor:
             self.result.readings += b.n
         assert self.progress is not None
         self.progress.update(self.result.readings)
-
-    def _check_chunk(self, chunk: Sequence[tuple[int, str, int, int, bytes, int]]
-                     ) -> list[tuple[bytes, str | None, bytes, bytes, int, str]]:
-        """Worker: (leaf hash, problem or None, digest, prev, seq, dev) per reading."""
-        out: list[tuple[bytes, str | None, bytes, bytes, int, str]] = []
-        for _rid, _dev, _seq, _batch, cose, entry in chunk:
-            leaf = merkle.leaf_hash(cose)
-            try:
-                d = decode(cose, max(len(cose), 1))
-            except Rejection as r:
-                out.append((leaf, f"message does not decode ({r.reason}: {r.detail})",
-                            b"", b"", -1, ""))
-                continue
-            key = self._key_at(d.dev, entry)
-            if key is None or isinstance(key, str):
-                out.append((leaf, f"{d.dev!r} seq {d.seq}: "
-                            f"{key or 'its key is not a P-256 point'} (batch entry {entry})",
-                            b"", b"", -1, ""))
-                continue
-            reason = check_signature(key, d.to_be_signed, d.signature)
-            if reason:
-                out.append((leaf, f"{d.dev!r} seq {d.seq}: signature check failed ({reason}) "
-                            f"against the key valid at entry {entry}", b"", b"", -1, ""))
-                continue
-            out.append((leaf, None, d.digest, d.prev, d.seq, d.dev))
-        return out
 
     # 5 ---------------------------------------------------------------------------------------
 
@@ -556,3 +528,60 @@ def audit(store: Store, vkey: str, *, workers: int = 2, progress: Progress | Non
 
 
 ProgressFactory = Callable[[int], Progress]
+
+
+_History = dict[str, list[tuple[PublicKey | None, int, int | None]]]
+
+
+def _local_history(history: dict[str, list[_Key]]) -> _History:
+    return {dev: [(k.pub, k.from_entry, k.until_entry) for k in hist]
+            for dev, hist in history.items()}
+
+
+def _prepare_history(sent: dict[str, list[tuple[bytes, int, int | None]]]) -> _History:
+    """In a worker: the key history as sent (key bytes) -> key objects (None: not a point)."""
+    out: _History = {}
+    for dev, hist in sent.items():
+        keys: list[tuple[PublicKey | None, int, int | None]] = []
+        for kb, start, until in hist:
+            try:
+                pub: PublicKey | None = load_public_key(kb)
+            except AnchorError:
+                pub = None
+            keys.append((pub, start, until))
+        out[dev] = keys
+    return out
+
+
+def _key_at(history: _History, dev: str, entry: int) -> PublicKey | None | str:
+    for pub, start, until in history.get(dev, ()):
+        if start < entry and (until is None or entry < until):
+            return pub
+    return "no key was valid for this device at that entry"
+
+
+def _check_chunk(history: _History, chunk: Sequence[tuple[bytes, int]]
+                 ) -> list[tuple[bytes, str | None, bytes, bytes, int, str]]:
+    """Worker: (leaf hash, problem or None, digest, prev, seq, dev) per (COSE bytes, entry)."""
+    out: list[tuple[bytes, str | None, bytes, bytes, int, str]] = []
+    for cose, entry in chunk:
+        leaf = merkle.leaf_hash(cose)
+        try:
+            d = decode(cose, max(len(cose), 1))
+        except Rejection as r:
+            out.append((leaf, f"message does not decode ({r.reason}: {r.detail})",
+                        b"", b"", -1, ""))
+            continue
+        key = _key_at(history, d.dev, entry)
+        if key is None or isinstance(key, str):
+            out.append((leaf, f"{d.dev!r} seq {d.seq}: "
+                        f"{key or 'its key is not a P-256 point'} (batch entry {entry})",
+                        b"", b"", -1, ""))
+            continue
+        reason = check_signature(key, d.to_be_signed, d.signature)
+        if reason:
+            out.append((leaf, f"{d.dev!r} seq {d.seq}: signature check failed ({reason}) "
+                        f"against the key valid at entry {entry}", b"", b"", -1, ""))
+            continue
+        out.append((leaf, None, d.digest, d.prev, d.seq, d.dev))
+    return out

@@ -47,6 +47,7 @@ verifier and the pipeline add the others, see docs/gateway.md):
 from __future__ import annotations
 
 import hashlib
+import re
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -539,6 +540,82 @@ def _fast(msg: bytes) -> Decoded | None:
     prev = p[q + 7:]
     dev = kid.decode("utf-8")
     return Decoded(msg, dev, seq, ts, prev, data, protected, payload, signature)
+
+
+# --- the verifier's fast path ----------------------------------------------------------------
+# The workers need five things per message: dev, seq, prev, the Sig_structure and the signature.
+# `fields` gets them for the firmware's exact output with one compiled pattern (matched in C) and
+# a few slices, without making a `Decoded` or reading the sensor values (about 1.5 us against 3.6
+# for `decode`). It returns None for anything else, and the caller then uses `decode`, which
+# decides; on what `fields` accepts it agrees with `decode` exactly (tests/unit/test_cose.py).
+# Beyond `_fast`'s layout it asks for shortest length heads, ASCII sensor names below 24 bytes
+# and sensor names in deterministic (strictly increasing) order, so that the Sig_structure can be
+# sliced from the message and no duplicate name can hide. There is one pattern per kid length
+# (read from the kid's head before matching, compiled on first use), so that every part of the
+# pattern is fixed or self-delimiting and matching never backtracks more than a byte or two.
+_RX_UINT = rb"(?:[\x00-\x17]|\x18.|\x19..|\x1a.{4}|\x1b.{8})"
+_RX_NUMBER = (rb"(?:[\x00-\x17\x20-\x37]|[\x18\x38].|[\x19\x39\xf9]..|[\x1a\x3a\xfa].{4}"
+              rb"|[\x1b\x3b\xfb].{8})")
+_RX_KEY = b"|".join(b"\\x%02x[\\x00-\\x7f]{%d}" % (0x60 + n, n) for n in range(1, 24))
+_RX_ENTRY = rb"(?:" + _RX_KEY + rb")" + _RX_NUMBER
+_RX_DATA = b"|".join(b"\\x%02x(?:%s){%d}" % (0xA0 + n, _RX_ENTRY, n) for n in range(24))
+_FIELDS_RX = (
+    rb"\xd2\x84(?P<prot>(?P<ph>[\x45-\x57]|\x58[\x18-\xff])"
+    rb"\xa2\x01\x26\x04(?:[\x41-\x57]|\x58[\x18-\x40])(?P<kid>.{%d}))"
+    rb"\xa0(?P<pay>(?P<plh>\x58[\x18-\xff]|\x59[\x01-\xff].)"
+    rb"(?P<pc>[\xa5\xa6])\x61v\x01(?:\x62ts%s)?"
+    rb"\x63dev(?P<dh>[\x61-\x77]|\x78[\x18-\x40])(?P=kid)\x63seq(?P<seq>%s)"
+    rb"\x64data(?P<data>%s)\x64prev\x58\x20(?P<prev>.{32}))"
+    rb"\x58\x40(?P<sig>.{64})\Z")
+_fields_rx: dict[int, re.Pattern[bytes]] = {}  # kid length -> its pattern
+
+
+def _pattern(kid_len: int) -> re.Pattern[bytes]:
+    rx = _fields_rx.get(kid_len)
+    if rx is None:
+        rx = _fields_rx[kid_len] = re.compile(
+            _FIELDS_RX % (kid_len, _RX_UINT, _RX_UINT, _RX_DATA), re.S)
+    return rx
+
+
+_KEYS_RX = re.compile(rb"((?:" + _RX_KEY + rb"))" + _RX_NUMBER, re.S)
+
+
+def fields(msg: bytes) -> tuple[str, int, bytes, bytes, bytes] | None:
+    """(dev, seq, prev, Sig_structure, signature) of a message in the firmware's exact layout,
+    or None (then call `decode`). See the comment above."""
+    if len(msg) < 16:
+        return None
+    i = 8 if msg[2] == 0x58 else 7  # the kid's head, if this is the layout
+    b = msg[i]
+    n = b - 0x40 if 0x41 <= b <= 0x57 else msg[i + 1] if b == 0x58 else 0
+    if not 0 < n <= MAX_DEVICE_ID:
+        return None
+    m = _pattern(n).match(msg)
+    if m is None:
+        return None
+    ph, kid, plh, pc, dh, seq_b, data = m.group("ph", "kid", "plh", "pc", "dh", "seq", "data")
+    p0, p1 = m.span("prot")
+    q0, q1 = m.span("pay")
+    if ((ph[0] - 0x40 if len(ph) == 1 else ph[1]) != p1 - p0 - len(ph)  # (kid's: read above)
+            or (dh[0] - 0x60 if len(dh) == 1 else dh[1]) != n
+            or (plh[1] if len(plh) == 2 else (plh[1] << 8) | plh[2]) != q1 - q0 - len(plh)
+            or (pc[0] == 0xA6) != (msg[q0 + len(plh) + 4] == 0x62)):  # 6 fields iff "ts"
+        return None
+    if len(data) > 1:
+        keys = _KEYS_RX.findall(data, 1)
+        for a, b in zip(keys, keys[1:], strict=False):  # deterministic order: no name twice
+            if a >= b:
+                return None
+    seq = seq_b[0] if len(seq_b) == 1 else int.from_bytes(seq_b[1:], "big")
+    if seq > MAX_SEQ:
+        return None
+    try:
+        dev = kid.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return (dev, seq, m.group("prev"), b"".join((_SIG1_PREFIX, msg[p0:p1], b"\x40", msg[q0:q1])),
+            m.group("sig"))
 
 
 def _decode_general(msg: bytes) -> Decoded:

@@ -34,8 +34,10 @@ before the commit. When the commit fails it raises `StorageError` (disk full, re
 acknowledges nothing and keeps the open batch, so a later `commit()` retries it.
 
 Design choices:
-* Verification runs in a thread pool (`gateway.verifier`): each task decodes and verifies a
-  chunk of messages; `cryptography` releases the GIL while it verifies.
+* Verification runs on a pool of worker processes (`gateway.verifier`, which says why not
+  threads): each task decodes, verifies and hashes a chunk of messages and sends back, per
+  message, a rejection reason or (dev, seq, prev, SHA-256, leaf hash). The device keys go to
+  the workers once per registry change (`Context`).
 * Device state is cached: per device the highest seq, the hash of that reading (for the prev
   check of the next one) and the watermark ``upto`` (stored in `devices.upto`). A new seq above
   the device's highest needs no database lookup; a late one (below it) is looked up in the
@@ -53,17 +55,18 @@ Design choices:
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
+import itertools
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway import merkle
-from gateway.cose import DECODE_REASONS, MAX_MESSAGE, Decoded, Rejection, decode
+from gateway.cose import DECODE_REASONS, MAX_MESSAGE, Rejection, decode, fields
 from gateway.errors import StorageError
 from gateway.merkle import leaf_hash
 from gateway.store import GROUP, Store, batch_nodes, make_batch_entry, now_ms
-from gateway.verifier import PublicKey, VerifierPool, check_signature, load_public_key
+from gateway.verifier import Context, PublicKey, VerifierPool, check_signature, load_public_key
 
 REASONS: tuple[str, ...] = DECODE_REASONS + (
     "unknown_device",
@@ -77,7 +80,8 @@ ZERO_HASH = bytes(32)
 sha256 = hashlib.sha256
 
 Message = bytes | bytearray | memoryview | tuple[bytes, str | None]
-_Checked = tuple[Decoded, bytes, bytes]  # the message, its SHA-256, its RFC 6962 leaf hash
+_Checked = tuple[str, int, bytes, bytes, bytes]  # dev, seq, prev, SHA-256, RFC 6962 leaf hash
+_Keys = dict[str, tuple[PublicKey, str]]  # dev -> (key, status)
 
 
 @dataclass(slots=True)  # not frozen: one per message, and frozen ones cost 4x to construct
@@ -108,9 +112,21 @@ class CommitResult:
 
 @dataclass(frozen=True, slots=True)
 class Submission:
-    """Messages handed to the verifier threads by `Pipeline.start`, not yet classified."""
+    """Messages handed to the verifier pool by `Pipeline.start`, not yet classified."""
 
+    raws: list[bytes]
     parts: Iterator[list[_Checked | str]]
+
+
+@dataclass(slots=True)
+class _Reading:
+    """An accepted reading in the open batch."""
+
+    raw: bytes
+    dev: str
+    seq: int
+    prev: bytes
+    digest: bytes
 
 
 @dataclass(slots=True)
@@ -129,36 +145,62 @@ class _Event:
     detail: str
 
 
-def _check(keys: dict[str, tuple[PublicKey, str]], max_message: int,
-           items: Sequence[tuple[bytes, str | None]]) -> list[_Checked | str]:
-    """Worker: decode and verify a chunk. Per item: (Decoded, digest, leaf hash) or the
+_key_objects: dict[bytes, PublicKey] = {}  # per process: SEC1 bytes -> key (few thousand)
+
+
+def _prepare_keys(value: tuple[int, dict[str, tuple[bytes, str]]]) -> tuple[int, _Keys]:
+    """In a worker: the registry as sent (key bytes) -> key objects, reusing the ones made for
+    an earlier version of the registry."""
+    limit, registry = value
+    keys: _Keys = {}
+    for dev, (kb, status) in registry.items():
+        key = _key_objects.get(kb)
+        if key is None:
+            key = _key_objects[kb] = load_public_key(kb)
+        keys[dev] = (key, status)
+    if len(_key_objects) > 4 * len(keys) + 1024:  # forget keys of a long-gone registry
+        _key_objects.clear()
+        _key_objects.update((kb, keys[dev][0]) for dev, (kb, _) in registry.items())
+    return limit, keys
+
+
+def _check(ctx: tuple[int, _Keys], items: Sequence[tuple[bytes, str | None]]
+           ) -> list[_Checked | str]:
+    """Worker: decode and verify a chunk. Per item: (dev, seq, prev, digest, leaf hash) or the
     rejection reason. The hashes are made here so that the serial part of a commit is short."""
+    max_message, keys = ctx
     out: list[_Checked | str] = []
+    append = out.append
+    names: dict[str, str] = {}  # one str object per device: pickled once per chunk
     for raw, topic in items:
-        try:
-            d = decode(raw, max_message)
-        except Rejection as r:
-            out.append(r.reason)
+        f = fields(raw) if len(raw) <= max_message else None
+        if f is None:  # not the firmware's exact layout: the strict decoder decides
+            try:
+                d = decode(raw, max_message)
+            except Rejection as r:
+                append(r.reason)
+                continue
+            except Exception:  # the decoder raises only Rejection; keep the promise regardless
+                append("cbor_malformed")
+                continue
+            f = (d.dev, d.seq, d.prev, d.to_be_signed, d.signature)
+        dev, seq, prev, tbs, sig = f
+        if topic is not None and topic != dev:
+            append("topic_mismatch")
             continue
-        except Exception:  # the decoder raises only Rejection; keep the promise regardless
-            out.append("cbor_malformed")
-            continue
-        if topic is not None and topic != d.dev:
-            out.append("topic_mismatch")
-            continue
-        entry = keys.get(d.dev)
+        entry = keys.get(dev)
         if entry is None:
-            out.append("unknown_device")
+            append("unknown_device")
             continue
-        key, status = entry
-        if status != "active":
-            out.append("revoked_device")
+        if entry[1] != "active":
+            append("revoked_device")
             continue
         try:
-            reason = check_signature(key, d.to_be_signed, d.signature)
+            reason = check_signature(entry[0], tbs, sig)
         except Exception:
             reason = "bad_signature"
-        out.append(reason if reason else (d, sha256(raw).digest(), leaf_hash(raw)))
+        append(reason if reason else (names.setdefault(dev, dev), seq, prev,
+                                      sha256(raw).digest(), leaf_hash(raw)))
     return out
 
 
@@ -166,7 +208,7 @@ class Pipeline:
     """See the module docstring."""
 
     def __init__(self, store: Store, *, batch_max: int = 4096, max_message: int = MAX_MESSAGE,
-                 workers: int = 2, signer: Any = None) -> None:
+                 workers: int = 2, signer: Any = None, processes: bool = True) -> None:
         if batch_max < 1:
             raise ValueError("batch_max must be at least 1")
         # group roots can be made during submit when batches split on group boundaries
@@ -175,15 +217,16 @@ class Pipeline:
         self.batch_max = batch_max
         self.max_message = max_message
         self.signer = signer if signer is not None else store.load_signer()
-        self.pool = VerifierPool(workers)
-        self._keys: dict[str, tuple[PublicKey, str]] = {}
+        self.pool = VerifierPool(workers, processes=processes)
+        self._generation = itertools.count()
+        self._ctx: Context[tuple[int, _Keys]] | None = None
+        self._keys: _Keys = {}
         self._key_bytes: dict[str, bytes] = {}
         self._devs: dict[str, _Dev] = {}
-        self._batch: list[Decoded] = []
+        self._batch: list[_Reading] = []
         self._leaves: list[bytes] = []  # leaf hashes of the open batch, in order
         self._groups: list[bytes] = []  # roots of its complete GROUP-leaf groups, per batch part
-        self._in_batch: dict[tuple[str, int], bytes] = {}  # (dev, seq) -> digest
-        self._prev_in_batch: dict[tuple[str, int], bytes] = {}  # (dev, seq) -> its prev field
+        self._in_batch: dict[tuple[str, int], _Reading] = {}  # (dev, seq) -> open-batch reading
         self._acked: dict[str, set[int]] = {}
         self._rejected: Counter[str] = Counter()
         self._events: list[_Event] = []
@@ -200,6 +243,9 @@ class Pipeline:
             key_bytes[row.id] = bytes(row.key)
             keys[row.id] = (load_public_key(bytes(row.key)), row.status)
         self._keys, self._key_bytes = keys, key_bytes
+        sent = {d: (kb, keys[d][1]) for d, kb in key_bytes.items()}
+        self._ctx = Context(next(self._generation), (self.max_message, sent), _prepare_keys,
+                            (self.max_message, keys))
         self._devs = {}
 
     def _dev(self, dev: str) -> _Dev:
@@ -215,9 +261,9 @@ class Pipeline:
 
     def _digest_of(self, dev: str, seq: int) -> bytes | None:
         """Digest of the reading (dev, seq) if it is stored or in the open batch."""
-        h = self._in_batch.get((dev, seq))
-        if h is not None:
-            return h
+        r = self._in_batch.get((dev, seq))
+        if r is not None:
+            return r.digest
         st = self._dev(dev)
         if seq == st.last_seq and st.last_hash is not None:
             return st.last_hash
@@ -251,36 +297,38 @@ class Pipeline:
                 items.append((m[0] if type(m[0]) is bytes else bytes(m[0]), m[1]))
             else:
                 items.append((m if type(m) is bytes else bytes(m), None))
-        keys, limit = self._keys, self.max_message
-        return Submission(self.pool.iter_chunks(lambda chunk: _check(keys, limit, chunk), items))
+        raws = [raw for raw, _ in items]
+        return Submission(raws, self.pool.iter_chunks(_check, items, self._ctx))
 
     def finish(self, submission: Submission) -> list[Outcome]:
         """The second half of `submit`: classify the verified messages, in order."""
         out: list[Outcome] = []
         append = out.append
+        raws = iter(submission.raws)
         for part in submission.parts:
-            for res in part:
+            for res, raw in zip(part, raws, strict=False):  # raws is one iterator for all
                 if isinstance(res, str):
                     self._rejected[res] += 1
                     append(Outcome("rejected", res))
                 else:
-                    append(self._classify(*res))
-        for o in out:
-            self.totals[o.status] += 1
+                    append(self._classify(raw, *res))
+        self.totals.update(o.status for o in out)
         return out
 
-    def _classify(self, d: Decoded, digest: bytes, leaf: bytes) -> Outcome:
-        dev, seq = d.dev, d.seq
-        st = self._dev(dev)
-        prior = self._in_batch.get((dev, seq))
+    def _classify(self, raw: bytes, dev: str, seq: int, prev: bytes, digest: bytes,
+                  leaf: bytes) -> Outcome:
+        st = self._devs.get(dev) or self._dev(dev)
+        key = (dev, seq)
+        same = self._in_batch.get(key)
+        prior = same.digest if same is not None else None
         if prior is None and seq <= st.last_seq:
             prior = self._digest_of(dev, seq)
         if prior is not None:
             if prior == digest:
-                self._acked.setdefault(dev, set()).add(seq)
+                self._ack(dev, seq)
                 return Outcome("duplicate", None, dev, seq)
             self._rejected["equivocation"] += 1
-            self._events.append(_Event("equivocation", dev, seq, d.raw,
+            self._events.append(_Event("equivocation", dev, seq, raw,
                                        f"stored message has sha256 {prior.hex()}, "
                                        f"this one {digest.hex()}"))
             return Outcome("rejected", "equivocation", dev, seq)
@@ -291,25 +339,31 @@ class Pipeline:
             expected = st.last_hash
         else:
             expected = self._digest_of(dev, seq - 1)
-        if expected is not None and d.prev != expected:
+        if expected is not None and prev != expected:
             self._events.append(_Event("chain_break", dev, seq, None,
-                                       f"prev {d.prev.hex()} != sha256 of seq {seq - 1} "
+                                       f"prev {prev.hex()} != sha256 of seq {seq - 1} "
                                        f"{expected.hex()}"))
         if seq < st.last_seq:
             self._check_successor(dev, seq, digest)
-        self._batch.append(d)
+        self._batch.append(r := _Reading(raw, dev, seq, prev, digest))
         self._leaves.append(leaf)
-        self._in_batch[(dev, seq)] = digest
-        self._prev_in_batch[(dev, seq)] = d.prev
+        self._in_batch[key] = r
         k = len(self._leaves)
         if k % GROUP == 0 and self._aligned:
             # a complete group: its root now, while the pool is still verifying
             self._groups.append(merkle.root(self._leaves[k - GROUP:k]))
-        self._acked.setdefault(dev, set()).add(seq)
+        self._ack(dev, seq)
         if seq > st.last_seq:
             st.last_seq = seq
             st.last_hash = digest
         return Outcome("accepted", None, dev, seq)
+
+    def _ack(self, dev: str, seq: int) -> None:
+        acked = self._acked.get(dev)
+        if acked is None:
+            self._acked[dev] = {seq}
+        else:
+            acked.add(seq)
 
     def _check_successor(self, dev: str, seq: int, digest: bytes) -> None:
         nxt = self._next_prev(dev, seq + 1)
@@ -320,9 +374,9 @@ class Pipeline:
 
     def _next_prev(self, dev: str, seq: int) -> bytes | None:
         """The prev field of reading (dev, seq), if stored or in the open batch."""
-        p = self._prev_in_batch.get((dev, seq))
-        if p is not None:
-            return p
+        r = self._in_batch.get((dev, seq))
+        if r is not None:
+            return r.prev
         cose = self.store.stored_cose(dev, seq)
         if cose is None:
             return None
@@ -346,7 +400,6 @@ class Pipeline:
         self._leaves = []
         self._groups = []
         self._in_batch = {}
-        self._prev_in_batch = {}
         self._acked = {}
         self._rejected = Counter()
         self._events = []
@@ -449,7 +502,7 @@ class Pipeline:
         """Another process committed since our last look: drop open-batch readings that are now
         stored, or whose device key changed or was revoked."""
         self.reload()
-        keep: list[Decoded] = []
+        keep: list[_Reading] = []
         for d in self._batch:
             row = c.execute("SELECT cose FROM readings WHERE dev = ? AND seq = ?",
                             (d.dev, d.seq)).fetchone()
@@ -464,7 +517,8 @@ class Pipeline:
                 self._rejected["revoked_device"] += 1
                 self._acked.get(d.dev, set()).discard(d.seq)
                 continue
-            reason = check_signature(entry[0], d.to_be_signed, d.signature)
+            m = decode(d.raw, max(self.max_message, len(d.raw)))
+            reason = check_signature(entry[0], m.to_be_signed, m.signature)
             if reason:
                 self._rejected[reason] += 1
                 self._acked.get(d.dev, set()).discard(d.seq)
@@ -473,8 +527,7 @@ class Pipeline:
         self._batch = keep
         self._leaves = [leaf_hash(d.raw) for d in keep]
         self._groups = []  # recomputed at the commit
-        self._in_batch = {(d.dev, d.seq): d.digest for d in keep}
-        self._prev_in_batch = {(d.dev, d.seq): d.prev for d in keep}
+        self._in_batch = {(d.dev, d.seq): d for d in keep}
 
     # --- lifetime ------------------------------------------------------------------------------
 
@@ -490,19 +543,19 @@ class Pipeline:
 
 def feed(pipe: Pipeline, chunks: Iterable[Sequence[Message]],
          on_outcomes: Callable[[list[Outcome]], None] | None = None,
-         on_commit: Callable[[CommitResult], None] | None = None) -> None:
+         on_commit: Callable[[CommitResult], None] | None = None, *, ahead: int = 3) -> None:
     """Run a stream of message chunks through `pipe`, committing whenever the open batch holds
-    `batch_max` readings and once at the end. Chunk k+1 is verified by the pool while chunk k
-    is classified and while a commit writes to SQLite (which releases the GIL), so the verifier
-    threads do not wait for the database. Used by `ingest` and the benchmark."""
-    ahead: Submission | None = None
+    `batch_max` readings and once at the end. Up to `ahead` chunks are handed to the pool before
+    the oldest is classified, so the verifier threads keep working while a chunk is classified
+    and while a commit writes to SQLite (which releases the GIL) and waits for its fsync. Used by
+    `ingest` and the benchmark."""
+    queue: deque[Submission] = deque()
     for chunk in chunks:
-        nxt = pipe.start(chunk)
-        if ahead is not None:
-            _finish(pipe, ahead, on_outcomes, on_commit)
-        ahead = nxt
-    if ahead is not None:
-        _finish(pipe, ahead, on_outcomes, on_commit)
+        queue.append(pipe.start(chunk))
+        if len(queue) > ahead:
+            _finish(pipe, queue.popleft(), on_outcomes, on_commit)
+    while queue:
+        _finish(pipe, queue.popleft(), on_outcomes, on_commit)
     res = pipe.commit()
     if res is not None and on_commit is not None:
         on_commit(res)

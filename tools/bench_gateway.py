@@ -123,6 +123,7 @@ def ingest_rate(store: Store, msgs: list[bytes], workers: int, batch_max: int,
         accepted += sum(o.status == "accepted" for o in outs)
 
     with Pipeline(store, batch_max=batch_max, workers=workers) as p:
+        p.pool.start()  # the worker processes' start-up (about 0.1 s) is not throughput
         t0 = time.perf_counter()
         if prof:
             prof.enable()

@@ -170,10 +170,14 @@ def test_sig_structure_matches_cbor2() -> None:
 @given(st.binary(max_size=300), st.integers(0, len(GOOD)))
 def test_never_raises_anything_but_rejection(junk: bytes, cut: int) -> None:
     for msg in (junk, GOOD[:cut] + junk, GOOD[:cut] + junk + GOOD[cut:]):
+        f = cose.fields(msg)  # the verifier's fast path: never raises either
         try:
-            decode(msg)
+            d = decode(msg)
         except Rejection as r:
             assert r.reason in DECODE_REASONS
+            assert f is None
+        else:
+            assert f is None or f == (d.dev, d.seq, d.prev, d.to_be_signed, d.signature)
 
 
 def test_a_message_cbor2_would_reencode_is_kept_byte_exact() -> None:
@@ -226,6 +230,72 @@ def test_fast_path_agrees_with_the_general_parser(dev: str, seq: int, ts: int | 
         fast = _fast_or_none(m)
         if fast is not None:  # repr: a bit flip can make a NaN, and NaN != NaN
             assert repr(fast) == repr(_general(m))
+        f = cose.fields(m)
+        if f is not None:  # the verifier's path: exactly what the strict decoder gives
+            d = cose.decode(m)
+            assert f == (d.dev, d.seq, d.prev, d.to_be_signed, d.signature)
     if seq < 2**63 and all(len(k.encode()) < 24 for k in data):
         # the canonical form is what the fast path exists for (sensor names below 24 bytes)
         assert _fast_or_none(msg) is not None and _fast_or_none(msg) == _general(msg)
+        if all(0 < len(k) == len(k.encode()) for k in data):  # non-empty ASCII names
+            assert cose.fields(msg) is not None
+
+
+def _reading(dev: str, data_bytes: bytes, seq: int = 7) -> bytes:
+    """A message in the firmware's layout with the data map given as raw CBOR bytes."""
+    kid = dev.encode()
+    pay = (b"\xa5\x61v\x01\x63dev" + cbor2.dumps(dev) + b"\x63seq" + cbor2.dumps(seq)
+           + b"\x64data" + data_bytes + b"\x64prev\x58\x20" + bytes(32))
+    return cose_sign1(cbor2.dumps({1: -7, 4: kid}, canonical=True), pay, bytes(range(64)))
+
+
+def test_fields_is_the_strict_decoders_answer_on_the_firmware_layout() -> None:
+    d = decode(GOOD)
+    assert cose.fields(GOOD) == (d.dev, d.seq, d.prev, d.to_be_signed, d.signature)
+    # the layout with a data map of 0..3 names, in deterministic order
+    for data in (b"\xa0", b"\xa1\x61t\x01", b"\xa3\x61h\x18\x28\x61p\xf9\x3c\x00\x61t\x20"):
+        m = _reading("s-1", data)
+        d = decode(m)
+        assert cose.fields(m) == (d.dev, d.seq, d.prev, d.to_be_signed, d.signature)
+
+
+def test_fields_hands_everything_unusual_to_the_strict_decoder() -> None:
+    # a repeated sensor name: the strict decoder refuses it, fields must not accept it
+    dup = _reading("s-1", b"\xa2\x61t\x01\x61t\x02")
+    assert cose.fields(dup) is None and reason(dup) == "bad_field"
+    # names out of deterministic order, a non-ASCII name: valid, but for decode to read
+    for data in (b"\xa2\x61t\x01\x61h\x02", b"\xa1\x62\xc3\xa9\x01"):
+        m = _reading("s-1", data)
+        assert cose.fields(m) is None and decode(m).seq == 7
+    # a non-shortest protected-header length: valid CBOR, but the Sig_structure must be
+    # built with the shortest head, so it cannot be sliced from the message
+    p, u, payload, sig = parts(GOOD)
+    m = b"\xd2\x84\x58" + bytes([len(p)]) + p + b"\xa0" + cbor2.dumps(payload) + cbor2.dumps(sig)
+    assert cose.fields(m) is None and decode(m).to_be_signed == decode(GOOD).to_be_signed
+    # a kid holding the bytes that follow it in the layout: either path gives the same answer
+    for dev in ("a\xa0X", "\xa0\x58\x5c" * 5):
+        m = _reading(dev, b"\xa1\x61t\x01")
+        f, d = cose.fields(m), decode(m)
+        assert f is None or f == (d.dev, d.seq, d.prev, d.to_be_signed, d.signature)
+
+
+def test_fields_does_not_backtrack() -> None:
+    """The pattern has a fixed kid length (read from its head) and self-delimiting parts
+    elsewhere: a message built to look like the layout for as long as possible, with the kid
+    and the data map full of the bytes that follow them, still costs far less than a
+    signature check (about 60 us)."""
+    import time
+
+    kid = ("\xa0Y\x07\xa5av\x01" * 8).encode()[:63]  # 7 bytes of 9 each: whole UTF-8
+    names = [(b"\x64data\x77\x61v\x01" * 3)[:21] + b"%02d" % k for k in range(23)]
+    pay = (b"\xa5\x61v\x01\x63dev\x78\x3f" + kid + b"\x63seq\x00\x64data\xb7"
+           + b"".join(b"\x77" + name + b"\x1b" + bytes(8) for name in names)
+           + b"\x64prev\x58\x20" + bytes(32))
+    msg = cose_sign1(cbor2.dumps({1: -7, 4: kid}, canonical=True), pay, bytes(range(64)))
+    for bad in (msg[:-1], msg[:-66] + b"\x00" + msg[-65:], msg.replace(b"\x64prev", b"\x64prew")):
+        t0 = time.perf_counter()
+        for _ in range(100):
+            assert cose.fields(bad) is None
+        assert (time.perf_counter() - t0) / 100 < 0.001
+    d = decode(msg)
+    assert cose.fields(msg) == (d.dev, d.seq, d.prev, d.to_be_signed, d.signature)
