@@ -43,7 +43,14 @@ from gateway.cose import Rejection, decode
 from gateway.entry import BatchEntry, DeviceEntry, EntryError, decode_entry
 from gateway.errors import AnchorError
 from gateway.store import GROUP, Store, batch_nodes, storage_error
-from gateway.verifier import Context, PublicKey, VerifierPool, check_signature, load_public_key
+from gateway.verifier import (
+    CHUNK,
+    Context,
+    PublicKey,
+    VerifierPool,
+    check_signature,
+    load_public_key,
+)
 
 ZERO_HASH = bytes(32)
 MAX_PROBLEMS = 100
@@ -169,11 +176,19 @@ class Auditor:
         return self.result
 
     def _run(self) -> None:
-        roots = self._entries()
-        self._checkpoints(roots)
-        self.chain_breaks = {(d, s) for d, s in self.c.execute(
-            "SELECT dev, seq FROM events WHERE kind = 'chain_break'")}
-        self._readings()
+        # the verifier processes (for a ledger worth them) start now, and get ready while
+        # steps 1-3 run
+        pool = VerifierPool(self.workers)
+        if (self.c.execute("SELECT MAX(id) FROM readings").fetchone()[0] or 0) > 4 * CHUNK:
+            pool.start()
+        try:
+            roots = self._entries()
+            self._checkpoints(roots)
+            self.chain_breaks = {(d, s) for d, s in self.c.execute(
+                "SELECT dev, seq FROM events WHERE kind = 'chain_break'")}
+            self._readings(pool)
+        finally:
+            pool.close()
         self._devices()
 
     # 1-2 ------------------------------------------------------------------------------------
@@ -302,19 +317,17 @@ class Auditor:
 
     # 4 ---------------------------------------------------------------------------------------
 
-    def _readings(self) -> None:
+    def _readings(self, pool: VerifierPool) -> None:
         total = self.c.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
         if self.progress is None:
             self.progress = Progress(total)
         self.progress.total = max(total, 1)
-        pool = VerifierPool(self.workers)
         sent = {dev: [(k.key, k.from_entry, k.until_entry) for k in hist]
                 for dev, hist in self.history.items()}
         self._ctx = Context(0, sent, _prepare_history, _local_history(self.history))
         try:
             self._scan(pool)
         finally:
-            pool.close()
             self.progress.finish()
 
     def _scan(self, pool: VerifierPool) -> None:

@@ -46,7 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="readings per batch / ledger entry (default 4096)")
     p.add_argument("--max-message", type=int, default=MAX_MESSAGE, metavar="BYTES",
                    help=f"message size limit (default {MAX_MESSAGE})")
-    p.add_argument("--workers", type=int, default=2, help="verifier threads (default 2)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="verifier processes (default 2; 1 verifies in the main process)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_data_arg(p)
     p.set_defaults(func=run)

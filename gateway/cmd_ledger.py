@@ -28,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     v.add_argument("--gateway-key", metavar="VKEY",
                    help="the gateway's vkey to trust (default: DIR/gateway.vkey, which must "
                    "match the database's record)")
-    v.add_argument("--workers", type=int, default=2, help="verifier threads (default 2)")
+    v.add_argument("--workers", type=int, default=2,
+                   help="verifier processes (default 2; 1 verifies in the main process)")
     v.add_argument("--all", action="store_true", help="list every problem found (up to 100)")
     add_data_arg(v)
     v.set_defaults(func=_verify)

@@ -48,7 +48,9 @@ def pipeline_factory(data_dir: Path, batch_max: int) -> Any:
 
         store = Store.open(data_dir)
         try:
-            return Pipeline(store, batch_max=batch_max)
+            pipe = Pipeline(store, batch_max=batch_max)
+            pipe.pool.start()  # the verifier processes get ready before the first message
+            return pipe
         except BaseException:
             store.close()
             raise

@@ -6,7 +6,7 @@ API (the MQTT service and `ingest` use exactly this)::
     outcomes = p.submit([raw_bytes, (raw_bytes, topic_device_id_or_None), ...])
     p.pending()            # readings in the open batch
     result = p.commit()    # CommitResult | None
-    p.close()              # stops the verifier threads (also a context manager)
+    p.close()              # stops the verifier processes (also a context manager)
 
     sub = p.start(messages)   # submit in two halves: verification starts in the pool ...
     p.commit()                # ... the previous batch can be committed meanwhile ...
@@ -285,7 +285,7 @@ class Pipeline:
         return self.finish(self.start(messages))
 
     def start(self, messages: Sequence[Message]) -> Submission:
-        """The first half of `submit`: hand the messages to the verifier threads and return at
+        """The first half of `submit`: hand the messages to the verifier pool and return at
         once. `finish(submission)` classifies them. Between the two the caller may `commit()`
         the previous batch, so the SQLite writes overlap the verification (see `feed`).
         Submissions must be finished in the order they were started."""
@@ -546,7 +546,7 @@ def feed(pipe: Pipeline, chunks: Iterable[Sequence[Message]],
          on_commit: Callable[[CommitResult], None] | None = None, *, ahead: int = 3) -> None:
     """Run a stream of message chunks through `pipe`, committing whenever the open batch holds
     `batch_max` readings and once at the end. Up to `ahead` chunks are handed to the pool before
-    the oldest is classified, so the verifier threads keep working while a chunk is classified
+    the oldest is classified, so the verifier processes keep working while a chunk is classified
     and while a commit writes to SQLite (which releases the GIL) and waits for its fsync. Used by
     `ingest` and the benchmark."""
     queue: deque[Submission] = deque()

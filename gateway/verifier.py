@@ -132,7 +132,10 @@ class WorkerLost(Exception):
     """A worker process exited before it returned a chunk's results."""
 
 
-_WORKER_CODE = "import sys; from gateway.verifier import _worker_main; _worker_main(*sys.argv[1:])"
+# the modules the pipeline's and the audit's tasks use, imported before the worker says "ready"
+_WORKER_CODE = ("import sys; import gateway.pipeline, gateway.audit; "
+                "from gateway.verifier import _worker_main; _worker_main(*sys.argv[1:])")
+READY = -1  # the task id of the message a worker sends once it is ready
 
 
 def _worker_main(rfd: str, wfd: str) -> None:
@@ -140,6 +143,10 @@ def _worker_main(rfd: str, wfd: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     rx, tx = Connection(int(rfd), writable=False), Connection(int(wfd), readable=False)
     os.dup2(2, 1)  # anything printed goes to stderr, never into a pipe
+    try:
+        tx.send((READY, True, None))
+    except (OSError, ValueError):
+        return
     key: object = object()
     prepared: Any = None
     while True:
@@ -186,6 +193,7 @@ class _Worker:
         self.pending: dict[int, Future[Any]] = {}
         self.lock = threading.Lock()
         self.alive = True
+        self.ready = threading.Event()
         self.outbox: SimpleQueue[tuple[Any, ...] | None] = SimpleQueue()
         n = next(self._ids)
         self.threads = [threading.Thread(target=self._send_loop, name=f"verify-tx-{n}",
@@ -230,6 +238,9 @@ class _Worker:
                 task_id, ok, result = self.rx.recv()
             except (EOFError, OSError, ValueError):
                 break
+            if task_id == READY:
+                self.ready.set()
+                continue
             with self.lock:
                 fut = self.pending.pop(task_id, None)
             if fut is not None:
@@ -242,6 +253,7 @@ class _Worker:
             lost, self.pending = self.pending, {}
         for fut in lost.values():
             fut.set_exception(WorkerLost("the verifier process exited"))
+        self.ready.set()  # nobody waits for a dead worker
         self.rx.close()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -286,16 +298,19 @@ class VerifierPool:
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="verify")
         return self._pool
 
-    def start(self) -> None:
+    def start(self, wait: bool = False) -> None:
         """Start the worker processes now rather than on first use (each takes about 0.1 s to
-        import `cryptography`)."""
+        import `cryptography` and the gateway's modules); with `wait`, until they are ready."""
         if self.processes and self.workers > 1 and not self._procs:
             self._procs = [_Worker() for _ in range(self.workers)]
             self._finalizer = weakref.finalize(self, _stop_all, self._procs)
+        if wait:
+            for w in self._procs:
+                w.ready.wait(60)
 
     def _worker(self) -> _Worker:
         """The next worker in turn, (re)started if needed."""
-        self.start()
+        self.start(wait=False)
         i = self._next % len(self._procs)
         self._next += 1
         w = self._procs[i]
