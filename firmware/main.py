@@ -12,50 +12,16 @@
 # exits 1 (running out of heap too); a usage error exits 2. `run --help` prints run's options.
 #
 # On a board, main.py runs at boot with no arguments and starts the device loop.
+#
+# Kept to a few lines: MicroPython compiles main.py from source at every start, and what that
+# leaves behind (its names, its strings) stays in RAM while the device loop runs. The dispatch
+# is anchor.main (anchor/__init__.py), compiled to .mpy on a board.
 
 import sys
 
-from anchor import Error, unload
-
-_UNIX = sys.platform in ("linux", "darwin", "win32")
-
-
-def main(argv):
-    """Run a command; returns the process exit status. Kept small: main.py is compiled from
-    source at every start (RAM on a board), the commands live in anchor/cli.py and
-    anchor/device.py."""
-    if not argv and not _UNIX:
-        from anchor import startup  # a board: config, board layer, device loop
-
-        return startup.main() or 0
-    from anchor import cli
-
-    status = cli.main(argv)
-    if status is not None:
-        return status
-    cli = None
-    unload("cli")
-    try:
-        from anchor import device
-    except ImportError as e:
-        print("error: the device loop is not available in this build (%s)" % e, file=sys.stderr)
-        return 1
-    try:
-        return device.main(argv[1:]) or 0
-    except Error as e:
-        print("error: %s" % e, file=sys.stderr)
-        return 1
-
+from anchor import main
 
 if __name__ == "__main__":
-    try:
-        _status = main(sys.argv[1:] if _UNIX else [])
-    except MemoryError:
-        if not _UNIX:
-            raise  # a board: the traceback on the REPL, then the watchdog resets it
-        print("error: out of memory (the heap is too small for this command); give MicroPython"
-              " a bigger heap (-X heapsize=...), or run the firmware compiled to .mpy",
-              file=sys.stderr)
-        _status = 1
+    _status = main(sys.argv[1:])
     if _status:
         sys.exit(_status)

@@ -30,3 +30,43 @@ def unload(*names):
             delattr(pkg, n)
         except (AttributeError, KeyError):  # MicroPython raises KeyError for a missing name
             pass
+
+
+def main(argv):
+    """main.py's command line (argv: the arguments after main.py; none on a board, which then
+    starts the device loop); returns the exit status. Here, not in main.py, because main.py is
+    compiled from source at every start and what that leaves stays in RAM. The commands live in
+    cli.py (dropped before the loop starts) and device.py."""
+    import sys
+
+    unix = sys.platform in ("linux", "darwin", "win32")
+    try:
+        if not unix:
+            from anchor import startup  # a board: config, board layer, device loop
+
+            return startup.main() or 0
+        from anchor import cli
+
+        status = cli.main(argv)
+        if status is not None:
+            return status
+        cli = None
+        unload("cli")
+        try:
+            from anchor import device
+        except ImportError as e:
+            print("error: the device loop is not available in this build (%s)" % e,
+                  file=sys.stderr)
+            return 1
+        try:
+            return device.main(argv[1:]) or 0
+        except Error as e:
+            print("error: %s" % e, file=sys.stderr)
+            return 1
+    except MemoryError:
+        if not unix:
+            raise  # a board: the traceback on the REPL, then the watchdog resets it
+        print("error: out of memory (the heap is too small for this command); give MicroPython"
+              " a bigger heap (-X heapsize=...), or run the firmware compiled to .mpy",
+              file=sys.stderr)
+        return 1

@@ -36,8 +36,9 @@
 #    sampled after each reading and each republish pass)
 # "acked" counts readings removed from the outbox by acks during this run (replayed ones too).
 #
-# The command line (parse_args, USAGE) and build() are in devicex.py: main() loads it, builds
-# the loop's objects, and drops it again (anchor.unload) before the loop starts.
+# The command line (parse_args, USAGE), build() and what runs once the loop ended (summary(), the
+# error line) are in devicex.py: main() loads it, builds the loop's objects, drops it again
+# (anchor.unload) before the loop starts, and loads it again at the end.
 #
 # Topics (docs/protocol.md): readings anchor/<id>/readings (QoS 1); acks anchor/<id>/ack (QoS 1,
 # CBOR {"upto": int, "seqs": [int], "entry": int}, upto -1 when seq 0 is not anchored yet);
@@ -54,13 +55,19 @@ from anchor import Error, unload
 _UNIX = sys.platform not in ("esp32", "rp2")
 
 def decode_ack(payload):
-    """(upto, seqs, entry) from an ack's CBOR; raises ValueError when it is not one."""
+    """(upto, seqs, entry) from an ack's CBOR; raises ValueError when it is not one.
+
+    The CBOR decoder (cborx.py) is loaded for each ack and dropped again: it runs between two
+    readings (asyncio switches tasks only at an await), so it never adds to the heap that signing
+    needs, which is the loop's peak."""
     from anchor import cbor
 
     try:
         m = cbor.decode(payload)
     except Error as e:
         raise ValueError("not CBOR (%s)" % e)
+    finally:
+        unload("cborx")
     if not isinstance(m, dict):
         raise ValueError("not a CBOR map")
     upto = m.get("upto")
@@ -287,16 +294,6 @@ class Loop:
             raise Error("the device loop stopped: %s" % self.crash)
         return ok
 
-    def summary(self, ok):
-        import json
-
-        return json.dumps({
-            "dev": self.dev.dev_id, "produced": self.produced, "acked": self.acked,
-            "outbox": self.outbox.pending, "dropped": self.outbox.dropped,
-            "seq": self.dev.seq, "published": self.published, "republished": self.republished,
-            "connects": self.client.connects, "heap_max": self.heap_max, "ok": ok,
-            "error": self.crash})
-
 
 def _err(e):
     import errno
@@ -307,49 +304,36 @@ def _err(e):
     return errno.errorcode.get(code, str(code)) if hasattr(errno, "errorcode") else str(code)
 
 
-def board_main():
-    """The loop on a board (main.py at boot, no arguments): anchor/startup.py does the start-up
-    (config, board layer, watchdog, first-boot key) and resets the board if the loop stops."""
-    from anchor import startup
-
-    return startup.main()
-
-
 def main(args):
-    """`run` (args after "run"); returns the exit status. No args on a board: board_main()."""
+    """`run` (args after "run"); returns the exit status. No args on a board: startup.main()
+    (config, board layer, watchdog, first-boot key; it resets the board if the loop stops).
+    Starting (options, building the objects) and finishing (the error line, the summary) are in
+    devicex.py, loaded for each and dropped while the loop runs."""
     if not args and not _UNIX:
-        return board_main()
+        from anchor import startup
+
+        return startup.main()
     from anchor import devicex
 
-    try:
-        opts = devicex.parse_args(args)
-    except Error as e:      # a usage error: exit 2, as main.py does for its own
-        print("error: %s" % e, file=sys.stderr)
-        return 2
-    board, dev, ob, client = devicex.build(opts)
+    r = devicex.start(args)     # (loop, opts), or the exit status of a usage error
     devicex = None
-    unload("devicex", "mqttx", "statex", "statenew", "p256key", "p256x", "outboxx")  # start-up
-    loop = Loop(board, dev, ob, client, interval=opts["interval"], count=opts["count"],
-                timeout=opts["timeout"], ack_timeout=opts["ack-timeout"])
+    unload("devicex", "mqttx", "statex", "statenew", "p256key", "p256x", "outboxx", "board")
+    if isinstance(r, int):
+        return r
     try:
-        ok = asyncio.run(loop.run())
+        ok = asyncio.run(r[0].run())
     except Error:           # without --count the loop only ends when a task died
         ok = False
-    if loop.crash is not None:
-        print("error: the device loop stopped: %s; the outbox keeps every unacknowledged "
-              "reading, run again to resume" % loop.crash, file=sys.stderr)
-    elif not ok:
-        from anchor.mqtt import _safe
+    # The loop is over: drop the signing code (and the comb table) so that loading devicex.py
+    # again for the error line and the summary fits even when the loop ran out of heap.
+    unload("cose", "p256", "hmac256", "cbor", "cborx")
+    from anchor.devicex import finish
 
-        print("error: timed out after %g s waiting for acks: %d readings still waiting in the "
-              "outbox; check that the gateway (iot-anchor run) is running and uses broker %s"
-              % (opts["timeout"], ob.pending, _safe(opts["broker"])), file=sys.stderr)
-    print(loop.summary(ok))
-    return 0 if ok else 1
+    return finish(r[0], r[1], ok)
 
 
 def __getattr__(name):
-    # parse_args, build, OPTIONS, USAGE: start-up code in devicex.py, loaded when asked for
+    # parse_args, build, summary, OPTIONS, USAGE: start-up code in devicex.py, loaded when asked
     from anchor import devicex
 
     return getattr(devicex, name)

@@ -3,6 +3,8 @@
 # loads this, builds, and drops it again before the loop runs, so its code takes no RAM then;
 # device.parse_args and device.build still work (device.py forwards those names here).
 
+import sys
+
 from anchor import Error, unload
 
 USAGE = """usage: micropython main.py run --dir DIR [--broker mqtt://[USER:PASS@]HOST:PORT]
@@ -93,9 +95,11 @@ def build(opts, board=None):
     # never all in RAM at once (this start-up is the heap's peak otherwise).
     dev = Device.load(d)
     unload("statex", "p256key")
-    # What the loop signs with (state.py imports cose on first use) and decodes acks with (cbor
-    # forwards decode to cborx): loaded now, at start-up, not in the middle of the loop.
-    from anchor import cborx, cose  # noqa: F401
+    # What the loop signs with (state.py imports cose on first use): loaded now, at start-up,
+    # not in the middle of the loop. The CBOR decoder (cborx) is not kept: device.decode_ack
+    # loads it for each ack and drops it again.
+    unload("cborx")
+    from anchor import cose  # noqa: F401
     if hasattr(board, "seed"):
         board.seed(dev.dev_id)
     from anchor.outbox import Outbox
@@ -113,3 +117,46 @@ def build(opts, board=None):
     except ValueError as e:
         raise Error(str(e))
     return board, dev, ob, client
+
+
+def start(args):
+    """`run`'s options parsed and its objects built: (device.Loop, opts), or 2 after printing a
+    usage error."""
+    from anchor.device import Loop
+
+    try:
+        opts = parse_args(args)
+    except Error as e:      # a usage error: exit 2, as main.py does for its own
+        print("error: %s" % e, file=sys.stderr)
+        return 2
+    board, dev, ob, client = build(opts)
+    return Loop(board, dev, ob, client, interval=opts["interval"], count=opts["count"],
+                timeout=opts["timeout"], ack_timeout=opts["ack-timeout"]), opts
+
+
+def summary(loop, ok):
+    """The JSON summary line of a finished loop (device.py documents its keys)."""
+    import json
+
+    ob = loop.outbox
+    return json.dumps({
+        "dev": loop.dev.dev_id, "produced": loop.produced, "acked": loop.acked,
+        "outbox": ob.pending, "dropped": ob.dropped, "seq": loop.dev.seq,
+        "published": loop.published, "republished": loop.republished,
+        "connects": loop.client.connects, "heap_max": loop.heap_max, "ok": ok,
+        "error": loop.crash})
+
+
+def finish(loop, opts, ok):
+    """After the loop: why it failed (stderr), the summary (stdout); returns the exit status."""
+    if loop.crash is not None:
+        print("error: the device loop stopped: %s; the outbox keeps every unacknowledged "
+              "reading, run again to resume" % loop.crash, file=sys.stderr)
+    elif not ok:
+        from anchor.mqtt import _safe
+
+        print("error: timed out after %g s waiting for acks: %d readings still waiting in the "
+              "outbox; check that the gateway (iot-anchor run) is running and uses broker %s"
+              % (opts["timeout"], loop.outbox.pending, _safe(opts["broker"])), file=sys.stderr)
+    print(summary(loop, ok))
+    return 0 if ok else 1

@@ -185,7 +185,7 @@ def test_a_dying_task_ends_the_loop():
         else:
             assert count == 3 and ok is False
         assert "sensor bus hung" in loop.crash
-        assert '"error": "producer task failed' in loop.summary(False)
+        assert '"error": "producer task failed' in device.summary(loop, False)
 
 
 def test_unix_board_simulated_signal():
