@@ -34,7 +34,9 @@ Each run has three phases, back to back, each with a fresh broker:
    used for the latency figures.
 
 Gateway CPU comes from /proc/<pid>/stat (utime + stime) and its peak RSS from VmHWM in
-/proc/<pid>/status, both read before the gateway is stopped; batch statistics come from the
+/proc/<pid>/status, both read before the gateway is stopped, for the gateway process and its
+verifier worker processes together (the RSS as the sum of their peaks, which counts the shared
+libraries once per process: an upper bound); batch statistics come from the
 gateway's INFO line per batch ("batch: N readings, ... commit X ms"). Each figure is the median
 over --runs runs. The last line printed is one JSON object.
 """
@@ -250,6 +252,29 @@ def proc_hwm_mb(pid: int) -> float:
     return math.nan
 
 
+def children(pid: int) -> list[int]:
+    """The live child processes of `pid` (the gateway's verifier workers)."""
+    out: list[int] = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(x) for x in f.read().split()]
+    except OSError:
+        pass
+    return out
+
+
+def tree_cpu_s(pid: int, base: dict[int, float] | None = None) -> dict[int, float]:
+    """CPU seconds per process of `pid` and its children (minus `base`, per pid)."""
+    out = {}
+    for p in [pid, *children(pid)]:
+        try:
+            out[p] = proc_cpu_s(p) - (base or {}).get(p, 0.0)
+        except OSError:
+            pass
+    return out
+
+
 def machine_busy_s() -> float:
     """CPU seconds the whole machine has been busy (all processes, /proc/stat)."""
     with open("/proc/stat") as f:
@@ -263,23 +288,22 @@ def gateway_cmd() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "gateway"]
 
 
-def stop(proc: subprocess.Popen[Any], grace: float = 30.0) -> float:
-    """SIGTERM (then SIGKILL after `grace`); returns the process's lifetime peak RSS in MB
-    (ru_maxrss from wait4, which includes its shutdown), NaN if it was already reaped."""
-    if proc.poll() is not None:
-        return math.nan
-    proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            return ru.ru_maxrss / 1024
-        time.sleep(0.05)
-    proc.kill()
-    _pid, status, ru = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return ru.ru_maxrss / 1024
+STOPPED_RSS_RE = re.compile(r"stopped: .* peak RSS (\d+) MB")
+
+
+def stop(proc: subprocess.Popen[Any], logf: Path, grace: float = 30.0) -> float:
+    """SIGTERM (then SIGKILL after `grace`); returns the gateway's lifetime peak RSS in MB,
+    shutdown included, from its last log line (its own VmHWM; not wait4's ru_maxrss, which
+    keeps the size of this big benchmark process that forked it), NaN if it gave none."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    m = STOPPED_RSS_RE.search(logf.read_text())
+    return float(m.group(1)) if m else math.nan
 
 
 @dataclass
@@ -390,18 +414,21 @@ def phase_gateway(fleet: Fleet, o: Opts, paced: bool, tag: str) -> dict[str, Any
                     raise AnchorError(f"the gateway did not connect (exit {gw.poll()})",
                                       f"see its log {logf}")
                 time.sleep(0.1)
-            c0 = proc_cpu_s(gw.pid)
+            c0 = tree_cpu_s(gw.pid)
             b0 = proc_cpu_s(broker.proc.pid) if broker.proc else 0.0
             m0, w0 = machine_busy_s(), time.monotonic()
             load = run_load(fleet, broker.url, o.procs, interval,
                             drain=max(120.0, n / 1000), ack_timeout=ACK_TIMEOUT,
                             per_device=None if paced else o.burst_per_device)
-            cpu = proc_cpu_s(gw.pid) - c0
-            rss = proc_hwm_mb(gw.pid)
+            cpus = tree_cpu_s(gw.pid, c0)
+            cpu = sum(cpus.values())
+            hwm = {p: proc_hwm_mb(p) for p in cpus}
+            rss = sum(hwm.values())
+            workers_rss = rss - hwm[gw.pid]
             b1 = proc_cpu_s(broker.proc.pid) if broker.proc else 0.0
             m1, w1 = machine_busy_s(), time.monotonic()
         finally:
-            rss_life = stop(gw)
+            rss_life = stop(gw, logf) + workers_rss
     batches = Batches.parse(logf.read_text())
     with Store.open(data, readonly=True) as st:
         anchored = st.reading_count()
@@ -426,6 +453,8 @@ def phase_gateway(fleet: Fleet, o: Opts, paced: bool, tag: str) -> dict[str, Any
         "cpu_us_per_reading": 1e6 * cpu / max(1, anchored),
         "rss_mb": rss,
         "rss_mb_with_shutdown": rss_life,
+        "rss_mb_workers": workers_rss,
+        "cpu_s_workers": cpu - cpus[gw.pid],
         "batches": len(batches.sizes),
         "batch_mean": statistics.fmean(batches.sizes) if batches.sizes else 0,
         "batch_max": max(batches.sizes, default=0),
@@ -435,6 +464,7 @@ def phase_gateway(fleet: Fleet, o: Opts, paced: bool, tag: str) -> dict[str, Any
         "broker_us_per_reading": 1e6 * (b1 - b0) / max(1, anchored),
         "engine_cpu_s": load.cpu_s,
         "others_cores": others(m1 - m0, cpu + (b1 - b0) + load.cpu_s, w1 - w0),
+        "machine_cores": (m1 - m0) / (w1 - w0) if w1 > w0 else math.nan,
         "log": str(logf),
     }
 
@@ -515,10 +545,16 @@ def summarise(n_devices: int, per_device: int, o: Opts, duration: float,
         "rss_mb_with_shutdown": median(max(r["burst"]["rss_mb_with_shutdown"],
                                            r["paced"]["rss_mb_with_shutdown"]) for r in per_run),
         "cpu_cores": m("burst", "cpu_cores"),
+        "rss_mb_workers": m("burst", "rss_mb_workers"),
+        "cpu_us_per_reading_workers": median(1e6 * r["burst"]["cpu_s_workers"]
+                                             / max(1, r["burst"]["anchored"]) for r in per_run),
         "cpu_us_per_reading": m("burst", "cpu_us_per_reading"),
         "cpu_cores_paced": m("paced", "cpu_cores"),
         "baseline_cpu_us_per_msg": m("baseline", "consumer_us_per_msg"),
         "broker_us_per_reading": m("burst", "broker_us_per_reading"),
+        "engine_us_per_reading": median(1e6 * r["burst"]["engine_cpu_s"]
+                                        / max(1, r["burst"]["anchored"]) for r in per_run),
+        "machine_cores_paced": m("paced", "machine_cores"),
         "others_cores": median(max(r[p]["others_cores"] for p in ("baseline", "burst", "paced"))
                                for r in per_run),
         "batches": m("burst", "batches"),
@@ -574,10 +610,14 @@ def print_summary(s: dict[str, Any]) -> None:
           f"p50 {g('burst_latency_p50_ms', '.0f')} ms, p99 {g('burst_latency_p99_ms', '.0f')} "
           f"ms (queueing)")
     print(f"  gateway CPU {g('cpu_cores', '.2f')} cores in the burst, "
-          f"{g('cpu_us_per_reading', '.0f')} us/reading; {g('cpu_cores_paced', '.2f')} cores "
-          f"paced; broker {g('broker_us_per_reading', '.0f')} us/reading")
-    print(f"  peak RSS {g('rss_mb', '.0f')} MB while running (burst {g('rss_mb_burst', '.0f')}, "
-          f"paced {g('rss_mb_paced', '.0f')}; goal <= 200); "
+          f"{g('cpu_us_per_reading', '.0f')} us/reading (of which its verifier processes "
+          f"{g('cpu_us_per_reading_workers', '.0f')}); {g('cpu_cores_paced', '.2f')} cores "
+          f"paced; broker {g('broker_us_per_reading', '.0f')} us/reading, load engine "
+          f"{g('engine_us_per_reading', '.0f')} us/reading; the whole machine "
+          f"{g('machine_cores_paced', '.2f')} cores busy while paced")
+    print(f"  peak RSS {g('rss_mb', '.0f')} MB while running, with its verifier processes "
+          f"(burst {g('rss_mb_burst', '.0f')}, of which the verifiers "
+          f"{g('rss_mb_workers', '.0f')}; paced {g('rss_mb_paced', '.0f')}; goal <= 200); "
           f"{g('rss_mb_with_shutdown', '.0f')} MB including the shutdown")
     print(f"  batches (burst): {g('batches', '.0f')}, mean {g('batch_mean', '.0f')} readings, "
           f"max {g('batch_max_seen', '.0f')}, commit mean {g('commit_ms_mean', '.1f')} ms, max "
