@@ -18,6 +18,8 @@ from typing import Any
 import aiomqtt
 import cbor2
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.broker import PrivateBroker
 from gateway.errors import StorageError
@@ -107,6 +109,16 @@ def test_topic_and_ack_encoding() -> None:
     # canonical key order: "seqs" < "upto" < "entry" (length first, then bytes)
     assert list(cbor2.loads(encode_ack(None, [], 0))) == ["seqs", "upto", "entry"]
     assert cbor2.loads(encode_ack(None, [], 0))["upto"] == -1
+
+
+@settings(max_examples=300, deadline=None)
+@given(upto=st.integers(-1, 2**64 - 1), seqs=st.lists(st.integers(0, 2**64 - 1), max_size=40),
+       entry=st.integers(0, 2**64 - 1))
+def test_ack_encoding_is_cbor2s_canonical_form(upto: int, seqs: list[int], entry: int) -> None:
+    """encode_ack writes the CBOR by hand: byte for byte what cbor2 gives, for every size of
+    integer and array head."""
+    assert encode_ack(upto, seqs, entry) == cbor2.dumps(
+        {"upto": upto, "seqs": sorted(seqs), "entry": entry}, canonical=True)
 
 
 async def _start(svc: GatewayService) -> asyncio.Task[int]:
