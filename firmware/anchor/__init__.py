@@ -45,13 +45,14 @@ def main(argv):
             from anchor import startup  # a board: config, board layer, device loop
 
             return startup.main() or 0
-        from anchor import cli
+        if argv[:1] != ["run"] or "-h" in argv or "--help" in argv:
+            from anchor import cli  # keygen, sign, usage; `run` goes straight to the loop
 
-        status = cli.main(argv)
-        if status is not None:
-            return status
-        cli = None
-        unload("cli")
+            status = cli.main(argv)
+            if status is not None:
+                return status
+            cli = None
+            unload("cli")
         try:
             from anchor import device
         except ImportError as e:

@@ -1,4 +1,5 @@
-# The command line of firmware/main.py on the Unix port: keygen and sign (and usage errors).
+# The command line of firmware/main.py on the Unix port: keygen and sign (and usage errors), and
+# the output of `run` once its loop is over (run_finish).
 # main.py documents the commands. `run` (the device loop) is anchor/device.py; main.py drops this
 # module before starting it, so its code takes no RAM while the loop runs.
 #
@@ -157,3 +158,32 @@ def main(argv):
     except Error as e:
         print("error: %s" % e, file=sys.stderr)
         return 1
+
+
+def run_summary(loop, ok):
+    """The JSON summary line of a finished loop (device.py documents its keys)."""
+    import json
+
+    ob = loop.outbox
+    return json.dumps({
+        "dev": loop.dev.dev_id, "produced": loop.produced, "acked": loop.acked,
+        "outbox": ob.pending, "dropped": ob.dropped, "seq": loop.dev.seq,
+        "published": loop.published, "republished": loop.republished,
+        "connects": loop.client.connects, "heap_max": loop.heap_max, "ok": ok,
+        "error": loop.crash})
+
+
+def run_finish(loop, opts, ok):
+    """After `run`'s loop (device.main): why it failed (stderr), the summary (stdout); returns
+    the exit status. Here, loaded once the loop is over, so that it takes no RAM while it runs."""
+    if loop.crash is not None:
+        print("error: the device loop stopped: %s; the outbox keeps every unacknowledged "
+              "reading, run again to resume" % loop.crash, file=sys.stderr)
+    elif not ok:
+        from anchor.mqtt import _safe
+
+        print("error: timed out after %g s waiting for acks: %d readings still waiting in the "
+              "outbox; check that the gateway (iot-anchor run) is running and uses broker %s"
+              % (opts["timeout"], loop.outbox.pending, _safe(opts["broker"])), file=sys.stderr)
+    print(run_summary(loop, ok))
+    return 0 if ok else 1

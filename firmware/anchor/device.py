@@ -36,9 +36,9 @@
 #    sampled after each reading and each republish pass)
 # "acked" counts readings removed from the outbox by acks during this run (replayed ones too).
 #
-# The command line (parse_args, USAGE), build() and what runs once the loop ended (summary(), the
-# error line) are in devicex.py: main() loads it, builds the loop's objects, drops it again
-# (anchor.unload) before the loop starts, and loads it again at the end.
+# The command line (parse_args, USAGE) and build() are in devicex.py: main() loads it, builds the
+# loop's objects and drops it again (anchor.unload) before the loop starts; what is printed once
+# the loop ended (the error line, the summary) is cli.run_finish, loaded then.
 #
 # Topics (docs/protocol.md): readings anchor/<id>/readings (QoS 1); acks anchor/<id>/ack (QoS 1,
 # CBOR {"upto": int, "seqs": [int], "entry": int}, upto -1 when seq 0 is not anchored yet);
@@ -54,20 +54,62 @@ from anchor import Error, unload
 
 _UNIX = sys.platform not in ("esp32", "rp2")
 
+def _item(b, i, depth):
+    """The CBOR data item at b[i] in an ack: (value, offset after it). Integers, byte and text
+    strings, arrays, maps, false/true/null; a float decodes as None and a tag as its content
+    (an ack has neither; later gateway versions may add keys with other values, which are
+    ignored). Definite lengths only. Raises ValueError, IndexError (truncated), TypeError or
+    UnicodeError on what is not CBOR of that kind.
+
+    The device's own decoder for acks, small enough to stay loaded (the general one, cborx.py,
+    is start-up code: loading it for each ack needs a large free block in the middle of the
+    loop, and keeping it costs 1.6 KB)."""
+    if depth > 8:
+        raise ValueError("nested deeper than 8")
+    ib = b[i]
+    major = ib >> 5
+    n = ib & 31
+    i += 1
+    if n == 31 or 27 < n:
+        raise ValueError("indefinite length or reserved value at offset %d" % (i - 1))
+    if n > 23:
+        k = 1 << (n - 24)
+        if i + k > len(b):
+            raise IndexError
+        if major == 7:              # a float (or a two-byte simple value): skipped
+            return None, i + k
+        n = int.from_bytes(b[i:i + k], "big")
+        i += k
+    if major < 2:
+        return (n if major == 0 else -1 - n), i
+    if major < 4:
+        v = bytes(b[i:i + n])
+        if len(v) < n:
+            raise IndexError
+        return (str(v, "utf-8") if major == 3 else v), i + n
+    if major == 6:
+        return _item(b, i, depth + 1)
+    if major == 7:
+        return (False, True, None, None)[n - 20], i   # IndexError for the other simple values
+    v = [] if major == 4 else {}
+    for _ in range(n):
+        x, i = _item(b, i, depth + 1)
+        if major == 4:
+            v.append(x)
+        else:
+            v[x], i = _item(b, i, depth + 1)
+    return v, i
+
+
 def decode_ack(payload):
-    """(upto, seqs, entry) from an ack's CBOR; raises ValueError when it is not one.
-
-    The CBOR decoder (cborx.py) is loaded for each ack and dropped again: it runs between two
-    readings (asyncio switches tasks only at an await), so it never adds to the heap that signing
-    needs, which is the loop's peak."""
-    from anchor import cbor
-
+    """(upto, seqs, entry) from an ack's CBOR; raises ValueError when it is not one."""
     try:
-        m = cbor.decode(payload)
-    except Error as e:
-        raise ValueError("not CBOR (%s)" % e)
-    finally:
-        unload("cborx")
+        m, end = _item(payload, 0, 0)
+        if end != len(payload):
+            raise ValueError("%d trailing bytes" % (len(payload) - end))
+    except (ValueError, IndexError, TypeError, UnicodeError) as e:
+        raise ValueError("not CBOR (%s)" % (
+            "truncated" if isinstance(e, IndexError) else str(e) or "invalid UTF-8"))
     if not isinstance(m, dict):
         raise ValueError("not a CBOR map")
     upto = m.get("upto")
@@ -264,8 +306,17 @@ class Loop:
             self.dev.dev_id, self.dev.seq, self.outbox.pending))
         await self.board.network_up()
         sup = asyncio.create_task(self._guard(self.client.run(), "mqtt"))
-        snd = asyncio.create_task(self._guard(self._sender(), "sender"))
+        # The first reading waits until the first connection attempt has ended (connected, or
+        # failed: then the loop goes on offline and the client retries; 30 s at most): building
+        # a connection and signing a reading at the same time would be the loop's heap peak.
+        c = self.client
+        t0 = time.ticks_ms()
+        while not (c.connects or c.failures or self.crash) and \
+                time.ticks_diff(time.ticks_ms(), t0) < 30000:
+            await self.board.sleep_fed(10)
+        # the producer first: a reading due now is queued before the backlog is sent
         prod = asyncio.create_task(self._guard(self._producer(), "producer"))
+        snd = asyncio.create_task(self._guard(self._sender(), "sender"))
         ok = True
         try:
             while not self._done.is_set():
@@ -307,8 +358,8 @@ def _err(e):
 def main(args):
     """`run` (args after "run"); returns the exit status. No args on a board: startup.main()
     (config, board layer, watchdog, first-boot key; it resets the board if the loop stops).
-    Starting (options, building the objects) and finishing (the error line, the summary) are in
-    devicex.py, loaded for each and dropped while the loop runs."""
+    Starting (options, building the objects: devicex.py) and finishing (the error line, the
+    summary: cli.py) are loaded for each and not kept while the loop runs."""
     if not args and not _UNIX:
         from anchor import startup
 
@@ -324,16 +375,16 @@ def main(args):
         ok = asyncio.run(r[0].run())
     except Error:           # without --count the loop only ends when a task died
         ok = False
-    # The loop is over: drop the signing code (and the comb table) so that loading devicex.py
-    # again for the error line and the summary fits even when the loop ran out of heap.
-    unload("cose", "p256", "hmac256", "cbor", "cborx")
-    from anchor.devicex import finish
+    # The loop is over: drop the signing code (and the comb table) so that loading cli.py for
+    # the error line and the summary fits even when the loop ran out of heap.
+    unload("cose", "p256", "hmac256", "cbor")
+    from anchor.cli import run_finish
 
-    return finish(r[0], r[1], ok)
+    return run_finish(r[0], r[1], ok)
 
 
 def __getattr__(name):
-    # parse_args, build, summary, OPTIONS, USAGE: start-up code in devicex.py, loaded when asked
+    # parse_args, build, OPTIONS, USAGE: start-up code in devicex.py, loaded when asked for
     from anchor import devicex
 
     return getattr(devicex, name)

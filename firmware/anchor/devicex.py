@@ -84,38 +84,45 @@ def _tls_context(d):
 
 def build(opts, board=None):
     """Board, Device, Outbox and MQTT client for the options of parse_args()."""
-    from anchor.state import Device
-
-    if board is None:
-        from anchor.board import Board
-
-        board = Board({"dir": opts["dir"], "id": None})
-    d = opts["dir"]
     # One part after the other, each start-up-only module dropped once used, so that they are
     # never all in RAM at once (this start-up is the heap's peak otherwise).
-    dev = Device.load(d)
-    unload("statex", "p256key")
-    # What the loop signs with (state.py imports cose on first use): loaded now, at start-up,
-    # not in the middle of the loop. The CBOR decoder (cborx) is not kept: device.decode_ack
-    # loads it for each ack and drops it again.
-    unload("cborx")
-    from anchor import cose  # noqa: F401
-    if hasattr(board, "seed"):
-        board.seed(dev.dev_id)
-    from anchor.outbox import Outbox
-
-    ob = Outbox(d, max_records=opts["outbox-max"])
-    unload("outboxx")
     from anchor import mqtt
 
     try:
         host, port, tls, user, password = mqtt.parse_url(opts["broker"])
-        unload("mqttx")
-        client = mqtt.MQTTClient(dev.dev_id, host, port, keepalive=opts["keepalive"],
-                                 ssl=_tls_context(d) if tls else None, user=user,
-                                 password=password, wait_network=board.network_up)
     except ValueError as e:
         raise Error(str(e))
+    unload("mqttx")
+    if board is None:
+        from anchor.board import Board
+
+        board = Board({"dir": opts["dir"], "id": None})
+        Board = None
+        unload("board")     # the chosen layer (board_unix, ...) stays
+    d = opts["dir"]
+    from anchor.state import Device
+
+    dev = Device.load(d)    # the heaviest step (the comb table is filled): with little loaded
+    unload("statex", "p256key", "cborx")
+    if hasattr(board, "seed"):
+        board.seed(dev.dev_id)
+    try:
+        # Two readings in flight at most (each is held until its PUBACK): enough to keep the
+        # link busy, and a backlog replayed after an outage does not pile up in RAM.
+        client = mqtt.MQTTClient(dev.dev_id, host, port, keepalive=opts["keepalive"],
+                                 ssl=_tls_context(d) if tls else None, user=user,
+                                 password=password, wait_network=board.network_up,
+                                 max_inflight=2)
+    except ValueError as e:
+        raise Error(str(e))
+    from anchor.outbox import Outbox
+
+    ob = Outbox(d, max_records=opts["outbox-max"])
+    unload("outboxx")
+    # What the loop signs with (state.py imports cose on first use): loaded now, at start-up,
+    # not in the middle of the loop. The general CBOR decoder (cborx, which Device.load used
+    # for last.cose) is not kept: acks are decoded by device._item.
+    from anchor import cose  # noqa: F401
     return board, dev, ob, client
 
 
@@ -132,31 +139,3 @@ def start(args):
     board, dev, ob, client = build(opts)
     return Loop(board, dev, ob, client, interval=opts["interval"], count=opts["count"],
                 timeout=opts["timeout"], ack_timeout=opts["ack-timeout"]), opts
-
-
-def summary(loop, ok):
-    """The JSON summary line of a finished loop (device.py documents its keys)."""
-    import json
-
-    ob = loop.outbox
-    return json.dumps({
-        "dev": loop.dev.dev_id, "produced": loop.produced, "acked": loop.acked,
-        "outbox": ob.pending, "dropped": ob.dropped, "seq": loop.dev.seq,
-        "published": loop.published, "republished": loop.republished,
-        "connects": loop.client.connects, "heap_max": loop.heap_max, "ok": ok,
-        "error": loop.crash})
-
-
-def finish(loop, opts, ok):
-    """After the loop: why it failed (stderr), the summary (stdout); returns the exit status."""
-    if loop.crash is not None:
-        print("error: the device loop stopped: %s; the outbox keeps every unacknowledged "
-              "reading, run again to resume" % loop.crash, file=sys.stderr)
-    elif not ok:
-        from anchor.mqtt import _safe
-
-        print("error: timed out after %g s waiting for acks: %d readings still waiting in the "
-              "outbox; check that the gateway (iot-anchor run) is running and uses broker %s"
-              % (opts["timeout"], loop.outbox.pending, _safe(opts["broker"])), file=sys.stderr)
-    print(summary(loop, ok))
-    return 0 if ok else 1

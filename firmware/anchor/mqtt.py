@@ -56,6 +56,8 @@ except ImportError:
 
 from errno import ECONNREFUSED, ECONNRESET, EIO, ENOTCONN, ETIMEDOUT
 
+from anchor import unload
+
 _CONNECT = const(0x10)
 _CONNACK = const(0x20)
 _PUBLISH = const(0x30)
@@ -104,6 +106,15 @@ def _bytes(s):
     return s.encode() if isinstance(s, str) else bytes(s)
 
 
+def publish_header(buf, topic_len, payload_len, qos=0, retain=False, dup=False):
+    """Fill the fixed header of a PUBLISH into buf (5 bytes); returns its length.
+
+    The packet on the wire is: header, 2-byte topic length, topic, [2-byte packet id], payload.
+    """
+    buf[0] = _PUBLISH | (0x08 if dup else 0) | (qos << 1) | (1 if retain else 0)
+    return 1 + encode_length(2 + topic_len + (2 if qos else 0) + payload_len, buf, 1)
+
+
 def _field(b):
     """A length-prefixed UTF-8 string / binary field (2-byte big-endian length)."""
     if len(b) > 65535:
@@ -128,15 +139,6 @@ def connect_packet(client_id, keepalive=60, clean_session=False, will=None, user
             payload += _field(_bytes(password))
     var = b"\x00\x04MQTT\x04" + struct.pack("!BH", flags, keepalive)
     return bytes([_CONNECT]) + encode_length(len(var) + len(payload)) + var + payload
-
-
-def publish_header(buf, topic_len, payload_len, qos=0, retain=False, dup=False):
-    """Fill the fixed header of a PUBLISH into buf (5 bytes); returns its length.
-
-    The packet on the wire is: header, 2-byte topic length, topic, [2-byte packet id], payload.
-    """
-    buf[0] = _PUBLISH | (0x08 if dup else 0) | (qos << 1) | (1 if retain else 0)
-    return 1 + encode_length(2 + topic_len + (2 if qos else 0) + payload_len, buf, 1)
 
 
 def subscribe_packet(pid, topic, qos=1):
@@ -173,61 +175,18 @@ class MQTTClient:
         await c.publish("anchor/dev-1/readings", msg, qos=1)
     """
 
-    def __init__(self, client_id, host, port=1883, keepalive=60, clean_session=False,
-                 ssl=None, user=None, password=None, response_timeout=10, retries=2,
-                 max_inflight=8, backoff_min=0.5, backoff_max=30, max_packet=4096,
-                 connector=None, tick_ms=1000, wait_network=None):
-        if ssl and _ssl is None and connector is None:
-            raise ValueError("TLS was asked for (mqtts://) but this MicroPython has no ssl "
-                             "module; use mqtt:// or a firmware build with ssl")
-        if ssl is True:
-            ctx = _ssl.SSLContext(_ssl.PROTOCOL_TLS_CLIENT)
-            ssl = ctx
-        self.client_id = client_id
-        self.host = host
-        self.port = port
-        self.keepalive = keepalive
-        self.clean_session = clean_session
-        self.ssl = ssl
-        self.user = user
-        self.password = password
-        self.response_ms = int(response_timeout * 1000)
-        self.retries = retries
-        self.max_inflight = max_inflight
-        self.backoff_min_ms = int(backoff_min * 1000)
-        self.backoff_max_ms = int(backoff_max * 1000)
-        self.max_packet = max_packet
-        self._connector = connector or _open
-        self._wait_network = wait_network   # async fn, awaited before each connect attempt
-        self._tick_ms = tick_ms
-        self.will = None
-        self.birth = None
-        self.subs = []              # [(topic bytes, qos)], sent again after every connect
-        self.on_message = None      # callback(topic: bytes, payload: bytes, retained: bool)
-        self.inflight = {}          # pid -> [topic, payload, retain, sent_ticks, tries]
-        self._pid = 0
-        self._stream = None
-        self._up = False            # the socket is usable (set before the subscriptions)
-        self._ready = False         # connected, subscribed, birth sent: isconnected()
-        self._closing = False
-        self._tasks = []
-        self._hdr = bytearray(5)
-        self._buf = bytearray(256)  # packet assembly; grows to the largest packet sent
-        self._lock = asyncio.Lock()
-        self._ev_up = asyncio.Event()      # set while connected
-        self._ev_down = asyncio.Event()    # set when the current connection died
-        self._ev_ack = asyncio.Event()     # pulsed on PUBACK/SUBACK and on connection loss
-        self._subacks = {}
-        self._last_rx = 0
-        self._last_tx = 0
-        self.session_present = False
-        self.error = None           # the OSError that ended the last connection
-        # counters for status lines and tests
-        self.connects = 0
-        self.failures = 0           # failed connection attempts
-        self.retransmits = 0
-        self.pings = 0
-        self.received = 0
+    def __init__(self, client_id, host, *args, **kwargs):
+        # The arguments and the attributes they set are in mqttx.init (start-up code, loaded for
+        # the call only): client_id, host, port=1883, keepalive=60, clean_session=False,
+        # ssl=None, user=None, password=None, response_timeout=10, retries=2, max_inflight=8,
+        # backoff_min=0.5, backoff_max=30, max_packet=4096, connector=None, tick_ms=1000,
+        # wait_network=None.
+        from anchor import mqttx
+
+        try:
+            mqttx.init(self, client_id, host, *args, **kwargs)
+        finally:
+            unload("mqttx")
 
     # -- configuration --------------------------------------------------------------------
 

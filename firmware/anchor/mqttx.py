@@ -1,11 +1,69 @@
-# The parts of the MQTT client's module that a running device does not need: broker URL parsing
-# (start-up) and building a whole PUBLISH packet as bytes (tests). mqtt.py forwards these names
-# here (mqtt.parse_url, ...), so callers need not know; the device drops this module after
-# start-up to free its RAM.
+# The parts of the MQTT client's module that a running device does not keep in RAM: broker URL
+# parsing and the client's constructor (start-up), and a whole PUBLISH packet as bytes (tests).
+# mqtt.py forwards these names here (mqtt.parse_url, ...), so callers need not know.
 
+import asyncio
 import struct
 
-from anchor.mqtt import _bytes, _field, publish_header
+from anchor.mqtt import _bytes, _field, _open, _ssl, publish_header
+
+
+def init(c, client_id, host, port=1883, keepalive=60, clean_session=False,
+         ssl=None, user=None, password=None, response_timeout=10, retries=2,
+         max_inflight=8, backoff_min=0.5, backoff_max=30, max_packet=4096,
+         connector=None, tick_ms=1000, wait_network=None):
+    """MQTTClient.__init__ (mqtt.py documents the client): its arguments and attributes."""
+    if ssl and _ssl is None and connector is None:
+        raise ValueError("TLS was asked for (mqtts://) but this MicroPython has no ssl "
+                         "module; use mqtt:// or a firmware build with ssl")
+    if ssl is True:
+        ctx = _ssl.SSLContext(_ssl.PROTOCOL_TLS_CLIENT)
+        ssl = ctx
+    c.client_id = client_id
+    c.host = host
+    c.port = port
+    c.keepalive = keepalive
+    c.clean_session = clean_session
+    c.ssl = ssl
+    c.user = user
+    c.password = password
+    c.response_ms = int(response_timeout * 1000)
+    c.retries = retries
+    c.max_inflight = max_inflight
+    c.backoff_min_ms = int(backoff_min * 1000)
+    c.backoff_max_ms = int(backoff_max * 1000)
+    c.max_packet = max_packet
+    c._connector = connector or _open
+    c._wait_network = wait_network   # async fn, awaited before each connect attempt
+    c._tick_ms = tick_ms
+    c.will = None
+    c.birth = None
+    c.subs = []              # [(topic bytes, qos)], sent again after every connect
+    c.on_message = None      # callback(topic: bytes, payload: bytes, retained: bool)
+    c.inflight = {}          # pid -> [topic, payload, retain, sent_ticks, tries]
+    c._pid = 0
+    c._stream = None
+    c._up = False            # the socket is usable (set before the subscriptions)
+    c._ready = False         # connected, subscribed, birth sent: isconnected()
+    c._closing = False
+    c._tasks = []
+    c._hdr = bytearray(5)
+    c._buf = bytearray(256)  # packet assembly; grows to the largest packet sent
+    c._lock = asyncio.Lock()
+    c._ev_up = asyncio.Event()      # set while connected
+    c._ev_down = asyncio.Event()    # set when the current connection died
+    c._ev_ack = asyncio.Event()     # pulsed on PUBACK/SUBACK and on connection loss
+    c._subacks = {}
+    c._last_rx = 0
+    c._last_tx = 0
+    c.session_present = False
+    c.error = None           # the OSError that ended the last connection
+    # counters for status lines and tests
+    c.connects = 0
+    c.failures = 0           # failed connection attempts
+    c.retransmits = 0
+    c.pings = 0
+    c.received = 0
 
 
 def publish_packet(topic, payload, qos=0, pid=0, retain=False, dup=False):

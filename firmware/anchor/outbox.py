@@ -32,7 +32,8 @@
 # Dropping never raises; the device keeps producing.
 #
 # Loading the outbox from flash (start-up) is in outboxx.py, which the device loop drops from RAM
-# once it has started.
+# once it has started; so are the rare paths (dropping readings, compacting acks.log), which
+# outboxx.py runs when needed (Outbox._rare), loaded for the call only.
 #
 # RAM: 11 bytes per record slot of each live segment (seq u32, offset u16, last publish ticks
 # i32, state u8; arrays preallocated per segment), plus one small object per segment: measured
@@ -45,6 +46,8 @@ import struct
 from array import array
 
 from micropython import const
+
+from anchor import unload
 
 
 _MAGIC = const(0xA7)
@@ -166,36 +169,30 @@ class Outbox:
         self.pending += 1
         self.last_seq = seq
 
-    def _drop_oldest(self):
-        for seg in self.segs:
-            if seg.pending:
-                st = seg.st
-                for i in range(len(st)):
-                    if st[i] == _PENDING:
-                        self._log(_record(_DROP, 0, _u32s((seg.seqs[i],))))
-                        self._mark(seg, i)
-                        self.dropped += 1
-                        self._sweep()
-                        return
-        raise RuntimeError("outbox: nothing to drop")  # unreachable while pending > 0
-
     def drop(self, seg, i):
         """Give up on one waiting reading (its record cannot be read back): counted as dropped."""
-        if seg.st[i] == _PENDING:
-            self._log(_record(_DROP, 0, _u32s((seg.seqs[i],))))
-            self._mark(seg, i)
-            self.dropped += 1
-            self._sweep()
+        self._rare("drop", seg, i)
+
+    def _drop_oldest(self):
+        self._rare("drop_oldest")
 
     def _drop_segment(self, seg):
-        lost = [seg.seqs[i] for i in range(len(seg.st)) if seg.st[i] == _PENDING]
-        if lost:
-            self._log(_record(_DROP, 0, _u32s(lost)))
-            self.dropped += len(lost)
-        for i in range(len(seg.st)):
-            if seg.st[i] == _PENDING:
-                self._mark(seg, i)
-        self._sweep()
+        self._rare("drop_segment", seg)
+
+    def _compact_log(self):
+        self._rare("compact_log")
+
+    def _rare(self, name, *args):
+        # The rare paths (the size bound, a damaged record, compacting the ack log) are in
+        # outboxx.py, loaded for the call and dropped again. They run between two readings
+        # (asyncio switches tasks only at an await), so they never add to the heap that signing
+        # needs, which is the device loop's peak.
+        from anchor import outboxx
+
+        try:
+            getattr(outboxx, name)(self, *args)
+        finally:
+            unload("outboxx")
 
     # -- acks -----------------------------------------------------------------------------
 
@@ -262,25 +259,6 @@ class Outbox:
             f.write(rec)
         self._log_size += len(rec)
 
-    def _compact_log(self):
-        done = []
-        for seg in self.segs:
-            for i in range(len(seg.st)):
-                if seg.st[i] == _DONE and seg.seqs[i] > self.upto:
-                    done.append(seg.seqs[i])
-        payload = _u32s([self.dropped] + done)
-        rec = _record(_BASE, self.upto + 1, payload)
-        tmp = self.dir + "/acks.tmp"
-        with open(tmp, "wb") as f:
-            f.write(rec)
-        log = self.dir + "/acks.log"
-        try:
-            os.rename(tmp, log)
-        except OSError:             # FAT cannot rename over a file; load() handles a crash here
-            os.remove(log)
-            os.rename(tmp, log)
-        self._log_size = len(rec)
-
     # -- reading back ---------------------------------------------------------------------
 
     def waiting(self):
@@ -319,7 +297,3 @@ class Outbox:
             s = seg.sent
             for i in range(len(s)):
                 s[i] = _NEVER
-
-    def stats(self):
-        return {"pending": self.pending, "dropped": self.dropped, "segments": len(self.segs),
-                "upto": self.upto, "corrupt": self.corrupt}

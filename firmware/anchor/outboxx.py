@@ -1,12 +1,14 @@
 # Loading the outbox from flash: run once when an Outbox is made (start-up), so it is kept out of
 # outbox.py and dropped from RAM by the device loop afterwards. outbox.py describes the format.
+# Also the outbox's rare paths (the size bound, a damaged record, compacting acks.log): Outbox
+# loads this module for one of them and drops it again (Outbox._rare).
 
 import os
 import struct
 
 from micropython import const
 
-from anchor.outbox import _Seg, _crc
+from anchor.outbox import _Seg, _crc, _record, _u32s
 
 # outbox.py's record format (its constants are inlined there, so not importable)
 _MAGIC = const(0xA7)
@@ -16,6 +18,8 @@ _DROP = const(3)
 _BASE = const(4)
 _HDR = const(12)
 _LOG_COMPACT = const(2048)
+_PENDING = const(0)
+_DONE = const(1)
 
 
 def _records(path):
@@ -134,3 +138,61 @@ def _mkdirs(path):
             os.mkdir(cur)
         except OSError:
             pass
+
+
+# ---- the rare paths: f(outbox, ...), called through Outbox._rare ----
+
+
+def drop(ob, seg, i):
+    """Give up on waiting reading i of seg: logged and counted as dropped."""
+    if seg.st[i] == _PENDING:
+        ob._log(_record(_DROP, 0, _u32s((seg.seqs[i],))))
+        ob._mark(seg, i)
+        ob.dropped += 1
+        ob._sweep()
+
+
+def drop_oldest(ob):
+    """Drop the oldest waiting reading (the outbox is at its size bound)."""
+    for seg in ob.segs:
+        if seg.pending:
+            st = seg.st
+            for i in range(len(st)):
+                if st[i] == _PENDING:
+                    drop(ob, seg, i)
+                    return
+    raise RuntimeError("outbox: nothing to drop")  # unreachable while pending > 0
+
+
+def drop_segment(ob, seg):
+    """Drop every waiting reading of seg (too many segment files), then delete it."""
+    lost = [seg.seqs[i] for i in range(len(seg.st)) if seg.st[i] == _PENDING]
+    if lost:
+        ob._log(_record(_DROP, 0, _u32s(lost)))
+        ob.dropped += len(lost)
+    for i in range(len(seg.st)):
+        if seg.st[i] == _PENDING:
+            ob._mark(seg, i)
+    ob._sweep()
+
+
+def compact_log(ob):
+    """Rewrite acks.log as one _BASE record (upto, dropped total, the done seqs above upto):
+    acks.tmp, then renamed over acks.log."""
+    done = []
+    for seg in ob.segs:
+        for i in range(len(seg.st)):
+            if seg.st[i] == _DONE and seg.seqs[i] > ob.upto:
+                done.append(seg.seqs[i])
+    payload = _u32s([ob.dropped] + done)
+    rec = _record(_BASE, ob.upto + 1, payload)
+    tmp = ob.dir + "/acks.tmp"
+    with open(tmp, "wb") as f:
+        f.write(rec)
+    log = ob.dir + "/acks.log"
+    try:
+        os.rename(tmp, log)
+    except OSError:             # FAT cannot rename over a file; load() handles a crash here
+        os.remove(log)
+        os.rename(tmp, log)
+    ob._log_size = len(rec)

@@ -26,9 +26,9 @@
 # Euclidean algorithm in bytecode, which on MicroPython is ~5x faster than pow(a, m - 2, m)
 # (67 us against 354 us on this PC).
 #
-# Measured on the Unix port (x86-64, MicroPython 1.25; tools/bench_firmware.py): about 1.2 ms
-# per signature against 3.9 ms for plain double-and-add (ratio ~0.31), about 6 KB peak heap during
-# one signature (64-bit objects; less on a 32-bit board). The comb sweep is above _W below.
+# Measured on the Unix port (x86-64, MicroPython 1.25; tools/bench_firmware.py): about 1.5 ms
+# per signature against 4 ms for plain double-and-add (ratio ~0.36), about 5 KB peak heap during
+# one signature (64-bit objects). The comb sweep is above _W below.
 #
 # Not constant-time: MicroPython's big integers are variable-time and the comb skips zero
 # columns. The threat model is a device that signs its own sensor data; a local timing or power
@@ -47,17 +47,18 @@ HALF_N = N >> 1
 # Comb width: a table of 2^_W - 1 points, 64 bytes each. Measured on the Unix port (x86-64,
 # MicroPython 1.25), median ms per whole signature (RFC 6979 nonce, k*G, inversions, low-S),
 # against 3.9 ms for plain double-and-add in the same runs:
-#   _W = 4:  1.47 ms,    960-byte table, built in  3.5 ms
-#   _W = 5:  1.23 ms,  1 984 bytes,              5.5 ms   <- chosen
+#   _W = 4:  1.47 ms,    960-byte table, built in  3.5 ms   <- chosen
+#   _W = 5:  1.23 ms,  1 984 bytes,              5.5 ms
 #   _W = 6:  1.06 ms,  4 032 bytes,              7.7 ms
 #   _W = 7:  0.92 ms,  8 128 bytes,             13.8 ms
 #   _W = 8:  0.82 ms, 16 320 bytes,             23.0 ms
-# Each tooth more doubles the RAM for about 13% less time. 5 teeth: the device loop has to fit in
-# a 64 KiB heap (docs/boards.md, "Memory"), where 2 KB matter more than 0.17 ms per reading.
+# Each tooth more doubles the RAM for about 13% less time. 4 teeth: the device loop has to fit in
+# a small heap (issue 5: 48 KiB is the goal; docs/boards.md, "Memory"), where 1 KB matters more
+# than 0.25 ms per reading, and the ratio to double-and-add stays under 0.4 (0.36 measured).
 # An ESP32 at 240 MHz is roughly 20-50x slower than this PC (an estimate, not measured here):
 # ~20-50 ms per signature, ~0.2-0.4 s to build the table once (at start-up, in Device.load).
-_W = const(5)
-_D = const(52)  # ceil(256 / _W)
+_W = const(4)
+_D = const(64)  # ceil(256 / _W)
 COMB_TEETH = _W  # public copies: const names with a leading underscore are inlined away
 COMB_SPACING = _D
 
@@ -119,16 +120,20 @@ def mul_g(k):
     kb = k.to_bytes(33, "little")  # _W * _D <= 264 bits
     X = Y = 1
     Z = 0
+    # Few names for the temporaries (a, b, c, e), reused by the doubling and the addition: each
+    # name holds a big integer until it is assigned again, so fewer names means less heap while
+    # signing (the device loop's peak).
     for j in range(_D - 1, -1, -1):
-        # Double (inline _dbl; Z = 0 stays 0).
+        # Double (dbl-2001-b, inline; Z = 0 stays 0): a = delta, b = gamma, c = beta,
+        # e = alpha.
         if Z:
-            delta = Z * Z % p
-            gamma = Y * Y % p
-            beta = X * gamma % p
-            alpha = 3 * (X - delta) * (X + delta) % p
+            a = Z * Z % p
+            b = Y * Y % p
+            c = X * b % p
+            e = 3 * (X - a) * (X + a) % p
             Z = (Y + Y) * Z % p
-            X = (alpha * alpha - 8 * beta) % p
-            Y = (alpha * (4 * beta - X) - 8 * gamma * gamma) % p
+            X = (e * e - 8 * c) % p
+            Y = (e * (4 * c - X) - 8 * b * b) % p
         # Column j: bit j of each of the _W teeth.
         idx = 0
         i = j + (_W - 1) * _D
@@ -138,26 +143,26 @@ def mul_g(k):
         if not idx:
             continue
         o = 64 * (idx - 1)
-        x2 = frm(t[o : o + 32], "big")
-        y2 = frm(t[o + 32 : o + 64], "big")
+        a = frm(t[o : o + 32], "big")       # the table point (a, b)
+        b = frm(t[o + 32 : o + 64], "big")
         if not Z:
-            X = x2
-            Y = y2
+            X = a
+            Y = b
             Z = 1
             continue
-        # Mixed addition (inline _madd).
-        ZZ = Z * Z % p
-        H = x2 * ZZ % p - X
-        R = y2 * (Z * ZZ % p) % p - Y
-        if not H:
-            X, Y, Z = _dbl(x2, y2, 1) if not R else (1, 1, 0)
+        # Mixed addition (madd-2007-bl, inline): c = Z^2, e = R, then c = H.
+        c = Z * Z % p
+        e = b * (Z * c % p) % p - Y
+        c = a * c % p - X
+        if not c:
+            X, Y, Z = _dbl(a, b, 1) if not e else (1, 1, 0)
             continue
-        HH = H * H % p
-        HHH = H * HH % p
-        V = X * HH % p
-        Z = Z * H % p
-        X = (R * R - HHH - V - V) % p
-        Y = (R * (V - X) - Y * HHH) % p
+        a = c * c % p       # HH
+        b = c * a % p       # HHH
+        Z = Z * c % p
+        c = X * a % p       # V
+        X = (e * e - b - c - c) % p
+        Y = (e * (c - X) - Y * b) % p
     return X, Y, Z
 
 
@@ -174,16 +179,17 @@ def _nonces(d, digest):
     K = Hmac256(b"\x00" * 32).digest(V, b"\x00", x, h)
     V = Hmac256(K).digest(V)
     K = Hmac256(K).digest(V, b"\x01", x, h)
-    mac = Hmac256(K)
-    V = mac.digest(V)
+    # Between the yields only K and V stay (no HMAC object, no x or h): the generator is alive
+    # while k*G is computed, the peak of the signing heap.
+    x = h = None
+    V = Hmac256(K).digest(V)
     while True:
-        V = mac.digest(V)
+        V = Hmac256(K).digest(V)
         k = int.from_bytes(V, "big")
         if 0 < k < N:
             yield k
-        K = mac.digest(V, b"\x00")
-        mac = Hmac256(K)
-        V = mac.digest(V)
+        K = Hmac256(K).digest(V, b"\x00")
+        V = Hmac256(K).digest(V)
 
 
 

@@ -11,7 +11,7 @@ sys.path.insert(0, _here + "/..")
 import asyncio
 import os
 
-from anchor import Error, cbor, device
+from anchor import Error, cbor, cli, device
 from anchor import board_unix
 from anchor.outbox import Outbox
 from anchor.state import Device
@@ -58,6 +58,7 @@ class NullClient:
     error = None
 
     async def run(self):
+        self.failures += 1      # a broker that cannot be reached: one failed attempt
         while True:
             await asyncio.sleep_ms(50)
 
@@ -185,7 +186,7 @@ def test_a_dying_task_ends_the_loop():
         else:
             assert count == 3 and ok is False
         assert "sensor bus hung" in loop.crash
-        assert '"error": "producer task failed' in device.summary(loop, False)
+        assert '"error": "producer task failed' in cli.run_summary(loop, False)
 
 
 def test_unix_board_simulated_signal():
