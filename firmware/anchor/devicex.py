@@ -117,7 +117,9 @@ def build(opts, board=None):
         raise Error(str(e))
     from anchor.outbox import Outbox
 
-    ob = Outbox(d, max_records=opts["outbox-max"])
+    # 16 readings a segment (not 64): each live segment's index arrays are preallocated (11
+    # bytes a reading), and a device that keeps up has one segment live.
+    ob = Outbox(d, max_records=opts["outbox-max"], seg_records=16)
     unload("outboxx")
     # What the loop signs with (state.py imports cose on first use): loaded now, at start-up,
     # not in the middle of the loop. The general CBOR decoder (cborx, which Device.load used
