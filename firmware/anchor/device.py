@@ -129,36 +129,15 @@ class Loop:
     """One device's loop. `board` is a board layer (board_unix.py documents the interface),
     `dev` a state.Device, `outbox` an outbox.Outbox, `client` an mqtt.MQTTClient."""
 
-    def __init__(self, board, dev, outbox, client, interval=60, count=None, timeout=120,
-                 ack_timeout=30, out=print):
-        self.board = board
-        self.dev = dev
-        self.outbox = outbox
-        self.client = client
-        self.interval_ms = int(interval * 1000)
-        self.count = count
-        self.timeout_ms = int(timeout * 1000)
-        self.ack_ms = int(ack_timeout * 1000)
-        self.out = out
-        prefix = "anchor/%s/" % dev.dev_id
-        self.t_readings = prefix + "readings"
-        self.t_ack = prefix + "ack"
-        self.t_status = prefix + "status"
-        self.produced = 0
-        self.acked = 0
-        self.published = 0
-        self.republished = 0
-        self.bad_acks = 0
-        self.heap_max = 0
-        self._last_announced = -1
-        self.crash = None
-        self._kick = asyncio.Event()
-        self._done = asyncio.Event()
-        self._stop = False
-        client.set_last_will(self.t_status, b"offline", retain=True, qos=1)
-        client.set_birth(self.t_status, b"online", retain=True, qos=1)
-        client.on_message = self._on_message
-        client.subscribe(self.t_ack, 1)
+    def __init__(self, board, dev, outbox, client, *args, **kwargs):
+        # interval=60, count=None, timeout=120, ack_timeout=30, out=print: the attributes are
+        # set by devicex.init_loop (start-up code, loaded for the call only)
+        from anchor import devicex
+
+        try:
+            devicex.init_loop(self, board, dev, outbox, client, *args, **kwargs)
+        finally:
+            unload("devicex")
 
     # -- acks -----------------------------------------------------------------------------
 

@@ -117,9 +117,9 @@ def build(opts, board=None):
         raise Error(str(e))
     from anchor.outbox import Outbox
 
-    # 16 readings a segment (not 64): each live segment's index arrays are preallocated (11
+    # 32 readings a segment (not 64): each live segment's index arrays are preallocated (11
     # bytes a reading), and a device that keeps up has one segment live.
-    ob = Outbox(d, max_records=opts["outbox-max"], seg_records=16)
+    ob = Outbox(d, max_records=opts["outbox-max"], seg_records=32)
     unload("outboxx")
     # What the loop signs with (state.py imports cose on first use): loaded now, at start-up,
     # not in the middle of the loop. The general CBOR decoder (cborx, which Device.load used
@@ -141,3 +141,39 @@ def start(args):
     board, dev, ob, client = build(opts)
     return Loop(board, dev, ob, client, interval=opts["interval"], count=opts["count"],
                 timeout=opts["timeout"], ack_timeout=opts["ack-timeout"]), opts
+
+
+def init_loop(self, board, dev, outbox, client, interval=60, count=None, timeout=120,
+              ack_timeout=30, out=print):
+    """device.Loop.__init__ (start-up code): the loop's settings, counters and events; its
+    client's will, birth message, ack subscription and message handler."""
+    import asyncio
+
+    self.board = board
+    self.dev = dev
+    self.outbox = outbox
+    self.client = client
+    self.interval_ms = int(interval * 1000)
+    self.count = count
+    self.timeout_ms = int(timeout * 1000)
+    self.ack_ms = int(ack_timeout * 1000)
+    self.out = out
+    prefix = "anchor/%s/" % dev.dev_id
+    self.t_readings = prefix + "readings"
+    self.t_ack = prefix + "ack"
+    self.t_status = prefix + "status"
+    self.produced = 0
+    self.acked = 0
+    self.published = 0
+    self.republished = 0
+    self.bad_acks = 0
+    self.heap_max = 0
+    self._last_announced = -1
+    self.crash = None
+    self._kick = asyncio.Event()
+    self._done = asyncio.Event()
+    self._stop = False
+    client.set_last_will(self.t_status, b"offline", retain=True, qos=1)
+    client.set_birth(self.t_status, b"online", retain=True, qos=1)
+    client.on_message = self._on_message
+    client.subscribe(self.t_ack, 1)
