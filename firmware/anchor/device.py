@@ -54,6 +54,7 @@ from anchor import Error, unload
 
 _UNIX = sys.platform not in ("esp32", "rp2")
 
+
 def _item(b, i, depth):
     """The CBOR data item at b[i] in an ack: (value, offset after it). Integers, byte and text
     strings, arrays, maps, false/true/null; a float decodes as None and a tag as its content
@@ -82,10 +83,10 @@ def _item(b, i, depth):
         i += k
     if major < 2:
         return (n if major == 0 else -1 - n), i
+    if major < 6 and n > len(b) - i:   # a string's n bytes, or n items of a byte or more each
+        raise IndexError
     if major < 4:
         v = bytes(b[i:i + n])
-        if len(v) < n:
-            raise IndexError
         return (str(v, "utf-8") if major == 3 else v), i + n
     if major == 6:
         return _item(b, i, depth + 1)

@@ -101,11 +101,19 @@ def test_decode_ack():
     assert device.decode_ack(cbor.encode({"upto": 5, "seqs": [7, 9], "entry": 12})) == \
         (5, [7, 9], 12)
     assert device.decode_ack(cbor.encode({"upto": -1, "seqs": [], "entry": 0})) == (-1, [], 0)
-    # unknown keys are ignored (later gateway versions may add some)
+    # unknown keys are ignored (later gateway versions may add some), whatever their values
     assert device.decode_ack(cbor.encode({"upto": 1, "seqs": [], "entry": 3, "x": "y"}))[0] == 1
+    assert device.decode_ack(cbor.encode({
+        "upto": 2, "seqs": [4], "entry": 3, "f": 1.5, "b": b"zz", "n": None, "t": True,
+        "l": [1, {"a": [2]}], "tag": cbor.Tag(1, 5), "big": 2 ** 40, "neg": -2 ** 33})) == \
+        (2, [4], 3)
+    ok = cbor.encode({"upto": 1})
     for bad in (b"\xff", cbor.encode([1, 2]), cbor.encode({"seqs": []}),
                 cbor.encode({"upto": -2, "seqs": []}), cbor.encode({"upto": 1, "seqs": [-1]}),
-                cbor.encode({"upto": 1, "seqs": "x"}), cbor.encode({"upto": True})):
+                cbor.encode({"upto": 1, "seqs": "x"}), cbor.encode({"upto": True}),
+                b"", ok[:-1], ok + b"\x00", b"\x5f", b"\xa1\x62\xff\xfe\x01",
+                b"\xa1\x81\x01\x02", b"\x9b" + b"\xff" * 8 + b"\x01",
+                b"\x5b" + b"\xff" * 8 + b"\x01", b"\x81" * 20 + b"\x01"):
         try:
             device.decode_ack(bad)
         except ValueError:
