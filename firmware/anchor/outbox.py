@@ -31,8 +31,8 @@
 # would exceed it, the oldest segment's waiting readings are dropped and counted the same way.
 # Dropping never raises; the device keeps producing.
 #
-# Loading the outbox from flash (start-up) is in outboxx.py, which the device loop drops from RAM
-# once it has started; so are the rare paths (dropping readings, compacting acks.log), which
+# The constructor's work (checking the sizes, loading the outbox from flash: start-up) is in
+# outboxx.py, which the device loop drops from RAM once it has started; so are the rare paths (dropping readings, compacting acks.log), which
 # outboxx.py runs when needed (Outbox._rare), loaded for the call only.
 #
 # RAM: 11 bytes per record slot of each live segment (seq u32, offset u16, last publish ticks
@@ -119,26 +119,11 @@ class Outbox:
     """The flash outbox in `root`/outbox. See the module comment for format and policy."""
 
     def __init__(self, root, max_records=1000, seg_records=64, seg_bytes=16384):
-        if max_records < 1 or seg_records < 1 or not 1024 <= seg_bytes <= 65535:
-            raise ValueError("outbox sizes out of range: max_records >= 1, seg_records >= 1, "
-                             "1024 <= seg_bytes <= 65535")
-        self.dir = root.rstrip("/") + "/outbox"
-        self.max_records = max_records
-        self.seg_records = seg_records
-        self.seg_bytes = seg_bytes
-        self.max_segs = max_records // seg_records + 2
-        self.segs = []          # _Seg, oldest first
-        self._cur = None        # the segment appends go to (never one from before a reload)
-        self.upto = -1          # every seq <= upto is done
-        self.dropped = 0
-        self.pending = 0
-        self.last_seq = -1      # highest seq ever appended that is still on flash
-        self.corrupt = 0        # files whose tail was cut by a bad record at load
-        self._log_size = 0
-        self._next_num = 1
-        from anchor.outboxx import load  # start-up only: the device drops it afterwards
+        # outboxx.init sets the attributes (sizes checked) and reads the outbox from flash:
+        # start-up code, dropped by the device loop afterwards
+        from anchor.outboxx import init
 
-        load(self)
+        init(self, root, max_records, seg_records, seg_bytes)
 
     # -- load -----------------------------------------------------------------------------
 

@@ -46,6 +46,28 @@ def _records(path):
         f.close()
 
 
+def init(self, root, max_records, seg_records, seg_bytes):
+    """Outbox.__init__: the sizes checked, the attributes set, the outbox read from flash."""
+    if max_records < 1 or seg_records < 1 or not 1024 <= seg_bytes <= 65535:
+        raise ValueError("outbox sizes out of range: max_records >= 1, seg_records >= 1, "
+                         "1024 <= seg_bytes <= 65535")
+    self.dir = root.rstrip("/") + "/outbox"
+    self.max_records = max_records
+    self.seg_records = seg_records
+    self.seg_bytes = seg_bytes
+    self.max_segs = max_records // seg_records + 2
+    self.segs = []          # _Seg, oldest first
+    self._cur = None        # the segment appends go to (never one from before a reload)
+    self.upto = -1          # every seq <= upto is done
+    self.dropped = 0
+    self.pending = 0
+    self.last_seq = -1      # highest seq ever appended that is still on flash
+    self.corrupt = 0        # files whose tail was cut by a bad record at load
+    self._log_size = 0
+    self._next_num = 1
+    load(self)
+
+
 def load(self):
     """Create the outbox directory if needed, then read the ack log and the segments into
     Outbox `self` (see outbox.py for the format and the recovery rules)."""
