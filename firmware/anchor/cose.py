@@ -29,30 +29,32 @@ MAX_MESSAGE = const(2048)
 _ZERO32 = bytes(32)
 
 
-def _check_number(name, v):
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise Error("value of %r must be a number, not %s" % (name, type(v).__name__))
-    if isinstance(v, float):
-        if v != v or v in (float("inf"), float("-inf")):
-            raise Error("value of %r must be finite" % (name,))
-    elif not -(1 << 64) <= v < (1 << 64):
-        raise Error("value of %r does not fit in 64 bits" % (name,))
+def _bad(data, prev):
+    """True if reading() must refuse data or prev (cosex.reading_error then says why: the
+    messages are kept out of this module's RAM). A number is an int within 64 bits or a finite
+    float, never a bool (type() is exact: bool is not int here)."""
+    if not isinstance(data, dict) or len(prev) != 32:
+        return True
+    for k in data:
+        v = data[k]
+        t = type(v)
+        if type(k) is not str or not k or not (
+                (t is int and -(1 << 64) <= v < (1 << 64))
+                or (t is float and v - v == 0.0)):     # inf - inf and nan - nan are nan
+            return True
+    return False
 
 
 def reading(dev, seq, prev, data, ts=None):
     """The Reading payload (deterministic CBOR) for device id dev (str).
 
     Requires: seq an int >= 0; prev 32 bytes; data a dict str -> int|float; ts None (clock
-    unset, the key is left out) or int unix seconds >= 0.
+    unset, the key is left out) or int unix seconds >= 0. Error (saying what) otherwise.
     """
-    if not isinstance(data, dict):
-        raise Error("data must be a map of sensor name -> number")
-    for k in data:
-        if not isinstance(k, str) or not k:
-            raise Error("sensor names must be non-empty strings")
-        _check_number(k, data[k])
-    if len(prev) != 32:
-        raise Error("prev must be 32 bytes")
+    if _bad(data, prev):
+        from anchor.cosex import reading_error
+
+        raise Error(reading_error(data, prev))
     m = {"v": READING_VERSION, "dev": dev, "seq": seq, "prev": bytes(prev), "data": data}
     if ts is not None:
         m["ts"] = ts

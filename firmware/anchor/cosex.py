@@ -1,6 +1,7 @@
 # Reading COSE_Sign1 messages back: decoding and verification (tests, tools, a device checking
-# a message). The device loop only signs, so this is kept out of cose.py and out of its RAM;
-# cose.decode_sign1 and cose.verify1 still work (cose.py forwards them here).
+# a message), and what is wrong with a refused reading. The device loop only signs, so this is
+# kept out of cose.py and out of its RAM; cose.decode_sign1 and cose.verify1 still work (cose.py
+# forwards them here).
 
 from hashlib import sha256
 
@@ -49,3 +50,21 @@ def verify1(pub, msg, external_aad=b""):
     # bstr, also when the message sent an encoded empty map (the COSE examples' sign-pass-01).
     tbs = sig_structure(protected if ph else b"", payload, external_aad)
     return p256.verify(pub, sha256(tbs).digest(), sig)
+
+
+def reading_error(data, prev):
+    """Why cose.reading refused data or prev (it calls this only then)."""
+    if not isinstance(data, dict):
+        return "data must be a map of sensor name -> number"
+    for k in data:
+        if not isinstance(k, str) or not k:
+            return "sensor names must be non-empty strings"
+        v = data[k]
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return "value of %r must be a number, not %s" % (k, type(v).__name__)
+        if isinstance(v, float):
+            if v != v or v in (float("inf"), float("-inf")):
+                return "value of %r must be finite" % (k,)
+        elif not -(1 << 64) <= v < (1 << 64):
+            return "value of %r does not fit in 64 bits" % (k,)
+    return "prev must be 32 bytes"
