@@ -424,7 +424,10 @@ def compile_firmware(mpy_cross: str, out_dir: Path,
             continue
         dest = out_dir / (rel[:-3] + ".mpy")
         dest.parent.mkdir(parents=True, exist_ok=True)
-        p = subprocess.run([mpy_cross, "-o", str(dest), "-s", rel, str(src)],
+        # the source name stored in the .mpy is the path the board loads it from, so that it
+        # is one qstr with the module's __file__ (about 0.45 KB of heap for the device loop)
+        p = subprocess.run([mpy_cross, "-o", str(dest), "-s", "/lib/" + rel[:-3] + ".mpy",
+                            str(src)],
                            capture_output=True, text=True, timeout=60)
         if p.returncode != 0:
             raise ProvisionError(f"mpy-cross could not compile {rel}: {_last_error_line(p.stderr)}",
