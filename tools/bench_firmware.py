@@ -367,6 +367,13 @@ def summary(res: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def main() -> int:
+    import argparse
+
+    argparse.ArgumentParser(
+        description=__doc__.splitlines()[0] + " Takes a few minutes; no options.",
+        epilog="Sections: " + ", ".join(name for name, _ in SECTIONS)
+        + ". One section of the board figures: tools/bench_firmware_boards.py --only NAME.",
+    ).parse_args()
     mp = micropython()
     version = subprocess.run([mp, "-c", "import sys; print(sys.version)"], capture_output=True,
                              text=True).stdout.strip()
