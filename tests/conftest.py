@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from gateway.broker import PrivateBroker
+from gateway.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE = ROOT / "firmware"
@@ -91,3 +92,13 @@ def broker(tmp_path: Path) -> Iterator[PrivateBroker]:
         yield b
     finally:
         b.close()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    """A fresh data directory's store (`iot-anchor init` in process), closed after the test."""
+    s, _ = Store.create(tmp_path / "data")
+    try:
+        yield s
+    finally:
+        s.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -42,6 +43,18 @@ def status(data: Path) -> dict[str, Any]:
 
 def verify(data: Path, vkey: str) -> subprocess.CompletedProcess[str]:
     return iot("ledger", "verify", "--data", str(data), "--gateway-key", vkey)
+
+
+def stored(data: Path) -> dict[str, set[int]]:
+    """Per device, the seqs stored in the data directory's database (read-only)."""
+    db = sqlite3.connect(f"file:{data / 'ledger.db'}?mode=ro", uri=True, timeout=30)
+    try:
+        out: dict[str, set[int]] = {}
+        for dev, seq in db.execute("SELECT dev, seq FROM readings"):
+            out.setdefault(dev, set()).add(seq)
+        return out
+    finally:
+        db.close()
 
 
 def stop_group(proc: subprocess.Popen[bytes], grace: float) -> None:

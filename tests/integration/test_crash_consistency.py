@@ -28,12 +28,12 @@ import os
 import random
 import re
 import signal
-import sqlite3
 import time
 from pathlib import Path
 
 import pytest
 from faults import AckWatcher, GatewayProc, status, verify
+from faults import stored as stored_seqs
 
 from gateway.broker import PrivateBroker
 from gateway.simulate import FleetDevice, MicroPythonFleet
@@ -55,17 +55,6 @@ def published(log: Path) -> list[int]:
 
 def summaries(log: Path) -> list[dict]:
     return [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
-
-
-def stored_seqs(data: Path) -> dict[str, set[int]]:
-    db = sqlite3.connect(f"file:{data / 'ledger.db'}?mode=ro", uri=True, timeout=30)
-    try:
-        out: dict[str, set[int]] = {}
-        for dev, seq in db.execute("SELECT dev, seq FROM readings"):
-            out.setdefault(dev, set()).add(seq)
-        return out
-    finally:
-        db.close()
 
 
 def kill_during_commit(gw: GatewayProc, wal: Path, timeout: float) -> bool:

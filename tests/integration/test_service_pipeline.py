@@ -27,6 +27,24 @@ from gateway.store import Store
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def start_run(data: Path, broker: PrivateBroker, interval: float, log: Path
+              ) -> subprocess.Popen[bytes]:
+    """`iot-anchor run` on `data` as a subprocess (its own process group), logging to `log`,
+    once it has connected to the broker."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "--data", str(data), "--broker", broker.url,
+             "--batch-interval", f"{interval:g}"],
+            stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+    deadline = time.monotonic() + 20
+    while "connected to" not in log.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_process_group(proc, grace=0.5)
+            raise AssertionError(log.read_text())
+        time.sleep(0.05)
+    return proc
+
+
 @pytest.fixture
 def gateway(tmp_path: Path, broker: PrivateBroker) -> Iterator[tuple[Path, str, dict]]:
     data = tmp_path / "data"
@@ -36,16 +54,8 @@ def gateway(tmp_path: Path, broker: PrivateBroker) -> Iterator[tuple[Path, str, 
         registry.add(store, dev, s.public_key)
     store.close()
     log = tmp_path / "gateway.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "--data", str(data), "--broker", broker.url,
-             "--batch-interval", "0.2"],
-            stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+    proc = start_run(data, broker, 0.2, log)
     try:
-        deadline = time.monotonic() + 20
-        while "connected to" not in log.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
         yield data, vkey, signers
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0, log.read_text()
@@ -121,16 +131,8 @@ def test_signal_commits_open_batch(tmp_path: Path, broker: PrivateBroker,
     registry.add(store, "dev-s", signer.public_key)
     store.close()
     log = tmp_path / "gateway.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "--data", str(data), "--broker", broker.url,
-             "--batch-interval", "60"],
-            stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+    proc = start_run(data, broker, 60, log)
     try:
-        deadline = time.monotonic() + 20
-        while "connected to" not in log.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
         msgs, prev = [], bytes(32)
         for seq in range(3):
             m = signer.sign(seq, prev, {"t": seq}, 1700000000 + seq)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from faults import AckWatcher, GatewayProc, verify
+from faults import AckWatcher, GatewayProc, stored, verify
 from helpers_readings import Device
 
 from gateway.broker import PrivateBroker
@@ -104,17 +104,6 @@ class Traffic:
         self.thread.join(5)
         self.c.disconnect()
         self.c.loop_stop()
-
-
-def stored(data: Path) -> dict[str, set[int]]:
-    db = sqlite3.connect(f"file:{data / 'ledger.db'}?mode=ro", uri=True, timeout=30)
-    try:
-        out: dict[str, set[int]] = {}
-        for dev, seq in db.execute("SELECT dev, seq FROM readings"):
-            out.setdefault(dev, set()).add(seq)
-        return out
-    finally:
-        db.close()
 
 
 def acked_were_committed(watcher: AckWatcher, data: Path, devices: list[Device]) -> None:

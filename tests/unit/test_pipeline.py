@@ -22,15 +22,6 @@ from helpers_readings import Device, high_s_twin  # noqa: E402
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s, _ = Store.create(tmp_path / "data")
-    try:
-        yield s
-    finally:
-        s.close()
-
-
-@pytest.fixture
 def devices(store: Store) -> list[Device]:
     devs = [Device(f"d{i}") for i in range(3)]
     for d in devs:

@@ -9,10 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from gateway import registry
 from gateway.pipeline import Pipeline
@@ -23,15 +20,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from helpers_readings import Device, high_s_twin  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s, _ = Store.create(tmp_path / "data")
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def chain(dev: Device, n: int, start: int = 0) -> list[bytes]:
