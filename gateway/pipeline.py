@@ -292,12 +292,12 @@ class Pipeline:
         if self.store.changed_elsewhere():
             self.reload()
         items: list[tuple[bytes, str | None]] = []
+        raws: list[bytes] = []
         for m in messages:
-            if isinstance(m, tuple):
-                items.append((m[0] if type(m[0]) is bytes else bytes(m[0]), m[1]))
-            else:
-                items.append((m if type(m) is bytes else bytes(m), None))
-        raws = [raw for raw, _ in items]
+            raw, topic = m if isinstance(m, tuple) else (m, None)
+            raw = raw if type(raw) is bytes else bytes(raw)
+            items.append((raw, topic))
+            raws.append(raw)
         return Submission(raws, self.pool.iter_chunks(_check, items, self._ctx))
 
     def finish(self, submission: Submission) -> list[Outcome]:

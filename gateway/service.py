@@ -809,19 +809,14 @@ def _latest_checkpoint(pipeline: Any) -> str | None:
 
 
 def _start(pipeline: Any, chunk: list[_Inbound]) -> Any:
-    """Hand a chunk to the pipeline's verifiers. (A pipeline without the two-step interface
-    gets the whole chunk in `_finish`.) Outcomes are counted by the pipeline and stored at the
-    commit."""
-    messages = [(m.payload, m.dev) for m in chunk]
-    return pipeline.start(messages) if hasattr(pipeline, "start") else messages
+    """Hand a chunk to the pipeline's verifiers. Outcomes are counted by the pipeline and
+    stored at the commit."""
+    return pipeline.start([(m.payload, m.dev) for m in chunk])
 
 
 def _finish(pipeline: Any, submission: Any) -> int:
     """Classify a started chunk into the open batch; the open batch's size after it."""
-    if hasattr(pipeline, "finish"):
-        pipeline.finish(submission)
-    else:
-        pipeline.submit(submission)
+    pipeline.finish(submission)
     return int(pipeline.pending())
 
 

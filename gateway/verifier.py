@@ -218,7 +218,7 @@ class _Worker:
             send = key != self.ctx_key
             value = ctx.value if send else None
             self.ctx_key = key
-        self.outbox.put((task_id, fn, key, send, value, prepare, list(chunk)))
+        self.outbox.put((task_id, fn, key, send, value, prepare, chunk))
         return fut
 
     def _send_loop(self) -> None:
@@ -318,13 +318,6 @@ class VerifierPool:
             w.stop(1.0)
             w = self._procs[i] = _Worker()
         return w
-
-    def map_chunks(self, fn: Callable[[Any, Sequence[T]], list[R]], items: Sequence[T],
-                   ctx: Context[Any] | None = None) -> list[R]:
-        out: list[R] = []
-        for part in self.iter_chunks(fn, items, ctx):
-            out.extend(part)
-        return out
 
     def iter_chunks(self, fn: Callable[[Any, Sequence[T]], list[R]], items: Sequence[T],
                     ctx: Context[Any] | None = None) -> Iterator[list[R]]:

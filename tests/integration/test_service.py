@@ -44,7 +44,10 @@ class FakePipeline:
     def latest_checkpoint(self) -> str | None:
         return None
 
-    def submit(self, messages: list[tuple[bytes, str | None]]) -> list[str]:
+    def start(self, messages: list[tuple[bytes, str | None]]) -> list[tuple[bytes, str | None]]:
+        return messages  # nothing to verify ahead: finish does the work
+
+    def finish(self, messages: list[tuple[bytes, str | None]]) -> list[str]:
         if self.fail_submits:
             self.fail_submits -= 1
             raise StorageError("database is locked (simulated)", "wait")
@@ -119,6 +122,20 @@ def test_ack_encoding_is_cbor2s_canonical_form(upto: int, seqs: list[int], entry
     integer and array head."""
     assert encode_ack(upto, seqs, entry) == cbor2.dumps(
         {"upto": upto, "seqs": sorted(seqs), "entry": entry}, canonical=True)
+
+
+async def _one_reading_then_stop(svc: GatewayService, task: asyncio.Task[int],
+                                 pipe: FakePipeline, port: int, dev: str) -> None:
+    """Publish reading 0 of `dev` on the broker at `port`, wait (5 s at most) until the service
+    has stored it, then stop the service, which must exit 0."""
+    async with aiomqtt.Client("127.0.0.1", port) as pub:
+        await pub.publish(f"anchor/{dev}/readings", f"{dev}:0".encode(), qos=1)
+    for _ in range(100):
+        if pipe.stored:
+            break
+        await asyncio.sleep(0.05)
+    svc.request_stop()
+    assert await asyncio.wait_for(task, 20) == 0
 
 
 async def _start(svc: GatewayService) -> asyncio.Task[int]:
@@ -329,14 +346,7 @@ def test_broker_restart_reconnects_and_delivers(broker: PrivateBroker, tmp_path:
                 break
             await asyncio.sleep(0.05)
         assert svc._connected.is_set()  # noqa: SLF001
-        async with aiomqtt.Client("127.0.0.1", broker.port) as pub:
-            await pub.publish("anchor/d6/readings", b"d6:0", qos=1)
-        for _ in range(100):
-            if pipe.stored:
-                break
-            await asyncio.sleep(0.05)
-        svc.request_stop()
-        assert await asyncio.wait_for(task, 20) == 0
+        await _one_reading_then_stop(svc, task, pipe, broker.port, "d6")
         assert pipe.stored == {("d6", 0): 0}
 
     asyncio.run(main())
@@ -453,14 +463,7 @@ def test_mqtts_with_a_private_ca(broker: PrivateBroker, tmp_path: Path,
             async def main() -> None:
                 svc = GatewayService(cfg, lambda: pipe)
                 task = await _start(svc)
-                async with aiomqtt.Client("127.0.0.1", tls.port) as pub:
-                    await pub.publish("anchor/d9/readings", b"d9:0", qos=1)
-                for _ in range(100):
-                    if pipe.stored:
-                        break
-                    await asyncio.sleep(0.05)
-                svc.request_stop()
-                assert await asyncio.wait_for(task, 20) == 0
+                await _one_reading_then_stop(svc, task, pipe, tls.port, "d9")
 
             asyncio.run(main())
             assert pipe.stored == {("d9", 0): 0}
