@@ -83,6 +83,13 @@ AHEAD = 3
 START_CHUNK = 1024
 GATHER_MIN = 256
 GATHER_S = 0.01
+# Acks handed to paho and not yet PUBACKed by the broker, at most. paho keeps each one (message,
+# info with its own Condition, packet) until the broker's PUBACK is read, about 2.2 KB; while
+# reading is paused (back-pressure, see _pause_reading) no PUBACK is read, and at 5,000 devices
+# 50,000 of them piled up: 115 MB. Above the bound, acks wait in _acks_out, coalesced per
+# device, so what waits is bounded by the number of devices, not by the backlog.
+ACKS_INFLIGHT_MAX = 4096
+ACKS_BLOCKED_POLL_S = 0.02
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
 
 T = TypeVar("T")
@@ -257,6 +264,7 @@ class _Stats:
     readings: int = 0
     received: int = 0
     acks_published: int = 0
+    acks_held: int = 0  # publish rounds cut short by ACKS_INFLIGHT_MAX
     inbox_peak: int = 0
     resyncs: int = 0
     pauses: int = 0
@@ -739,9 +747,15 @@ class GatewayService:
     def _publish_round(self, client: aiomqtt.Client) -> bool:
         """Hand every waiting ack and the checkpoint to paho. False if the link is down."""
         paho = client._client  # noqa: SLF001
+        room = ACKS_INFLIGHT_MAX - len(paho._out_messages)  # noqa: SLF001
         acks, self._acks_out = self._acks_out, {}
         infos = []
         items = list(acks.items())
+        if room < len(items):  # the rest waits, coalesced, until the broker PUBACKs
+            self.stats.acks_held += 1
+            for dev, ack in items[max(room, 0):]:
+                self._acks_out[dev] = ack
+            del items[max(room, 0):]
         for k, (dev, (upto, seqs, entry)) in enumerate(items):
             info = paho.publish(ack_topic(dev), encode_ack(upto, list(seqs), entry), qos=1)
             if info.rc != 0:
@@ -762,7 +776,12 @@ class GatewayService:
     async def _publisher(self) -> None:
         """Publish acks/checkpoints while connected; the waiting ones survive reconnects."""
         while True:
-            await self._out_wake.wait()
+            if self._acks_out and self._connected.is_set():
+                # held back by ACKS_INFLIGHT_MAX: look again once PUBACKs may have come in
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._out_wake.wait(), ACKS_BLOCKED_POLL_S)
+            else:
+                await self._out_wake.wait()
             self._out_wake.clear()
             client = self._client
             if self._connected.is_set() and client is not None:

@@ -21,6 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway import service
 from gateway.broker import PrivateBroker
 from gateway.errors import StorageError
 from gateway.service import GatewayService, ServiceConfig, device_from_topic, encode_ack
@@ -381,6 +382,51 @@ def test_backlog_above_inbox_limit_is_taken_in_rounds(broker: PrivateBroker,
         assert sorted(pipe.stored) == [("d7", s) for s in range(400)]
         assert svc.stats.pauses + svc.stats.resyncs >= 1
         assert svc.stats.inbox_peak <= 60
+
+    asyncio.run(main())
+
+
+def test_acks_in_flight_are_bounded(broker: PrivateBroker, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """At most ACKS_INFLIGHT_MAX acks wait in paho for the broker's PUBACK (each holds ~2 KB,
+    and none is read while reading is paused); the rest wait coalesced per device and go out
+    as PUBACKs come in: every device still gets its ack, with the highest sequence number."""
+    monkeypatch.setattr(service, "ACKS_INFLIGHT_MAX", 3)
+    pipe = FakePipeline()
+    devs = [f"b{i:02d}" for i in range(40)]
+
+    async def main() -> None:
+        svc = GatewayService(_cfg(broker, tmp_path, batch_interval=0.05, batch_max=50),
+                             lambda: pipe)
+        task = await _start(svc)
+        got: list[tuple[str, bytes, bool]] = []
+        ready = asyncio.Event()
+        col = asyncio.create_task(_collect(broker, ["anchor/+/ack"], got, ready))
+        await ready.wait()
+        peak = 0
+
+        def last_acks() -> dict[str, int]:
+            return {t.split("/")[1]: cbor2.loads(p)["upto"] for t, p, _ in got}
+
+        async with aiomqtt.Client("127.0.0.1", broker.port) as pub:
+            for seq in range(3):
+                for dev in devs:
+                    await pub.publish(f"anchor/{dev}/readings", f"{dev}:{seq}".encode(), qos=1)
+        for _ in range(400):
+            client = svc._client  # noqa: SLF001
+            if client is not None:
+                peak = max(peak, len(client._client._out_messages))  # noqa: SLF001
+            if last_acks() == dict.fromkeys(devs, 2):
+                break
+            await asyncio.sleep(0.01)
+        svc.request_stop()
+        assert await asyncio.wait_for(task, 20) == 0
+        col.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await col
+        assert last_acks() == dict.fromkeys(devs, 2)
+        assert svc.stats.acks_held >= 1  # rounds were cut short ...
+        assert peak <= 3 + 1  # ... so paho never held more (+1: the retained checkpoint)
 
     asyncio.run(main())
 
