@@ -197,7 +197,14 @@ class LoopRig:
     def __init__(self, mp: str, workdir: Path, devices: int) -> None:
         self.mp = mp
         self.dir = workdir
-        self.fw = compile_tree(mp, workdir / "fw")
+        # The firmware and the device directories under a short path of their own, removed on
+        # exit: every module's path is a qstr that stays in RAM (its __file__ and the source
+        # name in the .mpy), and so are the command line's words; on a board the modules are
+        # /lib/anchor/NAME.mpy and the data directory "data". A path as long as pytest's
+        # tmp_path (~70 characters) would cost the loop ~1 KB that a board does not spend.
+        self.root = Path(tempfile.mkdtemp(prefix="r", dir="/tmp" if os.path.isdir("/tmp")
+                                          else None))
+        self.fw = compile_tree(mp, self.root)
         self.broker = PrivateBroker(workdir=workdir / "broker")
         self.data = workdir / "gw"
         self.gateway: subprocess.Popen[bytes] | None = None
@@ -209,7 +216,7 @@ class LoopRig:
             self.broker.start()
             iot("init", "--data", str(self.data))
             for i in range(self.devices):
-                d = self.dir / f"dev{i:02d}"
+                d = self.root / f"d{i}"
                 p = subprocess.run([self.mp, str(self.fw / "main.py"), "keygen", "--dir", str(d),
                                     "--id", f"heap-{i:02d}"], capture_output=True, text=True,
                                    timeout=60, check=True)
@@ -245,6 +252,7 @@ class LoopRig:
                 os.killpg(g.pid, signal.SIGKILL)
                 g.wait()
         self.broker.close()
+        shutil.rmtree(self.root, ignore_errors=True)
 
     def run_loop(self, heap_kib: int, count: int, timeout: float = 120) -> tuple[bool, dict]:
         """The device loop on a fresh device: (success, its summary JSON or {"error": ...})."""

@@ -15,28 +15,19 @@
 # (acks: maps, arrays, ints, bytes, text, floats, bool, null) and what tests feed it: definite
 # lengths only (indefinite ones, reserved additional-info values, truncation and trailing bytes
 # all raise CBORError), a nesting limit, and no duplicate map keys. It does not check that its input is deterministically encoded.
+#
+# Tag, CBORError and the encoder's error messages are in cborx.py too (cbor.Tag and
+# cbor.CBORError forward there): signing a reading needs neither, so the device loop does not
+# keep them in RAM. encode_into loads cborx only for a Tag or for what it cannot encode.
 
 import struct
 
-from anchor import Error
 
+def _error(*args):
+    # the encoder's errors (cborx.enc_error says which): rare, so loaded only then
+    from anchor.cborx import enc_error
 
-class CBORError(Error):
-    pass
-
-
-class Tag:
-    __slots__ = ("tag", "value")
-
-    def __init__(self, tag, value):
-        self.tag = tag
-        self.value = value
-
-    def __eq__(self, other):
-        return isinstance(other, Tag) and self.tag == other.tag and self.value == other.value
-
-    def __repr__(self):
-        return "Tag(%d, %r)" % (self.tag, self.value)
+    return enc_error(*args)
 
 
 # ---- encoder ----
@@ -59,7 +50,7 @@ def _head(buf, major, n):
         buf.append(mt | 27)
         buf.extend(n.to_bytes(8, "big"))
     else:
-        raise CBORError("integer too large for CBOR without bignums")
+        raise _error()
 
 
 def _half_bits(x):
@@ -145,14 +136,13 @@ def encode_into(buf, obj):
         for i in range(len(items)):
             kb, k = items[i]
             if i and kb == items[i - 1][0]:
-                raise CBORError("duplicate map key %r" % (k,))
+                raise _error(k)
             buf.extend(kb)
             encode_into(buf, obj[k])
-    elif isinstance(obj, Tag):
-        _head(buf, 6, obj.tag)
-        encode_into(buf, obj.value)
-    else:
-        raise CBORError("cannot encode %s in CBOR" % type(obj).__name__)
+    else:   # a Tag, or an error (cborx.py)
+        from anchor.cborx import encode_other
+
+        encode_other(buf, obj)
 
 
 def encode(obj):
@@ -162,9 +152,10 @@ def encode(obj):
 
 
 def __getattr__(name):
-    # decode (and the decoder's helpers) are in cborx.py, loaded on first use: compiling the
-    # encoder and the decoder separately halves the peak heap of compiling either from source
-    # (a 64-bit Unix port signing in a 48 KiB heap), and a device that only signs never loads it.
+    # decode (and the decoder's helpers), Tag and CBORError are in cborx.py, loaded on first
+    # use: compiling the encoder and the decoder separately halves the peak heap of compiling
+    # either from source (a 64-bit Unix port signing in a 48 KiB heap), and a device that only
+    # signs never loads it.
     from anchor import cborx
 
     return getattr(cborx, name)

@@ -100,7 +100,7 @@ def _parse_data(text):
 
 
 def sign(args):
-    _imports("p256", "cbor", "state", "statex", "p256key", "cborx")
+    _imports("p256", "cborx", "cbor", "state", "statex", "p256key")
     from anchor.state import Device, unix_time
 
     opts = _options(args, ("dir", "data", "ts"))

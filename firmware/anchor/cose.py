@@ -29,11 +29,12 @@ MAX_MESSAGE = const(2048)
 _ZERO32 = bytes(32)
 
 
-def _bad(data, prev):
-    """True if reading() must refuse data or prev (cosex.reading_error then says why: the
+def _bad(data, prev, ts):
+    """True if reading() must refuse data, prev or ts (cosex.reading_error then says why: the
     messages are kept out of this module's RAM). A number is an int within 64 bits or a finite
     float, never a bool (type() is exact: bool is not int here)."""
-    if not isinstance(data, dict) or len(prev) != 32:
+    if not isinstance(data, dict) or len(prev) != 32 or (
+            ts is not None and (type(ts) is not int or ts < 0)):
         return True
     for k in data:
         v = data[k]
@@ -51,10 +52,10 @@ def reading(dev, seq, prev, data, ts=None):
     Requires: seq an int >= 0; prev 32 bytes; data a dict str -> int|float; ts None (clock
     unset, the key is left out) or int unix seconds >= 0. Error (saying what) otherwise.
     """
-    if _bad(data, prev):
+    if _bad(data, prev, ts):
         from anchor.cosex import reading_error
 
-        raise Error(reading_error(data, prev))
+        raise Error(reading_error(data, prev, ts))
     m = {"v": READING_VERSION, "dev": dev, "seq": seq, "prev": bytes(prev), "data": data}
     if ts is not None:
         m["ts"] = ts

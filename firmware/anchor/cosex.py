@@ -52,8 +52,10 @@ def verify1(pub, msg, external_aad=b""):
     return p256.verify(pub, sha256(tbs).digest(), sig)
 
 
-def reading_error(data, prev):
-    """Why cose.reading refused data or prev (it calls this only then)."""
+def reading_error(data, prev, ts=None):
+    """Why cose.reading refused data, prev or ts (it calls this only then)."""
+    if ts is not None and (type(ts) is not int or ts < 0):
+        return "ts must be a non-negative integer (unix seconds)"
     if not isinstance(data, dict):
         return "data must be a map of sensor name -> number"
     for k in data:
@@ -68,3 +70,11 @@ def reading_error(data, prev):
         elif not -(1 << 64) <= v < (1 << 64):
             return "value of %r does not fit in 64 bits" % (k,)
     return "prev must be 32 bytes"
+
+
+def size_error(n):
+    """state.Device.next_reading's message for a signed reading over cose.MAX_MESSAGE."""
+    from anchor.cose import MAX_MESSAGE
+
+    return ("reading is %d bytes, over the %d-byte limit; send fewer or shorter sensor values"
+            % (n, MAX_MESSAGE))

@@ -59,20 +59,21 @@ def _item(b, i, depth):
     """The CBOR data item at b[i] in an ack: (value, offset after it). Integers, byte and text
     strings, arrays, maps, false/true/null; a float decodes as None and a tag as its content
     (an ack has neither; later gateway versions may add keys with other values, which are
-    ignored). Definite lengths only. Raises ValueError, IndexError (truncated), TypeError or
-    UnicodeError on what is not CBOR of that kind.
+    ignored). Definite lengths only. Raises ValueError ("too deep": nested deeper than 8;
+    "indefinite": an indefinite length or a reserved additional-information value),
+    IndexError (truncated), TypeError or UnicodeError on what is not CBOR of that kind.
 
     The device's own decoder for acks, small enough to stay loaded (the general one, cborx.py,
     is start-up code: loading it for each ack needs a large free block in the middle of the
     loop, and keeping it costs 1.6 KB)."""
     if depth > 8:
-        raise ValueError("nested deeper than 8")
+        raise ValueError("too deep")
     ib = b[i]
     major = ib >> 5
     n = ib & 31
     i += 1
     if n == 31 or 27 < n:
-        raise ValueError("indefinite length or reserved value at offset %d" % (i - 1))
+        raise ValueError("indefinite")
     if n > 23:
         k = 1 << (n - 24)
         if i + k > len(b):
@@ -103,26 +104,37 @@ def _item(b, i, depth):
 
 
 def decode_ack(payload):
-    """(upto, seqs, entry) from an ack's CBOR; raises ValueError when it is not one."""
+    """(upto, seqs, entry) from an ack's CBOR; raises ValueError when it is not one, its
+    message one word or two (the loop prints it as `bad-ack err=WORDS`; short words are
+    interned names, a sentence would be a string object in RAM for the whole loop):
+      not CBOR: "truncated", "trailing" (bytes after the item), "bad UTF-8", "too deep",
+                "indefinite" (see _item), "not CBOR" (anything else)
+      "not a map"   the item is not a CBOR map
+      "bad upto"    upto missing, or not an integer >= -1
+      "bad seqs"    seqs not a list of integers >= 0
+      "bad entry"   entry not an integer"""
     try:
         m, end = _item(payload, 0, 0)
         if end != len(payload):
-            raise ValueError("%d trailing bytes" % (len(payload) - end))
-    except (ValueError, IndexError, TypeError, UnicodeError) as e:
-        raise ValueError("not CBOR (%s)" % (
-            "truncated" if isinstance(e, IndexError) else str(e) or "invalid UTF-8"))
+            raise ValueError("trailing")
+    except IndexError:
+        raise ValueError("truncated")
+    except UnicodeError:
+        raise ValueError("bad UTF-8")
+    except (ValueError, TypeError) as e:
+        raise ValueError(str(e) or "not CBOR")
     if not isinstance(m, dict):
-        raise ValueError("not a CBOR map")
+        raise ValueError("not a map")
     upto = m.get("upto")
     seqs = m.get("seqs", [])
     entry = m.get("entry", -1)
     if not isinstance(upto, int) or isinstance(upto, bool) or upto < -1:
-        raise ValueError("'upto' must be an integer >= -1")
+        raise ValueError("bad upto")
     if not isinstance(seqs, list) or any(
             not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seqs):
-        raise ValueError("'seqs' must be a list of non-negative integers")
+        raise ValueError("bad seqs")
     if not isinstance(entry, int):
-        raise ValueError("'entry' must be an integer")
+        raise ValueError("bad entry")
     return upto, seqs, entry
 
 

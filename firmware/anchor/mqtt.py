@@ -84,7 +84,9 @@ def encode_length(n, buf=None, off=0):
     without, returns the encoded bytes.
     """
     if n < 0 or n > _MAX_RLEN:
-        raise ValueError("MQTT remaining length %d out of range 0..268435455" % n)
+        from anchor.mqttx import length_error  # the message: error path only
+
+        raise ValueError(length_error(n))
     out = buf if buf is not None else bytearray(4)
     i = off
     while True:
@@ -118,7 +120,9 @@ def publish_header(buf, topic_len, payload_len, qos=0, retain=False, dup=False):
 def _field(b):
     """A length-prefixed UTF-8 string / binary field (2-byte big-endian length)."""
     if len(b) > 65535:
-        raise ValueError("MQTT field longer than 65535 bytes")
+        from anchor.mqttx import length_error
+
+        raise ValueError(length_error(len(b), True))
     return struct.pack("!H", len(b)) + b
 
 

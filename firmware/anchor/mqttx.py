@@ -66,6 +66,15 @@ def init(c, client_id, host, port=1883, keepalive=60, clean_session=False,
     c.received = 0
 
 
+def length_error(n, field=False):
+    """The messages of mqtt.encode_length (n out of range) and mqtt._field (a field of n
+    bytes), here to keep them out of the resident module's RAM."""
+    if field:
+        return ("MQTT field of %d bytes is longer than 65535 bytes; use a shorter client id, "
+                "topic, user name or password" % n)
+    return "MQTT remaining length %d out of range 0..268435455" % n
+
+
 def publish_packet(topic, payload, qos=0, pid=0, retain=False, dup=False):
     """The whole PUBLISH packet as bytes (used by tests and for small messages)."""
     t = _bytes(topic)

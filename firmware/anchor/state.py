@@ -90,14 +90,9 @@ def _write_atomic(path, data):
                 pass
             os.rename(tmp, path)
     except OSError as e:
-        raise Error("cannot write %s (%s); check that the directory is writable" % (
-            path, _errno_name(e)))
+        from anchor.statenew import write_error  # the message: error path only
 
-
-def _errno_name(e):
-    from anchor.statenew import errno_name  # error path only
-
-    return errno_name(e)
+        raise Error(write_error(path, e))
 
 
 class Device:
@@ -133,17 +128,17 @@ class Device:
         data: dict sensor name -> int|float. ts: int unix seconds, or None to leave it out.
         The message is committed (last.cose) before it is returned; seq and prev advance.
         """
-        if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int) or ts < 0):
-            raise Error("ts must be a non-negative integer (unix seconds)")
         from anchor import cose  # here, not at the top: see cli.py ("Memory")
 
         seq = self.seq
-        # Encoding and signing have no side effects: bad input fails here and costs nothing.
+        # Encoding and signing have no side effects: bad input (data, ts) fails here and costs
+        # nothing; cose.reading says what is wrong.
         payload = cose.reading(self.dev_id, seq, self.prev, data, ts)
         msg = cose.sign1(self._secret, self._kid, payload)
         if len(msg) > cose.MAX_MESSAGE:
-            raise Error("reading is %d bytes, over the %d-byte limit; send fewer or shorter "
-                        "sensor values" % (len(msg), cose.MAX_MESSAGE))
+            from anchor.cosex import size_error  # the message: error path only
+
+            raise Error(size_error(len(msg)))
         if seq >= self._reserved_upto:
             upto = seq + _SEQ_BLOCK
             _write_atomic(_path(self.dir, SEQ_FILE),

@@ -38,6 +38,11 @@ def errno_name(e):
     return _ERRNO.get(code, "errno %s" % code)
 
 
+def write_error(path, e):
+    """state._write_atomic's message for OSError e (here: kept out of state.py's RAM)."""
+    return "cannot write %s (%s); check that the directory is writable" % (path, errno_name(e))
+
+
 def exists(path):
     try:
         os.stat(path)

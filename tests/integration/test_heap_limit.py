@@ -54,9 +54,9 @@ def test_device_loop_50_readings_in_limited_heap(request: pytest.FixtureRequest,
         rows = {r["id"]: r for r in json.loads(p.stdout)}
         assert rows["heap-00"]["readings"] == READINGS
         assert rows["heap-00"]["last_seq"] == READINGS - 1
-    # the loop really ran from the compiled files: no source next to them
-    assert not list((rig.fw / "anchor").glob("*.py"))
-    assert (rig.fw / "anchor" / "device.mpy").is_file()
+        # the loop really ran from the compiled files: no source next to them
+        assert not list((rig.fw / "anchor").glob("*.py"))
+        assert (rig.fw / "anchor" / "device.mpy").is_file()
 
 
 def test_mpy_files_are_the_same_format_on_both_word_sizes(micropython: str,
