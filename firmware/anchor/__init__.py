@@ -21,6 +21,7 @@ def unload(*names):
     """Forget the named submodules (e.g. "devicex") once the caller is done with them, so that
     the garbage collector can free their code: RAM matters on a board. A later import loads
     them again."""
+    import gc
     import sys
 
     pkg = sys.modules[__name__]
@@ -30,6 +31,7 @@ def unload(*names):
             delattr(pkg, n)
         except (AttributeError, KeyError):  # MicroPython raises KeyError for a missing name
             pass
+    gc.collect()
 
 
 def main(argv):

@@ -50,9 +50,16 @@ import gc
 import sys
 import time
 
+from micropython import const
+
 from anchor import Error, unload
 
 _UNIX = sys.platform not in ("esp32", "rp2")
+# The sender waits for a new reading (`_kick`) and run() for the end (`_done`) by polling these
+# flags every _POLL_MS, not with an asyncio.Event and wait_for: each wait_for allocates two
+# tasks and a generator, held while it waits, which is while a reading is signed (the heap's
+# peak).
+_POLL_MS = const(20)
 
 
 def _item(b, i, depth):
@@ -171,7 +178,7 @@ class Loop:
 
     def _check_done(self):
         if self.count is not None and self.produced >= self.count and not self.outbox.pending:
-            self._done.set()
+            self._done = True
 
     # -- producing ------------------------------------------------------------------------
 
@@ -192,7 +199,7 @@ class Loop:
         msg = self.dev.next_reading(data, self.board.time())
         self.outbox.append(seq, msg)
         self.produced += 1
-        self._kick.set()
+        self._kick = True
         return seq
 
     async def _producer(self):
@@ -263,11 +270,11 @@ class Loop:
             if up and not c.isconnected():
                 up = False
                 self.out("disconnected err=%s" % _err(c.error))
-            self._kick.clear()
-            try:
-                await asyncio.wait_for_ms(self._kick.wait(), 500)
-            except asyncio.TimeoutError:
-                pass
+            self._kick = False     # a new reading, or 500 ms at most
+            t = time.ticks_ms()
+            while not (self._kick or self._stop) and \
+                    time.ticks_diff(time.ticks_ms(), t) < 500:
+                await asyncio.sleep_ms(_POLL_MS)
             self.board.feed()
 
     async def _guard(self, coro, name):
@@ -277,7 +284,7 @@ class Loop:
             await coro
         except Exception as e:
             self.crash = "%s task failed: %s: %s" % (name, type(e).__name__, e)
-            self._done.set()
+            self._done = True
 
     def _sample_heap(self):
         gc.collect()
@@ -310,15 +317,15 @@ class Loop:
         prod = asyncio.create_task(self._guard(self._producer(), "producer"))
         snd = asyncio.create_task(self._guard(self._sender(), "sender"))
         ok = True
+        end = None      # with a count, once it is produced: the deadline for the acks
         try:
-            while not self._done.is_set():
-                if self.count is not None and self.produced >= self.count:
-                    try:
-                        await asyncio.wait_for_ms(self._done.wait(), self.timeout_ms)
-                    except asyncio.TimeoutError:
-                        ok = False
+            while not self._done:
+                if end is None and self.count is not None and self.produced >= self.count:
+                    end = time.ticks_add(time.ticks_ms(), self.timeout_ms)
+                if end is not None and time.ticks_diff(end, time.ticks_ms()) <= 0:
+                    ok = False
                     break
-                await asyncio.sleep_ms(100)
+                await asyncio.sleep_ms(100 if end is None else _POLL_MS)
             if self.crash is not None:
                 ok = False
         finally:

@@ -100,6 +100,11 @@ def build(opts, board=None):
         Board = None
         unload("board")     # the chosen layer (board_unix, ...) stays
     d = opts["dir"]
+    # What the loop signs with (state.py imports cose on first use): loaded now, before the
+    # device state, so that its code and p256's lie together, not in the holes the start-up
+    # modules leave (then cose's largest piece of bytecode, ~0.4 KB, found no room in a
+    # 48 KiB heap).
+    from anchor import cose  # noqa: F401
     from anchor.state import Device
 
     dev = Device.load(d)    # the heaviest step (the comb table is filled): with little loaded
@@ -121,10 +126,8 @@ def build(opts, board=None):
     # bytes a reading), and a device that keeps up has one segment live.
     ob = Outbox(d, max_records=opts["outbox-max"], seg_records=32)
     unload("outboxx")
-    # What the loop signs with (state.py imports cose on first use): loaded now, at start-up,
-    # not in the middle of the loop. The general CBOR decoder (cborx, which Device.load used
-    # for last.cose) is not kept: acks are decoded by device._item.
-    from anchor import cose  # noqa: F401
+    # The general CBOR decoder (cborx, which Device.load used for last.cose) is not kept: acks
+    # are decoded by device._item.
     return board, dev, ob, client
 
 
@@ -147,8 +150,6 @@ def init_loop(self, board, dev, outbox, client, interval=60, count=None, timeout
               ack_timeout=30, out=print):
     """device.Loop.__init__ (start-up code): the loop's settings, counters and events; its
     client's will, birth message, ack subscription and message handler."""
-    import asyncio
-
     self.board = board
     self.dev = dev
     self.outbox = outbox
@@ -170,8 +171,8 @@ def init_loop(self, board, dev, outbox, client, interval=60, count=None, timeout
     self.heap_max = 0
     self._last_announced = -1
     self.crash = None
-    self._kick = asyncio.Event()
-    self._done = asyncio.Event()
+    self._kick = False      # a new reading is queued (the sender polls it)
+    self._done = False      # the loop is over: count satisfied, or a task died
     self._stop = False
     client.set_last_will(self.t_status, b"offline", retain=True, qos=1)
     client.set_birth(self.t_status, b"online", retain=True, qos=1)

@@ -39,7 +39,12 @@ parse_url (the broker URL), _safe and publish_packet are in mqttx.py, loaded whe
 
 Memory: one 5-byte header buffer and one packet buffer (256 bytes, grown to the largest packet)
 reused for every packet; inflight holds references to the caller's topic/payload objects (no
-copies); max_inflight bounds it. Each packet goes out in one write (see _write).
+copies); max_inflight bounds it. Each packet goes out in one write (see _write). Once connected,
+nothing waits with asyncio.wait_for, a Lock or an Event (each wait_for call allocates two tasks
+and a generator, live while it waits, and a device's heap is small): a drain that takes longer
+than response_timeout is caught by the ticker (`_wt`, the start of the drain in progress, which
+also keeps packets whole: one drain at a time), and waiting for an acknowledgement or a state
+change polls the state every _POLL_MS. asyncio.wait_for_ms is left to the connection attempt.
 """
 
 import asyncio
@@ -72,6 +77,7 @@ PINGREQ = b"\xc0\x00"
 DISCONNECT = b"\xe0\x00"
 
 _MAX_RLEN = const(268435455)
+_POLL_MS = const(5)     # waiting for a PUBACK, a SUBACK, a connection or its loss
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,7 +221,7 @@ class MQTTClient:
 
     async def wait_connected(self):
         while not self._ready:
-            await self._ev_up.wait()
+            await asyncio.sleep_ms(_POLL_MS)
 
     # -- one connection -------------------------------------------------------------------
 
@@ -226,7 +232,7 @@ class MQTTClient:
         """
         if self._stream is not None:
             await self._teardown()
-        self._ev_down.clear()
+        self._down = False
         try:
             self._stream = await asyncio.wait_for_ms(
                 self._connector(self.host, self.port, self.ssl), self.response_ms)
@@ -269,7 +275,6 @@ class MQTTClient:
                 raise OSError(ECONNRESET)
             raise
         self._ready = True
-        self._ev_up.set()
         return self.session_present
 
     async def _subscribe_now(self, topic, qos):
@@ -283,20 +288,10 @@ class MQTTClient:
             if time.ticks_diff(time.ticks_ms(), t0) > self.response_ms:
                 self._subacks.pop(pid, None)
                 raise OSError(ETIMEDOUT)
-            await self._wait_ack_event(self.response_ms)
+            await asyncio.sleep_ms(_POLL_MS)
         code = self._subacks.pop(pid)
         if code == 0x80:
             raise OSError(ECONNREFUSED)   # the broker refused the subscription (ACL)
-
-    async def _wait_ack_event(self, ms):
-        try:
-            await asyncio.wait_for_ms(self._ev_ack.wait(), ms)
-        except asyncio.TimeoutError:
-            pass
-
-    def _pulse(self):
-        self._ev_ack.set()
-        self._ev_ack.clear()
 
     def _next_pid(self):
         pid = self._pid
@@ -309,13 +304,22 @@ class MQTTClient:
     # -- sending --------------------------------------------------------------------------
 
     async def _write(self, *parts):
-        """Write parts as one packet; the lock keeps packets whole and drains one at a time."""
+        """Write parts as one packet. One packet at a time: while a drain is in progress (`_wt`
+        holds when it started), another writer waits for it to end. A drain that takes more
+        than response_timeout fails the connection (OSError(ETIMEDOUT)): the ticker checks, and
+        so does a writer waiting for it."""
         s = self._stream
         if s is None:
             raise OSError(ENOTCONN)
-        async with self._lock:
-            if s is not self._stream:
-                raise OSError(ENOTCONN)
+        while self._wt is not None and s is self._stream:
+            if time.ticks_diff(time.ticks_ms(), self._wt) > self.response_ms:
+                self._fail(OSError(ETIMEDOUT))
+                raise OSError(ETIMEDOUT)
+            await asyncio.sleep_ms(1)
+        if s is not self._stream:
+            raise OSError(ENOTCONN)
+        self._wt = time.ticks_ms()
+        try:
             try:
                 if len(parts) == 1:
                     s.write(parts[0])
@@ -336,13 +340,13 @@ class MQTTClient:
                         mv[o:o + k] = p
                         o += k
                     s.write(mv[:n])
-                await asyncio.wait_for_ms(s.drain(), self.response_ms)
-            except asyncio.TimeoutError:
-                self._fail(OSError(ETIMEDOUT))
-                raise OSError(ETIMEDOUT)
+                await s.drain()
             except OSError as e:
                 self._fail(e)
                 raise
+        finally:
+            if s is self._stream:   # not a new connection's writer's
+                self._wt = None
         self._last_tx = time.ticks_ms()
 
     async def publish(self, topic, payload, retain=False, qos=0, wait=False):
@@ -357,7 +361,7 @@ class MQTTClient:
         pid = 0
         if qos:
             while len(self.inflight) >= self.max_inflight:
-                await self._wait_ack_event(self._tick_ms)
+                await asyncio.sleep_ms(_POLL_MS)
                 if not self._up:
                     raise OSError(ENOTCONN)
             pid = self._next_pid()
@@ -367,7 +371,7 @@ class MQTTClient:
             while pid in self.inflight:
                 if not self._up:
                     raise OSError(ENOTCONN)
-                await self._wait_ack_event(self._tick_ms)
+                await asyncio.sleep_ms(_POLL_MS)
         return pid
 
     async def _send_publish(self, t, payload, qos, pid, retain, dup):
@@ -449,13 +453,11 @@ class MQTTClient:
         elif kind == _PUBACK:
             if len(body) == 2:
                 self.inflight.pop((body[0] << 8) | body[1], None)
-                self._pulse()
         elif kind == _SUBACK:
             if len(body) >= 3:
                 pid = (body[0] << 8) | body[1]
                 if pid in self._subacks:
                     self._subacks[pid] = 0x80 if body[2] == 0x80 else 0
-                self._pulse()
         elif kind == _PINGRESP:
             pass
         else:
@@ -471,6 +473,11 @@ class MQTTClient:
                 now = time.ticks_ms()
                 if ka and time.ticks_diff(now, self._last_rx) > ka + ka // 2:
                     raise OSError(ETIMEDOUT)
+                w = self._wt
+                if w is not None:   # a packet is being written: no resend or ping now
+                    if time.ticks_diff(now, w) > self.response_ms:
+                        raise OSError(ETIMEDOUT)    # its drain is stuck
+                    continue
                 for pid in list(self.inflight):
                     e = self.inflight.get(pid)
                     if e is not None and time.ticks_diff(now, e[3]) >= self.response_ms:
@@ -494,19 +501,17 @@ class MQTTClient:
                 self.error = exc
             self._up = False
             self._ready = False
-            self._ev_up.clear()
-            self._ev_down.set()
-            self._pulse()
+            self._down = True
 
     async def _teardown(self):
         self._up = False
         self._ready = False
-        self._ev_up.clear()
         cur = asyncio.current_task()
         for t in self._tasks:
             if t is not cur:
                 t.cancel()
         self._tasks = []
+        self._wt = None
         s, self._stream = self._stream, None
         if s is not None:
             try:
@@ -514,7 +519,6 @@ class MQTTClient:
             except Exception:
                 pass
         self._subacks = {}
-        self._pulse()
 
     async def run(self):
         """Connect, and reconnect with exponential backoff and jitter, until disconnect()."""
@@ -534,7 +538,8 @@ class MQTTClient:
                 await asyncio.sleep_ms(half + int.from_bytes(os.urandom(4), "big") % (half + 1))
                 delay = min(delay * 2, self.backoff_max_ms)
                 continue
-            await self._ev_down.wait()
+            while not self._down:
+                await asyncio.sleep_ms(_POLL_MS * 4)
             await self._teardown()
 
     async def disconnect(self):

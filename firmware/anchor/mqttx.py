@@ -2,7 +2,6 @@
 # parsing and the client's constructor (start-up), and a whole PUBLISH packet as bytes (tests).
 # mqtt.py forwards these names here (mqtt.parse_url, ...), so callers need not know.
 
-import asyncio
 import struct
 
 from anchor.mqtt import _bytes, _field, _open, _ssl, publish_header
@@ -49,10 +48,8 @@ def init(c, client_id, host, port=1883, keepalive=60, clean_session=False,
     c._tasks = []
     c._hdr = bytearray(5)
     c._buf = bytearray(256)  # packet assembly; grows to the largest packet sent
-    c._lock = asyncio.Lock()
-    c._ev_up = asyncio.Event()      # set while connected
-    c._ev_down = asyncio.Event()    # set when the current connection died
-    c._ev_ack = asyncio.Event()     # pulsed on PUBACK/SUBACK and on connection loss
+    c._wt = None             # ticks_ms when the drain in progress started (see _write)
+    c._down = False          # the current connection died (run() then tears it down)
     c._subacks = {}
     c._last_rx = 0
     c._last_tx = 0

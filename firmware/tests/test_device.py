@@ -131,13 +131,13 @@ def test_produce_then_ack_empties_outbox():
     loop._on_message(t, cbor.encode({"upto": 0, "seqs": [2], "entry": 1}), False)
     assert loop.outbox.pending == 1 and loop.acked == 2
     assert lines[-1] == "ack upto=0 seqs=1 entry=1 removed=2 outbox=1", lines
-    assert not loop._done.is_set()
+    assert not loop._done
     loop._on_message(b"anchor/other/ack", cbor.encode({"upto": 9, "seqs": []}), False)
     assert loop.outbox.pending == 1        # another device's topic is ignored
     loop._on_message(t, b"\x00garbage", False)
     assert loop.bad_acks == 1 and lines[-1].startswith("bad-ack err=")
     loop._on_message(t, cbor.encode({"upto": 2, "seqs": [], "entry": 2}), False)
-    assert loop.outbox.pending == 0 and loop._done.is_set()
+    assert loop.outbox.pending == 0 and loop._done
 
 
 def test_topics_will_birth_subscription():

@@ -119,10 +119,9 @@ class _Piecewise(mqtt.MQTTClient):
         s = self._stream
         if s is None:
             raise OSError(107)
-        async with self._lock:
-            for p in parts:
-                s.write(p)
-            await s.drain()
+        for p in parts:
+            s.write(p)
+        await s.drain()
 
 
 async def _rate(cls, url, n, inflight):
