@@ -425,8 +425,9 @@ def compile_firmware(mpy_cross: str, out_dir: Path,
         dest = out_dir / (rel[:-3] + ".mpy")
         dest.parent.mkdir(parents=True, exist_ok=True)
         # the source name stored in the .mpy is the path the board loads it from, so that it
-        # is one qstr with the module's __file__ (about 0.45 KB of heap for the device loop)
-        p = subprocess.run([mpy_cross, "-o", str(dest), "-s", "/lib/" + rel[:-3] + ".mpy",
+        # is one qstr with the module's __file__ (about 0.45 KB of heap for the device loop);
+        # -O3: no line-number tables (~1.5 KB of heap; tracebacks name functions, not lines)
+        p = subprocess.run([mpy_cross, "-O3", "-o", str(dest), "-s", "/lib/" + rel[:-3] + ".mpy",
                             str(src)],
                            capture_output=True, text=True, timeout=60)
         if p.returncode != 0:

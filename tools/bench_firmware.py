@@ -309,7 +309,7 @@ def cli_heap(mp: str) -> dict[str, Any]:
         (fw / "anchor").mkdir(parents=True)
         for name in SIGNING_MODULES:
             src = FIRMWARE / "anchor" / f"{name}.py"
-            subprocess.run([mpy_cross(), "-o", str(fw / "anchor" / f"{name}.mpy"), str(src)],
+            subprocess.run([mpy_cross(), "-O3", "-o", str(fw / "anchor" / f"{name}.mpy"), str(src)],
                            check=True, capture_output=True)
         shutil.copy(FIRMWARE / "main.py", fw / "main.py")
         mpy = _smallest_heap(mp, fw / "main.py", Path(tmp), 8, 256)
