@@ -226,6 +226,38 @@ def _lean_puback(paho: Any) -> None:
     paho._handle_pubackcomp = handle  # noqa: SLF001
 
 
+def _lean_publish(paho: Any, take: Callable[[str | None, bytes, int, int], None]) -> None:
+    """Hand QoS 1 PUBLISH packets (MQTT 3.1.1) to `take(topic, payload, mid, qos)` straight from
+    the packet, without paho's per-message work: its MQTTMessage, a topic-filter match under a
+    lock, a debug record's arguments. 6.7 -> 0.5 us per reading (measured on the packet alone);
+    the readings are the gateway's main process's largest cost after the verifiers. What the
+    handler does not know (MQTT 5 properties, QoS 0 and 2, a packet too short for its topic
+    length, an empty topic) goes to paho's own handler, which does the same as before. The
+    topic is None when it is not UTF-8 (paho raises on `message.topic` then)."""
+    original = paho._handle_publish  # noqa: SLF001
+    if paho._protocol == MQTTProtocolVersion.MQTTv5:  # noqa: SLF001
+        return
+
+    def handle() -> Any:
+        packet = paho._in_packet["packet"]  # noqa: SLF001
+        if paho._in_packet["command"] & 0x06 != 0x02 or len(packet) < 4:  # noqa: SLF001
+            return original()  # not QoS 1
+        n = (packet[0] << 8) | packet[1]
+        if n == 0 or len(packet) < n + 4:
+            return original()  # malformed: paho refuses it as it always did
+        try:
+            topic: str | None = packet[2:2 + n].decode()
+        except UnicodeDecodeError:
+            topic = None
+        mid = (packet[2 + n] << 8) | packet[3 + n]
+        take(topic, bytes(packet[4 + n:]), mid, 1)
+        if paho._manual_ack:  # noqa: SLF001
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        return paho._send_puback(mid)  # noqa: SLF001
+
+    paho._handle_publish = handle  # noqa: SLF001
+
+
 def _read_ahead(paho: Any) -> None:
     """Make the paho client wrap each new socket in `_ReadAhead`."""
     create = paho._create_socket  # noqa: SLF001
@@ -251,7 +283,7 @@ class ServiceConfig:
 
 @dataclass(slots=True)
 class _Inbound:
-    dev: str | None  # from the topic
+    dev: str  # from the topic; "" when it names no device
     payload: bytes
     mid: int
     qos: int
@@ -390,31 +422,38 @@ class GatewayService:
     # -- MQTT connection --------------------------------------------------------------------
 
     def _on_message(self, _client: Any, _userdata: Any, m: Any) -> None:
-        """paho's on_message (a paho MQTTMessage), run on the event loop's thread."""
+        """paho's on_message (a paho MQTTMessage), for what `_lean_publish` leaves to paho."""
+        try:
+            topic = m.topic
+        except UnicodeDecodeError:  # brokers refuse such topics; never let paho see a raise
+            topic = None
+        self._take(topic, m.payload, m.mid, m.qos)
+
+    def _take(self, topic: str | None, payload: bytes, mid: int, qos: int) -> None:
+        """One reading from the broker, run on the event loop's thread."""
         if not self._accepting:
             return  # stopping: not PUBACKed, the broker keeps it for the next run
         if self._draining or (len(self._inbox) >= self._high_water
                               and self.cfg.puback == "commit"):
             self._shed += 1  # not PUBACKed either: the broker sends it again after _resync
             return
-        try:
-            dev = device_from_topic(m.topic)
-        except UnicodeDecodeError:  # brokers refuse such topics; never let paho see a raise
-            dev = ""  # matches no device: rejected as topic_mismatch
-        self._inbox.append(_Inbound(dev, m.payload, m.mid, m.qos, self._gen))
+        # "" matches no device: rejected as topic_mismatch (a topic that is not UTF-8, or not
+        # anchor/<id>/readings with a non-empty id)
+        dev = "" if topic is None else device_from_topic(topic) or ""
+        self._inbox.append(_Inbound(dev, payload, mid, qos, self._gen))
         self.stats.received += 1
         n = len(self._inbox)
         if n > self.stats.inbox_peak:
             self.stats.inbox_peak = n
         if n >= self._high_water and self._paused is None and self.cfg.puback == "commit":
-            self._pause_reading(_client)
+            self._pause_reading()
         if n == 1:  # the processor starts the gather clock
             self._inbox_t0 = time.monotonic()
             self._wake.set()
         elif n == GATHER_MIN:
             self._wake.set()
 
-    def _pause_reading(self, paho: Any) -> None:
+    def _pause_reading(self) -> None:
         """TCP back-pressure at the inbox limit: stop reading the broker's socket until the
         inbox is below half the limit (`_resume_reading`). Nothing is dropped, so no reconnect
         is needed; the backlog waits in the broker. Measured (make bench, 600,000 readings
@@ -422,7 +461,8 @@ class GatewayService:
         dropping and reconnecting re-read the whole backlog, 636 us of CPU per reading and
         1,681 readings/s. Needs asyncio's selector loop (the reader's handle); without it the
         un-PUBACKed rounds remain."""
-        sock = getattr(paho, "_sock", None)
+        client = self._client
+        sock = None if client is None else getattr(client._client, "_sock", None)  # noqa: SLF001
         if not isinstance(sock, _ReadAhead):
             return
         try:
@@ -474,6 +514,7 @@ class GatewayService:
             paho.on_message = self._on_message
             _read_ahead(paho)
             _lean_puback(paho)
+            _lean_publish(paho, self._take)
             if not logging.getLogger("mqtt").isEnabledFor(logging.DEBUG):
                 paho.disable_logger()  # paho formats a debug record per packet otherwise
             # A new generation before connecting: a persistent session's backlog can arrive in

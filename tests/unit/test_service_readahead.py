@@ -1,15 +1,19 @@
 """The service's read-ahead socket wrapper (gateway.service._ReadAhead) on a real socketpair:
 paho's read pattern (1 byte, length bytes, body) must see exactly the bytes sent, in order,
-across buffer boundaries, with BlockingIOError when nothing is left and b"" at EOF."""
+across buffer boundaries, with BlockingIOError when nothing is left and b"" at EOF. And the
+lean PUBLISH handler (gateway.service._lean_publish) against paho's own."""
 
 from __future__ import annotations
 
 import random
 import socket
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from gateway.service import _read_ahead, _ReadAhead
+from gateway.service import _lean_publish, _read_ahead, _ReadAhead
 
 
 def _packets(n: int, rng: random.Random) -> list[bytes]:
@@ -122,3 +126,51 @@ def test_paused_reads_nothing_and_reports_nothing_pending() -> None:
     finally:
         a.close()
         b.close()
+
+
+def _paho(manual_ack: bool) -> Any:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    return mqtt.Client(CallbackAPIVersion.VERSION2, client_id="t", protocol=mqtt.MQTTv311,
+                       manual_ack=manual_ack)
+
+
+@settings(max_examples=300, deadline=None)
+@given(topic=st.binary(max_size=40) | st.text(max_size=30).map(str.encode),
+       payload=st.binary(max_size=300), mid=st.integers(1, 65535), qos=st.integers(0, 2),
+       flags=st.integers(0, 0x09), manual_ack=st.booleans())
+def test_lean_publish_hands_over_what_paho_would(topic: bytes, payload: bytes, mid: int,
+                                                 qos: int, flags: int, manual_ack: bool) -> None:
+    """The lean PUBLISH handler gives the service the same (topic, payload, mid, qos) as paho's
+    own handler and on_message, for any topic bytes (None when not UTF-8), QoS, dup and retain
+    flag; and it sends a PUBACK exactly when paho would (QoS 1 without manual ack)."""
+    packet = len(topic).to_bytes(2, "big") + topic
+    packet += mid.to_bytes(2, "big") if qos else b""
+    packet += payload
+    command = 0x30 | (qos << 1) | (flags & 0x09)
+    seen: dict[str, list[tuple[Any, ...]]] = {"paho": [], "lean": []}
+    pubacks: dict[str, list[int]] = {"paho": [], "lean": []}
+    for kind in ("paho", "lean"):
+        c = _paho(manual_ack)
+
+        def on_message(_c: Any, _u: Any, m: Any, kind: str = kind) -> None:
+            try:
+                t = m.topic
+            except UnicodeDecodeError:
+                t = None
+            seen[kind].append((t, bytes(m.payload), m.mid, m.qos))
+
+        c.on_message = on_message
+        c._send_puback = lambda m, kind=kind: pubacks[kind].append(m) or 0  # noqa: SLF001
+        if kind == "lean":
+            _lean_publish(c, lambda *a, kind=kind: seen[kind].append(a))
+        c._in_packet = {"command": command, "packet": packet}  # noqa: SLF001
+        if qos == 2:
+            c._send_pubrec = lambda m: 0  # noqa: SLF001
+        try:
+            c._handle_publish()  # noqa: SLF001
+        except Exception as e:  # a malformed packet: both must refuse it the same way
+            seen[kind].append(("raised", type(e).__name__))
+    assert seen["lean"] == seen["paho"]
+    assert pubacks["lean"] == pubacks["paho"]
