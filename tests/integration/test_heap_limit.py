@@ -1,16 +1,15 @@
 """Heap limit (issue 5): the device loop, from .mpy files compiled with the mpy-cross matching the
-binary, runs 50 readings end to end (Mosquitto, the gateway service `iot-anchor run`, acks after
-the ledger commit) under `micropython -X heapsize=64k`, the size of what a board without PSRAM
-has left once Wi-Fi is up, with margin. The rig (tools/bench_firmware_boards.py LoopRig) is the
-one `make bench-firmware` uses for its smallest-heap search.
+binary (with -O3, as `device provision` compiles them), runs 50 readings end to end (Mosquitto,
+the gateway service `iot-anchor run`, acks after the ledger commit) under `micropython -X
+heapsize=64k`, the size of what a board without PSRAM has left once Wi-Fi is up, with margin,
+and under 48k, the issue's goal. The rig (tools/bench_firmware_boards.py LoopRig) is the one
+`make bench-firmware` uses for its smallest-heap search.
 
-The 64 KiB run is on the 32-bit build of the Unix port (tests/conftest.py `micropython32`, built
-by `make setup` with tools/install-micropython --32bit): its objects and pointers are the size
-they are on an ESP32 or RP2040, so its heap is the board's. Measured (make bench-firmware,
-loop_heap; docs/boards.md "Memory"): the loop needs ~54 KiB there and ~76 KiB on the 64-bit
-port, where it is run at 128 KiB so the 64-bit path stays checked too. The issue's goal, 48 KiB,
-is not met from .mpy files (frozen into the binary the loop needs 25 KiB), so there is no 48 KiB
-case here yet.
+Both runs are on the 32-bit build of the Unix port (tests/conftest.py `micropython32`, built by
+`make setup` with tools/install-micropython --32bit): its objects and pointers are the size they
+are on an ESP32 or RP2040, so its heap is the board's. Measured (make bench-firmware, loop_heap;
+docs/boards.md "Memory"): the loop needs 47 KiB there and 67 KiB on the 64-bit port, where it
+is run at 128 KiB so the 64-bit path stays checked too.
 """
 
 from __future__ import annotations
@@ -28,10 +27,12 @@ from bench_firmware_boards import LoopRig, mpy_format, word_bits  # noqa: E402
 
 READINGS = 50
 HEAP = 64  # KiB, on the 32-bit build
+GOAL = 48  # KiB, on the 32-bit build: issue 5's goal
 
 
 @pytest.mark.parametrize(("binary", "bits", "heap"), [
     ("micropython32", 32, HEAP),  # a board's object sizes: the issue's limit
+    ("micropython32", 32, GOAL),  # ... and its goal
     ("micropython", 64, 128),     # the 64-bit port: every object larger, more heap
 ])
 def test_device_loop_50_readings_in_limited_heap(request: pytest.FixtureRequest, tmp_path: Path,
