@@ -376,7 +376,7 @@ def main(args):
         ok = False
     # The loop is over: drop the signing code (and the comb table) so that loading cli.py for
     # the error line and the summary fits even when the loop ran out of heap.
-    unload("cose", "p256", "hmac256", "cbor")
+    unload("cose", "p256", "cbor")
     from anchor.cli import run_finish
 
     return run_finish(r[0], r[1], ok)

@@ -34,9 +34,9 @@
 # columns. The threat model is a device that signs its own sensor data; a local timing or power
 # side channel is out of scope (see docs/protocol.md).
 
-from micropython import const
+from hashlib import sha256
 
-from anchor.hmac256 import Hmac256
+from micropython import const
 
 P = 0xFFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFF
 N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
@@ -170,26 +170,49 @@ def mul_g(k):
 # ---- ECDSA ----
 
 
+def hmac_sha256(key, *parts):
+    """HMAC-SHA-256 (RFC 2104) of the concatenated parts, what RFC 6979 needs. Here, not in a
+    module of its own, because a module costs the device loop RAM (a few hundred bytes);
+    anchor/hmac256.py keeps its API and forwards here. MicroPython's sha256 objects have no
+    copy(), so both padded keys are hashed again for every MAC (one 64-byte block each)."""
+    if len(key) > 64:
+        key = sha256(key).digest()
+    k = bytearray(64)
+    k[: len(key)] = key
+    for i in range(64):
+        k[i] ^= 0x36
+    h = sha256(k)
+    for p in parts:
+        h.update(p)
+    inner = h.digest()
+    for i in range(64):
+        k[i] ^= 0x36 ^ 0x5C
+    h = sha256(k)
+    h.update(inner)
+    return h.digest()
+
+
 def _nonces(d, digest):
     # RFC 6979 section 3.2 with HMAC-SHA-256; qlen = hlen = 256, so bits2int is a plain
     # big-endian conversion and bits2octets(h1) = (h1 mod n) as 32 bytes.
     x = d.to_bytes(32, "big")
     h = (int.from_bytes(digest, "big") % N).to_bytes(32, "big")
+    mac = hmac_sha256
     V = b"\x01" * 32
-    K = Hmac256(b"\x00" * 32).digest(V, b"\x00", x, h)
-    V = Hmac256(K).digest(V)
-    K = Hmac256(K).digest(V, b"\x01", x, h)
-    # Between the yields only K and V stay (no HMAC object, no x or h): the generator is alive
-    # while k*G is computed, the peak of the signing heap.
+    K = mac(b"\x00" * 32, V, b"\x00", x, h)
+    V = mac(K, V)
+    K = mac(K, V, b"\x01", x, h)
+    # Between the yields only K and V stay (no x or h): the generator is alive while k*G is
+    # computed, the peak of the signing heap.
     x = h = None
-    V = Hmac256(K).digest(V)
+    V = mac(K, V)
     while True:
-        V = Hmac256(K).digest(V)
+        V = mac(K, V)
         k = int.from_bytes(V, "big")
         if 0 < k < N:
             yield k
-        K = Hmac256(K).digest(V, b"\x00")
-        V = Hmac256(K).digest(V)
+        K = mac(K, V, b"\x00")
+        V = mac(K, V)
 
 
 
