@@ -55,11 +55,12 @@ from micropython import const
 from anchor import Error, unload
 
 _UNIX = sys.platform not in ("esp32", "rp2")
-# The sender waits for a new reading (`_kick`) and run() for the end (`_done`) by polling these
-# flags every _POLL_MS, not with an asyncio.Event and wait_for: each wait_for allocates two
-# tasks and a generator, held while it waits, which is while a reading is signed (the heap's
-# peak).
-_POLL_MS = const(20)
+# No asyncio.Event or wait_for in the loop: each wait_for allocates two tasks and a generator,
+# held while it waits, which is while a reading is signed (the heap's peak), and the event
+# module is RAM too. The sender sleeps up to 500 ms between its passes and produce() wakes it
+# early by cancelling that sleep (only that one: `_idle` is true only while the sender is in
+# it); run() polls `_done`, set when the count is satisfied or a task died, every _POLL_MS.
+_POLL_MS = const(50)
 
 
 def _item(b, i, depth):
@@ -200,6 +201,9 @@ class Loop:
         self.outbox.append(seq, msg)
         self.produced += 1
         self._kick = True
+        if self._idle:          # the sender sleeps: wake it, a new reading is due now
+            self._idle = False
+            self._snd.cancel()
         return seq
 
     async def _producer(self):
@@ -270,11 +274,16 @@ class Loop:
             if up and not c.isconnected():
                 up = False
                 self.out("disconnected err=%s" % _err(c.error))
-            self._kick = False     # a new reading, or 500 ms at most
-            t = time.ticks_ms()
-            while not (self._kick or self._stop) and \
-                    time.ticks_diff(time.ticks_ms(), t) < 500:
-                await asyncio.sleep_ms(_POLL_MS)
+            if not (self._kick or self._stop):     # a new reading, or 500 ms at most
+                self._idle = True
+                try:
+                    await asyncio.sleep_ms(500)
+                except asyncio.CancelledError:
+                    if self._stop or not self._kick:
+                        raise       # not produce() waking it: the loop is ending
+                finally:
+                    self._idle = False
+            self._kick = False
             self.board.feed()
 
     async def _guard(self, coro, name):
@@ -315,7 +324,7 @@ class Loop:
             await self.board.sleep_fed(10)
         # the producer first: a reading due now is queued before the backlog is sent
         prod = asyncio.create_task(self._guard(self._producer(), "producer"))
-        snd = asyncio.create_task(self._guard(self._sender(), "sender"))
+        snd = self._snd = asyncio.create_task(self._guard(self._sender(), "sender"))
         ok = True
         end = None      # with a count, once it is produced: the deadline for the acks
         try:

@@ -171,7 +171,9 @@ def init_loop(self, board, dev, outbox, client, interval=60, count=None, timeout
     self.heap_max = 0
     self._last_announced = -1
     self.crash = None
-    self._kick = False      # a new reading is queued (the sender polls it)
+    self._kick = False      # a new reading is queued (produce() sets it)
+    self._idle = False      # the sender sleeps between passes (produce() may wake it)
+    self._snd = None        # the sender's task (run() starts it)
     self._done = False      # the loop is over: count satisfied, or a task died
     self._stop = False
     client.set_last_will(self.t_status, b"offline", retain=True, qos=1)

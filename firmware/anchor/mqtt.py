@@ -44,7 +44,9 @@ nothing waits with asyncio.wait_for, a Lock or an Event (each wait_for call allo
 and a generator, live while it waits, and a device's heap is small): a drain that takes longer
 than response_timeout is caught by the ticker (`_wt`, the start of the drain in progress, which
 also keeps packets whole: one drain at a time), and waiting for an acknowledgement or a state
-change polls the state every _POLL_MS. asyncio.wait_for_ms is left to the connection attempt.
+change polls the state every _POLL_MS (5 ms, only while something is awaited); the supervisor
+waits for the reader task to end, which _fail() brings about. asyncio.wait_for_ms is left to
+the connection attempt.
 """
 
 import asyncio
@@ -495,13 +497,19 @@ class MQTTClient:
     # -- failure and reconnect ------------------------------------------------------------
 
     def _fail(self, exc):
-        """Mark the connection dead (idempotent). The supervisor tears it down."""
+        """Mark the connection dead (idempotent). The supervisor tears it down: it waits for
+        the reader task to end, so the reader is cancelled here unless it is the caller."""
         if self._up or self._stream is not None:
             if self.error is None or self._up:
                 self.error = exc
             self._up = False
             self._ready = False
             self._down = True
+            if self._tasks:
+                try:
+                    self._tasks[0].cancel()
+                except RuntimeError:    # the reader failing itself: it ends anyway
+                    pass
 
     async def _teardown(self):
         self._up = False
@@ -538,8 +546,11 @@ class MQTTClient:
                 await asyncio.sleep_ms(half + int.from_bytes(os.urandom(4), "big") % (half + 1))
                 delay = min(delay * 2, self.backoff_max_ms)
                 continue
-            while not self._down:
-                await asyncio.sleep_ms(_POLL_MS * 4)
+            try:
+                await self._tasks[0]    # the reader: it ends when the connection does
+            except asyncio.CancelledError:
+                if not self._down:
+                    raise               # this task is being cancelled, not the reader
             await self._teardown()
 
     async def disconnect(self):
