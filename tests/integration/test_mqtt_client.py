@@ -37,7 +37,8 @@ class Proc:
         )
         self.lines: list[str] = []
         self._q: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
+        self._pump_thread = threading.Thread(target=self._pump, daemon=True)
+        self._pump_thread.start()
 
     def _pump(self) -> None:
         assert self.p.stdout is not None
@@ -50,7 +51,7 @@ class Proc:
             try:
                 line = self._q.get(timeout=0.1)
             except queue.Empty:
-                if self.p.poll() is not None and self._q.empty():
+                if self.p.poll() is not None and self._all_read() and self._q.empty():
                     break
                 continue
             self.lines.append(line)
@@ -58,7 +59,14 @@ class Proc:
                 return line
         raise AssertionError(f"no matching line within {timeout} s; output: {self.lines}")
 
+    def _all_read(self) -> bool:
+        """Once the process has exited: wait until the pump thread has read its last line."""
+        self._pump_thread.join(5)
+        return not self._pump_thread.is_alive()
+
     def drain(self) -> None:
+        if self.p.poll() is not None:
+            self._all_read()  # the process's last lines may still be in the pipe
         while not self._q.empty():
             self.lines.append(self._q.get())
 
