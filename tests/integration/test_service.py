@@ -148,6 +148,17 @@ async def _start(svc: GatewayService) -> asyncio.Task[int]:
     raise AssertionError("service did not connect")
 
 
+async def _stop(svc: GatewayService, task: asyncio.Task[int], col: asyncio.Task[None],
+                settle: float = 0.0) -> None:
+    """Stop the service (it must exit 0), then, `settle` seconds later, the collector."""
+    svc.request_stop()
+    assert await asyncio.wait_for(task, 20) == 0
+    await asyncio.sleep(settle)
+    col.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await col
+
+
 async def _collect(broker: PrivateBroker, topics: list[str], out: list[tuple[str, bytes, bool]],
                    ready: asyncio.Event) -> None:
     async with aiomqtt.Client("127.0.0.1", broker.port) as c:
@@ -185,11 +196,7 @@ def test_batches_acks_and_checkpoint(broker: PrivateBroker, tmp_path: Path) -> N
             if acks and acks[-1]["upto"] == 11 and any(t == "anchor/d2/ack" for t, _, _ in got):
                 break
             await asyncio.sleep(0.05)
-        svc.request_stop()
-        assert await asyncio.wait_for(task, 20) == 0
-        col.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await col
+        await _stop(svc, task, col)
         d1 = [cbor2.loads(p) for t, p, _ in got if t == "anchor/d1/ack"]
         d2 = [cbor2.loads(p) for t, p, _ in got if t == "anchor/d2/ack"]
         assert d1[-1]["upto"] == 11 and d1[-1]["seqs"] == []
@@ -231,11 +238,7 @@ def test_no_ack_and_no_puback_before_commit(
         async with aiomqtt.Client("127.0.0.1", broker.port) as pub:
             await pub.publish("anchor/d1/readings", b"d1:0", qos=1)
         await asyncio.sleep(1.5)  # several failed commits
-        svc.request_stop()
-        assert await asyncio.wait_for(task, 20) == 0
-        col.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await col
+        await _stop(svc, task, col)
         return got
 
     assert asyncio.run(first_run()) == []
@@ -277,12 +280,7 @@ def test_stop_commits_open_batch(broker: PrivateBroker, tmp_path: Path) -> None:
                 break
             await asyncio.sleep(0.05)
         assert pipe.entries == 0
-        svc.request_stop()
-        assert await asyncio.wait_for(task, 20) == 0
-        await asyncio.sleep(0.3)
-        col.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await col
+        await _stop(svc, task, col, settle=0.3)
         assert pipe.entries == 1 and len(pipe.stored) == 3
         assert [cbor2.loads(p)["upto"] for _, p, _ in got] == [2]
 
@@ -320,11 +318,7 @@ def test_commit_fault_then_recovery(broker: PrivateBroker, tmp_path: Path) -> No
             if got:
                 break
             await asyncio.sleep(0.05)
-        svc.request_stop()
-        assert await asyncio.wait_for(task, 20) == 0
-        col.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await col
+        await _stop(svc, task, col)
         assert pipe.fail_commits == 0 and pipe.entries == 1 and len(pipe.stored) == 4
         assert [cbor2.loads(p)["upto"] for _, p, _ in got] == [3]
 
@@ -419,11 +413,7 @@ def test_acks_in_flight_are_bounded(broker: PrivateBroker, tmp_path: Path,
             if last_acks() == dict.fromkeys(devs, 2):
                 break
             await asyncio.sleep(0.01)
-        svc.request_stop()
-        assert await asyncio.wait_for(task, 20) == 0
-        col.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await col
+        await _stop(svc, task, col)
         assert last_acks() == dict.fromkeys(devs, 2)
         assert svc.stats.acks_held >= 1  # rounds were cut short ...
         assert peak <= 3 + 1  # ... so paho never held more (+1: the retained checkpoint)
