@@ -148,6 +148,16 @@ async def _start(svc: GatewayService) -> asyncio.Task[int]:
     raise AssertionError("service did not connect")
 
 
+async def _collector(broker: PrivateBroker, topics: list[str]
+                     ) -> tuple[list[tuple[str, bytes, bool]], asyncio.Task[None]]:
+    """A subscriber to `topics` in a task, once it has subscribed: (what it got, the task)."""
+    got: list[tuple[str, bytes, bool]] = []
+    ready = asyncio.Event()
+    col = asyncio.create_task(_collect(broker, topics, got, ready))
+    await ready.wait()
+    return got, col
+
+
 async def _stop(svc: GatewayService, task: asyncio.Task[int], col: asyncio.Task[None],
                 settle: float = 0.0) -> None:
     """Stop the service (it must exit 0), then, `settle` seconds later, the collector."""
@@ -180,11 +190,7 @@ def test_batches_acks_and_checkpoint(broker: PrivateBroker, tmp_path: Path) -> N
         svc = GatewayService(_cfg(broker, tmp_path, batch_interval=0.3, batch_max=5),
                              lambda: pipe)
         task = await _start(svc)
-        got: list[tuple[str, bytes, bool]] = []
-        ready = asyncio.Event()
-        col = asyncio.create_task(_collect(broker, ["anchor/+/ack", "anchor/checkpoint"], got,
-                                           ready))
-        await ready.wait()
+        got, col = await _collector(broker, ["anchor/+/ack", "anchor/checkpoint"])
         async with aiomqtt.Client("127.0.0.1", broker.port) as pub:
             for seq in range(12):
                 await pub.publish("anchor/d1/readings", f"d1:{seq}".encode(), qos=1)
@@ -231,10 +237,7 @@ def test_no_ack_and_no_puback_before_commit(
         svc = GatewayService(_cfg(broker, tmp_path, batch_interval=0.2, puback=puback),
                              lambda: pipe)
         task = await _start(svc)
-        got: list[tuple[str, bytes, bool]] = []
-        ready = asyncio.Event()
-        col = asyncio.create_task(_collect(broker, ["anchor/+/ack"], got, ready))
-        await ready.wait()
+        got, col = await _collector(broker, ["anchor/+/ack"])
         async with aiomqtt.Client("127.0.0.1", broker.port) as pub:
             await pub.publish("anchor/d1/readings", b"d1:0", qos=1)
         await asyncio.sleep(1.5)  # several failed commits
@@ -268,10 +271,7 @@ def test_stop_commits_open_batch(broker: PrivateBroker, tmp_path: Path) -> None:
     async def main() -> None:
         svc = GatewayService(_cfg(broker, tmp_path, batch_interval=60), lambda: pipe)
         task = await _start(svc)
-        got: list[tuple[str, bytes, bool]] = []
-        ready = asyncio.Event()
-        col = asyncio.create_task(_collect(broker, ["anchor/+/ack"], got, ready))
-        await ready.wait()
+        got, col = await _collector(broker, ["anchor/+/ack"])
         async with aiomqtt.Client("127.0.0.1", broker.port) as pub:
             for seq in range(3):
                 await pub.publish("anchor/d9/readings", f"d9:{seq}".encode(), qos=1)
@@ -305,10 +305,7 @@ def test_commit_fault_then_recovery(broker: PrivateBroker, tmp_path: Path) -> No
     async def main() -> None:
         svc = GatewayService(_cfg(broker, tmp_path, batch_interval=0.1), lambda: pipe)
         task = await _start(svc)
-        got: list[tuple[str, bytes, bool]] = []
-        ready = asyncio.Event()
-        col = asyncio.create_task(_collect(broker, ["anchor/+/ack"], got, ready))
-        await ready.wait()
+        got, col = await _collector(broker, ["anchor/+/ack"])
         async with aiomqtt.Client("127.0.0.1", broker.port) as pub:
             for seq in range(4):
                 await pub.publish("anchor/d5/readings", f"d5:{seq}".encode(), qos=1)
@@ -393,10 +390,7 @@ def test_acks_in_flight_are_bounded(broker: PrivateBroker, tmp_path: Path,
         svc = GatewayService(_cfg(broker, tmp_path, batch_interval=0.05, batch_max=50),
                              lambda: pipe)
         task = await _start(svc)
-        got: list[tuple[str, bytes, bool]] = []
-        ready = asyncio.Event()
-        col = asyncio.create_task(_collect(broker, ["anchor/+/ack"], got, ready))
-        await ready.wait()
+        got, col = await _collector(broker, ["anchor/+/ack"])
         peak = 0
 
         def last_acks() -> dict[str, int]:
