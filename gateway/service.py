@@ -399,9 +399,10 @@ class GatewayService:
             st = self.stats
             log.info(
                 "stopped: %d messages received, %d readings anchored in %d batches, %d acks "
-                "published; CPU %.1f s user + %.1f s system, peak RSS %.0f MB",
+                "published; CPU %.1f s user + %.1f s system, peak RSS %.0f MB; reading paused "
+                "%d times, ack rounds held at the in-flight bound %d times",
                 st.received, st.readings, st.batches, st.acks_published, ru.ru_utime,
-                ru.ru_stime, peak_rss_mb(),
+                ru.ru_stime, peak_rss_mb(), st.pauses, st.acks_held,
             )
             return 0
         finally:
