@@ -790,14 +790,18 @@ class GatewayService:
         """Hand every waiting ack and the checkpoint to paho. False if the link is down."""
         paho = client._client  # noqa: SLF001
         room = ACKS_INFLIGHT_MAX - len(paho._out_messages)  # noqa: SLF001
-        acks, self._acks_out = self._acks_out, {}
         infos = []
-        items = list(acks.items())
-        if room < len(items):  # the rest waits, coalesced, until the broker PUBACKs
-            self.stats.acks_held += 1
-            for dev, ack in items[max(room, 0):]:
-                self._acks_out[dev] = ack
-            del items[max(room, 0):]
+        items: list[tuple[str, tuple[int, set[int], int]]] = []
+        if room <= 0:  # all wait, untouched: the publisher looks again every few ms
+            self.stats.acks_held += bool(self._acks_out)
+        else:
+            acks, self._acks_out = self._acks_out, {}
+            items = list(acks.items())
+            if room < len(items):  # the rest waits, coalesced, until the broker PUBACKs
+                self.stats.acks_held += 1
+                for dev, ack in items[room:]:
+                    self._acks_out[dev] = ack
+                del items[room:]
         for k, (dev, (upto, seqs, entry)) in enumerate(items):
             info = paho.publish(ack_topic(dev), encode_ack(upto, list(seqs), entry), qos=1)
             if info.rc != 0:
