@@ -159,11 +159,12 @@ class SimResult:
                           "acknowledged": acked, **self.figures}), file=out)
 
 
-def stop_process(proc: subprocess.Popen[Any], grace: float = 5.0) -> None:
-    """SIGINT one process, then SIGKILL it after `grace` seconds."""
+def stop_process(proc: subprocess.Popen[Any], grace: float = 5.0,
+                 sig: int = signal.SIGINT) -> None:
+    """`sig` (SIGINT) to one process, then SIGKILL it after `grace` seconds."""
     if proc.poll() is not None:
         return
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     try:
         proc.wait(grace)
     except subprocess.TimeoutExpired:

@@ -70,6 +70,7 @@ sys.path.insert(0, str(ROOT))
 from gateway import loadgen, registry  # noqa: E402
 from gateway.broker import PrivateBroker  # noqa: E402
 from gateway.errors import AnchorError  # noqa: E402
+from gateway.simulate import stop_process  # noqa: E402
 from gateway.store import Store  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -295,13 +296,7 @@ def stop(proc: subprocess.Popen[Any], logf: Path, grace: float = 30.0) -> float:
     """SIGTERM (then SIGKILL after `grace`); returns the gateway's lifetime peak RSS in MB,
     shutdown included, from its last log line (its own VmHWM; not wait4's ru_maxrss, which
     keeps the size of this big benchmark process that forked it), NaN if it gave none."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop_process(proc, grace, signal.SIGTERM)
     m = STOPPED_RSS_RE.search(logf.read_text())
     return float(m.group(1)) if m else math.nan
 
