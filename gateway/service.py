@@ -54,6 +54,7 @@ import random
 import resource
 import signal
 import ssl
+import struct
 import sys
 import time
 from collections import deque
@@ -64,7 +65,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiomqtt
+import paho.mqtt.client as paho_client
 from paho.mqtt.enums import MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.exception import MalformedPacket
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -187,6 +190,37 @@ class _ReadAhead:
         self._pos = pos + n
         return buf[pos:pos + n]
 
+    def packet(self) -> tuple[int, bytes] | None:
+        """The next MQTT packet as (first byte, body) if the buffer holds all of it and its
+        remaining length is well formed (at most 4 bytes), else None, consuming nothing: paho's
+        own byte-wise reader then reads it, from this same buffer (see `_lean_read`)."""
+        if self.paused:
+            return None
+        buf, pos = self._buf, self._pos
+        end = len(buf)
+        if end - pos < 2:
+            return None
+        i = pos + 1
+        length = buf[i]
+        if length & 0x80:
+            length &= 0x7F
+            mult = 128
+            while True:
+                i += 1
+                if i >= end or i > pos + 4:
+                    return None  # cut at the buffer's end, or too long: paho decides
+                b = buf[i]
+                length += (b & 0x7F) * mult
+                mult *= 128
+                if not b & 0x80:
+                    break
+        start = i + 1
+        stop = start + length
+        if stop > end:
+            return None
+        self._pos = stop
+        return buf[pos], buf[start:stop]
+
     def pending(self) -> int:
         if self.paused:
             return 0
@@ -197,6 +231,7 @@ class _ReadAhead:
         return getattr(self._sock, name)
 
 
+_PUBLISH, _PUBACK, _DISCONNECT = 0x30, 0x40, 0xE0  # MQTT packet types (the first byte's top half)
 _PUBACK_REASON = ReasonCode(PacketTypes.PUBACK)  # "Success": an MQTT 3.1.1 PUBACK has no other
 _PUBACK_PROPERTIES = Properties(PacketTypes.PUBACK)
 
@@ -226,25 +261,30 @@ def _lean_puback(paho: Any) -> None:
     paho._handle_pubackcomp = handle  # noqa: SLF001
 
 
-def _lean_publish(paho: Any, take: Callable[[str | None, bytes, int, int], None]) -> None:
+Publish = Callable[[int, Any], Any]  # (first byte, body) -> paho's rc, or None: not handled
+
+
+def _lean_publish(paho: Any, take: Callable[[str | None, bytes, int, int], None]
+                  ) -> Publish | None:
     """Hand QoS 1 PUBLISH packets (MQTT 3.1.1) to `take(topic, payload, mid, qos)` straight from
     the packet, without paho's per-message work: its MQTTMessage, a topic-filter match under a
     lock, a debug record's arguments. 6.7 -> 0.5 us per reading (measured on the packet alone);
     the readings are the gateway's main process's largest cost after the verifiers. What the
     handler does not know (MQTT 5 properties, QoS 0 and 2, a packet too short for its topic
     length, an empty topic) goes to paho's own handler, which does the same as before. The
-    topic is None when it is not UTF-8 (paho raises on `message.topic` then)."""
+    topic is None when it is not UTF-8 (paho raises on `message.topic` then).
+    Returns the handler as `publish(first byte, body)` for `_lean_read` (None on MQTT 5): the
+    rc paho's handler would return, or None when paho's handler must decide."""
     original = paho._handle_publish  # noqa: SLF001
     if paho._protocol == MQTTProtocolVersion.MQTTv5:  # noqa: SLF001
-        return
+        return None
 
-    def handle() -> Any:
-        packet = paho._in_packet["packet"]  # noqa: SLF001
-        if paho._in_packet["command"] & 0x06 != 0x02 or len(packet) < 4:  # noqa: SLF001
-            return original()  # not QoS 1
+    def publish(command: int, packet: Any) -> Any:
+        if command & 0x06 != 0x02 or len(packet) < 4:
+            return None  # not QoS 1
         n = (packet[0] << 8) | packet[1]
         if n == 0 or len(packet) < n + 4:
-            return original()  # malformed: paho refuses it as it always did
+            return None  # malformed: paho refuses it as it always did
         try:
             topic: str | None = packet[2:2 + n].decode()
         except UnicodeDecodeError:
@@ -255,7 +295,117 @@ def _lean_publish(paho: Any, take: Callable[[str | None, bytes, int, int], None]
             return MQTTErrorCode.MQTT_ERR_SUCCESS
         return paho._send_puback(mid)  # noqa: SLF001
 
+    def handle() -> Any:
+        rc = publish(paho._in_packet["command"], paho._in_packet["packet"])  # noqa: SLF001
+        return original() if rc is None else rc
+
     paho._handle_publish = handle  # noqa: SLF001
+    return publish
+
+
+def _lean_read(paho: Any, publish: Publish | None = None) -> None:
+    """Read each packet that `_ReadAhead` holds whole in one step instead of paho's: paho reads
+    a packet with a `recv` per byte of its type and remaining length and one or more for its
+    body, each through two wrappers, and rebuilds its packet state around them. A QoS 1
+    PUBLISH goes straight to `publish` (the lean handler); anything else to paho's
+    `_packet_handle`, with the packet state paho's reader would have made. A packet cut at the
+    end of the buffer, a malformed length, no read-ahead socket or a partly read packet: paho's
+    reader, unchanged. 4.6 -> 1.9 us a reading through `loop_read`, measured on 20,000."""
+    original = paho._packet_read  # noqa: SLF001
+    mutex = paho._msgtime_mutex  # noqa: SLF001
+
+    def packet_read() -> Any:
+        sock = paho._sock  # noqa: SLF001
+        if type(sock) is not _ReadAhead or paho._in_packet["command"]:  # noqa: SLF001
+            return original()
+        got = sock.packet()
+        if got is None:
+            return original()
+        command, body = got
+        rc = None
+        if publish is not None and command & 0xF0 == _PUBLISH:
+            rc = publish(command, body)
+        if rc is None:
+            paho._in_packet = {  # noqa: SLF001  # as paho's reader leaves it before handling
+                "command": command, "have_remaining": 1, "remaining_count": [],
+                "remaining_mult": 1, "remaining_length": len(body), "packet": bytearray(body),
+                "to_process": 0, "pos": 0,
+            }
+            try:
+                rc = paho._packet_handle()  # noqa: SLF001
+            except MalformedPacket:
+                rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
+            paho._in_packet = _fresh_in_packet()  # noqa: SLF001
+        with mutex:
+            paho._last_bytes_received = paho_client.time_func()  # noqa: SLF001
+        return rc
+
+    paho._packet_read = packet_read  # noqa: SLF001
+
+
+def _fresh_in_packet() -> dict[str, Any]:
+    return {"command": 0, "have_remaining": 0, "remaining_count": [], "remaining_mult": 1,
+            "remaining_length": 0, "packet": bytearray(b""), "to_process": 0, "pos": 0}
+
+
+# Writes are merged into one send of at most this many bytes (see _coalesce_writes).
+WRITE_MAX = 1 << 18
+
+
+def _coalesce_writes(paho: Any) -> None:
+    """Send what paho has queued in one `send` instead of one per packet. After a commit the
+    service PUBACKs every reading of the batch (up to 4,096 packets of 4 bytes) and publishes
+    an ack per device; paho sends each packet with its own system call, 3.8 us of CPU a
+    PUBACK on loopback TCP (measured), and the broker reads them one by one. This merges the
+    queued packets into one packet of at most WRITE_MAX bytes before paho's writer runs;
+    paho's writer then sends it as usual (and keeps what a partial send leaves). Packets that
+    paho acts on once they are sent (a QoS 0 PUBLISH: its on_publish; a DISCONNECT) are never
+    merged, and nothing is reordered."""
+    original = paho._packet_write  # noqa: SLF001
+
+    def packet_write() -> Any:
+        q = paho._out_packet  # noqa: SLF001
+        if len(q) > 1:
+            taken = []
+            parts = []
+            size = 0
+            while q and size < WRITE_MAX:
+                p = q[0]
+                cmd = p["command"] & 0xF0
+                if cmd == _DISCONNECT or (cmd == _PUBLISH and p["qos"] == 0):
+                    break
+                taken.append(q.popleft())
+                data = p["packet"][p["pos"]:] if p["pos"] else p["packet"]
+                parts.append(data)
+                size += len(data)
+            if len(taken) == 1:
+                q.appendleft(taken[0])
+            elif taken:
+                q.appendleft({"command": _PUBACK, "mid": 0, "qos": 1, "pos": 0,
+                              "to_process": size, "packet": b"".join(parts), "info": None})
+        return original()
+
+    paho._packet_write = packet_write  # noqa: SLF001
+
+
+def _puback_all(paho: Any, messages: Iterable[_Inbound]) -> None:
+    """Acknowledge `messages` to the broker in order, as paho's `ack(mid, qos)` for each would:
+    the PUBACKs of each run of QoS 1 messages are queued as one write (4 bytes each, built in
+    one step), a QoS 2 message goes through `ack` (its PUBCOMP)."""
+    run: list[int] = []
+    for m in messages:
+        if m.qos == 1:
+            run.append(0x40020000 | m.mid)  # PUBACK, remaining length 2, packet id
+        elif m.qos:
+            _queue_pubacks(paho, run)
+            run = []
+            paho.ack(m.mid, m.qos)
+    _queue_pubacks(paho, run)
+
+
+def _queue_pubacks(paho: Any, words: list[int]) -> None:
+    if words:
+        paho._packet_queue(_PUBACK, struct.pack(f"!{len(words)}I", *words), 0, 1)  # noqa: SLF001
 
 
 def _read_ahead(paho: Any) -> None:
@@ -514,8 +664,9 @@ class GatewayService:
             # The hot path: paho's own on_message instead of aiomqtt's message queue.
             paho.on_message = self._on_message
             _read_ahead(paho)
+            _lean_read(paho, _lean_publish(paho, self._take))
+            _coalesce_writes(paho)
             _lean_puback(paho)
-            _lean_publish(paho, self._take)
             if not logging.getLogger("mqtt").isEnabledFor(logging.DEBUG):
                 paho.disable_logger()  # paho formats a debug record per packet otherwise
             # A new generation before connecting: a persistent session's backlog can arrive in
@@ -749,11 +900,7 @@ class GatewayService:
         # 1. the broker: PUBACK everything of this batch, in arrival order
         client = self._client
         if self.cfg.puback == "commit" and client is not None:
-            paho = client._client  # noqa: SLF001
-            gen = self._gen
-            for m in batch:
-                if m.gen == gen and m.qos > 0:
-                    paho.ack(m.mid, m.qos)
+            _puback_all(client._client, [m for m in batch if m.gen == self._gen])  # noqa: SLF001
         if result is None:
             return
         # 2. the devices

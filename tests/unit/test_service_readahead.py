@@ -1,7 +1,9 @@
 """The service's read-ahead socket wrapper (gateway.service._ReadAhead) on a real socketpair:
 paho's read pattern (1 byte, length bytes, body) must see exactly the bytes sent, in order,
 across buffer boundaries, with BlockingIOError when nothing is left and b"" at EOF. And the
-lean PUBLISH handler (gateway.service._lean_publish) against paho's own."""
+lean PUBLISH handler, the lean packet reader, the coalesced writes and the PUBACKs of a batch
+(gateway.service._lean_publish, _lean_read, _coalesce_writes, _puback_all) against paho's own
+behaviour: same packets handled, same bytes sent, in the same order."""
 
 from __future__ import annotations
 
@@ -13,7 +15,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.service import _lean_publish, _read_ahead, _ReadAhead
+from gateway.service import (
+    _coalesce_writes,
+    _Inbound,
+    _lean_publish,
+    _lean_read,
+    _puback_all,
+    _read_ahead,
+    _ReadAhead,
+)
 
 
 def _packets(n: int, rng: random.Random) -> list[bytes]:
@@ -174,3 +184,221 @@ def test_lean_publish_hands_over_what_paho_would(topic: bytes, payload: bytes, m
             seen[kind].append(("raised", type(e).__name__))
     assert seen["lean"] == seen["paho"]
     assert pubacks["lean"] == pubacks["paho"]
+
+
+def _remaining_length(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n % 128, n // 128
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+_packet_st = st.one_of(
+    # PUBLISH, any QoS and flags, a topic that may not be UTF-8 or may be longer than the packet
+    st.builds(lambda first, topic, tlen, payload: bytes([first]) + _remaining_length(
+        2 + len(topic) + 2 + len(payload)) + tlen.to_bytes(2, "big") + topic + b"\x00\x07"
+        + payload,
+        st.integers(0x30, 0x3F), st.binary(max_size=12), st.integers(0, 14),
+        st.binary(max_size=400)),
+    # PUBACK, SUBACK, PINGRESP, an unknown packet type, a body of any size
+    st.builds(lambda first, body: bytes([first]) + _remaining_length(len(body)) + body,
+              st.sampled_from([0x40, 0x90, 0xD0, 0xF0]), st.binary(max_size=200)),
+    # a remaining length of 5 bytes: a protocol error
+    st.just(b"\x30\xff\xff\xff\xff\x01"),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(packets=st.lists(_packet_st, min_size=1, max_size=40),
+       cuts=st.lists(st.integers(1, 300), min_size=1, max_size=8))
+def test_lean_read_handles_what_paho_reads(packets: list[bytes], cuts: list[int]) -> None:
+    """Fed the same bytes in the same pieces, the lean reader makes the same calls as paho's
+    reader: the same readings taken, the same other packets handed to `_packet_handle` with the
+    same packet state, the same return codes, stopping at the same protocol error."""
+    stream = b"".join(packets)
+    logs: dict[str, list[Any]] = {}
+    for kind in ("paho", "lean"):
+        log: list[Any] = []
+        c = _paho(True)
+        real_handle = c._packet_handle  # noqa: SLF001
+
+        def handle(c: Any = c, log: list[Any] = log, real: Any = real_handle) -> Any:
+            ip = c._in_packet  # noqa: SLF001
+            if ip["command"] & 0xF0 == 0x30:
+                return real()  # a PUBLISH: what its handler does is logged
+            log.append(("handle", ip["command"], bytes(ip["packet"]), ip["remaining_length"]))
+            return 0
+
+        c._packet_handle = handle  # noqa: SLF001
+        c.on_message = lambda _c, _u, m, log=log: log.append(("message", m.mid, m.qos))
+        c._send_pubrec = lambda m: 0  # noqa: SLF001
+        publish = _lean_publish(c, lambda *a, log=log: log.append(("take", *a)))
+        if kind == "lean":
+            _lean_read(c, publish)
+        a, b = socket.socketpair()
+        b.setblocking(False)
+        c._sock = _ReadAhead(b)  # noqa: SLF001
+        try:
+            pos, k = 0, 0
+            while True:
+                try:
+                    rc = c._packet_read()  # noqa: SLF001
+                except Exception as e:  # paho's PUBLISH handler on a malformed packet
+                    log.append(("raised", type(e).__name__))
+                    break
+                log.append(("rc", int(rc)))
+                if rc > 0:
+                    break  # an error: paho's loop would close the connection here
+                if rc == 0:
+                    continue
+                # rc -1, MQTT_ERR_AGAIN: nothing more buffered; send the next piece, if any
+                if pos >= len(stream):
+                    break
+                n = cuts[k % len(cuts)]
+                k += 1
+                a.sendall(stream[pos:pos + n])
+                pos += n
+        finally:
+            a.close()
+            b.close()
+        logs[kind] = log
+    assert logs["lean"] == logs["paho"]
+
+
+def test_lean_read_reads_whole_packets_itself() -> None:
+    """Readings that arrive whole in the read-ahead buffer never reach paho's byte-wise
+    reader: it only refills the buffer (once per 64 KiB read) and finishes a packet cut at the
+    buffer's end. Every reading is taken, in order."""
+    c = _paho(True)
+    fallbacks = []
+    paho_read = c._packet_read  # noqa: SLF001
+
+    def counted() -> Any:
+        fallbacks.append(1)
+        return paho_read()
+
+    c._packet_read = counted  # noqa: SLF001
+    taken: list[tuple[Any, ...]] = []
+    _lean_read(c, _lean_publish(c, lambda *a: taken.append(a)))
+    from gateway.loadgen import publish_packet
+
+    stream = b"".join(publish_packet(b"anchor/dev-%04d/readings" % (i % 50), bytes([i % 256]) * 180,
+                                     i + 1) for i in range(2000))
+    a, b = socket.socketpair()
+    try:
+        b.setblocking(False)
+        c._sock = _ReadAhead(b)  # noqa: SLF001
+        sender = __import__("threading").Thread(target=a.sendall, args=(stream,))
+        sender.start()
+        while len(taken) < 2000:
+            assert c._packet_read() <= 0  # noqa: SLF001
+        sender.join()
+    finally:
+        a.close()
+        b.close()
+    assert [t[2] for t in taken] == list(range(1, 2001))
+    assert taken[7] == ("anchor/dev-0007/readings", bytes([7]) * 180, 8, 1)
+    refills = -(-len(stream) // 65536)
+    assert len(fallbacks) <= 4 * refills + 50  # not once per reading (2,000)
+
+
+class _TrickleSocket:
+    """A socket stand-in that takes a random share of each send, or nothing (would block)."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.sent = bytearray()
+        self.calls = 0
+
+    def send(self, data: bytes) -> int:
+        self.calls += 1
+        if self.rng.random() < 0.2:
+            raise BlockingIOError
+        n = self.rng.randint(1, len(data)) if self.rng.random() < 0.5 else len(data)
+        self.sent += data[:n]
+        return n
+
+    def fileno(self) -> int:
+        return -1
+
+    def close(self) -> None:
+        pass
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=st.lists(st.tuples(st.sampled_from(["puback", "qos0", "qos1", "ping"]),
+                              st.binary(max_size=300)), min_size=1, max_size=60),
+       seed=st.integers(0, 2**32))
+def test_coalesced_writes_send_what_paho_sends(ops: list[tuple[str, bytes]], seed: int) -> None:
+    """Whatever paho queues (PUBACKs, QoS 0 and QoS 1 PUBLISHes, PINGREQ), and however the
+    socket takes it (partial sends, would-block), the bytes on the wire are paho's own, in the
+    same order; a QoS 0 PUBLISH is still reported published once it is sent, and no more
+    send calls are made than paho makes."""
+    results = {}
+    for kind in ("paho", "lean"):
+        c = _paho(True)
+        c.on_socket_register_write = lambda *_a: None  # writes happen when loop_write is called
+        sock = _TrickleSocket(random.Random(seed))
+        c._sock = sock  # noqa: SLF001
+        if kind == "lean":
+            _coalesce_writes(c)
+        infos = []
+        for i, (op, data) in enumerate(ops):
+            if op == "puback":
+                c.ack(i + 1, 1)
+            elif op == "ping":
+                c._send_pingreq()  # noqa: SLF001
+            else:
+                infos.append(c.publish(f"t/{i}", data, qos=1 if op == "qos1" else 0))
+            if i % 7 == 3:
+                c.loop_write()  # some writes happen while more is being queued
+        for _ in range(10_000):
+            if not c.want_write():
+                break
+            c.loop_write()
+        results[kind] = (bytes(sock.sent), [i.is_published() for i in infos])
+    assert results["lean"] == results["paho"]
+
+
+def test_coalesced_writes_take_one_send_per_batch() -> None:
+    """4,096 PUBACKs and 1,000 QoS 1 acks queued after a commit leave in one send (paho: one
+    per packet), up to WRITE_MAX bytes per send."""
+    from gateway.service import WRITE_MAX
+
+    for lean in (False, True):
+        c = _paho(True)
+        c.on_socket_register_write = lambda *_a: None
+        sock = _TrickleSocket(random.Random(1))
+        sock.rng.random = lambda: 0.9  # type: ignore[method-assign]  # always the whole buffer
+        c.max_inflight_messages_set(0)  # all 1,000 acks go out now, as in the service
+        c._sock = sock  # noqa: SLF001
+        if lean:
+            _coalesce_writes(c)
+        for mid in range(1, 4097):
+            c.ack(mid, 1)
+        for i in range(1000):
+            c.publish(f"anchor/d{i}/ack", b"x" * 40, qos=1)
+        c.loop_write()
+        assert not c.want_write()
+        assert sock.calls == (-(-len(sock.sent) // WRITE_MAX) if lean else 5096)
+    assert sock.calls == 1
+
+
+@given(qos=st.lists(st.sampled_from([1, 1, 1, 2]), max_size=50),
+       mids=st.lists(st.integers(1, 65535), min_size=50, max_size=50))
+def test_puback_all_queues_what_paho_ack_would(qos: list[int], mids: list[int]) -> None:
+    """A batch's PUBACKs, built in one step, are byte for byte what `ack(mid, qos)` per
+    message queues, in the same order (a QoS 2 message's PUBCOMP in its place)."""
+    msgs = [_Inbound("d", b"", mid, q, 1) for q, mid in zip(qos, mids, strict=False)]
+    ref, lean = _paho(True), _paho(True)
+    for c in (ref, lean):
+        c.on_socket_register_write = lambda *_a: None
+    for m in msgs:
+        ref.ack(m.mid, m.qos)
+    _puback_all(lean, msgs)
+    wire = {k: b"".join(bytes(p["packet"]) for p in c._out_packet)  # noqa: SLF001
+            for k, c in (("ref", ref), ("lean", lean))}
+    assert wire["lean"] == wire["ref"]
+    assert len(wire["ref"]) == 4 * len(msgs)
