@@ -18,8 +18,10 @@ from hypothesis import strategies as st
 from gateway.service import (
     _coalesce_writes,
     _Inbound,
+    _lean_puback,
     _lean_publish,
     _lean_read,
+    _LeanAcks,
     _puback_all,
     _read_ahead,
     _ReadAhead,
@@ -402,3 +404,31 @@ def test_puback_all_queues_what_paho_ack_would(qos: list[int], mids: list[int]) 
             for k, c in (("ref", ref), ("lean", lean))}
     assert wire["lean"] == wire["ref"]
     assert len(wire["ref"]) == 4 * len(msgs)
+
+
+@given(dev=st.text(st.characters(min_codepoint=33, max_codepoint=0x2FFF,
+                                 exclude_characters="+#/"), min_size=1, max_size=70),
+       payload=st.binary(max_size=300), first_mid=st.integers(0, 65534))
+def test_lean_acks_send_paho_s_bytes_and_track_the_puback(dev: str, payload: bytes,
+                                                          first_mid: int) -> None:
+    """An ack sent by `_LeanAcks` is byte for byte paho's QoS 1 PUBLISH of the same topic and
+    payload with the same packet id (from paho's counter), and the broker's PUBACK for it
+    clears it, through the lean PUBACK handler, without touching paho's own messages."""
+    from gateway.service import ack_topic
+
+    ref, lean = _paho(True), _paho(True)
+    for c in (ref, lean):
+        c.on_socket_register_write = lambda *_a: None
+        c._sock = _TrickleSocket(random.Random(0))  # noqa: SLF001
+        c._last_mid = first_mid  # noqa: SLF001
+    info = ref.publish(ack_topic(dev), payload, qos=1)
+    acks = _LeanAcks(lean)
+    assert acks.publish(ack_topic(dev), payload)
+    assert bytes(lean._out_packet[0]["packet"]) == bytes(ref._out_packet[0]["packet"])  # noqa: SLF001
+    assert acks.waiting == {info.mid} and not lean._out_messages  # noqa: SLF001
+    _lean_puback(lean, acks.acked)
+    lean._in_packet = {"command": 0x40, "packet": bytearray(info.mid.to_bytes(2, "big"))}  # noqa: SLF001
+    assert lean._handle_pubackcomp("PUBACK") == 0  # noqa: SLF001
+    assert acks.waiting == set()
+    lean._sock = None  # noqa: SLF001
+    assert not acks.publish(ack_topic(dev), payload)  # no connection: the caller keeps the ack
