@@ -307,13 +307,16 @@ def _lean_publish(paho: Any, take: Callable[[str | None, bytes, int, int], None]
 
 
 def _lean_read(paho: Any, publish: Publish | None = None) -> None:
-    """Read each packet that `_ReadAhead` holds whole in one step instead of paho's: paho reads
-    a packet with a `recv` per byte of its type and remaining length and one or more for its
-    body, each through two wrappers, and rebuilds its packet state around them. A QoS 1
+    """Read the packets that `_ReadAhead` holds whole in one step each instead of paho's way:
+    paho reads a packet with a `recv` per byte of its type and remaining length and one or more
+    for its body, each through two wrappers, and rebuilds its packet state around them. A QoS 1
     PUBLISH goes straight to `publish` (the lean handler); anything else to paho's
-    `_packet_handle`, with the packet state paho's reader would have made. A packet cut at the
-    end of the buffer, a malformed length, no read-ahead socket or a partly read packet: paho's
-    reader, unchanged. 4.6 -> 1.9 us a reading through `loop_read`, measured on 20,000."""
+    `_packet_handle`, with the packet state paho's reader would have made. One call handles
+    every whole packet in the buffer (at most 64 KiB), not just one: paho's `loop_read` makes
+    as many calls as it has messages in flight, and aiomqtt calls it again while the socket
+    reports bytes pending, about 0.7 us a round. A packet cut at the end of the buffer, a
+    malformed length, no read-ahead socket or a partly read packet: paho's reader, unchanged.
+    4.6 -> 1.3 us a reading through `loop_read`, measured on 20,000."""
     original = paho._packet_read  # noqa: SLF001
     mutex = paho._msgtime_mutex  # noqa: SLF001
 
@@ -324,21 +327,25 @@ def _lean_read(paho: Any, publish: Publish | None = None) -> None:
         got = sock.packet()
         if got is None:
             return original()
-        command, body = got
-        rc = None
-        if publish is not None and command & 0xF0 == _PUBLISH:
-            rc = publish(command, body)
-        if rc is None:
-            paho._in_packet = {  # noqa: SLF001  # as paho's reader leaves it before handling
-                "command": command, "have_remaining": 1, "remaining_count": [],
-                "remaining_mult": 1, "remaining_length": len(body), "packet": bytearray(body),
-                "to_process": 0, "pos": 0,
-            }
-            try:
-                rc = paho._packet_handle()  # noqa: SLF001
-            except MalformedPacket:
-                rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
-            paho._in_packet = _fresh_in_packet()  # noqa: SLF001
+        while got is not None:
+            command, body = got
+            rc = None
+            if publish is not None and command & 0xF0 == _PUBLISH:
+                rc = publish(command, body)
+            if rc is None:
+                paho._in_packet = {  # noqa: SLF001  # as paho's reader leaves it for handling
+                    "command": command, "have_remaining": 1, "remaining_count": [],
+                    "remaining_mult": 1, "remaining_length": len(body),
+                    "packet": bytearray(body), "to_process": 0, "pos": 0,
+                }
+                try:
+                    rc = paho._packet_handle()  # noqa: SLF001
+                except MalformedPacket:
+                    rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
+                paho._in_packet = _fresh_in_packet()  # noqa: SLF001
+            if rc or paho._sock is not sock:  # noqa: SLF001  # an error, or the link closed
+                break
+            got = sock.packet()
         with mutex:
             paho._last_bytes_received = paho_client.time_func()  # noqa: SLF001
         return rc

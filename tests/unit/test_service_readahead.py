@@ -218,7 +218,7 @@ _packet_st = st.one_of(
 def test_lean_read_handles_what_paho_reads(packets: list[bytes], cuts: list[int]) -> None:
     """Fed the same bytes in the same pieces, the lean reader makes the same calls as paho's
     reader: the same readings taken, the same other packets handed to `_packet_handle` with the
-    same packet state, the same return codes, stopping at the same protocol error."""
+    same packet state, in the same order, stopping at the same protocol error."""
     stream = b"".join(packets)
     logs: dict[str, list[Any]] = {}
     for kind in ("paho", "lean"):
@@ -266,7 +266,10 @@ def test_lean_read_handles_what_paho_reads(packets: list[bytes], cuts: list[int]
             a.close()
             b.close()
         logs[kind] = log
-    assert logs["lean"] == logs["paho"]
+    # the lean reader handles every whole buffered packet per call: compare what was handled
+    # and the errors, not how many calls it took
+    assert [e for e in logs["lean"] if e[0] != "rc" or e[1] > 0] == \
+        [e for e in logs["paho"] if e[0] != "rc" or e[1] > 0]
 
 
 def test_lean_read_reads_whole_packets_itself() -> None:
