@@ -15,7 +15,7 @@ stores it has committed. Two mechanisms keep a reading that was received but not
 * The broker is PUBACKed only after the commit too. paho-mqtt 2.x acknowledges a QoS 1
   PUBLISH as soon as it is read from the socket unless the client has `manual_ack`; aiomqtt
   2.5 does not expose that option, so the service turns it on in the underlying paho client
-  (`client._client.manual_ack_set(True)`) and calls `ack(mid, qos)` itself, in the order the
+  (`client._client.manual_ack_set(True)`) and PUBACKs itself (`_puback_all`), in the order the
   messages arrived (MQTT 3.1.1 §4.6), after the batch holding them committed. With the
   persistent session (clean_session=False and a stable client id derived from the gateway key)
   the broker redelivers every un-PUBACKed message when the gateway reconnects, and keeps
@@ -517,12 +517,15 @@ class GatewayService:
     `pipeline_factory` builds the pipeline; it is called in the worker thread, which also
     makes every later call on it (SQLite handles belong to the thread that opened them).
 
-    Hot path: paho's `on_message` callback (run by aiomqtt on the event loop's thread) appends
-    each PUBLISH straight to the inbox, so a message costs no aiomqtt Message, queue entry,
-    task or future of its own; aiomqtt's message iterator stays empty and only reports a
-    disconnect. paho's per-packet debug logging is off unless -vv. Acks are
-    coalesced per device while they wait (upto = the highest, seqs = the union above it,
-    entry = the newest) and published through paho without awaiting each PUBACK.
+    Hot path (MQTT 3.1.1): whole packets are read from a 64 KiB read-ahead buffer
+    (`_lean_read`) and each QoS 1 PUBLISH goes straight to the inbox (`_lean_publish`), so a
+    reading costs no paho MQTTMessage and no aiomqtt Message, queue entry, task or future;
+    aiomqtt's message iterator stays empty and only reports a disconnect. What paho queues is
+    sent in one write (`_coalesce_writes`): a batch's PUBACKs (`_puback_all`) and the devices'
+    acks, which are queued as packets on paho's connection (`_LeanAcks`) and not awaited. Acks
+    are coalesced per device while they wait (upto = the highest, seqs = the union above it,
+    entry = the newest). paho's per-packet debug logging is off unless -vv. Anything these
+    do not handle (MQTT 5, QoS 0 or 2, a malformed packet) takes paho's own path.
     """
 
     def __init__(self, cfg: ServiceConfig, pipeline_factory: Callable[[], Any]) -> None:

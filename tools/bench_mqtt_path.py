@@ -107,46 +107,49 @@ def bench_read(n: int, lean: bool) -> float:
     return cpu / n
 
 
-def bench_puback(n: int, lean: bool) -> float:
+def _written(n: int, queue: Callable[[Any], None]) -> float:
+    """CPU per packet to queue n packets on a client over loopback TCP and write them all."""
     c = _client()
     a, _b, t = _tcp_pair()
     c._sock = a  # noqa: SLF001
-    msgs = [_Inbound("d", b"", i % 65535 + 1, 1, 1) for i in range(n)]
     t0 = _cpu()
-    if lean:
-        _coalesce_writes(c)
-        _puback_all(c, msgs)
-    else:
-        for m in msgs:
-            c.ack(m.mid, m.qos)
+    queue(c)
     while c.want_write():
         c.loop_write()
     cpu = _cpu() - t0
     a.close()
     t.join()
     return cpu / n
+
+
+def bench_puback(n: int, lean: bool) -> float:
+    msgs = [_Inbound("d", b"", i % 65535 + 1, 1, 1) for i in range(n)]
+
+    def queue(c: Any) -> None:
+        if lean:
+            _coalesce_writes(c)
+            _puback_all(c, msgs)
+        else:
+            for m in msgs:
+                c.ack(m.mid, m.qos)
+
+    return _written(n, queue)
 
 
 def bench_acks(n: int, lean: bool) -> float:
-    c = _client()
-    a, _b, t = _tcp_pair()
-    c._sock = a  # noqa: SLF001
     items = [(ack_topic(f"dev-{i:04d}"), encode_ack(i, [], 7)) for i in range(n)]
-    t0 = _cpu()
-    if lean:
-        _coalesce_writes(c)
-        acks = _LeanAcks(c)
-        for topic, payload in items:
-            acks.publish(topic, payload)
-    else:
-        for topic, payload in items:
-            c.publish(topic, payload, qos=1)
-    while c.want_write():
-        c.loop_write()
-    cpu = _cpu() - t0
-    a.close()
-    t.join()
-    return cpu / n
+
+    def queue(c: Any) -> None:
+        if lean:
+            _coalesce_writes(c)
+            acks = _LeanAcks(c)
+            for topic, payload in items:
+                acks.publish(topic, payload)
+        else:
+            for topic, payload in items:
+                c.publish(topic, payload, qos=1)
+
+    return _written(n, queue)
 
 
 def main() -> int:
