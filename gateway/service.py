@@ -408,7 +408,7 @@ class _LeanAcks:
     publishes (the checkpoint) or subscriptions. `waiting` holds the ids the broker has not
     PUBACKed yet (`acked` is called by `_lean_puback`); like paho's own store, it belongs to
     one connection: an ack not PUBACKed when the connection drops is not sent again, the
-    device republishes and is acknowledged again (docs/gateway.md)."""
+    device republishes after its ack timeout and the copy is acknowledged as a duplicate."""
 
     __slots__ = ("paho", "waiting")
 
