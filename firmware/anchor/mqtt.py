@@ -265,6 +265,8 @@ class MQTTClient:
                 for pid in list(self.inflight):
                     await self._resend(pid)
             else:
+                for e in self.inflight.values():
+                    e[4] = -1   # dropped: publish(wait=True) raises instead of returning
                 self.inflight = {}
             for t, q in self.subs:
                 await self._subscribe_now(t, q)
@@ -355,7 +357,8 @@ class MQTTClient:
         """Publish; returns the packet id (0 for QoS 0).
 
         QoS 1 waits for a free inflight slot first. With wait=True it also waits for the PUBACK
-        (retransmitting as needed). Raises OSError when not connected or the connection dies.
+        (retransmitting as needed). Raises OSError when not connected or the connection dies,
+        or when a reconnect without the session dropped the message before its PUBACK.
         """
         t = _bytes(topic)
         if not self._up:
@@ -367,13 +370,15 @@ class MQTTClient:
                 if not self._up:
                     raise OSError(ENOTCONN)
             pid = self._next_pid()
-            self.inflight[pid] = [t, payload, retain, time.ticks_ms(), 0]
+            e = self.inflight[pid] = [t, payload, retain, time.ticks_ms(), 0]
         await self._send_publish(t, payload, qos, pid, retain, False)
         if wait and qos:
-            while pid in self.inflight:
+            while self.inflight.get(pid) is e:
                 if not self._up:
                     raise OSError(ENOTCONN)
                 await asyncio.sleep_ms(_POLL_MS)
+            if e[4] < 0:    # dropped by a reconnect that found no session: never acknowledged
+                raise OSError(ECONNRESET)
         return pid
 
     async def _send_publish(self, t, payload, qos, pid, retain, dup):

@@ -11,7 +11,7 @@ sys.path.insert(0, _here + "/..")
 import asyncio
 import binascii
 import time
-from errno import ECONNREFUSED, ETIMEDOUT, EIO
+from errno import ECONNREFUSED, ECONNRESET, EIO, ENOTCONN, ETIMEDOUT
 
 from anchor import mqtt
 import runner
@@ -454,6 +454,37 @@ def test_reconnect_without_session_forgets_inflight():
         await until(lambda: c.connects == 2 and c.isconnected())
         cp = mqtt.connect_packet("dev-1", 60, False, None)
         assert bytes(s2.sent) == cp and not c.inflight
+        await c.disconnect()
+        await task
+    run(main())
+
+
+def test_publish_wait_raises_when_a_reconnect_without_session_drops_it():
+    # The connection dies before the PUBACK and the reconnect finds no session: the message is
+    # forgotten, so publish(wait=True) must raise, never report it acknowledged, however fast
+    # the reconnect is (here within one 5 ms poll of the waiter: it used to return the pid).
+    async def main():
+        s1, s2 = FakeStream(), FakeStream()
+        s1.feed(CONNACK)
+        s2.feed(CONNACK)
+        conn = Connector(s1, s2)
+        c = _client(conn, backoff_min=0.001, backoff_max=0.002)
+        task = asyncio.create_task(c.run())
+        await c.wait_connected()
+        out = []
+
+        async def waiter():
+            try:
+                out.append(await c.publish("r", b"1", qos=1, wait=True))
+            except OSError as e:
+                out.append(e.errno)
+        asyncio.create_task(waiter())
+        await until(lambda: len(s1.sent) > len(mqtt.connect_packet("dev-1", 60, False, None)))
+        s1.hangup()
+        await until(lambda: out, 2000)
+        assert out[0] in (ECONNRESET, ENOTCONN), out
+        await until(lambda: c.connects == 2 and c.isconnected())
+        assert not c.inflight
         await c.disconnect()
         await task
     run(main())
