@@ -440,15 +440,20 @@ def test_reconnect_resubscribes_and_resends_with_dup():
     run(main())
 
 
+async def _running_on_two_streams(**kw):
+    """A client running on s1, with s2 ready for its reconnect; neither keeps a session."""
+    s1, s2 = FakeStream(), FakeStream()
+    s1.feed(CONNACK)
+    s2.feed(CONNACK)
+    c = _client(Connector(s1, s2), **kw)
+    task = asyncio.create_task(c.run())
+    await c.wait_connected()
+    return s1, s2, c, task
+
+
 def test_reconnect_without_session_forgets_inflight():
     async def main():
-        s1, s2 = FakeStream(), FakeStream()
-        s1.feed(CONNACK)
-        s2.feed(CONNACK)
-        conn = Connector(s1, s2)
-        c = _client(conn, backoff_min=0.02)
-        task = asyncio.create_task(c.run())
-        await c.wait_connected()
+        s1, s2, c, task = await _running_on_two_streams(backoff_min=0.02)
         await c.publish("r", b"1", qos=1)
         s1.hangup()
         await until(lambda: c.connects == 2 and c.isconnected())
@@ -464,13 +469,7 @@ def test_publish_wait_raises_when_a_reconnect_without_session_drops_it():
     # forgotten, so publish(wait=True) must raise, never report it acknowledged, however fast
     # the reconnect is (here within one 5 ms poll of the waiter: it used to return the pid).
     async def main():
-        s1, s2 = FakeStream(), FakeStream()
-        s1.feed(CONNACK)
-        s2.feed(CONNACK)
-        conn = Connector(s1, s2)
-        c = _client(conn, backoff_min=0.001, backoff_max=0.002)
-        task = asyncio.create_task(c.run())
-        await c.wait_connected()
+        s1, s2, c, task = await _running_on_two_streams(backoff_min=0.001, backoff_max=0.002)
         out = []
 
         async def waiter():
