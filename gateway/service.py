@@ -73,7 +73,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.errors import AnchorError, ConfigError
-from gateway.loadgen import broker_auth, parse_broker_url, redact_url
+from gateway.loadgen import broker_auth, parse_broker_url, publish_packet, redact_url
 
 log = logging.getLogger("iot_anchor.service")
 
@@ -333,11 +333,10 @@ def _lean_read(paho: Any, publish: Publish | None = None) -> None:
             if publish is not None and command & 0xF0 == _PUBLISH:
                 rc = publish(command, body)
             if rc is None:
-                paho._in_packet = {  # noqa: SLF001  # as paho's reader leaves it for handling
-                    "command": command, "have_remaining": 1, "remaining_count": [],
-                    "remaining_mult": 1, "remaining_length": len(body),
-                    "packet": bytearray(body), "to_process": 0, "pos": 0,
-                }
+                state = _fresh_in_packet()  # as paho's reader leaves it for handling:
+                state.update(command=command, have_remaining=1, remaining_length=len(body),
+                             packet=bytearray(body))
+                paho._in_packet = state  # noqa: SLF001
                 try:
                     rc = paho._packet_handle()  # noqa: SLF001
                 except MalformedPacket:
@@ -376,7 +375,6 @@ def _coalesce_writes(paho: Any) -> None:
     def packet_write() -> Any:
         q = paho._out_packet  # noqa: SLF001
         if len(q) > 1:
-            taken = []
             parts = []
             size = 0
             while q and size < WRITE_MAX:
@@ -384,13 +382,13 @@ def _coalesce_writes(paho: Any) -> None:
                 cmd = p["command"] & 0xF0
                 if cmd == _DISCONNECT or (cmd == _PUBLISH and p["qos"] == 0):
                     break
-                taken.append(q.popleft())
+                taken = q.popleft()
                 data = p["packet"][p["pos"]:] if p["pos"] else p["packet"]
                 parts.append(data)
                 size += len(data)
-            if len(taken) == 1:
-                q.appendleft(taken[0])
-            elif taken:
+            if len(parts) == 1:
+                q.appendleft(taken)  # alone: paho's packet as it was
+            elif parts:
                 q.appendleft({"command": _PUBACK, "mid": 0, "qos": 1, "pos": 0,
                               "to_process": size, "packet": b"".join(parts), "info": None})
         return original()
@@ -421,11 +419,9 @@ class _LeanAcks:
         paho = self.paho
         if paho._sock is None:  # noqa: SLF001
             return False
-        t = topic.encode()
         mid = paho._mid_generate()  # noqa: SLF001
-        packet = (b"\x32" + _remaining_length(4 + len(t) + len(payload))
-                  + struct.pack("!H", len(t)) + t + struct.pack("!H", mid) + payload)
-        paho._packet_queue(0x32, packet, mid, 1)  # noqa: SLF001
+        packet = publish_packet(topic.encode(), payload, mid)
+        paho._packet_queue(packet[0], packet, mid, 1)  # noqa: SLF001
         self.waiting.add(mid)
         return True
 
@@ -435,16 +431,6 @@ class _LeanAcks:
         except KeyError:
             return False
         return True
-
-
-def _remaining_length(n: int) -> bytes:
-    """MQTT's variable-length "remaining length" field."""
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | 0x80 if n else b)
-        if not n:
-            return bytes(out)
 
 
 def _puback_all(paho: Any, messages: Iterable[_Inbound]) -> None:
@@ -1001,8 +987,7 @@ class GatewayService:
     def _publish_round(self, client: aiomqtt.Client) -> bool:
         """Hand every waiting ack and the checkpoint to paho. False if the link is down."""
         paho = client._client  # noqa: SLF001
-        lean = self._lean_acks if self._lean_acks is not None and self._lean_acks.paho is paho \
-            else None
+        lean = self._lean_acks_of(paho)
         room = ACKS_INFLIGHT_MAX - self.acks_in_flight()
         infos = []
         items: list[tuple[str, tuple[int, set[int], int]]] = []
@@ -1044,9 +1029,13 @@ class GatewayService:
         if client is None:
             return 0
         paho = client._client  # noqa: SLF001
+        lean = self._lean_acks_of(paho)
+        return len(paho._out_messages) + (len(lean.waiting) if lean else 0)  # noqa: SLF001
+
+    def _lean_acks_of(self, paho: Any) -> _LeanAcks | None:
+        """The ack sender of this paho client's connection (None on MQTT 5)."""
         lean = self._lean_acks
-        return len(paho._out_messages) + (  # noqa: SLF001
-            len(lean.waiting) if lean is not None and lean.paho is paho else 0)
+        return lean if lean is not None and lean.paho is paho else None
 
     async def _publisher(self) -> None:
         """Publish acks/checkpoints while connected; the waiting ones survive reconnects."""

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.loadgen import _varint  # MQTT's remaining length (to build test streams)
 from gateway.service import (
     _coalesce_writes,
     _Inbound,
@@ -188,24 +189,15 @@ def test_lean_publish_hands_over_what_paho_would(topic: bytes, payload: bytes, m
     assert pubacks["lean"] == pubacks["paho"]
 
 
-def _remaining_length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, n = n % 128, n // 128
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 _packet_st = st.one_of(
     # PUBLISH, any QoS and flags, a topic that may not be UTF-8 or may be longer than the packet
-    st.builds(lambda first, topic, tlen, payload: bytes([first]) + _remaining_length(
+    st.builds(lambda first, topic, tlen, payload: bytes([first]) + _varint(
         2 + len(topic) + 2 + len(payload)) + tlen.to_bytes(2, "big") + topic + b"\x00\x07"
         + payload,
         st.integers(0x30, 0x3F), st.binary(max_size=12), st.integers(0, 14),
         st.binary(max_size=400)),
     # PUBACK, SUBACK, PINGRESP, an unknown packet type, a body of any size
-    st.builds(lambda first, body: bytes([first]) + _remaining_length(len(body)) + body,
+    st.builds(lambda first, body: bytes([first]) + _varint(len(body)) + body,
               st.sampled_from([0x40, 0x90, 0xD0, 0xF0]), st.binary(max_size=200)),
     # a remaining length of 5 bytes: a protocol error
     st.just(b"\x30\xff\xff\xff\xff\x01"),
@@ -310,15 +302,20 @@ def test_lean_read_reads_whole_packets_itself() -> None:
 
 
 class _TrickleSocket:
-    """A socket stand-in that takes a random share of each send, or nothing (would block)."""
+    """A socket stand-in that takes a random share of each send, or nothing (would block);
+    with `whole`, always all of it."""
 
-    def __init__(self, rng: random.Random) -> None:
+    def __init__(self, rng: random.Random, whole: bool = False) -> None:
         self.rng = rng
+        self.whole = whole
         self.sent = bytearray()
         self.calls = 0
 
     def send(self, data: bytes) -> int:
         self.calls += 1
+        if self.whole:
+            self.sent += data
+            return len(data)
         if self.rng.random() < 0.2:
             raise BlockingIOError
         n = self.rng.randint(1, len(data)) if self.rng.random() < 0.5 else len(data)
@@ -375,8 +372,7 @@ def test_coalesced_writes_take_one_send_per_batch() -> None:
     for lean in (False, True):
         c = _paho(True)
         c.on_socket_register_write = lambda *_a: None
-        sock = _TrickleSocket(random.Random(1))
-        sock.rng.random = lambda: 0.9  # type: ignore[method-assign]  # always the whole buffer
+        sock = _TrickleSocket(random.Random(1), whole=True)
         c.max_inflight_messages_set(0)  # all 1,000 acks go out now, as in the service
         c._sock = sock  # noqa: SLF001
         if lean:
