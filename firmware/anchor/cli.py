@@ -169,7 +169,8 @@ def run_summary(loop, ok):
         "dev": loop.dev.dev_id, "produced": loop.produced, "acked": loop.acked,
         "outbox": ob.pending, "dropped": ob.dropped, "seq": loop.dev.seq,
         "published": loop.published, "republished": loop.republished,
-        "connects": loop.client.connects, "heap_max": loop.heap_max, "ok": ok,
+        "connects": loop.client.connects, "heap_max": loop.heap_max,
+        "heap_end": loop.heap_end, "ok": ok,
         "error": loop.crash})
 
 

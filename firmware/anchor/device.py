@@ -31,9 +31,10 @@
 #   bad-ack err=...                   (an ack that does not decode; ignored)
 # and, when the loop ends (--count), one JSON object on the last line:
 #   {"dev": ID, "produced": N, "acked": M, "outbox": K, "dropped": D, "seq": NEXT_SEQ,
-#    "published": P, "republished": R, "connects": C, "heap_max": BYTES, "ok": true|false,
-#    "error": null or why the loop stopped}   (heap_max: gc.mem_alloc() after gc.collect(),
-#    sampled after each reading and each republish pass)
+#    "published": P, "republished": R, "connects": C, "heap_max": BYTES, "heap_end": BYTES,
+#    "ok": true|false, "error": null or why the loop stopped}   (heap_max: gc.mem_alloc() after
+#    gc.collect(), sampled after each reading and each republish pass; heap_end: the same, once
+#    the loop's wait is over, before it disconnects)
 # "acked" counts readings removed from the outbox by acks during this run (replayed ones too).
 #
 # The command line (parse_args, USAGE) and build() are in devicex.py: main() loads it, builds the
@@ -337,6 +338,11 @@ class Loop:
                 await asyncio.sleep_ms(100 if end is None else _POLL_MS)
             if self.crash is not None:
                 ok = False
+            # the same state at the end of every run that met its count (all acknowledged, the
+            # tasks still up): a heap that grew with the readings shows here (heap_max varies
+            # with what was in flight when it was sampled)
+            gc.collect()
+            self.heap_end = gc.mem_alloc()
         finally:
             self._stop = True
             prod.cancel()

@@ -169,6 +169,7 @@ def init_loop(self, board, dev, outbox, client, interval=60, count=None, timeout
     self.republished = 0
     self.bad_acks = 0
     self.heap_max = 0
+    self.heap_end = 0
     self._last_announced = -1
     self.crash = None
     self._kick = False      # a new reading is queued (produce() sets it)
