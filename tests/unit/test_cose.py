@@ -293,9 +293,12 @@ def test_fields_does_not_backtrack() -> None:
            + b"\x64prev\x58\x20" + bytes(32))
     msg = cose_sign1(cbor2.dumps({1: -7, 4: kid}, canonical=True), pay, bytes(range(64)))
     for bad in (msg[:-1], msg[:-66] + b"\x00" + msg[-65:], msg.replace(b"\x64prev", b"\x64prew")):
-        t0 = time.perf_counter()
-        for _ in range(100):
-            assert cose.fields(bad) is None
-        assert (time.perf_counter() - t0) / 100 < 0.001
+        best = float("inf")
+        for _ in range(5):      # best of 5: a busy machine's descheduling is not the parser's
+            t0 = time.perf_counter()
+            for _ in range(100):
+                assert cose.fields(bad) is None
+            best = min(best, (time.perf_counter() - t0) / 100)
+        assert best < 0.001, f"{best * 1e6:.0f} us per call"
     d = decode(msg)
     assert cose.fields(msg) == (d.dev, d.seq, d.prev, d.to_be_signed, d.signature)
