@@ -44,6 +44,8 @@ class PrivateBroker:
     Use as a context manager, or call start()/stop(). restart() keeps the port and the
     persistence file, so sessions and queued QoS 1 messages survive a restart.
     `extra_config` lines are appended to the generated config (ACLs, password files).
+    `autosave_interval` (seconds between saves of the persistence file) is 1 for the tests, so
+    that a SIGKILL loses at most a second; the benches pass `iot-anchor broker-config`'s 30.
     """
 
     def __init__(
@@ -53,6 +55,7 @@ class PrivateBroker:
         extra_config: str = "",
         persistence: bool = True,
         anonymous: bool = True,
+        autosave_interval: int = 1,
     ) -> None:
         self.port = port or free_port()
         self._own_dir = workdir is None
@@ -61,6 +64,7 @@ class PrivateBroker:
         self.extra_config = extra_config
         self.persistence = persistence
         self.anonymous = anonymous
+        self.autosave_interval = autosave_interval
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.dir / "mosquitto.log"
 
@@ -71,11 +75,17 @@ class PrivateBroker:
     def _write_config(self) -> Path:
         conf = self.dir / "mosquitto.conf"
         lines = [
+            # Started as root, Mosquitto drops to user "mosquitto", which can neither reach a
+            # folder under root's private temporary paths nor write its persistence file there:
+            # every save then failed ("Permission denied" in its log) and a restart lost the
+            # sessions and their queued messages. This broker serves 127.0.0.1 only, from our own
+            # folder, so as root it stays root. (extra_config may still set another user.)
+            *(["user root"] if os.geteuid() == 0 else []),
             f"listener {self.port} 127.0.0.1",
             f"allow_anonymous {'true' if self.anonymous else 'false'}",
             f"persistence {'true' if self.persistence else 'false'}",
             f"persistence_location {self.dir}/",
-            "autosave_interval 1",
+            f"autosave_interval {self.autosave_interval}",
             "max_queued_messages 1000000",
             "max_inflight_messages 0",
             "log_dest stderr",

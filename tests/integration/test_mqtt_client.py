@@ -205,8 +205,7 @@ def test_password_from_the_url(micropython: str, tmp_path: Path) -> None:
     pwfile = tmp_path / "passwd"
     pwfile.write_text(f"fw-auth:{hash_password('s3cr:t pw', iterations=1000)}\n")
     pwfile.chmod(0o600)
-    # as root, mosquitto drops to user "mosquitto" unless told to stay (as brokerconf does)
-    extra = f"password_file {pwfile}\n" + ("user root\n" if os.geteuid() == 0 else "")
+    extra = f"password_file {pwfile}\n"   # as root, PrivateBroker keeps mosquitto root
     with PrivateBroker(workdir=tmp_path / "b", anonymous=False, extra_config=extra) as b:
         def once(url: str) -> str:
             with mp(micropython, "once", url, "fw-auth") as p:
