@@ -64,6 +64,10 @@ DEFAULT_MAX_PACKET = 16384
 # file), whitespace (ACL file tokens), '%' and '@' (URLs).
 _USERNAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
+# Seconds between saves of the broker's persistence file (a crash loses at most this much of
+# its queue; the devices' outboxes republish what it lost). The benches use it too.
+AUTOSAVE_INTERVAL_S = 30
+
 
 def check_username(name: str, what: str = "device id") -> str:
     """Return `name` if it is usable as an MQTT username and topic level, else raise."""
@@ -288,7 +292,7 @@ def render_conf(
         f"acl_file {out_dir / 'acl'}",
         "persistence true",
         f"persistence_location {out_dir / 'persist'}/",
-        "autosave_interval 30",
+        f"autosave_interval {AUTOSAVE_INTERVAL_S}",
         # The gateway's persistent session holds readings while it is down; devices resend
         # anything unacknowledged anyway, so this bounds memory, not durability.
         "max_queued_messages 100000",

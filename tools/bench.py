@@ -69,6 +69,7 @@ sys.path.insert(0, str(ROOT))
 
 from gateway import loadgen, registry  # noqa: E402
 from gateway.broker import PrivateBroker  # noqa: E402
+from gateway.brokerconf import AUTOSAVE_INTERVAL_S  # noqa: E402
 from gateway.errors import AnchorError  # noqa: E402
 from gateway.simulate import stop_process  # noqa: E402
 from gateway.store import Store  # noqa: E402
@@ -349,7 +350,8 @@ class Opts:
 
 def phase_baseline(fleet: Fleet, o: Opts) -> dict[str, Any]:
     n = sum(len(m[:o.burst_per_device]) for _, m in fleet.devices)
-    with PrivateBroker(workdir=o.workdir / "broker-baseline") as broker:
+    with PrivateBroker(workdir=o.workdir / "broker-baseline",
+                       autosave_interval=AUTOSAVE_INTERVAL_S) as broker:
         sub = subprocess.Popen(
             [sys.executable, str(ROOT / "tools" / "bench_baseline.py"), "--broker", broker.url,
              "--expect", str(n)], stdout=subprocess.PIPE, text=True)
@@ -397,7 +399,8 @@ def phase_gateway(fleet: Fleet, o: Opts, paced: bool, tag: str) -> dict[str, Any
     shutil.copytree(fleet.template, data)
     logf = o.workdir / f"gateway-{tag}.log"
     interval = len(fleet.devices) / o.rate if paced else 0.0
-    with PrivateBroker(workdir=o.workdir / f"broker-{tag}") as broker, open(logf, "w") as lf:
+    with PrivateBroker(workdir=o.workdir / f"broker-{tag}",
+                       autosave_interval=AUTOSAVE_INTERVAL_S) as broker, open(logf, "w") as lf:
         gw = subprocess.Popen(
             [*gateway_cmd(), "run", "--data", str(data), "--broker", broker.url,
              "--batch-interval", f"{o.batch_interval:g}", "--batch-max", str(o.batch_max)],
