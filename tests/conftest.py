@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.broker import PrivateBroker
-from gateway.store import Store
+from gateway.sim.broker import PrivateBroker
+from gateway.storage.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE = ROOT / "firmware"

@@ -67,12 +67,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway import loadgen, registry  # noqa: E402
-from gateway.broker import PrivateBroker  # noqa: E402
-from gateway.brokerconf import AUTOSAVE_INTERVAL_S  # noqa: E402
 from gateway.errors import AnchorError  # noqa: E402
-from gateway.simulate import stop_process  # noqa: E402
-from gateway.store import Store  # noqa: E402
+from gateway.fleet import registry  # noqa: E402
+from gateway.fleet.brokerconf import AUTOSAVE_INTERVAL_S  # noqa: E402
+from gateway.sim import loadgen  # noqa: E402
+from gateway.sim.broker import PrivateBroker  # noqa: E402
+from gateway.sim.simulate import stop_process  # noqa: E402
+from gateway.storage.store import Store  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 BATCH_RE = re.compile(

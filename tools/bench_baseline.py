@@ -26,7 +26,7 @@ import time
 import paho.mqtt.client as mqtt
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from gateway.loadgen import parse_broker_url  # noqa: E402
+from gateway.sim.loadgen import parse_broker_url  # noqa: E402
 
 
 def main() -> int:

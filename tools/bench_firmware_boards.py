@@ -46,8 +46,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.broker import PrivateBroker  # noqa: E402
-from gateway.provision import choose_mpy_cross  # noqa: E402
+from gateway.fleet.provision import choose_mpy_cross  # noqa: E402
+from gateway.sim.broker import PrivateBroker  # noqa: E402
 
 FIRMWARE = ROOT / "firmware"
 GOAL_LOOP_HEAP_KIB = 48

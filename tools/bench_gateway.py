@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """`make bench-gateway`: gateway-core figures, each against a baseline measured in the same run.
 
-1. ingest throughput: pre-signed readings (firmware-identical bytes, gateway.loadgen) through
+1. ingest throughput: pre-signed readings (firmware-identical bytes, gateway.sim.loadgen) through
    `Pipeline.submit` + `commit` (the verifier's worker processes, batches of --batch-max,
    SQLite commits), against a bare `cryptography` verify loop over the same messages on the
    same number of threads (DER signatures and Sig_structures prepared beforehand, so the
@@ -39,14 +39,14 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway import registry  # noqa: E402
-from gateway.audit import audit  # noqa: E402
-from gateway.cose import decode  # noqa: E402
-from gateway.loadgen import DeviceSigner  # noqa: E402
-from gateway.pipeline import Outcome, Pipeline, feed  # noqa: E402
-from gateway.receipt import build_receipt, verify_receipt  # noqa: E402
-from gateway.store import Store  # noqa: E402
-from gateway.verifier import ES256, load_public_key  # noqa: E402
+from gateway.fleet import registry  # noqa: E402
+from gateway.ingest.pipeline import Outcome, Pipeline, feed  # noqa: E402
+from gateway.ingest.verifier import ES256, load_public_key  # noqa: E402
+from gateway.ledger.receipt import build_receipt, verify_receipt  # noqa: E402
+from gateway.sim.loadgen import DeviceSigner  # noqa: E402
+from gateway.storage.audit import audit  # noqa: E402
+from gateway.storage.store import Store  # noqa: E402
+from gateway.wire.cose import decode  # noqa: E402
 
 
 def presign(devices: int, per_device: int) -> tuple[list[bytes], dict[str, bytes]]:

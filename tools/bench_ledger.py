@@ -38,15 +38,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway import loadgen, registry  # noqa: E402
 from gateway.errors import AnchorError  # noqa: E402
-from gateway.receipt import (  # noqa: E402
+from gateway.fleet import registry  # noqa: E402
+from gateway.ledger.receipt import (  # noqa: E402
     build_receipt,
     parse_receipt,
     receipt_to_json,
     verify_receipt,
 )
-from gateway.store import VKEY_NAME, Store  # noqa: E402
+from gateway.sim import loadgen  # noqa: E402
+from gateway.storage.store import VKEY_NAME, Store  # noqa: E402
 
 CACHE = ROOT / ".cache" / "bench"
 

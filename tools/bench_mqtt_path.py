@@ -34,8 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-from gateway.loadgen import publish_packet  # noqa: E402
-from gateway.service import (  # noqa: E402
+from gateway.service.runner import (  # noqa: E402
     _coalesce_writes,
     _Inbound,
     _lean_publish,
@@ -46,6 +45,7 @@ from gateway.service import (  # noqa: E402
     ack_topic,
     encode_ack,
 )
+from gateway.sim.loadgen import publish_packet  # noqa: E402
 
 
 def _cpu() -> float:

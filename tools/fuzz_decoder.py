@@ -6,7 +6,7 @@
 libFuzzer mutates inputs guided by the decoder's branch coverage, starting from a seed corpus of
 valid readings (and their truncations) written into --corpus (a temporary folder by default; a
 folder you keep grows into a corpus that later runs start from). The target calls the unwrapped
-parser `gateway.cose._decode` (not `decode`, whose catch-all would hide a crash), and fails on:
+parser `gateway.wire.cose._decode` (not `decode`, whose catch-all would hide a crash), and fails on:
 any exception other than `Rejection`; a rejection reason outside `DECODE_REASONS`; an accepted
 message that cbor2 does not read back to the same fields; a single input that takes more than
 50 ms.
@@ -44,7 +44,7 @@ except ImportError:  # pragma: no cover - depends on the platform
 import cbor2  # noqa: E402
 
 with atheris.instrument_imports(include=["gateway"]):
-    from gateway import cose  # noqa: E402
+    from gateway.wire import cose  # noqa: E402
 
 MAX_SECONDS_PER_INPUT = 0.05
 stats: collections.Counter[str] = collections.Counter()

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.provision import MpremoteBoard
+from gateway.fleet.provision import MpremoteBoard
 
 ROOT = Path(__file__).resolve().parents[2]
 MPREMOTE = str(Path(sys.executable).parent / "mpremote")

@@ -21,7 +21,7 @@ import pytest
 from qemu_helpers import Qemu, RomfsRamBoard, qemu_elf_fixture, qemu_fixture  # noqa: F401
 from selftest_oracle import check
 
-from gateway.provision import (
+from gateway.fleet.provision import (
     BoardError,
     MpremoteBoard,
     ProvisionError,
@@ -97,7 +97,7 @@ def test_provision_flow_on_the_emulator_until_its_limits(qemu: Qemu, broker: obj
     """`provision()` itself on the emulated board, the network checks off (no network there):
     detection, version checks, compile, install and the config check pass; the key step is the
     first that needs what the emulator lacks, and its error names the board's failure."""
-    from gateway.provision import Options, provision
+    from gateway.fleet.provision import Options, provision
 
     said: list[str] = []
     opts = Options(dev_id="qemu-1", wifi_ssid="lab", wifi_password="pw",

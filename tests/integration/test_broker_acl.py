@@ -24,8 +24,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from gateway.broker import find_mosquitto, free_port
-from gateway.brokerconf import (
+from gateway.cli import main as cli_main
+from gateway.fleet.brokerconf import (
     BrokerConfig,
     TlsFiles,
     check_password,
@@ -34,7 +34,7 @@ from gateway.brokerconf import (
     parse_listener,
     write_broker_config,
 )
-from gateway.cli import main as cli_main
+from gateway.sim.broker import find_mosquitto, free_port
 
 DEVICES = ["dev-a", "dev-b"]
 WAIT = 5.0
@@ -531,9 +531,9 @@ def test_gateway_and_firmware_devices_through_the_acl_broker(tmp_path: Path,
     each with its own password from DATA/broker-credentials.json, passed in the URL."""
     from faults import GatewayProc, status, verify
 
-    from gateway.cmd_broker_config import registered_devices
-    from gateway.simulate import MicroPythonFleet
-    from gateway.store import Store
+    from gateway.cli.broker_config import registered_devices
+    from gateway.sim.simulate import MicroPythonFleet
+    from gateway.storage.store import Store
 
     data = tmp_path / "data"
     _, vkey = Store.create(data)

@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gateway.broker import PrivateBroker
-from gateway.simulate import stop_process_group
+from gateway.sim.broker import PrivateBroker
+from gateway.sim.simulate import stop_process_group
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "gateway"]

@@ -35,9 +35,9 @@ import pytest
 from faults import AckWatcher, GatewayProc, status, verify
 from faults import stored as stored_seqs
 
-from gateway.broker import PrivateBroker
-from gateway.simulate import FleetDevice, MicroPythonFleet
-from gateway.store import Store
+from gateway.sim.broker import PrivateBroker
+from gateway.sim.simulate import FleetDevice, MicroPythonFleet
+from gateway.storage.store import Store
 
 DEVICES = 10
 INTERVAL = 0.3

@@ -28,10 +28,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.broker import PrivateBroker
-from gateway.cose import decode
-from gateway.simulate import FleetDevice, MicroPythonFleet, stop_process_group
-from gateway.store import Store
+from gateway.sim.broker import PrivateBroker
+from gateway.sim.simulate import FleetDevice, MicroPythonFleet, stop_process_group
+from gateway.storage.store import Store
+from gateway.wire.cose import decode
 
 ROOT = Path(__file__).resolve().parents[2]
 ACK_TIMEOUT = "1.5"

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.broker import PrivateBroker
-from gateway.simulate import stop_process_group
-from gateway.store import Store
+from gateway.sim.broker import PrivateBroker
+from gateway.sim.simulate import stop_process_group
+from gateway.storage.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
 

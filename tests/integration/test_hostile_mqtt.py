@@ -15,7 +15,7 @@ valid readings from four registered devices, in rounds. Kinds (and the expected 
 - readings of an unknown and of a revoked device           -> unknown_device, revoked_device
 
 Every message's expected outcome is computed here, before it is sent, by an oracle that applies
-the rules in order: strict decoding (gateway.cose), topic device == dev, registered, active,
+the rules in order: strict decoding (gateway.wire.cose), topic device == dev, registered, active,
 then the ES256 check with `cryptography` (r and s in range, low-S, valid). At the end the
 gateway's counters (`ledger status --json`, "rejected") must equal the oracle's, reason by
 reason; every valid reading is anchored exactly once; `ledger verify` passes; the gateway
@@ -46,9 +46,9 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from faults import AckWatcher, GatewayProc, iot, status, verify
 from helpers_readings import Device, N, high_s_twin
 
-from gateway.broker import PrivateBroker
-from gateway.cose import MAX_MESSAGE, Rejection, decode
-from gateway.store import Store
+from gateway.sim.broker import PrivateBroker
+from gateway.storage.store import Store
+from gateway.wire.cose import MAX_MESSAGE, Rejection, decode
 
 ROUNDS = 20
 HOSTILE_PER_ROUND = 5_000

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import cbor2
 
-from gateway.pipeline import REASONS
+from gateway.ingest.pipeline import REASONS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from helpers_readings import Device, high_s_twin  # noqa: E402

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from helpers_readings import Device
 
-from gateway.entry import DeviceEntry, decode_entry
+from gateway.ledger.entry import DeviceEntry, decode_entry
 
 CLI = [sys.executable, "-m", "gateway"]
 
@@ -151,7 +151,7 @@ def test_rotation_and_revocation_while_the_gateway_runs(tmp_path: Path) -> None:
     from cryptography.hazmat.primitives.asymmetric import ec
     from faults import AckWatcher, GatewayProc, status, verify
 
-    from gateway.broker import PrivateBroker
+    from gateway.sim.broker import PrivateBroker
 
     data = tmp_path / "data"
     vkey = iot(data, "init").stdout.strip().splitlines()[-1]

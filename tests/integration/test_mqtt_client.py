@@ -21,8 +21,8 @@ import paho.mqtt.client as paho
 import pytest
 from conftest import FIRMWARE
 
-from gateway.broker import PrivateBroker
-from gateway.brokerconf import hash_password
+from gateway.fleet.brokerconf import hash_password
+from gateway.sim.broker import PrivateBroker
 
 SCRIPT = str(FIRMWARE / "tests" / "test_mqtt_live.py")
 

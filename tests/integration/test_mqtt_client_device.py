@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from gateway.broker import PrivateBroker
+from gateway.sim.broker import PrivateBroker
 
 MAIN = str(FIRMWARE / "main.py")
 

@@ -21,10 +21,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import service
-from gateway.broker import PrivateBroker
 from gateway.errors import StorageError
-from gateway.service import GatewayService, ServiceConfig, device_from_topic, encode_ack
+from gateway.service import runner as service
+from gateway.service.runner import GatewayService, ServiceConfig, device_from_topic, encode_ack
+from gateway.sim.broker import PrivateBroker
 
 
 @dataclass
@@ -453,7 +453,7 @@ def test_mqtts_with_a_private_ca(broker: PrivateBroker, tmp_path: Path,
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    from gateway.broker import free_port
+    from gateway.sim.broker import free_port
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "iot-anchor service test")])

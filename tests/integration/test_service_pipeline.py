@@ -18,11 +18,12 @@ import aiomqtt
 import cbor2
 import pytest
 
-from gateway import note, registry
-from gateway.broker import PrivateBroker
-from gateway.loadgen import DeviceSigner
-from gateway.simulate import stop_process_group
-from gateway.store import Store
+from gateway.fleet import registry
+from gateway.ledger import note
+from gateway.sim.broker import PrivateBroker
+from gateway.sim.loadgen import DeviceSigner
+from gateway.sim.simulate import stop_process_group
+from gateway.storage.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -37,8 +37,8 @@ import pytest
 from faults import AckWatcher, GatewayProc, stored, verify
 from helpers_readings import Device
 
-from gateway.broker import PrivateBroker
-from gateway.store import Store
+from gateway.sim.broker import PrivateBroker
+from gateway.storage.store import Store
 
 RATE = 20  # readings per second per device
 REPUBLISH_AFTER = 2.0
@@ -147,7 +147,7 @@ class Rig:
         self.data = data
         store, self.vkey = Store.create(data)
         self.devices = [Device(f"fs-{k}") for k in range(2)]
-        from gateway import registry
+        from gateway.fleet import registry
 
         for d in self.devices:
             registry.add(store, d.id, d.public_bytes)

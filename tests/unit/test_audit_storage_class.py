@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway import registry
-from gateway.audit import audit
-from gateway.pipeline import Pipeline
-from gateway.store import DB_NAME, Store
+from gateway.fleet import registry
+from gateway.ingest.pipeline import Pipeline
+from gateway.storage.audit import audit
+from gateway.storage.store import DB_NAME, Store
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from helpers_readings import Device  # noqa: E402

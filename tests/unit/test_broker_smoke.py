@@ -1,6 +1,6 @@
 import socket
 
-from gateway.broker import PrivateBroker
+from gateway.sim.broker import PrivateBroker
 
 
 def test_private_broker_listens_on_loopback_and_stops(tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.note import parse_vkey
+from gateway.ledger.note import parse_vkey
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from helpers_readings import Device  # noqa: E402

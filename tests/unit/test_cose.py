@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway import cose
-from gateway.cose import DECODE_REASONS, MAX_DEPTH, Rejection, decode, sig_structure
+from gateway.wire import cose
+from gateway.wire.cose import DECODE_REASONS, MAX_DEPTH, Rejection, decode, sig_structure
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from helpers_readings import Device, cose_sign1  # noqa: E402

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import entry as E
-from gateway.entry import BatchEntry, DeviceEntry, EntryError
+from gateway.ledger import entry as E
+from gateway.ledger.entry import BatchEntry, DeviceEntry, EntryError
 
 ROOT = hashlib.sha256(b"batch root").digest()
 KEY = b"\x04" + hashlib.sha256(b"x").digest() + hashlib.sha256(b"y").digest()

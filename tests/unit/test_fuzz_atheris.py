@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cose import DECODE_REASONS
+from gateway.wire.cose import DECODE_REASONS
 
 ROOT = Path(__file__).resolve().parents[2]
 SECONDS = 20

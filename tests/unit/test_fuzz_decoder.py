@@ -28,8 +28,8 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from gateway import cose
-from gateway.cose import DECODE_REASONS, MAX_DEPTH, MAX_MESSAGE, Decoded, Rejection
+from gateway.wire import cose
+from gateway.wire.cose import DECODE_REASONS, MAX_DEPTH, MAX_MESSAGE, Decoded, Rejection
 
 # Examples per property: a few hundred by default, more with IOT_ANCHOR_FUZZ_EXAMPLES (CI's
 # bounded fuzz run sets it higher; see `make fuzz`).

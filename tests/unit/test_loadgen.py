@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import ConfigError
-from gateway.loadgen import (
+from gateway.sim.loadgen import (
     P256_N,
     DeviceSigner,
     DeviceState,

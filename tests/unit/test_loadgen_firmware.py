@@ -19,7 +19,7 @@ import cbor2
 import pytest
 from conftest import run_mp
 
-from gateway.loadgen import DeviceSigner, DeviceState, presign, sensor_data
+from gateway.sim.loadgen import DeviceSigner, DeviceState, presign, sensor_data
 
 SECRETS = [
     # RFC 6979 A.2.5 private key, and two fixed others

@@ -21,9 +21,9 @@ from conftest import VECTORS
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from gateway import merkle
 from gateway.errors import AnchorError
-from gateway.merkle import CompactRange, ProofError
+from gateway.ledger import merkle
+from gateway.ledger.merkle import CompactRange, ProofError
 
 # --------------------------------------------------------------------------- reference (slow)
 

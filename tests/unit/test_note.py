@@ -23,9 +23,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import note
 from gateway.errors import ConfigError
-from gateway.note import NoteError
+from gateway.ledger import note
+from gateway.ledger.note import NoteError
 
 SEED = bytes(range(32))
 
@@ -45,7 +45,7 @@ def raw_pub(k: Ed25519PrivateKey) -> bytes:
 
 
 def hand_made_note(text: str, name: str, k: Ed25519PrivateKey) -> tuple[str, str]:
-    """A signed note and its vkey, assembled from the C2SP rules without gateway.note."""
+    """A signed note and its vkey, assembled from the C2SP rules without gateway.ledger.note."""
     pub = raw_pub(k)
     kid = hashlib.sha256(name.encode() + b"\n\x01" + pub).digest()[:4]
     vkey = name + "+" + kid.hex() + "+" + base64.b64encode(b"\x01" + pub).decode()

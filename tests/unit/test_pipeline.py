@@ -11,11 +11,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway import merkle, registry
-from gateway.audit import audit
 from gateway.errors import StorageError
-from gateway.pipeline import REASONS, Pipeline
-from gateway.store import Store
+from gateway.fleet import registry
+from gateway.ingest.pipeline import REASONS, Pipeline
+from gateway.ledger import merkle
+from gateway.storage.audit import audit
+from gateway.storage.store import Store
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from helpers_readings import Device, high_s_twin  # noqa: E402
@@ -259,7 +260,7 @@ def test_reverse_order_in_one_batch_has_no_false_chain_break(store: Store,
 
 
 def test_feed_overlaps_commits_with_verification(store: Store, devices: list[Device]) -> None:
-    from gateway.pipeline import feed
+    from gateway.ingest.pipeline import feed
 
     a, b, _ = devices
     msgs = [m for pair in zip(a.readings(200), b.readings(200), strict=True) for m in pair]

@@ -1,5 +1,5 @@
 """`device provision` end to end against the MicroPython Unix port standing in for a board
-(gateway.provision.LocalUnixBoard: a directory as the board's flash, the board's modules
+(gateway.fleet.provision.LocalUnixBoard: a directory as the board's flash, the board's modules
 `machine`, `network`, `ntptime` from tests/firmware/standins, the RP2 board layer).
 
 Every step runs for real: board info, mpy-cross matched to the binary's .mpy version, compiled
@@ -21,8 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from gateway.broker import PrivateBroker, free_port
-from gateway.provision import (
+from gateway.fleet.provision import (
     BoardInfo,
     LocalUnixBoard,
     MpremoteBoard,
@@ -32,6 +31,7 @@ from gateway.provision import (
     firmware_files,
     provision,
 )
+from gateway.sim.broker import PrivateBroker, free_port
 
 STANDINS = ROOT / "tests" / "firmware" / "standins"
 PRELUDE = "import machine, network\nmachine.sim.flavour('rp2')\nnetwork.sim.flavour('rp2')\n"

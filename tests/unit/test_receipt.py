@@ -26,10 +26,10 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway import entry as E
-from gateway import merkle, note
 from gateway.errors import ReceiptError
-from gateway.receipt import (
+from gateway.ledger import entry as E
+from gateway.ledger import merkle, note
+from gateway.ledger.receipt import (
     VerifiedReceipt,
     build_receipt,
     parse_receipt,
@@ -331,7 +331,7 @@ def test_es256_policy_against_wycheproof(vectors: Path) -> None:
     # The receipt's own ES256 check (used offline, without the gateway's verifier) against
     # Wycheproof P-256/SHA-256 in r||s form: every `invalid` case is refused; every `valid`
     # case is accepted unless its s is above n/2, which our low-S policy refuses on purpose.
-    from gateway.receipt import _verify_es256
+    from gateway.ledger.receipt import _verify_es256
 
     path = vectors / "wycheproof" / "ecdsa_secp256r1_sha256_p1363_test.json"
     data = json.loads(path.read_text())

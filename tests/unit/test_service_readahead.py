@@ -1,8 +1,8 @@
-"""The service's read-ahead socket wrapper (gateway.service._ReadAhead) on a real socketpair:
+"""The service's read-ahead socket wrapper (gateway.service.runner._ReadAhead) on a real socketpair:
 paho's read pattern (1 byte, length bytes, body) must see exactly the bytes sent, in order,
 across buffer boundaries, with BlockingIOError when nothing is left and b"" at EOF. And the
 lean PUBLISH handler, the lean packet reader, the coalesced writes and the PUBACKs of a batch
-(gateway.service._lean_publish, _lean_read, _coalesce_writes, _puback_all) against paho's own
+(gateway.service.runner._lean_publish, _lean_read, _coalesce_writes, _puback_all) against paho's own
 behaviour: same packets handled, same bytes sent, in the same order."""
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.loadgen import _varint  # MQTT's remaining length (to build test streams)
-from gateway.service import (
+from gateway.service.runner import (
     _coalesce_writes,
     _Inbound,
     _lean_puback,
@@ -27,6 +26,7 @@ from gateway.service import (
     _read_ahead,
     _ReadAhead,
 )
+from gateway.sim.loadgen import _varint  # MQTT's remaining length (to build test streams)
 
 
 def _packets(n: int, rng: random.Random) -> list[bytes]:
@@ -301,7 +301,7 @@ def test_lean_read_reads_whole_packets_itself() -> None:
     c._packet_read = counted  # noqa: SLF001
     taken: list[tuple[Any, ...]] = []
     _lean_read(c, _lean_publish(c, lambda *a: taken.append(a)))
-    from gateway.loadgen import publish_packet
+    from gateway.sim.loadgen import publish_packet
 
     stream = b"".join(publish_packet(b"anchor/dev-%04d/readings" % (i % 50), bytes([i % 256]) * 180,
                                      i + 1) for i in range(2000))
@@ -383,7 +383,7 @@ def test_coalesced_writes_send_what_paho_sends(ops: list[tuple[str, bytes]], see
 def test_coalesced_writes_take_one_send_per_batch() -> None:
     """4,096 PUBACKs and 1,000 QoS 1 acks queued after a commit leave in one send (paho: one
     per packet), up to WRITE_MAX bytes per send."""
-    from gateway.service import WRITE_MAX
+    from gateway.service.runner import WRITE_MAX
 
     for lean in (False, True):
         c = _paho(True)
@@ -429,7 +429,7 @@ def test_lean_acks_send_paho_s_bytes_and_track_the_puback(dev: str, payload: byt
     """An ack sent by `_LeanAcks` is byte for byte paho's QoS 1 PUBLISH of the same topic and
     payload with the same packet id (from paho's counter), and the broker's PUBACK for it
     clears it, through the lean PUBACK handler, without touching paho's own messages."""
-    from gateway.service import ack_topic
+    from gateway.service.runner import ack_topic
 
     ref, lean = _paho(True), _paho(True)
     for c in (ref, lean):

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from gateway import merkle, registry
 from gateway.errors import ConfigError, IntegrityError, StorageError
-from gateway.pipeline import Pipeline
-from gateway.receipt import build_receipt, verify_receipt
-from gateway.store import DB_NAME, GROUP, SCHEMA_VERSION, Store, batch_nodes
+from gateway.fleet import registry
+from gateway.ingest.pipeline import Pipeline
+from gateway.ledger import merkle
+from gateway.ledger.receipt import build_receipt, verify_receipt
+from gateway.storage.store import DB_NAME, GROUP, SCHEMA_VERSION, Store, batch_nodes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from helpers_readings import Device  # noqa: E402

@@ -11,10 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-from gateway import registry
-from gateway.pipeline import Pipeline
-from gateway.store import Store
-from gateway.verifier import VerifierPool
+from gateway.fleet import registry
+from gateway.ingest.pipeline import Pipeline
+from gateway.ingest.verifier import VerifierPool
+from gateway.storage.store import Store
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from helpers_readings import Device, high_s_twin  # noqa: E402
@@ -111,7 +111,7 @@ def test_no_worker_outlives_a_killed_parent(tmp_path: Path) -> None:
     """SIGKILL gives the parent no chance to clean up: the workers see their task pipe close
     and exit by themselves."""
     code = ("import os, sys, time\n"
-            "from gateway.verifier import VerifierPool\n"
+            "from gateway.ingest.verifier import VerifierPool\n"
             "pool = VerifierPool(2)\n"
             "pool.start()\n"
             "print(' '.join(str(w.proc.pid) for w in pool._procs), flush=True)\n"

@@ -37,10 +37,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from gateway import loadgen
 from gateway.errors import AnchorError, ConfigError
+from gateway.sim import loadgen
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FIRMWARE_MAIN = ROOT / "firmware" / "main.py"
 
 
@@ -93,8 +93,8 @@ def register_devices(data_dir: Path, keys: dict[str, bytes]) -> int:
 
     A device id already registered with another key is an error (its identity would change).
     """
-    from gateway import registry
-    from gateway.store import Store
+    from gateway.fleet import registry
+    from gateway.storage.store import Store
 
     added = 0
     with Store.open(data_dir) as store:

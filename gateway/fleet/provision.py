@@ -46,13 +46,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from gateway import cose, registry
 from gateway.errors import AnchorError
-from gateway.verifier import check_signature, load_public_key
+from gateway.fleet import registry
+from gateway.ingest.verifier import check_signature, load_public_key
+from gateway.wire import cose
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FIRMWARE = ROOT / "firmware"
 SUPPORTED_PLATFORMS = ("esp32", "rp2")
 MIN_VERSION = (1, 23)  # .mpy v6.3, the asyncio the firmware is tested with
@@ -639,7 +640,7 @@ def ensure_key(board: BoardTransport, dev_id: str, state_dir: str,
 
 def register_key(data: str, dev_id: str, key: bytes, new_key: bool) -> str:
     """Register like `device add`; "add", "rotate" or "unchanged"."""
-    from gateway.store import Store
+    from gateway.storage.store import Store
 
     with Store.open(data) as store:
         row = store.device(dev_id)

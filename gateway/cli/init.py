@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from gateway.cli import add_data_arg
-from gateway.store import KEY_NAME, Store
+from gateway.storage.store import KEY_NAME, Store
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

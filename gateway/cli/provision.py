@@ -1,7 +1,7 @@
 """`iot-anchor device provision ID --port PORT|auto --wifi SSID --wifi-password PW --broker URL`.
 
 The `device` command belongs to gateway/cmd_device.py; this module adds the `provision` action
-to it. It must come after gateway.cmd_device in cli.COMMAND_MODULES.
+to it. It must come after gateway.cli.device in cli.COMMAND_MODULES.
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import os
 
 from gateway.cli import add_data_arg
 from gateway.errors import ConfigError
-from gateway.provision import MpremoteBoard, Options, provision
+from gateway.fleet.provision import MpremoteBoard, Options, provision
 
 
 def _device_actions(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:  # type: ignore[type-arg]
     device = sub.choices.get("device")
     if device is None:
-        raise RuntimeError("gateway.cmd_provision must be registered after gateway.cmd_device")
+        raise RuntimeError("gateway.cli.provision must be registered after gateway.cli.device")
     for action in device._actions:
         if isinstance(action, argparse._SubParsersAction):
             return action

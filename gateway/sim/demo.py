@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.broker import PrivateBroker
 from gateway.errors import AnchorError
-from gateway.simulate import ROOT, MicroPythonFleet, stop_process_group
+from gateway.sim.broker import PrivateBroker
+from gateway.sim.simulate import ROOT, MicroPythonFleet, stop_process_group
 
 DEVICES = 3
 INTERVAL = 1.0

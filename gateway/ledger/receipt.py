@@ -24,10 +24,10 @@ Format (JSON object, version 1). All byte strings are lowercase hex; proofs are 
 
 Verification (`verify_receipt`), each failure a ReceiptError with a one-line reason:
 1. the checkpoint note is signed by the gateway vkey, its origin is the vkey's name and matches
-   the vkey's key (``iot-anchor/<gateway key id>``, see gateway.note), and its tree size equals
-   entry.size;
-2. the entry decodes strictly (gateway.entry), is a batch entry, its ``i`` equals entry.index,
-   and leaf_hash(entry bytes) with entry.proof leads to the checkpoint's root;
+   the vkey's key (``iot-anchor/<gateway key id>``, see gateway.ledger.note), and its tree
+   size equals entry.size;
+2. the entry decodes strictly (gateway.ledger.entry), is a batch entry, its ``i`` equals
+   entry.index, and leaf_hash(entry bytes) with entry.proof leads to the checkpoint's root;
 3. leaf_hash(COSE bytes) with reading.proof at reading.index leads to the entry's ``root``, and
    reading.size equals the entry's ``n``;
 4. the COSE message decodes strictly (tag 18, four elements, protected header exactly
@@ -50,9 +50,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from gateway import merkle, note
-from gateway.entry import BatchEntry, EntryError, decode_entry
 from gateway.errors import AnchorError, ReceiptError
+from gateway.ledger import merkle, note
+from gateway.ledger.entry import BatchEntry, EntryError, decode_entry
 
 __all__ = [
     "RECEIPT_VERSION",

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.cli import add_data_arg
-from gateway.service import DEFAULT_BROKER, ServiceConfig, run_service
+from gateway.service.runner import DEFAULT_BROKER, ServiceConfig, run_service
 
 
 def default_broker() -> str:
@@ -43,8 +43,8 @@ def register(sub: Any) -> None:
 
 def pipeline_factory(data_dir: Path, batch_max: int) -> Any:
     def make() -> Any:
-        from gateway.pipeline import Pipeline
-        from gateway.store import Store
+        from gateway.ingest.pipeline import Pipeline
+        from gateway.storage.store import Store
 
         store = Store.open(data_dir)
         try:

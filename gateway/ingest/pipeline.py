@@ -34,7 +34,7 @@ before the commit. When the commit fails it raises `StorageError` (disk full, re
 acknowledges nothing and keeps the open batch, so a later `commit()` retries it.
 
 Design choices:
-* Verification runs on a pool of worker processes (`gateway.verifier`, which says why not
+* Verification runs on a pool of worker processes (`gateway.ingest.verifier`, which says why not
   threads): each task decodes, verifies and hashes a chunk of messages and sends back, per
   message, a rejection reason or (dev, seq, prev, SHA-256, leaf hash). The device keys go to
   the workers once per registry change (`Context`).
@@ -61,12 +61,18 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway import merkle
-from gateway.cose import DECODE_REASONS, MAX_MESSAGE, Rejection, decode, fields
 from gateway.errors import StorageError
-from gateway.merkle import leaf_hash
-from gateway.store import GROUP, Store, batch_nodes, make_batch_entry, now_ms
-from gateway.verifier import Context, PublicKey, VerifierPool, check_signature, load_public_key
+from gateway.ingest.verifier import (
+    Context,
+    PublicKey,
+    VerifierPool,
+    check_signature,
+    load_public_key,
+)
+from gateway.ledger import merkle
+from gateway.ledger.merkle import leaf_hash
+from gateway.storage.store import GROUP, Store, batch_nodes, make_batch_entry, now_ms
+from gateway.wire.cose import DECODE_REASONS, MAX_MESSAGE, Rejection, decode, fields
 
 REASONS: tuple[str, ...] = DECODE_REASONS + (
     "unknown_device",

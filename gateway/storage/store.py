@@ -11,7 +11,7 @@ Schema (version `SCHEMA_VERSION`, in ``PRAGMA user_version``; `MIGRATIONS[k]` ta
 from version k to k+1, and opening a database runs the missing ones in one transaction):
 
 ``entries(i, kind, body, hash)``
-    the ledger: entry i's deterministic CBOR bytes (gateway.entry) and SHA-256(body).
+    the ledger: entry i's deterministic CBOR bytes (gateway.ledger.entry) and SHA-256(body).
 ``ledger_nodes(level, idx, hash)``
     every completed perfect subtree of the ledger tree (level 0 = the entry leaf hashes), as
     reported by `merkle.CompactRange.append`: inclusion proofs need O(log n) lookups.
@@ -59,9 +59,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway import merkle, note
-from gateway.entry import batch_entry, device_entry, entry_hash, entry_leaf_hash
 from gateway.errors import ConfigError, IntegrityError, StorageError
+from gateway.ledger import merkle, note
+from gateway.ledger.entry import batch_entry, device_entry, entry_hash, entry_leaf_hash
 
 DB_NAME = "ledger.db"
 KEY_NAME = "gateway.key"

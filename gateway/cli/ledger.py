@@ -7,11 +7,11 @@ import json
 import sys
 from typing import Any
 
-from gateway import note
-from gateway.audit import audit
 from gateway.cli import add_data_arg
 from gateway.errors import ConfigError
-from gateway.store import VKEY_NAME, Store
+from gateway.ledger import note
+from gateway.storage.audit import audit
+from gateway.storage.store import VKEY_NAME, Store
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -3,10 +3,10 @@
 What it recomputes and compares, in this order (the first difference is reported as
 ``<table> <id>: <what differs>``; `audit()` returns all problems found, up to a limit):
 
-1. ``entries``: rows 0..N-1 without holes; each body decodes strictly (gateway.entry), names its
-   own index, links to SHA-256 of the previous body (32 zero bytes for entry 0), matches the
-   ``hash`` and ``kind`` columns. Device entries are replayed into the key history (an "add" of
-   a new id, "rotate"/"revoke" of an active one).
+1. ``entries``: rows 0..N-1 without holes; each body decodes strictly (gateway.ledger.entry),
+   names its own index, links to SHA-256 of the previous body (32 zero bytes for entry 0),
+   matches the ``hash`` and ``kind`` columns. Device entries are replayed into the key history
+   (an "add" of a new id, "rotate"/"revoke" of an active one).
 2. ``ledger_nodes`` and ``meta.ledger_range``: equal to the ledger tree rebuilt from the entries.
 3. ``checkpoints``: one per ledger size 1..N (the gateway signs one after every entry), each
    signed by the gateway key with the right origin, its size and root equal to the rebuilt tree
@@ -38,12 +38,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from gateway import merkle, note
-from gateway.cose import Rejection, decode
-from gateway.entry import BatchEntry, DeviceEntry, EntryError, decode_entry
 from gateway.errors import AnchorError
-from gateway.store import GROUP, Store, batch_nodes, storage_error
-from gateway.verifier import (
+from gateway.ingest.verifier import (
     CHUNK,
     Context,
     PublicKey,
@@ -51,6 +47,10 @@ from gateway.verifier import (
     check_signature,
     load_public_key,
 )
+from gateway.ledger import merkle, note
+from gateway.ledger.entry import BatchEntry, DeviceEntry, EntryError, decode_entry
+from gateway.storage.store import GROUP, Store, batch_nodes, storage_error
+from gateway.wire.cose import Rejection, decode
 
 ZERO_HASH = bytes(32)
 MAX_PROBLEMS = 100

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from gateway import registry
 from gateway.cli import add_data_arg
-from gateway.store import Store
+from gateway.fleet import registry
+from gateway.storage.store import Store
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

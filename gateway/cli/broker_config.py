@@ -11,7 +11,9 @@ import argparse
 import os
 from pathlib import Path
 
-from gateway.brokerconf import (
+from gateway.cli import add_data_arg
+from gateway.errors import ConfigError
+from gateway.fleet.brokerconf import (
     CREDENTIALS_FILE,
     DEFAULT_LISTENER,
     DEFAULT_MAX_PACKET,
@@ -21,8 +23,6 @@ from gateway.brokerconf import (
     parse_listener,
     write_broker_config,
 )
-from gateway.cli import add_data_arg
-from gateway.errors import ConfigError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -68,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def registered_devices(data: Path) -> list[str]:
     """The active (not revoked) device ids of the registry in `data`."""
-    from gateway.store import Store
+    from gateway.storage.store import Store
 
     with Store.open(data, readonly=True) as store:
         return [d.id for d in store.devices() if d.status == "active"]

@@ -23,10 +23,10 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from gateway.cli import add_data_arg
-from gateway.cose import MAX_MESSAGE
 from gateway.errors import ConfigError
-from gateway.pipeline import CommitResult, Outcome, Pipeline, feed
-from gateway.store import Store
+from gateway.ingest.pipeline import CommitResult, Outcome, Pipeline, feed
+from gateway.storage.store import Store
+from gateway.wire.cose import MAX_MESSAGE
 
 MAX_RECORD = 1 << 20
 CHUNK = 1024

@@ -37,7 +37,7 @@ from typing import Any
 import cbor2
 
 from gateway.errors import IntegrityError
-from gateway.merkle import HASH_SIZE, leaf_hash
+from gateway.ledger.merkle import HASH_SIZE, leaf_hash
 
 __all__ = [
     "ZERO_HASH",

@@ -20,17 +20,17 @@ from gateway import __version__
 from gateway.errors import AnchorError
 
 COMMAND_MODULES: list[str] = [
-    # "gateway.cmd_init", ... each with register(subparsers)
-    "gateway.cmd_init",
-    "gateway.cmd_device",
-    "gateway.cmd_provision",  # adds `device provision`; after cmd_device
-    "gateway.cmd_ingest",
-    "gateway.cmd_ledger",
-    "gateway.cmd_receipt",
-    "gateway.cmd_broker_config",
-    "gateway.cmd_run",
-    "gateway.cmd_simulate",
-    "gateway.cmd_demo",
+    # "gateway.cli.init", ... each with register(subparsers)
+    "gateway.cli.init",
+    "gateway.cli.device",
+    "gateway.cli.provision",  # adds `device provision`; after cli.device
+    "gateway.cli.ingest",
+    "gateway.cli.ledger",
+    "gateway.cli.receipt",
+    "gateway.cli.broker_config",
+    "gateway.cli.run",
+    "gateway.cli.simulate",
+    "gateway.cli.demo",
 ]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 from typing import Any
 
-from gateway.demo import run_demo
+from gateway.sim.demo import run_demo
 
 
 def register(sub: Any) -> None:

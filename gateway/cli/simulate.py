@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway.cli import add_data_arg
-from gateway.cmd_run import add_broker_arg
-from gateway.simulate import run_cpython, run_micropython, running_gateway
+from gateway.cli.run import add_broker_arg
+from gateway.sim.simulate import run_cpython, run_micropython, running_gateway
 
 
 def register(sub: Any) -> None:

@@ -133,8 +133,8 @@ class WorkerLost(Exception):
 
 
 # the modules the pipeline's and the audit's tasks use, imported before the worker says "ready"
-_WORKER_CODE = ("import sys; import gateway.pipeline, gateway.audit; "
-                "from gateway.verifier import _worker_main; _worker_main(*sys.argv[1:])")
+_WORKER_CODE = ("import sys; import gateway.ingest.pipeline, gateway.storage.audit; "
+                "from gateway.ingest.verifier import _worker_main; _worker_main(*sys.argv[1:])")
 READY = -1  # the task id of the message a worker sends once it is ready
 
 
@@ -177,7 +177,7 @@ class _Worker:
         r1, w1 = os.pipe()  # tasks: us -> worker
         r2, w2 = os.pipe()  # results: worker -> us
         env = dict(os.environ)
-        root = str(Path(__file__).resolve().parent.parent)  # so the worker imports this gateway
+        root = str(Path(__file__).resolve().parents[2])  # so the worker imports this gateway
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
                                     else "")
         try:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from gateway.cli import add_data_arg
 from gateway.errors import AnchorError, ConfigError
-from gateway.receipt import build_receipt, parse_receipt, receipt_to_json, verify_receipt
-from gateway.store import Store
+from gateway.ledger.receipt import build_receipt, parse_receipt, receipt_to_json, verify_receipt
+from gateway.storage.store import Store
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from gateway.errors import AnchorError, ConfigError
-from gateway.merkle import HASH_SIZE
+from gateway.ledger.merkle import HASH_SIZE
 
 __all__ = [
     "NoteError",

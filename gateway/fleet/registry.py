@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.errors import ConfigError
-from gateway.store import Store
-from gateway.verifier import load_public_key, point_bytes
+from gateway.ingest.verifier import load_public_key, point_bytes
+from gateway.storage.store import Store
 
 DEVICE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 

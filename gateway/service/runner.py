@@ -73,7 +73,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.errors import AnchorError, ConfigError
-from gateway.loadgen import broker_auth, parse_broker_url, publish_packet, redact_url
+from gateway.sim.loadgen import broker_auth, parse_broker_url, publish_packet, redact_url
 
 log = logging.getLogger("iot_anchor.service")
 
@@ -1078,7 +1078,7 @@ def _client_id(pipeline: Any) -> str:
     """A stable MQTT client id: "iot-anchor-gw-<gateway key id>" (16 hex digits)."""
     key_id = getattr(pipeline, "key_id", None)
     if key_id is None:
-        from gateway import note
+        from gateway.ledger import note
 
         key_id = note.gateway_key_id(pipeline.signer)
     return f"iot-anchor-gw-{key_id}"
