@@ -30,5 +30,9 @@ class IntegrityError(AnchorError):
     """Stored data does not match what it claims (found by an audit)."""
 
 
+class BrokerError(AnchorError):
+    """The MQTT broker cannot be reached, refused us, or broke the protocol."""
+
+
 class ReceiptError(AnchorError):
     """A receipt does not verify."""

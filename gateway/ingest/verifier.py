@@ -49,9 +49,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.errors import ConfigError
+from gateway.wire.cose import HALF_N, P256_N
 
-P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
-HALF_N = P256_N // 2
 ES256 = ec.ECDSA(hashes.SHA256())
 CHUNK = 256
 
@@ -133,7 +132,7 @@ class WorkerLost(Exception):
 
 
 # the modules the pipeline's and the audit's tasks use, imported before the worker says "ready"
-_WORKER_CODE = ("import sys; import gateway.ingest.pipeline, gateway.storage.audit; "
+_WORKER_CODE = ("import sys; import gateway.ingest.pipeline, gateway.audit.store_audit; "
                 "from gateway.ingest.verifier import _worker_main; _worker_main(*sys.argv[1:])")
 READY = -1  # the task id of the message a worker sends once it is ready
 

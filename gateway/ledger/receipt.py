@@ -53,6 +53,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from gateway.errors import AnchorError, ReceiptError
 from gateway.ledger import merkle, note
 from gateway.ledger.entry import BatchEntry, EntryError, decode_entry
+from gateway.wire.cose import P256_N
 
 __all__ = [
     "RECEIPT_VERSION",
@@ -65,7 +66,6 @@ __all__ = [
 
 RECEIPT_VERSION = 1
 MAX_COSE_SIZE = 64 * 1024  # a receipt may come from anywhere: bound what we decode
-P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 _MAX_PROOF = 64
 _HINT = (
     "the receipt does not prove this reading: it was altered, or comes from another gateway; "

@@ -52,7 +52,14 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.wire.cbor import head
+
 MAX_MESSAGE = 2048
+ALG_ES256 = -7  # COSE algorithm id (RFC 9053): ECDSA on P-256 with SHA-256
+COSE_SIGN1_TAG = 18
+P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551  # group order
+HALF_N = P256_N // 2  # the largest low-S value
+ZERO_PREV = bytes(32)  # the prev of a device's seq 0
 MAX_DEPTH = 8
 MAX_SEQ = (1 << 63) - 1  # SQLite integers are signed 64-bit
 MAX_DEVICE_ID = 64
@@ -117,24 +124,11 @@ class Decoded:
         return hashlib.sha256(self.raw).digest()
 
 
-def bstr_head(n: int) -> bytes:
-    """The shortest CBOR head of a byte string of length n."""
-    if n < 24:
-        return bytes((0x40 | n,))
-    if n < 0x100:
-        return bytes((0x58, n))
-    if n < 0x10000:
-        return b"\x59" + n.to_bytes(2, "big")
-    if n < 0x100000000:
-        return b"\x5a" + n.to_bytes(4, "big")
-    return b"\x5b" + n.to_bytes(8, "big")
-
-
 def sig_structure(protected: bytes, payload: bytes) -> bytes:
     """Encode the COSE_Sign1 Sig_structure (RFC 9052 §4.4) with empty external_aad."""
     return b"".join(
-        (_SIG1_PREFIX, bstr_head(len(protected)), protected, _EMPTY_BSTR,
-         bstr_head(len(payload)), payload)
+        (_SIG1_PREFIX, head(2, len(protected)), protected, _EMPTY_BSTR,
+         head(2, len(payload)), payload)
     )
 
 
@@ -320,7 +314,7 @@ def _protected(raw: bytes) -> str:
         raise Rejection("bad_protected", "bytes after the protected header map")
     if alg is None:
         raise Rejection("bad_protected", "alg (label 1) is missing")
-    if alg != -7 or type(alg) is not int:
+    if alg != ALG_ES256 or type(alg) is not int:
         raise Rejection("unsupported_alg", f"alg {alg!r} is not ES256 (-7)")
     if type(kid) is not bytes:
         raise Rejection("bad_protected", "kid (label 4) is missing or not a byte string")
