@@ -74,6 +74,7 @@ from gateway.sim import loadgen  # noqa: E402
 from gateway.sim.broker import PrivateBroker  # noqa: E402
 from gateway.sim.simulate import stop_process  # noqa: E402
 from gateway.storage.store import Store  # noqa: E402
+from gateway.wire.signer import DeviceSigner  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 BATCH_RE = re.compile(
@@ -116,7 +117,7 @@ def _presign(job: tuple[str, bytes, int, int]) -> tuple[str, list[tuple[int, byt
 
 def make_fleet(n_devices: int, per_device: int, workdir: Path, procs: int) -> Fleet:
     ids = [f"load-{i:04d}" for i in range(n_devices)]
-    signers = [loadgen.DeviceSigner.generate(dev) for dev in ids]
+    signers = [DeviceSigner.generate(dev) for dev in ids]
     jobs = [(s.dev, s.secret, i, per_device) for i, s in enumerate(signers)]
     t0 = time.perf_counter()
     with multiprocessing.get_context("fork").Pool(
@@ -152,9 +153,9 @@ def _load_worker(cfg: loadgen.EngineConfig, share: list[tuple[str, list[tuple[in
     """One load process: loadgen's fleet driver over this share's pre-signed readings."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's clean-up handler
     try:
-        devs = [loadgen._Dev(dev, msgs) for dev, msgs in share]  # noqa: SLF001
+        devs = [loadgen.SimDevice(dev, msgs) for dev, msgs in share]
         ru0 = resource.getrusage(resource.RUSAGE_SELF)
-        asyncio.run(loadgen._drive(cfg, devs, _StartAt(go_at)))  # noqa: SLF001
+        asyncio.run(loadgen.drive(cfg, devs, _StartAt(go_at)))
         ru1 = resource.getrusage(resource.RUSAGE_SELF)
         sent = [t for d in devs for t in d.sent_at.values()]
         tx.send({

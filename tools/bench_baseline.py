@@ -26,7 +26,7 @@ import time
 import paho.mqtt.client as mqtt
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from gateway.sim.loadgen import parse_broker_url  # noqa: E402
+from gateway.wire.broker_url import parse_broker_url  # noqa: E402
 
 
 def main() -> int:
@@ -38,7 +38,8 @@ def main() -> int:
                     help="stop when nothing arrived for S seconds after the first message")
     ap.add_argument("--client-id", default="iot-anchor-bench-baseline")
     args = ap.parse_args()
-    host, port = parse_broker_url(args.broker)
+    url = parse_broker_url(args.broker, tls_ok=False)
+    host, port = url.host, url.port
 
     state = {"n": 0, "first": 0.0, "last": 0.0}
     done = threading.Event()

@@ -48,6 +48,7 @@ from gateway.ledger.receipt import (  # noqa: E402
 )
 from gateway.sim import loadgen  # noqa: E402
 from gateway.storage.store import VKEY_NAME, Store  # noqa: E402
+from gateway.wire.signer import DeviceSigner  # noqa: E402
 
 CACHE = ROOT / ".cache" / "bench"
 
@@ -79,7 +80,7 @@ def readings_file(n: int, devices: int, procs: int) -> tuple[Path, dict[str, byt
         log(f"using the cached readings in {d}")
         return data, {k: bytes.fromhex(v) for k, v in json.loads(keys.read_text()).items()}
     d.mkdir(parents=True, exist_ok=True)
-    signers = [loadgen.DeviceSigner.generate(f"load-{i:04d}") for i in range(devices)]
+    signers = [DeviceSigner.generate(f"load-{i:04d}") for i in range(devices)]
     shares = [[(s.dev, s.secret.hex(), i) for i, s in enumerate(signers) if i % procs == p]
               for p in range(procs)]
     t0 = time.perf_counter()

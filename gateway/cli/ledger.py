@@ -7,10 +7,10 @@ import json
 import sys
 from typing import Any
 
+from gateway.audit.store_audit import audit
 from gateway.cli import add_data_arg
 from gateway.errors import ConfigError
 from gateway.ledger import note
-from gateway.storage.audit import audit
 from gateway.storage.store import VKEY_NAME, Store
 
 

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.cli import add_data_arg
-from gateway.service.runner import DEFAULT_BROKER, ServiceConfig, run_service
+from gateway.service.config import DEFAULT_BROKER, ServiceConfig
+from gateway.service.runner import run_service
+
+if TYPE_CHECKING:
+    from gateway.ingest.pipeline import Pipeline
 
 
 def default_broker() -> str:
@@ -41,14 +46,14 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_run)
 
 
-def pipeline_factory(data_dir: Path, batch_max: int) -> Any:
-    def make() -> Any:
+def pipeline_factory(data_dir: Path, batch_max: int) -> Callable[[], Pipeline]:
+    def make() -> Pipeline:
         from gateway.ingest.pipeline import Pipeline
         from gateway.storage.store import Store
 
         store = Store.open(data_dir)
         try:
-            pipe = Pipeline(store, batch_max=batch_max)
+            pipe = Pipeline(store, batch_max=batch_max, owns_store=True)
             pipe.pool.start()  # the verifier processes get ready before the first message
             return pipe
         except BaseException:

@@ -28,6 +28,7 @@ code uses paths relative to the board's root, which is the working directory of 
 from __future__ import annotations
 
 import ast
+import asyncio
 import json
 import logging
 import os
@@ -38,18 +39,20 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
-from gateway.errors import AnchorError
+from gateway.errors import AnchorError, BrokerError, ConfigError
 from gateway.fleet import registry
 from gateway.ingest.verifier import check_signature, load_public_key
+from gateway.mqtt.client import Endpoint, session
 from gateway.wire import cose
+from gateway.wire.broker_url import parse_broker_url
+from gateway.wire.mqtt import ConnectOptions
+from gateway.wire.topics import readings_topic
 
 log = logging.getLogger(__name__)
 
@@ -487,12 +490,14 @@ def check_board(info: BoardInfo, platforms: Sequence[str] = SUPPORTED_PLATFORMS)
 
 
 def parse_broker(url: str) -> tuple[str, int]:
-    u = urlsplit(url if "://" in url else "mqtt://" + url)
-    if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
-        raise ProvisionError(f"--broker {url!r} is not an mqtt://HOST[:PORT] URL",
-                             "give the broker as the board will reach it, e.g. "
-                             "mqtt://192.168.1.10:1883")
-    return u.hostname, u.port or (8883 if u.scheme == "mqtts" else 1883)
+    """--broker as the board will reach it (mqtt://HOST[:PORT], mqtts://..., or HOST[:PORT])."""
+    try:
+        u = parse_broker_url(url, bare_ok=True, what="--broker",
+                             example="mqtt://192.168.1.10:1883")
+    except ConfigError as e:
+        raise ProvisionError(e.what, "give the broker as the board will reach it, e.g. "
+                             "mqtt://192.168.1.10:1883") from None
+    return u.host, u.port
 
 
 def check_broker_from_host(url: str, timeout: float = 5) -> None:
@@ -663,59 +668,49 @@ def register_key(data: str, dev_id: str, key: bytes, new_key: bool) -> str:
 
 
 def wait_first_reading(broker: str, dev_id: str, key: bytes, timeout: float, min_seq: int = 0,
-                       subscribed: threading.Event | None = None,
                        on_ready: Callable[[], None] | None = None) -> cose.Decoded:
     """Subscribe to anchor/<id>/readings, call on_ready() (the board reset), and return the
     first message with seq >= min_seq (a new one: the board also replays unacknowledged older
     readings from its outbox) that decodes and verifies under `key`."""
-    import paho.mqtt.client as mqtt
+    return asyncio.run(_first_reading(broker, dev_id, key, timeout, min_seq, on_ready))
 
-    host, port = parse_broker(broker)
-    got: list[bytes] = []
-    ready = subscribed or threading.Event()
-    arrived = threading.Event()
 
-    def on_connect(c: mqtt.Client, _u: object, _f: object, rc: object, _p: object = None) -> None:
-        c.subscribe(f"anchor/{dev_id}/readings", qos=1)
-
-    def on_subscribe(*_a: object) -> None:
-        ready.set()
-
-    def on_message(_c: mqtt.Client, _u: object, m: mqtt.MQTTMessage) -> None:
-        got.append(bytes(m.payload))
-        arrived.set()
-
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"provision-{dev_id}-{os.getpid()}",
-                    clean_session=True)
-    c.on_connect = on_connect
-    c.on_subscribe = on_subscribe
-    c.on_message = on_message
+async def _first_reading(broker: str, dev_id: str, key: bytes, timeout: float, min_seq: int,
+                         on_ready: Callable[[], None] | None) -> cose.Decoded:
+    parse_broker(broker)  # a clear error for a bad URL
+    url = parse_broker_url(broker, bare_ok=True)
+    got: asyncio.Queue[bytes] = asyncio.Queue()
+    options = ConnectOptions(f"provision-{dev_id}-{os.getpid()}", 30, username=url.username,
+                             password=url.password)
+    where = f"{url.host}:{url.port}"
+    pub = load_public_key(key)
     try:
-        c.connect(host, port, keepalive=30)
-    except OSError as e:
-        raise ProvisionError(f"broker unreachable: {host}:{port} ({e})",
-                             "start the broker, or give the right --broker URL") from None
-    c.loop_start()
-    try:
-        if not ready.wait(15):
-            raise ProvisionError(f"the broker at {host}:{port} did not confirm the subscription",
-                                 "check the broker's log and ACLs")
-        if on_ready:
-            on_ready()
-        pub = load_public_key(key)
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not arrived.wait(left):
-                raise ProvisionError(
-                    f"no signed reading from '{dev_id}' within {timeout:.0f} s after the reset",
-                    "watch the board's console ('mpremote connect PORT repl', then Ctrl-D) for "
-                    "Wi-Fi or broker errors; check that the broker URL is reachable from the "
-                    "board's network",
-                )
-            arrived.clear()
-            while got:
-                raw = got.pop(0)
+        async with session(Endpoint.from_url(url), options,
+                           lambda _t, payload, _p, _q: got.put_nowait(payload)) as conn:
+            try:
+                async with asyncio.timeout(15):
+                    codes = await conn.subscribe([(readings_topic(dev_id), 1)])
+            except TimeoutError:
+                raise ProvisionError(f"the broker at {where} did not confirm the subscription",
+                                     "check the broker's log and ACLs") from None
+            if any(code >= 0x80 for code in codes):
+                raise ProvisionError(f"the broker at {where} refused the subscription to "
+                                     f"{readings_topic(dev_id)}",
+                                     "check the ACL of the user in --broker")
+            if on_ready:
+                await asyncio.to_thread(on_ready)
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    raw = await asyncio.wait_for(got.get(), max(0.0, deadline - time.monotonic()))
+                except TimeoutError:
+                    raise ProvisionError(
+                        f"no signed reading from '{dev_id}' within {timeout:.0f} s after the "
+                        "reset",
+                        "watch the board's console ('mpremote connect PORT repl', then Ctrl-D) "
+                        "for Wi-Fi or broker errors; check that the broker URL is reachable "
+                        "from the board's network",
+                    ) from None
                 try:
                     d = cose.decode(raw)
                 except cose.Rejection as e:
@@ -727,9 +722,9 @@ def wait_first_reading(broker: str, dev_id: str, key: bytes, timeout: float, min
                         return d
                     continue  # a replayed older reading
                 log.warning("a reading on anchor/%s/readings did not verify: %s", dev_id, why)
-    finally:
-        c.loop_stop()
-        c.disconnect()
+    except BrokerError as e:
+        raise ProvisionError(f"broker unreachable: {e.what}",
+                             "start the broker, or give the right --broker URL") from None
 
 
 def provision(board: BoardTransport, opts: Options,

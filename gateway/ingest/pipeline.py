@@ -69,7 +69,7 @@ from gateway.ingest.verifier import (
     check_signature,
     load_public_key,
 )
-from gateway.ledger import merkle
+from gateway.ledger import merkle, note
 from gateway.ledger.merkle import leaf_hash
 from gateway.storage.store import GROUP, Store, batch_nodes, make_batch_entry, now_ms
 from gateway.wire.cose import DECODE_REASONS, MAX_MESSAGE, Rejection, decode, fields
@@ -232,12 +232,14 @@ class Pipeline:
     """See the module docstring."""
 
     def __init__(self, store: Store, *, batch_max: int = 4096, max_message: int = MAX_MESSAGE,
-                 workers: int = 2, signer: Any = None, processes: bool = True) -> None:
+                 workers: int = 2, signer: Any = None, processes: bool = True,
+                 owns_store: bool = False) -> None:
         if batch_max < 1:
             raise ValueError("batch_max must be at least 1")
         # group roots can be made during submit when batches split on group boundaries
         self._aligned = batch_max % GROUP == 0
         self.store = store
+        self._owns_store = owns_store  # close() closes the store too
         self.batch_max = batch_max
         self.max_message = max_message
         self.signer = signer if signer is not None else store.load_signer()
@@ -549,8 +551,17 @@ class Pipeline:
 
     # --- lifetime ------------------------------------------------------------------------------
 
+    def gateway_key_id(self) -> str:
+        return note.gateway_key_id(self.signer)
+
+    def latest_checkpoint(self) -> str | None:
+        latest = self.store.latest_checkpoint()
+        return latest[1] if latest else None
+
     def close(self) -> None:
         self.pool.close()
+        if self._owns_store:
+            self.store.close()
 
     def __enter__(self) -> Pipeline:
         return self

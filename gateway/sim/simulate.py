@@ -39,6 +39,8 @@ from typing import Any, TextIO
 
 from gateway.errors import AnchorError, ConfigError
 from gateway.sim import loadgen
+from gateway.wire.broker_url import redact_url
+from gateway.wire.signer import DeviceSigner
 
 ROOT = Path(__file__).resolve().parents[2]
 FIRMWARE_MAIN = ROOT / "firmware" / "main.py"
@@ -307,7 +309,7 @@ def run_micropython(data_dir: Path, fleet_dir: Path, n: int, interval: float, du
     fleet = MicroPythonFleet(fleet_dir, n)
     added = fleet.prepare(data_dir)
     log(f"simulate: {n} MicroPython devices ({added} newly registered), {count} readings each "
-        f"every {interval:g} s, broker {loadgen.redact_url(broker)}")
+        f"every {interval:g} s, broker {redact_url(broker)}")
     t0 = time.monotonic()
     interrupted = False
     try:
@@ -336,11 +338,11 @@ def run_cpython(data_dir: Path, fleet_dir: Path, n: int, interval: float, durati
         count = max(1, math.ceil(duration / interval))
     ids = [f"load-{i:04d}" for i in range(n)]
     states = loadgen.load_or_create_states(fleet_dir, ids)
-    keys = {st.dev: loadgen.DeviceSigner(st.dev, st.secret).public_key for st in states}
+    keys = {st.dev: DeviceSigner(st.dev, st.secret).public_key for st in states}
     added = register_devices(data_dir, keys)
     log(f"simulate: {n} CPython devices ({added} newly registered) over {procs} processes, "
         f"{count} pre-signed readings each, interval {interval:g} s, "
-        f"broker {loadgen.redact_url(broker)}")
+        f"broker {redact_url(broker)}")
     cfg = loadgen.EngineConfig(broker, interval=interval,
                                duration=duration if interval > 0 else math.inf,
                                drain_timeout=drain_timeout, ack_timeout=ack_timeout)

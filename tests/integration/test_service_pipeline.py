@@ -21,9 +21,9 @@ import pytest
 from gateway.fleet import registry
 from gateway.ledger import note
 from gateway.sim.broker import PrivateBroker
-from gateway.sim.loadgen import DeviceSigner
 from gateway.sim.simulate import stop_process_group
 from gateway.storage.store import Store
+from gateway.wire.signer import DeviceSigner
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway.audit.store_audit import audit
 from gateway.fleet import registry
 from gateway.ingest.pipeline import Pipeline
-from gateway.storage.audit import audit
 from gateway.storage.store import DB_NAME, Store
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -212,7 +212,7 @@ class _Stream:
 
 @pytest.mark.parametrize("tty", [True, False])
 def test_progress_bar_only_on_a_terminal(copy: Store, tty: bool) -> None:
-    from gateway.storage.audit import Progress
+    from gateway.audit.store_audit import Progress
 
     stream = _Stream(tty)
     res = audit(copy, copy.vkey(), progress=Progress(1, stream))  # type: ignore[arg-type]

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway.audit.store_audit import audit
 from gateway.fleet import registry
 from gateway.ingest.pipeline import Pipeline
-from gateway.storage.audit import audit
 from gateway.storage.store import DB_NAME, Store
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

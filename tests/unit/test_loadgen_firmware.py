@@ -19,7 +19,8 @@ import cbor2
 import pytest
 from conftest import run_mp
 
-from gateway.sim.loadgen import DeviceSigner, DeviceState, presign, sensor_data
+from gateway.sim.loadgen import DeviceState, presign, sensor_data
+from gateway.wire.signer import DeviceSigner
 
 SECRETS = [
     # RFC 6979 A.2.5 private key, and two fixed others

@@ -11,11 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway.audit.store_audit import audit
 from gateway.errors import StorageError
 from gateway.fleet import registry
 from gateway.ingest.pipeline import REASONS, Pipeline
 from gateway.ledger import merkle
-from gateway.storage.audit import audit
 from gateway.storage.store import Store
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

@@ -22,20 +22,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import ConfigError
-from gateway.sim.loadgen import (
-    P256_N,
-    DeviceSigner,
-    DeviceState,
-    broker_auth,
-    cbor_encode,
-    connect_packet,
-    decode_ack,
-    parse_broker_url,
-    presign,
-    publish_packet,
-    redact_url,
-    subscribe_packet,
-)
+from gateway.sim.loadgen import DeviceState, presign
+from gateway.wire.ack import decode_ack, encode_ack
+from gateway.wire.broker_url import parse_broker_url, redact_url
+from gateway.wire.cbor import encode as cbor_encode
+from gateway.wire.cose import P256_N
+from gateway.wire.signer import DeviceSigner
+from gateway.wire.topics import device_from_topic, device_from_topic_bytes
 
 # RFC 8949 Appendix A: value -> encoding (hex). Preferred serialisation of floats.
 RFC8949_EXAMPLES = [
@@ -151,19 +144,6 @@ def test_ts_omitted_when_unset() -> None:
     assert "ts" not in reading
 
 
-def test_mqtt_packets_exact_bytes() -> None:
-    # MQTT 3.1.1 §3.1: CONNECT, protocol level 4, clean session, keepalive 30, id "ab"
-    assert connect_packet("ab", 30).hex() == "100e00044d5154540402001e00026162"
-    # §3.3 PUBLISH QoS 1 (0x32), topic "t", packet id 7, payload "hi"; DUP sets 0x08
-    assert publish_packet(b"t", b"hi", 7).hex() == "3207000174" + "0007" + "6869"
-    assert publish_packet(b"t", b"hi", 7, dup=True)[0] == 0x3A
-    # §3.8 SUBSCRIBE (0x82), packet id 1, topic "a/b", QoS 1
-    assert subscribe_packet("a/b", 1).hex() == "82080001000361" + "2f62" + "01"
-    # remaining length over 127 uses two bytes
-    pkt = publish_packet(b"t", bytes(200), 1)
-    assert pkt[1:3] == bytes([(205 % 128) | 0x80, 205 // 128])
-
-
 def test_decode_ack() -> None:
     payload = cbor2.dumps({"upto": 9, "seqs": [12, 14], "entry": 3}, canonical=True)
     assert decode_ack(payload) == (9, [12, 14], 3)
@@ -171,22 +151,53 @@ def test_decode_ack() -> None:
 
 
 def test_parse_broker_url() -> None:
-    assert parse_broker_url("mqtt://127.0.0.1:1999") == ("127.0.0.1", 1999)
-    assert parse_broker_url("mqtt://localhost") == ("localhost", 1883)
-    with pytest.raises(ConfigError):
-        parse_broker_url("http://x:1")
+    u = parse_broker_url("mqtt://127.0.0.1:1999")
+    assert (u.host, u.port, u.tls, u.username, u.password) == ("127.0.0.1", 1999, False, None, None)
+    assert parse_broker_url("mqtt://localhost").port == 1883
+    assert parse_broker_url("10.0.0.1", bare_ok=True).url == "mqtt://10.0.0.1:1883"
+    for bad in ("http://x:1", "mqtt://", "mqtt://h:99999", "mqtt://h/path", "h:1"):
+        with pytest.raises(ConfigError):
+            parse_broker_url(bad)
     with pytest.raises(ConfigError):
         DeviceSigner("d", b"short")
 
 
 def test_broker_url_credentials_and_tls() -> None:
     url = "mqtt://gw:s3cr%2Ft@127.0.0.1:1884"
-    assert parse_broker_url(url) == ("127.0.0.1", 1884)
-    assert broker_auth(url) == ("gw", "s3cr/t")
-    assert broker_auth("mqtt://127.0.0.1") == (None, None)
+    u = parse_broker_url(url)
+    assert (u.host, u.port, u.username, u.password) == ("127.0.0.1", 1884, "gw", "s3cr/t")
+    assert u.shown == "mqtt://gw:***@127.0.0.1:1884"
     assert redact_url(url) == "mqtt://gw:***@127.0.0.1:1884"
     assert redact_url("mqtt://h:1") == "mqtt://h:1"
-    assert parse_broker_url("mqtts://broker.example", tls_ok=True) == ("broker.example", 8883)
+    t = parse_broker_url("mqtts://broker.example")
+    assert (t.host, t.port, t.tls) == ("broker.example", 8883, True)
     with pytest.raises(ConfigError) as e:
-        parse_broker_url("mqtts://u:pw@h:1")  # the load engine has no TLS
+        parse_broker_url("mqtts://u:pw@h:1", tls_ok=False)
     assert "pw" not in str(e.value)
+
+
+def test_topic_and_ack_encoding() -> None:
+    assert device_from_topic("anchor/dev-1/readings") == "dev-1"
+    assert device_from_topic_bytes(b"anchor/dev-1/readings") == "dev-1"
+    for bad in (b"anchor//readings", b"anchor/a/b/readings", b"anchor/\xff/readings",
+                b"x/d/readings", b"anchor/d/ack"):
+        assert device_from_topic_bytes(bad) == ""
+    assert device_from_topic("anchor//readings") is None
+    assert device_from_topic("anchor/a/b/readings") is None
+    assert encode_ack(4, [9, 7], 2) == cbor2.dumps({"upto": 4, "seqs": [7, 9], "entry": 2},
+                                                   canonical=True)
+    # canonical key order: "seqs" < "upto" < "entry" (length first, then bytes)
+    assert list(cbor2.loads(encode_ack(None, [], 0))) == ["seqs", "upto", "entry"]
+    assert cbor2.loads(encode_ack(None, [], 0))["upto"] == -1
+
+
+@settings(max_examples=300, deadline=None)
+@given(upto=st.integers(-1, 2**64 - 1), seqs=st.lists(st.integers(0, 2**64 - 1), max_size=40),
+       entry=st.integers(0, 2**64 - 1))
+def test_ack_encoding_is_cbor2s_canonical_form(upto: int, seqs: list[int], entry: int) -> None:
+    """encode_ack writes the CBOR by hand: byte for byte what cbor2 gives, for every size of
+    integer and array head."""
+    assert encode_ack(upto, seqs, entry) == cbor2.dumps(
+        {"upto": upto, "seqs": sorted(seqs), "entry": entry}, canonical=True)
+
+

@@ -1,0 +1,1 @@
+"""Audits: checking stored data against what the gateway signed (`ledger verify`)."""
