@@ -108,7 +108,7 @@ def build(opts, board=None):
     from anchor.state import Device
 
     dev = Device.load(d)    # the heaviest step (the comb table is filled): with little loaded
-    unload("statex", "p256key", "cborx")
+    unload("statex", "p256_keys", "cborx")
     if hasattr(board, "seed"):
         board.seed(dev.dev_id)
     try:

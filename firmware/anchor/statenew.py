@@ -12,7 +12,8 @@ try:
 except ImportError:
     import ujson as json
 
-from anchor import Error, p256
+from anchor import Error
+from anchor.p256_keys import generate_secret, public_key, secret_from_bytes
 from anchor.state import KEY_FILE, LAST_FILE, SEQ_FILE, _path, _write_atomic
 from anchor.statex import check_id
 
@@ -74,7 +75,7 @@ def create(cls, d, dev_id=None, secret=None):
     dev_id: None for default_id(public key). Refuses a directory that already holds state.
     """
     if secret is None:
-        s = p256.generate_secret()
+        s = generate_secret()
     else:
         if isinstance(secret, str):
             if len(secret) != 64:
@@ -84,10 +85,10 @@ def create(cls, d, dev_id=None, secret=None):
             except ValueError:
                 raise Error("--secret must be 64 hex characters (32 bytes)")
         try:
-            s = p256.secret_from_bytes(secret)
+            s = secret_from_bytes(secret)
         except ValueError as e:
             raise Error("bad secret: %s" % e)
-    pub = p256.public_key(s)
+    pub = public_key(s)
     if dev_id is None:
         dev_id = default_id(pub)
     check_id(dev_id)

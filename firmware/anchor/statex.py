@@ -11,7 +11,8 @@ except ImportError:
 
 from micropython import const
 
-from anchor import Error, p256
+from anchor import Error
+from anchor.p256_keys import public_key, secret_from_bytes
 from anchor.state import KEY_FILE, LAST_FILE, SEQ_FILE, _path
 
 _ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-"
@@ -46,12 +47,12 @@ def load(cls, d):
     try:
         key = json.loads(raw)
         dev_id = key["id"]
-        s = p256.secret_from_bytes(unhexlify(key["secret"]))
+        s = secret_from_bytes(unhexlify(key["secret"]))
         pub = unhexlify(key["public"])
     except (ValueError, KeyError, TypeError) as e:
         raise Error("%s is damaged (%s)" % (_path(d, KEY_FILE), e))
     check_id(dev_id)
-    if p256.public_key(s) != pub:
+    if public_key(s) != pub:
         raise Error("%s is damaged: public key does not match the secret" %
                     _path(d, KEY_FILE))
     reserved = 0

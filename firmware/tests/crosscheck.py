@@ -25,8 +25,10 @@ import json
 import struct
 from binascii import hexlify, unhexlify
 
-from anchor import Error, cbor, cose, p256
-from anchor.hmac256 import hmac_sha256
+from anchor import Error, cbor, cose
+from anchor.p256 import hmac_sha256
+from anchor.p256_keys import public_key, secret_from_bytes
+from anchor.p256_verify import verify
 
 
 def _hex(b):
@@ -79,13 +81,13 @@ def tag(v):
 def handle(req):
     op = req["op"]
     if op == "sign":
-        d = p256.secret_from_bytes(unhexlify(req["secret"]))
+        d = secret_from_bytes(unhexlify(req["secret"]))
         data = {}
         for name, v in req["data"]:
             data[name] = untag(v)
         payload = cose.reading(req["dev"], req["seq"], unhexlify(req["prev"]), data, req["ts"])
         msg = cose.sign1(d, req["dev"].encode(), payload)
-        return {"pub": _hex(p256.public_key(d)), "payload": _hex(payload), "msg": _hex(msg)}
+        return {"pub": _hex(public_key(d)), "payload": _hex(payload), "msg": _hex(msg)}
     if op == "hmac":
         return {"mac": _hex(hmac_sha256(unhexlify(req["key"]), unhexlify(req["msg"])))}
     if op == "encode":
@@ -102,7 +104,7 @@ def handle(req):
         return {"ok": cose.verify1(unhexlify(req["pub"]), unhexlify(req["msg"]),
                                    unhexlify(req.get("aad", "")))}
     if op == "verify":
-        return {"ok": p256.verify(unhexlify(req["pub"]), unhexlify(req["digest"]),
+        return {"ok": verify(unhexlify(req["pub"]), unhexlify(req["digest"]),
                                   unhexlify(req["sig"]))}
     raise ValueError("unknown op %r" % op)
 

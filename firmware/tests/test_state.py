@@ -15,7 +15,8 @@ from binascii import hexlify
 import runner
 from runner import raises
 
-from anchor import Error, cbor, cose, p256, state
+from anchor import Error, cbor, cose, state
+from anchor.p256_keys import public_key
 from anchor.state import Device
 
 SECRET_HEX = "c9afa9d845ba75166b5c215767b1d6934e50c3db36e89b127b8a622b120f6721"
@@ -48,7 +49,7 @@ def test_create_and_files():
     def t(d):
         dev = Device.create(d, dev_id="node-1", secret=SECRET_HEX)
         assert dev.dev_id == "node-1"
-        assert dev.public_key == p256.public_key(int(SECRET_HEX, 16))
+        assert dev.public_key == public_key(int(SECRET_HEX, 16))
         assert dev.seq == 0 and dev.prev == bytes(32) and dev.last_message is None
         key = _read_json(d + "/key.json")
         assert key == {"v": 1, "id": "node-1", "secret": SECRET_HEX,
@@ -166,7 +167,7 @@ def test_load_errors():
         assert raises(Error, Device.load, d)  # no key
         Device.create(d, secret=SECRET_HEX)
         key = _read_json(d + "/key.json")
-        key["public"] = hexlify(p256.public_key(5)).decode()
+        key["public"] = hexlify(public_key(5)).decode()
         with open(d + "/key.json", "w") as f:
             f.write(json.dumps(key))
         assert raises(Error, Device.load, d)  # public key does not match

@@ -11,7 +11,7 @@ import re
 import pytest
 from conftest import FIRMWARE, run_mp
 
-FILES = ["test_hmac256.py", "test_p256.py", "test_cbor.py", "test_cose.py", "test_state.py"]
+FILES = ["test_p256.py", "test_cbor.py", "test_cose.py", "test_state.py"]
 CASES = [
     (f, name)
     for f in FILES
