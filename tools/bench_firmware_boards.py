@@ -58,7 +58,7 @@ import gc, sys
 sys.path.insert(0, %r)
 gc.collect()
 m0 = gc.mem_alloc()
-from anchor import device, mqtt, outbox, state, cose, cbor, cborx, p256, board
+from anchor import device, mqtt, outbox, state, cose, cbor, cbor_decode, p256, board
 from anchor import config, startup
 gc.collect()
 print(gc.mem_alloc() - m0)
@@ -86,8 +86,8 @@ sys.path.insert(0, %r)
 out = {}
 gc.collect()
 prev = gc.mem_alloc()
-for m in ('anchor', 'anchor.cbor', 'anchor.cborx', 'anchor.p256', 'anchor.cose',
-          'anchor.state', 'anchor.outbox', 'anchor.mqtt', 'anchor.board', 'anchor.device',
+for m in ('anchor', 'anchor.cbor', 'anchor.cbor_types', 'anchor.cbor_decode', 'anchor.p256',
+          'anchor.cose', 'anchor.state', 'anchor.outbox', 'anchor.mqtt', 'anchor.board', 'anchor.device',
           'anchor.config', 'anchor.startup'):
     __import__(m)
     gc.collect()

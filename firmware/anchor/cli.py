@@ -100,7 +100,7 @@ def _parse_data(text):
 
 
 def sign(args):
-    _imports("p256", "cborx", "cbor", "state", "statex", "p256_keys")
+    _imports("p256", "cbor_decode", "cbor", "state", "statex", "p256_keys")
     from anchor.state import Device, unix_time
 
     opts = _options(args, ("dir", "data", "ts"))
@@ -119,7 +119,7 @@ def sign(args):
         except ValueError:
             raise Error("--ts must be unix seconds or 'none', not %r" % ts)
     dev = Device.load(d)
-    unload("statex", "p256_keys", "cborx")  # start-up code: not needed to sign
+    unload("statex", "p256_keys", "cbor_decode", "cbor_types")  # start-up code: not needed to sign
     _imports("cose")
     msg = dev.next_reading(data, ts)
     print("device %s, seq %d, %d bytes" % (dev.dev_id, dev.seq - 1, len(msg)))

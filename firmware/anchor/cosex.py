@@ -5,27 +5,28 @@
 
 from hashlib import sha256
 
-from anchor import cbor
+from anchor.cbor_decode import decode
+from anchor.cbor_types import CBORError, Tag
 from anchor.cose import ALG_ES256, TAG_SIGN1, sig_structure
 
 
 def decode_sign1(msg):
     """(protected bytes, unprotected dict, payload bytes, signature bytes) of a COSE_Sign1.
 
-    Accepts tag 18 or an untagged array; raises cbor.CBORError on anything else.
+    Accepts tag 18 or an untagged array; raises CBORError on anything else.
     """
-    obj = cbor.decode(msg)
-    if isinstance(obj, cbor.Tag):
+    obj = decode(msg)
+    if isinstance(obj, Tag):
         if obj.tag != TAG_SIGN1:
-            raise cbor.CBORError("CBOR tag %d is not COSE_Sign1 (18)" % obj.tag)
+            raise CBORError("CBOR tag %d is not COSE_Sign1 (18)" % obj.tag)
         obj = obj.value
     if not isinstance(obj, list) or len(obj) != 4:
-        raise cbor.CBORError("COSE_Sign1 is an array of 4 items")
+        raise CBORError("COSE_Sign1 is an array of 4 items")
     protected, unprotected, payload, sig = obj
     if not isinstance(protected, bytes) or not isinstance(unprotected, dict):
-        raise cbor.CBORError("bad COSE_Sign1 headers")
+        raise CBORError("bad COSE_Sign1 headers")
     if not isinstance(payload, bytes) or not isinstance(sig, bytes):
-        raise cbor.CBORError("COSE_Sign1 payload and signature are byte strings")
+        raise CBORError("COSE_Sign1 payload and signature are byte strings")
     return protected, unprotected, payload, sig
 
 
@@ -38,8 +39,8 @@ def verify1(pub, msg, external_aad=b""):
     """
     try:
         protected, unprotected, payload, sig = decode_sign1(msg)
-        ph = cbor.decode(protected) if protected else {}
-    except cbor.CBORError:
+        ph = decode(protected) if protected else {}
+    except CBORError:
         return False
     if not isinstance(ph, dict):
         return False

@@ -72,7 +72,7 @@ def _item(b, i, depth):
     "indefinite": an indefinite length or a reserved additional-information value),
     IndexError (truncated), TypeError or UnicodeError on what is not CBOR of that kind.
 
-    The device's own decoder for acks, small enough to stay loaded (the general one, cborx.py,
+    The device's own decoder for acks, small enough to stay loaded (the general one, cbor_decode.py,
     is start-up code: loading it for each ack needs a large free block in the middle of the
     loop, and keeping it costs 1.6 KB)."""
     if depth > 8:

@@ -108,7 +108,7 @@ def build(opts, board=None):
     from anchor.state import Device
 
     dev = Device.load(d)    # the heaviest step (the comb table is filled): with little loaded
-    unload("statex", "p256_keys", "cborx")
+    unload("statex", "p256_keys", "cbor_decode", "cbor_types")
     if hasattr(board, "seed"):
         board.seed(dev.dev_id)
     try:
@@ -126,7 +126,7 @@ def build(opts, board=None):
     # bytes a reading), and a device that keeps up has one segment live.
     ob = Outbox(d, max_records=opts["outbox-max"], seg_records=32)
     unload("outboxx")
-    # The general CBOR decoder (cborx, which Device.load used for last.cose) is not kept: acks
+    # The general CBOR decoder (cbor_decode, which Device.load used for last.cose) is not kept: acks
     # are decoded by device._item.
     return board, dev, ob, client
 

@@ -65,11 +65,11 @@ def load(cls, d):
     last = _read(_path(d, LAST_FILE))
     seq = reserved
     if last is not None:
-        from anchor import cbor  # here: keygen imports this module but never decodes
+        from anchor.cbor_decode import decode  # here: keygen imports this module, never decodes
 
         try:
-            m = cbor.decode(last).value  # 18([protected, {}, payload, signature])
-            payload = cbor.decode(m[2])
+            m = decode(last).value  # 18([protected, {}, payload, signature])
+            payload = decode(m[2])
             last_seq = payload["seq"]
             if len(m) != 4 or payload["dev"] != dev_id or not isinstance(last_seq, int):
                 raise ValueError("not this device's message")

@@ -26,6 +26,8 @@ import struct
 from binascii import hexlify, unhexlify
 
 from anchor import Error, cbor, cose
+from anchor.cbor_decode import decode
+from anchor.cbor_types import Tag
 from anchor.p256 import hmac_sha256
 from anchor.p256_keys import public_key, secret_from_bytes
 from anchor.p256_verify import verify
@@ -50,7 +52,7 @@ def untag(t):
     if k == "m":
         return {untag(a): untag(b) for a, b in t[1]}
     if k == "t":
-        return cbor.Tag(t[1], untag(t[2]))
+        return Tag(t[1], untag(t[2]))
     return {"T": True, "F": False, "N": None}[k]
 
 
@@ -73,7 +75,7 @@ def tag(v):
         return ["l", [tag(x) for x in v]]
     if isinstance(v, dict):
         return ["m", [[tag(a), tag(v[a])] for a in v]]
-    if isinstance(v, cbor.Tag):
+    if isinstance(v, Tag):
         return ["t", v.tag, tag(v.value)]
     raise TypeError(type(v))
 
@@ -97,7 +99,7 @@ def handle(req):
             return {"error": str(e)}
     if op == "decode":
         try:
-            return {"obj": tag(cbor.decode(unhexlify(req["cbor"])))}
+            return {"obj": tag(decode(unhexlify(req["cbor"])))}
         except Error as e:
             return {"error": str(e)}
     if op == "verify1":

@@ -15,7 +15,8 @@ from binascii import hexlify
 import runner
 from runner import raises
 
-from anchor import Error, cbor, cose, state
+from anchor import Error, cose, state
+from anchor.cbor_decode import decode
 from anchor.p256_keys import public_key
 from anchor.state import Device
 
@@ -37,7 +38,7 @@ def _with_dir(fn):
 
 
 def _payload(msg):
-    return cbor.decode(cose.decode_sign1(msg)[2])
+    return decode(cose.decode_sign1(msg)[2])
 
 
 def _read_json(path):
