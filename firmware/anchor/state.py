@@ -136,9 +136,9 @@ class Device:
         payload = cose.reading(self.dev_id, seq, self.prev, data, ts)
         msg = cose.sign1(self._secret, self._kid, payload)
         if len(msg) > cose.MAX_MESSAGE:
-            from anchor.cosex import size_error  # the message: error path only
+            from anchor import error_text  # the message: error path only
 
-            raise Error(size_error(len(msg)))
+            raise Error(error_text.reading_size(len(msg)))
         if seq >= self._reserved_upto:
             upto = seq + _SEQ_BLOCK
             _write_atomic(_path(self.dir, SEQ_FILE),

@@ -28,6 +28,7 @@ from binascii import hexlify, unhexlify
 from anchor import Error, cbor, cose
 from anchor.cbor_decode import decode
 from anchor.cbor_types import Tag
+from anchor.cose_verify import verify1
 from anchor.p256 import hmac_sha256
 from anchor.p256_keys import public_key, secret_from_bytes
 from anchor.p256_verify import verify
@@ -103,7 +104,7 @@ def handle(req):
         except Error as e:
             return {"error": str(e)}
     if op == "verify1":
-        return {"ok": cose.verify1(unhexlify(req["pub"]), unhexlify(req["msg"]),
+        return {"ok": verify1(unhexlify(req["pub"]), unhexlify(req["msg"]),
                                    unhexlify(req.get("aad", "")))}
     if op == "verify":
         return {"ok": verify(unhexlify(req["pub"]), unhexlify(req["digest"]),

@@ -14,6 +14,7 @@ import os
 from anchor import Error, cbor, cli, device
 from anchor.cbor_decode import decode
 from anchor.cbor_types import Tag
+from anchor.cose_verify import decode_sign1
 from anchor import board_unix
 from anchor.outbox import Outbox
 from anchor.state import Device
@@ -174,9 +175,7 @@ def test_readings_carry_sensor_data_and_clock():
     loop, lines, d = make_loop()
     loop.produce()
     g, i, _ = list(loop.outbox.waiting())[0]
-    from anchor import cose
-
-    r = decode(cose.decode_sign1(loop.outbox.read(g, i))[2])
+    r = decode(decode_sign1(loop.outbox.read(g, i))[2])
     assert r["dev"] == "dev-t" and r["seq"] == 0 and set(r["data"]) == {"temp"}
     assert isinstance(r["ts"], int) and r["ts"] > 1704067200
 

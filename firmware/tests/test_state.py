@@ -18,6 +18,7 @@ from runner import raises
 from anchor import Error, cose, state
 from anchor.cbor_decode import decode
 from anchor.p256_keys import public_key
+from anchor.cose_verify import decode_sign1, verify1
 from anchor.state import Device
 
 SECRET_HEX = "c9afa9d845ba75166b5c215767b1d6934e50c3db36e89b127b8a622b120f6721"
@@ -38,7 +39,7 @@ def _with_dir(fn):
 
 
 def _payload(msg):
-    return decode(cose.decode_sign1(msg)[2])
+    return decode(decode_sign1(msg)[2])
 
 
 def _read_json(path):
@@ -76,7 +77,7 @@ def test_chain_seq_prev_and_reservation():
         prev = bytes(32)
         for i in range(70):
             msg = dev.next_reading({"i": i}, ts=1735689600 + i)
-            assert cose.verify1(pub, msg)
+            assert verify1(pub, msg)
             r = _payload(msg)
             assert r["seq"] == i and r["prev"] == prev and r["dev"] == "node-1"
             assert r["ts"] == 1735689600 + i and r["data"] == {"i": i} and r["v"] == 1

@@ -1,7 +1,6 @@
 # Reading COSE_Sign1 messages back: decoding and verification (tests, tools, a device checking
-# a message), and what is wrong with a refused reading. The device loop only signs, so this is
-# kept out of cose.py and out of its RAM; cose.decode_sign1 and cose.verify1 still work (cose.py
-# forwards them here).
+# a message). A cold companion of cose.py (cose.COLD): the device loop only signs, so it does
+# not keep this code in RAM.
 
 from hashlib import sha256
 
@@ -53,31 +52,3 @@ def verify1(pub, msg, external_aad=b""):
     from anchor.p256_verify import verify
 
     return verify(pub, sha256(tbs).digest(), sig)
-
-
-def reading_error(data, prev, ts=None):
-    """Why cose.reading refused data, prev or ts (it calls this only then)."""
-    if ts is not None and (type(ts) is not int or ts < 0):
-        return "ts must be a non-negative integer (unix seconds)"
-    if not isinstance(data, dict):
-        return "data must be a map of sensor name -> number"
-    for k in data:
-        if not isinstance(k, str) or not k:
-            return "sensor names must be non-empty strings"
-        v = data[k]
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            return "value of %r must be a number, not %s" % (k, type(v).__name__)
-        if isinstance(v, float):
-            if v != v or v in (float("inf"), float("-inf")):
-                return "value of %r must be finite" % (k,)
-        elif not -(1 << 64) <= v < (1 << 64):
-            return "value of %r does not fit in 64 bits" % (k,)
-    return "prev must be 32 bytes"
-
-
-def size_error(n):
-    """state.Device.next_reading's message for a signed reading over cose.MAX_MESSAGE."""
-    from anchor.cose import MAX_MESSAGE
-
-    return ("reading is %d bytes, over the %d-byte limit; send fewer or shorter sensor values"
-            % (n, MAX_MESSAGE))

@@ -1,0 +1,33 @@
+# The text of the errors that the device loop's resident modules raise (cose, state, mqtt),
+# built only when one is raised: a string constant longer than 10 characters is an object in
+# RAM for as long as its module is loaded (50 to 180 bytes each), so the resident modules test
+# cheaply and take their messages from here. A cold companion of each of them (their COLD).
+# (The CBOR encoder's errors are in cbor_types.py, with CBORError.)
+
+
+def reading(data, prev, ts=None):
+    """Why cose.reading refused data, prev or ts (it calls this only then)."""
+    if ts is not None and (type(ts) is not int or ts < 0):
+        return "ts must be a non-negative integer (unix seconds)"
+    if not isinstance(data, dict):
+        return "data must be a map of sensor name -> number"
+    for k in data:
+        if not isinstance(k, str) or not k:
+            return "sensor names must be non-empty strings"
+        v = data[k]
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return "value of %r must be a number, not %s" % (k, type(v).__name__)
+        if isinstance(v, float):
+            if v != v or v in (float("inf"), float("-inf")):
+                return "value of %r must be finite" % (k,)
+        elif not -(1 << 64) <= v < (1 << 64):
+            return "value of %r does not fit in 64 bits" % (k,)
+    return "prev must be 32 bytes"
+
+
+def reading_size(n):
+    """state.Device.next_reading's message for a signed reading over cose.MAX_MESSAGE."""
+    from anchor.cose import MAX_MESSAGE
+
+    return ("reading is %d bytes, over the %d-byte limit; send fewer or shorter sensor values"
+            % (n, MAX_MESSAGE))
