@@ -51,7 +51,7 @@ import bench_firmware_boards as boards  # noqa: E402
 
 # What `main.py keygen` and `main.py sign` import.
 SIGNING_MODULES = ("__init__", "cli", "p256", "p256_keys", "cbor", "cbor_decode", "cbor_types",
-                   "cose", "state", "statex", "statenew")
+                   "cose", "state", "state_load", "state_create")
 
 GOAL_RATIO = 0.4
 GOAL_PEAK_HEAP = 12 * 1024

@@ -7,7 +7,7 @@
 # several times its bytecode in free heap for a moment (its whole parse tree; 11-20 KB for our
 # modules on a 64-bit port). keygen and sign must work in a 48 KiB heap (issue 2) that way too,
 # so _imports() compiles the biggest modules first, while little is held, with a collection
-# between them; sign loads the device (start-up code: statex, p256_keys, the CBOR decoder), drops
+# between them; sign loads the device (start-up code: state_load, p256_keys, the CBOR decoder), drops
 # that code, and only then compiles cose.py (state.py imports it on first use).
 
 import sys
@@ -76,7 +76,7 @@ def _imports(*names):
 
 
 def keygen(args):
-    _imports("p256", "state", "statenew", "p256_keys")
+    _imports("p256", "state", "state_create", "p256_keys")
     from anchor.state import Device
 
     opts = _options(args, ("dir", "id", "secret"))
@@ -100,7 +100,7 @@ def _parse_data(text):
 
 
 def sign(args):
-    _imports("p256", "cbor_decode", "cbor", "state", "statex", "p256_keys")
+    _imports("p256", "cbor_decode", "cbor", "state", "state_load", "p256_keys")
     from anchor.state import Device, unix_time
 
     opts = _options(args, ("dir", "data", "ts"))
@@ -119,7 +119,7 @@ def sign(args):
         except ValueError:
             raise Error("--ts must be unix seconds or 'none', not %r" % ts)
     dev = Device.load(d)
-    unload("statex", "p256_keys", "cbor_decode", "cbor_types")  # start-up code: not needed to sign
+    unload("state_load", "p256_keys", "cbor_decode", "cbor_types")  # start-up code: not needed to sign
     _imports("cose")
     msg = dev.next_reading(data, ts)
     print("device %s, seq %d, %d bytes" % (dev.dev_id, dev.seq - 1, len(msg)))

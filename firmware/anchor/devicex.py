@@ -108,7 +108,7 @@ def build(opts, board=None):
     from anchor.state import Device
 
     dev = Device.load(d)    # the heaviest step (the comb table is filled): with little loaded
-    unload("statex", "p256_keys", "cbor_decode", "cbor_types")
+    unload("state_load", "p256_keys", "cbor_decode", "cbor_types")
     if hasattr(board, "seed"):
         board.seed(dev.dev_id)
     try:

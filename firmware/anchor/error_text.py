@@ -31,3 +31,25 @@ def reading_size(n):
 
     return ("reading is %d bytes, over the %d-byte limit; send fewer or shorter sensor values"
             % (n, MAX_MESSAGE))
+
+
+_ERRNO = {
+    2: "no such file or directory",
+    13: "permission denied",
+    17: "file exists",
+    20: "not a directory",
+    21: "is a directory",
+    28: "no space left on device",
+    30: "read-only file system",
+}
+
+
+def errno_name(e):
+    """The name of OSError e's errno, e.g. "no space left on device"."""
+    code = e.args[0] if e.args else 0
+    return _ERRNO.get(code, "errno %s" % code)
+
+
+def write(path, e):
+    """state._write_atomic's message for OSError e while writing path."""
+    return "cannot write %s (%s); check that the directory is writable" % (path, errno_name(e))

@@ -1,6 +1,7 @@
-# Loading a device's state (start-up): run once, so not kept in RAM with state.py
-# (state.Device.load forwards here; the device loop drops this module after start-up). Creating
-# a device (keygen) is in statenew.py. See state.py for the files and their format.
+# Loading a device's state from its directory (start-up), and the rule for device ids: run once,
+# so a cold companion of state.py (state.COLD) that the device loop drops after start-up;
+# state.Device.load calls it. Creating a device (keygen) is state_create.py. state.py describes
+# the files and their format.
 
 from binascii import unhexlify
 
