@@ -120,12 +120,13 @@ def build(opts, board=None):
                                  max_inflight=2)
     except ValueError as e:
         raise Error(str(e))
-    from anchor.outbox import Outbox
+    from anchor.outbox_load import load_outbox
 
     # 32 readings a segment (not 64): each live segment's index arrays are preallocated (11
     # bytes a reading), and a device that keeps up has one segment live.
-    ob = Outbox(d, max_records=opts["outbox-max"], seg_records=32)
-    unload("outboxx")
+    ob = load_outbox(d, max_records=opts["outbox-max"], seg_records=32)
+    load_outbox = None
+    unload("outbox_load")
     # The general CBOR decoder (cbor_decode, which Device.load used for last.cose) is not kept: acks
     # are decoded by device._item.
     return board, dev, ob, client

@@ -16,7 +16,7 @@ from anchor.cbor_decode import decode
 from anchor.cbor_types import Tag
 from anchor.cose_verify import decode_sign1
 from anchor import board_unix
-from anchor.outbox import Outbox
+from anchor.outbox_load import load_outbox
 from anchor.state import Device
 import runner
 
@@ -75,7 +75,7 @@ def make_loop(count=None, secret="11" * 32):
     board = board_unix.Board({"dir": d, "id": None}, thermal_root=d + "/no-thermal")
     board.seed(dev.dev_id)
     lines = []
-    loop = device.Loop(board, dev, Outbox(d), NullClient(), interval=0, count=count,
+    loop = device.Loop(board, dev, load_outbox(d), NullClient(), interval=0, count=count,
                        out=lines.append)
     return loop, lines, d
 
@@ -158,7 +158,7 @@ def test_requeue_last_after_crash_between_sign_and_append():
     # a crash right after signing: the state advanced, the outbox never saw the message
     msg = loop.dev.next_reading({"temp": 1.5}, None)
     dev2 = Device.load(d)
-    ob2 = Outbox(d)
+    ob2 = load_outbox(d)
     assert ob2.pending == 1 and dev2.last_message == msg
     loop2 = device.Loop(loop.board, dev2, ob2, NullClient(), out=lines.append)
     assert loop2.requeue_last() is True
@@ -167,7 +167,7 @@ def test_requeue_last_after_crash_between_sign_and_append():
     assert ob2.read(g, i) == msg
     assert loop2.requeue_last() is False   # already there
     ob2.ack(1, [])
-    assert device.Loop(loop.board, Device.load(d), Outbox(d), NullClient()).requeue_last() \
+    assert device.Loop(loop.board, Device.load(d), load_outbox(d), NullClient()).requeue_last() \
         is False                            # acked: nothing to requeue
 
 
