@@ -74,7 +74,7 @@ m0 = gc.mem_alloc()
 from anchor import device, unload
 opts = device.parse_args(["--dir", %r, "--broker", "mqtt://127.0.0.1:1"])
 objs = device.build(opts)
-unload("devicex", "mqttx", "state_load", "state_create", "p256_keys", "p256_verify", "outbox_load", "outbox_trim")
+unload("devicex", "mqtt_setup", "state_load", "state_create", "p256_keys", "p256_verify", "outbox_load", "outbox_trim")
 gc.collect()
 print(gc.mem_alloc() - m0)
 """

@@ -3,7 +3,7 @@
 # One module per concept: p256 (ECDSA signing, HMAC), cbor (deterministic encoder, small decoder),
 # cose (the Reading and its COSE_Sign1 message), state (the device's key, seq and prev on flash).
 # This file stays tiny: importing `anchor` must not pull in the big modules. Code that runs only
-# at start-up or rarely is in separate modules (p256_keys, p256_verify, state_load, state_create, cose_verify, mqttx,
+# at start-up or rarely is in separate modules (p256_keys, p256_verify, state_load, state_create, cose_verify, mqtt_setup,
 # devicex, outbox_load, outbox_trim, cli), loaded on first use; where the device loop uses one only at start-up,
 # it is dropped again with unload() (docs/boards.md, "Memory").
 

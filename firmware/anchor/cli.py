@@ -181,10 +181,10 @@ def run_finish(loop, opts, ok):
         print("error: the device loop stopped: %s; the outbox keeps every unacknowledged "
               "reading, run again to resume" % loop.crash, file=sys.stderr)
     elif not ok:
-        from anchor.mqtt import _safe
+        from anchor.mqtt_setup import redact_url
 
         print("error: timed out after %g s waiting for acks: %d readings still waiting in the "
               "outbox; check that the gateway (iot-anchor run) is running and uses broker %s"
-              % (opts["timeout"], loop.outbox.pending, _safe(opts["broker"])), file=sys.stderr)
+              % (opts["timeout"], loop.outbox.pending, redact_url(opts["broker"])), file=sys.stderr)
     print(run_summary(loop, ok))
     return 0 if ok else 1

@@ -382,7 +382,7 @@ def main(args):
 
     r = devicex.start(args)     # (loop, opts), or the exit status of a usage error
     devicex = None
-    unload("devicex", "mqttx", "state_load", "state_create", "p256_keys", "p256_verify", "outbox_load", "outbox_trim", "board")
+    unload("devicex", "mqtt_setup", "state_load", "state_create", "p256_keys", "p256_verify", "outbox_load", "outbox_trim", "board")
     if isinstance(r, int):
         return r
     try:

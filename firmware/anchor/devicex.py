@@ -86,13 +86,14 @@ def build(opts, board=None):
     """Board, Device, Outbox and MQTT client for the options of parse_args()."""
     # One part after the other, each start-up-only module dropped once used, so that they are
     # never all in RAM at once (this start-up is the heap's peak otherwise).
-    from anchor import mqtt
+    from anchor import mqtt_setup
 
     try:
-        host, port, tls, user, password = mqtt.parse_url(opts["broker"])
+        host, port, tls, user, password = mqtt_setup.parse_url(opts["broker"])
     except ValueError as e:
         raise Error(str(e))
-    unload("mqttx")
+    mqtt_setup = None
+    unload("mqtt_setup")
     if board is None:
         from anchor.board import Board
 
@@ -111,15 +112,19 @@ def build(opts, board=None):
     unload("state_load", "p256_keys", "cbor_decode", "cbor_types")
     if hasattr(board, "seed"):
         board.seed(dev.dev_id)
+    from anchor import mqtt_setup
+
     try:
         # Two readings in flight at most (each is held until its PUBACK): enough to keep the
         # link busy, and a backlog replayed after an outage does not pile up in RAM.
-        client = mqtt.MQTTClient(dev.dev_id, host, port, keepalive=opts["keepalive"],
-                                 ssl=_tls_context(d) if tls else None, user=user,
-                                 password=password, wait_network=board.network_up,
-                                 max_inflight=2)
+        client = mqtt_setup.make_client(dev.dev_id, host, port, keepalive=opts["keepalive"],
+                                        ssl=_tls_context(d) if tls else None, user=user,
+                                        password=password, wait_network=board.network_up,
+                                        max_inflight=2)
     except ValueError as e:
         raise Error(str(e))
+    mqtt_setup = None
+    unload("mqtt_setup")
     from anchor.outbox_load import load_outbox
 
     # 32 readings a segment (not 64): each live segment's index arrays are preallocated (11

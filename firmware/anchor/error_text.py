@@ -53,3 +53,12 @@ def errno_name(e):
 def write(path, e):
     """state._write_atomic's message for OSError e while writing path."""
     return "cannot write %s (%s); check that the directory is writable" % (path, errno_name(e))
+
+
+def mqtt_length(n, field=False):
+    """mqtt.encode_length's message (n out of range), or with field mqtt._field's (a field of
+    n bytes)."""
+    if field:
+        return ("MQTT field of %d bytes is longer than 65535 bytes; use a shorter client id, "
+                "topic, user name or password" % n)
+    return "MQTT remaining length %d out of range 0..268435455" % n

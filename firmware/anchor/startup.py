@@ -81,7 +81,7 @@ def main(root=None):
         board.start_watchdog()
         opts = device.parse_args(["--dir", cfg["dir"], "--broker", cfg["broker"]])
         board, dev, ob, client = device.build(opts, board)
-        unload("devicex", "mqttx", "state_load", "state_create", "p256_keys", "p256_verify", "outbox_load", "outbox_trim", "config")
+        unload("devicex", "mqtt_setup", "state_load", "state_create", "p256_keys", "p256_verify", "outbox_load", "outbox_trim", "config")
         loop = device.Loop(board, dev, ob, client, interval=cfg["interval"])
         asyncio.run(loop.run())
     except Exception as e:  # noqa: BLE001 - a board must not stop: report, then restart
