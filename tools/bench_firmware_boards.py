@@ -71,10 +71,11 @@ import gc, sys
 sys.path.insert(0, %r)
 gc.collect()
 m0 = gc.mem_alloc()
-from anchor import device, unload
-opts = device.parse_args(["--dir", %r, "--broker", "mqtt://127.0.0.1:1"])
-objs = device.build(opts)
-unload("devicex", "mqtt_setup", "state_load", "state_create", "p256_keys", "p256_verify", "outbox_load", "outbox_trim")
+from anchor import device_setup, unload
+opts = device_setup.parse_args(["--dir", %r, "--broker", "mqtt://127.0.0.1:1"])
+objs = device_setup.build(opts)
+device_setup = None
+unload()
 gc.collect()
 print(gc.mem_alloc() - m0)
 """

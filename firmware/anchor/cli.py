@@ -119,7 +119,7 @@ def sign(args):
         except ValueError:
             raise Error("--ts must be unix seconds or 'none', not %r" % ts)
     dev = Device.load(d)
-    unload("state_load", "p256_keys", "cbor_decode", "cbor_types")  # start-up code: not needed to sign
+    unload()  # the cold modules Device.load used: not needed to sign
     _imports("cose")
     msg = dev.next_reading(data, ts)
     print("device %s, seq %d, %d bytes" % (dev.dev_id, dev.seq - 1, len(msg)))
@@ -139,7 +139,7 @@ def main(argv):
             raise _Help()
         if argv[0] == "run":
             if "-h" in argv or "--help" in argv:
-                from anchor.devicex import USAGE as RUN_USAGE
+                from anchor.device_setup import USAGE as RUN_USAGE
 
                 print(RUN_USAGE)
                 return 0
