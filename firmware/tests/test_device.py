@@ -1,7 +1,6 @@
 # MicroPython tests of anchor/device.py (the pieces testable without a broker), the Unix board
 # layer and the board selection. Run: micropython firmware/tests/test_device.py [name ...]
-# (driven by tests/firmware/test_device.py; the loop against Mosquitto is tested in
-# tests/integration/test_mqtt_client_device.py).
+# (the loop against Mosquitto is tested in tests/integration/test_mqtt_client_device.py).
 
 import sys
 

@@ -1,7 +1,7 @@
 # MicroPython tests of anchor/mqtt.py against a fake stream, asserting the exact bytes.
-# Run: micropython firmware/tests/test_mqtt.py [test_name ...]   (driven by
-# tests/firmware/test_mqtt.py). Expected bytes are written out by hand from the MQTT 3.1.1
-# specification (sections 2.2.3, 3.1, 3.3, 3.4, 3.8, 3.12), not produced by the code under test.
+# Run: micropython firmware/tests/test_mqtt.py [test_name ...]. Expected bytes are written out
+# by hand from the MQTT 3.1.1 specification (sections 2.2.3, 3.1, 3.3, 3.4, 3.8, 3.12), not
+# produced by the code under test.
 
 import sys
 

@@ -1,6 +1,5 @@
 # MicroPython tests of anchor/outbox.py (the flash outbox). Each test works in its own fresh
 # directory under /tmp (or $TMPDIR). Run: micropython firmware/tests/test_outbox.py [name ...]
-# (driven by tests/firmware/test_outbox.py).
 
 import sys
 

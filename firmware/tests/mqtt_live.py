@@ -1,12 +1,12 @@
 # MicroPython side of the Mosquitto integration tests (tests/integration/test_mqtt_client.py).
 # Usage:
-#   micropython test_mqtt_live.py pub  URL CLIENT_ID TOPIC N       publish N QoS 1, wait PUBACKs
-#   micropython test_mqtt_live.py sub  URL CLIENT_ID TOPIC N       print N received messages
-#   micropython test_mqtt_live.py will URL CLIENT_ID               will + birth, then idle
-#   micropython test_mqtt_live.py soak URL CLIENT_ID TOPIC N       publish N through reconnects
-#   micropython test_mqtt_live.py once URL CLIENT_ID               one connect: "connected" or
+#   micropython mqtt_live.py pub  URL CLIENT_ID TOPIC N       publish N QoS 1, wait PUBACKs
+#   micropython mqtt_live.py sub  URL CLIENT_ID TOPIC N       print N received messages
+#   micropython mqtt_live.py will URL CLIENT_ID               will + birth, then idle
+#   micropython mqtt_live.py soak URL CLIENT_ID TOPIC N       publish N through reconnects
+#   micropython mqtt_live.py once URL CLIENT_ID               one connect: "connected" or
 #                                                                   "refused ERRNO"
-#   micropython test_mqtt_live.py bench URL [N]                    QoS 1 publish rate (a bench:
+#   micropython mqtt_live.py bench URL [N]                    QoS 1 publish rate (a bench:
 #       prints figures, the last line JSON), against a baseline in the same run that writes
 #       each packet piecewise (what the client did first: Nagle + delayed ACK)
 # Lines printed are parsed by the test: "ready", "acked N", "got TOPIC HEX", "connected K".
