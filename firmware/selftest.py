@@ -11,8 +11,8 @@ from binascii import hexlify
 from hashlib import sha256
 
 from anchor import cbor, cose, p256
-from anchor.p256_keys import public_key
 from anchor.cose_verify import verify1
+from anchor.p256_keys import public_key
 
 _n = 0
 

@@ -88,8 +88,8 @@ out = {}
 gc.collect()
 prev = gc.mem_alloc()
 for m in ('anchor', 'anchor.cbor', 'anchor.cbor_types', 'anchor.cbor_decode', 'anchor.p256',
-          'anchor.cose', 'anchor.state', 'anchor.outbox', 'anchor.mqtt', 'anchor.board', 'anchor.device',
-          'anchor.config', 'anchor.startup'):
+          'anchor.cose', 'anchor.state', 'anchor.outbox', 'anchor.mqtt', 'anchor.board',
+          'anchor.device', 'anchor.config', 'anchor.startup'):
     __import__(m)
     gc.collect()
     a = gc.mem_alloc()

@@ -9,9 +9,10 @@
 # running device loop needs (hot) is kept apart from the code that runs at start-up or rarely,
 # or never on a device (cold): each hot module names its cold companions once, in a tuple COLD
 # (p256.COLD = ("p256_keys", "p256_verify"), ...). Cold code is imported explicitly where it is
-# used, and unload() drops it again; error_text.py holds the hot modules' error messages. A class whose constructor is
-# start-up code has none: a setup function builds it (mqtt_setup.make_client,
-# device_setup.make_loop, outbox_load.load_outbox), so the loop keeps no constructor in RAM.
+# used, and unload() drops it again; error_text.py holds the hot modules' error messages. A
+# class whose constructor is start-up code has none: a setup function builds it
+# (mqtt_setup.make_client, device_setup.make_loop, outbox_load.load_outbox), so the loop keeps
+# no constructor in RAM.
 
 VERSION = "0.1.0"
 

@@ -3,9 +3,9 @@
 # BME280, the default device id. board_esp32.py / board_rp2.py add what differs: the internal
 # temperature sensor, the port's clock epoch, the watchdog's limit. Imported only on boards
 # (and in tests, with the stand-ins from tests/firmware/standins/ on sys.path).
+import asyncio
 import time
 
-import asyncio
 import machine
 import network
 from micropython import const

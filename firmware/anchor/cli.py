@@ -7,8 +7,8 @@
 # several times its bytecode in free heap for a moment (its whole parse tree; 11-20 KB for our
 # modules on a 64-bit port). keygen and sign must work in a 48 KiB heap (issue 2) that way too,
 # so _imports() compiles the biggest modules first, while little is held, with a collection
-# between them; sign loads the device (start-up code: state_load, p256_keys, the CBOR decoder), drops
-# that code, and only then compiles cose.py (state.py imports it on first use).
+# between them; sign loads the device (start-up code: state_load, p256_keys, the CBOR
+# decoder), drops that code, and only then compiles cose.py (state.py imports it on first use).
 
 import sys
 from binascii import hexlify

@@ -40,14 +40,14 @@ device drops once the client is built, so the class has no constructor here.
 
 Memory: one 5-byte header buffer and one packet buffer (256 bytes, grown to the largest packet)
 reused for every packet; inflight holds references to the caller's topic/payload objects (no
-copies); max_inflight bounds it. Each packet goes out in one write (see write_packet). Once connected,
-nothing waits with asyncio.wait_for, a Lock or an Event (each wait_for call allocates two tasks
-and a generator, live while it waits, and a device's heap is small): a drain that takes longer
-than response_timeout is caught by the ticker (`_wt`, the start of the drain in progress, which
-also keeps packets whole: one drain at a time), and waiting for an acknowledgement or a state
-change polls the state every _POLL_MS (5 ms, only while something is awaited); the supervisor
-waits for the reader task to end, which _fail() brings about. asyncio.wait_for_ms is left to
-the connection attempt.
+copies); max_inflight bounds it. Each packet goes out in one write (see write_packet). Once
+connected, nothing waits with asyncio.wait_for, a Lock or an Event (each wait_for call allocates two
+tasks and a generator, live while it waits, and a device's heap is small): a drain that takes longer
+than response_timeout is caught by the ticker (`_wt`, the start of the drain in progress, which also
+keeps packets whole: one drain at a time), and waiting for an acknowledgement or a state change
+polls the state every _POLL_MS (5 ms, only while something is awaited); the supervisor waits for the
+reader task to end, which _fail() brings about. asyncio.wait_for_ms is left to the connection
+attempt.
 """
 
 import asyncio

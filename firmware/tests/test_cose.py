@@ -19,8 +19,8 @@ from runner import h, raises
 from anchor import Error, cbor, cose, p256
 from anchor.cbor_decode import decode
 from anchor.cbor_types import CBORError, Tag
-from anchor.p256_keys import public_key
 from anchor.cose_verify import decode_sign1, verify1
+from anchor.p256_keys import public_key
 
 SECRET = 0xC9AFA9D845BA75166B5C215767B1D6934E50C3DB36E89B127B8A622B120F6721  # RFC 6979 A.2.5
 ZERO = bytes(32)

@@ -10,15 +10,15 @@ sys.path.insert(0, _here + "/..")
 import asyncio
 import os
 
-from anchor import Error, cbor, cli, device
-from anchor.device_setup import make_loop, parse_args
+import runner
+
+from anchor import Error, board_unix, cbor, cli, device
 from anchor.cbor_decode import decode
 from anchor.cbor_types import Tag
 from anchor.cose_verify import decode_sign1
-from anchor import board_unix
+from anchor.device_setup import make_loop, parse_args
 from anchor.outbox_load import load_outbox
 from anchor.state import Device
-import runner
 
 _BASE = (os.getenv("TMPDIR") or "/tmp").rstrip("/") + "/device-test-%d" % (
     int.from_bytes(os.urandom(4), "big"))

@@ -14,9 +14,10 @@ import struct
 import time
 from errno import ECONNREFUSED, ECONNRESET, EIO, ENOTCONN, ETIMEDOUT
 
+import runner
+
 from anchor import mqtt
 from anchor.mqtt_setup import make_client, parse_url
-import runner
 
 
 def h(s):

@@ -8,10 +8,10 @@ sys.path.insert(0, _here + "/..")
 
 import gc
 import os
-import struct
+
+import runner
 
 from anchor.outbox_load import load_outbox
-import runner
 
 _BASE = (os.getenv("TMPDIR") or "/tmp").rstrip("/") + "/outbox-test-%d" % (
     int.from_bytes(os.urandom(4), "big"))
@@ -220,7 +220,7 @@ def test_ack_log_compaction_keeps_state():
     d = fresh()
     ob = load_outbox(d, max_records=50, seg_records=8)
     s = 0
-    for rnd in range(120):
+    for _round in range(120):
         for _ in range(3):
             ob.append(s, msg(s))
             s += 1

@@ -92,7 +92,8 @@ def test_known_multiples():
 def test_comb_matches_reference_on_edge_scalars():
     D = p256.COMB_SPACING
     ks = [1, 2, 3, 15, 16, 17, 255, 256, (1 << D) - 1, 1 << D, (1 << D) + 1, 1 << (2 * D),
-          (1 << ((p256.COMB_TEETH - 1) * D)) + 1, 1 << 255, (1 << 255) - 1, N - 1, N - 2, N >> 1, (N >> 1) + 1,
+          (1 << ((p256.COMB_TEETH - 1) * D)) + 1, 1 << 255, (1 << 255) - 1, N - 1, N - 2,
+          N >> 1, (N >> 1) + 1,
           0x5555555555555555555555555555555555555555555555555555555555555555,
           0xAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA]
     for k in ks:

@@ -17,8 +17,8 @@ from runner import raises
 
 from anchor import Error, cose, state
 from anchor.cbor_decode import decode
-from anchor.p256_keys import public_key
 from anchor.cose_verify import decode_sign1, verify1
+from anchor.p256_keys import public_key
 from anchor.state import Device
 
 SECRET_HEX = "c9afa9d845ba75166b5c215767b1d6934e50c3db36e89b127b8a622b120f6721"
