@@ -100,7 +100,7 @@ def _parse_data(text):
 
 
 def sign(args):
-    _imports("p256", "cbor_decode", "cbor", "state", "state_load", "p256_keys")
+    _imports("p256", "cbor", "cbor_types", "cbor_decode", "state", "p256_keys", "state_load")
     from anchor.state import Device, unix_time
 
     opts = _options(args, ("dir", "data", "ts"))
