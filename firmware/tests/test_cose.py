@@ -2,7 +2,7 @@
 # header, the Sig_structure and the message frame, written out by hand from RFC 9052 section 4
 # and docs/protocol.md (not produced by the code under test); then signing, verification and
 # tampering. The COSE working group's ES256 examples are run by
-# tests/firmware/test_cose_vectors.py through firmware/tests/cose_vectors.py.
+# tests/firmware/test_cose_vectors.py through firmware/tests/crosscheck.py.
 # Run: micropython firmware/tests/test_cose.py [test_name ...]
 
 import sys
