@@ -61,7 +61,7 @@ demo: setup
 	$(VENV)/bin/iot-anchor demo
 
 lint: venv
-	$(VENV)/bin/ruff check gateway tests tools
+	$(VENV)/bin/ruff check gateway tests tools firmware
 	$(VENV)/bin/mypy
 
 bench-firmware: setup

@@ -102,3 +102,11 @@ def store(tmp_path: Path) -> Iterator[Store]:
         yield s
     finally:
         s.close()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that runs the MicroPython binary (it uses one of the fixtures above,
+    directly or through another fixture) `micropython`: `-m "not micropython"` leaves them out."""
+    for item in items:
+        if {"micropython", "micropython32"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.micropython)

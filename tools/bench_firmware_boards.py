@@ -13,7 +13,7 @@ its own through SECTIONS and summary() here), and the rig the heap-limit test us
                  binary search in 1 KiB steps; the goal is 48 KiB. The baseline in the same run
                  is the same search for `main.py sign` (one reading, no network, no outbox).
   loop_frozen    the same search with the firmware frozen into the binary (a Unix port built
-                 with FROZEN_MANIFEST = asyncio + the anchor package, cached under
+                 with FROZEN_MANIFEST = asyncio + firmware/manifest.py, cached under
                  .cache/micropython-frozen/): the bytecode then stays in the binary, as it stays
                  in flash on a board whose MicroPython is built with the firmware frozen in.
 
@@ -58,7 +58,7 @@ import gc, sys
 sys.path.insert(0, %r)
 gc.collect()
 m0 = gc.mem_alloc()
-from anchor import device, mqtt, outbox, state, cose, cbor, cborx, p256, board
+from anchor import device, mqtt, outbox, state, cose, cbor, cbor_decode, p256, board
 from anchor import config, startup
 gc.collect()
 print(gc.mem_alloc() - m0)
@@ -71,10 +71,11 @@ import gc, sys
 sys.path.insert(0, %r)
 gc.collect()
 m0 = gc.mem_alloc()
-from anchor import device, unload
-opts = device.parse_args(["--dir", %r, "--broker", "mqtt://127.0.0.1:1"])
-objs = device.build(opts)
-unload("devicex", "mqttx", "statex", "statenew", "p256key", "p256x", "outboxx")
+from anchor import device_setup, unload
+opts = device_setup.parse_args(["--dir", %r, "--broker", "mqtt://127.0.0.1:1"])
+objs = device_setup.build(opts)
+device_setup = None
+unload()
 gc.collect()
 print(gc.mem_alloc() - m0)
 """
@@ -86,9 +87,9 @@ sys.path.insert(0, %r)
 out = {}
 gc.collect()
 prev = gc.mem_alloc()
-for m in ('anchor', 'anchor.cbor', 'anchor.cborx', 'anchor.p256', 'anchor.cose',
-          'anchor.state', 'anchor.outbox', 'anchor.mqtt', 'anchor.board', 'anchor.device',
-          'anchor.config', 'anchor.startup'):
+for m in ('anchor', 'anchor.cbor', 'anchor.cbor_types', 'anchor.cbor_decode', 'anchor.p256',
+          'anchor.cose', 'anchor.state', 'anchor.outbox', 'anchor.mqtt', 'anchor.board',
+          'anchor.device', 'anchor.config', 'anchor.startup'):
     __import__(m)
     gc.collect()
     a = gc.mem_alloc()
@@ -368,8 +369,9 @@ def loop_heap(mp: str) -> dict[str, Any]:
             "loop_heap_ratio_to_sign": round(loop / sign, 2) if loop and sign else None}
 
 
+# The Unix port's own manifest (asyncio) is replaced by FROZEN_MANIFEST: included again here.
 _FROZEN_MANIFEST = """include("$(MPY_DIR)/extmod/asyncio")
-package("anchor", base_path=%r)
+include(%r)
 """
 
 
@@ -391,7 +393,7 @@ def frozen_binary(bits: int = 64) -> str | None:
     out = ROOT / ".cache" / ("micropython-frozen" if bits == 64 else f"micropython-frozen{bits}")
     out.mkdir(parents=True, exist_ok=True)
     manifest = out / "manifest.py"
-    manifest.write_text(_FROZEN_MANIFEST % str(FIRMWARE))
+    manifest.write_text(_FROZEN_MANIFEST % str(FIRMWARE / "manifest.py"))
     lib = work / "empty-lib"
     lib.mkdir(exist_ok=True)
     if not (lib / "README.md").exists():

@@ -1,11 +1,18 @@
 # iot-anchor firmware: signed sensor readings (COSE_Sign1 / ES256) from MicroPython devices.
 #
-# One module per concept: p256 (ECDSA), hmac256, cbor (deterministic encoder, small decoder),
-# cose (the Reading and its COSE_Sign1 message), state (the device's key, seq and prev on flash).
-# This file stays tiny: importing `anchor` must not pull in the big modules. Code that runs only
-# at start-up or rarely is in separate modules (p256key, p256x, statex, statenew, cosex, mqttx,
-# devicex, outboxx, cli), loaded on first use; where the device loop uses one only at start-up,
-# it is dropped again with unload() (docs/boards.md, "Memory").
+# One module per concept: p256 (ECDSA signing, HMAC), cbor (deterministic encoder), cose (the
+# Reading and its COSE_Sign1 message), state (the device's key, seq and prev on flash), outbox
+# (readings on flash until anchored), mqtt (the MQTT client), device (the device loop). This file
+# stays tiny: importing `anchor` must not pull in the big modules.
+#
+# Hot and cold modules. A board's heap is small (docs/boards.md, "Memory"), so the code that a
+# running device loop needs (hot) is kept apart from the code that runs at start-up or rarely,
+# or never on a device (cold): each hot module names its cold companions once, in a tuple COLD
+# (p256.COLD = ("p256_keys", "p256_verify"), ...). Cold code is imported explicitly where it is
+# used, and unload() drops it again; error_text.py holds the hot modules' error messages. A
+# class whose constructor is start-up code has none: a setup function builds it
+# (mqtt_setup.make_client, device_setup.make_loop, outbox_load.load_outbox), so the loop keeps
+# no constructor in RAM.
 
 VERSION = "0.1.0"
 
@@ -18,13 +25,21 @@ class Error(Exception):
 
 
 def unload(*names):
-    """Forget the named submodules (e.g. "devicex") once the caller is done with them, so that
-    the garbage collector can free their code: RAM matters on a board. A later import loads
-    them again."""
+    """Forget submodules so that the garbage collector can free their code (RAM matters on a
+    board); a later import loads them again. names: the submodules to forget (e.g. "cli");
+    none: every cold module, i.e. each one that a loaded submodule names in its COLD tuple
+    (the device loop calls this once it has started). The names a module interned as qstrs
+    stay: MicroPython never frees them."""
     import gc
     import sys
 
     pkg = sys.modules[__name__]
+    if not names:
+        cold = []
+        for k in sys.modules:
+            if k.startswith("anchor."):
+                cold.extend(getattr(sys.modules[k], "COLD", ()))
+        names = cold
     for n in names:
         sys.modules.pop(__name__ + "." + n, None)
         try:

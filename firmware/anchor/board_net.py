@@ -3,9 +3,9 @@
 # BME280, the default device id. board_esp32.py / board_rp2.py add what differs: the internal
 # temperature sensor, the port's clock epoch, the watchdog's limit. Imported only on boards
 # (and in tests, with the stand-ins from tests/firmware/standins/ on sys.path).
+import asyncio
 import time
 
-import asyncio
 import machine
 import network
 from micropython import const
@@ -54,13 +54,13 @@ class NetBoard:
         self.backoff_log = []  # delays slept between failed joins, last 8
         self._synced = False
         self._next_sync = 0  # ticks_ms deadline for the next NTP attempt
-        self._ntp_retry = 0  # next retry delay in s after a failure; 0 = ntp_retry_min_s
+        self.ntp_retry = 0  # next retry delay in s after a failure; 0 = ntp_retry_min_s
         self.ntp_failures = 0
         self.ntp_syncs = 0
         self._wdt = None
         self._wdt_ms = 0
         self._led = None
-        self._bme = None
+        self.bme = None  # the BME280 driver once probed, None until then or after a failure
         self.sensor_errors = 0
         self._keeper = None
         led = cfg.get("led")
@@ -78,13 +78,14 @@ class NetBoard:
 
     # -- clock -----------------------------------------------------------------------------
 
-    def _port_time(self):
+    def port_time(self):
+        """The port's clock, seconds from its epoch (EPOCH): time.time()."""
         return time.time()
 
     def time(self):
         """Unix seconds, or None while the clock has not been set (no NTP sync yet and the RTC
         reads before 2025: it starts at the port's epoch on power-up)."""
-        t = int(self._port_time()) + self.EPOCH
+        t = int(self.port_time()) + self.EPOCH
         if self._synced or t >= _PLAUSIBLE:
             return t
         return None
@@ -103,13 +104,13 @@ class NetBoard:
             ntptime.settime()
         except (OSError, OverflowError, IndexError):  # timeout, DNS failure, short reply
             self.ntp_failures += 1
-            r = self._ntp_retry or self.ntp_retry_min_s
+            r = self.ntp_retry or self.ntp_retry_min_s
             self._next_sync = time.ticks_add(now, int(r * 1000))
-            self._ntp_retry = min(r * 2, self.cfg["ntp_resync"])
+            self.ntp_retry = min(r * 2, self.cfg["ntp_resync"])
             return self._synced
         self._synced = True
         self.ntp_syncs += 1
-        self._ntp_retry = 0
+        self.ntp_retry = 0
         self._next_sync = time.ticks_add(now, int(self.cfg["ntp_resync"] * 1000))
         return True
 
@@ -203,7 +204,7 @@ class NetBoard:
     # -- sensors ---------------------------------------------------------------------------
 
     def _bme280(self):
-        if self._bme is None:
+        if self.bme is None:
             from anchor.bme280 import BME280
 
             c = self.cfg
@@ -212,8 +213,8 @@ class NetBoard:
                 kw["scl"] = machine.Pin(c["scl"])
             if c["sda"] is not None:
                 kw["sda"] = machine.Pin(c["sda"])
-            self._bme = BME280(machine.I2C(c["i2c"], **kw), c["bme280_addr"])
-        return self._bme
+            self.bme = BME280(machine.I2C(c["i2c"], **kw), c["bme280_addr"])
+        return self.bme
 
     def read_sensors(self):
         """A dict sensor name -> number. A sensor that fails is left out (and counted), so a
@@ -231,7 +232,7 @@ class NetBoard:
                 data["press"] = p
                 data["hum"] = h
             except OSError:
-                self._bme = None  # probe again next time
+                self.bme = None  # probe again next time
                 self.sensor_errors += 1
         return data
 

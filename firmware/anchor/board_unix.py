@@ -34,9 +34,9 @@ import time
 
 from micropython import const
 
+from anchor.state import unix_time
 
 _THERMAL = "/sys/class/thermal"
-_CLOCK_VALID_AFTER = const(1704067200)  # 2024-01-01: earlier means "clock not set"
 _PERIOD_S = const(600)
 
 
@@ -91,8 +91,7 @@ class Board:
     # -- clock -----------------------------------------------------------------------------
 
     def time(self):
-        t = int(time.time())
-        return t if t >= _CLOCK_VALID_AFTER else None
+        return unix_time()      # the host clock; None before 2024 (not set)
 
     # -- network, watchdog, LED: the host's; nothing to do ------------------------------
 

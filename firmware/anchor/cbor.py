@@ -1,9 +1,11 @@
 # CBOR (RFC 8949) for the firmware: a deterministic encoder and a small strict decoder.
 #
-#   encode(obj) -> bytes          deterministic encoding (RFC 8949 section 4.2.1)
-#   encode_into(buf, obj)         the same, appended to a bytearray
-#   decode(data) -> obj           one complete data item; CBORError on anything malformed
-#   Tag(tag, value)               a tagged item, both ways
+#   encode(obj) -> bytes                      deterministic encoding (RFC 8949 section 4.2.1)
+#   encode_into(buf, obj)                     the same, appended to a bytearray
+#   cbor_decode.decode(data) -> obj           one complete data item; CBORError on anything
+#                                             malformed
+#   cbor_types.Tag(tag, value)                a tagged item, both ways
+#   cbor_types.CBORError                      what the encoder and the decoder raise
 #
 # Encoder types: int (-2^64 .. 2^64-1), float, str, bytes/bytearray/memoryview, list/tuple,
 # dict, bool, None, Tag. Deterministic means: every head in its shortest form, definite lengths
@@ -11,23 +13,26 @@
 # float16/32/64 that keeps its value exactly (NaN as f97e00, as section 4.2.2 suggests).
 # MicroPython dicts keep no order, so the map's bytes are built from the sorted encoded keys.
 #
-# The decoder (cborx.py, loaded on first use through cbor.decode) reads what the gateway sends
-# (acks: maps, arrays, ints, bytes, text, floats, bool, null) and what tests feed it: definite
-# lengths only (indefinite ones, reserved additional-info values, truncation and trailing bytes
-# all raise CBORError), a nesting limit, and no duplicate map keys. It does not check that its input is deterministically encoded.
+# The decoder (cbor_decode.py) reads what the gateway sends (acks: maps, arrays, ints, bytes,
+# text, floats, bool, null) and what tests feed it: definite lengths only (indefinite ones,
+# reserved additional-info values, truncation and trailing bytes all raise CBORError), a nesting
+# limit, and no duplicate map keys. It does not check that its input is deterministically
+# encoded.
 #
-# Tag, CBORError and the encoder's error messages are in cborx.py too (cbor.Tag and
-# cbor.CBORError forward there): signing a reading needs neither, so the device loop does not
-# keep them in RAM. encode_into loads cborx only for a Tag or for what it cannot encode.
+# This module holds the encoder, what signing a reading needs; the decoder and cbor_types.py
+# (Tag, CBORError, the encoder's errors) are its cold companions (COLD), imported where they are
+# used: encode_into loads cbor_types only for a Tag or for what it cannot encode.
 
 import struct
 
+COLD = ("cbor_decode", "cbor_types")
+
 
 def _error(*args):
-    # the encoder's errors (cborx.enc_error says which): rare, so loaded only then
-    from anchor.cborx import enc_error
+    # the encoder's errors (cbor_types.encode_error says which): rare, so loaded only then
+    from anchor.cbor_types import encode_error
 
-    return enc_error(*args)
+    return encode_error(*args)
 
 
 # ---- encoder ----
@@ -139,8 +144,8 @@ def encode_into(buf, obj):
                 raise _error(k)
             buf.extend(kb)
             encode_into(buf, obj[k])
-    else:   # a Tag, or an error (cborx.py)
-        from anchor.cborx import encode_other
+    else:   # a Tag, or an error (cbor_types.py)
+        from anchor.cbor_types import encode_other
 
         encode_other(buf, obj)
 
@@ -150,12 +155,3 @@ def encode(obj):
     encode_into(buf, obj)
     return bytes(buf)
 
-
-def __getattr__(name):
-    # decode (and the decoder's helpers), Tag and CBORError are in cborx.py, loaded on first
-    # use: compiling the encoder and the decoder separately halves the peak heap of compiling
-    # either from source (a 64-bit Unix port signing in a 48 KiB heap), and a device that only
-    # signs never loads it.
-    from anchor import cborx
-
-    return getattr(cborx, name)

@@ -7,8 +7,8 @@
 # several times its bytecode in free heap for a moment (its whole parse tree; 11-20 KB for our
 # modules on a 64-bit port). keygen and sign must work in a 48 KiB heap (issue 2) that way too,
 # so _imports() compiles the biggest modules first, while little is held, with a collection
-# between them; sign loads the device (start-up code: statex, p256key, the CBOR decoder), drops
-# that code, and only then compiles cose.py (state.py imports it on first use).
+# between them; sign loads the device (start-up code: state_load, p256_keys, the CBOR
+# decoder), drops that code, and only then compiles cose.py (state.py imports it on first use).
 
 import sys
 from binascii import hexlify
@@ -76,7 +76,7 @@ def _imports(*names):
 
 
 def keygen(args):
-    _imports("p256x", "p256", "state", "statenew", "p256key")
+    _imports("p256", "state", "state_create", "p256_keys")
     from anchor.state import Device
 
     opts = _options(args, ("dir", "id", "secret"))
@@ -100,7 +100,7 @@ def _parse_data(text):
 
 
 def sign(args):
-    _imports("p256", "cborx", "cbor", "state", "statex", "p256key")
+    _imports("p256", "cbor", "cbor_types", "cbor_decode", "state", "p256_keys", "state_load")
     from anchor.state import Device, unix_time
 
     opts = _options(args, ("dir", "data", "ts"))
@@ -119,7 +119,7 @@ def sign(args):
         except ValueError:
             raise Error("--ts must be unix seconds or 'none', not %r" % ts)
     dev = Device.load(d)
-    unload("statex", "p256key", "cborx")  # start-up code: not needed to sign
+    unload()  # the cold modules Device.load used: not needed to sign
     _imports("cose")
     msg = dev.next_reading(data, ts)
     print("device %s, seq %d, %d bytes" % (dev.dev_id, dev.seq - 1, len(msg)))
@@ -139,7 +139,7 @@ def main(argv):
             raise _Help()
         if argv[0] == "run":
             if "-h" in argv or "--help" in argv:
-                from anchor.devicex import USAGE as RUN_USAGE
+                from anchor.device_setup import USAGE as RUN_USAGE
 
                 print(RUN_USAGE)
                 return 0
@@ -181,10 +181,10 @@ def run_finish(loop, opts, ok):
         print("error: the device loop stopped: %s; the outbox keeps every unacknowledged "
               "reading, run again to resume" % loop.crash, file=sys.stderr)
     elif not ok:
-        from anchor.mqtt import _safe
+        from anchor.mqtt_setup import redact_url
 
         print("error: timed out after %g s waiting for acks: %d readings still waiting in the "
               "outbox; check that the gateway (iot-anchor run) is running and uses broker %s"
-              % (opts["timeout"], loop.outbox.pending, _safe(opts["broker"])), file=sys.stderr)
+              % (opts["timeout"], loop.outbox.pending, redact_url(opts["broker"])), file=sys.stderr)
     print(run_summary(loop, ok))
     return 0 if ok else 1

@@ -55,7 +55,8 @@ def merge(overrides):
     cfg = dict(DEFAULTS)
     for k, v in overrides.items():
         if k not in DEFAULTS:
-            raise ValueError("unknown config key %r; known keys: %s" % (k, ", ".join(sorted(DEFAULTS))))
+            raise ValueError("unknown config key %r; known keys: %s"
+                             % (k, ", ".join(sorted(DEFAULTS))))
         if not isinstance(v, _TYPES[k]) or (isinstance(v, bool) and bool not in _TYPES[k]):
             raise ValueError("config key %r has the wrong type (%s)" % (k, type(v).__name__))
         cfg[k] = v

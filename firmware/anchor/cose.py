@@ -6,12 +6,11 @@
 #   sig_structure(protected, payload, aad=b"") -> bytes  ["Signature1", protected, aad, payload]
 #   sign1(secret, kid, payload) -> bytes                 18([protected, {}, payload, r||s])
 #   message_hash(msg) -> bytes                           SHA-256 of a whole message (the "prev")
-#   decode_sign1(msg) -> (protected, unprotected, payload, signature)
-#   verify1(pub, msg, external_aad=b"") -> bool          any ES256 COSE_Sign1, tagged or not
+#   cose_verify.decode_sign1(msg) -> (protected, unprotected, payload, signature)
+#   cose_verify.verify1(pub, msg, external_aad=b"") -> bool   any ES256 COSE_Sign1, tagged or not
 #
-# decode_sign1 and verify1 are in cosex.py (loaded on first use through __getattr__ below): the
-# device only signs. The message is assembled from pre-encoded parts so no intermediate CBOR
-# tree is built.
+# decode_sign1 and verify1 are in cose_verify.py, a cold companion (COLD): the device only
+# signs. The message is assembled from pre-encoded parts so no intermediate CBOR tree is built.
 
 from hashlib import sha256
 
@@ -26,11 +25,11 @@ READING_VERSION = const(1)
 # filling its outbox with readings that can never be anchored.
 MAX_MESSAGE = const(2048)
 
-_ZERO32 = bytes(32)
+COLD = ("cose_verify", "error_text")
 
 
 def _bad(data, prev, ts):
-    """True if reading() must refuse data, prev or ts (cosex.reading_error then says why: the
+    """True if reading() must refuse data, prev or ts (error_text.reading then says why: the
     messages are kept out of this module's RAM). A number is an int within 64 bits or a finite
     float, never a bool (type() is exact: bool is not int here)."""
     if not isinstance(data, dict) or len(prev) != 32 or (
@@ -53,9 +52,9 @@ def reading(dev, seq, prev, data, ts=None):
     unset, the key is left out) or int unix seconds >= 0. Error (saying what) otherwise.
     """
     if _bad(data, prev, ts):
-        from anchor.cosex import reading_error
+        from anchor import error_text
 
-        raise Error(reading_error(data, prev, ts))
+        raise Error(error_text.reading(data, prev, ts))
     m = {"v": READING_VERSION, "dev": dev, "seq": seq, "prev": bytes(prev), "data": data}
     if ts is not None:
         m["ts"] = ts
@@ -91,9 +90,3 @@ def message_hash(msg):
     """SHA-256 of a complete COSE message: the next reading's prev."""
     return sha256(msg).digest()
 
-
-def __getattr__(name):
-    # decode_sign1, verify1: not needed to sign, kept out of RAM until used (cosex.py)
-    from anchor import cosex
-
-    return getattr(cosex, name)

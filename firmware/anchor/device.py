@@ -37,9 +37,10 @@
 #    the loop's wait is over, before it disconnects)
 # "acked" counts readings removed from the outbox by acks during this run (replayed ones too).
 #
-# The command line (parse_args, USAGE) and build() are in devicex.py: main() loads it, builds the
-# loop's objects and drops it again (anchor.unload) before the loop starts; what is printed once
-# the loop ended (the error line, the summary) is cli.run_finish, loaded then.
+# Cold companions (COLD): device_setup.py holds the command line (parse_args, USAGE) and builds
+# the loop's objects and the Loop (make_loop); main() loads it and drops it again
+# (anchor.unload) before the loop starts. What is printed once the loop ended (the error line,
+# the summary) is cli.run_finish, loaded then.
 #
 # Topics (docs/protocol.md): readings anchor/<id>/readings (QoS 1); acks anchor/<id>/ack (QoS 1,
 # CBOR {"upto": int, "seqs": [int], "entry": int}, upto -1 when seq 0 is not anchored yet);
@@ -55,12 +56,13 @@ from micropython import const
 
 from anchor import Error, unload
 
+COLD = ("device_setup", "board")
 _UNIX = sys.platform not in ("esp32", "rp2")
 # No asyncio.Event or wait_for in the loop: each wait_for allocates two tasks and a generator,
 # held while it waits, which is while a reading is signed (the heap's peak), and the event
 # module is RAM too. The sender sleeps up to 500 ms between its passes and produce() wakes it
 # early by cancelling that sleep (only that one: `_idle` is true only while the sender is in
-# it); run() polls `_done`, set when the count is satisfied or a task died, every _POLL_MS.
+# it); run() polls `done`, set when the count is satisfied or a task died, every _POLL_MS.
 _POLL_MS = const(50)
 
 
@@ -72,7 +74,7 @@ def _item(b, i, depth):
     "indefinite": an indefinite length or a reserved additional-information value),
     IndexError (truncated), TypeError or UnicodeError on what is not CBOR of that kind.
 
-    The device's own decoder for acks, small enough to stay loaded (the general one, cborx.py,
+    The device's own decoder for acks, small enough to stay loaded (the general one, cbor_decode.py,
     is start-up code: loading it for each ack needs a large free block in the middle of the
     loop, and keeping it costs 1.6 KB)."""
     if depth > 8:
@@ -148,22 +150,13 @@ def decode_ack(payload):
 
 
 class Loop:
-    """One device's loop. `board` is a board layer (board_unix.py documents the interface),
-    `dev` a state.Device, `outbox` an outbox.Outbox, `client` an mqtt.MQTTClient."""
-
-    def __init__(self, board, dev, outbox, client, *args, **kwargs):
-        # interval=60, count=None, timeout=120, ack_timeout=30, out=print: the attributes are
-        # set by devicex.init_loop (start-up code, loaded for the call only)
-        from anchor import devicex
-
-        try:
-            devicex.init_loop(self, board, dev, outbox, client, *args, **kwargs)
-        finally:
-            unload("devicex")
+    """One device's loop. Made by device_setup.make_loop(board, dev, outbox, client, ...): no
+    constructor here, its code is start-up code."""
 
     # -- acks -----------------------------------------------------------------------------
 
-    def _on_message(self, topic, payload, retained):
+    def on_message(self, topic, payload, retained):
+        """The MQTT client's handler: an ack on t_ack removes readings from the outbox."""
         if topic != self.t_ack.encode():
             return
         try:
@@ -180,7 +173,7 @@ class Loop:
 
     def _check_done(self):
         if self.count is not None and self.produced >= self.count and not self.outbox.pending:
-            self._done = True
+            self.done = True
 
     # -- producing ------------------------------------------------------------------------
 
@@ -294,7 +287,7 @@ class Loop:
             await coro
         except Exception as e:
             self.crash = "%s task failed: %s: %s" % (name, type(e).__name__, e)
-            self._done = True
+            self.done = True
 
     def _sample_heap(self):
         gc.collect()
@@ -329,7 +322,7 @@ class Loop:
         ok = True
         end = None      # with a count, once it is produced: the deadline for the acks
         try:
-            while not self._done:
+            while not self.done:
                 if end is None and self.count is not None and self.produced >= self.count:
                     end = time.ticks_add(time.ticks_ms(), self.timeout_ms)
                 if end is not None and time.ticks_diff(end, time.ticks_ms()) <= 0:
@@ -372,17 +365,17 @@ def _err(e):
 def main(args):
     """`run` (args after "run"); returns the exit status. No args on a board: startup.main()
     (config, board layer, watchdog, first-boot key; it resets the board if the loop stops).
-    Starting (options, building the objects: devicex.py) and finishing (the error line, the
-    summary: cli.py) are loaded for each and not kept while the loop runs."""
+    Starting (options, building the objects: device_setup.py) and finishing (the error line,
+    the summary: cli.py) are loaded for each and not kept while the loop runs."""
     if not args and not _UNIX:
         from anchor import startup
 
         return startup.main()
-    from anchor import devicex
+    from anchor import device_setup
 
-    r = devicex.start(args)     # (loop, opts), or the exit status of a usage error
-    devicex = None
-    unload("devicex", "mqttx", "statex", "statenew", "p256key", "p256x", "outboxx", "board")
+    r = device_setup.start(args)    # (loop, opts), or the exit status of a usage error
+    device_setup = None
+    unload()                        # every cold module: what start-up loaded
     if isinstance(r, int):
         return r
     try:
@@ -396,9 +389,3 @@ def main(args):
 
     return run_finish(r[0], r[1], ok)
 
-
-def __getattr__(name):
-    # parse_args, build, OPTIONS, USAGE: start-up code in devicex.py, loaded when asked for
-    from anchor import devicex
-
-    return getattr(devicex, name)

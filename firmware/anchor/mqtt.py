@@ -34,19 +34,20 @@ Transport: `connector(host, port, ssl)` is an async function returning a stream 
 `async drain()`, `async readexactly(n)` and `async wait_closed()`; the default is
 asyncio.open_connection (non-blocking socket). Tests pass a fake stream and assert the bytes.
 
-parse_url (the broker URL), _safe and publish_packet are in mqttx.py, loaded when first asked for
-(module __getattr__): the device needs them only at start-up and drops them again.
+Construction: the client is made by mqtt_setup.make_client(client_id, host, ...), which also
+parses broker URLs (parse_url, redact_url): start-up code, a cold companion (COLD) that the
+device drops once the client is built, so the class has no constructor here.
 
 Memory: one 5-byte header buffer and one packet buffer (256 bytes, grown to the largest packet)
 reused for every packet; inflight holds references to the caller's topic/payload objects (no
-copies); max_inflight bounds it. Each packet goes out in one write (see _write). Once connected,
-nothing waits with asyncio.wait_for, a Lock or an Event (each wait_for call allocates two tasks
-and a generator, live while it waits, and a device's heap is small): a drain that takes longer
-than response_timeout is caught by the ticker (`_wt`, the start of the drain in progress, which
-also keeps packets whole: one drain at a time), and waiting for an acknowledgement or a state
-change polls the state every _POLL_MS (5 ms, only while something is awaited); the supervisor
-waits for the reader task to end, which _fail() brings about. asyncio.wait_for_ms is left to
-the connection attempt.
+copies); max_inflight bounds it. Each packet goes out in one write (see write_packet). Once
+connected, nothing waits with asyncio.wait_for, a Lock or an Event (each wait_for call allocates two
+tasks and a generator, live while it waits, and a device's heap is small): a drain that takes longer
+than response_timeout is caught by the ticker (`_wt`, the start of the drain in progress, which also
+keeps packets whole: one drain at a time), and waiting for an acknowledgement or a state change
+polls the state every _POLL_MS (5 ms, only while something is awaited); the supervisor waits for the
+reader task to end, which _fail() brings about. asyncio.wait_for_ms is left to the connection
+attempt.
 """
 
 import asyncio
@@ -63,7 +64,7 @@ except ImportError:
 
 from errno import ECONNREFUSED, ECONNRESET, EIO, ENOTCONN, ETIMEDOUT
 
-from anchor import unload
+COLD = ("mqtt_setup", "error_text")
 
 _CONNECT = const(0x10)
 _CONNACK = const(0x20)
@@ -92,9 +93,9 @@ def encode_length(n, buf=None, off=0):
     without, returns the encoded bytes.
     """
     if n < 0 or n > _MAX_RLEN:
-        from anchor.mqttx import length_error  # the message: error path only
+        from anchor import error_text  # the message: error path only
 
-        raise ValueError(length_error(n))
+        raise ValueError(error_text.mqtt_length(n))
     out = buf if buf is not None else bytearray(4)
     i = off
     while True:
@@ -128,9 +129,9 @@ def publish_header(buf, topic_len, payload_len, qos=0, retain=False, dup=False):
 def _field(b):
     """A length-prefixed UTF-8 string / binary field (2-byte big-endian length)."""
     if len(b) > 65535:
-        from anchor.mqttx import length_error
+        from anchor import error_text
 
-        raise ValueError(length_error(len(b), True))
+        raise ValueError(error_text.mqtt_length(len(b), True))
     return struct.pack("!H", len(b)) + b
 
 
@@ -176,8 +177,8 @@ async def _open(host, port, ssl):
 class MQTTClient:
     """An asyncio MQTT 3.1.1 client. See the module docstring for the behaviour.
 
-    Typical use:
-        c = MQTTClient("dev-1", "127.0.0.1", 1883)
+    Made by mqtt_setup.make_client (its arguments are listed there). Typical use:
+        c = make_client("dev-1", "127.0.0.1", 1883)
         c.set_last_will("anchor/dev-1/status", b"offline", retain=True)
         c.set_birth("anchor/dev-1/status", b"online", retain=True)
         c.on_message = handler            # handler(topic: bytes, payload: bytes, retained)
@@ -186,19 +187,6 @@ class MQTTClient:
         await c.wait_connected()
         await c.publish("anchor/dev-1/readings", msg, qos=1)
     """
-
-    def __init__(self, client_id, host, *args, **kwargs):
-        # The arguments and the attributes they set are in mqttx.init (start-up code, loaded for
-        # the call only): client_id, host, port=1883, keepalive=60, clean_session=False,
-        # ssl=None, user=None, password=None, response_timeout=10, retries=2, max_inflight=8,
-        # backoff_min=0.5, backoff_max=30, max_packet=4096, connector=None, tick_ms=1000,
-        # wait_network=None.
-        from anchor import mqttx
-
-        try:
-            mqttx.init(self, client_id, host, *args, **kwargs)
-        finally:
-            unload("mqttx")
 
     # -- configuration --------------------------------------------------------------------
 
@@ -232,18 +220,18 @@ class MQTTClient:
 
         Returns session_present. Raises OSError on any failure (and leaves nothing open).
         """
-        if self._stream is not None:
-            await self._teardown()
+        if self.stream is not None:
+            await self.close()
         self._down = False
         try:
-            self._stream = await asyncio.wait_for_ms(
+            self.stream = await asyncio.wait_for_ms(
                 self._connector(self.host, self.port, self.ssl), self.response_ms)
         except asyncio.TimeoutError:
             raise OSError(ETIMEDOUT)
         try:
             pkt = connect_packet(self.client_id, self.keepalive, self.clean_session, self.will,
                                  self.user, self.password)
-            await self._write(pkt)
+            await self.write_packet(pkt)
             try:
                 typ, body = await asyncio.wait_for_ms(self._read_packet(), self.response_ms)
             except asyncio.TimeoutError:
@@ -274,7 +262,7 @@ class MQTTClient:
                 bt, bm, br, bq = self.birth
                 await self.publish(bt, bm, retain=br, qos=bq)
         except BaseException as e:
-            await self._teardown()
+            await self.close()
             if isinstance(e, (EOFError, asyncio.TimeoutError)):
                 raise OSError(ECONNRESET)
             raise
@@ -284,7 +272,7 @@ class MQTTClient:
     async def _subscribe_now(self, topic, qos):
         pid = self._next_pid()
         self._subacks[pid] = None
-        await self._write(subscribe_packet(pid, topic, qos))
+        await self.write_packet(subscribe_packet(pid, topic, qos))
         t0 = time.ticks_ms()
         while self._subacks.get(pid) is None:
             if not self._up:
@@ -307,20 +295,20 @@ class MQTTClient:
 
     # -- sending --------------------------------------------------------------------------
 
-    async def _write(self, *parts):
+    async def write_packet(self, *parts):
         """Write parts as one packet. One packet at a time: while a drain is in progress (`_wt`
         holds when it started), another writer waits for it to end. A drain that takes more
         than response_timeout fails the connection (OSError(ETIMEDOUT)): the ticker checks, and
         so does a writer waiting for it."""
-        s = self._stream
+        s = self.stream
         if s is None:
             raise OSError(ENOTCONN)
-        while self._wt is not None and s is self._stream:
+        while self._wt is not None and s is self.stream:
             if time.ticks_diff(time.ticks_ms(), self._wt) > self.response_ms:
                 self._fail(OSError(ETIMEDOUT))
                 raise OSError(ETIMEDOUT)
             await asyncio.sleep_ms(1)
-        if s is not self._stream:
+        if s is not self.stream:
             raise OSError(ENOTCONN)
         self._wt = time.ticks_ms()
         try:
@@ -349,7 +337,7 @@ class MQTTClient:
                 self._fail(e)
                 raise
         finally:
-            if s is self._stream:   # not a new connection's writer's
+            if s is self.stream:   # not a new connection's writer's
                 self._wt = None
         self._last_tx = time.ticks_ms()
 
@@ -385,10 +373,10 @@ class MQTTClient:
         h = self._hdr
         n = publish_header(h, len(t), len(payload), qos, retain, dup)
         if qos:
-            await self._write(memoryview(h)[:n], struct.pack("!H", len(t)), t,
+            await self.write_packet(memoryview(h)[:n], struct.pack("!H", len(t)), t,
                               struct.pack("!H", pid), payload)
         else:
-            await self._write(memoryview(h)[:n], struct.pack("!H", len(t)), t, payload)
+            await self.write_packet(memoryview(h)[:n], struct.pack("!H", len(t)), t, payload)
 
     async def _resend(self, pid):
         e = self.inflight.get(pid)
@@ -402,7 +390,7 @@ class MQTTClient:
     # -- receiving ------------------------------------------------------------------------
 
     async def _read_packet(self):
-        s = self._stream
+        s = self.stream
         b = await s.readexactly(1)
         typ = b[0]
         n = 0
@@ -456,7 +444,7 @@ class MQTTClient:
                     print("mqtt: on_message failed: %r" % (e,))
                     return
             if qos:
-                await self._write(puback_packet(pid))
+                await self.write_packet(puback_packet(pid))
         elif kind == _PUBACK:
             if len(body) == 2:
                 self.inflight.pop((body[0] << 8) | body[1], None)
@@ -493,7 +481,7 @@ class MQTTClient:
                         await self._resend(pid)
                 if ka and time.ticks_diff(now, self._last_tx) >= ka // 2:
                     self.pings += 1
-                    await self._write(PINGREQ)
+                    await self.write_packet(PINGREQ)
         except OSError as e:
             self._fail(e)
         except Exception:
@@ -504,7 +492,7 @@ class MQTTClient:
     def _fail(self, exc):
         """Mark the connection dead (idempotent). The supervisor tears it down: it waits for
         the reader task to end, so the reader is cancelled here unless it is the caller."""
-        if self._up or self._stream is not None:
+        if self._up or self.stream is not None:
             if self.error is None or self._up:
                 self.error = exc
             self._up = False
@@ -516,7 +504,8 @@ class MQTTClient:
                 except RuntimeError:    # the reader failing itself: it ends anyway
                     pass
 
-    async def _teardown(self):
+    async def close(self):
+        """Close the connection and stop its tasks, without DISCONNECT (run() reconnects)."""
         self._up = False
         self._ready = False
         cur = asyncio.current_task()
@@ -525,7 +514,7 @@ class MQTTClient:
                 t.cancel()
         self._tasks = []
         self._wt = None
-        s, self._stream = self._stream, None
+        s, self.stream = self.stream, None
         if s is not None:
             try:
                 await s.wait_closed()
@@ -556,26 +545,20 @@ class MQTTClient:
             except asyncio.CancelledError:
                 if not self._down:
                     raise               # this task is being cancelled, not the reader
-            await self._teardown()
+            await self.close()
 
     async def disconnect(self):
         """Clean shutdown: DISCONNECT (so the broker discards the will) and close."""
         self._closing = True
         if self._up:
             try:
-                await self._write(DISCONNECT)
+                await self.write_packet(DISCONNECT)
             except OSError:
                 pass
         self._fail(OSError(ENOTCONN))
-        await self._teardown()
+        await self.close()
 
     def abort(self):
         """Drop the connection without DISCONNECT (the broker then publishes the will)."""
         self._fail(OSError(ECONNRESET))
 
-
-def __getattr__(name):
-    # parse_url, publish_packet, _safe: used at start-up or by tests only (mqttx.py)
-    from anchor import mqttx
-
-    return getattr(mqttx, name)

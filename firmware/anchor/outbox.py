@@ -3,15 +3,15 @@
 # Layout under DIR/outbox/:
 #   00000001.seg, 00000002.seg, ...  append-only segments of reading records (seq order)
 #   acks.log                         append-only log of acks and drops; rewritten (tmp + rename)
-#                                    when it grows past _LOG_COMPACT (2 KB)
+#                                    when it grows past LOG_COMPACT (2 KB)
 #
 # A record, in both kinds of file, is a 12-byte header and a payload:
 #   magic 0xA7 (u8) | kind (u8) | payload length (u16 LE) | seq (u32 LE) | CRC-32 (u32 LE)
 # where the CRC-32 (binascii.crc32) covers the first 8 header bytes and the payload. Kinds:
-#   _READING  seq = the reading's seq, payload = the whole COSE message
-#   _ACK      seq = upto + 1 (so upto = -1 is 0), payload = the other acked seqs (u32 LE each)
-#   _DROP     seq = 0, payload = the seqs dropped by the size bound (u32 LE each)
-#   _BASE     seq = upto + 1, payload = dropped total (u32) then the done seqs above upto
+#   READING  seq = the reading's seq, payload = the whole COSE message
+#   ACK      seq = upto + 1 (so upto = -1 is 0), payload = the other acked seqs (u32 LE each)
+#   DROP     seq = 0, payload = the seqs dropped by the size bound (u32 LE each)
+#   BASE     seq = upto + 1, payload = dropped total (u32) then the done seqs above upto
 #             (first record of a compacted acks.log)
 #
 # Power loss: a record is written with one write() call and a segment or the log is never
@@ -31,9 +31,10 @@
 # would exceed it, the oldest segment's waiting readings are dropped and counted the same way.
 # Dropping never raises; the device keeps producing.
 #
-# The constructor's work (checking the sizes, loading the outbox from flash: start-up) is in
-# outboxx.py, which the device loop drops from RAM once it has started; so are the rare paths (dropping readings, compacting acks.log), which
-# outboxx.py runs when needed (Outbox._rare), loaded for the call only.
+# Cold companions (COLD): an Outbox is made by outbox_load.load_outbox(root, ...), which checks
+# the sizes and reads it from flash (start-up; the device loop drops that module once it has
+# started); the rare paths (dropping readings, compacting acks.log) are outbox_trim.py, loaded
+# for the call only (Outbox._trim).
 #
 # RAM: 11 bytes per record slot of each live segment (seq u32, offset u16, last publish ticks
 # i32, state u8; arrays preallocated per segment), plus one small object per segment: measured
@@ -49,18 +50,21 @@ from micropython import const
 
 from anchor import unload
 
+COLD = ("outbox_load", "outbox_trim")
 
-_MAGIC = const(0xA7)
-_READING = const(1)
-_ACK = const(2)
-_DROP = const(3)
-_BASE = const(4)
-_HDR = const(12)
-_LOG_COMPACT = const(2048)
+# The record format and the states of a record slot. Public (no underscore) so that the cold
+# companions read them from here; each still compiles to its value in this module.
+MAGIC = const(0xA7)
+READING = const(1)
+ACK = const(2)
+DROP = const(3)
+BASE = const(4)
+HDR = const(12)
+LOG_COMPACT = const(2048)
 _NEVER = const(-1)  # "never published" in the sent-ticks array
 
-_PENDING = const(0)
-_DONE = const(1)
+PENDING = const(0)
+DONE = const(1)
 _FREE = const(2)
 
 
@@ -69,8 +73,8 @@ def _crc(hdr8, payload):
 
 
 def _record(kind, seq, payload):
-    hdr = bytearray(_HDR)
-    struct.pack_into("<BBHI", hdr, 0, _MAGIC, kind, len(payload), seq)
+    hdr = bytearray(HDR)
+    struct.pack_into("<BBHI", hdr, 0, MAGIC, kind, len(payload), seq)
     struct.pack_into("<I", hdr, 8, _crc(memoryview(hdr)[:8], payload))
     return hdr + payload
 
@@ -104,26 +108,20 @@ class _Seg:
             self.seqs[i] = seq
             self.offs[i] = off
             self.sent[i] = _NEVER
-            self.st[i] = _DONE if done else _PENDING
+            self.st[i] = DONE if done else PENDING
         else:  # a segment written with a larger seg_records than now
             self.seqs.append(seq)
             self.offs.append(off)
             self.sent.append(_NEVER)
-            self.st.append(_DONE if done else _PENDING)
+            self.st.append(DONE if done else PENDING)
         self.n = i + 1
         if not done:
             self.pending += 1
 
 
 class Outbox:
-    """The flash outbox in `root`/outbox. See the module comment for format and policy."""
-
-    def __init__(self, root, max_records=1000, seg_records=64, seg_bytes=16384):
-        # outboxx.init sets the attributes (sizes checked) and reads the outbox from flash:
-        # start-up code, dropped by the device loop afterwards
-        from anchor.outboxx import init
-
-        init(self, root, max_records, seg_records, seg_bytes)
+    """The flash outbox in `root`/outbox. See the module comment for format and policy. Made by
+    outbox_load.load_outbox(root, ...): no constructor here, its code is start-up code."""
 
     # -- load -----------------------------------------------------------------------------
 
@@ -134,19 +132,19 @@ class Outbox:
 
     def append(self, seq, msg):
         """Store one signed reading. Requires seq > every seq appended before."""
-        if len(msg) > 65535 - _HDR:
+        if len(msg) > 65535 - HDR:
             raise ValueError("reading of %d bytes is too large for the outbox" % len(msg))
         while self.pending >= self.max_records:
             self._drop_oldest()
         cur = self._cur
         if cur is None or cur.n >= self.seg_records or \
-                cur.size + _HDR + len(msg) > self.seg_bytes:
+                cur.size + HDR + len(msg) > self.seg_bytes:
             while len(self.segs) >= self.max_segs:
                 self._drop_segment(self.segs[0])
             cur = self._cur = _Seg(self._next_num, self._path(self._next_num), self.seg_records)
             self._next_num += 1
             self.segs.append(cur)
-        rec = _record(_READING, seq, msg)
+        rec = _record(READING, seq, msg)
         with open(cur.path, "ab") as f:
             f.write(rec)
         cur.add(seq, cur.size, False)
@@ -156,28 +154,29 @@ class Outbox:
 
     def drop(self, seg, i):
         """Give up on one waiting reading (its record cannot be read back): counted as dropped."""
-        self._rare("drop", seg, i)
+        self._trim("drop", seg, i)
 
     def _drop_oldest(self):
-        self._rare("drop_oldest")
+        self._trim("drop_oldest")
 
     def _drop_segment(self, seg):
-        self._rare("drop_segment", seg)
+        self._trim("drop_segment", seg)
 
-    def _compact_log(self):
-        self._rare("compact_log")
+    def compact_log(self):
+        """Rewrite acks.log as one record (done by itself when the log outgrows LOG_COMPACT)."""
+        self._trim("compact_log")
 
-    def _rare(self, name, *args):
+    def _trim(self, name, *args):
         # The rare paths (the size bound, a damaged record, compacting the ack log) are in
-        # outboxx.py, loaded for the call and dropped again. They run between two readings
+        # outbox_trim.py, loaded for the call and dropped again. They run between two readings
         # (asyncio switches tasks only at an await), so they never add to the heap that signing
         # needs, which is the device loop's peak.
-        from anchor import outboxx
+        from anchor import outbox_trim
 
         try:
-            getattr(outboxx, name)(self, *args)
+            getattr(outbox_trim, name)(self, *args)
         finally:
-            unload("outboxx")
+            unload("outbox_trim")
 
     # -- acks -----------------------------------------------------------------------------
 
@@ -197,11 +196,11 @@ class Outbox:
             st = seg.st
             sq = seg.seqs
             for i in range(len(st)):
-                if st[i] == _PENDING and (sq[i] <= upto or sq[i] in seqs):
+                if st[i] == PENDING and (sq[i] <= upto or sq[i] in seqs):
                     newly += 1
         if upto > self.upto or newly:
             extra = [s for s in seqs if upto < s <= self.last_seq]
-            self._log(_record(_ACK, max(upto, self.upto) + 1, _u32s(extra)))
+            self._log(_record(ACK, max(upto, self.upto) + 1, _u32s(extra)))
             if upto > self.upto:
                 self.upto = upto
             for seg in self.segs:
@@ -210,13 +209,13 @@ class Outbox:
                 st = seg.st
                 sq = seg.seqs
                 for i in range(len(st)):
-                    if st[i] == _PENDING and (sq[i] <= upto or sq[i] in seqs):
+                    if st[i] == PENDING and (sq[i] <= upto or sq[i] in seqs):
                         self._mark(seg, i)
             self._sweep()
         return newly
 
     def _mark(self, seg, i):
-        seg.st[i] = _DONE
+        seg.st[i] = DONE
         seg.pending -= 1
         self.pending -= 1
 
@@ -236,8 +235,8 @@ class Outbox:
             else:
                 keep.append(seg)
         self.segs = keep
-        if self._log_size > _LOG_COMPACT:
-            self._compact_log()
+        if self._log_size > LOG_COMPACT:
+            self.compact_log()
 
     def _log(self, rec):
         with open(self.dir + "/acks.log", "ab") as f:
@@ -251,20 +250,20 @@ class Outbox:
         check `is_waiting(seg, i)` after each await."""
         for seg in list(self.segs):
             for i in range(len(seg.st)):
-                if seg.st[i] == _PENDING:
+                if seg.st[i] == PENDING:
                     yield seg, i, seg.seqs[i]
 
     def is_waiting(self, seg, i):
-        return seg.st[i] == _PENDING and seg in self.segs
+        return seg.st[i] == PENDING and seg in self.segs
 
     def read(self, seg, i):
         """The COSE message of record i of seg (checked against its CRC). OSError if gone."""
         with open(seg.path, "rb") as f:
             f.seek(seg.offs[i])
-            hdr = f.read(_HDR)
+            hdr = f.read(HDR)
             magic, kind, n, seq, crc = struct.unpack("<BBHII", hdr)
             payload = f.read(n)
-        if magic != _MAGIC or seq != seg.seqs[i] or _crc(memoryview(hdr)[:8], payload) != crc:
+        if magic != MAGIC or seq != seg.seqs[i] or _crc(memoryview(hdr)[:8], payload) != crc:
             raise OSError(5)  # EIO: the flash changed under us
         return payload
 

@@ -1,19 +1,15 @@
-# ECDSA over NIST P-256 (secp256r1) with SHA-256, in pure MicroPython.
+# ECDSA over NIST P-256 (secp256r1) with SHA-256, in pure MicroPython: signing, what the device
+# loop runs for every reading.
 #
-# Public surface:
-#   generate_secret() -> int              a new private scalar, rejection-sampled from os.urandom
-#   secret_from_bytes(b) -> int           32 big-endian bytes -> scalar; ValueError unless
-#                                         1 <= d < n
-#   public_key(d) -> bytes                65-byte uncompressed SEC1 point (0x04 || x || y)
 #   sign(d, digest) -> bytes              64-byte r || s, RFC 6979 nonce, low-S (s <= n/2)
-#   verify(pub, digest, sig) -> bool      plain ECDSA verification (accepts high-S too)
-#   rfc6979_k(d, digest) -> int           the first RFC 6979 nonce (known-answer tests)
 #   sign_rs(d, digest) -> (r, s)          the signature before low-S normalisation
-# Only signing (what the device loop runs) is in this file. secret_from_bytes, public_key and
-# building the comb table (start-up) are in p256key.py; generate_secret, verify, rfc6979_k,
-# sign_message, decode_point, on_curve and the general mul/_add are in p256x.py; each is
-# imported when one of those names is first asked for here (module __getattr__), so their code
-# takes no RAM on a board that only signs.
+#   nonces(d, digest)                     the RFC 6979 nonce candidates, in order (a generator)
+#   hmac_sha256(key, *parts) -> bytes     HMAC-SHA-256 (RFC 2104), what RFC 6979 is built on
+#   mul_g(k), dbl(X, Y, Z), inverse(a, m) the arithmetic signing needs (Jacobian points)
+# Its cold companions (COLD below), imported where they are used:
+#   p256_keys.py    keys (generate_secret, secret_from_bytes, public_key) and filling the comb
+#                   table: start-up code, dropped by the device loop once it has started
+#   p256_verify.py  ECDSA verification and arbitrary-point arithmetic: a device never runs it
 #
 # Speed. Field elements are plain ints reduced with `%` (one C call; a hand-written Solinas
 # reduction is slower in bytecode). Points are in Jacobian coordinates (X/Z^2, Y/Z^3), doubled
@@ -22,7 +18,7 @@
 # spaced _D = ceil(256/_W) bits apart; table[i] = sum of 2^(t*_D)*G over the bits t of i. A
 # multiplication is then _D-1 doublings and at most _D mixed additions instead of 255 doublings
 # and ~128 additions. The table is one bytearray of affine coordinates (64 bytes a point),
-# allocated at import and filled on first use (p256key._build_table). Inversions use the extended
+# allocated at import and filled on first use (p256_keys.fill_table). Inversions use the extended
 # Euclidean algorithm in bytecode, which on MicroPython is ~5x faster than pow(a, m - 2, m)
 # (67 us against 354 us on this PC).
 #
@@ -61,6 +57,7 @@ _W = const(4)
 _D = const(64)  # ceil(256 / _W)
 COMB_TEETH = _W  # public copies: const names with a leading underscore are inlined away
 COMB_SPACING = _D
+COLD = ("p256_keys", "p256_verify")
 
 # The comb table: affine (x, y) of table[i] at offset 64 * (i - 1), 32 bytes each, big-endian.
 # The buffer is allocated at import, while the heap is still unfragmented (a 2 KB block can be
@@ -86,7 +83,8 @@ def inverse(a, m):
 # ---- point arithmetic (Jacobian coordinates; Z = 0 is the point at infinity) ----
 
 
-def _dbl(X, Y, Z):
+def dbl(X, Y, Z):
+    """2 * (X:Y:Z) (dbl-2001-b, a = -3); infinity (Z = 0) stays infinity."""
     p = P
     if not Z:
         return X, Y, 0
@@ -105,9 +103,9 @@ def table():
     """The comb table (a bytearray of 64 * (2^_W - 1) bytes), filled on first use."""
     global _table_ready
     if not _table_ready:
-        from anchor.p256key import _build_table  # once, at start-up (Device.load)
+        from anchor.p256_keys import fill_table  # once, at start-up (Device.load)
 
-        _build_table(_table)
+        fill_table(_table)
         _table_ready = True
     return _table
 
@@ -155,7 +153,7 @@ def mul_g(k):
         e = b * (Z * c % p) % p - Y
         c = a * c % p - X
         if not c:
-            X, Y, Z = _dbl(a, b, 1) if not e else (1, 1, 0)
+            X, Y, Z = dbl(a, b, 1) if not e else (1, 1, 0)
             continue
         a = c * c % p       # HH
         b = c * a % p       # HHH
@@ -172,9 +170,8 @@ def mul_g(k):
 
 def hmac_sha256(key, *parts):
     """HMAC-SHA-256 (RFC 2104) of the concatenated parts, what RFC 6979 needs. Here, not in a
-    module of its own, because a module costs the device loop RAM (a few hundred bytes);
-    anchor/hmac256.py keeps its API and forwards here. MicroPython's sha256 objects have no
-    copy(), so both padded keys are hashed again for every MAC (one 64-byte block each)."""
+    module of its own: a module costs the device loop RAM (a few hundred bytes). MicroPython's
+    sha256 objects have no copy(), so both padded keys are hashed again for every MAC."""
     if len(key) > 64:
         key = sha256(key).digest()
     k = bytearray(64)
@@ -192,9 +189,10 @@ def hmac_sha256(key, *parts):
     return h.digest()
 
 
-def _nonces(d, digest):
-    # RFC 6979 section 3.2 with HMAC-SHA-256; qlen = hlen = 256, so bits2int is a plain
-    # big-endian conversion and bits2octets(h1) = (h1 mod n) as 32 bytes.
+def nonces(d, digest):
+    """The RFC 6979 (section 3.2) nonces for private key d and a 32-byte digest, in the order
+    signing tries them. qlen = hlen = 256, so bits2int is a plain big-endian conversion and
+    bits2octets(h1) = (h1 mod n) as 32 bytes."""
     x = d.to_bytes(32, "big")
     h = (int.from_bytes(digest, "big") % N).to_bytes(32, "big")
     mac = hmac_sha256
@@ -224,7 +222,7 @@ def sign_rs(d, digest, mul_base=None):
     mul_base = mul_base or mul_g
     e = int.from_bytes(digest, "big")
     n = N
-    for k in _nonces(d, digest):
+    for k in nonces(d, digest):
         X, Y, Z = mul_base(k)
         zi = inverse(Z, P)
         r = X * zi * zi % P % n
@@ -242,11 +240,3 @@ def sign(d, digest, mul_base=None):
         s = N - s
     return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
-
-def __getattr__(name):
-    # loaded on first use: start-up code (p256key.py), the rarely used rest (p256x.py)
-    if name in ("secret_from_bytes", "public_key", "_madd", "_affine", "_build_table"):
-        from anchor import p256key as m
-    else:
-        from anchor import p256x as m
-    return getattr(m, name)

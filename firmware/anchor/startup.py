@@ -13,6 +13,7 @@ import sys
 
 from anchor import Error, unload
 
+COLD = ("config",)
 _BOARD_PLATFORMS = ("esp32", "rp2")
 HOLD = "anchor.hold"
 
@@ -62,7 +63,7 @@ def main(root=None):
         root = "/" if sys.platform in _BOARD_PLATFORMS else ""
     import asyncio
 
-    from anchor import device
+    from anchor import device  # noqa: F401 - resident: loaded before what start-up drops again
 
     if _exists(root + HOLD):
         print("iot-anchor: %s%s exists: not starting (provisioning); remove it to run" % (
@@ -79,10 +80,13 @@ def main(root=None):
         # table take seconds on a board, without a chance to feed it)
         dev = load_device(board, cfg["dir"])
         board.start_watchdog()
-        opts = device.parse_args(["--dir", cfg["dir"], "--broker", cfg["broker"]])
-        board, dev, ob, client = device.build(opts, board)
-        unload("devicex", "mqttx", "statex", "statenew", "p256key", "p256x", "outboxx", "config")
-        loop = device.Loop(board, dev, ob, client, interval=cfg["interval"])
+        from anchor import device_setup
+
+        opts = device_setup.parse_args(["--dir", cfg["dir"], "--broker", cfg["broker"]])
+        board, dev, ob, client = device_setup.build(opts, board)
+        loop = device_setup.make_loop(board, dev, ob, client, interval=cfg["interval"])
+        device_setup = None
+        unload()    # every cold module: what start-up loaded (config included)
         asyncio.run(loop.run())
     except Exception as e:  # noqa: BLE001 - a board must not stop: report, then restart
         sys.print_exception(e)

@@ -25,9 +25,8 @@
 #   - last.cose lost or unreadable (a damaged file system): the next seq falls back to
 #     reserved_upto, which is always above every seq ever used, so no seq is reused; prev starts
 #     again from 32 zero bytes and the gateway records a chain break, which is the truth.
-# Loading the state (start-up) is in statex.py, creating a device (keygen) in statenew.py, each
-# loaded only then: Device.load and Device.create forward there, and so do this module's other
-# names (check_id, default_id, ...) through __getattr__ below.
+# Loading the state (start-up) is state_load.py, creating a device (keygen) state_create.py: cold
+# companions (COLD), imported by Device.load and Device.create when called.
 #
 # Flash cost per reading: one small file rewrite (last.cose, about 200 bytes) plus, every 64
 # readings, seq.json.
@@ -55,6 +54,7 @@ _CLOCK_VALID_AFTER = const(1704067200)
 KEY_FILE = "key.json"
 SEQ_FILE = "seq.json"
 LAST_FILE = "last.cose"
+COLD = ("state_load", "state_create", "error_text")
 
 try:
     _EPOCH_OFFSET = _EPOCH_2000 if time.gmtime(0)[0] == 2000 else 0
@@ -90,24 +90,24 @@ def _write_atomic(path, data):
                 pass
             os.rename(tmp, path)
     except OSError as e:
-        from anchor.statenew import write_error  # the message: error path only
+        from anchor import error_text  # the message: error path only
 
-        raise Error(write_error(path, e))
+        raise Error(error_text.write(path, e))
 
 
 class Device:
     @classmethod
     def create(cls, d, dev_id=None, secret=None):
-        """New device state in directory d (created if missing); see statenew.create."""
-        from anchor.statenew import create
+        """New device state in directory d (created if missing); see state_create.create."""
+        from anchor.state_create import create
 
         return create(cls, d, dev_id, secret)
 
     @classmethod
     def load(cls, d):
         """The device state in directory d. Error if there is no key or a file is damaged
-        (statex.load: run once at start-up, so not kept in RAM)."""
-        from anchor.statex import load
+        (state_load.load: run once at start-up, so not kept in RAM)."""
+        from anchor.state_load import load
 
         return load(cls, d)
 
@@ -136,9 +136,9 @@ class Device:
         payload = cose.reading(self.dev_id, seq, self.prev, data, ts)
         msg = cose.sign1(self._secret, self._kid, payload)
         if len(msg) > cose.MAX_MESSAGE:
-            from anchor.cosex import size_error  # the message: error path only
+            from anchor import error_text  # the message: error path only
 
-            raise Error(size_error(len(msg)))
+            raise Error(error_text.reading_size(len(msg)))
         if seq >= self._reserved_upto:
             upto = seq + _SEQ_BLOCK
             _write_atomic(_path(self.dir, SEQ_FILE),
@@ -150,11 +150,3 @@ class Device:
         self.seq = seq + 1
         return msg
 
-
-def __getattr__(name):
-    # check_id, ...: loading a device (statex.py); default_id, ...: creating one (statenew.py)
-    if name in ("check_id", "MAX_ID_LEN", "_read"):
-        from anchor import statex as m
-    else:
-        from anchor import statenew as m
-    return getattr(m, name)

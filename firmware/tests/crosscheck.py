@@ -25,8 +25,13 @@ import json
 import struct
 from binascii import hexlify, unhexlify
 
-from anchor import Error, cbor, cose, p256
-from anchor.hmac256 import hmac_sha256
+from anchor import Error, cbor, cose
+from anchor.cbor_decode import decode
+from anchor.cbor_types import Tag
+from anchor.cose_verify import verify1
+from anchor.p256 import hmac_sha256
+from anchor.p256_keys import public_key, secret_from_bytes
+from anchor.p256_verify import verify
 
 
 def _hex(b):
@@ -48,7 +53,7 @@ def untag(t):
     if k == "m":
         return {untag(a): untag(b) for a, b in t[1]}
     if k == "t":
-        return cbor.Tag(t[1], untag(t[2]))
+        return Tag(t[1], untag(t[2]))
     return {"T": True, "F": False, "N": None}[k]
 
 
@@ -71,7 +76,7 @@ def tag(v):
         return ["l", [tag(x) for x in v]]
     if isinstance(v, dict):
         return ["m", [[tag(a), tag(v[a])] for a in v]]
-    if isinstance(v, cbor.Tag):
+    if isinstance(v, Tag):
         return ["t", v.tag, tag(v.value)]
     raise TypeError(type(v))
 
@@ -79,13 +84,13 @@ def tag(v):
 def handle(req):
     op = req["op"]
     if op == "sign":
-        d = p256.secret_from_bytes(unhexlify(req["secret"]))
+        d = secret_from_bytes(unhexlify(req["secret"]))
         data = {}
         for name, v in req["data"]:
             data[name] = untag(v)
         payload = cose.reading(req["dev"], req["seq"], unhexlify(req["prev"]), data, req["ts"])
         msg = cose.sign1(d, req["dev"].encode(), payload)
-        return {"pub": _hex(p256.public_key(d)), "payload": _hex(payload), "msg": _hex(msg)}
+        return {"pub": _hex(public_key(d)), "payload": _hex(payload), "msg": _hex(msg)}
     if op == "hmac":
         return {"mac": _hex(hmac_sha256(unhexlify(req["key"]), unhexlify(req["msg"])))}
     if op == "encode":
@@ -95,14 +100,14 @@ def handle(req):
             return {"error": str(e)}
     if op == "decode":
         try:
-            return {"obj": tag(cbor.decode(unhexlify(req["cbor"])))}
+            return {"obj": tag(decode(unhexlify(req["cbor"])))}
         except Error as e:
             return {"error": str(e)}
     if op == "verify1":
-        return {"ok": cose.verify1(unhexlify(req["pub"]), unhexlify(req["msg"]),
+        return {"ok": verify1(unhexlify(req["pub"]), unhexlify(req["msg"]),
                                    unhexlify(req.get("aad", "")))}
     if op == "verify":
-        return {"ok": p256.verify(unhexlify(req["pub"]), unhexlify(req["digest"]),
+        return {"ok": verify(unhexlify(req["pub"]), unhexlify(req["digest"]),
                                   unhexlify(req["sig"]))}
     raise ValueError("unknown op %r" % op)
 

@@ -17,7 +17,9 @@ import runner
 from runner import h, raises
 
 from anchor import Error
-from anchor.cbor import CBORError, Tag, decode, encode, encode_into
+from anchor.cbor import encode, encode_into
+from anchor.cbor_decode import decode
+from anchor.cbor_types import CBORError, Tag
 
 # (value, RFC 8949 appendix A encoding)
 RFC_A = [

@@ -2,7 +2,7 @@
 # header, the Sig_structure and the message frame, written out by hand from RFC 9052 section 4
 # and docs/protocol.md (not produced by the code under test); then signing, verification and
 # tampering. The COSE working group's ES256 examples are run by
-# tests/firmware/test_cose_vectors.py through firmware/tests/cose_vectors.py.
+# tests/firmware/test_cose_vectors.py through firmware/tests/crosscheck.py.
 # Run: micropython firmware/tests/test_cose.py [test_name ...]
 
 import sys
@@ -17,6 +17,10 @@ import runner
 from runner import h, raises
 
 from anchor import Error, cbor, cose, p256
+from anchor.cbor_decode import decode
+from anchor.cbor_types import CBORError, Tag
+from anchor.cose_verify import decode_sign1, verify1
+from anchor.p256_keys import public_key
 
 SECRET = 0xC9AFA9D845BA75166B5C215767B1D6934E50C3DB36E89B127B8A622B120F6721  # RFC 6979 A.2.5
 ZERO = bytes(32)
@@ -69,36 +73,36 @@ def test_sign1_frame_and_signature():
     sig = msg[-64:]
     tbs = cose.sig_structure(prot, payload)
     assert sig == p256.sign(SECRET, sha256(tbs).digest())
-    assert cose.verify1(p256.public_key(SECRET), msg)
+    assert verify1(public_key(SECRET), msg)
 
 
 def test_decode_sign1():
     payload = cose.reading("d1", 5, ZERO, {"t": -1.5})
     msg = cose.sign1(SECRET, b"d1", payload)
-    prot, unprot, pl, sig = cose.decode_sign1(msg)
-    assert cbor.decode(prot) == {1: -7, 4: b"d1"}
+    prot, unprot, pl, sig = decode_sign1(msg)
+    assert decode(prot) == {1: -7, 4: b"d1"}
     assert unprot == {}
     assert pl == payload
     assert len(sig) == 64
-    r = cbor.decode(pl)
+    r = decode(pl)
     assert r == {"v": 1, "dev": "d1", "seq": 5, "prev": ZERO, "data": {"t": -1.5}}
-    assert cose.decode_sign1(msg[1:])[2] == payload  # untagged array is accepted
-    assert raises(cbor.CBORError, cose.decode_sign1, b"\xd3" + msg[1:])  # tag 19
-    assert raises(cbor.CBORError, cose.decode_sign1, h("d28340a040"))  # 3 items
-    assert raises(cbor.CBORError, cose.decode_sign1, msg[:-1])  # truncated
+    assert decode_sign1(msg[1:])[2] == payload  # untagged array is accepted
+    assert raises(CBORError, decode_sign1, b"\xd3" + msg[1:])  # tag 19
+    assert raises(CBORError, decode_sign1, h("d28340a040"))  # 3 items
+    assert raises(CBORError, decode_sign1, msg[:-1])  # truncated
 
 
 def test_verify1_rejects_tampering():
-    pub = p256.public_key(SECRET)
+    pub = public_key(SECRET)
     msg = cose.sign1(SECRET, b"d1", cose.reading("d1", 1, ZERO, {"t": 2}))
-    assert cose.verify1(pub, msg)
+    assert verify1(pub, msg)
     # Flip one bit in every byte position in turn: nothing may still verify.
     for i in range(0, len(msg), 7):
         bad = bytearray(msg)
         bad[i] ^= 0x01
-        assert not cose.verify1(pub, bytes(bad)), i
-    assert not cose.verify1(p256.public_key(SECRET + 1), msg)
-    assert not cose.verify1(pub, msg, external_aad=b"x")
+        assert not verify1(pub, bytes(bad)), i
+    assert not verify1(public_key(SECRET + 1), msg)
+    assert not verify1(pub, msg, external_aad=b"x")
 
 
 def test_verify1_requires_es256():
@@ -106,13 +110,13 @@ def test_verify1_requires_es256():
     prot = cbor.encode({1: -35})  # ES384
     tbs = cose.sig_structure(prot, payload)
     sig = p256.sign(SECRET, sha256(tbs).digest())
-    msg = cbor.encode(cbor.Tag(18, [prot, {}, payload, sig]))
-    assert not cose.verify1(p256.public_key(SECRET), msg)
+    msg = cbor.encode(Tag(18, [prot, {}, payload, sig]))
+    assert not verify1(public_key(SECRET), msg)
     # alg in the unprotected header only is accepted (RFC 9052 allows it).
     tbs = cose.sig_structure(b"", payload)
     sig = p256.sign(SECRET, sha256(tbs).digest())
-    msg = cbor.encode(cbor.Tag(18, [b"", {1: -7}, payload, sig]))
-    assert cose.verify1(p256.public_key(SECRET), msg)
+    msg = cbor.encode(Tag(18, [b"", {1: -7}, payload, sig]))
+    assert verify1(public_key(SECRET), msg)
 
 
 def test_reading_validation():

@@ -1,7 +1,6 @@
 # MicroPython tests of anchor/device.py (the pieces testable without a broker), the Unix board
 # layer and the board selection. Run: micropython firmware/tests/test_device.py [name ...]
-# (driven by tests/firmware/test_device.py; the loop against Mosquitto is tested in
-# tests/integration/test_mqtt_client_device.py).
+# (the loop against Mosquitto is tested in tests/integration/test_mqtt_client_device.py).
 
 import sys
 
@@ -11,11 +10,15 @@ sys.path.insert(0, _here + "/..")
 import asyncio
 import os
 
-from anchor import Error, cbor, cli, device
-from anchor import board_unix
-from anchor.outbox import Outbox
-from anchor.state import Device
 import runner
+
+from anchor import Error, board_unix, cbor, cli, device
+from anchor.cbor_decode import decode
+from anchor.cbor_types import Tag
+from anchor.cose_verify import decode_sign1
+from anchor.device_setup import make_loop, parse_args
+from anchor.outbox_load import load_outbox
+from anchor.state import Device
 
 _BASE = (os.getenv("TMPDIR") or "/tmp").rstrip("/") + "/device-test-%d" % (
     int.from_bytes(os.urandom(4), "big"))
@@ -34,7 +37,7 @@ def fresh():
 
 
 class NullClient:
-    """Just enough of MQTTClient for Loop's constructor and the ack path."""
+    """Just enough of MQTTClient for make_loop and the ack path."""
 
     def __init__(self):
         self.subs = []
@@ -66,21 +69,23 @@ class NullClient:
         pass
 
 
-def make_loop(count=None, secret="11" * 32):
+def loop_on_disk(count=None, secret="11" * 32):
+    """A Loop on a fresh device directory with the Unix board and a NullClient: (loop, its
+    output lines, the directory)."""
     d = fresh()
     dev = Device.create(d, dev_id="dev-t", secret=secret)
     board = board_unix.Board({"dir": d, "id": None}, thermal_root=d + "/no-thermal")
     board.seed(dev.dev_id)
     lines = []
-    loop = device.Loop(board, dev, Outbox(d), NullClient(), interval=0, count=count,
-                       out=lines.append)
+    loop = make_loop(board, dev, load_outbox(d), NullClient(), interval=0, count=count,
+                     out=lines.append)
     return loop, lines, d
 
 
 # ---------------------------------------------------------------------------------------------
 
 def test_parse_args_defaults_and_errors():
-    o = device.parse_args(["--dir", "/x", "--count", "3", "--interval", "0.5"])
+    o = parse_args(["--dir", "/x", "--count", "3", "--interval", "0.5"])
     assert o["dir"] == "/x" and o["count"] == 3 and o["interval"] == 0.5
     assert o["ack-timeout"] == 30.0 and o["outbox-max"] == 1000 and o["timeout"] == 120.0
     assert o["broker"] == (os.getenv("IOT_ANCHOR_BROKER") or "mqtt://127.0.0.1:1883")
@@ -90,7 +95,7 @@ def test_parse_args_defaults_and_errors():
                        (["--dir", "/x", "--count", "0"], "at least 1"),
                        (["--dir", "/x", "--interval", "-1"], "negative")):
         try:
-            device.parse_args(bad)
+            parse_args(bad)
         except Error as e:
             assert words in str(e), (bad, str(e))
         else:
@@ -105,7 +110,7 @@ def test_decode_ack():
     assert device.decode_ack(cbor.encode({"upto": 1, "seqs": [], "entry": 3, "x": "y"}))[0] == 1
     assert device.decode_ack(cbor.encode({
         "upto": 2, "seqs": [4], "entry": 3, "f": 1.5, "b": b"zz", "n": None, "t": True,
-        "l": [1, {"a": [2]}], "tag": cbor.Tag(1, 5), "big": 2 ** 40, "neg": -2 ** 33})) == \
+        "l": [1, {"a": [2]}], "tag": Tag(1, 5), "big": 2 ** 40, "neg": -2 ** 33})) == \
         (2, [4], 3)
     ok = cbor.encode({"upto": 1})
     for bad in (b"\xff", cbor.encode([1, 2]), cbor.encode({"seqs": []}),
@@ -123,25 +128,25 @@ def test_decode_ack():
 
 
 def test_produce_then_ack_empties_outbox():
-    loop, lines, d = make_loop(count=3)
+    loop, lines, d = loop_on_disk(count=3)
     for _ in range(3):
         loop.produce()
     assert loop.outbox.pending == 3 and loop.dev.seq == 3
     t = b"anchor/dev-t/ack"
-    loop._on_message(t, cbor.encode({"upto": 0, "seqs": [2], "entry": 1}), False)
+    loop.on_message(t, cbor.encode({"upto": 0, "seqs": [2], "entry": 1}), False)
     assert loop.outbox.pending == 1 and loop.acked == 2
     assert lines[-1] == "ack upto=0 seqs=1 entry=1 removed=2 outbox=1", lines
-    assert not loop._done
-    loop._on_message(b"anchor/other/ack", cbor.encode({"upto": 9, "seqs": []}), False)
+    assert not loop.done
+    loop.on_message(b"anchor/other/ack", cbor.encode({"upto": 9, "seqs": []}), False)
     assert loop.outbox.pending == 1        # another device's topic is ignored
-    loop._on_message(t, b"\x00garbage", False)
+    loop.on_message(t, b"\x00garbage", False)
     assert loop.bad_acks == 1 and lines[-1].startswith("bad-ack err=")
-    loop._on_message(t, cbor.encode({"upto": 2, "seqs": [], "entry": 2}), False)
-    assert loop.outbox.pending == 0 and loop._done
+    loop.on_message(t, cbor.encode({"upto": 2, "seqs": [], "entry": 2}), False)
+    assert loop.outbox.pending == 0 and loop.done
 
 
 def test_topics_will_birth_subscription():
-    loop, lines, d = make_loop()
+    loop, lines, d = loop_on_disk()
     c = loop.client
     assert c.will == ("anchor/dev-t/status", b"offline", True, 1)
     assert c.birth == ("anchor/dev-t/status", b"online", True, 1)
@@ -150,31 +155,29 @@ def test_topics_will_birth_subscription():
 
 
 def test_requeue_last_after_crash_between_sign_and_append():
-    loop, lines, d = make_loop()
+    loop, lines, d = loop_on_disk()
     loop.produce()
     # a crash right after signing: the state advanced, the outbox never saw the message
     msg = loop.dev.next_reading({"temp": 1.5}, None)
     dev2 = Device.load(d)
-    ob2 = Outbox(d)
+    ob2 = load_outbox(d)
     assert ob2.pending == 1 and dev2.last_message == msg
-    loop2 = device.Loop(loop.board, dev2, ob2, NullClient(), out=lines.append)
+    loop2 = make_loop(loop.board, dev2, ob2, NullClient(), out=lines.append)
     assert loop2.requeue_last() is True
     assert [s for _, _, s in ob2.waiting()] == [0, 1]
     g, i, _ = list(ob2.waiting())[1]
     assert ob2.read(g, i) == msg
     assert loop2.requeue_last() is False   # already there
     ob2.ack(1, [])
-    assert device.Loop(loop.board, Device.load(d), Outbox(d), NullClient()).requeue_last() \
+    assert make_loop(loop.board, Device.load(d), load_outbox(d), NullClient()).requeue_last() \
         is False                            # acked: nothing to requeue
 
 
 def test_readings_carry_sensor_data_and_clock():
-    loop, lines, d = make_loop()
+    loop, lines, d = loop_on_disk()
     loop.produce()
     g, i, _ = list(loop.outbox.waiting())[0]
-    from anchor import cose
-
-    r = cbor.decode(cose.decode_sign1(loop.outbox.read(g, i))[2])
+    r = decode(decode_sign1(loop.outbox.read(g, i))[2])
     assert r["dev"] == "dev-t" and r["seq"] == 0 and set(r["data"]) == {"temp"}
     assert isinstance(r["ts"], int) and r["ts"] > 1704067200
 
@@ -185,7 +188,7 @@ def test_a_dying_task_ends_the_loop():
             raise RuntimeError("sensor bus hung")
 
     for count in (None, 3):
-        loop, lines, d = make_loop(count=count)
+        loop, lines, d = loop_on_disk(count=count)
         loop.board = BrokenBoard({"dir": d, "id": None}, thermal_root=d)
         try:
             ok = asyncio.run(loop.run())

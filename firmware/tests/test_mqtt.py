@@ -1,7 +1,7 @@
 # MicroPython tests of anchor/mqtt.py against a fake stream, asserting the exact bytes.
-# Run: micropython firmware/tests/test_mqtt.py [test_name ...]   (driven by
-# tests/firmware/test_mqtt.py). Expected bytes are written out by hand from the MQTT 3.1.1
-# specification (sections 2.2.3, 3.1, 3.3, 3.4, 3.8, 3.12), not produced by the code under test.
+# Run: micropython firmware/tests/test_mqtt.py [test_name ...]. Expected bytes are written out
+# by hand from the MQTT 3.1.1 specification (sections 2.2.3, 3.1, 3.3, 3.4, 3.8, 3.12), not
+# produced by the code under test.
 
 import sys
 
@@ -10,16 +10,28 @@ sys.path.insert(0, _here + "/..")
 
 import asyncio
 import binascii
+import struct
 import time
 from errno import ECONNREFUSED, ECONNRESET, EIO, ENOTCONN, ETIMEDOUT
 
-from anchor import mqtt
 import runner
+
+from anchor import mqtt
+from anchor.mqtt_setup import make_client, parse_url
 
 
 def h(s):
     """Hex with spaces and | separators allowed, for annotated expected bytes."""
     return binascii.unhexlify(s.replace(" ", "").replace("|", ""))
+
+
+def publish_packet(topic, payload, qos=0, pid=0, retain=False):
+    """A whole PUBLISH packet: mqtt.publish_header's fixed header, then the topic, the packet id
+    (QoS 1) and the payload, as MQTT 3.1.1 section 3.3 lays them out."""
+    hdr = bytearray(5)
+    n = mqtt.publish_header(hdr, len(topic), len(payload), qos, retain)
+    pid_bytes = struct.pack("!H", pid) if qos else b""
+    return bytes(hdr[:n]) + struct.pack("!H", len(topic)) + topic.encode() + pid_bytes + payload
 
 
 class FakeStream:
@@ -118,17 +130,17 @@ def test_remaining_length_edges():
 
 def test_publish_header_at_127_and_128():
     # topic "t" (2+1 bytes) + pid (2) + payload: remaining length 127 needs payload 122
-    p = mqtt.publish_packet("t", b"x" * 122, qos=1, pid=7)
+    p = publish_packet("t", b"x" * 122, qos=1, pid=7)
     assert p[:2] == h("32 7f"), p[:4]
     assert p[2:7] == h("0001 74 0007")
     assert len(p) == 2 + 127
-    p = mqtt.publish_packet("t", b"x" * 123, qos=1, pid=7)
+    p = publish_packet("t", b"x" * 123, qos=1, pid=7)
     assert p[:3] == h("32 80 01")
     assert len(p) == 3 + 128
     # 16383 / 16384 with QoS 0 (2+1 topic, no pid)
-    p = mqtt.publish_packet("t", b"y" * (16383 - 3))
+    p = publish_packet("t", b"y" * (16383 - 3))
     assert p[:3] == h("30 ff 7f") and len(p) == 3 + 16383
-    p = mqtt.publish_packet("t", b"y" * (16384 - 3))
+    p = publish_packet("t", b"y" * (16384 - 3))
     assert p[:4] == h("30 80 80 01") and len(p) == 4 + 16384
 
 
@@ -162,7 +174,7 @@ def test_subscribe_puback_ping_disconnect_bytes():
 
 
 def _client(conn, **kw):
-    c = mqtt.MQTTClient("dev-1", "127.0.0.1", 1883, connector=conn, **kw)
+    c = make_client("dev-1", "127.0.0.1", 1883, connector=conn, **kw)
     return c
 
 
@@ -304,7 +316,7 @@ def test_retransmission_gives_up_and_drops_connection():
         await until(lambda: not c.isconnected(), 2000)
         assert c.error.errno == ETIMEDOUT
         assert c.retransmits == 2
-        await c._teardown()
+        await c.close()
         assert s.closed
     run(main())
 
@@ -387,7 +399,7 @@ def test_pingreq_when_idle_and_dead_connection_timeout():
         assert c.error.errno == ETIMEDOUT
         waited = time.ticks_diff(time.ticks_ms(), t_ping)
         assert 1300 <= waited <= 2200, waited
-        await c._teardown()
+        await c.close()
     run(main())
 
 
@@ -400,14 +412,14 @@ def test_oversized_and_qos2_packets_drop_connection():
         s.feed(h("30 80 01"))                 # announces 128 bytes > max_packet
         await until(lambda: not c.isconnected())
         assert c.error.errno == EIO
-        await c._teardown()
+        await c.close()
         s2 = FakeStream()
         s2.feed(CONNACK + h("34 06 0001 61 0001 00"))   # a QoS 2 PUBLISH
         c = _client(Connector(s2))
         await c.connect()
         await until(lambda: not c.isconnected())
         assert c.error.errno == EIO
-        await c._teardown()
+        await c.close()
     run(main())
 
 
@@ -495,7 +507,7 @@ def test_backoff_grows_with_jitter():
         c = _client(conn, backoff_min=0.02, backoff_max=0.16)
         task = asyncio.create_task(c.run())
         await until(lambda: len(conn.calls) >= 7, 3000)
-        c._closing = True
+        await c.disconnect()                  # never connected: run() ends after its sleep
         t = [x[3] for x in conn.calls]
         gaps = [time.ticks_diff(t[i + 1], t[i]) for i in range(len(t) - 1)]
         nominal = [20, 40, 80, 160, 160, 160]
@@ -540,29 +552,31 @@ def test_inflight_window_blocks_until_puback():
 
 
 def test_parse_url_and_tls_guard():
-    assert mqtt.parse_url("mqtt://127.0.0.1:1884") == ("127.0.0.1", 1884, False, None, None)
-    assert mqtt.parse_url("mqtt://broker") == ("broker", 1883, False, None, None)
-    assert mqtt.parse_url("mqtts://broker/") == ("broker", 8883, True, None, None)
-    assert mqtt.parse_url("mqtt://dev-1:s3cr%3At@10.0.0.2:1884") == \
+    assert parse_url("mqtt://127.0.0.1:1884") == ("127.0.0.1", 1884, False, None, None)
+    assert parse_url("mqtt://broker") == ("broker", 1883, False, None, None)
+    assert parse_url("mqtts://broker/") == ("broker", 8883, True, None, None)
+    assert parse_url("mqtt://dev-1:s3cr%3At@10.0.0.2:1884") == \
         ("10.0.0.2", 1884, False, "dev-1", "s3cr:t")
-    assert mqtt.parse_url("mqtts://dev-1@h") == ("h", 8883, True, "dev-1", None)
+    assert parse_url("mqtts://dev-1@h") == ("h", 8883, True, "dev-1", None)
     for bad in ("tcp://x:1", "mqtt://:1883", "mqtt://h:port"):
         try:
-            mqtt.parse_url(bad)
+            parse_url(bad)
         except ValueError as e:
             assert bad in str(e)
         else:
             raise AssertionError(bad)
     for bad in ("mqtt://u:pw@h:port", "mqtt://u:pw@", "mqtt://@h", "mqtt://u:%zz@h"):
         try:
-            mqtt.parse_url(bad)
+            parse_url(bad)
         except ValueError as e:
             assert "pw" not in str(e)            # never echo a password
         else:
             raise AssertionError(bad)
-    if mqtt._ssl is None:
+    try:
+        import ssl  # noqa: F401
+    except ImportError:
         try:
-            mqtt.MQTTClient("d", "h", 8883, ssl=True)
+            make_client("d", "h", 8883, ssl=True)
         except ValueError as e:
             assert "ssl" in str(e)
         else:

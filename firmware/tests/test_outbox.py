@@ -1,6 +1,5 @@
 # MicroPython tests of anchor/outbox.py (the flash outbox). Each test works in its own fresh
 # directory under /tmp (or $TMPDIR). Run: micropython firmware/tests/test_outbox.py [name ...]
-# (driven by tests/firmware/test_outbox.py).
 
 import sys
 
@@ -9,10 +8,10 @@ sys.path.insert(0, _here + "/..")
 
 import gc
 import os
-import struct
 
-from anchor.outbox import Outbox
 import runner
+
+from anchor.outbox_load import load_outbox
 
 _BASE = (os.getenv("TMPDIR") or "/tmp").rstrip("/") + "/outbox-test-%d" % (
     int.from_bytes(os.urandom(4), "big"))
@@ -50,11 +49,11 @@ def segfiles(d):
 
 def test_append_reload_read_back():
     d = fresh()
-    ob = Outbox(d)
+    ob = load_outbox(d)
     for s in range(10):
         ob.append(s, msg(s))
     assert ob.pending == 10
-    ob2 = Outbox(d)
+    ob2 = load_outbox(d)
     assert ob2.pending == 10 and ob2.last_seq == 9 and ob2.corrupt == 0
     got = [(s, ob2.read(seg, i)) for seg, i, s in ob2.waiting()]
     assert got == [(s, msg(s)) for s in range(10)]
@@ -62,34 +61,34 @@ def test_append_reload_read_back():
 
 def test_ack_upto_and_seqs_persist():
     d = fresh()
-    ob = Outbox(d)
+    ob = load_outbox(d)
     for s in range(10):
         ob.append(s, msg(s))
     assert ob.ack(-1, []) == 0
     assert ob.ack(3, [6, 8]) == 6
     assert seqs_waiting(ob) == [4, 5, 7, 9]
     assert ob.ack(3, [6]) == 0            # a repeated ack changes nothing
-    ob = Outbox(d)
+    ob = load_outbox(d)
     assert seqs_waiting(ob) == [4, 5, 7, 9] and ob.upto == 3
     assert ob.ack(5, []) == 2
-    ob = Outbox(d)
+    ob = load_outbox(d)
     assert seqs_waiting(ob) == [7, 9]
 
 
 def test_ack_with_upto_minus_one_and_out_of_order_seqs():
     d = fresh()
-    ob = Outbox(d)
+    ob = load_outbox(d)
     for s in range(5):
         ob.append(s, msg(s))
     assert ob.ack(-1, [4, 2]) == 2        # seq 0 not anchored yet: upto is -1
     assert seqs_waiting(ob) == [0, 1, 3]
-    ob = Outbox(d)
+    ob = load_outbox(d)
     assert seqs_waiting(ob) == [0, 1, 3] and ob.upto == -1
 
 
 def test_segments_are_deleted_when_done():
     d = fresh()
-    ob = Outbox(d, seg_records=4)
+    ob = load_outbox(d, seg_records=4)
     for s in range(12):
         ob.append(s, msg(s))
     assert segfiles(d) == ["00000001.seg", "00000002.seg", "00000003.seg"]
@@ -103,7 +102,7 @@ def test_segments_are_deleted_when_done():
     assert segfiles(d) == ["00000004.seg"]
     ob.append(13, msg(13))
     assert segfiles(d) == ["00000004.seg"]
-    ob = Outbox(d, seg_records=4)
+    ob = load_outbox(d, seg_records=4)
     assert seqs_waiting(ob) == [13]
     ob.ack(13, [])
     assert segfiles(d) == []               # after a reload a done segment is never appended to
@@ -111,31 +110,31 @@ def test_segments_are_deleted_when_done():
 
 def test_ack_beyond_what_was_appended_is_clamped():
     d = fresh()
-    ob = Outbox(d)
+    ob = load_outbox(d)
     for s in range(3):
         ob.append(s, msg(s))
     assert ob.ack(1000000, [2000000]) == 3     # a wrong (or hostile) ack
     ob.append(3, msg(3))
     ob.append(4, msg(4))
-    ob = Outbox(d)
+    ob = load_outbox(d)
     assert seqs_waiting(ob) == [3, 4] and ob.upto == 2   # future readings were not skipped
 
 
 def test_drop_one_unreadable_record():
     d = fresh()
-    ob = Outbox(d)
+    ob = load_outbox(d)
     for s in range(3):
         ob.append(s, msg(s))
     g, i, s = list(ob.waiting())[1]
     ob.drop(g, i)
     assert seqs_waiting(ob) == [0, 2] and ob.dropped == 1
-    ob = Outbox(d)
+    ob = load_outbox(d)
     assert seqs_waiting(ob) == [0, 2] and ob.dropped == 1
 
 
 def test_torn_tail_is_dropped_and_appends_continue():
     d = fresh()
-    ob = Outbox(d)
+    ob = load_outbox(d)
     for s in range(5):
         ob.append(s, msg(s))
     path = d + "/outbox/" + segfiles(d)[-1]
@@ -144,23 +143,23 @@ def test_torn_tail_is_dropped_and_appends_continue():
         first = f.read(12 + len(msg(0)))
     with open(path, "ab") as f:
         f.write(first[:20])
-    ob = Outbox(d)
+    ob = load_outbox(d)
     assert ob.pending == 5 and ob.corrupt == 1
     ob.append(5, msg(5))
     assert len(segfiles(d)) == 2           # new segment after a reload
-    ob = Outbox(d)
+    ob = load_outbox(d)
     assert [(s, ob.read(g, i)) for g, i, s in ob.waiting()] == [(s, msg(s)) for s in range(6)]
 
 
 def test_torn_header_and_corrupt_crc():
     d = fresh()
-    ob = Outbox(d)
+    ob = load_outbox(d)
     for s in range(6):
         ob.append(s, msg(s))
     path = d + "/outbox/" + segfiles(d)[0]
     with open(path, "ab") as f:
         f.write(b"\xa7\x01")                # two bytes of a header
-    assert seqs_waiting(Outbox(d)) == list(range(6))
+    assert seqs_waiting(load_outbox(d)) == list(range(6))
     # flip one payload byte of record 3: records from there on are lost, none before
     with open(path, "rb") as f:
         data = bytearray(f.read())
@@ -168,40 +167,40 @@ def test_torn_header_and_corrupt_crc():
     data[off] ^= 0x40
     with open(path, "wb") as f:
         f.write(data)
-    ob = Outbox(d)
+    ob = load_outbox(d)
     assert seqs_waiting(ob) == [0, 1, 2] and ob.corrupt == 1
 
 
 def test_torn_ack_log_record_is_ignored():
     d = fresh()
-    ob = Outbox(d)
+    ob = load_outbox(d)
     for s in range(6):
         ob.append(s, msg(s))
     ob.ack(1, [])
     with open(d + "/outbox/acks.log", "ab") as f:
         f.write(b"\xa7\x02\x00\x00\x05")   # a torn ACK record (would be upto 4)
-    ob = Outbox(d)
+    ob = load_outbox(d)
     assert seqs_waiting(ob) == [2, 3, 4, 5]
     ob.ack(3, [])                           # appending after the torn record...
-    ob = Outbox(d)
+    ob = load_outbox(d)
     # ...is unreadable behind it, so the log must be compacted or the ack is lost on reload
     assert seqs_waiting(ob) == [4, 5], seqs_waiting(ob)
 
 
 def test_bound_drops_oldest_and_counts():
     d = fresh()
-    ob = Outbox(d, max_records=5)
+    ob = load_outbox(d, max_records=5)
     for s in range(8):
         ob.append(s, msg(s))
     assert ob.pending == 5 and ob.dropped == 3
     assert seqs_waiting(ob) == [3, 4, 5, 6, 7]
-    ob = Outbox(d, max_records=5)
+    ob = load_outbox(d, max_records=5)
     assert ob.dropped == 3 and seqs_waiting(ob) == [3, 4, 5, 6, 7]
 
 
 def test_segment_count_bound():
     d = fresh()
-    ob = Outbox(d, max_records=8, seg_records=2)       # at most 8 // 2 + 2 = 6 segments
+    ob = load_outbox(d, max_records=8, seg_records=2)       # at most 8 // 2 + 2 = 6 segments
     for s in range(12):
         ob.append(s, msg(s))
     assert ob.pending == 8 and ob.dropped == 4
@@ -213,15 +212,15 @@ def test_segment_count_bound():
     ob.append(16, msg(16))                 # a 7th segment: the oldest segment's reading goes
     assert len(segfiles(d)) == 6 and ob.dropped == 5
     assert seqs_waiting(ob) == [6, 8, 10, 12, 13, 14, 15, 16]
-    ob = Outbox(d, max_records=8, seg_records=2)
+    ob = load_outbox(d, max_records=8, seg_records=2)
     assert ob.dropped == 5 and seqs_waiting(ob) == [6, 8, 10, 12, 13, 14, 15, 16]
 
 
 def test_ack_log_compaction_keeps_state():
     d = fresh()
-    ob = Outbox(d, max_records=50, seg_records=8)
+    ob = load_outbox(d, max_records=50, seg_records=8)
     s = 0
-    for rnd in range(120):
+    for _round in range(120):
         for _ in range(3):
             ob.append(s, msg(s))
             s += 1
@@ -229,37 +228,37 @@ def test_ack_log_compaction_keeps_state():
         ob.ack(s - 3, [s - 1])
     size = os.stat(d + "/outbox/acks.log")[6]
     assert size <= 2048 + 64, size
-    ob2 = Outbox(d, max_records=50, seg_records=8)
+    ob2 = load_outbox(d, max_records=50, seg_records=8)
     assert seqs_waiting(ob2) == seqs_waiting(ob) == [s - 2]
     assert ob2.upto == s - 3
 
 
 def test_interrupted_log_compaction():
     d = fresh()
-    ob = Outbox(d)
+    ob = load_outbox(d)
     for s in range(4):
         ob.append(s, msg(s))
     ob.ack(1, [])
-    ob._compact_log()
+    ob.compact_log()
     log = d + "/outbox/acks.log"
     with open(log, "rb") as f:
         good = f.read()
     # crash while writing acks.tmp: acks.log is intact, the torn tmp is discarded
     with open(d + "/outbox/acks.tmp", "wb") as f:
         f.write(good[:5])
-    ob = Outbox(d)
+    ob = load_outbox(d)
     assert seqs_waiting(ob) == [2, 3]
     assert "acks.tmp" not in os.listdir(d + "/outbox")
     # crash on FAT between removing acks.log and renaming acks.tmp over it
     os.rename(log, d + "/outbox/acks.tmp")
-    ob = Outbox(d)
+    ob = load_outbox(d)
     assert seqs_waiting(ob) == [2, 3] and ob.upto == 1
     assert "acks.log" in os.listdir(d + "/outbox")
 
 
 def test_republish_bookkeeping():
     d = fresh()
-    ob = Outbox(d)
+    ob = load_outbox(d)
     for s in range(3):
         ob.append(s, msg(s))
     w = list(ob.waiting())
@@ -282,7 +281,7 @@ def test_random_operations_against_a_model():
 
     d = fresh()
     cap = 20
-    ob = Outbox(d, max_records=cap, seg_records=4)
+    ob = load_outbox(d, max_records=cap, seg_records=4)
     model = []          # waiting seqs
     dropped = 0
     seq = 0
@@ -308,9 +307,9 @@ def test_random_operations_against_a_model():
             if files:
                 with open(d + "/outbox/" + files[-1], "ab") as f:
                     f.write(b"\xa7\x01\x40\x00" + b"\x00" * rnd(12))
-            ob = Outbox(d, max_records=cap, seg_records=4)
+            ob = load_outbox(d, max_records=cap, seg_records=4)
         else:
-            ob = Outbox(d, max_records=cap, seg_records=4)
+            ob = load_outbox(d, max_records=cap, seg_records=4)
         if seqs_waiting(ob) != model or ob.pending != len(model) or ob.dropped != dropped:
             raise AssertionError("step %d: outbox %r dropped %d, model %r dropped %d" % (
                 step, seqs_waiting(ob), ob.dropped, model, dropped))
@@ -322,7 +321,7 @@ def test_index_memory_per_record():
     d = fresh()
     gc.collect()
     before = gc.mem_alloc()
-    ob = Outbox(d, max_records=400, seg_records=64)
+    ob = load_outbox(d, max_records=400, seg_records=64)
     for s in range(400):
         ob.append(s, msg(s))
     gc.collect()

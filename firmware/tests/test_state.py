@@ -15,7 +15,10 @@ from binascii import hexlify
 import runner
 from runner import raises
 
-from anchor import Error, cbor, cose, p256, state
+from anchor import Error, cose, state
+from anchor.cbor_decode import decode
+from anchor.cose_verify import decode_sign1, verify1
+from anchor.p256_keys import public_key
 from anchor.state import Device
 
 SECRET_HEX = "c9afa9d845ba75166b5c215767b1d6934e50c3db36e89b127b8a622b120f6721"
@@ -36,7 +39,7 @@ def _with_dir(fn):
 
 
 def _payload(msg):
-    return cbor.decode(cose.decode_sign1(msg)[2])
+    return decode(decode_sign1(msg)[2])
 
 
 def _read_json(path):
@@ -48,7 +51,7 @@ def test_create_and_files():
     def t(d):
         dev = Device.create(d, dev_id="node-1", secret=SECRET_HEX)
         assert dev.dev_id == "node-1"
-        assert dev.public_key == p256.public_key(int(SECRET_HEX, 16))
+        assert dev.public_key == public_key(int(SECRET_HEX, 16))
         assert dev.seq == 0 and dev.prev == bytes(32) and dev.last_message is None
         key = _read_json(d + "/key.json")
         assert key == {"v": 1, "id": "node-1", "secret": SECRET_HEX,
@@ -74,7 +77,7 @@ def test_chain_seq_prev_and_reservation():
         prev = bytes(32)
         for i in range(70):
             msg = dev.next_reading({"i": i}, ts=1735689600 + i)
-            assert cose.verify1(pub, msg)
+            assert verify1(pub, msg)
             r = _payload(msg)
             assert r["seq"] == i and r["prev"] == prev and r["dev"] == "node-1"
             assert r["ts"] == 1735689600 + i and r["data"] == {"i": i} and r["v"] == 1
@@ -166,7 +169,7 @@ def test_load_errors():
         assert raises(Error, Device.load, d)  # no key
         Device.create(d, secret=SECRET_HEX)
         key = _read_json(d + "/key.json")
-        key["public"] = hexlify(p256.public_key(5)).decode()
+        key["public"] = hexlify(public_key(5)).decode()
         with open(d + "/key.json", "w") as f:
             f.write(json.dumps(key))
         assert raises(Error, Device.load, d)  # public key does not match

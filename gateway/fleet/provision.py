@@ -67,6 +67,10 @@ HOLD = "anchor.hold"  # anchor/startup.py HOLD
 SOURCE_ONLY = ("boot.py", "main.py")
 # The firmware's own tools that a board does not need (package.json leaves them out too).
 NOT_FOR_BOARDS = ("selftest.py",)
+# Modules of earlier firmware versions, since renamed or removed: install() deletes them, so a
+# board provisioned before keeps no old .mpy (an old one would still be importable).
+RETIRED_MODULES = ("hmac256", "cborx", "cosex", "mqttx", "outboxx", "statex", "statenew",
+                   "devicex", "p256x", "p256key")
 
 
 class ProvisionError(AnchorError):
@@ -524,11 +528,11 @@ def board_config(opts: Options) -> dict[str, object]:
 def install(board: BoardTransport, files: Sequence[tuple[str, bytes]],
             cfg: dict[str, object]) -> None:
     """Copy the firmware and write the config. Stale copies of the package (a .py beside the
-    new .mpy, or a root-level anchor/ from a mip install, which would shadow /lib) go first."""
-    names = [Path(p).name for p, _ in files if p.startswith(LIB_DIR + "/")]
-    stale = []
-    for n in names:
-        stem = n.rsplit(".", 1)[0]
+    new .mpy, a root-level anchor/ from a mip install, which would shadow /lib, and the modules
+    of earlier versions, RETIRED_MODULES) go first."""
+    stems = [Path(p).name.rsplit(".", 1)[0] for p, _ in files if p.startswith(LIB_DIR + "/")]
+    stale = [f"{LIB_DIR}/{stem}.mpy" for stem in RETIRED_MODULES]
+    for stem in stems + list(RETIRED_MODULES):
         stale += [f"{LIB_DIR}/{stem}.py", f"anchor/{stem}.py", f"anchor/{stem}.mpy"]
     board.remove(stale)
     board.makedirs(LIB_DIR)

@@ -37,7 +37,7 @@ def make_board(**over):
     b = Board(cfg)
     # The board's RTC is the stand-in's (unset at power-on, set by ntptime.settime()); on a real
     # board the same value is what time.time() returns.
-    b._port_time = machine.sim.rtc_seconds
+    b.port_time = machine.sim.rtc_seconds
     b.EPOCH = 946684800 if FLAVOUR == "esp32" else 0  # the real port's epoch (2000 / 1970)
     b.join_timeout_ms = 300
     b.backoff_min_ms = 40
@@ -139,13 +139,13 @@ def case_ntp():
     b = make_board(ntp_resync=1)
     ntptime.sim.fail_next = 3
     run(b.network_up())  # Wi-Fi up; the first NTP attempt fails
-    out = {"tries": [[b.time(), b._ntp_retry]]}
+    out = {"tries": [[b.time(), b.ntp_retry]]}
     for _ in range(2):
         b.sync_clock(force=True)
-        out["tries"].append([b.time(), b._ntp_retry])
+        out["tries"].append([b.time(), b.ntp_retry])
     not_due = b.sync_clock()  # next attempt not due yet: no request
     out["requests_before"] = ntptime.sim.requests
-    time.sleep_ms(int(b._ntp_retry * 1000) + 20)
+    time.sleep_ms(int(b.ntp_retry * 1000) + 20)
     out["synced"] = b.sync_clock()
     out["time"] = b.time()
     out["now"] = int(time.time())
@@ -165,9 +165,9 @@ def case_ntp():
 
 def case_epoch():
     b = make_board()
-    raw_before = b._port_time()
+    raw_before = b.port_time()
     run(b.network_up())
-    done(raw_before=raw_before, raw_after=b._port_time(), time=b.time(), now=int(time.time()),
+    done(raw_before=raw_before, raw_after=b.port_time(), time=b.time(), now=int(time.time()),
          epoch=b.EPOCH)
 
 
@@ -199,7 +199,7 @@ def case_bme280():
     machine.sim.i2c = {0x77: dev}
     b = make_board(sensors=["mcu", "bme280"], bme280_addr=0x77, scl=5, sda=4, variant="esp32s3")
     first = b.read_sensors()
-    comp = b._bme.compensate(*raw)
+    comp = b.bme.compensate(*raw)
     machine.sim.i2c = {}  # the wire comes loose
     loose = b.read_sensors()
     errors = b.sensor_errors
@@ -212,7 +212,7 @@ def case_bme280():
 def case_watchdog():
     b = make_board(watchdog_ms=10000)
     b.start_watchdog()
-    timeout = machine.sim.wdt._timeout
+    timeout = machine.sim.wdt.timeout
     run(b.sleep_fed(600))
     fed_ok = machine.sim.wdt_bites
     out = {"timeout": timeout, "bites_while_fed": fed_ok}

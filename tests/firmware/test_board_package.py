@@ -14,6 +14,7 @@ STANDINS = Path(__file__).with_name("standins")
 # Files in firmware/ that a board does not need, and why.
 NOT_FOR_BOARDS = {
     "selftest.py": "signing self-test, run with `mpremote run` (tests/boards)",
+    "manifest.py": "the frozen-build manifest, read by MicroPython's build, not by a board",
     "anchor/board_unix.py": "the Unix port's board layer; board.py imports it only there",
 }
 

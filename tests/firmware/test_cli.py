@@ -21,8 +21,8 @@ from pycose.messages import CoseMessage
 
 MAIN = str(FIRMWARE / "main.py")
 # What keygen and sign import (main.py itself stays source, as on a board).
-SIGNING_MODULES = ("__init__", "cli", "hmac256", "p256", "p256key", "p256x", "cbor", "cborx",
-                   "cose", "state", "statex", "statenew")
+SIGNING_MODULES = ("__init__", "cli", "p256", "p256_keys", "cbor", "cbor_decode", "cbor_types",
+                   "cose", "state", "state_load", "state_create")
 # RFC 6979 A.2.5's private key and its public key (from the RFC).
 SECRET = "c9afa9d845ba75166b5c215767b1d6934e50c3db36e89b127b8a622b120f6721"
 PUBLIC = ("04" "60fed4ba255a9d31c961eb74c6356d68c049b8923b61fa6ce669622e60f29fb6"

@@ -1,8 +1,8 @@
 """The COSE working group's ES256 examples (../shared/vectors/cose/) against the firmware.
 
 Verified with the firmware's own helpers under MicroPython (firmware/tests/crosscheck.py):
-`cose.verify1` for the COSE_Sign1 examples, `p256.verify` for the signer's signature inside
-the COSE_Sign example ecdsa-01 (its ToBeSign is given in the file). Used: every example whose
+`cose_verify.verify1` for the COSE_Sign1 examples, `p256_verify.verify` for the signer's signature
+inside the COSE_Sign example ecdsa-01 (its ToBeSign is given in the file). Used: every example whose
 algorithm is ES256. Not used: ecdsa-02/03 and ecdsa-sig-02/03 (P-384, P-521) and ecdsa-04 /
 ecdsa-sig-04 (ES512 on P-256: SHA-512), which the firmware does not implement.
 """

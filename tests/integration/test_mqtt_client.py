@@ -24,7 +24,7 @@ from conftest import FIRMWARE
 from gateway.fleet.brokerconf import hash_password
 from gateway.sim.broker import PrivateBroker
 
-SCRIPT = str(FIRMWARE / "tests" / "test_mqtt_live.py")
+SCRIPT = str(FIRMWARE / "tests" / "mqtt_live.py")
 
 
 class Proc:
@@ -250,7 +250,7 @@ def test_dead_connection_detected_when_the_broker_freezes(micropython: str,
         p.wait_for(lambda s: s == "acked 10")
         os.kill(broker.proc.pid, signal.SIGSTOP)
         try:
-            time.sleep(8)      # > 2 retransmissions x 2 s response timeout (test_mqtt_live)
+            time.sleep(8)      # > 2 retransmissions x 2 s response timeout (mqtt_live.py)
         finally:
             os.kill(broker.proc.pid, signal.SIGCONT)
         p.wait_for(lambda s: s == "connected 2", 30)

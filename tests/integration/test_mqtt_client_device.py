@@ -235,8 +235,8 @@ def test_readings_are_published_acked_and_outbox_drains(micropython: str, tmp_pa
     assert b"online" in status and status[-1] == b"offline"
     # the outbox on flash is empty too: no segment holds a waiting reading after a reload
     code = (f"import sys; sys.path.insert(0, {str(FIRMWARE)!r})\n"
-            "from anchor.outbox import Outbox\n"
-            f"print(Outbox({str(tmp_path / 'a')!r}).pending)")
+            "from anchor.outbox_load import load_outbox\n"
+            f"print(load_outbox({str(tmp_path / 'a')!r}).pending)")
     r = run_mp(micropython, "-c", code)
     assert r.stdout.strip() == "0", r.stdout + r.stderr
 

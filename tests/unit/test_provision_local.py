@@ -28,7 +28,10 @@ from gateway.fleet.provision import (
     Options,
     ProvisionError,
     check_board,
+    choose_mpy_cross,
+    compile_firmware,
     firmware_files,
+    install,
     provision,
 )
 from gateway.sim.broker import PrivateBroker, free_port
@@ -61,6 +64,18 @@ def options(b: PrivateBroker, data: Path, **kw: object) -> Options:
                 board_config={"board": "rp2", "watchdog_ms": 8000}, wait=60,
                 platforms=("linux",))
     return dataclasses.replace(o, **kw)
+
+
+def test_install_removes_the_modules_of_earlier_versions(board: LocalUnixBoard,
+                                                         tmp_path: Path) -> None:
+    old = ["lib/anchor/cborx.mpy", "lib/anchor/hmac256.mpy", "lib/anchor/devicex.py",
+           "anchor/statex.py", "anchor/p256key.mpy"]
+    for path in old:
+        board.write_file(path, b"# an earlier firmware's module\n")
+    files = compile_firmware(choose_mpy_cross(board.info().mpy_version), tmp_path / "mpy")
+    install(board, files, {"id": "pico-1"})
+    assert not [p for p in old if (board.root / p).exists()]
+    assert (board.root / "lib/anchor/cbor_decode.mpy").is_file()
 
 
 def registered(data: Path) -> list[dict]:

@@ -55,7 +55,7 @@ class _Sim:
     def check_wdt(self):
         """True when the watchdog has not been fed within its timeout right now."""
         w = self.wdt
-        return w is not None and time.ticks_diff(time.ticks_ms(), w._last) > w._timeout
+        return w is not None and time.ticks_diff(time.ticks_ms(), w._last) > w.timeout
 
 
 sim = _Sim()
@@ -154,12 +154,12 @@ class WDT:
             raise ValueError("WDT timeout too short")
         if sim.wdt_max is not None and timeout > sim.wdt_max:
             raise ValueError(f"timeout exceeds {sim.wdt_max}")
-        self._timeout = timeout
+        self.timeout = timeout
         self._last = time.ticks_ms()
         sim.wdt = self
 
     def feed(self):
-        if time.ticks_diff(time.ticks_ms(), self._last) > self._timeout:
+        if time.ticks_diff(time.ticks_ms(), self._last) > self.timeout:
             sim.wdt_bites += 1  # the real chip would have reset before this feed
         self._last = time.ticks_ms()
 

@@ -1,13 +1,9 @@
-# The parts of the P-256 code that a device never runs: key generation, ECDSA verification and
-# arbitrary-point multiplication, and the RFC 6979 test hooks. They live here so that a board does
-# not keep their code in RAM; `anchor.p256` forwards these names (p256.verify, p256.mul, ...) to
-# this module on first use, so callers need not know.
+# ECDSA P-256 verification, with the arithmetic on arbitrary points it needs: what a device
+# never runs (it only signs), for tests, tools and a device checking a message. A cold companion
+# of p256.py (p256.COLD), so that a board does not keep its code in RAM.
 
-import hashlib
-import os
-
-from anchor.p256 import N, P, _dbl, _nonces, inverse, mul_g, sign
-from anchor.p256key import _affine, _madd
+from anchor.p256 import N, P, dbl, inverse, mul_g
+from anchor.p256_keys import madd
 
 B = 0x5AC635D8AA3A93E7B3EBBD55769886BC651D06B0CC53B0F63BCE3C3E27D2604B
 
@@ -17,21 +13,21 @@ def mul(k, x, y):
     # Precompute 1..15 times the point.
     win = [(x, y, 1)]
     for _ in range(14):
-        win.append(_madd(*win[-1], x, y))
+        win.append(madd(*win[-1], x, y))
     X = Y = 1
     Z = 0
     kb = k.to_bytes(32, "big")
     for byte in kb:
         for nib in (byte >> 4, byte & 15):
             for _ in range(4):
-                X, Y, Z = _dbl(X, Y, Z)
+                X, Y, Z = dbl(X, Y, Z)
             if nib:
-                X, Y, Z = _add(X, Y, Z, *win[nib - 1])
+                X, Y, Z = add(X, Y, Z, *win[nib - 1])
     return X, Y, Z
 
 
-def _add(X1, Y1, Z1, X2, Y2, Z2):
-    """Full Jacobian addition (used by verification and table building)."""
+def add(X1, Y1, Z1, X2, Y2, Z2):
+    """(X1:Y1:Z1) + (X2:Y2:Z2): full Jacobian addition, either point may be infinity."""
     p = P
     if not Z1:
         return X2, Y2, Z2
@@ -45,7 +41,7 @@ def _add(X1, Y1, Z1, X2, Y2, Z2):
     R = Y2 * (Z1 * Z1Z1 % p) % p - S1
     if not H:
         if not R:
-            return _dbl(X1, Y1, Z1)
+            return dbl(X1, Y1, Z1)
         return 1, 1, 0
     HH = H * H % p
     HHH = H * HH % p
@@ -70,24 +66,6 @@ def decode_point(pub):
     return x, y
 
 
-def generate_secret():
-    """A new private scalar: 32 bytes from os.urandom, redrawn until 1 <= d < n."""
-    while True:
-        d = int.from_bytes(os.urandom(32), "big")
-        if 0 < d < N:
-            return d
-
-
-def rfc6979_k(d, digest):
-    """The first RFC 6979 nonce for private key d and a 32-byte digest."""
-    for k in _nonces(d, digest):
-        return k
-
-
-def sign_message(d, msg):
-    return sign(d, hashlib.sha256(msg).digest())
-
-
 def verify(pub, digest, sig):
     """True if sig (64 bytes r || s) is a valid ECDSA signature of digest under pub (65 bytes).
 
@@ -106,7 +84,7 @@ def verify(pub, digest, sig):
         return False
     e = int.from_bytes(digest, "big")
     w = inverse(s, n)
-    X, Y, Z = _add(*mul_g(e * w % n), *mul(r * w % n, x, y))
+    X, Y, Z = add(*mul_g(e * w % n), *mul(r * w % n, x, y))
     if not Z:
         return False
     zi = inverse(Z, P)

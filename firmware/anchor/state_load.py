@@ -1,6 +1,7 @@
-# Loading a device's state (start-up): run once, so not kept in RAM with state.py
-# (state.Device.load forwards here; the device loop drops this module after start-up). Creating
-# a device (keygen) is in statenew.py. See state.py for the files and their format.
+# Loading a device's state from its directory (start-up), and the rule for device ids: run once,
+# so a cold companion of state.py (state.COLD) that the device loop drops after start-up;
+# state.Device.load calls it. Creating a device (keygen) is state_create.py. state.py describes
+# the files and their format.
 
 from binascii import unhexlify
 
@@ -11,7 +12,8 @@ except ImportError:
 
 from micropython import const
 
-from anchor import Error, p256
+from anchor import Error
+from anchor.p256_keys import public_key, secret_from_bytes
 from anchor.state import KEY_FILE, LAST_FILE, SEQ_FILE, _path
 
 _ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-"
@@ -46,12 +48,12 @@ def load(cls, d):
     try:
         key = json.loads(raw)
         dev_id = key["id"]
-        s = p256.secret_from_bytes(unhexlify(key["secret"]))
+        s = secret_from_bytes(unhexlify(key["secret"]))
         pub = unhexlify(key["public"])
     except (ValueError, KeyError, TypeError) as e:
         raise Error("%s is damaged (%s)" % (_path(d, KEY_FILE), e))
     check_id(dev_id)
-    if p256.public_key(s) != pub:
+    if public_key(s) != pub:
         raise Error("%s is damaged: public key does not match the secret" %
                     _path(d, KEY_FILE))
     reserved = 0
@@ -64,11 +66,11 @@ def load(cls, d):
     last = _read(_path(d, LAST_FILE))
     seq = reserved
     if last is not None:
-        from anchor import cbor  # here: keygen imports this module but never decodes
+        from anchor.cbor_decode import decode  # here: keygen imports this module, never decodes
 
         try:
-            m = cbor.decode(last).value  # 18([protected, {}, payload, signature])
-            payload = cbor.decode(m[2])
+            m = decode(last).value  # 18([protected, {}, payload, signature])
+            payload = decode(m[2])
             last_seq = payload["seq"]
             if len(m) != 4 or payload["dev"] != dev_id or not isinstance(last_seq, int):
                 raise ValueError("not this device's message")

@@ -1,12 +1,12 @@
 # MicroPython side of the Mosquitto integration tests (tests/integration/test_mqtt_client.py).
 # Usage:
-#   micropython test_mqtt_live.py pub  URL CLIENT_ID TOPIC N       publish N QoS 1, wait PUBACKs
-#   micropython test_mqtt_live.py sub  URL CLIENT_ID TOPIC N       print N received messages
-#   micropython test_mqtt_live.py will URL CLIENT_ID               will + birth, then idle
-#   micropython test_mqtt_live.py soak URL CLIENT_ID TOPIC N       publish N through reconnects
-#   micropython test_mqtt_live.py once URL CLIENT_ID               one connect: "connected" or
+#   micropython mqtt_live.py pub  URL CLIENT_ID TOPIC N       publish N QoS 1, wait PUBACKs
+#   micropython mqtt_live.py sub  URL CLIENT_ID TOPIC N       print N received messages
+#   micropython mqtt_live.py will URL CLIENT_ID               will + birth, then idle
+#   micropython mqtt_live.py soak URL CLIENT_ID TOPIC N       publish N through reconnects
+#   micropython mqtt_live.py once URL CLIENT_ID               one connect: "connected" or
 #                                                                   "refused ERRNO"
-#   micropython test_mqtt_live.py bench URL [N]                    QoS 1 publish rate (a bench:
+#   micropython mqtt_live.py bench URL [N]                    QoS 1 publish rate (a bench:
 #       prints figures, the last line JSON), against a baseline in the same run that writes
 #       each packet piecewise (what the client did first: Nagle + delayed ACK)
 # Lines printed are parsed by the test: "ready", "acked N", "got TOPIC HEX", "connected K".
@@ -20,12 +20,12 @@ import asyncio
 import binascii
 import time
 
-from anchor import mqtt
+from anchor.mqtt_setup import make_client, parse_url
 
 
 def client(url, cid, **kw):
-    host, port, tls, user, password = mqtt.parse_url(url)
-    return mqtt.MQTTClient(cid, host, port, ssl=tls or None, user=user, password=password, **kw)
+    host, port, tls, user, password = parse_url(url)
+    return make_client(cid, host, port, ssl=tls or None, user=user, password=password, **kw)
 
 
 async def pub(url, cid, topic, n):
@@ -113,21 +113,26 @@ async def once(url, cid):
     await c.disconnect()
 
 
-class _Piecewise(mqtt.MQTTClient):
-    # the baseline: one write() per packet part, as the first version did
-    async def _write(self, *parts):
-        s = self._stream
+def _piecewise(c):
+    """The baseline: c writes one write() per packet part, as the first version did."""
+    async def write_packet(*parts):
+        s = c.stream
         if s is None:
             raise OSError(107)
         for p in parts:
             s.write(p)
         await s.drain()
 
+    c.write_packet = write_packet
+    return c
 
-async def _rate(cls, url, n, inflight):
-    host, port, _, user, password = mqtt.parse_url(url)
-    c = cls("bench-%d" % inflight, host, port, max_inflight=inflight, user=user,
-            password=password, clean_session=True)
+
+async def _rate(piecewise, url, n, inflight):
+    host, port, _, user, password = parse_url(url)
+    c = make_client("bench-%d" % inflight, host, port, max_inflight=inflight, user=user,
+                    password=password, clean_session=True)
+    if piecewise:
+        _piecewise(c)
     task = asyncio.create_task(c.run())
     await c.wait_connected()
     msg = b"x" * 160            # about the size of a signed reading
@@ -147,8 +152,8 @@ async def bench(url, n):
 
     out = {}
     for inflight in (1, 8):
-        base = await _rate(_Piecewise, url, max(20, n // 50), inflight)
-        ours = await _rate(mqtt.MQTTClient, url, n, inflight)
+        base = await _rate(True, url, max(20, n // 50), inflight)
+        ours = await _rate(False, url, n, inflight)
         print("QoS 1 publishes/s with %d in flight: %.0f (one write per packet), %.0f "
               "(piecewise baseline), ratio %.1f" % (inflight, ours, base, ours / base))
         out["inflight_%d" % inflight] = {"per_s": round(ours), "baseline_per_s": round(base),

@@ -1,7 +1,7 @@
-# Start-up half of the device loop (anchor/device.py documents the command line): parsing the
-# `run` options and building the board, device state, outbox and MQTT client. device.main()
-# loads this, builds, and drops it again before the loop runs, so its code takes no RAM then;
-# device.parse_args and device.build still work (device.py forwards those names here).
+# Setting up the device loop (start-up): the `run` options parsed (device.py documents the
+# command line), the board, device state, outbox and MQTT client built, and the Loop itself
+# (make_loop). A cold companion of device.py (device.COLD): device.main and startup.main drop it
+# before the loop runs, so its code takes no RAM then.
 
 import sys
 
@@ -84,21 +84,22 @@ def _tls_context(d):
 
 def build(opts, board=None):
     """Board, Device, Outbox and MQTT client for the options of parse_args()."""
-    # One part after the other, each start-up-only module dropped once used, so that they are
-    # never all in RAM at once (this start-up is the heap's peak otherwise).
-    from anchor import mqtt
+    # One part after the other, the cold modules dropped once each is used (unload()), so that
+    # they are never all in RAM at once (this start-up is the heap's peak otherwise).
+    from anchor import mqtt_setup
 
     try:
-        host, port, tls, user, password = mqtt.parse_url(opts["broker"])
+        host, port, tls, user, password = mqtt_setup.parse_url(opts["broker"])
     except ValueError as e:
         raise Error(str(e))
-    unload("mqttx")
+    mqtt_setup = None
+    unload()
     if board is None:
         from anchor.board import Board
 
         board = Board({"dir": opts["dir"], "id": None})
         Board = None
-        unload("board")     # the chosen layer (board_unix, ...) stays
+        unload()            # board.py (device.COLD) goes; the chosen layer (board_unix, ...) stays
     d = opts["dir"]
     # What the loop signs with (state.py imports cose on first use): loaded now, before the
     # device state, so that its code and p256's lie together, not in the holes the start-up
@@ -108,25 +109,30 @@ def build(opts, board=None):
     from anchor.state import Device
 
     dev = Device.load(d)    # the heaviest step (the comb table is filled): with little loaded
-    unload("statex", "p256key", "cborx")
+    unload()
     if hasattr(board, "seed"):
         board.seed(dev.dev_id)
+    from anchor import mqtt_setup
+
     try:
         # Two readings in flight at most (each is held until its PUBACK): enough to keep the
         # link busy, and a backlog replayed after an outage does not pile up in RAM.
-        client = mqtt.MQTTClient(dev.dev_id, host, port, keepalive=opts["keepalive"],
-                                 ssl=_tls_context(d) if tls else None, user=user,
-                                 password=password, wait_network=board.network_up,
-                                 max_inflight=2)
+        client = mqtt_setup.make_client(dev.dev_id, host, port, keepalive=opts["keepalive"],
+                                        ssl=_tls_context(d) if tls else None, user=user,
+                                        password=password, wait_network=board.network_up,
+                                        max_inflight=2)
     except ValueError as e:
         raise Error(str(e))
-    from anchor.outbox import Outbox
+    mqtt_setup = None
+    unload()
+    from anchor.outbox_load import load_outbox
 
     # 32 readings a segment (not 64): each live segment's index arrays are preallocated (11
     # bytes a reading), and a device that keeps up has one segment live.
-    ob = Outbox(d, max_records=opts["outbox-max"], seg_records=32)
-    unload("outboxx")
-    # The general CBOR decoder (cborx, which Device.load used for last.cose) is not kept: acks
+    ob = load_outbox(d, max_records=opts["outbox-max"], seg_records=32)
+    load_outbox = None
+    unload()
+    # The general CBOR decoder (cbor_decode, which Device.load used for last.cose) is not kept: acks
     # are decoded by device._item.
     return board, dev, ob, client
 
@@ -134,50 +140,55 @@ def build(opts, board=None):
 def start(args):
     """`run`'s options parsed and its objects built: (device.Loop, opts), or 2 after printing a
     usage error."""
-    from anchor.device import Loop
-
     try:
         opts = parse_args(args)
     except Error as e:      # a usage error: exit 2, as main.py does for its own
         print("error: %s" % e, file=sys.stderr)
         return 2
     board, dev, ob, client = build(opts)
-    return Loop(board, dev, ob, client, interval=opts["interval"], count=opts["count"],
-                timeout=opts["timeout"], ack_timeout=opts["ack-timeout"]), opts
+    return make_loop(board, dev, ob, client, interval=opts["interval"], count=opts["count"],
+                     timeout=opts["timeout"], ack_timeout=opts["ack-timeout"]), opts
 
 
-def init_loop(self, board, dev, outbox, client, interval=60, count=None, timeout=120,
-              ack_timeout=30, out=print):
-    """device.Loop.__init__ (start-up code): the loop's settings, counters and events; its
-    client's will, birth message, ack subscription and message handler."""
-    self.board = board
-    self.dev = dev
-    self.outbox = outbox
-    self.client = client
-    self.interval_ms = int(interval * 1000)
-    self.count = count
-    self.timeout_ms = int(timeout * 1000)
-    self.ack_ms = int(ack_timeout * 1000)
-    self.out = out
+def make_loop(board, dev, outbox, client, interval=60, count=None, timeout=120, ack_timeout=30,
+              out=print):
+    """A new device.Loop (device.py documents it): `board` a board layer, `dev` a
+    state.Device, `outbox` an outbox.Outbox, `client` an mqtt.MQTTClient (or what has their
+    methods). Sets the loop's settings and counters, and its client's will, birth message, ack
+    subscription and message handler. interval, timeout, ack_timeout in seconds; out(line)
+    prints the loop's event lines."""
+    from anchor.device import Loop
+
+    loop = Loop()
+    loop.board = board
+    loop.dev = dev
+    loop.outbox = outbox
+    loop.client = client
+    loop.interval_ms = int(interval * 1000)
+    loop.count = count
+    loop.timeout_ms = int(timeout * 1000)
+    loop.ack_ms = int(ack_timeout * 1000)
+    loop.out = out
     prefix = "anchor/%s/" % dev.dev_id
-    self.t_readings = prefix + "readings"
-    self.t_ack = prefix + "ack"
-    self.t_status = prefix + "status"
-    self.produced = 0
-    self.acked = 0
-    self.published = 0
-    self.republished = 0
-    self.bad_acks = 0
-    self.heap_max = 0
-    self.heap_end = 0
-    self._last_announced = -1
-    self.crash = None
-    self._kick = False      # a new reading is queued (produce() sets it)
-    self._idle = False      # the sender sleeps between passes (produce() may wake it)
-    self._snd = None        # the sender's task (run() starts it)
-    self._done = False      # the loop is over: count satisfied, or a task died
-    self._stop = False
-    client.set_last_will(self.t_status, b"offline", retain=True, qos=1)
-    client.set_birth(self.t_status, b"online", retain=True, qos=1)
-    client.on_message = self._on_message
-    client.subscribe(self.t_ack, 1)
+    loop.t_readings = prefix + "readings"
+    loop.t_ack = prefix + "ack"
+    loop.t_status = prefix + "status"
+    loop.produced = 0
+    loop.acked = 0
+    loop.published = 0
+    loop.republished = 0
+    loop.bad_acks = 0
+    loop.heap_max = 0
+    loop.heap_end = 0
+    loop._last_announced = -1
+    loop.crash = None
+    loop._kick = False      # a new reading is queued (produce() sets it)
+    loop._idle = False      # the sender sleeps between passes (produce() may wake it)
+    loop._snd = None        # the sender's task (run() starts it)
+    loop.done = False       # the loop is over: count satisfied, or a task died
+    loop._stop = False
+    client.set_last_will(loop.t_status, b"offline", retain=True, qos=1)
+    client.set_birth(loop.t_status, b"online", retain=True, qos=1)
+    client.on_message = loop.on_message
+    client.subscribe(loop.t_ack, 1)
+    return loop

@@ -1,6 +1,6 @@
-# Creating a device's state (keygen, first boot): run once, so not kept in RAM with state.py
-# (state.Device.create forwards here, and so do state.default_id, ...). See state.py for the
-# files and their format.
+# Creating a device's state in a directory (keygen, a board's first boot): run once, so a cold
+# companion of state.py (state.COLD); state.Device.create calls it. state.py describes the files
+# and their format.
 
 import os
 import sys
@@ -12,35 +12,15 @@ try:
 except ImportError:
     import ujson as json
 
-from anchor import Error, p256
+from anchor import Error
+from anchor.p256_keys import generate_secret, public_key, secret_from_bytes
 from anchor.state import KEY_FILE, LAST_FILE, SEQ_FILE, _path, _write_atomic
-from anchor.statex import check_id
+from anchor.state_load import check_id
 
 
 def default_id(public_key):
     """<platform>-<first 10 hex digits of SHA-256(public key)>, e.g. linux-3fa2b09c1d."""
     return "%s-%s" % (sys.platform, hexlify(sha256(public_key).digest()).decode()[:10])
-
-
-_ERRNO = {
-    2: "no such file or directory",
-    13: "permission denied",
-    17: "file exists",
-    20: "not a directory",
-    21: "is a directory",
-    28: "no space left on device",
-    30: "read-only file system",
-}
-
-
-def errno_name(e):
-    code = e.args[0] if e.args else 0
-    return _ERRNO.get(code, "errno %s" % code)
-
-
-def write_error(path, e):
-    """state._write_atomic's message for OSError e (here: kept out of state.py's RAM)."""
-    return "cannot write %s (%s); check that the directory is writable" % (path, errno_name(e))
 
 
 def exists(path):
@@ -64,6 +44,8 @@ def makedirs(d):
     try:
         os.mkdir(d)
     except OSError as e:
+        from anchor.error_text import errno_name
+
         raise Error("cannot create directory %s (%s)" % (d, errno_name(e)))
 
 
@@ -74,7 +56,7 @@ def create(cls, d, dev_id=None, secret=None):
     dev_id: None for default_id(public key). Refuses a directory that already holds state.
     """
     if secret is None:
-        s = p256.generate_secret()
+        s = generate_secret()
     else:
         if isinstance(secret, str):
             if len(secret) != 64:
@@ -84,10 +66,10 @@ def create(cls, d, dev_id=None, secret=None):
             except ValueError:
                 raise Error("--secret must be 64 hex characters (32 bytes)")
         try:
-            s = p256.secret_from_bytes(secret)
+            s = secret_from_bytes(secret)
         except ValueError as e:
             raise Error("bad secret: %s" % e)
-    pub = p256.public_key(s)
+    pub = public_key(s)
     if dev_id is None:
         dev_id = default_id(pub)
     check_id(dev_id)

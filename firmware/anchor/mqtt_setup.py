@@ -1,23 +1,27 @@
-# The parts of the MQTT client's module that a running device does not keep in RAM: broker URL
-# parsing and the client's constructor (start-up), and a whole PUBLISH packet as bytes (tests).
-# mqtt.py forwards these names here (mqtt.parse_url, ...), so callers need not know.
+# Setting up the MQTT client (start-up): the broker URL parsed, the client built. A cold
+# companion of mqtt.py (mqtt.COLD): the device loop drops it once its client is made, so the
+# constructor's code takes no RAM while the loop runs.
 
-import struct
-
-from anchor.mqtt import _bytes, _field, _open, _ssl, publish_header
+from anchor.mqtt import MQTTClient, _open, _ssl
 
 
-def init(c, client_id, host, port=1883, keepalive=60, clean_session=False,
-         ssl=None, user=None, password=None, response_timeout=10, retries=2,
-         max_inflight=8, backoff_min=0.5, backoff_max=30, max_packet=4096,
-         connector=None, tick_ms=1000, wait_network=None):
-    """MQTTClient.__init__ (mqtt.py documents the client): its arguments and attributes."""
+def make_client(client_id, host, port=1883, keepalive=60, clean_session=False,
+                ssl=None, user=None, password=None, response_timeout=10, retries=2,
+                max_inflight=8, backoff_min=0.5, backoff_max=30, max_packet=4096,
+                connector=None, tick_ms=1000, wait_network=None):
+    """A new mqtt.MQTTClient (mqtt.py documents its behaviour), not connected yet.
+
+    ssl: None, True (the port's default TLS context) or an SSLContext; ValueError when TLS is
+    asked for on a port without ssl. connector(host, port, ssl): an async function returning
+    the stream (default: asyncio.open_connection). wait_network: an async function awaited
+    before each connection attempt. Times in seconds, but tick_ms."""
     if ssl and _ssl is None and connector is None:
         raise ValueError("TLS was asked for (mqtts://) but this MicroPython has no ssl "
                          "module; use mqtt:// or a firmware build with ssl")
     if ssl is True:
         ctx = _ssl.SSLContext(_ssl.PROTOCOL_TLS_CLIENT)
         ssl = ctx
+    c = MQTTClient()
     c.client_id = client_id
     c.host = host
     c.port = port
@@ -41,14 +45,14 @@ def init(c, client_id, host, port=1883, keepalive=60, clean_session=False,
     c.on_message = None      # callback(topic: bytes, payload: bytes, retained: bool)
     c.inflight = {}          # pid -> [topic, payload, retain, sent_ticks, tries]
     c._pid = 0
-    c._stream = None
+    c.stream = None          # the connection's stream, None while down
     c._up = False            # the socket is usable (set before the subscriptions)
     c._ready = False         # connected, subscribed, birth sent: isconnected()
     c._closing = False
     c._tasks = []
     c._hdr = bytearray(5)
     c._buf = bytearray(256)  # packet assembly; grows to the largest packet sent
-    c._wt = None             # ticks_ms when the drain in progress started (see _write)
+    c._wt = None             # ticks_ms when the drain in progress started (write_packet)
     c._down = False          # the current connection died (run() then tears it down)
     c._subacks = {}
     c._last_rx = 0
@@ -61,23 +65,7 @@ def init(c, client_id, host, port=1883, keepalive=60, clean_session=False,
     c.retransmits = 0
     c.pings = 0
     c.received = 0
-
-
-def length_error(n, field=False):
-    """The messages of mqtt.encode_length (n out of range) and mqtt._field (a field of n
-    bytes), here to keep them out of the resident module's RAM."""
-    if field:
-        return ("MQTT field of %d bytes is longer than 65535 bytes; use a shorter client id, "
-                "topic, user name or password" % n)
-    return "MQTT remaining length %d out of range 0..268435455" % n
-
-
-def publish_packet(topic, payload, qos=0, pid=0, retain=False, dup=False):
-    """The whole PUBLISH packet as bytes (used by tests and for small messages)."""
-    t = _bytes(topic)
-    h = bytearray(5)
-    n = publish_header(h, len(t), len(payload), qos, retain, dup)
-    return bytes(h[:n]) + _field(t) + (struct.pack("!H", pid) if qos else b"") + bytes(payload)
+    return c
 
 
 def _unquote(s):
@@ -127,15 +115,15 @@ def parse_url(url):
         try:
             port = int(p)
         except ValueError:
-            raise ValueError("broker URL %r has a bad port %r" % (_safe(url), p))
+            raise ValueError("broker URL %r has a bad port %r" % (redact_url(url), p))
     else:
         host = rest
     if not host:
-        raise ValueError("broker URL %r has no host" % _safe(url))
+        raise ValueError("broker URL %r has no host" % redact_url(url))
     return host, port, tls, user, password
 
 
-def _safe(url):
+def redact_url(url):
     """The URL with any password replaced by ***, for error messages."""
     i = url.find("://")
     at = url.rfind("@")

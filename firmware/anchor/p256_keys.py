@@ -1,14 +1,15 @@
-# The P-256 code a device runs once, at start-up: the private scalar from its key file, the
-# public key (checked against the file), and filling the comb table that p256.mul_g uses. Kept
-# out of p256.py so that a running device loop does not hold its code in RAM: p256.py forwards
-# these names (p256.public_key, ...) here on first use, and the loop drops this module after
-# start-up (anchor.unload).
+# P-256 keys, the code a device runs once, at start-up (keygen, first boot, loading its key):
+# a new secret, the secret from its 32 bytes, the public key; and filling the comb table that
+# p256.mul_g signs with, which the first public key does. A cold companion of p256.py (p256.COLD):
+# the device loop drops it once it has started (anchor.unload).
 
-from anchor.p256 import COMB_SPACING, COMB_TEETH, GX, GY, N, P, _dbl, inverse, mul_g
+import os
+
+from anchor.p256 import COMB_SPACING, COMB_TEETH, GX, GY, N, P, dbl, inverse, mul_g
 
 
-def _madd(X1, Y1, Z1, x2, y2):
-    """(X1:Y1:Z1) + (x2, y2), the second point affine and not infinity."""
+def madd(X1, Y1, Z1, x2, y2):
+    """(X1:Y1:Z1) + (x2, y2) (madd-2007-bl), the second point affine and not infinity."""
     p = P
     if not Z1:
         return x2, y2, 1
@@ -17,7 +18,7 @@ def _madd(X1, Y1, Z1, x2, y2):
     R = y2 * (Z1 * ZZ % p) % p - Y1
     if not H:
         if not R:
-            return _dbl(x2, y2, 1)
+            return dbl(x2, y2, 1)
         return 1, 1, 0
     HH = H * H % p
     HHH = H * HH % p
@@ -26,8 +27,7 @@ def _madd(X1, Y1, Z1, x2, y2):
     return X3, (R * (V - X3) - Y1 * HHH) % p, Z1 * H % p
 
 
-
-def _affine(X, Y, Z):
+def affine(X, Y, Z):
     """Jacobian -> affine (x, y); None for infinity."""
     if not Z:
         return None
@@ -37,20 +37,20 @@ def _affine(X, Y, Z):
     return X * zi2 % p, Y * zi2 * zi % p
 
 
-def _build_table(out):
-    # The comb table for p256.mul_g: the COMB_TEETH base points 2^(t * COMB_SPACING) * G (affine),
-    # then every subset sum, each made from an earlier entry plus one base point and stored in
-    # affine form straight away, so little else stays alive. One inversion per entry (about 65 us
-    # each here) is slower than Montgomery's batch trick but keeps the peak heap small, which
-    # matters more on a board; it runs once.
+def fill_table(out):
+    """Fill `out` (p256.table()'s buffer, 64 bytes a point) with the comb table of p256.mul_g:
+    the COMB_TEETH base points 2^(t * COMB_SPACING) * G, then every subset sum, each made from
+    an earlier entry plus one base point and stored in affine form straight away, so little
+    else stays alive. One inversion per entry (about 65 us each here) is slower than
+    Montgomery's batch trick but keeps the peak heap small, which matters more on a board."""
     n = (1 << COMB_TEETH) - 1
     base = [(GX, GY)]
     for _ in range(COMB_TEETH - 1):
         x, y = base[-1]
         X, Y, Z = x, y, 1
         for _ in range(COMB_SPACING):
-            X, Y, Z = _dbl(X, Y, Z)
-        base.append(_affine(X, Y, Z))
+            X, Y, Z = dbl(X, Y, Z)
+        base.append(affine(X, Y, Z))
     top = 0
     for i in range(1, n + 1):
         if i == 2 << top:
@@ -59,12 +59,20 @@ def _build_table(out):
         x, y = base[top]
         if rest:
             o = 64 * (rest - 1)
-            X, Y, Z = _madd(int.from_bytes(out[o : o + 32], "big"),
+            X, Y, Z = madd(int.from_bytes(out[o : o + 32], "big"),
                             int.from_bytes(out[o + 32 : o + 64], "big"), 1, x, y)
-            x, y = _affine(X, Y, Z)
+            x, y = affine(X, Y, Z)
         o = 64 * (i - 1)
         out[o : o + 32] = x.to_bytes(32, "big")
         out[o + 32 : o + 64] = y.to_bytes(32, "big")
+
+
+def generate_secret():
+    """A new private scalar: 32 bytes from os.urandom, redrawn until 1 <= d < n."""
+    while True:
+        d = int.from_bytes(os.urandom(32), "big")
+        if 0 < d < N:
+            return d
 
 
 def secret_from_bytes(b):
@@ -77,8 +85,7 @@ def secret_from_bytes(b):
     return d
 
 
-
 def public_key(d):
     """65-byte uncompressed SEC1 encoding of d*G. Requires 1 <= d < n."""
-    x, y = _affine(*mul_g(d))
+    x, y = affine(*mul_g(d))
     return b"\x04" + x.to_bytes(32, "big") + y.to_bytes(32, "big")

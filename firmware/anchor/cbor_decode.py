@@ -1,50 +1,15 @@
-# The CBOR decoder (see cbor.py for what it accepts): kept out of cbor.py, which forwards
-# cbor.decode here on first use (module __getattr__), so that each of the two compiles from
-# source in a small heap. Device.load uses it to read last.cose at start-up; the device loop
-# decodes acks with its own small decoder (device._item). Tag, CBORError and the encoder's
-# rare paths (a Tag, an error) are here too: cbor.Tag and cbor.CBORError forward here.
+# The CBOR decoder: one complete data item, strictly (cbor.py says what is accepted). A cold
+# companion of cbor.py (cbor.COLD): Device.load uses it to read last.cose at start-up, and the
+# device loop drops it then (acks are decoded by device.decode_ack, small enough to stay loaded);
+# kept apart from the encoder also so that each compiles from source in a small heap.
 
 import struct
 
 from micropython import const
 
-from anchor import Error
-from anchor.cbor import _head, encode_into
+from anchor.cbor_types import CBORError, Tag
 
 _MAX_DEPTH = const(16)
-
-
-class CBORError(Error):
-    pass
-
-
-class Tag:
-    __slots__ = ("tag", "value")
-
-    def __init__(self, tag, value):
-        self.tag = tag
-        self.value = value
-
-    def __eq__(self, other):
-        return isinstance(other, Tag) and self.tag == other.tag and self.value == other.value
-
-    def __repr__(self):
-        return "Tag(%d, %r)" % (self.tag, self.value)
-
-
-def enc_error(*key):
-    """cbor.py's errors: a duplicate map key (the key given), or an integer beyond 64 bits."""
-    if key:
-        return CBORError("duplicate map key %r" % (key[0],))
-    return CBORError("integer too large for CBOR without bignums")
-
-
-def encode_other(buf, obj):
-    """cbor.encode_into for what is not a plain type: a Tag, else CBORError."""
-    if not isinstance(obj, Tag):
-        raise CBORError("cannot encode %s in CBOR" % type(obj).__name__)
-    _head(buf, 6, obj.tag)
-    encode_into(buf, obj.value)
 
 
 # One recursive function (each function costs RAM on a board, so no reader class): returns the
