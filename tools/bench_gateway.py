@@ -42,10 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from gateway.audit.store_audit import audit  # noqa: E402
 from gateway.fleet import registry  # noqa: E402
 from gateway.ingest.pipeline import Outcome, Pipeline, feed  # noqa: E402
-from gateway.ingest.verifier import ES256, load_public_key  # noqa: E402
 from gateway.ledger.receipt import build_receipt, verify_receipt  # noqa: E402
 from gateway.storage.store import Store  # noqa: E402
 from gateway.wire.cose import decode  # noqa: E402
+from gateway.wire.es256 import ES256, load_public_key  # noqa: E402
 from gateway.wire.signer import DeviceSigner  # noqa: E402
 
 

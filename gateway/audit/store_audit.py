@@ -39,18 +39,13 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from gateway.errors import AnchorError
-from gateway.ingest.verifier import (
-    CHUNK,
-    Context,
-    PublicKey,
-    VerifierPool,
-    check_signature,
-    load_public_key,
-)
+from gateway.ingest.verifier import CHUNK, Context, VerifierPool
 from gateway.ledger import merkle, note
+from gateway.ledger.batch import GROUP, batch_nodes
 from gateway.ledger.entry import BatchEntry, DeviceEntry, EntryError, decode_entry
-from gateway.storage.store import GROUP, Store, batch_nodes, storage_error
+from gateway.storage.store import Store, storage_error
 from gateway.wire.cose import Rejection, decode
+from gateway.wire.es256 import PublicKey, check_signature, load_public_key
 
 ZERO_HASH = bytes(32)
 MAX_PROBLEMS = 100

@@ -47,10 +47,10 @@ from pathlib import Path
 
 from gateway.errors import AnchorError, BrokerError, ConfigError
 from gateway.fleet import registry
-from gateway.ingest.verifier import check_signature, load_public_key
 from gateway.mqtt.client import Endpoint, session
 from gateway.wire import cose
 from gateway.wire.broker_url import parse_broker_url
+from gateway.wire.es256 import check_signature, load_public_key
 from gateway.wire.mqtt import ConnectOptions
 from gateway.wire.topics import readings_topic
 

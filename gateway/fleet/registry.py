@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.errors import ConfigError
-from gateway.ingest.verifier import load_public_key, point_bytes
 from gateway.storage.store import Store
+from gateway.wire.es256 import load_public_key, point_bytes
 
 DEVICE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 

@@ -62,17 +62,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.errors import StorageError
-from gateway.ingest.verifier import (
-    Context,
-    PublicKey,
-    VerifierPool,
-    check_signature,
-    load_public_key,
-)
+from gateway.ingest.verifier import Context, VerifierPool
 from gateway.ledger import merkle, note
+from gateway.ledger.batch import GROUP, batch_nodes, make_batch_entry
 from gateway.ledger.merkle import leaf_hash
-from gateway.storage.store import GROUP, Store, batch_nodes, make_batch_entry, now_ms
+from gateway.storage.store import Store, now_ms
 from gateway.wire.cose import DECODE_REASONS, MAX_MESSAGE, Rejection, decode, fields
+from gateway.wire.es256 import PublicKey, check_signature, load_public_key
 
 REASONS: tuple[str, ...] = DECODE_REASONS + (
     "unknown_device",
@@ -443,7 +439,7 @@ class Pipeline:
                 leaves = self._leaves[start:start + len(part)]
                 nodes = self._nodes(start, leaves)
                 root = merkle.root(nodes)
-                body = make_batch_entry(head, root, len(part), t)
+                body = make_batch_entry(head.size, head.last_hash, root, len(part), t)
                 e = store.append_entry(c, head, "batch", body)
                 head = type(head)(e.index + 1, e.hash, head.tree)
                 c.execute("INSERT INTO batches (entry, first, n, root, nodes) VALUES (?,?,?,?,?)",

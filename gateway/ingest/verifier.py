@@ -1,4 +1,5 @@
-"""ES256 verification (P-256, SHA-256, 64-byte r||s) on a pool of worker processes.
+"""The pool of worker processes that decode and verify readings in chunks (the check itself is
+`gateway.wire.es256`).
 
 `cryptography` releases the GIL while it verifies, so a pool of threads verifies in parallel,
 and that is what the issue sketched. Measured on this 2-core machine (docs/performance.md), it
@@ -19,12 +20,6 @@ turns it into the worker's working form once (key bytes into key objects). A wor
 SIGINT and exits when its task pipe closes, so it never outlives the process that started it,
 even one that is killed with SIGKILL. If a worker dies, its unfinished chunks are run in the
 calling thread instead and a new worker is started for the next task.
-
-Policy (docs/gateway.md):
-* r and s must be in 1..n-1 (else `bad_signature`);
-* s must be at most n/2: the firmware emits low-S, so a high-S signature is the malleated twin of
-  a valid one and is refused as `high_s` even though plain ECDSA would accept it;
-* anything `cryptography` refuses is `bad_signature`.
 """
 
 from __future__ import annotations
@@ -44,67 +39,10 @@ from pathlib import Path
 from queue import SimpleQueue
 from typing import Any, Generic, TypeVar
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-
-from gateway.errors import ConfigError
-from gateway.wire.cose import HALF_N, P256_N
-
-ES256 = ec.ECDSA(hashes.SHA256())
 CHUNK = 256
 
-PublicKey = ec.EllipticCurvePublicKey
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-def load_public_key(point: bytes) -> PublicKey:
-    """A P-256 public key from its SEC1 encoding (65-byte uncompressed or 33-byte compressed)."""
-    try:
-        return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
-    except (ValueError, TypeError) as e:
-        raise ConfigError(
-            f"not a P-256 public key ({len(point)} bytes): {e}",
-            "give the device's 65-byte SEC1 point (130 hex characters, as `keygen` prints)",
-        ) from None
-
-
-def point_bytes(key: PublicKey) -> bytes:
-    """The 65-byte uncompressed SEC1 encoding of a P-256 public key."""
-    return key.public_bytes(serialization.Encoding.X962,
-                            serialization.PublicFormat.UncompressedPoint)
-
-
-_N_BYTES = P256_N.to_bytes(32, "big")
-_HALF_N_BYTES = HALF_N.to_bytes(32, "big")
-_ZERO = bytes(32)
-
-
-def _der_int(b: bytes) -> bytes:
-    b = b.lstrip(b"\x00")
-    return b"\x00" + b if b[0] & 0x80 else b
-
-
-def check_signature(key: PublicKey, to_be_signed: bytes, signature: bytes) -> str | None:
-    """Verify one ES256 signature. Returns None when valid, else the rejection reason
-    (`bad_signature_length`, `bad_signature` or `high_s`). The range checks compare the 32-byte
-    big-endian halves as bytes (the same order as the numbers) and the DER form `cryptography`
-    wants is built directly: half the cost of converting to ints and back."""
-    if len(signature) != 64:
-        return "bad_signature_length"
-    r, s = signature[:32], signature[32:]
-    if not (_ZERO < r < _N_BYTES and _ZERO < s < _N_BYTES):
-        return "bad_signature"
-    if s > _HALF_N_BYTES:
-        return "high_s"
-    r, s = _der_int(r), _der_int(s)
-    try:
-        key.verify(b"\x30%c\x02%c%b\x02%c%b" % (len(r) + len(s) + 4, len(r), r, len(s), s),
-                   to_be_signed, ES256)
-    except InvalidSignature:
-        return "bad_signature"
-    return None
 
 
 def chunked(items: Sequence[T], size: int = CHUNK) -> list[Sequence[T]]:
@@ -352,6 +290,10 @@ class VerifierPool:
             self._finalizer()  # stops the worker processes (once)
             self._finalizer = None
         self._procs = []
+
+    def worker_processes(self) -> list[subprocess.Popen[bytes]]:
+        """The worker processes running now (none before `start` or with processes=False)."""
+        return [w.proc for w in self._procs]
 
     def __enter__(self) -> VerifierPool:
         return self

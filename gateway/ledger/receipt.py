@@ -45,15 +45,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import cbor2
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from gateway.errors import AnchorError, ReceiptError
+from gateway.errors import AnchorError, ConfigError, ReceiptError
 from gateway.ledger import merkle, note
 from gateway.ledger.entry import BatchEntry, EntryError, decode_entry
-from gateway.wire.cose import P256_N
+from gateway.wire.es256 import check_signature, load_public_key
 
 __all__ = [
     "RECEIPT_VERSION",
@@ -254,30 +250,26 @@ def _payload_ident(cose: bytes) -> tuple[str, int]:
     return c.dev, c.seq
 
 
+_SIGNATURE_FAILURES = {
+    "bad_signature_length": ("reading signature is not 64 bytes", _HINT),
+    "high_s": ("reading signature is high-S, which the gateway never accepts", _HINT),
+    "bad_signature": ("the device signature does not verify with the given device key",
+                      "check that the key is the one registered for this device at the time"),
+}
+
+
 def _verify_es256(device_key: bytes, message: bytes, signature: bytes) -> None:
-    """ES256 with the gateway's policy: 64-byte r||s, 0 < r, s < n, and s <= n/2 (low-S)."""
+    """ES256 with the gateway's policy (gateway.wire.es256), as a ReceiptError."""
     try:
-        pub = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), bytes(device_key))
-    except ValueError:
+        pub = load_public_key(bytes(device_key))
+    except ConfigError:
         raise _fail(
             "the device key is not a valid P-256 point",
             "pass the 65-byte uncompressed key as 130 hex digits",
         ) from None
-    if len(signature) != 64:
-        raise _fail(f"reading signature is {len(signature)} bytes, not 64")
-    r = int.from_bytes(signature[:32], "big")
-    s = int.from_bytes(signature[32:], "big")
-    if not (0 < r < P256_N and 0 < s < P256_N):
-        raise _fail("reading signature has r or s out of range")
-    if s > P256_N // 2:
-        raise _fail("reading signature is high-S, which the gateway never accepts")
-    try:
-        pub.verify(encode_dss_signature(r, s), message, ec.ECDSA(hashes.SHA256()))
-    except InvalidSignature:
-        raise _fail(
-            "the device signature does not verify with the given device key",
-            "check that the key is the one registered for this device at the time",
-        ) from None
+    why = check_signature(pub, message, signature)
+    if why is not None:
+        raise _fail(*_SIGNATURE_FAILURES[why])
 
 
 def _check_es256(c: _Cose, device_key: bytes) -> None:

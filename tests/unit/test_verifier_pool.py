@@ -58,8 +58,8 @@ def test_processes_give_the_same_outcomes_as_the_calling_thread(tmp_path: Path) 
         with Pipeline(s, batch_max=4096, workers=workers) as p:
             outs = p.submit(work)
             if workers == 2:
-                procs = p.pool._procs  # noqa: SLF001
-                assert len(procs) == 2 and all(w.proc.pid != os.getpid() for w in procs)
+                procs = p.pool.worker_processes()
+                assert len(procs) == 2 and all(w.pid != os.getpid() for w in procs)
             p.commit()
         answers.append([(o.status, o.reason, o.dev, o.seq) for o in outs])
         s.close()
@@ -88,21 +88,21 @@ def test_a_killed_worker_loses_no_message(store: Store) -> None:
     msgs = chain(d, 600)
     with Pipeline(store, batch_max=4096, workers=2) as p:
         p.pool.start()
-        victim = p.pool._procs[0].proc  # noqa: SLF001
+        victim = p.pool.worker_processes()[0]
         victim.send_signal(signal.SIGKILL)
         victim.wait()
         outs = p.submit(msgs)  # chunks sent to the dead worker run in this thread instead
         assert [o.status for o in outs] == ["accepted"] * 600
         outs = p.submit(chain(d, 100, 600))  # and the next submission gets a new worker
         assert [o.status for o in outs] == ["accepted"] * 100
-        assert all(w.proc.poll() is None for w in p.pool._procs)  # noqa: SLF001
+        assert all(w.poll() is None for w in p.pool.worker_processes())
         assert p.commit().readings == 700  # type: ignore[union-attr]
 
 
 def test_close_stops_the_workers() -> None:
     pool = VerifierPool(2)
     pool.start()
-    procs = [w.proc for w in pool._procs]  # noqa: SLF001
+    procs = pool.worker_processes()
     pool.close()
     assert all(p.poll() is not None for p in procs)
 

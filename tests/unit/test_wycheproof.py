@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.ingest.verifier import HALF_N, check_signature, load_public_key
+from gateway.wire.cose import HALF_N
+from gateway.wire.es256 import check_signature, load_public_key
 
 FILE = "wycheproof/ecdsa_secp256r1_sha256_p1363_test.json"
 
