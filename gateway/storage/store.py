@@ -61,12 +61,13 @@ from typing import Any
 
 from gateway.errors import ConfigError, IntegrityError, StorageError
 from gateway.ledger import merkle, note
-from gateway.ledger.entry import batch_entry, device_entry, entry_hash, entry_leaf_hash
+from gateway.ledger.batch import GROUP, split_nodes
+from gateway.ledger.entry import device_entry, entry_hash, entry_leaf_hash
+from gateway.storage import keyfile
 
 DB_NAME = "ledger.db"
 KEY_NAME = "gateway.key"
 VKEY_NAME = "gateway.vkey"
-GROUP = 16  # leaves per stored batch node (see `batches.nodes`)
 ZERO_HASH = bytes(32)
 
 MIGRATIONS: list[str] = [
@@ -202,17 +203,6 @@ class Appended:
     hash: bytes
 
 
-def batch_nodes(leaves: Sequence[bytes]) -> list[bytes]:
-    """Roots of consecutive GROUP-leaf groups (the last may be partial). The batch root is
-    `merkle.root(batch_nodes(leaves))`: RFC 6962 trees are left-packed, so every full group is
-    a perfect subtree and the partial tail is the rightmost one."""
-    return [merkle.root(leaves[i:i + GROUP]) for i in range(0, len(leaves), GROUP)]
-
-
-def split_nodes(blob: bytes) -> list[bytes]:
-    return [blob[i:i + 32] for i in range(0, len(blob), 32)]
-
-
 class Store:
     """One open data directory. Thread-safe (one lock around the one connection)."""
 
@@ -243,7 +233,7 @@ class Store:
             raise StorageError(f"cannot create data directory {d}: {e.strerror}",
                                "check the path and its permissions") from e
         key = note.generate_key()
-        note.save_private_key(d / KEY_NAME, key)
+        keyfile.save_private_key(d / KEY_NAME, key)
         vkey = note.vkey_from_private(key)
         try:
             (d / VKEY_NAME).write_text(vkey + "\n")
@@ -395,7 +385,7 @@ class Store:
         return str(v)
 
     def load_signer(self) -> Any:
-        key = note.load_private_key(self.data_dir / KEY_NAME)
+        key = keyfile.load_private_key(self.data_dir / KEY_NAME)
         if note.vkey_from_private(key) != self.vkey():
             raise ConfigError(
                 f"{self.data_dir / KEY_NAME} is not the key this ledger was created with",
@@ -585,7 +575,3 @@ def _node(c: sqlite3.Connection, level: int, idx: int) -> bytes:
         raise IntegrityError(f"ledger_nodes has no node (level {level}, index {idx})",
                              "run 'iot-anchor ledger verify'")
     return bytes(row[0])
-
-
-def make_batch_entry(head: Head, root: bytes, n: int, t: int) -> bytes:
-    return batch_entry(head.size, head.last_hash, root, n, t)

@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
-import stat
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -23,7 +20,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.errors import ConfigError
 from gateway.ledger import note
 from gateway.ledger.note import NoteError
 
@@ -279,43 +275,6 @@ def test_parse_checkpoint_never_crashes(text: str) -> None:
         note.parse_checkpoint(text)
     except NoteError:
         pass
-
-
-# --------------------------------------------------------------------------- key files
-
-
-def test_key_file_round_trip_mode_and_no_overwrite(tmp_path: Path) -> None:
-    k = Ed25519PrivateKey.generate()
-    path = tmp_path / "gateway.key"
-    old = os.umask(0)  # even a permissive umask must give 0600
-    try:
-        note.save_private_key(path, k)
-    finally:
-        os.umask(old)
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert path.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
-    assert raw_pub(note.load_private_key(path)) == raw_pub(k)
-    with pytest.raises(ConfigError, match="already exists"):
-        note.save_private_key(path, Ed25519PrivateKey.generate())
-    assert raw_pub(note.load_private_key(path)) == raw_pub(k)
-
-
-def test_load_raw_seed_and_refusals(tmp_path: Path) -> None:
-    raw = tmp_path / "raw.key"
-    raw.write_bytes(SEED)
-    raw.chmod(0o600)
-    assert raw_pub(note.load_private_key(raw)) == raw_pub(fixed_key())
-    raw.chmod(0o644)
-    with pytest.raises(ConfigError, match="readable by others") as e:
-        note.load_private_key(raw)
-    assert "chmod 600" in e.value.hint
-    junk = tmp_path / "junk.key"
-    junk.write_bytes(b"not a key")
-    junk.chmod(0o600)
-    with pytest.raises(ConfigError, match="neither PEM"):
-        note.load_private_key(junk)
-    with pytest.raises(ConfigError, match="cannot read"):
-        note.load_private_key(tmp_path / "missing.key")
 
 
 def test_non_canonical_base64_and_oversized_notes_are_refused() -> None:

@@ -13,8 +13,9 @@ from gateway.errors import ConfigError, IntegrityError, StorageError
 from gateway.fleet import registry
 from gateway.ingest.pipeline import Pipeline
 from gateway.ledger import merkle
+from gateway.ledger.batch import GROUP, batch_nodes
 from gateway.ledger.receipt import build_receipt, verify_receipt
-from gateway.storage.store import DB_NAME, GROUP, SCHEMA_VERSION, Store, batch_nodes
+from gateway.storage.store import DB_NAME, SCHEMA_VERSION, Store
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from helpers_readings import Device  # noqa: E402
