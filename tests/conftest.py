@@ -105,8 +105,13 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test that runs the MicroPython binary (it uses one of the fixtures above,
-    directly or through another fixture) `micropython`: `-m "not micropython"` leaves them out."""
+    """Mark every test that runs the MicroPython binary `micropython` and every one that starts
+    Mosquitto `mosquitto` (it uses one of the fixtures above, directly or through another
+    fixture): `-m "not micropython and not mosquitto"` leaves them out. Tests that start these
+    without the fixtures live in tests/integration/."""
     for item in items:
-        if {"micropython", "micropython32"} & set(getattr(item, "fixturenames", ())):
+        used = set(getattr(item, "fixturenames", ()))
+        if {"micropython", "micropython32"} & used:
             item.add_marker(pytest.mark.micropython)
+        if "broker" in used:
+            item.add_marker(pytest.mark.mosquitto)

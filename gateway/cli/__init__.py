@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from gateway import __version__
 from gateway.errors import AnchorError
@@ -23,7 +24,6 @@ COMMAND_MODULES: list[str] = [
     # "gateway.cli.init", ... each with register(subparsers)
     "gateway.cli.init",
     "gateway.cli.device",
-    "gateway.cli.provision",  # adds `device provision`; after cli.device
     "gateway.cli.ingest",
     "gateway.cli.ledger",
     "gateway.cli.receipt",
@@ -32,6 +32,11 @@ COMMAND_MODULES: list[str] = [
     "gateway.cli.simulate",
     "gateway.cli.demo",
 ]
+
+
+# What `add_subparsers()` returns, as each command's register() receives it (argparse gives
+# the class no public name).
+Subcommands = Any
 
 
 def default_data_dir() -> str:

@@ -11,7 +11,7 @@ import argparse
 import os
 from pathlib import Path
 
-from gateway.cli import add_data_arg
+from gateway.cli import Subcommands, add_data_arg
 from gateway.errors import ConfigError
 from gateway.fleet.brokerconf import (
     CREDENTIALS_FILE,
@@ -25,7 +25,7 @@ from gateway.fleet.brokerconf import (
 )
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: Subcommands) -> None:
     p = subparsers.add_parser(
         "broker-config",
         help="write a Mosquitto config with a password file and per-device ACLs",

@@ -5,10 +5,11 @@ from __future__ import annotations
 import signal
 from typing import Any
 
+from gateway.cli import Subcommands
 from gateway.sim.demo import run_demo
 
 
-def register(sub: Any) -> None:
+def register(sub: Subcommands) -> None:
     p = sub.add_parser(
         "demo", help="run broker, gateway and 3 MicroPython devices for ~20 s and audit",
         description="Start a private Mosquitto on a free loopback port, a fresh data dir, the "

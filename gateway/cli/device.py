@@ -5,16 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 
-from gateway.cli import add_data_arg
+from gateway.cli import Subcommands, add_data_arg
 from gateway.fleet import registry
 from gateway.storage.store import Store
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: Subcommands) -> None:
     p = sub.add_parser("device", help="register, list, revoke or rotate devices",
                        description="The device registry. Every change is a ledger entry.")
     dsub = p.add_subparsers(dest="device_command", metavar="ACTION")
     dsub.required = True
+    from gateway.cli import provision  # `device provision`, with its own heavier imports
+
 
     a = dsub.add_parser("add", help="register a device and its public key")
     a.add_argument("id", metavar="ID", help="device id (as in the readings' dev/kid)")
@@ -39,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                     help="the new P-256 public key: hex SEC1 point or PEM file")
     add_data_arg(ro)
     ro.set_defaults(func=_rotate)
+    provision.register_action(dsub)
 
 
 def _print(change: registry.Change) -> int:

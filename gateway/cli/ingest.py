@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from gateway.cli import add_data_arg
+from gateway.cli import Subcommands, add_data_arg
 from gateway.errors import ConfigError
 from gateway.ingest.pipeline import CommitResult, Outcome, Pipeline, feed
 from gateway.storage.store import Store
@@ -32,7 +32,7 @@ MAX_RECORD = 1 << 20
 CHUNK = 1024
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: Subcommands) -> None:
     p = sub.add_parser(
         "ingest",
         help="verify and anchor recorded messages (hex lines or --binary records)",

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from gateway.cli import add_data_arg
+from gateway.cli import Subcommands, add_data_arg
 from gateway.storage.store import KEY_NAME, Store
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: Subcommands) -> None:
     p = sub.add_parser(
         "init",
         help="create the data directory, database and gateway signing key",

@@ -8,13 +8,13 @@ import sys
 from typing import Any
 
 from gateway.audit.store_audit import audit
-from gateway.cli import add_data_arg
+from gateway.cli import Subcommands, add_data_arg
 from gateway.errors import ConfigError
 from gateway.ledger import note
 from gateway.storage.store import VKEY_NAME, Store
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: Subcommands) -> None:
     p = sub.add_parser("ledger", help="audit the ledger or show its status")
     lsub = p.add_subparsers(dest="ledger_command", metavar="ACTION")
     lsub.required = True

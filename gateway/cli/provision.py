@@ -1,7 +1,6 @@
 """`iot-anchor device provision ID --port PORT|auto --wifi SSID --wifi-password PW --broker URL`.
 
-The `device` command belongs to gateway/cmd_device.py; this module adds the `provision` action
-to it. It must come after gateway.cli.device in cli.COMMAND_MODULES.
+The `device` command belongs to gateway/cli/device.py, which adds this action to it.
 """
 
 from __future__ import annotations
@@ -9,23 +8,14 @@ from __future__ import annotations
 import argparse
 import os
 
-from gateway.cli import add_data_arg
+from gateway.cli import Subcommands, add_data_arg
 from gateway.errors import ConfigError
 from gateway.fleet.provision import MpremoteBoard, Options, provision
 
 
-def _device_actions(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:  # type: ignore[type-arg]
-    device = sub.choices.get("device")
-    if device is None:
-        raise RuntimeError("gateway.cli.provision must be registered after gateway.cli.device")
-    for action in device._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    raise RuntimeError("the device command has no sub-commands")
-
-
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = _device_actions(sub).add_parser(
+def register_action(device_actions: Subcommands) -> None:
+    """Add `provision` to the `device` command's actions (called by gateway.cli.device)."""
+    p = device_actions.add_parser(
         "provision",
         help="flash the firmware to a board over USB, generate its key on the board, register it",
         description="Compile the firmware for the board's MicroPython, copy it with mpremote, "

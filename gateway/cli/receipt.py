@@ -6,13 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from gateway.cli import add_data_arg
+from gateway.cli import Subcommands, add_data_arg
 from gateway.errors import AnchorError, ConfigError
 from gateway.ledger.receipt import build_receipt, parse_receipt, receipt_to_json, verify_receipt
 from gateway.storage.store import Store
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: Subcommands) -> None:
     r = sub.add_parser("receipt", help="write the receipt of one anchored reading (JSON)",
                        description="Print, as JSON, the reading's COSE bytes, its inclusion "
                        "proof in its batch, the batch's ledger entry with its inclusion proof, "

@@ -6,9 +6,9 @@ import argparse
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from gateway.cli import add_data_arg
+from gateway.cli import Subcommands, add_data_arg
 from gateway.service.config import DEFAULT_BROKER, ServiceConfig
 from gateway.service.runner import run_service
 
@@ -26,7 +26,7 @@ def add_broker_arg(p: argparse.ArgumentParser) -> None:
                         f"else {DEFAULT_BROKER})")
 
 
-def register(sub: Any) -> None:
+def register(sub: Subcommands) -> None:
     p = sub.add_parser(
         "run", help="run the gateway: anchor readings arriving over MQTT",
         description="Subscribe to anchor/+/readings (QoS 1, persistent session), verify and "

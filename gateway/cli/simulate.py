@@ -7,14 +7,13 @@ import contextlib
 import os
 import signal
 from pathlib import Path
-from typing import Any
 
-from gateway.cli import add_data_arg
+from gateway.cli import Subcommands, add_data_arg
 from gateway.cli.run import add_broker_arg
 from gateway.sim.simulate import run_cpython, run_micropython, running_gateway
 
 
-def register(sub: Any) -> None:
+def register(sub: Subcommands) -> None:
     p = sub.add_parser(
         "simulate", help="run a fleet of simulated devices against a running gateway",
         description="Create N devices (keys registered in the data dir), run them for "

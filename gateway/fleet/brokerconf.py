@@ -51,6 +51,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from gateway.errors import ConfigError, StorageError
+from gateway.wire.broker_url import parse_broker_url
 
 GATEWAY_USER = "iot-anchor-gateway"
 CREDENTIALS_FILE = "broker-credentials.json"
@@ -131,23 +132,15 @@ class Listener:
 
 def parse_listener(text: str) -> Listener:
     """`mqtt://HOST:PORT`, `mqtts://HOST:PORT` or plain `HOST:PORT` (= mqtt)."""
-    raw = text if "://" in text else f"mqtt://{text}"
-    try:
-        parts = urlsplit(raw)
-        port = parts.port
-    except ValueError as e:
-        raise ConfigError(f"bad listener {text!r}: {e}", "write it as mqtt://HOST:PORT") from e
-    if parts.scheme not in ("mqtt", "mqtts"):
-        raise ConfigError(
-            f"listener {text!r} has scheme {parts.scheme!r}",
-            "use mqtt://HOST:PORT (plain) or mqtts://HOST:PORT (TLS)",
-        )
-    if not parts.hostname or port is None or parts.path not in ("", "/") or parts.username:
+    u = parse_broker_url(text, bare_ok=True, what="listener",
+                         example="mqtt://127.0.0.1:1883 or mqtts://0.0.0.0:8883")
+    has_port = urlsplit(text if "://" in text else f"mqtt://{text}").port is not None
+    if not has_port or u.username is not None or u.password is not None:
         raise ConfigError(
             f"listener {text!r} needs exactly a host and a port",
             "write it as mqtt://HOST:PORT or mqtts://HOST:PORT, e.g. mqtt://127.0.0.1:1883",
         )
-    return Listener(parts.hostname, port, parts.scheme == "mqtts")
+    return Listener(u.host, u.port, u.tls)
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,9 @@ hand for exactly this structure instead of calling a general CBOR library, becau
 * the nesting depth is bounded (`MAX_DEPTH`) and the parser never recurses deeper than that;
 * it needs no re-encoding: the Sig_structure is built from the original protected and payload
   bytes;
-* the firmware's exact deterministic layout is read by a fast path (`_fast`, no function
-  call per CBOR item, about 4 us against 12 us); anything else takes the general parser.
+* the firmware's exact deterministic layout is read by a fast path (`decode_firmware_layout`,
+  no function call per CBOR item, about 4 us against 12 us); anything else takes the general
+  parser.
 
 What is accepted beyond the firmware's exact output: non-shortest integer and length heads and
 unknown payload keys (ignored, so later firmware versions can add fields; they must still be
@@ -381,35 +382,36 @@ def _data(buf: bytes, pos: int, end: int) -> tuple[dict[str, int | float], int]:
 def decode(msg: bytes, max_size: int = MAX_MESSAGE) -> Decoded:
     """Decode one reading message strictly. Raises `Rejection` (only) when it breaks a rule."""
     try:
-        return _decode(msg, max_size)
+        return decode_unguarded(msg, max_size)
     except Rejection:
         raise
     except Exception as e:  # pragma: no cover - defensive: the parser raises only Rejection
         raise Rejection("cbor_malformed", f"unexpected decoder error {type(e).__name__}") from None
 
 
-def _decode(msg: bytes, max_size: int) -> Decoded:
+def decode_unguarded(msg: bytes, max_size: int) -> Decoded:
+    """`decode` without its catch-all: a fuzzer calls this so that a crash shows."""
     if type(msg) is not bytes:
         msg = bytes(msg)
     if len(msg) > max_size:
         raise Rejection("too_large", f"{len(msg)} bytes > limit {max_size}")
     try:
-        fast = _fast(msg)
+        fast = decode_firmware_layout(msg)
     except (IndexError, ValueError, struct.error):
         fast = None
-    return fast if fast is not None else _decode_general(msg)
+    return fast if fast is not None else decode_general(msg)
 
 
 _UINT_HEAD = {0x18: 1, 0x19: 2, 0x1A: 4, 0x1B: 8}
 _FLOAT_FMT = {0xF9: (">e", 2), 0xFA: (">f", 4), 0xFB: (">d", 8)}
 
 
-def _fast(msg: bytes) -> Decoded | None:
+def decode_firmware_layout(msg: bytes) -> Decoded | None:
     """The firmware's exact deterministic layout, read in one pass with no calls per item.
 
     Returns None for anything else (including every malformed message), and the general
     parser then decides; so this path never rejects, and on what it accepts it must agree with
-    `_decode_general` exactly (tests/unit/test_cose.py checks both on the same inputs).
+    `decode_general` exactly (tests/unit/test_cose.py checks both on the same inputs).
     Layout: d2 84 | bstr(a2 01 26 04 bstr(kid)) | a0 | bstr(payload) | 58 40 sig, with the
     payload map's keys in deterministic order: v, ts (optional), dev, seq, data, prev.
     """
@@ -542,11 +544,12 @@ def _fast(msg: bytes) -> Decoded | None:
 # a few slices, without making a `Decoded` or reading the sensor values (about 1.5 us against 3.6
 # for `decode`). It returns None for anything else, and the caller then uses `decode`, which
 # decides; on what `fields` accepts it agrees with `decode` exactly (tests/unit/test_cose.py).
-# Beyond `_fast`'s layout it asks for shortest length heads, ASCII sensor names below 24 bytes
-# and sensor names in deterministic (strictly increasing) order, so that the Sig_structure can be
-# sliced from the message and no duplicate name can hide. There is one pattern per kid length
-# (read from the kid's head before matching, compiled on first use), so that every part of the
-# pattern is fixed or self-delimiting and matching never backtracks more than a byte or two.
+# Beyond `decode_firmware_layout`'s layout it asks for shortest length heads, ASCII sensor names
+# below 24 bytes and sensor names in deterministic (strictly increasing) order, so that the
+# Sig_structure can be sliced from the message and no duplicate name can hide. There is one
+# pattern per kid length (read from the kid's head before matching, compiled on first use), so
+# that every part of the pattern is fixed or self-delimiting and matching never backtracks
+# more than a byte or two.
 _RX_UINT = rb"(?:[\x00-\x17]|\x18.|\x19..|\x1a.{4}|\x1b.{8})"
 _RX_NUMBER = (rb"(?:[\x00-\x17\x20-\x37]|[\x18\x38].|[\x19\x39\xf9]..|[\x1a\x3a\xfa].{4}"
               rb"|[\x1b\x3b\xfb].{8})")
@@ -612,7 +615,8 @@ def fields(msg: bytes) -> tuple[str, int, bytes, bytes, bytes] | None:
             m.group("sig"))
 
 
-def _decode_general(msg: bytes) -> Decoded:
+def decode_general(msg: bytes) -> Decoded:
+    """Any layout the format allows (after the size check); raises Rejection."""
     end = len(msg)
     major, arg, pos = _head(msg, 0, end)
     if major != 6 or arg != 18:

@@ -45,7 +45,7 @@ def run(msg: bytes) -> Decoded | Rejection:
     """Decode `msg` with the unwrapped parser; return the result or the rejection."""
     t0 = time.perf_counter()
     try:
-        out: Decoded | Rejection = cose._decode(msg, MAX_MESSAGE)
+        out: Decoded | Rejection = cose.decode_unguarded(msg, MAX_MESSAGE)
     except Rejection as r:
         out = r
     elapsed = time.perf_counter() - t0
@@ -70,7 +70,7 @@ def run(msg: bytes) -> Decoded | Rejection:
 def _time_once(msg: bytes) -> float:
     t0 = time.perf_counter()
     try:
-        cose._decode(msg, MAX_MESSAGE)
+        cose.decode_unguarded(msg, MAX_MESSAGE)
     except Rejection:
         pass
     return time.perf_counter() - t0
