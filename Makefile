@@ -63,6 +63,7 @@ demo: setup
 lint: venv
 	$(VENV)/bin/ruff check gateway tests tools firmware
 	$(VENV)/bin/mypy
+	$(PY) tools/check_layers.py
 
 bench-firmware: setup
 	$(PY) tools/bench_firmware.py
