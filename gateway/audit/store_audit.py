@@ -22,6 +22,9 @@ What it recomputes and compares, in this order (the first difference is reported
 6. ``devices`` and ``device_keys`` equal the replayed history (key, status, the index of the
    device's latest entry); the per-device counters (readings, last_seq, upto) equal what the
    readings give.
+7. Record entries (rule sets, datasets, models, ...): each kind's own checks, from
+   `RECORD_AUDITS` (kind -> a function of the auditor and the kind's entries in ledger order),
+   after everything above; a kind with no function is covered by steps 1-3 alone.
 
 Not covered (not in the ledger, so nothing can prove them): the rejection counters and the
 equivocation events. The checkpoint is what an outside party holds; a consistent rewrite of the
@@ -42,7 +45,7 @@ from gateway.errors import AnchorError
 from gateway.ingest.verifier import CHUNK, Context, VerifierPool
 from gateway.ledger import merkle, note
 from gateway.ledger.batch import GROUP, batch_nodes
-from gateway.ledger.entry import BatchEntry, DeviceEntry, EntryError, decode_entry
+from gateway.ledger.entry import BatchEntry, DeviceEntry, EntryError, RecordEntry, decode_entry
 from gateway.storage.store import Store, storage_error
 from gateway.wire.cose import Rejection, decode
 from gateway.wire.es256 import PublicKey, check_signature, load_public_key
@@ -125,6 +128,12 @@ class Progress:
             self.stream.flush()
 
 
+# Each record kind's own audit (step 7 of the module docstring): called once with all the
+# kind's entries in ledger order, it reports what is wrong through `auditor.problem`.
+RecordAudit = Callable[["Auditor", list[RecordEntry]], None]
+RECORD_AUDITS: dict[str, RecordAudit] = {}
+
+
 class Auditor:
     def __init__(self, store: Store, vkey: str, *, workers: int = 2,
                  progress: Progress | None = None, max_problems: int = MAX_PROBLEMS) -> None:
@@ -138,6 +147,7 @@ class Auditor:
         self.history: dict[str, list[_Key]] = {}
         self.status: dict[str, str] = {}
         self.batch_entries: list[BatchEntry] = []
+        self.records: dict[str, list[RecordEntry]] = {}  # kind -> its entries, in ledger order
         self.chain_breaks: set[tuple[str, int]] = set()
         self.last_entry: dict[str, int] = {}  # dev -> index of its latest device entry
 
@@ -185,6 +195,10 @@ class Auditor:
         finally:
             pool.close()
         self._devices()
+        for kind, entries in self.records.items():
+            check = RECORD_AUDITS.get(kind)
+            if check is not None:
+                check(self, entries)
 
     # 1-2 ------------------------------------------------------------------------------------
 
@@ -239,8 +253,10 @@ class Auditor:
             roots.append(tree.root())
             if isinstance(e, DeviceEntry):
                 self._device_entry(e)
-            else:
+            elif isinstance(e, BatchEntry):
                 self.batch_entries.append(e)
+            else:
+                self.records.setdefault(e.kind, []).append(e)
         self.result.entries = expect
         if nodes_ok and stored is not None:
             self.problem("ledger_nodes", f"({stored[0]}, {stored[1]})",

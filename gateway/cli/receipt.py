@@ -8,17 +8,30 @@ from pathlib import Path
 
 from gateway.cli import Subcommands, add_data_arg
 from gateway.errors import AnchorError, ConfigError
-from gateway.ledger.receipt import build_receipt, parse_receipt, receipt_to_json, verify_receipt
+from gateway.ledger.receipt import (
+    build_entry_receipt,
+    build_receipt,
+    parse_receipt,
+    receipt_to_json,
+    verify_entry_receipt,
+    verify_receipt,
+)
 from gateway.storage.store import Store
 
 
 def register(sub: Subcommands) -> None:
-    r = sub.add_parser("receipt", help="write the receipt of one anchored reading (JSON)",
+    r = sub.add_parser("receipt", help="write the receipt of an anchored reading or of a "
+                       "ledger entry (JSON)",
+                       usage="iot-anchor receipt DEVICE SEQ | --entry N [--data DIR]",
                        description="Print, as JSON, the reading's COSE bytes, its inclusion "
                        "proof in its batch, the batch's ledger entry with its inclusion proof, "
-                       "and the signed checkpoint. Check it with 'verify-receipt'.")
-    r.add_argument("device", metavar="DEVICE")
-    r.add_argument("seq", metavar="SEQ", type=int)
+                       "and the signed checkpoint; with --entry N, ledger entry N (any kind) "
+                       "with its inclusion proof and the checkpoint. Check it with "
+                       "'verify-receipt'.")
+    r.add_argument("device", metavar="DEVICE", nargs="?")
+    r.add_argument("seq", metavar="SEQ", type=int, nargs="?")
+    r.add_argument("--entry", metavar="N", type=int,
+                   help="the receipt of ledger entry N instead of a reading")
     add_data_arg(r)
     r.set_defaults(func=_receipt)
 
@@ -36,6 +49,23 @@ def register(sub: Subcommands) -> None:
 
 
 def _receipt(args: argparse.Namespace) -> int:
+    if args.entry is not None:
+        if args.device is not None:
+            raise ConfigError("give either DEVICE SEQ or --entry N, not both",
+                              "e.g. 'iot-anchor receipt dev1 0' or 'iot-anchor receipt --entry 3'")
+        if args.entry < 0:
+            raise ConfigError(f"--entry {args.entry} is negative", "give a ledger index >= 0")
+        with Store.open(args.data) as store:
+            eparts = store.entry_receipt_parts(args.entry)
+            size = store.entry_count()
+        if eparts is None:
+            raise ConfigError(f"the ledger has no entry {args.entry} (it has {size})",
+                              "see 'iot-anchor ledger status'")
+        sys.stdout.write(receipt_to_json(build_entry_receipt(**eparts)))
+        return 0
+    if args.device is None or args.seq is None:
+        raise ConfigError("receipt needs DEVICE SEQ (a reading) or --entry N (a ledger entry)",
+                          "e.g. 'iot-anchor receipt dev1 0'")
     with Store.open(args.data) as store:
         parts = store.receipt_parts(args.device, args.seq)
     if parts is None:
@@ -63,7 +93,16 @@ def _verify(args: argparse.Namespace) -> int:
                 key = bytes.fromhex(args.device_key.strip())
             except ValueError:
                 raise ConfigError("--device-key is not hex", "pass 130 hex digits") from None
-        res = verify_receipt(parse_receipt(text), args.gateway_key, key)
+        receipt = parse_receipt(text)
+        if "reading" not in receipt:
+            if key is not None:
+                raise ConfigError("--device-key is for the receipt of a reading; this one is "
+                                  "the receipt of a ledger entry", "leave --device-key out")
+            got = verify_entry_receipt(receipt, args.gateway_key)
+            print(f"OK: ledger entry {got.entry.i} ({got.entry.kind}) is in the checkpoint of "
+                  f"size {got.tree_size}")
+            return 0
+        res = verify_receipt(receipt, args.gateway_key, key)
     except AnchorError as e:
         print(f"FAIL: {e.explain()}")
         return 1

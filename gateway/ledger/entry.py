@@ -13,6 +13,13 @@ device entry (a change to the device registry)::
      "dev": device id (text), "key": 65-byte SEC1 uncompressed P-256 point (0x04 || X || Y),
      "action": "add" | "revoke" | "rotate"}
 
+record entries (every other kind: rule sets, datasets, models, ...)::
+
+    {"i": i, "prev": h32, "kind": KIND, "t": ms, ...the kind's own fields}
+
+  Each kind's fields are declared once, in `RECORD_KINDS` (a `RecordKind`: required and
+  optional keys, a check of their values, a size limit); docs/protocol.md specifies them.
+
 - ``i`` is the entry's position (0-based) in the ledger and in the ledger tree.
 - ``prev`` = `entry_hash` of entry i-1: SHA-256 of its bytes; 32 zero bytes for entry 0.
 - ``t`` is the gateway's clock in integer milliseconds since the Unix epoch.
@@ -31,6 +38,7 @@ the deterministic encoding of what they decode to. Anything else raises `EntryEr
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +54,9 @@ __all__ = [
     "EntryError",
     "BatchEntry",
     "DeviceEntry",
+    "RecordEntry",
+    "RecordKind",
+    "RECORD_KINDS",
     "Entry",
     "encode_entry",
     "batch_entry",
@@ -58,7 +69,7 @@ __all__ = [
 ZERO_HASH = bytes(HASH_SIZE)
 DEVICE_ACTIONS = ("add", "revoke", "rotate")
 SEC1_KEY_SIZE = 65
-MAX_ENTRY_SIZE = 1024  # a device entry with a 255-byte id is about 400 bytes
+MAX_ENTRY_SIZE = 1024  # batch and device entries: one with a 255-byte id is about 400 bytes
 _MAX_UINT64 = (1 << 64) - 1
 
 
@@ -90,7 +101,33 @@ class DeviceEntry:
     kind: str = "device"
 
 
-Entry = BatchEntry | DeviceEntry
+@dataclass(frozen=True, slots=True)
+class RecordEntry:
+    """An entry of a record kind: `fields` are its keys other than i, prev, kind and t."""
+
+    i: int
+    prev: bytes
+    t: int
+    kind: str
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RecordKind:
+    """What entries of one record kind hold. `check(fields)` raises EntryError for a value
+    that is wrong; the key sets are checked before it runs."""
+
+    required: frozenset[str]
+    optional: frozenset[str] = frozenset()
+    check: Callable[[dict[str, Any]], None] = lambda fields: None
+    max_size: int = 64 * 1024
+
+
+# Every record kind the ledger knows; a kind not here is refused by decode_entry.
+RECORD_KINDS: dict[str, RecordKind] = {}
+
+Entry = BatchEntry | DeviceEntry | RecordEntry
+_RESERVED = frozenset({"i", "prev", "kind", "t"})
 
 
 def _uint(value: Any, name: str, minimum: int = 0) -> int:
@@ -111,6 +148,16 @@ def _validate(e: Entry) -> None:
     if e.i == 0 and e.prev != ZERO_HASH:
         raise EntryError("entry 0 must have prev = 32 zero bytes")
     _uint(e.t, "t")
+    if isinstance(e, RecordEntry):
+        spec = RECORD_KINDS.get(e.kind)
+        if spec is None:
+            raise EntryError(f"entry kind {e.kind!r} is unknown")
+        keys = set(e.fields)
+        if keys & _RESERVED or not spec.required <= keys <= spec.required | spec.optional:
+            raise EntryError(f"{e.kind} entry keys are {sorted(keys)}, expected "
+                             f"{sorted(spec.required)} and optionally {sorted(spec.optional)}")
+        spec.check(e.fields)
+        return
     if isinstance(e, BatchEntry):
         if e.kind != "batch":
             raise EntryError(f"a batch entry has kind 'batch', not {e.kind!r}")
@@ -128,6 +175,8 @@ def _validate(e: Entry) -> None:
 
 
 def _as_map(e: Entry) -> dict[str, Any]:
+    if isinstance(e, RecordEntry):
+        return {"i": e.i, "prev": e.prev, "kind": e.kind, "t": e.t, **e.fields}
     if isinstance(e, BatchEntry):
         return {"i": e.i, "prev": e.prev, "kind": "batch", "root": e.root, "n": e.n, "t": e.t}
     return {
@@ -144,7 +193,22 @@ def _as_map(e: Entry) -> dict[str, Any]:
 def encode_entry(entry: Entry) -> bytes:
     """Deterministic CBOR bytes of a checked entry. Raises EntryError on a bad field."""
     _validate(entry)
-    return cbor2.dumps(_as_map(entry), canonical=True)
+    raw = cbor2.dumps(_as_map(entry), canonical=True)
+    limit = max_entry_size(entry.kind)
+    if len(raw) > limit:
+        raise EntryError(f"a {entry.kind} entry of {len(raw)} bytes is over the limit of "
+                         f"{limit}", "make the record smaller")
+    return raw
+
+
+def max_entry_size(kind: str) -> int:
+    spec = RECORD_KINDS.get(kind)
+    return MAX_ENTRY_SIZE if spec is None else spec.max_size
+
+
+def record_entry(i: int, prev: bytes, kind: str, fields: dict[str, Any], t: int) -> bytes:
+    """Bytes of record entry i of `kind`."""
+    return encode_entry(RecordEntry(i=i, prev=prev, t=t, kind=kind, fields=dict(fields)))
 
 
 def batch_entry(i: int, prev: bytes, root: bytes, n: int, t: int) -> bytes:
@@ -164,8 +228,9 @@ _DEVICE_KEYS = frozenset({"i", "prev", "kind", "t", "dev", "key", "action"})
 def decode_entry(data: bytes | bytearray | memoryview) -> Entry:
     """Strictly decode entry bytes. Raises EntryError naming what is wrong."""
     raw = bytes(data)
-    if len(raw) > MAX_ENTRY_SIZE:
-        raise EntryError(f"entry is {len(raw)} bytes, more than {MAX_ENTRY_SIZE}")
+    largest = max([MAX_ENTRY_SIZE, *(k.max_size for k in RECORD_KINDS.values())])
+    if len(raw) > largest:
+        raise EntryError(f"entry is {len(raw)} bytes, more than {largest}")
     if not raw or raw[0] >> 5 != 5:  # major type 5 = map
         raise EntryError("entry bytes are not a CBOR map")
     try:
@@ -193,8 +258,15 @@ def decode_entry(data: bytes | bytearray | memoryview) -> Entry:
             key=obj["key"],
             action=obj["action"],
         )
+    elif type(kind) is str and kind in RECORD_KINDS:
+        fields = {k: v for k, v in obj.items() if k not in _RESERVED}
+        if not _RESERVED <= set(obj):
+            raise EntryError(f"{kind} entry keys are {sorted(obj)}, missing "
+                             f"{sorted(_RESERVED - set(obj))}")
+        entry = RecordEntry(i=obj["i"], prev=obj["prev"], t=obj["t"], kind=kind, fields=fields)
     else:
-        raise EntryError(f"entry kind {kind!r} is neither 'batch' nor 'device'")
+        raise EntryError(f"entry kind {kind!r} is unknown (known: batch, device, "
+                         f"{', '.join(sorted(RECORD_KINDS)) or 'no record kinds'})")
     if encode_entry(entry) != raw:
         raise EntryError("entry bytes are not in deterministic CBOR encoding")
     return entry

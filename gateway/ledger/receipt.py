@@ -35,6 +35,14 @@ Verification (`verify_receipt`), each failure a ReceiptError with a one-line rea
    and == "device", whose seq == "seq");
 5. given the device key (65-byte SEC1 point), the ES256 signature is valid and low-S.
 Cost: one Ed25519 and one ECDSA verification plus about 2·log2(n) hashes, well under 2 ms.
+
+The receipt of a ledger entry of any kind (`iot-anchor receipt --entry N`: an action, a rule
+set, a dataset, a device change) is the same object without "device", "seq" and "reading",
+with the entry's kind::
+
+    {"version": 1, "kind": "<entry kind>", "entry": {...as above}, "checkpoint": "..."}
+
+`verify_entry_receipt` checks steps 1 and 2 for it (any kind) and that "kind" is the entry's.
 """
 
 from __future__ import annotations
@@ -48,7 +56,7 @@ import cbor2
 
 from gateway.errors import AnchorError, ConfigError, ReceiptError
 from gateway.ledger import merkle, note
-from gateway.ledger.entry import BatchEntry, EntryError, decode_entry
+from gateway.ledger.entry import BatchEntry, Entry, EntryError, decode_entry
 from gateway.wire.es256 import check_signature, load_public_key
 
 __all__ = [
@@ -58,6 +66,9 @@ __all__ = [
     "receipt_to_json",
     "parse_receipt",
     "verify_receipt",
+    "build_entry_receipt",
+    "verify_entry_receipt",
+    "VerifiedEntry",
 ]
 
 RECEIPT_VERSION = 1
@@ -280,6 +291,81 @@ def _check_es256(c: _Cose, device_key: bytes) -> None:
 # --------------------------------------------------------------------------- verify
 
 
+def _proven_entry(ent: Mapping[str, Any], cp_text: str, gateway_vkey: str
+                  ) -> tuple[Entry, note.Checkpoint]:
+    """Steps 1-2: the checkpoint verifies with the gateway key, and the entry decodes strictly,
+    names its index, and is in the checkpoint's tree."""
+    try:
+        cp = note.verify_checkpoint(cp_text, gateway_vkey)
+    except AnchorError as e:
+        raise _fail(f"checkpoint: {e.what}", e.hint) from None
+    tree_size = _get(ent, "size", int, "entry.")
+    if tree_size != cp.size:
+        raise _fail(
+            f"receipt entry.size {tree_size} is not the checkpoint's tree size {cp.size}"
+        )
+    entry_bytes = _hex(ent, "cbor", "entry.")
+    entry_index = _get(ent, "index", int, "entry.")
+    try:
+        entry = decode_entry(entry_bytes)
+    except EntryError as e:
+        raise _fail(f"ledger entry: {e.what}", "the receipt was altered") from None
+    if entry.i != entry_index:
+        raise _fail(f"ledger entry says i={entry.i} but entry.index is {entry_index}")
+    try:
+        merkle.verify_inclusion(
+            merkle.leaf_hash(entry_bytes), entry_index, tree_size, _proof(ent, "entry."), cp.root
+        )
+    except merkle.ProofError as e:
+        raise _fail(f"ledger entry not in the checkpoint: {e.what}") from None
+    return entry, cp
+
+
+def build_entry_receipt(*, entry: bytes, entry_index: int, tree_size: int,
+                        entry_proof: Sequence[bytes], checkpoint: str) -> dict[str, Any]:
+    """The receipt of one ledger entry of any kind (an action, a rule set, a dataset, ...):
+    the version-1 format without "reading", "device" and "seq", with the entry's "kind"."""
+    kind = decode_entry(bytes(entry)).kind
+    return {
+        "version": RECEIPT_VERSION,
+        "kind": kind,
+        "entry": {
+            "cbor": bytes(entry).hex(),
+            "index": entry_index,
+            "size": tree_size,
+            "proof": [bytes(h).hex() for h in entry_proof],
+        },
+        "checkpoint": checkpoint,
+    }
+
+
+@dataclass(frozen=True)
+class VerifiedEntry:
+    entry: Entry
+    tree_size: int
+    root: bytes
+
+
+def verify_entry_receipt(receipt: Mapping[str, Any], gateway_vkey: str) -> VerifiedEntry:
+    """Check the receipt of a ledger entry offline: the checkpoint's signature and the entry's
+    inclusion in its tree (steps 1-2 of the module docstring), and that "kind" names the
+    entry's kind. Raises ReceiptError on the first failure."""
+    if not isinstance(receipt, Mapping):
+        raise _fail("receipt is not a JSON object")
+    version = receipt.get("version")
+    if version != RECEIPT_VERSION:
+        raise _fail(
+            f"receipt version {version!r} is not supported (expected {RECEIPT_VERSION})",
+            "use an iot-anchor release that writes this version",
+        )
+    entry, cp = _proven_entry(_get(receipt, "entry", dict, ""),
+                              _get(receipt, "checkpoint", str, ""), gateway_vkey)
+    kind = _get(receipt, "kind", str, "")
+    if kind != entry.kind:
+        raise _fail(f"receipt says kind {kind!r}, the entry is a {entry.kind} entry")
+    return VerifiedEntry(entry, cp.size, cp.root)
+
+
 def verify_receipt(
     receipt: Mapping[str, Any], gateway_vkey: str, device_key: bytes | None = None
 ) -> VerifiedReceipt:
@@ -295,40 +381,19 @@ def verify_receipt(
             f"receipt version {version!r} is not supported (expected {RECEIPT_VERSION})",
             "use an iot-anchor release that writes this version",
         )
+    if "reading" not in receipt:
+        raise _fail("receipt has no 'reading': it is the receipt of a ledger entry",
+                    "check it with verify_entry_receipt ('iot-anchor verify-receipt' does)")
     reading = _get(receipt, "reading", dict, "")
     ent = _get(receipt, "entry", dict, "")
     cp_text = _get(receipt, "checkpoint", str, "")
     device = _get(receipt, "device", str, "")
     seq = _get(receipt, "seq", int, "")
 
-    # 1. checkpoint
-    try:
-        cp = note.verify_checkpoint(cp_text, gateway_vkey)
-    except AnchorError as e:
-        raise _fail(f"checkpoint: {e.what}", e.hint) from None
-    tree_size = _get(ent, "size", int, "entry.")
-    if tree_size != cp.size:
-        raise _fail(
-            f"receipt entry.size {tree_size} is not the checkpoint's tree size {cp.size}"
-        )
-
-    # 2. ledger entry in the ledger tree
-    entry_bytes = _hex(ent, "cbor", "entry.")
-    entry_index = _get(ent, "index", int, "entry.")
-    try:
-        entry = decode_entry(entry_bytes)
-    except EntryError as e:
-        raise _fail(f"ledger entry: {e.what}", "the receipt was altered") from None
+    entry, cp = _proven_entry(ent, cp_text, gateway_vkey)
     if not isinstance(entry, BatchEntry):
         raise _fail(f"ledger entry {entry.i} is a {entry.kind} entry, not a batch entry")
-    if entry.i != entry_index:
-        raise _fail(f"ledger entry says i={entry.i} but entry.index is {entry_index}")
-    try:
-        merkle.verify_inclusion(
-            merkle.leaf_hash(entry_bytes), entry_index, tree_size, _proof(ent, "entry."), cp.root
-        )
-    except merkle.ProofError as e:
-        raise _fail(f"ledger entry not in the checkpoint: {e.what}") from None
+    entry_index = entry.i
 
     # 3. reading in the batch tree
     cose = _hex(reading, "cose", "reading.")
