@@ -1,15 +1,15 @@
 #!/usr/bin/env python3
-"""Coverage-guided fuzzing of the strict reading decoder (gateway/cose.py) with atheris.
+"""Coverage-guided fuzzing of the strict reading decoder (gateway/wire/cose.py) with atheris.
 
     .venv/bin/python tools/fuzz_decoder.py [--seconds 60] [--corpus DIR] [--seed N]
 
 libFuzzer mutates inputs guided by the decoder's branch coverage, starting from a seed corpus of
 valid readings (and their truncations) written into --corpus (a temporary folder by default; a
 folder you keep grows into a corpus that later runs start from). The target calls the unwrapped
-parser `gateway.wire.cose._decode` (not `decode`, whose catch-all would hide a crash), and fails on:
-any exception other than `Rejection`; a rejection reason outside `DECODE_REASONS`; an accepted
-message that cbor2 does not read back to the same fields; a single input that takes more than
-50 ms.
+parser `gateway.wire.cose.decode_unguarded` (not `decode`, whose catch-all would hide a crash),
+and fails on: any exception other than `Rejection`; a rejection reason outside
+`DECODE_REASONS`; an accepted message that cbor2 does not read back to the same fields; a
+single input that takes more than 50 ms.
 
 It stops after --seconds and prints one readable line, then one JSON object as its last line:
 inputs tried, inputs per second, accepted, rejections by reason, coverage-guided corpus size.
@@ -98,7 +98,7 @@ def finish() -> None:
 def _time_once(data: bytes) -> float:
     t0 = time.perf_counter()
     try:
-        cose._decode(data, cose.MAX_MESSAGE)
+        cose.decode_unguarded(data, cose.MAX_MESSAGE)
     except cose.Rejection:
         pass
     return time.perf_counter() - t0
@@ -107,7 +107,7 @@ def _time_once(data: bytes) -> float:
 def test_one_input(data: bytes) -> None:
     t0 = time.perf_counter()
     try:
-        d = cose._decode(data, cose.MAX_MESSAGE)
+        d = cose.decode_unguarded(data, cose.MAX_MESSAGE)
     except cose.Rejection as r:
         if r.reason not in cose.DECODE_REASONS:
             raise AssertionError(f"unnamed rejection reason {r.reason!r}") from None

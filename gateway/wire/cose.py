@@ -381,14 +381,16 @@ def _data(buf: bytes, pos: int, end: int) -> tuple[dict[str, int | float], int]:
 def decode(msg: bytes, max_size: int = MAX_MESSAGE) -> Decoded:
     """Decode one reading message strictly. Raises `Rejection` (only) when it breaks a rule."""
     try:
-        return _decode(msg, max_size)
+        return decode_unguarded(msg, max_size)
     except Rejection:
         raise
     except Exception as e:  # pragma: no cover - defensive: the parser raises only Rejection
         raise Rejection("cbor_malformed", f"unexpected decoder error {type(e).__name__}") from None
 
 
-def _decode(msg: bytes, max_size: int) -> Decoded:
+def decode_unguarded(msg: bytes, max_size: int = MAX_MESSAGE) -> Decoded:
+    """`decode` without its guard: raises `Rejection` when the message breaks a rule, and any
+    other exception is a bug in the parser, raised as it is (the fuzz targets look for those)."""
     if type(msg) is not bytes:
         msg = bytes(msg)
     if len(msg) > max_size:
