@@ -32,7 +32,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import cbor2
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
@@ -47,6 +49,8 @@ from gateway.storage.store import Store  # noqa: E402
 from gateway.wire.cose import decode  # noqa: E402
 from gateway.wire.es256 import ES256, load_public_key  # noqa: E402
 from gateway.wire.signer import DeviceSigner  # noqa: E402
+
+T = TypeVar("T")
 
 
 def presign(devices: int, per_device: int) -> tuple[list[bytes], dict[str, bytes]]:
@@ -67,6 +71,17 @@ def presign(devices: int, per_device: int) -> tuple[list[bytes], dict[str, bytes
     return msgs, {s.dev: s.public_key for s in signers}
 
 
+def seconds_on_threads(run: Callable[[T], None], parts: Sequence[T]) -> float:
+    """Wall time to run `run(part)` for every part at once, each on its own thread."""
+    threads = [threading.Thread(target=run, args=(part,)) for part in parts]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0
+
+
 def bare_verify_rate(msgs: list[bytes], keys: dict[str, bytes], threads: int) -> float:
     pubs = {d: load_public_key(k) for d, k in keys.items()}
     work = []
@@ -80,13 +95,7 @@ def bare_verify_rate(msgs: list[bytes], keys: dict[str, bytes], threads: int) ->
         for pub, sig, tbs in part:
             pub.verify(sig, tbs, ES256)
 
-    ts = [threading.Thread(target=run, args=(p,)) for p in parts]
-    t0 = time.perf_counter()
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    return len(msgs) / (time.perf_counter() - t0)
+    return len(msgs) / seconds_on_threads(run, parts)
 
 
 def message_verify_rate(msgs: list[bytes], keys: dict[str, bytes], threads: int) -> float:
@@ -105,13 +114,7 @@ def message_verify_rate(msgs: list[bytes], keys: dict[str, bytes], threads: int)
                                        int.from_bytes(sig[32:], "big"))
             pubs[kid].verify(der, tbs, ES256)
 
-    ts = [threading.Thread(target=run, args=(p,)) for p in parts]
-    t0 = time.perf_counter()
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    return len(msgs) / (time.perf_counter() - t0)
+    return len(msgs) / seconds_on_threads(run, parts)
 
 
 def ingest_rate(store: Store, msgs: list[bytes], workers: int, batch_max: int,

@@ -38,6 +38,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchlib.procfs import tree_rss_mb  # noqa: E402
+from benchlib.script import iot_anchor_command, log, run_main  # noqa: E402
+from benchlib.stats import percentile  # noqa: E402
+
 from gateway.errors import AnchorError  # noqa: E402
 from gateway.fleet import registry  # noqa: E402
 from gateway.ledger.receipt import (  # noqa: E402
@@ -51,10 +55,6 @@ from gateway.storage.store import VKEY_NAME, Store  # noqa: E402
 from gateway.wire.signer import DeviceSigner  # noqa: E402
 
 CACHE = ROOT / ".cache" / "bench"
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def _sign_share(job: tuple[list[tuple[str, str, int]], int, str]) -> int:
@@ -101,29 +101,6 @@ def readings_file(n: int, devices: int, procs: int) -> tuple[Path, dict[str, byt
     return data, {s.dev: s.public_key for s in signers}
 
 
-def cli(*args: str) -> list[str]:
-    exe = Path(sys.executable).parent / "iot-anchor"
-    return [str(exe), *args] if exe.exists() else [sys.executable, "-m", "gateway", *args]
-
-
-def tree_rss_mb(pid: int) -> float:
-    """VmRSS of a process plus its children's (the verifier workers), in MB."""
-    pids = [pid]
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{tid}/children") as f:
-            pids += [int(x) for x in f.read().split()]
-    total = 0.0
-    for p in pids:
-        try:
-            with open(f"/proc/{p}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1]) / 1024
-        except OSError:
-            pass
-    return total
-
-
 def run_measured(cmd: list[str]) -> dict[str, Any]:
     """Run a command; wall time and its tree's VmRSS every 0.25 s."""
     t0 = time.perf_counter()
@@ -152,11 +129,6 @@ def peak_rss_of(cmd: list[str]) -> tuple[dict[str, Any], float]:
     return res, max((r for _, r in res["rss"]), default=math.nan)
 
 
-def pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, max(0, math.ceil(p / 100 * len(xs)) - 1))]
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="ledger verify, receipt and ingest figures")
     ap.add_argument("--readings", type=int, default=1_000_000)
@@ -179,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         data = args.data
     try:
-        init = subprocess.run(cli("init", "--data", str(data)), capture_output=True, text=True)
+        init = subprocess.run(iot_anchor_command("init", "--data", str(data)),
+                              capture_output=True, text=True)
         if init.returncode != 0:
             raise AnchorError(f"iot-anchor init failed: {init.stderr.strip()}",
                               "pass a --data dir that does not exist yet")
@@ -187,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             for dev, key in keys.items():
                 registry.add(store, dev, key)
         log(f"ingesting {path} ({total / 1e6:.0f} MB) into {data} ...")
-        ing, ing_peak = peak_rss_of(cli("ingest", "--binary", str(path), "--data", str(data),
-                                        "--json"))
+        ing, ing_peak = peak_rss_of(iot_anchor_command("ingest", "--binary", str(path),
+                                                       "--data", str(data), "--json"))
         if ing["rc"] != 0:
             raise AnchorError(f"ingest failed ({ing['rc']}): {ing['err'].strip()[-300:]}",
                               "see the message above")
@@ -202,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{', '.join(f'{q:.0f}' for q in quarters)} MB")
 
         log("ledger verify ...")
-        ver, ver_peak = peak_rss_of(cli("ledger", "verify", "--data", str(data)))
+        ver, ver_peak = peak_rss_of(iot_anchor_command("ledger", "verify", "--data", str(data)))
         if ver["rc"] != 0:
             raise AnchorError(f"ledger verify failed ({ver['rc']}): "
                               f"{(ver['out'] + ver['err']).strip()[-300:]}",
@@ -242,9 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         "ledger_verify_per_s": accepted / ver["wall_s"],
         "ledger_verify_peak_rss_mb": ver_peak,
         "receipt_build_ms_p50": statistics.median(build_ms),
-        "receipt_build_ms_p99": pct(build_ms, 99),
+        "receipt_build_ms_p99": percentile(sorted(build_ms), 99),
         "receipt_verify_ms_p50": statistics.median(verify_ms),
-        "receipt_verify_ms_p99": pct(verify_ms, 99),
+        "receipt_verify_ms_p99": percentile(sorted(verify_ms), 99),
         "receipts": len(build_ms),
     }
     print(f"== ledger of {accepted:,} readings from {args.devices} devices ==")
@@ -265,8 +238,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except AnchorError as e:
-        print(f"error: {e.explain()}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Coverage-guided fuzzing of the strict reading decoder (gateway/cose.py) with atheris.
+"""Coverage-guided fuzzing of the strict reading decoder (gateway/wire/cose.py) with atheris.
 
     .venv/bin/python tools/fuzz_decoder.py [--seconds 60] [--corpus DIR] [--seed N]
 
@@ -7,10 +7,9 @@ libFuzzer mutates inputs guided by the decoder's branch coverage, starting from 
 valid readings (and their truncations) written into --corpus (a temporary folder by default; a
 folder you keep grows into a corpus that later runs start from). The target calls the unwrapped
 parser `gateway.wire.cose.decode_unguarded` (not `decode`, whose catch-all would hide a crash),
-and fails on:
-any exception other than `Rejection`; a rejection reason outside `DECODE_REASONS`; an accepted
-message that cbor2 does not read back to the same fields; a single input that takes more than
-50 ms.
+and fails on: any exception other than `Rejection`; a rejection reason outside
+`DECODE_REASONS`; an accepted message that cbor2 does not read back to the same fields; a
+single input that takes more than 50 ms.
 
 It stops after --seconds and prints one readable line, then one JSON object as its last line:
 inputs tried, inputs per second, accepted, rejections by reason, coverage-guided corpus size.

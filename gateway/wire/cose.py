@@ -389,8 +389,9 @@ def decode(msg: bytes, max_size: int = MAX_MESSAGE) -> Decoded:
         raise Rejection("cbor_malformed", f"unexpected decoder error {type(e).__name__}") from None
 
 
-def decode_unguarded(msg: bytes, max_size: int) -> Decoded:
-    """`decode` without its catch-all: a fuzzer calls this so that a crash shows."""
+def decode_unguarded(msg: bytes, max_size: int = MAX_MESSAGE) -> Decoded:
+    """`decode` without its guard: raises `Rejection` when the message breaks a rule, and any
+    other exception is a bug in the parser, raised as it is (the fuzz targets look for those)."""
     if type(msg) is not bytes:
         msg = bytes(msg)
     if len(msg) > max_size:

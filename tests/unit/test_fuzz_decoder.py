@@ -3,8 +3,8 @@
 The promise under test: whatever the bytes, `decode` returns a `Decoded` or raises `Rejection`
 with one of the named reasons, never anything else, and quickly. `decode` itself wraps the
 parser in a catch-all that turns a stray exception into `cbor_malformed`; that would hide
-exactly the bugs this file looks for, so the fuzz targets call the unwrapped `_decode` and
-treat any other exception as a failure.
+exactly the bugs this file looks for, so the fuzz targets call the unwrapped
+`decode_unguarded` and treat any other exception as a failure.
 
 Three input families:
 - random bytes;
