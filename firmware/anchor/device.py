@@ -151,21 +151,20 @@ def decode_ack(payload):
 
 class Loop:
     """One device's loop. Made by device_setup.make_loop(board, dev, outbox, client, ...): no
-    constructor here, its code is start-up code.
+    constructor here, its code is start-up code."""
 
-    Attributes (make_loop sets every one):
-      parts      board, dev (a state.Device), outbox, client; out(line) prints an event line
-      settings   interval_ms, count (None: forever), timeout_ms, ack_ms; t_readings, t_ack,
-                 t_status: the device's topics
-      counters   produced, acked, published, republished, bad_acks, heap_max, heap_end (the
-                 summary's, see the module comment)
-      state      crash: why a task died, or None; done: the loop is over (the count satisfied,
-                 or a task died)
-      internal   only the methods change these: kick (a new reading is queued), idle (the
-                 sender sleeps between passes: produce() may wake it), stop (run() is ending)
-    run() sets the private _last_announced and _snd (the sender's task) before anything reads
-    them.
-    """
+    # Attributes (make_loop sets every one):
+    #   parts      board, dev (a state.Device), outbox, client; out(line) prints an event line
+    #   settings   interval_ms, count (None: forever), timeout_ms, ack_ms; t_readings, t_ack,
+    #              t_status: the device's topics
+    #   counters   produced, acked, published, republished, bad_acks, heap_max, heap_end (the
+    #              summary's, see the module comment)
+    #   state      crash: why a task died, or None; done: the loop is over (the count satisfied,
+    #              or a task died)
+    #   internal   only the methods change these: kick (a new reading is queued), idle (the
+    #              sender sleeps between passes: produce() may wake it), stop (run() is ending)
+    # run() sets the private _last_announced and _snd (the sender's task) before anything reads
+    # them.
 
     # -- acks -----------------------------------------------------------------------------
 

@@ -159,7 +159,7 @@ def make_loop(board, dev, outbox, client, interval=60, count=None, timeout=120, 
     prints the loop's event lines."""
     from anchor.device import Loop
 
-    loop = Loop()           # device.Loop's docstring lists these attributes
+    loop = Loop()           # device.Loop lists these attributes
     loop.board = board
     loop.dev = dev
     loop.outbox = outbox

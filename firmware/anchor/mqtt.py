@@ -185,28 +185,27 @@ class MQTTClient:
         c.subscribe("anchor/dev-1/ack", 1)
         asyncio.create_task(c.run())      # connects and reconnects forever
         await c.wait_connected()
-        await c.publish("anchor/dev-1/readings", msg, qos=1)
+        await c.publish("anchor/dev-1/readings", msg, qos=1)"""
 
-    Attributes (make_client sets every one; there is no constructor, see the module docstring):
-      settings      client_id, host, port, keepalive (s), clean_session, ssl (None or an
-                    SSLContext), user, password, response_ms, retries, max_inflight,
-                    backoff_min_ms, backoff_max_ms, max_packet, connector, wait_network, tick_ms
-                    (the ticker's period): make_client's arguments
-      registered    will, birth: (topic, msg, retain, qos) or None; subs: [(topic, qos)], sent
-                    again on every connect; on_message: the callback, or None
-      state         inflight: pid -> [topic, payload, retain, sent ticks_ms, tries]; stream: the
-                    connection's, None while down; session_present; error: the OSError that
-                    ended the last connection or attempt
-      counters      connects, failures (failed attempts), retransmits, pings, received
-      internal      only the methods change these: pid (the last packet id given out); up (the
-                    stream is usable, from CONNACK on); ready (subscribed and birth sent too:
-                    isconnected()); closing (disconnect() was called); tasks (the connection's
-                    reader and ticker); hdr (5 bytes: a PUBLISH's fixed header); buf (packet
-                    assembly, grown to the largest packet); wt (ticks_ms when the drain in
-                    progress started, else None); subacks (pid -> SUBACK code, None while
-                    awaited)
-    connect() sets the private _down, _last_rx and _last_tx before anything reads them.
-    """
+    # Attributes (make_client sets every one; there is no constructor, see the module docstring):
+    #   settings      client_id, host, port, keepalive (s), clean_session, ssl (None or an
+    #                 SSLContext), user, password, response_ms, retries, max_inflight,
+    #                 backoff_min_ms, backoff_max_ms, max_packet, connector, wait_network, tick_ms
+    #                 (the ticker's period): make_client's arguments
+    #   registered    will, birth: (topic, msg, retain, qos) or None; subs: [(topic, qos)], sent
+    #                 again on every connect; on_message: the callback, or None
+    #   state         inflight: pid -> [topic, payload, retain, sent ticks_ms, tries]; stream: the
+    #                 connection's, None while down; session_present; error: the OSError that
+    #                 ended the last connection or attempt
+    #   counters      connects, failures (failed attempts), retransmits, pings, received
+    #   internal      only the methods change these: pid (the last packet id given out); up (the
+    #                 stream is usable, from CONNACK on); ready (subscribed and birth sent too:
+    #                 isconnected()); closing (disconnect() was called); tasks (the connection's
+    #                 reader and ticker); hdr (5 bytes: a PUBLISH's fixed header); buf (packet
+    #                 assembly, grown to the largest packet); wt (ticks_ms when the drain in
+    #                 progress started, else None); subacks (pid -> SUBACK code, None while
+    #                 awaited)
+    # connect() sets the private _down, _last_rx and _last_tx before anything reads them.
 
     # -- configuration --------------------------------------------------------------------
 

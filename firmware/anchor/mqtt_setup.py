@@ -21,7 +21,7 @@ def make_client(client_id, host, port=1883, keepalive=60, clean_session=False,
     if ssl is True:
         ctx = _ssl.SSLContext(_ssl.PROTOCOL_TLS_CLIENT)
         ssl = ctx
-    c = MQTTClient()        # mqtt.MQTTClient's docstring lists these attributes
+    c = MQTTClient()        # mqtt.MQTTClient lists these attributes
     c.client_id = client_id
     c.host = host
     c.port = port

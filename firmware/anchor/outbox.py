@@ -121,19 +121,18 @@ class _Seg:
 
 class Outbox:
     """The flash outbox in `root`/outbox. See the module comment for format and policy. Made by
-    outbox_load.load_outbox(root, ...): no constructor here, its code is start-up code.
+    outbox_load.load_outbox(root, ...): no constructor here, its code is start-up code."""
 
-    Attributes (load_outbox sets every one):
-      settings   dir (root/outbox), max_records, seg_records, seg_bytes, max_segs
-                 (max_records // seg_records + 2): load_outbox's arguments
-      state      segs: the _Seg of each segment file, oldest first; upto: every seq <= upto is
-                 done; pending: readings waiting; last_seq: the highest seq appended (after a
-                 reload: on flash, or upto if higher; -1: none); dropped: readings dropped,
-                 ever (persisted); corrupt: files whose tail a bad record cut at load
-      internal   for outbox_load and outbox_trim: cur (the segment appends go to, never one
-                 from before a reload, or None), log_size (bytes in acks.log), next_num (the
-                 next segment file's number); the methods path, log, mark and sweep
-    """
+    # Attributes (load_outbox sets every one):
+    #   settings   dir (root/outbox), max_records, seg_records, seg_bytes, max_segs
+    #              (max_records // seg_records + 2): load_outbox's arguments
+    #   state      segs: the _Seg of each segment file, oldest first; upto: every seq <= upto is
+    #              done; pending: readings waiting; last_seq: the highest seq appended (after a
+    #              reload: on flash, or upto if higher; -1: none); dropped: readings dropped,
+    #              ever (persisted); corrupt: files whose tail a bad record cut at load
+    #   internal   for outbox_load and outbox_trim: cur (the segment appends go to, never one
+    #              from before a reload, or None), log_size (bytes in acks.log), next_num (the
+    #              next segment file's number); the methods path, log, mark and sweep
 
     # -- load -----------------------------------------------------------------------------
 

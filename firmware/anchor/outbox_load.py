@@ -39,7 +39,7 @@ def load_outbox(root, max_records=1000, seg_records=64, seg_bytes=16384):
     if max_records < 1 or seg_records < 1 or not 1024 <= seg_bytes <= 65535:
         raise ValueError("outbox sizes out of range: max_records >= 1, seg_records >= 1, "
                          "1024 <= seg_bytes <= 65535")
-    ob = Outbox()           # outbox.Outbox's docstring lists these attributes
+    ob = Outbox()           # outbox.Outbox lists these attributes
     ob.dir = root.rstrip("/") + "/outbox"
     ob.max_records = max_records
     ob.seg_records = seg_records
