@@ -12,7 +12,7 @@
 # used, and unload() drops it again; error_text.py holds the hot modules' error messages. A
 # class whose constructor is start-up code has none: a setup function builds it
 # (mqtt_setup.make_client, device_setup.make_loop, outbox_load.load_outbox), so the loop keeps
-# no constructor in RAM.
+# no constructor in RAM; the attributes it sets have public names, listed in the class.
 
 VERSION = "0.1.0"
 

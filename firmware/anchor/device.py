@@ -61,7 +61,7 @@ _UNIX = sys.platform not in ("esp32", "rp2")
 # No asyncio.Event or wait_for in the loop: each wait_for allocates two tasks and a generator,
 # held while it waits, which is while a reading is signed (the heap's peak), and the event
 # module is RAM too. The sender sleeps up to 500 ms between its passes and produce() wakes it
-# early by cancelling that sleep (only that one: `_idle` is true only while the sender is in
+# early by cancelling that sleep (only that one: `idle` is true only while the sender is in
 # it); run() polls `done`, set when the count is satisfied or a task died, every _POLL_MS.
 _POLL_MS = const(50)
 
@@ -153,6 +153,19 @@ class Loop:
     """One device's loop. Made by device_setup.make_loop(board, dev, outbox, client, ...): no
     constructor here, its code is start-up code."""
 
+    # Attributes (make_loop sets every one):
+    #   parts      board, dev (a state.Device), outbox, client; out(line) prints an event line
+    #   settings   interval_ms, count (None: forever), timeout_ms, ack_ms; t_readings, t_ack,
+    #              t_status: the device's topics
+    #   counters   produced, acked, published, republished, bad_acks, heap_max, heap_end (the
+    #              summary's, see the module comment)
+    #   state      crash: why a task died, or None; done: the loop is over (the count satisfied,
+    #              or a task died)
+    #   internal   only the methods change these: kick (a new reading is queued), idle (the
+    #              sender sleeps between passes: produce() may wake it), stop (run() is ending)
+    # run() sets the private _last_announced and _snd (the sender's task) before anything reads
+    # them.
+
     # -- acks -----------------------------------------------------------------------------
 
     def on_message(self, topic, payload, retained):
@@ -194,15 +207,15 @@ class Loop:
         msg = self.dev.next_reading(data, self.board.time())
         self.outbox.append(seq, msg)
         self.produced += 1
-        self._kick = True
-        if self._idle:          # the sender sleeps: wake it, a new reading is due now
-            self._idle = False
+        self.kick = True
+        if self.idle:          # the sender sleeps: wake it, a new reading is due now
+            self.idle = False
             self._snd.cancel()
         return seq
 
     async def _producer(self):
         next_t = time.ticks_ms()
-        while not self._stop and (self.count is None or self.produced < self.count):
+        while not self.stop and (self.count is None or self.produced < self.count):
             self.produce()
             self._sample_heap()
             next_t = time.ticks_add(next_t, self.interval_ms)
@@ -250,7 +263,7 @@ class Loop:
         seen = 0
         fails = 0
         up = False
-        while not self._stop:
+        while not self.stop:
             c = self.client
             if c.failures != fails:
                 fails = c.failures
@@ -268,16 +281,16 @@ class Loop:
             if up and not c.isconnected():
                 up = False
                 self.out("disconnected err=%s" % _err(c.error))
-            if not (self._kick or self._stop):     # a new reading, or 500 ms at most
-                self._idle = True
+            if not (self.kick or self.stop):     # a new reading, or 500 ms at most
+                self.idle = True
                 try:
                     await asyncio.sleep_ms(500)
                 except asyncio.CancelledError:
-                    if self._stop or not self._kick:
+                    if self.stop or not self.kick:
                         raise       # not produce() waking it: the loop is ending
                 finally:
-                    self._idle = False
-            self._kick = False
+                    self.idle = False
+            self.kick = False
             self.board.feed()
 
     async def _guard(self, coro, name):
@@ -337,7 +350,7 @@ class Loop:
             gc.collect()
             self.heap_end = gc.mem_alloc()
         finally:
-            self._stop = True
+            self.stop = True
             prod.cancel()
             snd.cancel()
             if self.client.isconnected():

@@ -159,7 +159,7 @@ def make_loop(board, dev, outbox, client, interval=60, count=None, timeout=120, 
     prints the loop's event lines."""
     from anchor.device import Loop
 
-    loop = Loop()
+    loop = Loop()           # device.Loop lists these attributes
     loop.board = board
     loop.dev = dev
     loop.outbox = outbox
@@ -180,13 +180,11 @@ def make_loop(board, dev, outbox, client, interval=60, count=None, timeout=120, 
     loop.bad_acks = 0
     loop.heap_max = 0
     loop.heap_end = 0
-    loop._last_announced = -1
     loop.crash = None
-    loop._kick = False      # a new reading is queued (produce() sets it)
-    loop._idle = False      # the sender sleeps between passes (produce() may wake it)
-    loop._snd = None        # the sender's task (run() starts it)
-    loop.done = False       # the loop is over: count satisfied, or a task died
-    loop._stop = False
+    loop.done = False
+    loop.kick = False
+    loop.idle = False
+    loop.stop = False
     client.set_last_will(loop.t_status, b"offline", retain=True, qos=1)
     client.set_birth(loop.t_status, b"online", retain=True, qos=1)
     client.on_message = loop.on_message

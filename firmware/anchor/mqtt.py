@@ -43,7 +43,7 @@ reused for every packet; inflight holds references to the caller's topic/payload
 copies); max_inflight bounds it. Each packet goes out in one write (see write_packet). Once
 connected, nothing waits with asyncio.wait_for, a Lock or an Event (each wait_for call allocates two
 tasks and a generator, live while it waits, and a device's heap is small): a drain that takes longer
-than response_timeout is caught by the ticker (`_wt`, the start of the drain in progress, which also
+than response_timeout is caught by the ticker (`wt`, the start of the drain in progress, which also
 keeps packets whole: one drain at a time), and waiting for an acknowledgement or a state change
 polls the state every _POLL_MS (5 ms, only while something is awaited); the supervisor waits for the
 reader task to end, which _fail() brings about. asyncio.wait_for_ms is left to the connection
@@ -185,8 +185,27 @@ class MQTTClient:
         c.subscribe("anchor/dev-1/ack", 1)
         asyncio.create_task(c.run())      # connects and reconnects forever
         await c.wait_connected()
-        await c.publish("anchor/dev-1/readings", msg, qos=1)
-    """
+        await c.publish("anchor/dev-1/readings", msg, qos=1)"""
+
+    # Attributes (make_client sets every one; there is no constructor, see the module docstring):
+    #   settings      client_id, host, port, keepalive (s), clean_session, ssl (None or an
+    #                 SSLContext), user, password, response_ms, retries, max_inflight,
+    #                 backoff_min_ms, backoff_max_ms, max_packet, connector, wait_network, tick_ms
+    #                 (the ticker's period): make_client's arguments
+    #   registered    will, birth: (topic, msg, retain, qos) or None; subs: [(topic, qos)], sent
+    #                 again on every connect; on_message: the callback, or None
+    #   state         inflight: pid -> [topic, payload, retain, sent ticks_ms, tries]; stream: the
+    #                 connection's, None while down; session_present; error: the OSError that
+    #                 ended the last connection or attempt
+    #   counters      connects, failures (failed attempts), retransmits, pings, received
+    #   internal      only the methods change these: pid (the last packet id given out); up (the
+    #                 stream is usable, from CONNACK on); ready (subscribed and birth sent too:
+    #                 isconnected()); closing (disconnect() was called); tasks (the connection's
+    #                 reader and ticker); hdr (5 bytes: a PUBLISH's fixed header); buf (packet
+    #                 assembly, grown to the largest packet); wt (ticks_ms when the drain in
+    #                 progress started, else None); subacks (pid -> SUBACK code, None while
+    #                 awaited)
+    # connect() sets the private _down, _last_rx and _last_tx before anything reads them.
 
     # -- configuration --------------------------------------------------------------------
 
@@ -200,17 +219,17 @@ class MQTTClient:
         """Register a subscription; it is (re)sent on every connect, and now if connected."""
         t = _bytes(topic)
         self.subs.append((t, qos))
-        if self._up:
+        if self.up:
             asyncio.create_task(self._subscribe_now(t, qos))
 
     # -- state ----------------------------------------------------------------------------
 
     def isconnected(self):
         """True once connected, subscribed and the birth message sent, until a failure."""
-        return self._ready
+        return self.ready
 
     async def wait_connected(self):
-        while not self._ready:
+        while not self.ready:
             await asyncio.sleep_ms(_POLL_MS)
 
     # -- one connection -------------------------------------------------------------------
@@ -225,7 +244,7 @@ class MQTTClient:
         self._down = False
         try:
             self.stream = await asyncio.wait_for_ms(
-                self._connector(self.host, self.port, self.ssl), self.response_ms)
+                self.connector(self.host, self.port, self.ssl), self.response_ms)
         except asyncio.TimeoutError:
             raise OSError(ETIMEDOUT)
         try:
@@ -244,9 +263,9 @@ class MQTTClient:
             self.session_present = bool(body[0] & 1)
             now = time.ticks_ms()
             self._last_rx = now
-            self._up = True
+            self.up = True
             self.connects += 1
-            self._tasks = [asyncio.create_task(self._reader()),
+            self.tasks = [asyncio.create_task(self._reader()),
                            asyncio.create_task(self._ticker())]
             if self.session_present:
                 # MQTT 3.1.1 section 4.4: resend unacknowledged publishes with DUP
@@ -266,51 +285,51 @@ class MQTTClient:
             if isinstance(e, (EOFError, asyncio.TimeoutError)):
                 raise OSError(ECONNRESET)
             raise
-        self._ready = True
+        self.ready = True
         return self.session_present
 
     async def _subscribe_now(self, topic, qos):
         pid = self._next_pid()
-        self._subacks[pid] = None
+        self.subacks[pid] = None
         await self.write_packet(subscribe_packet(pid, topic, qos))
         t0 = time.ticks_ms()
-        while self._subacks.get(pid) is None:
-            if not self._up:
+        while self.subacks.get(pid) is None:
+            if not self.up:
                 raise OSError(ENOTCONN)
             if time.ticks_diff(time.ticks_ms(), t0) > self.response_ms:
-                self._subacks.pop(pid, None)
+                self.subacks.pop(pid, None)
                 raise OSError(ETIMEDOUT)
             await asyncio.sleep_ms(_POLL_MS)
-        code = self._subacks.pop(pid)
+        code = self.subacks.pop(pid)
         if code == 0x80:
             raise OSError(ECONNREFUSED)   # the broker refused the subscription (ACL)
 
     def _next_pid(self):
-        pid = self._pid
+        pid = self.pid
         while True:
             pid = pid + 1 if pid < 65535 else 1
-            if pid not in self.inflight and pid not in self._subacks:
-                self._pid = pid
+            if pid not in self.inflight and pid not in self.subacks:
+                self.pid = pid
                 return pid
 
     # -- sending --------------------------------------------------------------------------
 
     async def write_packet(self, *parts):
-        """Write parts as one packet. One packet at a time: while a drain is in progress (`_wt`
+        """Write parts as one packet. One packet at a time: while a drain is in progress (`wt`
         holds when it started), another writer waits for it to end. A drain that takes more
         than response_timeout fails the connection (OSError(ETIMEDOUT)): the ticker checks, and
         so does a writer waiting for it."""
         s = self.stream
         if s is None:
             raise OSError(ENOTCONN)
-        while self._wt is not None and s is self.stream:
-            if time.ticks_diff(time.ticks_ms(), self._wt) > self.response_ms:
+        while self.wt is not None and s is self.stream:
+            if time.ticks_diff(time.ticks_ms(), self.wt) > self.response_ms:
                 self._fail(OSError(ETIMEDOUT))
                 raise OSError(ETIMEDOUT)
             await asyncio.sleep_ms(1)
         if s is not self.stream:
             raise OSError(ENOTCONN)
-        self._wt = time.ticks_ms()
+        self.wt = time.ticks_ms()
         try:
             try:
                 if len(parts) == 1:
@@ -323,9 +342,9 @@ class MQTTClient:
                     n = 0
                     for p in parts:
                         n += len(p)
-                    if len(self._buf) < n:
-                        self._buf = bytearray(n + 64)
-                    mv = memoryview(self._buf)
+                    if len(self.buf) < n:
+                        self.buf = bytearray(n + 64)
+                    mv = memoryview(self.buf)
                     o = 0
                     for p in parts:
                         k = len(p)
@@ -338,7 +357,7 @@ class MQTTClient:
                 raise
         finally:
             if s is self.stream:   # not a new connection's writer's
-                self._wt = None
+                self.wt = None
         self._last_tx = time.ticks_ms()
 
     async def publish(self, topic, payload, retain=False, qos=0, wait=False):
@@ -349,20 +368,20 @@ class MQTTClient:
         or when a reconnect without the session dropped the message before its PUBACK.
         """
         t = _bytes(topic)
-        if not self._up:
+        if not self.up:
             raise OSError(ENOTCONN)
         pid = 0
         if qos:
             while len(self.inflight) >= self.max_inflight:
                 await asyncio.sleep_ms(_POLL_MS)
-                if not self._up:
+                if not self.up:
                     raise OSError(ENOTCONN)
             pid = self._next_pid()
             e = self.inflight[pid] = [t, payload, retain, time.ticks_ms(), 0]
         await self._send_publish(t, payload, qos, pid, retain, False)
         if wait and qos:
             while self.inflight.get(pid) is e:
-                if not self._up:
+                if not self.up:
                     raise OSError(ENOTCONN)
                 await asyncio.sleep_ms(_POLL_MS)
             if e[4] < 0:    # dropped by a reconnect that found no session: never acknowledged
@@ -370,7 +389,7 @@ class MQTTClient:
         return pid
 
     async def _send_publish(self, t, payload, qos, pid, retain, dup):
-        h = self._hdr
+        h = self.hdr
         n = publish_header(h, len(t), len(payload), qos, retain, dup)
         if qos:
             await self.write_packet(memoryview(h)[:n], struct.pack("!H", len(t)), t,
@@ -451,8 +470,8 @@ class MQTTClient:
         elif kind == _SUBACK:
             if len(body) >= 3:
                 pid = (body[0] << 8) | body[1]
-                if pid in self._subacks:
-                    self._subacks[pid] = 0x80 if body[2] == 0x80 else 0
+                if pid in self.subacks:
+                    self.subacks[pid] = 0x80 if body[2] == 0x80 else 0
         elif kind == _PINGRESP:
             pass
         else:
@@ -463,12 +482,12 @@ class MQTTClient:
     async def _ticker(self):
         ka = self.keepalive * 1000
         try:
-            while self._up:
-                await asyncio.sleep_ms(self._tick_ms)
+            while self.up:
+                await asyncio.sleep_ms(self.tick_ms)
                 now = time.ticks_ms()
                 if ka and time.ticks_diff(now, self._last_rx) > ka + ka // 2:
                     raise OSError(ETIMEDOUT)
-                w = self._wt
+                w = self.wt
                 if w is not None:   # a packet is being written: no resend or ping now
                     if time.ticks_diff(now, w) > self.response_ms:
                         raise OSError(ETIMEDOUT)    # its drain is stuck
@@ -492,43 +511,43 @@ class MQTTClient:
     def _fail(self, exc):
         """Mark the connection dead (idempotent). The supervisor tears it down: it waits for
         the reader task to end, so the reader is cancelled here unless it is the caller."""
-        if self._up or self.stream is not None:
-            if self.error is None or self._up:
+        if self.up or self.stream is not None:
+            if self.error is None or self.up:
                 self.error = exc
-            self._up = False
-            self._ready = False
+            self.up = False
+            self.ready = False
             self._down = True
-            if self._tasks:
+            if self.tasks:
                 try:
-                    self._tasks[0].cancel()
+                    self.tasks[0].cancel()
                 except RuntimeError:    # the reader failing itself: it ends anyway
                     pass
 
     async def close(self):
         """Close the connection and stop its tasks, without DISCONNECT (run() reconnects)."""
-        self._up = False
-        self._ready = False
+        self.up = False
+        self.ready = False
         cur = asyncio.current_task()
-        for t in self._tasks:
+        for t in self.tasks:
             if t is not cur:
                 t.cancel()
-        self._tasks = []
-        self._wt = None
+        self.tasks = []
+        self.wt = None
         s, self.stream = self.stream, None
         if s is not None:
             try:
                 await s.wait_closed()
             except Exception:
                 pass
-        self._subacks = {}
+        self.subacks = {}
 
     async def run(self):
         """Connect, and reconnect with exponential backoff and jitter, until disconnect()."""
         delay = self.backoff_min_ms
-        while not self._closing:
+        while not self.closing:
             try:
-                if self._wait_network is not None:
-                    await self._wait_network()     # e.g. Wi-Fi join on a board
+                if self.wait_network is not None:
+                    await self.wait_network()     # e.g. Wi-Fi join on a board
                 await self.connect()
                 delay = self.backoff_min_ms
             except OSError as e:
@@ -541,7 +560,7 @@ class MQTTClient:
                 delay = min(delay * 2, self.backoff_max_ms)
                 continue
             try:
-                await self._tasks[0]    # the reader: it ends when the connection does
+                await self.tasks[0]    # the reader: it ends when the connection does
             except asyncio.CancelledError:
                 if not self._down:
                     raise               # this task is being cancelled, not the reader
@@ -549,8 +568,8 @@ class MQTTClient:
 
     async def disconnect(self):
         """Clean shutdown: DISCONNECT (so the broker discards the will) and close."""
-        self._closing = True
-        if self._up:
+        self.closing = True
+        if self.up:
             try:
                 await self.write_packet(DISCONNECT)
             except OSError:

@@ -21,7 +21,7 @@ def make_client(client_id, host, port=1883, keepalive=60, clean_session=False,
     if ssl is True:
         ctx = _ssl.SSLContext(_ssl.PROTOCOL_TLS_CLIENT)
         ssl = ctx
-    c = MQTTClient()
+    c = MQTTClient()        # mqtt.MQTTClient lists these attributes
     c.client_id = client_id
     c.host = host
     c.port = port
@@ -36,35 +36,31 @@ def make_client(client_id, host, port=1883, keepalive=60, clean_session=False,
     c.backoff_min_ms = int(backoff_min * 1000)
     c.backoff_max_ms = int(backoff_max * 1000)
     c.max_packet = max_packet
-    c._connector = connector or _open
-    c._wait_network = wait_network   # async fn, awaited before each connect attempt
-    c._tick_ms = tick_ms
+    c.connector = connector or _open
+    c.wait_network = wait_network
+    c.tick_ms = tick_ms
     c.will = None
     c.birth = None
-    c.subs = []              # [(topic bytes, qos)], sent again after every connect
-    c.on_message = None      # callback(topic: bytes, payload: bytes, retained: bool)
-    c.inflight = {}          # pid -> [topic, payload, retain, sent_ticks, tries]
-    c._pid = 0
-    c.stream = None          # the connection's stream, None while down
-    c._up = False            # the socket is usable (set before the subscriptions)
-    c._ready = False         # connected, subscribed, birth sent: isconnected()
-    c._closing = False
-    c._tasks = []
-    c._hdr = bytearray(5)
-    c._buf = bytearray(256)  # packet assembly; grows to the largest packet sent
-    c._wt = None             # ticks_ms when the drain in progress started (write_packet)
-    c._down = False          # the current connection died (run() then tears it down)
-    c._subacks = {}
-    c._last_rx = 0
-    c._last_tx = 0
+    c.subs = []
+    c.on_message = None
+    c.inflight = {}
+    c.stream = None
     c.session_present = False
-    c.error = None           # the OSError that ended the last connection
-    # counters for status lines and tests
+    c.error = None
     c.connects = 0
-    c.failures = 0           # failed connection attempts
+    c.failures = 0
     c.retransmits = 0
     c.pings = 0
     c.received = 0
+    c.pid = 0
+    c.up = False
+    c.ready = False
+    c.closing = False
+    c.tasks = []
+    c.hdr = bytearray(5)
+    c.buf = bytearray(256)
+    c.wt = None
+    c.subacks = {}
     return c
 
 

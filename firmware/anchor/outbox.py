@@ -123,9 +123,21 @@ class Outbox:
     """The flash outbox in `root`/outbox. See the module comment for format and policy. Made by
     outbox_load.load_outbox(root, ...): no constructor here, its code is start-up code."""
 
+    # Attributes (load_outbox sets every one):
+    #   settings   dir (root/outbox), max_records, seg_records, seg_bytes, max_segs
+    #              (max_records // seg_records + 2): load_outbox's arguments
+    #   state      segs: the _Seg of each segment file, oldest first; upto: every seq <= upto is
+    #              done; pending: readings waiting; last_seq: the highest seq appended (after a
+    #              reload: on flash, or upto if higher; -1: none); dropped: readings dropped,
+    #              ever (persisted); corrupt: files whose tail a bad record cut at load
+    #   internal   for outbox_load and outbox_trim: cur (the segment appends go to, never one
+    #              from before a reload, or None), log_size (bytes in acks.log), next_num (the
+    #              next segment file's number); the methods path, log, mark and sweep
+
     # -- load -----------------------------------------------------------------------------
 
-    def _path(self, num):
+    def path(self, num):
+        """The path of segment file `num`."""
         return "%s/%08d.seg" % (self.dir, num)
 
     # -- append ---------------------------------------------------------------------------
@@ -136,13 +148,13 @@ class Outbox:
             raise ValueError("reading of %d bytes is too large for the outbox" % len(msg))
         while self.pending >= self.max_records:
             self._drop_oldest()
-        cur = self._cur
+        cur = self.cur
         if cur is None or cur.n >= self.seg_records or \
                 cur.size + HDR + len(msg) > self.seg_bytes:
             while len(self.segs) >= self.max_segs:
                 self._drop_segment(self.segs[0])
-            cur = self._cur = _Seg(self._next_num, self._path(self._next_num), self.seg_records)
-            self._next_num += 1
+            cur = self.cur = _Seg(self.next_num, self.path(self.next_num), self.seg_records)
+            self.next_num += 1
             self.segs.append(cur)
         rec = _record(READING, seq, msg)
         with open(cur.path, "ab") as f:
@@ -200,7 +212,7 @@ class Outbox:
                     newly += 1
         if upto > self.upto or newly:
             extra = [s for s in seqs if upto < s <= self.last_seq]
-            self._log(_record(ACK, max(upto, self.upto) + 1, _u32s(extra)))
+            self.log(_record(ACK, max(upto, self.upto) + 1, _u32s(extra)))
             if upto > self.upto:
                 self.upto = upto
             for seg in self.segs:
@@ -210,38 +222,40 @@ class Outbox:
                 sq = seg.seqs
                 for i in range(len(st)):
                     if st[i] == PENDING and (sq[i] <= upto or sq[i] in seqs):
-                        self._mark(seg, i)
-            self._sweep()
+                        self.mark(seg, i)
+            self.sweep()
         return newly
 
-    def _mark(self, seg, i):
+    def mark(self, seg, i):
+        """Record i of seg is done. Requires it waiting, and its ack or drop in acks.log."""
         seg.st[i] = DONE
         seg.pending -= 1
         self.pending -= 1
 
-    def _sweep(self):
+    def sweep(self):
         """Delete segments with nothing waiting (the one being appended to only once it is
         full, so a quiet device does not create and delete a file per reading); compact the
         log when it is long."""
         keep = []
         for seg in self.segs:
-            if seg.pending == 0 and (seg is not self._cur or seg.n >= self.seg_records):
+            if seg.pending == 0 and (seg is not self.cur or seg.n >= self.seg_records):
                 try:
                     os.remove(seg.path)
                 except OSError:
                     pass
-                if seg is self._cur:
-                    self._cur = None
+                if seg is self.cur:
+                    self.cur = None
             else:
                 keep.append(seg)
         self.segs = keep
-        if self._log_size > LOG_COMPACT:
+        if self.log_size > LOG_COMPACT:
             self.compact_log()
 
-    def _log(self, rec):
+    def log(self, rec):
+        """Append record `rec` (built by _record) to acks.log."""
         with open(self.dir + "/acks.log", "ab") as f:
             f.write(rec)
-        self._log_size += len(rec)
+        self.log_size += len(rec)
 
     # -- reading back ---------------------------------------------------------------------
 

@@ -39,21 +39,21 @@ def load_outbox(root, max_records=1000, seg_records=64, seg_bytes=16384):
     if max_records < 1 or seg_records < 1 or not 1024 <= seg_bytes <= 65535:
         raise ValueError("outbox sizes out of range: max_records >= 1, seg_records >= 1, "
                          "1024 <= seg_bytes <= 65535")
-    ob = Outbox()
+    ob = Outbox()           # outbox.Outbox lists these attributes
     ob.dir = root.rstrip("/") + "/outbox"
     ob.max_records = max_records
     ob.seg_records = seg_records
     ob.seg_bytes = seg_bytes
     ob.max_segs = max_records // seg_records + 2
-    ob.segs = []            # _Seg, oldest first
-    ob._cur = None          # the segment appends go to (never one from before a reload)
-    ob.upto = -1            # every seq <= upto is done
+    ob.segs = []
+    ob.cur = None
+    ob.upto = -1
     ob.dropped = 0
     ob.pending = 0
-    ob.last_seq = -1        # highest seq ever appended that is still on flash
-    ob.corrupt = 0          # files whose tail was cut by a bad record at load
-    ob._log_size = 0
-    ob._next_num = 1
+    ob.last_seq = -1
+    ob.corrupt = 0
+    ob.log_size = 0
+    ob.next_num = 1
     _load(ob)
     return ob
 
@@ -88,8 +88,8 @@ def _load(ob):
             for i in range(4, len(payload), 4):
                 extra.add(struct.unpack_from("<I", payload, i)[0])
         good_end = off + HDR + len(payload)
-    ob._log_size = _size(log)
-    torn_log = ob._log_size != good_end
+    ob.log_size = _size(log)
+    torn_log = ob.log_size != good_end
     if torn_log:
         ob.corrupt += 1
     nums = []
@@ -101,7 +101,7 @@ def _load(ob):
                 pass
     nums.sort()
     for num in nums:
-        seg = _Seg(num, ob._path(num), ob.seg_records)
+        seg = _Seg(num, ob.path(num), ob.seg_records)
         end = 0
         for kind, seq, payload, off in _records(seg.path):
             if kind != READING:
@@ -115,13 +115,13 @@ def _load(ob):
             ob.corrupt += 1
         ob.pending += seg.pending
         ob.segs.append(seg)
-        ob._next_num = num + 1
+        ob.next_num = num + 1
     extra = None
     if ob.upto > ob.last_seq:
         ob.last_seq = ob.upto
-    ob._cur = None
-    ob._sweep()
-    if torn_log or ob._log_size > LOG_COMPACT:
+    ob.cur = None
+    ob.sweep()
+    if torn_log or ob.log_size > LOG_COMPACT:
         ob.compact_log()      # later appends must not sit behind a torn record
 
 

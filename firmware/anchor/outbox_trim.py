@@ -10,10 +10,10 @@ from anchor.outbox import BASE, DONE, DROP, PENDING, _record, _u32s
 def drop(ob, seg, i):
     """Give up on waiting reading i of seg: logged and counted as dropped."""
     if seg.st[i] == PENDING:
-        ob._log(_record(DROP, 0, _u32s((seg.seqs[i],))))
-        ob._mark(seg, i)
+        ob.log(_record(DROP, 0, _u32s((seg.seqs[i],))))
+        ob.mark(seg, i)
         ob.dropped += 1
-        ob._sweep()
+        ob.sweep()
 
 
 def drop_oldest(ob):
@@ -32,12 +32,12 @@ def drop_segment(ob, seg):
     """Drop every waiting reading of seg (too many segment files), then delete it."""
     lost = [seg.seqs[i] for i in range(len(seg.st)) if seg.st[i] == PENDING]
     if lost:
-        ob._log(_record(DROP, 0, _u32s(lost)))
+        ob.log(_record(DROP, 0, _u32s(lost)))
         ob.dropped += len(lost)
     for i in range(len(seg.st)):
         if seg.st[i] == PENDING:
-            ob._mark(seg, i)
-    ob._sweep()
+            ob.mark(seg, i)
+    ob.sweep()
 
 
 def compact_log(ob):
@@ -59,4 +59,4 @@ def compact_log(ob):
     except OSError:             # FAT cannot rename over a file; load() handles a crash here
         os.remove(log)
         os.rename(tmp, log)
-    ob._log_size = len(rec)
+    ob.log_size = len(rec)

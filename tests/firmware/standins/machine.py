@@ -20,6 +20,7 @@ class _Sim:
         self.pin_log = []  # (pin id, value) for every output write
         self.pins = {}
         self.wdt = None
+        self.wdt_fed = 0  # ticks_ms of the watchdog's last feed (or its start)
         self.wdt_bites = 0  # times the real watchdog would have reset the chip
         self.resets = 0
         self.reset_cause = PWRON_RESET
@@ -55,7 +56,7 @@ class _Sim:
     def check_wdt(self):
         """True when the watchdog has not been fed within its timeout right now."""
         w = self.wdt
-        return w is not None and time.ticks_diff(time.ticks_ms(), w._last) > w.timeout
+        return w is not None and time.ticks_diff(time.ticks_ms(), self.wdt_fed) > w.timeout
 
 
 sim = _Sim()
@@ -155,13 +156,13 @@ class WDT:
         if sim.wdt_max is not None and timeout > sim.wdt_max:
             raise ValueError(f"timeout exceeds {sim.wdt_max}")
         self.timeout = timeout
-        self._last = time.ticks_ms()
         sim.wdt = self
+        sim.wdt_fed = time.ticks_ms()
 
     def feed(self):
-        if time.ticks_diff(time.ticks_ms(), self._last) > self.timeout:
+        if time.ticks_diff(time.ticks_ms(), sim.wdt_fed) > self.timeout:
             sim.wdt_bites += 1  # the real chip would have reset before this feed
-        self._last = time.ticks_ms()
+        sim.wdt_fed = time.ticks_ms()
 
 
 class I2C:

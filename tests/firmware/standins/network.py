@@ -34,6 +34,7 @@ class _Sim:
         self.join_ms = 30  # time a join takes
         self.fail_joins = 0  # the next n joins end in STAT_CONNECT_FAIL
         self.joins = 0
+        self.drops = 0  # drop() calls; a station that came up before the last one has lost its link
         self.flavour("esp32")
 
     def flavour(self, name):
@@ -48,9 +49,7 @@ class _Sim:
 
     def drop(self):
         """The access point goes away under a connected station (link lost)."""
-        for w in _ifaces.values():
-            if w._state == "up":
-                w._state = "lost"
+        self.drops += 1
 
 
 sim = _Sim()
@@ -79,6 +78,7 @@ class WLAN:
             w._key = None
             w._t0 = 0
             w._outcome = None
+            w._drops = 0  # sim.drops when the join ended
             _ifaces[interface] = w
         return w
 
@@ -117,7 +117,8 @@ class WLAN:
     def _settle(self):
         if self._state == "joining" and time.ticks_diff(time.ticks_ms(), self._t0) >= sim.join_ms:
             self._state = self._outcome
-        if self._state == "up" and not sim.ap_up:
+            self._drops = sim.drops
+        if self._state == "up" and (not sim.ap_up or self._drops != sim.drops):
             self._state = "lost"
 
     def isconnected(self):
