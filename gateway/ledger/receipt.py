@@ -125,14 +125,14 @@ def build_receipt(
             "size": batch_size,
             "proof": [bytes(h).hex() for h in reading_proof],
         },
-        "entry": {
-            "cbor": bytes(entry).hex(),
-            "index": entry_index,
-            "size": tree_size,
-            "proof": [bytes(h).hex() for h in entry_proof],
-        },
+        "entry": _entry_part(entry, entry_index, tree_size, entry_proof),
         "checkpoint": checkpoint,
     }
+
+
+def _entry_part(entry: bytes, index: int, size: int, proof: Sequence[bytes]) -> dict[str, Any]:
+    return {"cbor": bytes(entry).hex(), "index": index, "size": size,
+            "proof": [bytes(h).hex() for h in proof]}
 
 
 def receipt_to_json(receipt: Mapping[str, Any]) -> str:
@@ -329,12 +329,7 @@ def build_entry_receipt(*, entry: bytes, entry_index: int, tree_size: int,
     return {
         "version": RECEIPT_VERSION,
         "kind": kind,
-        "entry": {
-            "cbor": bytes(entry).hex(),
-            "index": entry_index,
-            "size": tree_size,
-            "proof": [bytes(h).hex() for h in entry_proof],
-        },
+        "entry": _entry_part(entry, entry_index, tree_size, entry_proof),
         "checkpoint": checkpoint,
     }
 

@@ -148,19 +148,10 @@ class Connection(asyncio.Protocol):
         on_publish = self._on_publish
         v5 = self.version == wire.V5
         received: list[int] | None = None if self.manual_ack else []
-        pos, end = 0, len(data)
-        while end - pos >= 2:
-            length = data[pos + 1]
-            start = pos + 2
-            if length & 0x80:  # a remaining length of more than one byte
-                got = wire.read_varint(data, pos + 1, end)
-                if got is None:
-                    break
-                length, start = got
-            stop = start + length
-            if stop > end:
-                break
-            first = data[pos]
+        packets, end = wire.split_packets(data)
+        pos = 0
+        for first, start, stop in packets:
+            length = stop - start
             kind = first & 0xF0
             if kind == _PUBLISH:
                 qos = (first >> 1) & 3
@@ -196,7 +187,9 @@ class Connection(asyncio.Protocol):
             pos = stop
             if self._paused:
                 break
-        if pos < end:
+        else:
+            pos = end  # every whole packet handled; the rest is an incomplete one
+        if pos < len(data):
             self._rest = data[pos:]
         if received:
             self.puback(received)
