@@ -312,13 +312,17 @@ def _proven_entry(ent: Mapping[str, Any], cp_text: str, gateway_vkey: str
         raise _fail(f"ledger entry: {e.what}", "the receipt was altered") from None
     if entry.i != entry_index:
         raise _fail(f"ledger entry says i={entry.i} but entry.index is {entry_index}")
-    try:
-        merkle.verify_inclusion(
-            merkle.leaf_hash(entry_bytes), entry_index, tree_size, _proof(ent, "entry."), cp.root
-        )
-    except merkle.ProofError as e:
-        raise _fail(f"ledger entry not in the checkpoint: {e.what}") from None
+    _included(entry_bytes, entry_index, tree_size, _proof(ent, "entry."), cp.root,
+              "ledger entry not in the checkpoint")
     return entry, cp
+
+
+def _included(data: bytes, index: int, size: int, proof: list[bytes], root: bytes,
+              failure: str) -> None:
+    try:
+        merkle.verify_inclusion(merkle.leaf_hash(data), index, size, proof, root)
+    except merkle.ProofError as e:
+        raise _fail(f"{failure}: {e.what}") from None
 
 
 def build_entry_receipt(*, entry: bytes, entry_index: int, tree_size: int,
@@ -396,12 +400,8 @@ def verify_receipt(
     r_size = _get(reading, "size", int, "reading.")
     if r_size != entry.n:
         raise _fail(f"reading.size {r_size} is not the batch size n={entry.n}")
-    try:
-        merkle.verify_inclusion(
-            merkle.leaf_hash(cose), r_index, r_size, _proof(reading, "reading."), entry.root
-        )
-    except merkle.ProofError as e:
-        raise _fail(f"reading not in the batch: {e.what}") from None
+    _included(cose, r_index, r_size, _proof(reading, "reading."), entry.root,
+              "reading not in the batch")
 
     # 4. the reading itself
     c = _decode_cose(cose)
