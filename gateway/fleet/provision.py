@@ -603,8 +603,7 @@ def check_broker_from_board(board: BoardTransport, url: str, timeout_s: int = 5)
 
 
 KEY_CODE = """
-import os
-from anchor import Error, state
+from anchor import Error, state, state_create
 _d = %r
 _new = %r
 try:
@@ -613,21 +612,13 @@ except Error:
     _dev = None
 _upto = 0
 if _dev is not None and _new:
-    _upto = max(_dev.seq, _dev._reserved_upto)
-    for _n in (state.KEY_FILE, state.SEQ_FILE, state.LAST_FILE):
-        for _p in (_d + '/' + _n, _d + '/' + _n + '.tmp'):
-            try:
-                os.remove(_p)
-            except OSError:
-                pass
+    # a new key continues the old seq numbers: a seq is never reused by a device id
+    _upto = max(_dev.seq, _dev.reserved_upto)
+    state_create.remove(_d)
     _dev = None
 _fresh = _dev is None
 if _fresh:
-    _dev = state.Device.create(_d, dev_id=%r)
-    if _upto:
-        # a new key continues the old seq numbers: a seq is never reused by a device id
-        state._write_atomic(_d + '/' + state.SEQ_FILE,
-                            ('{"v": 1, "reserved_upto": %%d}' %% _upto).encode())
+    _dev = state.Device.create(_d, dev_id=%r, first_seq=_upto)
 print(repr((_fresh, _dev.dev_id, ''.join('%%02x' %% b for b in _dev.public_key), _dev.seq)))
 """
 
