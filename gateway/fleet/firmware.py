@@ -82,8 +82,14 @@ def firmware_dir() -> Path:
 
 
 def firmware_main() -> Path:
-    """The firmware's main.py (`micropython main.py keygen|sign|run ...`)."""
-    return firmware_dir() / "main.py"
+    """The firmware's main.py (`micropython main.py keygen|sign|run ...`); ConfigError when
+    the tree has none."""
+    main = firmware_dir() / "main.py"
+    if not main.is_file():
+        raise ConfigError(f"the firmware at {main.parent} has no main.py",
+                          "reinstall iot-anchor, or point $IOT_ANCHOR_FIRMWARE at a complete "
+                          "firmware directory")
+    return main
 
 
 def board_files(firmware: Path | None = None) -> list[str]:
