@@ -10,12 +10,13 @@ site-packages. `firmware_dir()` takes the first of:
    wins over the one installed.
 2. The package data installed with this gateway. It is looked up under the gateway package that
    is running, so it is the firmware of the same installation and version: the gateway's file
-   list, key code and retired-module list match it. An editable install (``pip install -e``)
-   finds the checkout's firmware/ here too, through setuptools' mapping.
-3. The firmware/ of the source checkout that this gateway/ was imported from (``python -m
-   gateway`` in a checkout that was never installed). Only tried when there is no package data:
-   the test for a checkout (firmware/package.json beside gateway/) is a guess about the
-   directory above the package, which in an installed copy is site-packages.
+   list, key code and retired-module list match it.
+3. The firmware/ of the source checkout that this gateway/ was imported from: a checkout run
+   as it is (``python -m gateway`` in it), or installed editable (``pip install -e``: setuptools'
+   editable finder maps only packages with an __init__.py, and the tree has none). Only tried
+   when there is no package data: the test for a checkout (firmware/package.json beside
+   gateway/) is a guess about the directory above the package, which in an installed copy is
+   site-packages.
 
 Each is a real directory (not a zip): mpy-cross and MicroPython read the files by path.
 """
