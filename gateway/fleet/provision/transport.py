@@ -221,7 +221,8 @@ class LocalUnixBoard(BoardTransport):
 
     def __init__(self, root: Path, micropython: str, prelude: str = "",
                  extra_path: Sequence[str] = (), heapsize: str | None = None) -> None:
-        self.root = Path(root)
+        # absolute: the code runs with the root as its cwd and also changes into it
+        self.root = Path(root).absolute()
         self.root.mkdir(parents=True, exist_ok=True)
         self.micropython = micropython
         self.name = f"unix:{self.root}"
