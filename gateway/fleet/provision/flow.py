@@ -9,15 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.fleet import registry
+from gateway.fleet.provision import checks
 from gateway.fleet.provision.board_paths import CONFIG_PATH
-from gateway.fleet.provision.checks import (
-    SUPPORTED_PLATFORMS,
-    check_board,
-    check_broker_from_board,
-    check_broker_from_host,
-    check_wifi,
-    parse_broker,
-)
 from gateway.fleet.provision.compile import choose_mpy_cross, compile_firmware
 from gateway.fleet.provision.first_reading import wait_first_reading
 from gateway.fleet.provision.install import install
@@ -40,7 +33,7 @@ class Options:
     sensors: list[str] = field(default_factory=lambda: ["mcu"])
     board_config: dict[str, object] = field(default_factory=dict)  # more /anchor.json keys
     wait: float = 120  # seconds to wait for the first reading
-    platforms: Sequence[str] = SUPPORTED_PLATFORMS
+    platforms: Sequence[str] = checks.SUPPORTED_PLATFORMS
     check_network: bool = True
 
 
@@ -71,10 +64,10 @@ def provision(board: BoardTransport, opts: Options,
     """All the steps, in order (see gateway.fleet.provision's docstring); `say` reports each.
     Raises ProvisionError (or another AnchorError) naming the step that failed."""
     registry.check_device_id(opts.dev_id)
-    broker = parse_broker(opts.broker)
-    check_broker_from_host(opts.broker)
+    broker = checks.parse_broker(opts.broker)
+    checks.check_broker_from_host(opts.broker)
     info = board.info()
-    check_board(info, opts.platforms)
+    checks.check_board(info, opts.platforms)
     board.hold()
     say(f"board: MicroPython {info.version_text} on {info.platform} ({info.machine}), "
         f".mpy v{info.mpy_version[0]}.{info.mpy_version[1]}, {info.free} bytes free")
@@ -85,9 +78,9 @@ def provision(board: BoardTransport, opts: Options,
     install(board, files, cfg)
     say(f"copied {len(files)} files (compiled with {exe}) and wrote /{CONFIG_PATH}")
     if opts.check_network:
-        ip = check_wifi(board)
+        ip = checks.check_wifi(board)
         say(f"Wi-Fi: joined '{opts.wifi_ssid}' as {ip}")
-        check_broker_from_board(board, opts.broker)
+        checks.check_broker_from_board(board, opts.broker)
         say(f"broker: {broker.host}:{broker.port} reachable from the board")
     state_dir = str(cfg.get("dir", "data")).strip("/") or "data"
     pub, fresh, next_seq = ensure_key(board, opts.dev_id, state_dir, opts.new_key)
