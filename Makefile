@@ -18,6 +18,10 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	@# the build backend ([build-system] requires) in the venv too, so that
+	@# tests/integration/test_wheel.py builds the wheel offline (--no-build-isolation)
+	$(PY) -c 'import subprocess, sys, tomllib; subprocess.check_call([sys.executable, "-m", \
+	  "pip", "install", "-q", *tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]])'
 	$(PY) -m pip install -q -e '.[test]'
 	@touch $@
 

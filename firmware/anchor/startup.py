@@ -3,7 +3,8 @@
 # os.urandom, on the board: the private key never leaves it), and runs the device loop forever.
 #
 # Paths are relative to `root`: "/" on a board; "" (the working directory) when a test boots a
-# directory that stands in for a board's flash (gateway/provision.py LocalUnixBoard).
+# directory that stands in for a board's flash (LocalUnixBoard in
+# gateway/fleet/provision/transport.py).
 #
 # Hold: when the file `anchor.hold` exists at the root, start-up stops before it arms the
 # watchdog and returns to the REPL. `device provision` creates it and hard-resets the board

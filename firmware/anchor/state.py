@@ -10,10 +10,12 @@
 # replace a file, remove NAME first; a NAME.tmp found without NAME is then the newest copy).
 #
 # API for the device loop:
-#   dev = Device.load(dir)                   or Device.create(dir, dev_id=None, secret=None)
+#   dev = Device.load(dir)        or Device.create(dir, dev_id=None, secret=None, first_seq=0)
 #   dev.dev_id, dev.public_key (65 bytes), dev.seq (the next seq), dev.prev (32 bytes),
-#   dev.last_message (bytes or None)
+#   dev.last_message (bytes or None), dev.reserved_upto (seqs below it may have been used)
 #   msg = dev.next_reading({"temp": 21.5}, ts=unix_time())   -> the whole COSE message
+# and for the cold companions and provisioning: write_atomic(path, data), and
+# state_create.remove(dir) (the state's files, before a new key replaces the old one).
 #
 # Durability and power loss. next_reading() signs, then commits last.cose, and only then
 # returns the message; nothing it returns can be lost from the chain's point of view:
@@ -75,7 +77,9 @@ def _path(d, name):
     return d + "/" + name if d else name
 
 
-def _write_atomic(path, data):
+def write_atomic(path, data):
+    """Replace the file at path by data, atomically (see the top of this module). Error if the
+    file system refuses."""
     tmp = path + ".tmp"
     try:
         with open(tmp, "wb") as f:
@@ -97,11 +101,12 @@ def _write_atomic(path, data):
 
 class Device:
     @classmethod
-    def create(cls, d, dev_id=None, secret=None):
-        """New device state in directory d (created if missing); see state_create.create."""
+    def create(cls, d, dev_id=None, secret=None, first_seq=0):
+        """New device state in directory d (created if missing), whose first reading has seq
+        first_seq; see state_create.create."""
         from anchor.state_create import create
 
-        return create(cls, d, dev_id, secret)
+        return create(cls, d, dev_id, secret, first_seq)
 
     @classmethod
     def load(cls, d):
@@ -118,7 +123,7 @@ class Device:
         self._kid = dev_id.encode()
         self.public_key = public_key
         self.seq = seq
-        self._reserved_upto = reserved_upto
+        self.reserved_upto = reserved_upto
         self.last_message = last
         self.prev = sha256(last).digest() if last else bytes(32)  # cose.message_hash
 
@@ -139,12 +144,12 @@ class Device:
             from anchor import error_text  # the message: error path only
 
             raise Error(error_text.reading_size(len(msg)))
-        if seq >= self._reserved_upto:
+        if seq >= self.reserved_upto:
             upto = seq + _SEQ_BLOCK
-            _write_atomic(_path(self.dir, SEQ_FILE),
-                          json.dumps({"v": 1, "reserved_upto": upto}).encode())
-            self._reserved_upto = upto
-        _write_atomic(_path(self.dir, LAST_FILE), msg)
+            write_atomic(_path(self.dir, SEQ_FILE),
+                         json.dumps({"v": 1, "reserved_upto": upto}).encode())
+            self.reserved_upto = upto
+        write_atomic(_path(self.dir, LAST_FILE), msg)
         self.last_message = msg
         self.prev = sha256(msg).digest()
         self.seq = seq + 1

@@ -14,7 +14,7 @@ except ImportError:
 
 from anchor import Error
 from anchor.p256_keys import generate_secret, public_key, secret_from_bytes
-from anchor.state import KEY_FILE, LAST_FILE, SEQ_FILE, _path, _write_atomic
+from anchor.state import KEY_FILE, LAST_FILE, SEQ_FILE, _path, write_atomic
 from anchor.state_load import check_id
 
 
@@ -49,11 +49,13 @@ def makedirs(d):
         raise Error("cannot create directory %s (%s)" % (d, errno_name(e)))
 
 
-def create(cls, d, dev_id=None, secret=None):
+def create(cls, d, dev_id=None, secret=None, first_seq=0):
     """New device state in directory d (created if missing).
 
     secret: None for a new key from os.urandom, else 32 bytes or 64 hex characters.
     dev_id: None for default_id(public key). Refuses a directory that already holds state.
+    first_seq: the seq of the first reading (reserved_upto starts there): a new key for a device
+    id that has signed before continues its seqs, so that no seq is used twice under one id.
     """
     if secret is None:
         s = generate_secret()
@@ -80,6 +82,18 @@ def create(cls, d, dev_id=None, secret=None):
                         "directory" % (d, name))
     key = {"v": 1, "id": dev_id, "secret": hexlify(s.to_bytes(32, "big")).decode(),
            "public": hexlify(pub).decode()}
-    _write_atomic(_path(d, SEQ_FILE), json.dumps({"v": 1, "reserved_upto": 0}).encode())
-    _write_atomic(_path(d, KEY_FILE), json.dumps(key).encode())
-    return cls(d, dev_id, s, pub, 0, 0, None)
+    write_atomic(_path(d, SEQ_FILE),
+                 json.dumps({"v": 1, "reserved_upto": first_seq}).encode())
+    write_atomic(_path(d, KEY_FILE), json.dumps(key).encode())
+    return cls(d, dev_id, s, pub, first_seq, first_seq, None)
+
+
+def remove(d):
+    """Delete the device state in directory d (each file and its .tmp copy; missing ones are
+    fine), so that create() can make a new one there. The private key is gone afterwards."""
+    for name in (KEY_FILE, SEQ_FILE, LAST_FILE):
+        for p in (_path(d, name), _path(d, name + ".tmp")):
+            try:
+                os.remove(p)
+            except OSError:
+                pass

@@ -15,7 +15,7 @@ from binascii import hexlify
 import runner
 from runner import raises
 
-from anchor import Error, cose, state
+from anchor import Error, cose, state, state_create
 from anchor.cbor_decode import decode
 from anchor.cose_verify import decode_sign1, verify1
 from anchor.p256_keys import public_key
@@ -227,6 +227,31 @@ def test_new_keys_are_random():
         a = Device.create(d + "/a")
         b = Device.create(d + "/b")
         assert a.public_key != b.public_key and a.dev_id != b.dev_id
+
+    _with_dir(t)
+
+
+def test_new_key_continues_the_seqs():
+    # provisioning's --new-key: remove the state, then create it again from the old device's
+    # first unused seq (gateway/fleet/provision/onboard/key.py)
+    def t(d):
+        dev = Device.create(d, dev_id="node-1", secret=SECRET_HEX)
+        for i in range(3):
+            dev.next_reading({"x": i})
+        assert dev.seq == 3 and dev.reserved_upto == 64
+        with open(d + "/seq.json.tmp", "w") as f:
+            f.write("{}")  # an unfinished write: removed too
+        state_create.remove(d)
+        assert os.listdir(d) == []
+        first = max(dev.seq, dev.reserved_upto)
+        new = Device.create(d, dev_id="node-1", first_seq=first)
+        assert new.seq == 64 and new.reserved_upto == 64 and new.prev == bytes(32)
+        assert new.public_key != dev.public_key
+        assert _read_json(d + "/seq.json") == {"v": 1, "reserved_upto": 64}
+        assert Device.load(d).seq == 64
+        assert _payload(new.next_reading({"x": 3}))["seq"] == 64
+        assert _read_json(d + "/seq.json")["reserved_upto"] == 128
+        state_create.remove(d)  # again: missing files are fine
 
     _with_dir(t)
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from gateway.errors import AnchorError
 from gateway.sim.broker import PrivateBroker
-from gateway.sim.simulate import ROOT, MicroPythonFleet, stop_process_group
+from gateway.sim.simulate import MicroPythonFleet, stop_process_group
 
 DEVICES = 3
 INTERVAL = 1.0
@@ -56,7 +56,7 @@ class Demo:
     def run_cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         env = dict(os.environ, IOT_ANCHOR_DATA=str(self.data))
         return subprocess.run(cli(*args), capture_output=True, text=True, timeout=timeout,
-                              cwd=ROOT, env=env)
+                              env=env)
 
     def main(self) -> int:
         with PrivateBroker(workdir=self.work / "broker") as broker:
@@ -71,7 +71,7 @@ class Demo:
                 gw = subprocess.Popen(
                     cli("run", "--data", str(self.data), "--broker", broker.url,
                         "--batch-interval", "0.5"),
-                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
+                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                     start_new_session=True)
             fleet = MicroPythonFleet(self.work / "fleet", self.devices)
             try:

@@ -3,15 +3,16 @@
 Two engines:
 
 * `micropython` (default): N real firmware processes under the MicroPython Unix port.
-  Each device has a directory `<fleet>/sim-NNNN` made by `firmware/main.py keygen`; its
+  Each device has a directory `<fleet>/sim-NNNN` made by the firmware's `main.py keygen` (the
+  firmware tree is gateway.fleet.firmware.firmware_dir(): installed with the gateway); its
   public key is kept beside it (`sim-NNNN.pub`) and registered in the gateway's data dir.
-  The devices run `firmware/main.py run --dir D --broker URL --interval S --count C` with
+  The devices run `main.py run --dir D --broker URL --interval S --count C` with
   C = duration / interval readings: after --duration they stop producing and drain their
   outbox. Each prints a JSON summary as its last line ({"produced", "acked", ...}).
   simulate waits up to --drain-timeout after the production window for every process to
   finish; one that has not is stopped with SIGINT, then SIGKILL.
-* `cpython`: the load engine in gateway/loadgen.py (pre-signed messages, the same bytes as the
-  firmware, many devices per process), for scale tests. Device state lives in
+* `cpython`: the load engine in gateway/sim/loadgen.py (pre-signed messages, the same bytes as
+  the firmware, many devices per process), for scale tests. Device state lives in
   `<fleet>/load-NNNN.json` so a second run continues the seqs.
 
 The fleet folder defaults to `<data>/fleet`, so running simulate again on the same data dir
@@ -19,6 +20,8 @@ reuses the devices (their keys are registered once) and their seqs continue.
 simulate does not start a gateway unless asked (`--with-gateway`): run `iot-anchor run`
 beside it, or use `iot-anchor demo`.
 It exits 0 only when every reading produced was acknowledged as anchored.
+The devices and the gateway run in the caller's working directory, so relative paths (--data,
+--fleet-dir) mean the same to them as to the caller.
 """
 
 from __future__ import annotations
@@ -38,24 +41,23 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from gateway.errors import AnchorError, ConfigError
+from gateway.fleet.firmware import firmware_main, setup_build
 from gateway.sim import loadgen
 from gateway.wire.broker_url import redact_url
 from gateway.wire.signer import DeviceSigner
 
-ROOT = Path(__file__).resolve().parents[2]
-FIRMWARE_MAIN = ROOT / "firmware" / "main.py"
-
 
 def micropython_binary() -> str:
-    """$IOT_ANCHOR_MICROPYTHON, else .cache/micropython/micropython, else PATH."""
+    """$IOT_ANCHOR_MICROPYTHON, else the Unix port `make setup` built in the source checkout
+    (.cache/micropython/micropython), else micropython on PATH."""
     env = os.environ.get("IOT_ANCHOR_MICROPYTHON")
     if env:
         if not os.access(env, os.X_OK):
             raise ConfigError(f"IOT_ANCHOR_MICROPYTHON={env} is not an executable",
                               "point it at the MicroPython Unix port or unset it")
         return env
-    built = ROOT / ".cache" / "micropython" / "micropython"
-    if os.access(built, os.X_OK):
+    built = setup_build("micropython")
+    if built and os.access(built, os.X_OK):
         return str(built)
     found = shutil.which("micropython")
     if found:
@@ -65,10 +67,8 @@ def micropython_binary() -> str:
 
 
 def firmware_cmd(*args: str) -> list[str]:
-    if not FIRMWARE_MAIN.is_file():
-        raise ConfigError(f"firmware not found at {FIRMWARE_MAIN}",
-                          "run simulate from a checkout of iot-anchor")
-    return [micropython_binary(), str(FIRMWARE_MAIN), *args]
+    """The command line of the firmware's main.py under the Unix port, with `args`."""
+    return [micropython_binary(), str(firmware_main()), *args]
 
 
 def keygen(dev_dir: Path, dev: str, secret: str | None = None) -> bytes:
@@ -76,8 +76,7 @@ def keygen(dev_dir: Path, dev: str, secret: str | None = None) -> bytes:
     args = ["keygen", "--dir", str(dev_dir), "--id", dev]
     if secret:
         args += ["--secret", secret]
-    p = subprocess.run(firmware_cmd(*args), capture_output=True, text=True, timeout=120,
-                       cwd=ROOT)
+    p = subprocess.run(firmware_cmd(*args), capture_output=True, text=True, timeout=120)
     lines = p.stdout.strip().splitlines()
     if p.returncode != 0 or not lines:
         raise AnchorError(f"firmware keygen for {dev} failed: "
@@ -252,7 +251,7 @@ class MicroPythonFleet:
         with open(d.log, "ab") as log:
             # In our process group: whoever stops simulate's group stops the devices too.
             d.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, cwd=ROOT)
+                                      stdin=subprocess.DEVNULL)
 
     def wait(self, deadline: float) -> None:
         """Wait until every process exits or `deadline` (monotonic) passes; stop the rest."""
@@ -380,7 +379,7 @@ def running_gateway(data_dir: Path, broker: str, log_path: Path,
         proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "run", "--data", str(data_dir), "--broker", broker,
              "--batch-interval", f"{batch_interval:g}"],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT)
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     def said() -> str:
         with open(log_path, "rb") as f:

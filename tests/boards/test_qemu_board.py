@@ -21,6 +21,7 @@ import pytest
 from qemu_helpers import Qemu, RomfsRamBoard, qemu_elf_fixture, qemu_fixture  # noqa: F401
 from selftest_oracle import check
 
+from gateway.fleet.firmware import board_files
 from gateway.fleet.provision import (
     BoardError,
     MpremoteBoard,
@@ -29,7 +30,6 @@ from gateway.fleet.provision import (
     choose_mpy_cross,
     compile_firmware,
     ensure_key,
-    firmware_files,
     install,
 )
 
@@ -65,7 +65,7 @@ def test_selftest_from_compiled_firmware(qemu: Qemu, tmp_path: Path) -> None:
         info = board.info()
         exe = choose_mpy_cross(info.mpy_version)
         files = compile_firmware(exe, tmp_path)
-        assert len(files) == len(firmware_files())
+        assert len(files) == len(board_files())
         cfg = {"id": "qemu-1", "wifi_ssid": "lab", "broker": "mqtt://10.0.2.2:1883"}
         install(board, files, cfg)  # ends with the board parsing the config it was given
         assert board.mounted and board.image_size > 20_000
@@ -110,4 +110,4 @@ def test_provision_flow_on_the_emulator_until_its_limits(qemu: Qemu, broker: obj
         out = board.exec("import anchor.config\nprint(anchor.config.__file__)")
         assert out.strip() == "/rom/lib/anchor/config.mpy"
     assert said[0].startswith("board: MicroPython 1.25.0 on qemu (mps2-an385 with Cortex-M3)")
-    assert said[1].startswith(f"copied {len(firmware_files())} files")
+    assert said[1].startswith(f"copied {len(board_files())} files")

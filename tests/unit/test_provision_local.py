@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
+from gateway.fleet.firmware import board_files
 from gateway.fleet.provision import (
     BoardInfo,
     LocalUnixBoard,
@@ -30,7 +31,6 @@ from gateway.fleet.provision import (
     check_board,
     choose_mpy_cross,
     compile_firmware,
-    firmware_files,
     install,
     provision,
 )
@@ -91,7 +91,7 @@ def test_provision_then_reprovision_keeps_key_then_new_key(
     r = provision(board, options(broker, gateway_data), say=said.append)
     assert r.key_was_new and r.registered == "add" and r.first_seq == 0
     assert r.first_ts is not None  # the stand-in NTP set the clock before the first reading
-    assert r.files == len(firmware_files())
+    assert r.files == len(board_files())
     # the board's flash: compiled modules, source entry points, the config; the private key
     # stays in the board's state directory and only the public key was read back
     root = board.root
