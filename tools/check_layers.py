@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("cli",),
     ("sim",),
     ("service", "fleet", "http"),
-    ("mqtt", "ingest", "audit"),
+    ("mqtt", "ingest", "audit", "tlog"),
     ("storage",),
     ("ledger",),
     ("wire",),
