@@ -680,11 +680,73 @@ class Store:
                       "detail, t) VALUES (?, ?, ?, ?, ?, ?)",
                       (witness, url, size, state, detail, now_ms()))
 
+    def set_witness_config(self, witnesses: list[tuple[str, str]], quorum: int) -> None:
+        """`run --witness`: the witnesses (vkey, URL) and quorum now configured; the status
+        of a witness no longer configured is dropped."""
+        with self.write() as c:
+            c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('witness_quorum', ?)",
+                      (quorum,))
+            keep = {v for v, _ in witnesses}
+            for (w,) in c.execute("SELECT witness FROM witness_status").fetchall():
+                if w not in keep:
+                    c.execute("DELETE FROM witness_status WHERE witness = ?", (w,))
+            for v, url in witnesses:
+                c.execute("INSERT OR IGNORE INTO witness_status (witness, url, size, state, "
+                          "detail, t) VALUES (?, ?, 0, 'pending', '', ?)", (v, url, now_ms()))
+                c.execute("UPDATE witness_status SET url = ? WHERE witness = ?", (url, v))
+
     def witness_statuses(self) -> list[dict[str, Any]]:
         return [{"witness": w, "url": u, "size": int(n), "state": st, "detail": d, "t": int(t)}
                 for w, u, n, st, d, t in self.query(
                     "SELECT witness, url, size, state, detail, t FROM witness_status "
                     "ORDER BY witness")]
+
+    def _range_root(self, lo: int, hi: int) -> bytes:
+        return merkle.range_root_from_nodes(lambda lv, ix: _node(self.conn, lv, ix), lo, hi)
+
+    def consistency_proof(self, old: int, new: int) -> list[bytes]:
+        """RFC 6962 consistency proof from the ledger tree of `old` entries to that of `new`
+        (empty when old is 0 or old == new), from the stored nodes."""
+        if old == 0 or old == new:
+            return []
+        with self.lock:
+            try:
+                return merkle.consistency_proof_with(self._range_root, old, new)
+            except sqlite3.Error as e:
+                self._forget_cache()
+                raise storage_error(e, self.path, "reading the database") from e
+
+    def best_checkpoint(self, index: int) -> tuple[int, str] | None:
+        """The checkpoint to prove entry `index` under: of those covering it, the one with the
+        most cosignatures, the latest among equals; (size, note with its cosignature lines)."""
+        best = self.one("SELECT size, COUNT(*) AS n FROM cosignatures WHERE size > ? "
+                        "GROUP BY size ORDER BY n DESC, size DESC LIMIT 1", (index,))
+        latest = self.latest_checkpoint()
+        if latest is None or latest[0] <= index:
+            return None
+        size = latest[0]
+        if best is not None and len(self.cosignature_lines(size)) < int(best[1]):
+            size = int(best[0])
+        row = self.one("SELECT note FROM checkpoints WHERE size = ?", (size,))
+        if row is None:
+            return None
+        return size, str(row[0]) + "".join(self.cosignature_lines(size))
+
+    def with_best_checkpoint(self, parts: dict[str, Any]) -> dict[str, Any]:
+        """Receipt parts (`receipt_parts`, `entry_receipt_parts`) moved onto `best_checkpoint`:
+        the entry proof recomputed for its size, the note carrying its cosignatures."""
+        best = self.best_checkpoint(int(parts["entry_index"]))
+        if best is None:
+            return parts
+        size, text = best
+        with self.lock:
+            try:
+                proof = merkle.inclusion_proof_with(self._range_root, int(parts["entry_index"]),
+                                                    size)
+            except sqlite3.Error as e:
+                self._forget_cache()
+                raise storage_error(e, self.path, "reading the database") from e
+        return {**parts, "tree_size": size, "entry_proof": proof, "checkpoint": text}
 
     def tile_hashes(self, level: int, lo: int, hi: int) -> list[bytes]:
         """The stored ledger-tree nodes at tree `level` with lo <= index < hi, in order (a
