@@ -284,8 +284,10 @@ class Mirror:
         prev = held.last_hash
         new_nodes: dict[tuple[int, int], bytes] = {}
         entries: list[bytes] = []
-        differs: int | None = None
+        differs: str | None = None  # the server's history is not ours: diagnose
         for t, data in zip(bundles, datas, strict=True):
+            if differs is not None:
+                break
             try:
                 bodies = tiles.decode_bundle(data, t.width)
             except tiles.TileError as te:
@@ -296,7 +298,9 @@ class Mirror:
             if old:
                 mine = await self._db(self._bodies, lo, lo + len(old))
                 if mine != old:
-                    differs = lo + next(k for k in range(len(old)) if mine[k] != old[k])
+                    k = next(k for k in range(len(old)) if k >= len(mine) or mine[k] != old[k])
+                    differs = f"entry {lo + k} differs from the one this mirror holds"
+                    break
             for k, body in enumerate(bodies):
                 i = lo + k
                 if i < held.size:
@@ -307,8 +311,9 @@ class Mirror:
                     raise Refused(f"entry {i} from {t.path} does not decode: {err.what}",
                                   "the server is broken or hostile; nothing was stored") from None
                 if ent.i != i or ent.prev != prev:
-                    raise Refused(f"entry {i} from {t.path} names index {ent.i} or does not "
-                                  "chain to the entry before it", "nothing was stored")
+                    differs = (f"entry {i} from {t.path} names index {ent.i} or does not chain "
+                               "to the entry before it")
+                    break
                 prev = hashlib.sha256(body).digest()
                 for lv, ix, h in tree.append(merkle.leaf_hash(body)):
                     if lv % tiles.HEIGHT == 0:
@@ -316,9 +321,7 @@ class Mirror:
                 entries.append(body)
         if differs is not None or tree.root() != cp.root:
             await self._diagnose(client, held, cp, signed,
-                                 f"entry {differs} differs from the one this mirror holds"
-                                 if differs is not None else
-                                 "the entries do not hash to the checkpoint's root")
+                                 differs or "the entries do not hash to the checkpoint's root")
         return entries, new_nodes, tree
 
     def _bodies(self, lo: int, hi: int) -> list[bytes]:

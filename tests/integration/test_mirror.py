@@ -4,6 +4,7 @@ hostile servers."""
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import threading
 from pathlib import Path
@@ -214,3 +215,64 @@ def test_hostile_server_is_refused_and_the_replica_stays(
         capsys.readouterr()
     finally:
         h.close()
+
+
+def test_fork_attack_witnesses_refuse_and_the_mirror_stops(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A second data directory with the gateway's key and other readings (a forked history)
+    is shown to the witnesses and to the mirror after the real one."""
+    from tests.integration.test_witness_gateway import _gather, _witnesses
+
+    gw = tmp_path / "gw"
+    store, vkey = Store.create(gw)
+    dv = Device("f1")
+    registry.add(store, "f1", dv.public_bytes)
+    _anchor(store, [dv], 12, 4)
+    store.close()
+    shutil.copytree(gw, tmp_path / "fork")
+    store = Store.open(gw)
+    _anchor(store, [dv], 12, 4)  # the real history goes on
+    store.close()
+    twin = Device("f1", key=dv.key, seq=12, prev=b"\1" * 32)
+    store = Store.open(tmp_path / "fork")
+    _anchor(store, [twin], 16, 4)  # the forked one: other readings, a bigger tree
+    store.close()
+    procs, urls, wkeys = _witnesses(tmp_path, capsys, vkey, 2)
+    pairs = [(u, v) for u, v in zip(urls, wkeys, strict=True)]
+    m = tmp_path / "m"
+    try:
+        asyncio.run(_gather(gw, pairs, 2))
+        p, url = _start_serve(gw)
+        try:
+            assert _mirror(url, m, vkey) == 0
+            capsys.readouterr()
+        finally:
+            _stop(p)
+        # the witnesses refuse the forked checkpoints (their consistency proofs fail)
+        asyncio.run(_gather(tmp_path / "fork", pairs, 1, timeout=4))
+        with Store.open(tmp_path / "fork", readonly=True) as f:
+            size = (f.latest_checkpoint() or (0, ""))[0]
+            assert f.cosignature_lines(size) == []
+            states = f.witness_statuses()
+        assert [s["state"] for s in states] == ["error", "error"]
+        assert all("HTTP 422" in s["detail"] for s in states), states
+        # the mirror stops with evidence that verifies
+        p, url = _start_serve(tmp_path / "fork")
+        try:
+            assert _mirror(url, m, vkey) == 1
+            assert "FORK" in capsys.readouterr().err
+        finally:
+            _stop(p)
+        ev = sorted((m / "evidence").iterdir())[-1]
+        assert main(["verify-evidence", str(ev), "--gateway-key", vkey]) == 0
+        assert "fork: the gateway's tree of size" in capsys.readouterr().out
+        # evidence that was tampered with proves nothing
+        info = json.loads((ev / "evidence.json").read_text())
+        info["prefix_root"] = "00" * 32
+        (ev / "evidence.json").write_text(json.dumps(info))
+        assert main(["verify-evidence", str(ev), "--gateway-key", vkey]) == 1
+        assert main(["ledger", "verify", "--data", str(m), "--workers", "1"]) == 0
+    finally:
+        for pr in procs:
+            pr.terminate()  # type: ignore[attr-defined]
+            pr.wait(10)  # type: ignore[attr-defined]
