@@ -93,6 +93,16 @@ class _Held:
 
 
 @dataclass
+class _Started:
+    """A batch whose readings are being verified on the pool."""
+
+    entry: BatchEntry
+    cose: list[bytes]
+    nodes: list[bytes]
+    results: Any  # iterator of the pool's per-chunk results
+
+
+@dataclass
 class _Progress:
     stream: TextIO | None
     total: int = 0
@@ -431,21 +441,34 @@ class Mirror:
                 if head.size != held.size:
                     raise Refused("the mirror's data directory changed during the round",
                                   "run one mirror per data directory")
-                ctx = None
-                for body, e in zip(entries, decoded, strict=True):
+                ctx: Any = None
+                started: _Started | None = None  # the next batch, handed to the pool early
+
+                def start(b: BatchEntry) -> _Started:
+                    nonlocal ctx
+                    fut = fetches.pop(b.i)
+                    ahead()
+                    data = fut.result()
+                    assert data is not None
+                    if ctx is None:
+                        ctx = readings_context(next(self._ctx_key), history)
+                    return self._start_batch(b, data, ctx)
+
+                for pos, (body, e) in enumerate(zip(entries, decoded, strict=True)):
                     a = store.append_entry(c, head, e.kind, body)
                     head = type(head)(a.index + 1, a.hash, head.tree)
                     if isinstance(e, DeviceEntry):
                         self._device(store, c, e, history, status)
                         ctx = None  # the key history changed
                     elif isinstance(e, BatchEntry):
-                        fut = fetches.pop(e.i)
-                        ahead()
-                        data = fut.result()
-                        assert data is not None
-                        if ctx is None:
-                            ctx = readings_context(next(self._ctx_key), history)
-                        readings += self._batch(store, c, e, data, ctx, top, last)
+                        st = started if started is not None else start(e)
+                        started = None
+                        # the next entry is a batch too (same key history): its readings go
+                        # to the pool now, so the workers verify while this one is stored
+                        nxt = decoded[pos + 1] if pos + 1 < len(decoded) else None
+                        if isinstance(nxt, BatchEntry):
+                            started = start(nxt)
+                        readings += self._finish_batch(store, c, st, top, last)
                         prog.readings = readings
                     prog.done += 1
                     prog.show()
@@ -488,8 +511,8 @@ class Mirror:
                 self._verifiers.start()
         return self._verifiers
 
-    def _batch(self, store: Store, c: Any, e: BatchEntry, data: bytes, ctx: Any,
-               top: dict[str, int], last: dict[str, tuple[int, bytes]]) -> int:
+    def _start_batch(self, e: BatchEntry, data: bytes, ctx: Any) -> _Started:
+        """Check a batch bundle against its entry and hand its readings to the pool."""
         try:
             cose = tiles.decode_bundle(data, e.n)
         except tiles.TileError as err:
@@ -501,10 +524,15 @@ class Mirror:
             raise Refused(f"batch bundle batch/{e.i} does not hash to its entry's root",
                           "the server is broken or hostile; nothing was stored")
         work = [(m, e.i) for m in cose]
+        return _Started(e, cose, nodes, self._verifier().iter_chunks(check_readings, work, ctx))
+
+    def _finish_batch(self, store: Store, c: Any, st: _Started, top: dict[str, int],
+                      last: dict[str, tuple[int, bytes]]) -> int:
+        e, cose, nodes = st.entry, st.cose, st.nodes
         rows: list[tuple[str, int, bytes]] = []
         seen: set[tuple[str, int]] = set()
         k = 0
-        for chunk in self._verifier().iter_chunks(check_readings, work, ctx):
+        for chunk in st.results:
             for _leaf, problem, digest, prev, seq, dev in chunk:
                 if problem is not None:
                     raise Refused(f"reading {k} of batch entry {e.i}: {problem}",
