@@ -110,7 +110,7 @@ def test_mirror_replicates_grows_and_catches_a_rollback_and_a_fork(
         assert _mirror(url, m, vkey) == 1
         err = capsys.readouterr().err
         assert "FORK" in err
-        ev = sorted((m / "evidence").iterdir())[-1]
+        ev = next(e for e in (m / "evidence").iterdir() if "-fork" in e.name)
         assert {f.name for f in ev.iterdir()} == {"old.checkpoint", "new.checkpoint",
                                                   "evidence.json"}
         assert main(["verify-evidence", str(ev), "--gateway-key", vkey]) == 0
