@@ -668,10 +668,27 @@ class Store:
         return [str(r[0]) for r in self.query(
             "SELECT line FROM cosignatures WHERE size = ? ORDER BY witness", (size,))]
 
-    def add_cosignature(self, size: int, witness: str, line: str) -> None:
+    def add_cosignature(self, size: int, witness: str, line: str, url: str | None = None
+                        ) -> None:
+        """Store a witness's cosignature line; with `url`, its status ("ok", that size) in the
+        same transaction."""
         with self.write() as c:
             c.execute("INSERT OR REPLACE INTO cosignatures (size, witness, line) "
                       "VALUES (?, ?, ?)", (size, witness, line))
+            if url is not None:
+                c.execute("INSERT OR REPLACE INTO witness_status (witness, url, size, state, "
+                          "detail, t) VALUES (?, ?, ?, 'ok', ?, ?)",
+                          (witness, url, size, f"cosigned size {size}", now_ms()))
+
+    def relax_durability(self) -> None:
+        """This connection's commits skip the fsync (WAL, synchronous=NORMAL): for writes whose
+        loss on a power cut is harmless (a cosignature; later ones replace it), so they do not
+        compete with the pipeline's commits for the disk."""
+        with self.lock:
+            try:
+                self.conn.execute("PRAGMA synchronous=NORMAL")
+            except sqlite3.Error as e:
+                raise storage_error(e, self.path, "setting synchronous") from e
 
     def set_witness_status(self, witness: str, url: str, size: int, state: str,
                            detail: str) -> None:

@@ -10,7 +10,9 @@ new receipts carry it. A witness that is down or refuses is retried with exponen
 (0.5 s doubling to 60 s, with jitter); its state is kept in `witness_status` for `ledger status`.
 
 Store work runs on one thread with its own connection to the ledger; each write is one small
-transaction (a cosignature, a status), so the pipeline's commits are not held up.
+transaction (a cosignature with the witness's status, or a changed status) without an fsync
+(`Store.relax_durability`: a cosignature lost to a power cut is harmless), so the pipeline's
+commits are not held up.
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ class WitnessClient:
         def call() -> Any:
             if self._store is None:
                 self._store = Store.open(self.data_dir)
+                self._store.relax_durability()
             return getattr(self._store, fn)(*args)
 
         return await asyncio.get_running_loop().run_in_executor(self._pool, call)
@@ -118,7 +121,7 @@ class WitnessClient:
             self._pool.shutdown(wait=True)
 
     async def _status(self, t: Target, state: str, detail: str) -> None:
-        if (state, detail) != (t.state, t.detail) or state == "ok":
+        if (state, detail) != (t.state, t.detail):
             t.state, t.detail = state, detail
             with contextlib.suppress(AnchorError):
                 await self._db("set_witness_status", t.key.vkey, t.url, t.size, state, detail)
@@ -199,7 +202,7 @@ class WitnessClient:
         if not good:
             raise AnchorError("the witness's answer holds no valid cosignature by its key",
                               "check the witness vkey given to --witness")
-        await self._db("add_cosignature", size, t.key.vkey, good[0])
+        await self._db("add_cosignature", size, t.key.vkey, good[0], t.url)
         t.size = size
-        await self._status(t, "ok", f"cosigned size {size}")
+        t.state, t.detail = "ok", f"cosigned size {size}"
         return True

@@ -73,6 +73,15 @@ def test_mirror_replicates_grows_and_catches_a_rollback_and_a_fork(
         assert main(["verify-receipt", str(tmp_path / "r.json"), "--gateway-key", vkey,
                      "--device-key", devs[1].public_hex]) == 0
         capsys.readouterr()
+        # the receipt over HTTP is the same proof, and a batch bundle is immutable
+        import urllib.request
+
+        from gateway.ledger.receipt import parse_receipt, verify_receipt
+        with urllib.request.urlopen(f"{url}/receipt/dev1/120", timeout=10) as resp:
+            got = verify_receipt(parse_receipt(resp.read()), vkey, devs[1].public_bytes)
+        assert (got.device, got.seq) == ("dev1", 120)
+        with urllib.request.urlopen(f"{url}/batch/{got.entry_index}", timeout=10) as resp:
+            assert "immutable" in resp.headers["Cache-Control"]
         # nothing new: a no-op round
         assert _mirror(url, m, vkey) == 0
         assert "0 new entries" in capsys.readouterr().out
@@ -244,8 +253,8 @@ def test_fork_attack_witnesses_refuse_and_the_mirror_stops(
         asyncio.run(_gather(gw, pairs, 2))
         p, url = _start_serve(gw)
         try:
-            assert _mirror(url, m, vkey) == 0
-            capsys.readouterr()
+            assert _mirror(url, m, vkey, "--witness-key", *wkeys) == 0
+            assert "2 cosignatures" in capsys.readouterr().out
         finally:
             _stop(p)
         # the witnesses refuse the forked checkpoints (their consistency proofs fail)
