@@ -285,3 +285,69 @@ def test_fork_attack_witnesses_refuse_and_the_mirror_stops(
         for pr in procs:
             pr.terminate()  # type: ignore[attr-defined]
             pr.wait(10)  # type: ignore[attr-defined]
+
+
+def test_follow_survives_the_server_being_down(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from gateway.sim.broker import free_port
+
+    gw = tmp_path / "gw"
+    store, vkey = Store.create(gw)
+    dv = Device("w1")
+    registry.add(store, "w1", dv.public_bytes)
+    _anchor(store, [dv], 10, 5)
+    store.close()
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+
+    def serve() -> subprocess.Popen[str]:
+        p = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--data", str(gw),
+                              "--http", f"127.0.0.1:{port}"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env)
+        assert p.stdout is not None and p.stdout.readline().startswith("serving ")
+        return p
+
+    def held() -> int:
+        if not (tmp_path / "m" / "ledger.db").exists():
+            return 0
+        with Store.open(tmp_path / "m", readonly=True) as r:
+            return r.reading_count()
+
+    def wait_for(n: int) -> None:
+        deadline = time.monotonic() + 30
+        while held() < n:
+            assert time.monotonic() < deadline, (tmp_path / "m.log").read_text()
+            time.sleep(0.1)
+
+    server = serve()
+    log = open(tmp_path / "m.log", "w")
+    m = subprocess.Popen([sys.executable, "-m", "gateway", "mirror", f"http://127.0.0.1:{port}",
+                          "--data", str(tmp_path / "m"), "--gateway-key", vkey, "--follow",
+                          "--interval", "0.2", "--workers", "1"],
+                         stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_for(10)
+        _stop(server)  # the gateway's server goes down; the mirror keeps trying
+        store = Store.open(gw)
+        _anchor(store, [dv], 10, 5)
+        store.close()
+        time.sleep(1.5)
+        assert m.poll() is None and held() == 10
+        server = serve()
+        wait_for(20)
+        m.send_signal(15)
+        assert m.wait(15) == 0
+        text = (tmp_path / "m.log").read_text()
+        assert "retrying in" in text and "reachable again" in text, text
+    finally:
+        if m.poll() is None:
+            m.kill()
+            m.wait()
+        if server.poll() is None:
+            _stop(server)
+        log.close()
+    assert main(["ledger", "verify", "--data", str(tmp_path / "m"), "--workers", "1"]) == 0
