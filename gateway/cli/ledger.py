@@ -34,7 +34,8 @@ def register(sub: Subcommands) -> None:
     v.add_argument("--all", action="store_true", help="list every problem found (up to 100)")
     v.add_argument("--checkpoint", metavar="FILE",
                    help="also check that the ledger extends this checkpoint saved earlier (a "
-                        "signed note: from /checkpoint, anchor/checkpoint or a receipt); a "
+                        "signed note from /checkpoint or anchor/checkpoint, or a receipt or "
+                        "tlog-proof holding one); a "
                         "rolled-back or rewritten ledger fails, naming the size")
     add_data_arg(v)
     v.set_defaults(func=_verify)
@@ -95,7 +96,9 @@ def _saved_checkpoint(path: str, vkey: str) -> note.Checkpoint:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read --checkpoint {path}: {e}",
                           "give the checkpoint note saved earlier") from e
-    if text.lstrip().startswith("{"):  # a receipt: its checkpoint
+    if text.startswith("c2sp.org/tlog-proof@v1\n"):  # a tlog-proof: its checkpoint
+        text = text.split("\n\n", 1)[-1]
+    elif text.lstrip().startswith("{"):  # a receipt: its checkpoint
         try:
             text = str(json.loads(text)["checkpoint"])
         except (ValueError, KeyError, TypeError):

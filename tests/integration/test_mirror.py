@@ -95,6 +95,16 @@ def test_mirror_replicates_grows_and_catches_a_rollback_and_a_fork(
         capsys.readouterr()
     finally:
         _stop(p)
+    # a mirror is itself a log anyone can serve and mirror
+    p, url = _start_serve(m)
+    try:
+        assert _mirror(url, tmp_path / "m2", vkey) == 0
+        assert main(["ledger", "verify", "--data", str(tmp_path / "m2"), "--workers", "1"]) == 0
+        with Store.open(m, readonly=True) as a, Store.open(tmp_path / "m2", readonly=True) as b:
+            assert a.entry_count() == b.entry_count() and a.reading_count() == b.reading_count()
+        capsys.readouterr()
+    finally:
+        _stop(p)
     # the old copy is served: a rollback, named, with both notes
     p, url = _start_serve(tmp_path / "old")
     try:
