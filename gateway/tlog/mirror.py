@@ -242,11 +242,8 @@ class Mirror:
         store = self._open()
         have = set(store.cosignature_lines(size))
         new = {w: ln for w, ln in cosigs.items() if ln not in have}
-        if new:
-            with store.write() as c:
-                for w, ln in new.items():
-                    c.execute("INSERT OR REPLACE INTO cosignatures (size, witness, line) "
-                              "VALUES (?, ?, ?)", (size, w, ln))
+        for w, ln in new.items():
+            store.add_cosignature(size, w, ln)
         return len(new)
 
     def _misbehaviour(self, kind: str, held: _Held, signed: str, detail: str,
