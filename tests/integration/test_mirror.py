@@ -15,6 +15,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.cli import main
+from gateway.errors import ConfigError
 from gateway.fleet import registry
 from gateway.ingest.pipeline import Pipeline
 from gateway.storage.store import Store
@@ -324,8 +325,11 @@ def test_follow_survives_the_server_being_down(tmp_path: Path) -> None:
     def held() -> int:
         if not (tmp_path / "m" / "ledger.db").exists():
             return 0
-        with Store.open(tmp_path / "m", readonly=True) as r:
-            return r.reading_count()
+        try:
+            with Store.open(tmp_path / "m", readonly=True) as r:
+                return r.reading_count()
+        except ConfigError:  # being created (its schema not written yet)
+            return 0
 
     def wait_for(n: int) -> None:
         deadline = time.monotonic() + 30
