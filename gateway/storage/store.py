@@ -161,13 +161,13 @@ MIGRATIONS: list[str] = [
     # 2 -> 3: witness cosignatures on checkpoints and each witness's state as the gateway
     # last saw it (docs/tlog.md)
     """
-    CREATE TABLE cosignatures (
+    CREATE TABLE IF NOT EXISTS cosignatures (
         size INTEGER NOT NULL,
         witness TEXT NOT NULL,
         line TEXT NOT NULL,
         PRIMARY KEY (size, witness)
     );
-    CREATE TABLE witness_status (
+    CREATE TABLE IF NOT EXISTS witness_status (
         witness TEXT PRIMARY KEY,
         url TEXT NOT NULL,
         size INTEGER NOT NULL,
