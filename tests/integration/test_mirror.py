@@ -212,6 +212,13 @@ def test_hostile_server_is_refused_and_the_replica_stays(
     h = _Hostile(d)
     m = tmp_path / "m"
     try:
+        # the wrong gateway key, a gateway's own data directory: refused, clearly
+        ostore, other = Store.create(tmp_path / "other")
+        ostore.close()
+        assert _mirror(h.url, tmp_path / "m-wrong", other) == 1
+        assert "does not verify with the gateway key" in capsys.readouterr().err
+        assert _mirror(h.url, d, vkey) == 2
+        assert "not a mirror" in capsys.readouterr().err
         assert _mirror(h.url, m, vkey) == 0
         capsys.readouterr()
         store = Store.open(d)
