@@ -1,0 +1,382 @@
+"""`iot-anchor dataset export`: anchored readings as a dataset that a third party can check.
+
+The steps (gateway/provenance/dataset.py has the layout, docs/provenance.md the reasons):
+
+1. The selection is fixed at the ledger's size when the export starts (`below`): readings of
+   batch entries appended later are not in it, so the same selection gives the same rows
+   whenever it is evaluated again (`ledger verify` does).
+2. Without --sensor, one pass over the selected readings finds the sensor columns.
+3. One pass in (device, seq) order writes the Parquet row groups and readings.bin, folds each
+   row's leaf into the dataset root, and records (reading id, batch, row, leaf) in a scratch
+   SQLite file (not in memory).
+4. One pass over that scratch file in reading-id order (which is batch order) writes
+   batches.cbor: per batch, the shared multi-leaf proof of its rows, checked against the
+   batch root before it is written.
+5. The dataset entry (kind `dataset`) is appended and its checkpoint signed; ledger.json gets
+   that checkpoint and the inclusion proofs of the batch entries, the devices' registry
+   entries and the dataset entry; croissant.json is written last (atomically), so a directory
+   without it is an unfinished export, which `dataset verify` refuses.
+
+Memory is bounded by a row group (ROW_GROUP rows) and one batch, not by the dataset's size.
+On any failure the files written so far are removed (the directory too, when the export
+created it); a dataset entry already appended stays in the ledger (it proves nothing false).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sqlite3
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, TextIO
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from gateway.errors import ConfigError, IntegrityError
+from gateway.ledger import merkle, multiproof, note
+from gateway.ledger.batch import GROUP, split_nodes
+from gateway.ledger.entry import decode_entry
+from gateway.ledger.provenance import DATASET, check_name
+from gateway.provenance import croissant
+from gateway.provenance.dataset import (
+    BATCHES_FILE,
+    DATA_FILE,
+    FIXED_COLUMNS,
+    LEDGER_FILE,
+    LEDGER_FORMAT,
+    METADATA_FILE,
+    READINGS_FILE,
+    BatchProof,
+    Selection,
+    check_sensor_names,
+    reading_record,
+)
+from gateway.provenance.files import file_error, sha256_file, write_atomic
+from gateway.provenance.select import selected as _selected
+from gateway.storage.store import Store
+
+ROW_GROUP = 65536
+READ_CHUNK = 4096  # scratch rows per fetch
+
+
+@dataclass
+class ExportResult:
+    name: str
+    rows: int
+    entry: int
+    root: bytes
+    files: list[str]
+    seconds: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "rows": self.rows, "entry": self.entry,
+                "root": self.root.hex(), "files": self.files}
+
+
+class Progress:
+    """A one-line progress bar on stderr, only when it is a terminal."""
+
+    def __init__(self, label: str, total: int, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.label = label
+        self.total = max(total, 1)
+        self.enabled = self.stream.isatty()
+        self.last = 0.0
+
+    def update(self, done: int) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self.last < 0.1 and done < self.total:
+            return
+        self.last = now
+        frac = min(1.0, done / self.total)
+        self.stream.write(f"\r{self.label} [{'#' * int(frac * 30):<30}] {done}/{self.total} "
+                          f"{frac:4.0%}")
+        self.stream.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _schema(sensors: list[str]) -> pa.Schema:
+    return pa.schema([("device", pa.string()), ("seq", pa.int64()),
+                      ("ts", pa.timestamp("ms", tz="UTC")),
+                      *[(s, pa.float64()) for s in sensors],
+                      ("leaf", pa.binary(32)), ("entry", pa.int64())])
+
+
+class _Out:
+    """The output directory: refuses a non-empty one, removes what it wrote on failure."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise ConfigError(f"{out} exists and is not empty",
+                              "give a new or empty directory for the dataset")
+        self.created = not out.exists()
+        try:
+            for sub in ("data", "provenance"):
+                (out / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise file_error(e, out, "creating") from e
+
+    def cleanup(self) -> None:
+        if self.created:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        for child in list(self.path.iterdir()) if self.path.is_dir() else []:
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    child.unlink()
+
+
+def export(store: Store, out: Path, name: str, *, devices: list[str], sensors: list[str],
+           since: int | None, until: int | None, description: str | None = None,
+           progress_stream: TextIO | None = None) -> ExportResult:
+    """Export the selection to `out` and anchor it (the module docstring's steps)."""
+    t0 = time.perf_counter()
+    check_name(name)
+    known = {d.id for d in store.devices()}
+    unknown = sorted(set(devices) - known)
+    if unknown:
+        raise ConfigError(f"unknown device(s): {', '.join(unknown)}",
+                          "see 'iot-anchor device list' for the registered ids")
+    if since is not None and until is not None and since >= until:
+        raise ConfigError(f"--since {since} is not before --until {until}",
+                          "give a time range that is not empty")
+    sel = Selection(tuple(sorted(set(devices))), tuple(sorted(set(sensors))),
+                    store.entry_count(), since, until)
+    check_sensor_names(sel.sensors)
+    vkey = store.vkey()
+    signer = store.load_signer()
+    o = _Out(out)
+    try:
+        result = _export(store, o.path, name, sel, vkey, signer, description, progress_stream)
+    except BaseException as e:
+        o.cleanup()
+        if isinstance(e, OSError):
+            raise file_error(e, out, "writing the dataset to") from e
+        raise
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _count_and_sensors(store: Store, sel: Selection) -> tuple[int, list[str]]:
+    n = 0
+    names: set[str] = set()
+    for _rid, _b, _cose, d in _selected(store, sel):
+        n += 1
+        names.update(d.data)
+    return n, sorted(names)
+
+
+def _export(store: Store, out: Path, name: str, sel: Selection, vkey: str, signer: Any,
+            description: str | None, stream: TextIO | None) -> ExportResult:
+    if sel.sensors:
+        sensors, total = list(sel.sensors), None
+    else:
+        total, sensors = _count_and_sensors(store, sel)
+        if total == 0:
+            raise _empty(sel)
+        check_sensor_names(sensors)
+    scratch_dir = tempfile.mkdtemp(prefix="iot-anchor-export-")
+    try:
+        scratch = sqlite3.connect(os.path.join(scratch_dir, "rows.db"), isolation_level=None)
+        try:
+            scratch.execute("PRAGMA journal_mode=OFF")
+            scratch.execute("PRAGMA synchronous=OFF")
+            scratch.execute("CREATE TABLE sel (id INTEGER PRIMARY KEY, batch INTEGER NOT NULL, "
+                            "row INTEGER NOT NULL, leaf BLOB NOT NULL)")
+            rows, root, devs, frame = _write_rows(store, out, sel, sensors, scratch,
+                                                  Progress("exporting rows", total or 0,
+                                                           stream))
+            if rows == 0:
+                raise _empty(sel)
+            batches = _write_batches(store, out, scratch)
+        finally:
+            scratch.close()
+    finally:
+        shutil.rmtree(scratch_dir, ignore_errors=True)
+    data_digest = sha256_file(out / DATA_FILE)
+    fields = {"name": name, "rows": rows, "root": root, "selection": sel.as_fields(),
+              "files": [{"path": DATA_FILE, "sha256": data_digest}]}
+    entry, _cp = store.append_record(signer, DATASET, fields)
+    latest = store.latest_checkpoint()
+    assert latest is not None  # append_record signed one
+    size, cp_note = latest
+    wanted = sorted({*batches, entry, *_registry_entries(store, devs, sel.below)})
+    ledger = {"version": LEDGER_FORMAT, "checkpoint": cp_note, "size": size, "dataset": entry,
+              "entries": [_proven(store, i, size) for i in wanted]}
+    write_atomic(out / LEDGER_FILE, (json.dumps(ledger, indent=1) + "\n").encode())
+    files = [DATA_FILE, BATCHES_FILE, LEDGER_FILE, READINGS_FILE]
+    cp_root = note.verify_checkpoint(cp_note, vkey).root
+    meta = croissant.metadata(
+        name=name, description=description or _describe(name, sel, rows, devs),
+        files=[(f, sha256_file(out / f).hex()) for f in files], sensors=sensors, rows=rows,
+        devices=devs, timeframe=frame, vkey=vkey, checkpoint_size=size,
+        checkpoint_root=cp_root, entry=entry, root=root, selection=sel.as_fields(),
+        published_ms=decode_entry(store.entry_body(entry) or b"").t)
+    write_atomic(out / METADATA_FILE, (json.dumps(meta, indent=1) + "\n").encode())
+    return ExportResult(name, rows, entry, root, [METADATA_FILE, *files], 0.0)
+
+
+def _empty(sel: Selection) -> ConfigError:
+    return ConfigError("the selection holds no anchored reading",
+                       "check the --device, --since, --until and --sensor options against "
+                       "'iot-anchor ledger status'")
+
+
+def _describe(name: str, sel: Selection, rows: int, devs: list[str]) -> str:
+    return (f"{name}: {rows} anchored sensor readings from {len(devs)} device(s), exported "
+            f"from an iot-anchor ledger of {sel.below} entries with their provenance.")
+
+
+def _write_rows(store: Store, out: Path, sel: Selection, sensors: list[str],
+                scratch: sqlite3.Connection, progress: Progress
+                ) -> tuple[int, bytes, list[str], tuple[int, int] | None]:
+    schema = _schema(sensors)
+    tree = merkle.CompactRange()
+    leaf_hash = merkle.leaf_hash
+    n = 0
+    devs: list[str] = []
+    lo_ts: int | None = None
+    hi_ts: int | None = None
+    cols: dict[str, list[Any]] = {c: [] for c in schema.names}
+    pending: list[tuple[int, int, int, bytes]] = []
+
+    def flush(writer: pq.ParquetWriter) -> None:
+        if not cols["device"]:
+            return
+        writer.write_table(pa.Table.from_pydict(cols, schema=schema))
+        for c in cols.values():
+            c.clear()
+        scratch.executemany("INSERT INTO sel VALUES (?, ?, ?, ?)", pending)
+        pending.clear()
+
+    sensor_cols = [(s, cols[s]) for s in sensors]
+    with pq.ParquetWriter(out / DATA_FILE, schema, compression="zstd") as writer, \
+            open(out / READINGS_FILE, "wb") as raw:
+        dev_c, seq_c, ts_c, leaf_c, entry_c = (cols[c] for c in (*FIXED_COLUMNS, "leaf",
+                                                                  "entry"))
+        for rid, batch, cose, d in _selected(store, sel):
+            leaf = leaf_hash(cose)
+            tree.append(leaf)
+            raw.write(reading_record(cose))
+            if not devs or devs[-1] != d.dev:
+                devs.append(d.dev)
+            dev_c.append(d.dev)
+            seq_c.append(d.seq)
+            ts_c.append(None if d.ts is None else d.ts * 1000)
+            if d.ts is not None:
+                lo_ts = d.ts if lo_ts is None else min(lo_ts, d.ts)
+                hi_ts = d.ts if hi_ts is None else max(hi_ts, d.ts)
+            data = d.data
+            for s, col in sensor_cols:
+                v = data.get(s)
+                col.append(None if v is None else float(v))
+            leaf_c.append(leaf)
+            entry_c.append(batch)
+            pending.append((rid, batch, n, leaf))
+            n += 1
+            if len(dev_c) >= ROW_GROUP:
+                flush(writer)
+                progress.update(n)
+        flush(writer)
+        _fsync(raw)
+    progress.update(n)
+    progress.finish()
+    frame = (lo_ts, hi_ts) if lo_ts is not None and hi_ts is not None else None
+    return n, tree.root(), devs, frame
+
+
+def _fsync(f: BinaryIO) -> None:
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def _write_batches(store: Store, out: Path, scratch: sqlite3.Connection) -> list[int]:
+    """batches.cbor from the scratch table (in id order = batch order); returns the batch
+    entries it covers."""
+    done: list[int] = []
+    cur = scratch.execute("SELECT id, batch, row, leaf FROM sel ORDER BY id")
+    with open(out / BATCHES_FILE, "wb") as f:
+        group: list[tuple[int, int, bytes]] = []
+        batch = -1
+        while True:
+            rows = cur.fetchmany(READ_CHUNK)
+            for rid, b, row, leaf in rows:
+                if b != batch and group:
+                    f.write(_batch_proof(store, batch, group).encode())
+                    done.append(batch)
+                    group = []
+                batch = b
+                group.append((rid, row, bytes(leaf)))
+            if not rows:
+                break
+        if group:
+            f.write(_batch_proof(store, batch, group).encode())
+            done.append(batch)
+        _fsync(f)
+    return done
+
+
+def _batch_proof(store: Store, entry: int, group: list[tuple[int, int, bytes]]) -> BatchProof:
+    brow = store.batch_row(entry)
+    if brow is None:
+        raise IntegrityError(f"batch entry {entry} has no batches row",
+                             "run 'iot-anchor ledger verify'")
+    first, n, root, blob = brow
+    nodes = split_nodes(blob)
+    index = [rid - first for rid, _row, _leaf in group]
+    leaves = [leaf for _rid, _row, leaf in group]
+    cache: dict[int, list[bytes]] = {}
+
+    def group_leaves(g: int) -> list[bytes]:
+        if g not in cache:
+            cache[g] = merkle.leaf_hashes(store.cose_range(first + g * GROUP,
+                                                           first + min(n, (g + 1) * GROUP)))
+        return cache[g]
+
+    def range_root(lo: int, hi: int) -> bytes:
+        if lo % GROUP == 0 and (hi % GROUP == 0 or hi == n):
+            return merkle.root(nodes[lo // GROUP:-(-hi // GROUP)])
+        g = lo // GROUP
+        return merkle.range_root(group_leaves(g), lo - g * GROUP, hi - g * GROUP)
+
+    proof = multiproof.multiproof(range_root, index, n)
+    if multiproof.root_from_multiproof(leaves, index, n, proof) != root:
+        raise IntegrityError(f"the readings of batch entry {entry} do not give its root",
+                             "run 'iot-anchor ledger verify'")
+    return BatchProof(entry, n, index, [row for _rid, row, _leaf in group], b"".join(leaves),
+                      b"".join(proof))
+
+
+def _registry_entries(store: Store, devs: list[str], below: int) -> list[int]:
+    wanted = set(devs)
+    out = []
+    for i, body in store.entries_of_kind("device", below):
+        e = decode_entry(body)
+        if getattr(e, "dev", None) in wanted:
+            out.append(i)
+    return out
+
+
+def _proven(store: Store, i: int, size: int) -> dict[str, Any]:
+    body = store.entry_body(i)
+    if body is None:
+        raise IntegrityError(f"the ledger has no entry {i}", "run 'iot-anchor ledger verify'")
+    return {"index": i, "cbor": body.hex(),
+            "proof": [h.hex() for h in store.entry_proof(i, size)]}
+
