@@ -32,6 +32,7 @@ COMMAND_MODULES: list[str] = [
     "gateway.cli.simulate",
     "gateway.cli.demo",
     "gateway.cli.dataset",
+    "gateway.cli.model",
 ]
 
 
