@@ -7,11 +7,11 @@ The steps (gateway/provenance/dataset.py has the layout, docs/provenance.md the 
    whenever it is evaluated again (`ledger verify` does).
 2. Without --sensor, one pass over the selected readings finds the sensor columns.
 3. One pass in (device, seq) order writes the Parquet row groups and readings.bin, folds each
-   row's leaf into the dataset root, and records (reading id, batch, row, leaf) in a scratch
-   SQLite file (not in memory).
-4. One pass over that scratch file in reading-id order (which is batch order) writes
-   batches.cbor: per batch, the shared multi-leaf proof of its rows, checked against the
-   batch root before it is written.
+   row's leaf into the dataset root, and writes (row, leaf) to the reading id's slot of a
+   scratch file (40 bytes per reading id; not in memory).
+4. Batch by batch in ledger order, the batch's slots (its reading ids are consecutive) give
+   the rows it holds, and batches.cbor gets their shared multi-leaf proof, checked against
+   the batch root before it is written.
 5. The dataset entry (kind `dataset`) is appended and its checkpoint signed; ledger.json gets
    that checkpoint and the inclusion proofs of the batch entries, the devices' registry
    entries and the dataset entry; croissant.json is written last (atomically), so a directory
@@ -28,10 +28,11 @@ import contextlib
 import json
 import os
 import shutil
-import sqlite3
 import sys
 import tempfile
 import time
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
@@ -40,6 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gateway.errors import ConfigError, IntegrityError
+from gateway.ingest.verifier import Context, VerifierPool
 from gateway.ledger import merkle, multiproof, note
 from gateway.ledger.batch import GROUP, split_nodes
 from gateway.ledger.entry import decode_entry
@@ -59,11 +61,14 @@ from gateway.provenance.dataset import (
     reading_record,
 )
 from gateway.provenance.files import file_error, sha256_file, write_atomic
+from gateway.provenance.select import count_sensors, selection_of
 from gateway.provenance.select import selected as _selected
 from gateway.storage.store import Store
 
-ROW_GROUP = 65536
-READ_CHUNK = 4096  # scratch rows per fetch
+ROW_GROUP = 16384
+READ_CHUNK = 4096  # readings per fetch from the store
+_SLOT = 40  # scratch record per reading id: row + 1 (8 bytes, 0 = not a row) || leaf
+_NONE = bytes(8)
 
 
 @dataclass
@@ -174,11 +179,26 @@ def export(store: Store, out: Path, name: str, *, devices: list[str], sensors: l
 
 
 def _count_and_sensors(store: Store, sel: Selection) -> tuple[int, list[str]]:
+    """The selection's row count and sensor names, decoded on the verifier processes."""
     n = 0
     names: set[str] = set()
-    for _rid, _b, _cose, d in _selected(store, sel):
-        n += 1
-        names.update(d.data)
+    ctx = Context(0, sel.as_fields(), selection_of, sel)
+    ahead: deque[Iterator[list[tuple[int, set[str]]]]] = deque()
+
+    def take(results: Iterator[list[tuple[int, set[str]]]]) -> None:
+        nonlocal n
+        for part in results:
+            for k, s in part:
+                n += k
+                names.update(s)
+
+    with VerifierPool(2) as pool:
+        for chunk in store.provenance_readings(sel.devices, sel.below, READ_CHUNK):
+            ahead.append(pool.iter_chunks(count_sensors, [(c[4], c[3]) for c in chunk], ctx))
+            while len(ahead) > 3:
+                take(ahead.popleft())
+        while ahead:
+            take(ahead.popleft())
     return n, sorted(names)
 
 
@@ -191,24 +211,13 @@ def _export(store: Store, out: Path, name: str, sel: Selection, vkey: str, signe
         if total == 0:
             raise _empty(sel)
         check_sensor_names(sensors)
-    scratch_dir = tempfile.mkdtemp(prefix="iot-anchor-export-")
-    try:
-        scratch = sqlite3.connect(os.path.join(scratch_dir, "rows.db"), isolation_level=None)
-        try:
-            scratch.execute("PRAGMA journal_mode=OFF")
-            scratch.execute("PRAGMA synchronous=OFF")
-            scratch.execute("CREATE TABLE sel (id INTEGER PRIMARY KEY, batch INTEGER NOT NULL, "
-                            "row INTEGER NOT NULL, leaf BLOB NOT NULL)")
-            rows, root, devs, frame = _write_rows(store, out, sel, sensors, scratch,
-                                                  Progress("exporting rows", total or 0,
-                                                           stream))
-            if rows == 0:
-                raise _empty(sel)
-            batches = _write_batches(store, out, scratch)
-        finally:
-            scratch.close()
-    finally:
-        shutil.rmtree(scratch_dir, ignore_errors=True)
+    with tempfile.TemporaryFile(prefix="iot-anchor-export-") as scratch:
+        slots = scratch.fileno()
+        rows, root, devs, frame, touched = _write_rows(
+            store, out, sel, sensors, slots, Progress("exporting rows", total or 0, stream))
+        if rows == 0:
+            raise _empty(sel)
+        batches = _write_batches(store, out, slots, touched)
     data_digest = sha256_file(out / DATA_FILE)
     fields = {"name": name, "rows": rows, "root": root, "selection": sel.as_fields(),
               "files": [{"path": DATA_FILE, "sha256": data_digest}]}
@@ -244,8 +253,11 @@ def _describe(name: str, sel: Selection, rows: int, devs: list[str]) -> str:
 
 
 def _write_rows(store: Store, out: Path, sel: Selection, sensors: list[str],
-                scratch: sqlite3.Connection, progress: Progress
-                ) -> tuple[int, bytes, list[str], tuple[int, int] | None]:
+                slots: int, progress: Progress
+                ) -> tuple[int, bytes, list[str], tuple[int, int] | None, list[int]]:
+    """Pass 2: the Parquet rows and readings.bin; each row's (row + 1, leaf) goes to its
+    reading id's slot in the scratch file. Returns (rows, root, devices, ts range, the batch
+    entries touched, in order)."""
     schema = _schema(sensors)
     tree = merkle.CompactRange()
     leaf_hash = merkle.leaf_hash
@@ -254,7 +266,8 @@ def _write_rows(store: Store, out: Path, sel: Selection, sensors: list[str],
     lo_ts: int | None = None
     hi_ts: int | None = None
     cols: dict[str, list[Any]] = {c: [] for c in schema.names}
-    pending: list[tuple[int, int, int, bytes]] = []
+    touched: set[int] = set()
+    pwrite = os.pwrite
 
     def flush(writer: pq.ParquetWriter) -> None:
         if not cols["device"]:
@@ -262,8 +275,6 @@ def _write_rows(store: Store, out: Path, sel: Selection, sensors: list[str],
         writer.write_table(pa.Table.from_pydict(cols, schema=schema))
         for c in cols.values():
             c.clear()
-        scratch.executemany("INSERT INTO sel VALUES (?, ?, ?, ?)", pending)
-        pending.clear()
 
     sensor_cols = [(s, cols[s]) for s in sensors]
     with pq.ParquetWriter(out / DATA_FILE, schema, compression="zstd") as writer, \
@@ -288,8 +299,9 @@ def _write_rows(store: Store, out: Path, sel: Selection, sensors: list[str],
                 col.append(None if v is None else float(v))
             leaf_c.append(leaf)
             entry_c.append(batch)
-            pending.append((rid, batch, n, leaf))
             n += 1
+            pwrite(slots, n.to_bytes(8, "big") + leaf, rid * _SLOT)
+            touched.add(batch)
             if len(dev_c) >= ROW_GROUP:
                 flush(writer)
                 progress.update(n)
@@ -298,7 +310,7 @@ def _write_rows(store: Store, out: Path, sel: Selection, sensors: list[str],
     progress.update(n)
     progress.finish()
     frame = (lo_ts, hi_ts) if lo_ts is not None and hi_ts is not None else None
-    return n, tree.root(), devs, frame
+    return n, tree.root(), devs, frame, sorted(touched)
 
 
 def _fsync(f: BinaryIO) -> None:
@@ -306,41 +318,33 @@ def _fsync(f: BinaryIO) -> None:
     os.fsync(f.fileno())
 
 
-def _write_batches(store: Store, out: Path, scratch: sqlite3.Connection) -> list[int]:
-    """batches.cbor from the scratch table (in id order = batch order); returns the batch
-    entries it covers."""
-    done: list[int] = []
-    cur = scratch.execute("SELECT id, batch, row, leaf FROM sel ORDER BY id")
+def _write_batches(store: Store, out: Path, slots: int, touched: list[int]) -> list[int]:
+    """Pass 3: batches.cbor, batch by batch in ledger order, from the scratch slots of each
+    batch's reading ids; returns the batch entries written."""
     with open(out / BATCHES_FILE, "wb") as f:
-        group: list[tuple[int, int, bytes]] = []
-        batch = -1
-        while True:
-            rows = cur.fetchmany(READ_CHUNK)
-            for rid, b, row, leaf in rows:
-                if b != batch and group:
-                    f.write(_batch_proof(store, batch, group).encode())
-                    done.append(batch)
-                    group = []
-                batch = b
-                group.append((rid, row, bytes(leaf)))
-            if not rows:
-                break
-        if group:
-            f.write(_batch_proof(store, batch, group).encode())
-            done.append(batch)
+        for entry in touched:
+            f.write(_batch_proof(store, entry, slots).encode())
         _fsync(f)
-    return done
+    return touched
 
 
-def _batch_proof(store: Store, entry: int, group: list[tuple[int, int, bytes]]) -> BatchProof:
+def _batch_proof(store: Store, entry: int, slots: int) -> BatchProof:
     brow = store.batch_row(entry)
     if brow is None:
         raise IntegrityError(f"batch entry {entry} has no batches row",
                              "run 'iot-anchor ledger verify'")
     first, n, root, blob = brow
     nodes = split_nodes(blob)
-    index = [rid - first for rid, _row, _leaf in group]
-    leaves = [leaf for _rid, _row, leaf in group]
+    raw = os.pread(slots, n * _SLOT, first * _SLOT).ljust(n * _SLOT, b"\0")
+    index: list[int] = []
+    rows: list[int] = []
+    leaves: list[bytes] = []
+    for k in range(n):
+        rec = raw[k * _SLOT:(k + 1) * _SLOT]
+        if rec[:8] != _NONE:
+            index.append(k)
+            rows.append(int.from_bytes(rec[:8], "big") - 1)
+            leaves.append(rec[8:])
     cache: dict[int, list[bytes]] = {}
 
     def group_leaves(g: int) -> list[bytes]:
@@ -359,8 +363,7 @@ def _batch_proof(store: Store, entry: int, group: list[tuple[int, int, bytes]]) 
     if multiproof.root_from_multiproof(leaves, index, n, proof) != root:
         raise IntegrityError(f"the readings of batch entry {entry} do not give its root",
                              "run 'iot-anchor ledger verify'")
-    return BatchProof(entry, n, index, [row for _rid, row, _leaf in group], b"".join(leaves),
-                      b"".join(proof))
+    return BatchProof(entry, n, index, rows, b"".join(leaves), b"".join(proof))
 
 
 def _registry_entries(store: Store, devs: list[str], below: int) -> list[int]:

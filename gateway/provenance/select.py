@@ -39,3 +39,21 @@ def dataset_root_of(store: Store, sel: Selection) -> tuple[int, bytes]:
         tree.append(merkle.leaf_hash(cose))
         n += 1
     return n, tree.root()
+
+
+def selection_of(fields: dict[str, object]) -> Selection:
+    """A worker's form of the selection sent to it (its ledger fields)."""
+    return Selection.from_fields(fields)  # type: ignore[arg-type]
+
+
+def count_sensors(sel: Selection, chunk: list[tuple[bytes, int]]) -> list[tuple[int, set[str]]]:
+    """Worker: how many of the (COSE, batch entry) items the selection holds, and their
+    sensor names (one result for the chunk)."""
+    n = 0
+    names: set[str] = set()
+    for i, (cose, batch) in enumerate(chunk):
+        d = decoded(cose, i)
+        if sel.holds(d.dev, d.ts, d.data, batch):
+            n += 1
+            names.update(d.data)
+    return [(n, names)]
