@@ -5,14 +5,15 @@ The steps (gateway/provenance/dataset.py has the layout, docs/provenance.md the 
 1. The selection is fixed at the ledger's size when the export starts (`below`): readings of
    batch entries appended later are not in it, so the same selection gives the same rows
    whenever it is evaluated again (`ledger verify` does).
-2. Without --sensor, one pass over the selected readings finds the sensor columns.
-3. One pass in (device, seq) order writes the Parquet row groups and readings.bin, folds each
+2. One pass in (device, seq) order writes the Parquet row groups and readings.bin, folds each
    row's leaf into the dataset root, and writes (row, leaf) to the reading id's slot of a
-   scratch file (40 bytes per reading id; not in memory).
-4. Batch by batch in ledger order, the batch's slots (its reading ids are consecutive) give
+   scratch file (40 bytes per reading id; not in memory). The readings are decoded on the
+   verifier processes. Without --sensor the sensor columns are found on the way: each row
+   group is spooled with its own sensors and conformed to their union at the end.
+3. Batch by batch in ledger order, the batch's slots (its reading ids are consecutive) give
    the rows it holds, and batches.cbor gets their shared multi-leaf proof, checked against
    the batch root before it is written.
-5. The dataset entry (kind `dataset`) is appended and its checkpoint signed; ledger.json gets
+4. The dataset entry (kind `dataset`) is appended and its checkpoint signed; ledger.json gets
    that checkpoint and the inclusion proofs of the batch entries, the devices' registry
    entries and the dataset entry; croissant.json is written last (atomically), so a directory
    without it is an unfinished export, which `dataset verify` refuses.
@@ -61,8 +62,7 @@ from gateway.provenance.dataset import (
     reading_record,
 )
 from gateway.provenance.files import file_error, sha256_file, write_atomic
-from gateway.provenance.select import count_sensors, selection_of
-from gateway.provenance.select import selected as _selected
+from gateway.provenance.select import Decoded1, decode_rows, selection_of
 from gateway.storage.store import Store
 
 ROW_GROUP = 16384
@@ -178,46 +178,20 @@ def export(store: Store, out: Path, name: str, *, devices: list[str], sensors: l
     return result
 
 
-def _count_and_sensors(store: Store, sel: Selection) -> tuple[int, list[str]]:
-    """The selection's row count and sensor names, decoded on the verifier processes."""
-    n = 0
-    names: set[str] = set()
-    ctx = Context(0, sel.as_fields(), selection_of, sel)
-    ahead: deque[Iterator[list[tuple[int, set[str]]]]] = deque()
-
-    def take(results: Iterator[list[tuple[int, set[str]]]]) -> None:
-        nonlocal n
-        for part in results:
-            for k, s in part:
-                n += k
-                names.update(s)
-
-    with VerifierPool(2) as pool:
-        for chunk in store.provenance_readings(sel.devices, sel.below, READ_CHUNK):
-            ahead.append(pool.iter_chunks(count_sensors, [(c[4], c[3]) for c in chunk], ctx))
-            while len(ahead) > 3:
-                take(ahead.popleft())
-        while ahead:
-            take(ahead.popleft())
-    return n, sorted(names)
-
-
 def _export(store: Store, out: Path, name: str, sel: Selection, vkey: str, signer: Any,
             description: str | None, stream: TextIO | None) -> ExportResult:
-    if sel.sensors:
-        sensors, total = list(sel.sensors), None
-    else:
-        total, sensors = _count_and_sensors(store, sel)
-        if total == 0:
-            raise _empty(sel)
-        check_sensor_names(sensors)
-    with tempfile.TemporaryFile(prefix="iot-anchor-export-") as scratch:
-        slots = scratch.fileno()
-        rows, root, devs, frame, touched = _write_rows(
-            store, out, sel, sensors, slots, Progress("exporting rows", total or 0, stream))
-        if rows == 0:
-            raise _empty(sel)
-        batches = _write_batches(store, out, slots, touched)
+    scratch_dir = Path(tempfile.mkdtemp(prefix="iot-anchor-export-"))
+    try:
+        with open(scratch_dir / "slots", "w+b") as scratch:
+            slots = scratch.fileno()
+            rows, root, sensors, devs, frame, touched = _write_rows(
+                store, out, sel, list(sel.sensors) or None, slots, scratch_dir,
+                Progress("exporting rows", store.reading_count(), stream))
+            if rows == 0:
+                raise _empty(sel)
+            batches = _write_batches(store, out, slots, touched)
+    finally:
+        shutil.rmtree(scratch_dir, ignore_errors=True)
     data_digest = sha256_file(out / DATA_FILE)
     fields = {"name": name, "rows": rows, "root": root, "selection": sel.as_fields(),
               "files": [{"path": DATA_FILE, "sha256": data_digest}]}
@@ -252,65 +226,146 @@ def _describe(name: str, sel: Selection, rows: int, devs: list[str]) -> str:
             f"from an iot-anchor ledger of {sel.below} entries with their provenance.")
 
 
-def _write_rows(store: Store, out: Path, sel: Selection, sensors: list[str],
-                slots: int, progress: Progress
-                ) -> tuple[int, bytes, list[str], tuple[int, int] | None, list[int]]:
-    """Pass 2: the Parquet rows and readings.bin; each row's (row + 1, leaf) goes to its
-    reading id's slot in the scratch file. Returns (rows, root, devices, ts range, the batch
-    entries touched, in order)."""
-    schema = _schema(sensors)
+class _RowGroups:
+    """Row groups to data/readings.parquet. With the sensors known (--sensor) they are written
+    there at once; otherwise each group, with the sensors it holds, is spooled to a scratch
+    Parquet file, and `finish` writes them all with the union of the sensors (null columns
+    added), so the readings are decoded once."""
+
+    def __init__(self, path: Path, sensors: list[str] | None, spool: Path) -> None:
+        self.path = path
+        self.fixed = sensors
+        self.spool = spool
+        self.parts: list[Path] = []
+        self.seen: set[str] = set(sensors or ())
+        self.writer = pq.ParquetWriter(path, _schema(sensors), compression="zstd") \
+            if sensors is not None else None
+
+    def write(self, cols: dict[str, list[Any]], sensors: dict[str, list[Any]]) -> None:
+        names = sorted(sensors)
+        table = pa.Table.from_pydict({**{c: cols[c] for c in FIXED_COLUMNS},
+                                      **{s: sensors[s] for s in names},
+                                      "leaf": cols["leaf"], "entry": cols["entry"]},
+                                     schema=_schema(names))
+        if self.writer is not None:
+            self.writer.write_table(table)
+            return
+        self.seen.update(names)
+        part = self.spool / f"part-{len(self.parts):06d}.parquet"
+        pq.write_table(table, part, compression="none")
+        self.parts.append(part)
+
+    def finish(self) -> list[str]:
+        """Close the file; returns the sensor columns."""
+        if self.writer is not None:
+            self.writer.close()
+            return list(self.fixed or ())
+        names = sorted(self.seen)
+        check_sensor_names(names)
+        schema = _schema(names)
+        with pq.ParquetWriter(self.path, schema, compression="zstd") as w:
+            for part in self.parts:
+                t = pq.read_table(part)
+                arrays = [t.column(f.name) if f.name in t.schema.names
+                          else pa.nulls(t.num_rows, f.type) for f in schema]
+                w.write_table(pa.Table.from_arrays(arrays, schema=schema))
+                part.unlink()
+        return names
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _write_rows(store: Store, out: Path, sel: Selection, fixed: list[str] | None,
+                slots: int, spool: Path, progress: Progress
+                ) -> tuple[int, bytes, list[str], list[str], tuple[int, int] | None,
+                           list[int]]:
+    """The row pass: the Parquet rows and readings.bin; each row's (row + 1, leaf) goes to its
+    reading id's slot in the scratch file. The decoding runs on the verifier processes.
+    Returns (rows, root, sensors, devices, ts range, the batch entries touched, in order)."""
     tree = merkle.CompactRange()
-    leaf_hash = merkle.leaf_hash
     n = 0
     devs: list[str] = []
     lo_ts: int | None = None
     hi_ts: int | None = None
-    cols: dict[str, list[Any]] = {c: [] for c in schema.names}
+    cols: dict[str, list[Any]] = {c: [] for c in (*FIXED_COLUMNS, "leaf", "entry")}
+    group: dict[str, list[Any]] = {s: [] for s in fixed or ()}
     touched: set[int] = set()
     pwrite = os.pwrite
+    groups = _RowGroups(out / DATA_FILE, fixed, spool)
+    ctx = Context(0, sel.as_fields(), selection_of, sel)
+    ahead: deque[tuple[list[tuple[int, str, int, int, bytes]], Iterator[list[Decoded1]]]] = \
+        deque()
 
-    def flush(writer: pq.ParquetWriter) -> None:
-        if not cols["device"]:
-            return
-        writer.write_table(pa.Table.from_pydict(cols, schema=schema))
-        for c in cols.values():
-            c.clear()
+    def flush() -> None:
+        nonlocal group
+        if cols["device"]:
+            groups.write(cols, group)
+            for c in cols.values():
+                c.clear()
+            group = {s: [] for s in fixed or ()}
 
-    sensor_cols = [(s, cols[s]) for s in sensors]
-    with pq.ParquetWriter(out / DATA_FILE, schema, compression="zstd") as writer, \
-            open(out / READINGS_FILE, "wb") as raw:
-        dev_c, seq_c, ts_c, leaf_c, entry_c = (cols[c] for c in (*FIXED_COLUMNS, "leaf",
-                                                                  "entry"))
-        for rid, batch, cose, d in _selected(store, sel):
-            leaf = leaf_hash(cose)
-            tree.append(leaf)
-            raw.write(reading_record(cose))
-            if not devs or devs[-1] != d.dev:
-                devs.append(d.dev)
-            dev_c.append(d.dev)
-            seq_c.append(d.seq)
-            ts_c.append(None if d.ts is None else d.ts * 1000)
-            if d.ts is not None:
-                lo_ts = d.ts if lo_ts is None else min(lo_ts, d.ts)
-                hi_ts = d.ts if hi_ts is None else max(hi_ts, d.ts)
-            data = d.data
-            for s, col in sensor_cols:
-                v = data.get(s)
-                col.append(None if v is None else float(v))
-            leaf_c.append(leaf)
-            entry_c.append(batch)
-            n += 1
-            pwrite(slots, n.to_bytes(8, "big") + leaf, rid * _SLOT)
-            touched.add(batch)
-            if len(dev_c) >= ROW_GROUP:
-                flush(writer)
-                progress.update(n)
-        flush(writer)
-        _fsync(raw)
+    try:
+        with open(out / READINGS_FILE, "wb") as raw, VerifierPool(2) as pool:
+            dev_c, seq_c, ts_c, leaf_c, entry_c = (cols[c] for c in (*FIXED_COLUMNS, "leaf",
+                                                                      "entry"))
+            append = tree.append
+            write = raw.write
+            chunks = store.provenance_readings(sel.devices, sel.below, READ_CHUNK)
+            while True:
+                chunk = next(chunks, None)
+                if chunk is not None:
+                    ahead.append((chunk, pool.iter_chunks(
+                        decode_rows, [(c[4], c[3]) for c in chunk], ctx)))
+                    if len(ahead) <= 3:
+                        continue
+                if not ahead:
+                    break
+                items, results = ahead.popleft()
+                k = 0
+                for part in results:
+                    for keep, dev, seq, ts, data, leaf in part:
+                        rid, _d, _s, batch, cose = items[k]
+                        k += 1
+                        if not keep:
+                            continue
+                        if fixed is None:
+                            for s in data:
+                                if s not in group:
+                                    group[s] = [None] * len(dev_c)
+                        append(leaf)
+                        write(reading_record(cose))
+                        if not devs or devs[-1] != dev:
+                            devs.append(dev)
+                        dev_c.append(dev)
+                        seq_c.append(seq)
+                        if ts is None:
+                            ts_c.append(None)
+                        else:
+                            ts_c.append(ts * 1000)
+                            lo_ts = ts if lo_ts is None or ts < lo_ts else lo_ts
+                            hi_ts = ts if hi_ts is None or ts > hi_ts else hi_ts
+                        for s, col in group.items():
+                            v = data.get(s)
+                            col.append(None if v is None else float(v))
+                        leaf_c.append(leaf)
+                        entry_c.append(batch)
+                        n += 1
+                        pwrite(slots, n.to_bytes(8, "big") + leaf, rid * _SLOT)
+                        touched.add(batch)
+                        if len(dev_c) >= ROW_GROUP:
+                            flush()
+                            progress.update(n)
+            flush()
+            _fsync(raw)
+        sensors = groups.finish()
+    finally:
+        groups.close()
     progress.update(n)
     progress.finish()
     frame = (lo_ts, hi_ts) if lo_ts is not None and hi_ts is not None else None
-    return n, tree.root(), devs, frame, sorted(touched)
+    return n, tree.root(), sensors, devs, frame, sorted(touched)
 
 
 def _fsync(f: BinaryIO) -> None:

@@ -46,14 +46,16 @@ def selection_of(fields: dict[str, object]) -> Selection:
     return Selection.from_fields(fields)  # type: ignore[arg-type]
 
 
-def count_sensors(sel: Selection, chunk: list[tuple[bytes, int]]) -> list[tuple[int, set[str]]]:
-    """Worker: how many of the (COSE, batch entry) items the selection holds, and their
-    sensor names (one result for the chunk)."""
-    n = 0
-    names: set[str] = set()
+# (keep, dev, seq, ts, data, leaf) per reading: what the export's row pass needs
+Decoded1 = tuple[bool, str, int, int | None, dict[str, int | float], bytes]
+
+
+def decode_rows(sel: Selection, chunk: list[tuple[bytes, int]]) -> list[Decoded1]:
+    """Worker: each (COSE, batch entry) decoded, hashed and tested against the selection."""
+    out: list[Decoded1] = []
+    leaf_hash = merkle.leaf_hash
     for i, (cose, batch) in enumerate(chunk):
         d = decoded(cose, i)
-        if sel.holds(d.dev, d.ts, d.data, batch):
-            n += 1
-            names.update(d.data)
-    return [(n, names)]
+        out.append((sel.holds(d.dev, d.ts, d.data, batch), d.dev, d.seq, d.ts, d.data,
+                    leaf_hash(cose)))
+    return out

@@ -463,11 +463,13 @@ def _scan(out: Path, pf: pq.ParquetFile, sensors: list[str], sel: Selection, led
             if ahead is not None:
                 arows, results = ahead
                 k = 0
+                base = r
+                raw = os.pread(slots, len(arows) * _SLOT, base * _SLOT)
                 for chunk in results:
                     for res in chunk:
                         row = arows[k]
                         _check_row(r, row, res, sensors, sel,
-                                   os.pread(slots, _SLOT, r * _SLOT), prev)
+                                   raw[k * _SLOT:(k + 1) * _SLOT], prev)
                         tree.append(res[0])
                         prev = (row[0], row[1])
                         k += 1
