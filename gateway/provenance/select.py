@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from gateway.errors import IntegrityError
 from gateway.ledger import merkle
@@ -50,7 +50,7 @@ def selection_of(fields: dict[str, object]) -> Selection:
 Decoded1 = tuple[bool, str, int, int | None, dict[str, int | float], bytes]
 
 
-def decode_rows(sel: Selection, chunk: list[tuple[bytes, int]]) -> list[Decoded1]:
+def decode_rows(sel: Selection, chunk: Sequence[tuple[bytes, int]]) -> list[Decoded1]:
     """Worker: each (COSE, batch entry) decoded, hashed and tested against the selection."""
     out: list[Decoded1] = []
     leaf_hash = merkle.leaf_hash
