@@ -352,46 +352,21 @@ def _name(r: int, dev: Any, seq: Any) -> str:
     return f"{DATA_FILE} row {r} ({dev!r}, {seq})"
 
 
-def _check_row(r: int, row: tuple[Any, ...], res: rowcheck.RowResult, sensors: list[str],
-               sel: Selection, slot: bytes, prev: tuple[str, int] | None) -> None:
-    dev, seq, ts_ms = row[0], row[1], row[2]
-    ts = None if ts_ms is None else ts_ms // 1000
-    leaf_col, entry_col = row[-2], row[-1]
-    leaf, problem, pdev, pseq, pts, data = res
+def _check_slot(r: int, row: tuple[Any, ...], leaf: bytes, slot: bytes,
+                prev: tuple[str, int] | None) -> None:
+    """The row against what the batch proofs put at its position, and the row order."""
+    dev, seq, entry = row[0], row[1], row[-1]
     where = _name(r, dev, seq)
-    if problem is not None:
-        raise _fail(f"{where}: {problem}")
-    if (dev, seq) != (pdev, pseq):
-        raise _fail(f"{where}: device, seq are ({dev!r}, {seq}), its COSE message says "
-                    f"({pdev!r}, {pseq})")
-    if ts_ms != (None if pts is None else pts * 1000):
-        raise _fail(f"{where}: ts is {ts}, its COSE message says {pts}")
-    for j, s in enumerate(sensors):
-        v = row[3 + j]
-        want = data.get(s)
-        want = None if want is None else float(want)
-        if v != want:
-            raise _fail(f"{where}: {s} is {v}, its COSE message says {want}")
-    if not sel.sensors:
-        extra = sorted(set(data) - set(sensors))
-        if extra:
-            raise _fail(f"{where}: its COSE message has sensor(s) {extra} with no column")
-    if leaf_col != leaf:
-        shown = leaf_col.hex() if isinstance(leaf_col, bytes) else leaf_col
-        raise _fail(f"{where}: leaf is {shown}, the hash of its COSE message is {leaf.hex()}")
     if slot == _EMPTY:
         raise _fail(f"{where}: no batch proof in {BATCHES_FILE} lists this row")
     if slot[:32] != leaf:
         raise _fail(f"{where}: the batch proofs anchored another message at this row: a row "
                     "was dropped, added, duplicated or moved at or before it")
-    if int.from_bytes(slot[32:], "big") != entry_col:
-        raise _fail(f"{where}: entry is {entry_col}, its batch proof is batch entry "
+    if int.from_bytes(slot[32:], "big") != entry:
+        raise _fail(f"{where}: entry is {entry}, its batch proof is batch entry "
                     f"{int.from_bytes(slot[32:], 'big')}")
     if prev is not None and (dev, seq) <= prev:
         raise _fail(f"{where}: comes after {prev}: rows must be in strict (device, seq) order")
-    if not sel.holds(dev, ts, data, entry_col):
-        raise _fail(f"{where}: the reading is not in the dataset's selection "
-                    f"{sel.as_fields()}")
 
 
 def verify_dataset(out: Path, vkey: str, checkpoint: str | None = None, *, workers: int = 2,
@@ -436,7 +411,8 @@ def verify_dataset(out: Path, vkey: str, checkpoint: str | None = None, *, worke
 def _scan(out: Path, pf: pq.ParquetFile, sensors: list[str], sel: Selection, led: _Ledger,
           slots: int, nrows: int, workers: int, stream: TextIO | None) -> tuple[int, bytes]:
     progress = Progress("verifying rows", nrows, stream)
-    ctx = Context(0, led.keys, rowcheck.prepare, rowcheck.prepare(led.keys))
+    value = (led.keys, sensors, sel.as_fields())
+    ctx = Context(0, value, rowcheck.prepare_rows, rowcheck.prepare_rows(value))
     msgs = _messages(out)
     tree = merkle.CompactRange()
     prev: tuple[str, int] | None = None
@@ -445,7 +421,8 @@ def _scan(out: Path, pf: pq.ParquetFile, sensors: list[str], sel: Selection, led
     with VerifierPool(workers) as pool:
         if nrows > 4 * BATCH_ROWS:
             pool.start()
-        ahead: tuple[list[tuple[Any, ...]], Iterator[list[rowcheck.RowResult]]] | None = None
+        ahead: tuple[list[tuple[Any, ...]], Iterator[list[tuple[bytes, str | None]]]] | None = \
+            None
         batches = _rows(pf, sensors)
         while True:
             rows = next(batches, None)
@@ -458,7 +435,7 @@ def _scan(out: Path, pf: pq.ParquetFile, sensors: list[str], sel: Selection, led
                         raise _fail(f"{_name(read, row[0], row[1])}: {READINGS_FILE} has no "
                                     "COSE message for it")
                     read += 1
-                    work.append((cose, row[-1] if type(row[-1]) is int else -1))
+                    work.append((cose, row))
                 started = (rows, pool.iter_chunks(rowcheck.check_rows, work, ctx))
             if ahead is not None:
                 arows, results = ahead
@@ -466,11 +443,12 @@ def _scan(out: Path, pf: pq.ParquetFile, sensors: list[str], sel: Selection, led
                 base = r
                 raw = os.pread(slots, len(arows) * _SLOT, base * _SLOT)
                 for chunk in results:
-                    for res in chunk:
+                    for leaf, problem in chunk:
                         row = arows[k]
-                        _check_row(r, row, res, sensors, sel,
-                                   raw[k * _SLOT:(k + 1) * _SLOT], prev)
-                        tree.append(res[0])
+                        if problem is not None:
+                            raise _fail(f"{_name(r, row[0], row[1])}: {problem}")
+                        _check_slot(r, row, leaf, raw[k * _SLOT:(k + 1) * _SLOT], prev)
+                        tree.append(leaf)
                         prev = (row[0], row[1])
                         k += 1
                         r += 1
