@@ -5,7 +5,9 @@
 1. N readings from D devices, pre-signed as the firmware signs them (cached in .cache/bench/,
    shared with tools/bench_ledger.py), ingested into a fresh data dir with `iot-anchor ingest`.
 2. The baseline, in the same run: `cryptography`'s bare ES256 verify loop on 2 threads over a
-   sample of the same messages (signatures and Sig_structures prepared beforehand).
+   sample of the same messages (signatures and Sig_structures prepared beforehand), measured
+   right before and right after each export and verify; each ratio is against the mean of
+   the two around it, so a load that changes during the run moves both alike.
 3. `iot-anchor dataset export` of every reading, then `iot-anchor dataset verify` of it, each
    a subprocess: wall time, rows/s, and peak resident memory of the process tree (VmRSS
    sampled every 0.25 s, its verifier processes included).
@@ -25,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -95,20 +98,26 @@ def messages_count(path: Path) -> range:
     return range(n)
 
 
-def measure(work: Path, data: Path, n: int) -> dict[str, Any]:
+def measure(work: Path, data: Path, n: int, bare: Callable[[], float]) -> dict[str, Any]:
     out = work / f"dataset-{n}"
+    b0 = bare()
     exp, exp_peak = peak_rss_of(gw("dataset", "export", str(out), "--name", f"bench-{n}",
                                    "--json", "--data", str(data)))
     if exp["rc"] != 0:
         raise AnchorError(f"dataset export failed: {exp['err'].strip()[-300:]}", "see above")
     rows = json.loads(exp["out"].strip().splitlines()[-1])["rows"]
     vkey = (data / VKEY_NAME).read_text().strip()
+    b1 = bare()
     ver, ver_peak = peak_rss_of(gw("dataset", "verify", str(out), "--gateway-key", vkey))
     if ver["rc"] != 0:
         raise AnchorError(f"dataset verify failed: {(ver['out'] + ver['err']).strip()[-300:]}",
                           "the export the bench made does not verify: a bug to report")
+    b2 = bare()
     prov = tree_bytes(out / "provenance")
-    return {"rows": rows, "export_s": exp["wall_s"], "export_rows_s": rows / exp["wall_s"],
+    return {"bare_verify_2threads_s": [b0, b1, b2],
+            "export_vs_bare": rows / exp["wall_s"] / ((b0 + b1) / 2),
+            "verify_vs_bare": rows / ver["wall_s"] / ((b1 + b2) / 2),
+            "rows": rows, "export_s": exp["wall_s"], "export_rows_s": rows / exp["wall_s"],
             "export_peak_rss_mb": exp_peak, "verify_s": ver["wall_s"],
             "verify_rows_s": rows / ver["wall_s"], "verify_peak_rss_mb": ver_peak,
             "provenance_bytes": prov, "data_bytes": tree_bytes(out / "data")}
@@ -128,29 +137,26 @@ def main(argv: list[str] | None = None) -> int:
         data, path, cose = build(work, args.readings, args.devices, args.procs)
         sample = messages(path, SAMPLE)
         _p, keys = readings_file(args.readings, args.devices, args.procs)
-        log("baseline: cryptography's bare verify loop on 2 threads ...")
-        bare = bare_verify_rate(sample, keys, 2)
-        log("export and verify ...")
-        big = measure(work, data, args.readings)
+        log("export and verify, with the bare verify loop around each ...")
+        big = measure(work, data, args.readings, lambda: bare_verify_rate(sample, keys, 2))
         small_n = args.readings // 4
         small_data, _sp, _sc = build(work, small_n, args.devices, args.procs)
-        small = measure(work, small_data, small_n)
+        small = measure(work, small_data, small_n, lambda: bare_verify_rate(sample, keys, 2))
     res = {
         "readings": args.readings, "devices": args.devices,
         **big,
         "cose_bytes": cose,
         "provenance_vs_cose": big["provenance_bytes"] / cose,
-        "bare_verify_2threads_s": bare,
-        "verify_vs_bare": big["verify_rows_s"] / bare,
-        "export_vs_bare": big["export_rows_s"] / bare,
         "quarter": small,
         "export_rss_ratio_n_vs_quarter": big["export_peak_rss_mb"] / small["export_peak_rss_mb"],
         "verify_rss_ratio_n_vs_quarter": big["verify_peak_rss_mb"] / small["verify_peak_rss_mb"],
     }
+    bare = big["bare_verify_2threads_s"]
     print(f"dataset of {res['rows']:,} rows from {args.devices} devices: export "
           f"{res['export_rows_s']:,.0f} rows/s ({res['export_vs_bare']:.2f}x the bare verify "
           f"rate), verify {res['verify_rows_s']:,.0f} rows/s ({res['verify_vs_bare']:.2f} of "
-          f"cryptography's bare 2-thread verify, {bare:,.0f}/s); provenance "
+          f"cryptography's bare 2-thread verify, {bare[1]:,.0f} to {bare[2]:,.0f}/s around "
+          f"it); provenance "
           f"{res['provenance_vs_cose']:.2f}x the COSE bytes; peak RSS export "
           f"{big['export_peak_rss_mb']:.0f} MB, verify {big['verify_peak_rss_mb']:.0f} MB "
           f"({res['export_rss_ratio_n_vs_quarter']:.2f}x and "
