@@ -186,7 +186,8 @@ def _export(store: Store, out: Path, name: str, sel: Selection, vkey: str, signe
             slots = scratch.fileno()
             rows, root, sensors, devs, frame, touched = _write_rows(
                 store, out, sel, list(sel.sensors) or None, slots, scratch_dir,
-                Progress("exporting rows", store.reading_count(), stream))
+                Progress("exporting: readings", store.provenance_count(sel.devices, sel.below),
+                         stream))
             if rows == 0:
                 raise _empty(sel)
             batches = _write_batches(store, out, slots, touched)
@@ -292,6 +293,7 @@ def _write_rows(store: Store, out: Path, sel: Selection, fixed: list[str] | None
     cols: dict[str, list[Any]] = {c: [] for c in (*FIXED_COLUMNS, "leaf", "entry")}
     group: dict[str, list[Any]] = {s: [] for s in fixed or ()}
     touched: set[int] = set()
+    scanned = 0
     pwrite = os.pwrite
     groups = _RowGroups(out / DATA_FILE, fixed, spool)
     ctx = Context(0, sel.as_fields(), selection_of, sel)
@@ -323,6 +325,8 @@ def _write_rows(store: Store, out: Path, sel: Selection, fixed: list[str] | None
                 if not ahead:
                     break
                 items, results = ahead.popleft()
+                scanned += len(items)
+                progress.update(scanned)
                 k = 0
                 for part in results:
                     for keep, dev, seq, ts, data, leaf in part:
@@ -356,13 +360,11 @@ def _write_rows(store: Store, out: Path, sel: Selection, fixed: list[str] | None
                         touched.add(batch)
                         if len(dev_c) >= ROW_GROUP:
                             flush()
-                            progress.update(n)
             flush()
             _fsync(raw)
         sensors = groups.finish()
     finally:
         groups.close()
-    progress.update(n)
     progress.finish()
     frame = (lo_ts, hi_ts) if lo_ts is not None and hi_ts is not None else None
     return n, tree.root(), sensors, devs, frame, sorted(touched)

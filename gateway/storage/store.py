@@ -670,6 +670,13 @@ class Store:
         finally:
             cur.close()
 
+    def provenance_count(self, devices: Sequence[str], below: int) -> int:
+        """How many readings `provenance_readings` goes through."""
+        where, args = "batch < ?", [below, *devices]
+        if devices:
+            where += f" AND dev IN ({', '.join('?' * len(devices))})"
+        return int(self.one(f"SELECT COUNT(*) FROM readings WHERE {where}", args)[0])
+
     def batch_row(self, entry: int) -> tuple[int, int, bytes, bytes] | None:
         """(first reading id, n, root, group roots blob) of the batch of ledger entry `entry`."""
         r = self.one("SELECT first, n, root, nodes FROM batches WHERE entry = ?", (entry,))

@@ -338,3 +338,47 @@ def test_ledger_verify_recomputes_dataset_entries(tmp_path: Path) -> None:
             f"entries {j}: dataset 'a' says 19 rows, its selection gives 20"], res.problems
         e = decode_entry(store.entry_body(i) or b"")
         assert isinstance(e, RecordEntry) and e.kind == "dataset"
+
+
+def _tmpfs_ok() -> bool:
+    import os
+    import shutil as sh
+    import subprocess
+    import tempfile
+
+    if os.geteuid() != 0 or not sh.which("mount"):
+        return False
+    d = tempfile.mkdtemp(prefix="iot-anchor-tmpfs-probe-")
+    try:
+        ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", d],
+                            capture_output=True).returncode == 0
+        if ok:
+            subprocess.run(["umount", d], capture_output=True)
+        return ok
+    finally:
+        sh.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.skipif(not _tmpfs_ok(), reason="needs root and mount to make a small tmpfs")
+def test_an_out_on_a_full_disk(exported: dict[str, Any], tmp_path: Path,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    """OUT on a 16 KiB tmpfs: the export fails with the disk's error and what to do, the
+    directory it created is gone, and nothing was anchored."""
+    import subprocess
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mnt)], check=True)
+    try:
+        with Store.open(exported["data"]) as store:
+            before = store.entry_count()
+        capsys.readouterr()
+        assert main(["dataset", "export", str(mnt / "out"), "--name", "x", "--data",
+                     str(exported["data"])]) == 2
+        err = capsys.readouterr().err
+        assert "No space left on device" in err and "free space on the disk" in err, err
+        assert not (mnt / "out").exists()
+        with Store.open(exported["data"]) as store:
+            assert store.entry_count() == before
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
