@@ -61,7 +61,7 @@ from gateway.provenance.dataset import (
     check_sensor_names,
     reading_record,
 )
-from gateway.provenance.files import file_error, sha256_file, write_atomic
+from gateway.provenance.files import file_error, fsync_path, sha256_file, write_atomic
 from gateway.provenance.select import Decoded1, decode_rows, selection_of
 from gateway.storage.store import Store
 
@@ -196,21 +196,20 @@ def _export(store: Store, out: Path, name: str, sel: Selection, vkey: str, signe
     data_digest = sha256_file(out / DATA_FILE)
     fields = {"name": name, "rows": rows, "root": root, "selection": sel.as_fields(),
               "files": [{"path": DATA_FILE, "sha256": data_digest}]}
-    entry, _cp = store.append_record(signer, DATASET, fields)
-    latest = store.latest_checkpoint()
-    assert latest is not None  # append_record signed one
-    size, cp_note = latest
+    # the checkpoint signed with the entry covers it and everything the provenance proves
+    entry, cp_note = store.append_record(signer, DATASET, fields)
+    cp = note.verify_checkpoint(cp_note, vkey)
+    size = cp.size
     wanted = sorted({*batches, entry, *_registry_entries(store, devs, sel.below)})
     ledger = {"version": LEDGER_FORMAT, "checkpoint": cp_note, "size": size, "dataset": entry,
               "entries": [_proven(store, i, size) for i in wanted]}
     write_atomic(out / LEDGER_FILE, (json.dumps(ledger, indent=1) + "\n").encode())
     files = [DATA_FILE, BATCHES_FILE, LEDGER_FILE, READINGS_FILE]
-    cp_root = note.verify_checkpoint(cp_note, vkey).root
     meta = croissant.metadata(
         name=name, description=description or _describe(name, sel, rows, devs),
         files=[(f, sha256_file(out / f).hex()) for f in files], sensors=sensors, rows=rows,
         devices=devs, timeframe=frame, vkey=vkey, checkpoint_size=size,
-        checkpoint_root=cp_root, entry=entry, root=root, selection=sel.as_fields(),
+        checkpoint_root=cp.root, entry=entry, root=root, selection=sel.as_fields(),
         published_ms=decode_entry(store.entry_body(entry) or b"").t)
     write_atomic(out / METADATA_FILE, (json.dumps(meta, indent=1) + "\n").encode())
     return ExportResult(name, rows, entry, root, [METADATA_FILE, *files], 0.0)
@@ -244,6 +243,7 @@ class _RowGroups:
 
     def write(self, cols: dict[str, list[Any]], sensors: dict[str, list[Any]]) -> None:
         names = sorted(sensors)
+        check_sensor_names(names)
         table = pa.Table.from_pydict({**{c: cols[c] for c in FIXED_COLUMNS},
                                       **{s: sensors[s] for s in names},
                                       "leaf": cols["leaf"], "entry": cols["entry"]},
@@ -257,9 +257,10 @@ class _RowGroups:
         self.parts.append(part)
 
     def finish(self) -> list[str]:
-        """Close the file; returns the sensor columns."""
+        """Close the file (fsync'd); returns the sensor columns."""
         if self.writer is not None:
             self.writer.close()
+            fsync_path(self.path)
             return list(self.fixed or ())
         names = sorted(self.seen)
         check_sensor_names(names)
@@ -271,6 +272,7 @@ class _RowGroups:
                           else pa.nulls(t.num_rows, f.type) for f in schema]
                 w.write_table(pa.Table.from_arrays(arrays, schema=schema))
                 part.unlink()
+        fsync_path(self.path)
         return names
 
     def close(self) -> None:

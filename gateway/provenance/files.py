@@ -37,6 +37,18 @@ def file_error(e: OSError, path: Path, doing: str) -> StorageError:
     return StorageError(f"{doing} {path} failed: {why}", hint)
 
 
+def fsync_path(path: Path) -> None:
+    """fsync a file written by someone else's writer (pyarrow's)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise file_error(e, path, "syncing") from e
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write `data` to `path` through PATH.tmp, fsync'd and renamed over it."""
     tmp = path.with_name(path.name + ".tmp")

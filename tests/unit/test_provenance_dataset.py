@@ -382,3 +382,30 @@ def test_an_out_on_a_full_disk(exported: dict[str, Any], tmp_path: Path,
             assert store.entry_count() == before
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_a_sensor_named_like_a_column(tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from helpers_readings import Device
+
+    from gateway.fleet import registry
+    from gateway.ingest.pipeline import Pipeline
+
+    data = tmp_path / "d"
+    store, vkey = Store.create(data)
+    dv = Device("odd-1")
+    with store:
+        registry.add(store, dv.id, dv.public_bytes)
+        pipe = Pipeline(store, workers=1)
+        pipe.submit([dv.next({"temp": 20.0, "seq": 1.0}) for _ in range(3)])
+        pipe.commit()
+        pipe.close()
+    out = tmp_path / "o"
+    capsys.readouterr()
+    assert main(["dataset", "export", str(out), "--name", "x", "--data", str(data)]) == 2
+    assert "sensor name(s) ['seq'] clash with the columns" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["dataset", "export", str(out), "--name", "x", "--sensor", "temp", "--data",
+                 str(data)]) == 0
+    rc, line = _verify(out, vkey, capsys)
+    assert rc == 0, line
