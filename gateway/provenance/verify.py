@@ -339,12 +339,19 @@ def _messages(out: Path) -> Iterator[bytes]:
 
 
 def _rows(pf: pq.ParquetFile, sensors: list[str]) -> Iterator[list[tuple[Any, ...]]]:
-    for rb in pf.iter_batches(batch_size=BATCH_ROWS):
-        cols = [rb.column(0).to_pylist(), rb.column(1).to_pylist(),
-                rb.column(2).cast(pa.int64()).to_pylist(),
-                *[rb.column(3 + j).to_pylist() for j in range(len(sensors))],
-                rb.column(rb.num_columns - 2).to_pylist(),
-                rb.column(rb.num_columns - 1).to_pylist()]
+    batches = pf.iter_batches(batch_size=BATCH_ROWS)
+    while True:
+        try:
+            rb = next(batches, None)
+            if rb is None:
+                return
+            cols = [rb.column(0).to_pylist(), rb.column(1).to_pylist(),
+                    rb.column(2).cast(pa.int64()).to_pylist(),
+                    *[rb.column(3 + j).to_pylist() for j in range(len(sensors))],
+                    rb.column(rb.num_columns - 2).to_pylist(),
+                    rb.column(rb.num_columns - 1).to_pylist()]
+        except (OSError, pa.ArrowException) as e:
+            raise _fail(f"{DATA_FILE} cannot be read ({e})") from None
         yield list(zip(*cols, strict=True))
 
 

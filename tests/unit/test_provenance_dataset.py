@@ -409,3 +409,19 @@ def test_a_sensor_named_like_a_column(tmp_path: Path,
                  str(data)]) == 0
     rc, line = _verify(out, vkey, capsys)
     assert rc == 0, line
+
+
+def test_damaged_files_fail_without_a_traceback(exported: dict[str, Any], tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Bytes flipped in each provenance file (digests fixed): a FAIL line naming the file."""
+    for rel in ("data/readings.parquet", "provenance/batches.cbor", "provenance/ledger.json",
+                "provenance/readings.bin"):
+        out = tmp_path / rel.replace("/", "_")
+        shutil.copytree(exported["out"], out)
+        raw = bytearray((out / rel).read_bytes())
+        for k in range(len(raw) // 3, len(raw) // 3 + 64):
+            raw[k] ^= 0x5A
+        (out / rel).write_bytes(bytes(raw))
+        fix_digest(out, rel)
+        rc, line = _verify(out, exported["vkey"], capsys)
+        assert rc == 1 and line.startswith("FAIL: "), (rel, line)
