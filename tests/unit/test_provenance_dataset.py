@@ -425,3 +425,46 @@ def test_damaged_files_fail_without_a_traceback(exported: dict[str, Any], tmp_pa
         fix_digest(out, rel)
         rc, line = _verify(out, exported["vkey"], capsys)
         assert rc == 1 and line.startswith("FAIL: "), (rel, line)
+
+
+def test_rotated_and_revoked_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Readings signed before and after a key rotation, and by a device revoked since, verify
+    against the key each had at its batch entry; without the rotation's registry entry the
+    later readings do not."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from helpers_readings import Device
+
+    from gateway.fleet import registry
+    from gateway.ingest.pipeline import Pipeline
+
+    data = tmp_path / "d"
+    store, vkey = Store.create(data)
+    a, b = Device("bed-a"), Device("bed-b")
+    with store:
+        registry.add(store, a.id, a.public_bytes)
+        registry.add(store, b.id, b.public_bytes)
+        pipe = Pipeline(store, workers=1)
+        pipe.submit([a.next({"t": 1.0}), b.next({"t": 2.0})])
+        pipe.commit()
+        pipe.close()
+        a.key = ec.generate_private_key(ec.SECP256R1())
+        registry.rotate(store, a.id, a.public_bytes)
+        pipe = Pipeline(store, workers=1)
+        assert all(o.status == "accepted" for o in pipe.submit([a.next({"t": 3.0}),
+                                                                b.next({"t": 4.0})]))
+        pipe.commit()
+        pipe.close()
+        registry.revoke(store, b.id)
+    out = tmp_path / "o"
+    assert main(["dataset", "export", str(out), "--name", "x", "--data", str(data)]) == 0
+    rc, line = _verify(out, vkey, capsys)
+    assert rc == 0 and ", 4 rows," in line, line
+    # the provenance without the rotation entry: bed-a seq 1 has no key that verifies it
+    path = out / "provenance/ledger.json"
+    led = json.loads(path.read_text())
+    led["entries"] = [e for e in led["entries"]
+                      if getattr(decode_entry(bytes.fromhex(e["cbor"])), "action", "") != "rotate"]
+    path.write_text(json.dumps(led))
+    fix_digest(out, "provenance/ledger.json")
+    rc, line = _verify(out, vkey, capsys)
+    assert rc == 1 and "row 1 ('bed-a', 1): the signature does not verify" in line, line
