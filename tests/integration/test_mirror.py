@@ -372,3 +372,42 @@ def test_follow_survives_the_server_being_down(tmp_path: Path) -> None:
             _stop(server)
         log.close()
     assert main(["ledger", "verify", "--data", str(tmp_path / "m"), "--workers", "1"]) == 0
+
+
+def test_dataset_export_on_a_mirror(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A mirror signs nothing: it exports again a dataset the gateway anchored, proven under
+    the mirror's checkpoint, and `dataset verify` accepts it."""
+    gw = tmp_path / "gw"
+    store, vkey = Store.create(gw)
+    devs = [Device(f"s{k}") for k in range(2)]
+    for dv in devs:
+        registry.add(store, dv.id, dv.public_bytes)
+    _anchor(store, devs, 30, 8)
+    store.close()
+    assert main(["dataset", "export", str(tmp_path / "ds-gw"), "--name", "ward",
+                 "--data", str(gw)]) == 0
+    store = Store.open(gw)
+    _anchor(store, devs, 5, 8)  # more readings after the export: not in the dataset
+    store.close()
+    m = tmp_path / "m"
+    p, url = _start_serve(gw)
+    try:
+        assert _mirror(url, m, vkey) == 0
+    finally:
+        _stop(p)
+    capsys.readouterr()
+    assert main(["dataset", "export", str(tmp_path / "ds-m"), "--name", "ward",
+                 "--data", str(m)]) == 0
+    capsys.readouterr()
+    assert main(["dataset", "verify", str(tmp_path / "ds-m"), "--gateway-key", vkey]) == 0
+    assert (tmp_path / "ds-m" / "data" / "readings.parquet").read_bytes() == \
+        (tmp_path / "ds-gw" / "data" / "readings.parquet").read_bytes()
+    # a new dataset cannot be anchored by a mirror; another selection is refused
+    assert main(["dataset", "export", str(tmp_path / "x"), "--name", "other",
+                 "--data", str(m)]) == 2
+    assert "cannot anchor a new dataset" in capsys.readouterr().err
+    assert main(["dataset", "export", str(tmp_path / "y"), "--name", "ward", "--device", "s0",
+                 "--data", str(m)]) == 2
+    assert "another selection" in capsys.readouterr().err
+    with Store.open(m, readonly=True) as r, Store.open(gw, readonly=True) as g:
+        assert r.entry_count() == g.entry_count()  # the mirror appended nothing
