@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 
 from gateway.errors import ConfigError
 from gateway.http import tlog_routes
@@ -30,7 +30,7 @@ CTX_KEY = web.AppKey("ctx", HttpContext)
 _MAX_BODY = 1024
 
 
-def access_middleware(token: str | None) -> Middleware:
+def access_middleware(token: str | None) -> Any:  # an aiohttp middleware
     """401 without the right bearer token (when one is set), then 405 for writes, 413 for a
     request with a body."""
     expected = f"Bearer {token}".encode() if token is not None else None
