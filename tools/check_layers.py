@@ -19,8 +19,8 @@ from pathlib import Path
 LAYERS: list[tuple[str, ...]] = [
     ("cli",),
     ("sim",),
-    ("service", "fleet"),
-    ("mqtt", "ingest", "audit", "provenance"),
+    ("service", "fleet", "http"),
+    ("mqtt", "ingest", "audit", "provenance", "tlog"),
     ("storage",),
     ("ledger",),
     ("wire",),

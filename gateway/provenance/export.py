@@ -163,12 +163,17 @@ def export(store: Store, out: Path, name: str, *, devices: list[str], sensors: l
                           "give a time range that is not empty")
     sel = Selection(tuple(sorted(set(devices))), tuple(sorted(set(sensors))),
                     store.entry_count(), since, until)
+    anchored: tuple[int, dict[str, Any]] | None = None
+    if store.meta("mirror_of") is not None:
+        anchored = _anchored(store, name, sel)
+        sel = Selection.from_fields(anchored[1]["selection"])
     check_sensor_names(sel.sensors)
     vkey = store.vkey()
-    signer = store.load_signer()
+    signer = store.load_signer() if anchored is None else None
     o = _Out(out)
     try:
-        result = _export(store, o.path, name, sel, vkey, signer, description, progress_stream)
+        result = _export(store, o.path, name, sel, vkey, signer, description, progress_stream,
+                         anchored)
     except BaseException as e:
         o.cleanup()
         if isinstance(e, OSError):
@@ -178,8 +183,30 @@ def export(store: Store, out: Path, name: str, *, devices: list[str], sensors: l
     return result
 
 
+def _anchored(store: Store, name: str, asked: Selection) -> tuple[int, dict[str, Any]]:
+    """A mirror (gateway/tlog/mirror.py) holds no signing key and appends nothing: it exports
+    again the latest dataset the gateway anchored under `name`, with that entry's selection,
+    proven under the mirror's latest checkpoint. Options that select otherwise are refused."""
+    found = [e for e in store.records(DATASET) if e.fields.get("name") == name]
+    if not found:
+        raise ConfigError(f"this data directory is a mirror and its ledger has no dataset "
+                          f"named {name!r}", "a mirror cannot anchor a new dataset: export it "
+                          "on the gateway; here, export one of the datasets it anchored")
+    e = found[-1]
+    want = Selection.from_fields(e.fields["selection"])
+    if (asked.devices and asked.devices != want.devices) or \
+            (asked.sensors and asked.sensors != want.sensors) or \
+            (asked.since is not None and asked.since != want.since) or \
+            (asked.until is not None and asked.until != want.until):
+        raise ConfigError(f"dataset {name!r} (entry {e.i}) was anchored with another selection",
+                          "leave out --device, --sensor, --since and --until on a mirror: it "
+                          "exports the selection the gateway anchored")
+    return e.i, e.fields
+
+
 def _export(store: Store, out: Path, name: str, sel: Selection, vkey: str, signer: Any,
-            description: str | None, stream: TextIO | None) -> ExportResult:
+            description: str | None, stream: TextIO | None,
+            anchored: tuple[int, dict[str, Any]] | None = None) -> ExportResult:
     scratch_dir = Path(tempfile.mkdtemp(prefix="iot-anchor-export-"))
     try:
         with open(scratch_dir / "slots", "w+b") as scratch:
@@ -196,8 +223,21 @@ def _export(store: Store, out: Path, name: str, sel: Selection, vkey: str, signe
     data_digest = sha256_file(out / DATA_FILE)
     fields = {"name": name, "rows": rows, "root": root, "selection": sel.as_fields(),
               "files": [{"path": DATA_FILE, "sha256": data_digest}]}
-    # the checkpoint signed with the entry covers it and everything the provenance proves
-    entry, cp_note = store.append_record(signer, DATASET, fields)
+    if anchored is None:
+        # the checkpoint signed with the entry covers it and everything the provenance proves
+        entry, cp_note = store.append_record(signer, DATASET, fields)
+    else:  # a mirror: the gateway's entry, under the latest checkpoint the mirror holds
+        entry, want = anchored
+        if any(fields[k] != want.get(k) for k in ("rows", "root", "selection", "files")):
+            raise IntegrityError(f"the mirror's readings do not give dataset entry {entry} "
+                                 "(rows, root or file digest differ)",
+                                 "run 'iot-anchor ledger verify' on the mirror; the Parquet "
+                                 "writer must be the gateway's version to give the same bytes")
+        latest = store.latest_checkpoint()
+        if latest is None or latest[0] <= entry:
+            raise IntegrityError(f"no checkpoint covers dataset entry {entry}",
+                                 "run 'iot-anchor mirror' again")
+        cp_note = latest[1]
     cp = note.verify_checkpoint(cp_note, vkey)
     size = cp.size
     wanted = sorted({*batches, entry, *_registry_entries(store, devs, sel.below)})

@@ -25,6 +25,7 @@ from gateway.service.acks import AckOutbox
 from gateway.service.config import ServiceConfig
 from gateway.service.port import ReadingPipeline
 from gateway.service.resources import peak_rss_mb
+from gateway.tlog.witness_client import WitnessClient
 from gateway.wire.ack import encode_ack
 from gateway.wire.broker_url import parse_broker_url
 from gateway.wire.mqtt import V311, ConnectOptions
@@ -68,6 +69,16 @@ class _Stats:
     acks_held: int = 0  # publish rounds cut short by ACKS_INFLIGHT_MAX
     inbox_peak: int = 0
     pauses: int = 0
+
+
+@dataclass
+class _HttpServer:
+    runner: Any  # aiohttp.web.AppRunner
+    ctx: Any  # gateway.http.context.HttpContext
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+        await asyncio.to_thread(self.ctx.close)
 
 
 class GatewayService:
@@ -116,6 +127,10 @@ class GatewayService:
         self._final = asyncio.Event()  # ... and the publisher sent what it could
         self.stats = _Stats()
         self.client_id = ""
+        self.http_url: str | None = None  # with cfg.http, once the server listens
+        self.witnesses: WitnessClient | None = None
+        if cfg.witnesses:
+            self.witnesses = WitnessClient(cfg.data_dir, cfg.witnesses, cfg.witness_quorum)
 
     # -- the worker thread ------------------------------------------------------------------
 
@@ -144,17 +159,23 @@ class GatewayService:
                 self.client_id, self.broker_shown, self.cfg.batch_interval, self.cfg.batch_max,
                 self.cfg.puback,
             )
+            http = await self._start_http()
             try:
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(self._connection_loop(), name="connection")
                     tg.create_task(self._processor(), name="processor")
                     tg.create_task(self._publisher(), name="publisher")
+                    if self.witnesses is not None:
+                        tg.create_task(self.witnesses.run(self._drained), name="witnesses")
             except BaseExceptionGroup as group:
                 # The CLI explains an AnchorError in one line; do not hide it in a group.
                 for e in group.exceptions:
                     if isinstance(e, AnchorError):
                         raise e from None
                 raise
+            finally:
+                if http is not None:
+                    await http.stop()
             ru = resource.getrusage(resource.RUSAGE_SELF)
             st = self.stats
             log.info(
@@ -172,6 +193,23 @@ class GatewayService:
                 with contextlib.suppress(Exception):
                     await self._call(self._pipeline.close)
             self._pool.shutdown(wait=True)
+
+    async def _start_http(self) -> _HttpServer | None:
+        """`run --http`: the read-only HTTP server (gateway.http) on this loop."""
+        if self.cfg.http is None:
+            return None
+        from gateway.http.app import serve, url_of
+        from gateway.http.context import HttpContext
+
+        ctx = await asyncio.to_thread(HttpContext.for_data_dir, self.cfg.data_dir, self)
+        try:
+            runner = await serve(ctx, self.cfg.http[0], self.cfg.http[1], self.cfg.http_token)
+        except BaseException:
+            await asyncio.to_thread(ctx.close)
+            raise
+        self.http_url = url_of(runner)
+        log.info("serving the log on %s", self.http_url)
+        return _HttpServer(runner, ctx)
 
     @property
     def connected(self) -> bool:
@@ -435,6 +473,8 @@ class GatewayService:
         if text and text != self._checkpoint:
             self._checkpoint = text
             self._checkpoint_out = True
+            if self.witnesses is not None:
+                self.witnesses.notify()
         self._out_wake.set()
         n = result.readings
         self.stats.batches += 1 if n else 0

@@ -25,13 +25,23 @@ STOPPED_RSS_RE = re.compile(r"stopped: .* peak RSS (\d+) MB")
 
 
 def start_gateway(data: Path, broker_url: str, batch_interval: float, batch_max: int,
-                  log_out: IO[str]) -> subprocess.Popen[Any]:
-    """Start `iot-anchor run` on the data dir `data`, its output into the open file `log_out`;
-    `wait_connected` tells when it is up, `stop_gateway` stops it."""
+                  log_out: IO[str], extra: tuple[str, ...] = ()) -> subprocess.Popen[Any]:
+    """Start `iot-anchor run` on the data dir `data`, its output into the open file `log_out`
+    (`extra`: more options, e.g. --http); `wait_connected` tells when it is up,
+    `stop_gateway` stops it."""
     return subprocess.Popen(
         iot_anchor_command("run", "--data", str(data), "--broker", broker_url,
                            "--batch-interval", f"{batch_interval:g}",
-                           "--batch-max", str(batch_max)),
+                           "--batch-max", str(batch_max), *extra),
+        stdout=log_out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def start_mirror(url: str, data: Path, vkey: str, log_out: IO[str]) -> subprocess.Popen[Any]:
+    """`iot-anchor mirror URL --follow` into the data dir `data` (the load next to a paced
+    phase: `bench.py --mirror`)."""
+    return subprocess.Popen(
+        iot_anchor_command("mirror", url, "--data", str(data), "--gateway-key", vkey,
+                           "--follow", "--interval", "1"),
         stdout=log_out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 
