@@ -1,0 +1,236 @@
+"""The deterministic rule engine (pure): readings in ledger order, and gateway times, in;
+firings out. The gateway runs it at each commit; `ledger verify` runs it again over the stored
+readings and compares (docs/rules.md, "Audit").
+
+Inputs, all recorded in the ledger or in the firing itself:
+
+* `batch(readings, t)`: the readings of one batch entry, in leaf order, with the batch entry's
+  gateway time t (its "t" field). Each reading is (dev, seq, leaf hash, ts, data).
+* `tick(now)`: silence rules at gateway time `now`; the gateway ticks after every batch (with
+  the batch's t) and about once a second between batches (the firing records its `now`).
+* `rejected(dev, reason, now)`: one refusal, for rejection rules (rejections are not stored
+  in the ledger; a firing records the refusal times it used).
+
+State per (rule, device), kept in an overlay during a commit: `begin()`, then `commit()` once
+the transaction is durable or `rollback()` when it failed, so a retried commit sees the same
+state. `changed()` lists the states written by the last transaction, for the store.
+
+  readings rule: (fired, last_fired, run) with run = the consecutive matching readings that
+                 have not fired yet ([dev, seq, leaf], fewer than `for`)
+  silence rule:  (fired, last_fired, seen, armed): seen = gateway time of the device's last
+                 batch; armed = no silence firing since then
+  rejections:    (fired, last_fired, times): refusal times within the window, oldest first
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.rules.condition import activation
+from gateway.rules.model import Rule, RuleSet
+
+Reading = tuple[str, int, bytes, "int | None", dict[str, Any]]  # dev, seq, leaf, ts, data
+State = tuple[Any, ...]
+Key = tuple[int, str]  # (rule index, device)
+
+
+@dataclass(frozen=True)
+class Firing:
+    """One firing: `record(...)` gives its action entry's fields."""
+
+    rule: int
+    trigger: str
+    now: int
+    readings: tuple[tuple[str, int, bytes], ...] = ()
+    device: str | None = None
+    since: int | None = None
+    reason: str | None = None
+    times: tuple[int, ...] = field(default=())
+
+    def record(self, rs: RuleSet, version: int, set_index: int, batch: int) -> dict[str, Any]:
+        r = rs.rules[self.rule]
+        out: dict[str, Any] = {
+            "rule": r.name, "version": version, "set": set_index, "batch": batch,
+            "trigger": self.trigger, "readings": [list(x) for x in self.readings],
+            "now": self.now, "action": dict(r.action.fields),
+        }
+        if self.device is not None:
+            out["device"] = self.device
+        if self.since is not None:
+            out["since"] = self.since
+        if self.reason is not None:
+            out["reason"] = self.reason
+            out["times"] = list(self.times)
+        return out
+
+
+class Engine:
+    """See the module docstring. `set_t`: the gateway time of the rules entry (a silence rule
+    with a device list counts its devices as seen then)."""
+
+    def __init__(self, rs: RuleSet, set_t: int,
+                 states: Iterable[tuple[Key, State]] = ()) -> None:
+        self.rs = rs
+        self.set_t = set_t
+        self._base: dict[Key, State] = dict(states)
+        self._tx: dict[Key, State] = {}
+        self._last_tx: dict[Key, State] = {}
+        self._reading_rules = rs.by_trigger("readings")
+        self._silence_rules = rs.by_trigger("silence")
+        self._reject_rules = rs.by_trigger("rejections")
+        self.active = bool(rs.rules)
+
+    # --- state overlay -------------------------------------------------------------------------
+
+    def _get(self, key: Key) -> State | None:
+        st = self._tx.get(key)
+        return st if st is not None else self._base.get(key)
+
+    def begin(self) -> None:
+        self._tx = {}
+
+    def commit(self) -> None:
+        self._base.update(self._tx)
+        self._last_tx, self._tx = self._tx, {}
+
+    def rollback(self) -> None:
+        self._tx = {}
+
+    def changed(self) -> dict[Key, State]:
+        """The states the open (or, after commit(), the last) transaction wrote."""
+        return self._tx or self._last_tx
+
+    def pending(self) -> dict[Key, State]:
+        return self._tx
+
+    def state(self, rule: int, dev: str) -> State | None:
+        return self._get((rule, dev))
+
+    # --- inputs ------------------------------------------------------------------------------
+
+    def batch(self, readings: Sequence[Reading], t: int) -> list[Firing]:
+        out: list[Firing] = []
+        rules = self._reading_rules
+        silence = self._silence_rules
+        for dev, seq, leaf, ts, data in readings:
+            shared = None
+            for k, rule in rules:
+                if rule.devices is not None and dev not in rule.devices:
+                    continue
+                key = (k, dev)
+                st = self._get(key)
+                fired, last, run = st if st is not None else (0, 0, ())
+                cond = rule.when
+                assert cond is not None
+                if cond.uses_state:
+                    act = activation(dev, seq, ts, data,
+                                     {"count": len(run), "fired": fired, "last_fired": last})
+                else:
+                    if shared is None:
+                        shared = activation(dev, seq, ts, data)
+                    act = shared
+                if not cond.matches(act):
+                    if run:
+                        self._tx[key] = (fired, last, ())
+                    continue
+                run = (*run, (dev, seq, leaf))
+                if len(run) < rule.count:
+                    self._tx[key] = (fired, last, run)
+                elif rule.cooldown_ms and fired and t - last < rule.cooldown_ms:
+                    self._tx[key] = (fired, last, ())  # matched during the cooldown: dropped
+                else:
+                    self._tx[key] = (fired + 1, t, ())
+                    out.append(Firing(k, "readings", t, run))
+            for k, rule in silence:
+                if rule.devices is None or dev in rule.devices:
+                    key = (k, dev)
+                    st = self._get(key)
+                    fired, last = (st[0], st[1]) if st is not None else (0, 0)
+                    if st is None or st[2] != t or not st[3]:
+                        self._tx[key] = (fired, last, t, True)
+        return out
+
+    def tick(self, now: int) -> list[Firing]:
+        """Silence rules at gateway time `now`, in rule order, devices sorted."""
+        out: list[Firing] = []
+        for k, rule in self._silence_rules:
+            devs = set(d for (kk, d) in self._base if kk == k)
+            devs.update(d for (kk, d) in self._tx if kk == k)
+            if rule.devices is not None:
+                devs.update(rule.devices)
+            for dev in sorted(devs):
+                key = (k, dev)
+                st = self._get(key)
+                fired, last, seen, armed = st if st is not None else (0, 0, self.set_t, True)
+                if not armed or now - seen < rule.silence_ms:
+                    continue
+                if rule.cooldown_ms and fired and now - last < rule.cooldown_ms:
+                    continue
+                self._tx[key] = (fired + 1, now, seen, False)
+                out.append(Firing(k, "silence", now, device=dev, since=seen))
+        return out
+
+    def rejected(self, dev: str, reason: str, now: int) -> list[Firing]:
+        out: list[Firing] = []
+        for k, rule in self._reject_rules:
+            if rule.reason != reason or not rule.watches(dev):
+                continue
+            key = (k, dev)
+            st = self._get(key)
+            fired, last, times = st if st is not None else (0, 0, ())
+            times = tuple(x for x in times if now - x < rule.window_ms) + (now,)
+            if len(times) >= rule.count and not (
+                    rule.cooldown_ms and fired and now - last < rule.cooldown_ms):
+                self._tx[key] = (fired + 1, now, ())
+                out.append(Firing(k, "rejections", now, device=dev, reason=reason,
+                                  times=times))
+            else:
+                self._tx[key] = (fired, last, times)
+        return out
+
+    # --- audit of the firings whose inputs are not in the ledger ------------------------------
+
+    def replay_recorded(self, f: dict[str, Any]) -> str | None:
+        """A silence firing from a tick between batches, or a rejections firing: check it
+        against the state and apply it. Returns what is wrong, or None."""
+        k = next((k for k, r in enumerate(self.rs.rules) if r.name == f.get("rule")), None)
+        if k is None:
+            return f"rule {f.get('rule')!r} is not in the applied rule set"
+        rule: Rule = self.rs.rules[k]
+        now, dev = f.get("now"), f.get("device")
+        if f.get("trigger") != rule.trigger or type(now) is not int or type(dev) is not str:
+            return f"its trigger or inputs do not fit rule {rule.name!r}"
+        if dict(f.get("action", {})) != rule.action.fields:
+            return f"its action differs from rule {rule.name!r}'s"
+        if f.get("readings"):
+            return "it names readings, but the rule does not fire on readings"
+        if rule.trigger == "silence":
+            self.begin()
+            mine = [x for x in self.tick(now) if x.device == dev]
+            if not mine or mine[0].since != f.get("since"):
+                self.rollback()
+                return (f"rule {rule.name!r} does not fire for {dev} at {now}: the device's "
+                        "last reading or an earlier firing says otherwise")
+            # only this device's firing happened at this tick: keep the others' state
+            keep = {key: st for key, st in self._tx.items() if key == (k, dev)}
+            self._tx = keep
+            self.commit()
+            return None
+        times = f.get("times")
+        if rule.trigger != "rejections" or type(times) is not list or not times \
+                or f.get("reason") != rule.reason or not rule.watches(dev):
+            return f"its inputs do not fit rule {rule.name!r}"
+        if times != sorted(times) or times[-1] != now or len(times) < rule.count \
+                or now - times[0] >= rule.window_ms:
+            return (f"its {len(times)} refusal times do not make {rule.count} within "
+                    f"{rule.window_ms} ms")
+        st = self._get((k, dev))
+        fired, last = (st[0], st[1]) if st is not None else (0, 0)
+        if rule.cooldown_ms and fired and now - last < rule.cooldown_ms:
+            return f"it fires during rule {rule.name!r}'s cooldown"
+        self.begin()
+        self._tx[(k, dev)] = (fired + 1, now, ())
+        self.commit()
+        return None
