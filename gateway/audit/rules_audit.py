@@ -41,9 +41,14 @@ def _what(f: dict[str, Any]) -> str:
 
 
 def audit_rules(auditor: Auditor, _entries: list[RecordEntry]) -> None:
-    if auditor in _done:
-        return
-    _done.add(auditor)
+    """RECORD_AUDITS' function for the three kinds: runs `check_firings` once per audit."""
+    if auditor not in _done:
+        _done.add(auditor)
+        check_firings(auditor)
+
+
+def check_firings(auditor: Auditor) -> None:
+    """The whole check (module docstring) over the auditor's entries."""
     records = [e for k in KINDS for e in auditor.records.get(k, [])]
     merged: list[BatchEntry | RecordEntry] = sorted([*auditor.batch_entries, *records],
                                                     key=lambda e: e.i)

@@ -121,13 +121,15 @@ def test_a_version_1_ledger_is_migrated_and_keeps_its_entries(tmp_path: Path) ->
     with sqlite3.connect(db) as c:
         rows = c.execute("SELECT i, kind, body, hash FROM entries").fetchall()
         c.execute("DROP TABLE entries")
+        for table in ("rule_state", "actions"):  # made by later schemas
+            c.execute(f"DROP TABLE {table}")
         c.execute(V1_ENTRIES)
         c.executemany("INSERT INTO entries VALUES (?, ?, ?, ?)", rows)
         c.execute("PRAGMA user_version=1")
         with pytest.raises(sqlite3.IntegrityError):  # schema 1 allowed only batch and device
             c.execute("INSERT INTO entries VALUES (9, 'rules', x'00', x'00')")
     with Store.open(d) as s:
-        assert s.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert s.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         assert s.query("SELECT i, kind, body, hash FROM entries") == rows
         assert audit(s, vkey, workers=1).ok
 
