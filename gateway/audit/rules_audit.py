@@ -12,8 +12,8 @@ order, and the recorded firings must be exactly the ones they imply.
 * an action entry anywhere else is a silence tick between batches or a rejections firing:
   its recorded inputs (gateway time, the device's last reading, refusal times) must make the
   rule fire, given the state the ledger implies.
-* an `outcome` entry names an earlier action entry; an action has at most one of sent/failed,
-  and a done (commands only) only after its sent.
+* an `outcome` entry names an earlier action entry; an action has one "sent" or "failed",
+  and a command after its "sent" at most one "done" or "failed" (the device's answer).
 """
 
 from __future__ import annotations
@@ -130,9 +130,9 @@ def check_firings(auditor: Auditor) -> None:
                 continue
             seen = outcomes.setdefault(a, [])
             cmd = act.fields["action"].get("type") == "command"
-            if (status in ("sent", "failed") and any(s in ("sent", "failed") for s in seen)) \
-                    or (status == "done" and (not cmd or "sent" not in seen or "done" in seen)) \
-                    or (status == "failed" and "done" in seen):
+            # sent or failed first; then, for a command, done or failed (the device's answer)
+            if not (not seen and status in ("sent", "failed")
+                    or cmd and seen == ["sent"] and status in ("done", "failed")):
                 auditor.problem("entries", e.i, f"outcome {status!r} of action entry {a} after "
                                 f"{seen or 'none'}")
             seen.append(status)

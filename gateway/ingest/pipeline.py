@@ -65,6 +65,7 @@ from gateway.errors import StorageError
 from gateway.ingest.verifier import Context, VerifierPool
 from gateway.ledger import merkle, note
 from gateway.ledger.batch import GROUP, batch_nodes, make_batch_entry
+from gateway.ledger.entry import RecordEntry, decode_entry
 from gateway.ledger.merkle import leaf_hash
 from gateway.rules.runtime import RuleRuntime
 from gateway.storage.store import Store, now_ms
@@ -583,6 +584,37 @@ class Pipeline:
         self._leaves = [leaf_hash(d.raw) for d in keep]
         self._groups = []  # recomputed at the commit
         self._in_batch = {(d.dev, d.seq): d for d in keep}
+
+    # --- rules (docs/rules.md): what the service's action loop calls -------------------------
+
+    def pending_actions(self) -> list[RecordEntry]:
+        """Action entries with no outcome yet (a restart resumes them)."""
+        return self.store.pending_actions()
+
+    def record_outcomes(self, outcomes: Sequence[tuple[int, str, str | None, bytes | None]]
+                        ) -> list[int]:
+        return self.store.record_outcomes(self.signer, outcomes)
+
+    def confirm_command(self, device: str, command_id: int, ok: bool, reason: str | None,
+                        cose: bytes) -> int | None:
+        """A device's verified confirmation of command `command_id` (the index of the action
+        entry that ordered it): the outcome entry "done" (or "failed" with the device's
+        reason), holding the confirmation's COSE bytes. None when that command was not sent
+        to `device` or is already closed (a repeat)."""
+        row = self.store.one("SELECT status FROM actions WHERE entry = ?", (command_id,))
+        body = self.store.entry_body(command_id) if row is not None else None
+        if body is None or row[0] != "sent":
+            return None
+        a = decode_entry(body)
+        if not isinstance(a, RecordEntry) or a.fields["action"].get("device") != device:
+            return None
+        return self.store.record_outcomes(self.signer, [
+            (command_id, "done" if ok else "failed", None if ok else (reason or "refused"),
+             cose if ok else None)])[0]
+
+    def tick_rules(self) -> list[int]:
+        """Silence rules at the gateway's time now: the action entries written."""
+        return self.rules.tick()
 
     # --- lifetime ------------------------------------------------------------------------------
 

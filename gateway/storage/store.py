@@ -731,20 +731,27 @@ class Store:
                 out.append(e)
         return out
 
-    def record_outcome(self, signer: Any, action: int, status: str, reason: str | None = None,
-                       confirmation: bytes | None = None) -> int:
-        """Append an `outcome` entry for action entry `action` and set its status, in one
-        transaction. Returns the outcome's index."""
-        fields: dict[str, Any] = {"action": action, "status": status}
-        if reason is not None:
-            fields["reason"] = reason[:1024]
-        if confirmation is not None:
-            fields["confirmation"] = confirmation
+    def record_outcomes(self, signer: Any,
+                        outcomes: Sequence[tuple[int, str, str | None, bytes | None]]
+                        ) -> list[int]:
+        """Append an `outcome` entry (with its checkpoint) for each (action entry, status,
+        reason, confirmation) and set the actions' status, in one transaction. Returns the
+        outcome entries' indexes."""
+        out = []
         with self.write() as c:
-            head, i = self.append_record_in(c, self.head(c), "outcome", fields, now_ms(), signer)
-            c.execute("UPDATE actions SET status = ?, outcome = ? WHERE entry = ?",
-                      (status, i, action))
-        return i
+            head = self.head(c)
+            t = now_ms()
+            for action, status, reason, confirmation in outcomes:
+                fields: dict[str, Any] = {"action": action, "status": status}
+                if reason is not None:
+                    fields["reason"] = reason[:1024]
+                if confirmation is not None:
+                    fields["confirmation"] = confirmation
+                head, i = self.append_record_in(c, head, "outcome", fields, t, signer)
+                c.execute("UPDATE actions SET status = ?, outcome = ? WHERE entry = ?",
+                          (status, i, action))
+                out.append(i)
+        return out
 
     def action_log(self, rule: str | None = None) -> list[tuple[RecordEntry, str, int | None]]:
         """(action entry, status, outcome index) for every firing, oldest first."""
