@@ -44,11 +44,16 @@ class ConditionError(Exception):
         self.problems = problems
 
 
+_SENSOR_RX = re.compile(
+    r"""\bdata\s*(?:\.\s*([A-Za-z_][A-Za-z0-9_]*)|\[\s*["']([^"']*)["']\s*\])""")
+
+
 @dataclass(frozen=True, slots=True)
 class Condition:
     text: str
     program: Any  # cel.Expression
     uses_state: bool
+    sensors: frozenset[str] = frozenset()  # the data.NAME it names (a hint for `combine`)
 
     def matches(self, activation: Any) -> bool:
         """True only for a bool true; false and every error value are "no match"."""
@@ -103,7 +108,8 @@ def compile_condition(text: str) -> Condition:
     if rtype != _T.BOOL:
         raise ConditionError([(1, 1, f"the condition has type {rtype.name().lower()}, not bool "
                                      "(compare it, e.g. data.temp > 30.0)")])
-    return Condition(text, program, uses_state)
+    sensors = frozenset(a or b for a, b in _SENSOR_RX.findall(text))
+    return Condition(text, program, uses_state, sensors)
 
 
 def activation(dev: str, seq: int, ts: int | None, data: Mapping[str, Any],
@@ -116,3 +122,28 @@ def activation(dev: str, seq: int, ts: int | None, data: Mapping[str, Any],
         return _ENV.Activation(bound)
     bound["state"] = state
     return _STATE_ENV.Activation(bound)
+
+
+@dataclass(frozen=True, slots=True)
+class Combined:
+    """Several stateless conditions evaluated as one CEL list: one evaluation instead of one
+    per rule (a list of n comparisons costs about a third of n evaluations). When any of them
+    is an error value the list is one too; `results` then returns None and the caller
+    evaluates each condition alone, so the answers are those of `Condition.matches`."""
+
+    program: Any
+
+    def results(self, activation: Any) -> list[bool] | None:
+        r = self.program.eval(activation).plain_value()
+        return r if type(r) is list else None
+
+
+def combine(conditions: list[Condition]) -> Combined | None:
+    """One program for `conditions` (none of which uses state), or None if it does not
+    compile (it would be over a size limit of the CEL runtime)."""
+    if not conditions or any(c.uses_state for c in conditions):
+        return None
+    try:
+        return Combined(_ENV.compile("[" + ", ".join(f"({c.text})" for c in conditions) + "]"))
+    except RuntimeError:
+        return None

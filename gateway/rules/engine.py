@@ -28,7 +28,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.rules.condition import activation
+from gateway.rules.condition import Combined, Condition, activation, combine
 from gateway.rules.model import Rule, RuleSet
 
 Reading = tuple[str, int, bytes, "int | None", dict[str, Any]]  # dev, seq, leaf, ts, data
@@ -66,6 +66,17 @@ class Firing:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """The reading rules of one device: stateless (their indexes in `ids`; `runs`: the
+    positions of those with `for` > 1) and stateful."""
+
+    stateless: list[tuple[int, Rule]]
+    ids: tuple[int, ...]
+    runs: list[int]
+    stateful: list[tuple[int, Rule]]
+
+
 class Engine:
     """See the module docstring. `set_t`: the gateway time of the rules entry (a silence rule
     with a device list counts its devices as seen then)."""
@@ -81,6 +92,10 @@ class Engine:
         self._silence_rules = rs.by_trigger("silence")
         self._reject_rules = rs.by_trigger("rejections")
         self.active = bool(rs.rules)
+        self._plans: dict[str, _Plan] = {}
+        # (stateless rules, the reading's sensor names) -> (rules evaluated together, program)
+        self._splits: dict[tuple[tuple[int, ...], tuple[str, ...]],
+                           tuple[list[int], list[tuple[int, Condition]], Combined | None]] = {}
 
     # --- state overlay -------------------------------------------------------------------------
 
@@ -110,39 +125,95 @@ class Engine:
 
     # --- inputs ------------------------------------------------------------------------------
 
+    def _plan(self, dev: str) -> _Plan:
+        """The reading rules that watch `dev` (cached per device)."""
+        plan = self._plans.get(dev)
+        if plan is None:
+            mine = [(k, r) for k, r in self._reading_rules if r.watches(dev)]
+            stateless = [(k, r) for k, r in mine if r.when is not None and not r.when.uses_state]
+            plan = self._plans[dev] = _Plan(
+                stateless, tuple(k for k, _ in stateless),
+                [j for j, (_, r) in enumerate(stateless) if r.count > 1],
+                [(k, r) for k, r in mine if r.when is not None and r.when.uses_state])
+        return plan
+
+    def _stateless(self, plan: _Plan, keys: tuple[str, ...], act: Any) -> list[bool]:
+        """Each stateless rule's answer, as `Condition.matches` gives it. The rules whose
+        named sensors are all in the reading are evaluated together (`combine`), the others
+        alone; a combined result with an error in it is redone rule by rule."""
+        rules = plan.stateless
+        ck = (plan.ids, keys)
+        split = self._splits.get(ck)
+        if split is None:
+            have = set(keys)
+            together = [j for j, (_, r) in enumerate(rules)
+                        if r.when is not None and r.when.sensors <= have]
+            comb = combine([r.when for _, r in rules if r.when is not None
+                            and r.when.sensors <= have]) if len(together) > 1 else None
+            if comb is None:
+                together = []
+            alone = [(j, r.when) for j, (_, r) in enumerate(rules)
+                     if j not in set(together) and r.when is not None]
+            split = self._splits[ck] = (together, alone, comb)
+        together, alone, comb = split
+        res = comb.results(act) if comb is not None else None
+        if res is None:  # no program, or an error value in its list: rule by rule
+            return [r.when.matches(act) for _, r in rules]  # type: ignore[union-attr]
+        if not alone:
+            return res
+        out = [False] * len(rules)
+        for j, hit in zip(together, res, strict=True):
+            out[j] = hit
+        for j, cond in alone:
+            out[j] = cond.matches(act)
+        return out
+
+    def _matched(self, key: Key, rule: Rule, reading: tuple[str, int, bytes], t: int,
+                 out: list[Firing]) -> None:
+        st = self._get(key)
+        fired, last, run = st if st is not None else (0, 0, ())
+        run = (*run, reading)
+        if len(run) < rule.count:
+            self._tx[key] = (fired, last, run)
+        elif rule.cooldown_ms and fired and t - last < rule.cooldown_ms:
+            self._tx[key] = (fired, last, ())  # matched during the cooldown: dropped
+        else:
+            self._tx[key] = (fired + 1, t, ())
+            out.append(Firing(key[0], "readings", t, run))
+
     def batch(self, readings: Sequence[Reading], t: int) -> list[Firing]:
         out: list[Firing] = []
-        rules = self._reading_rules
         silence = self._silence_rules
         for dev, seq, leaf, ts, data in readings:
-            shared = None
-            for k, rule in rules:
-                if rule.devices is not None and dev not in rule.devices:
-                    continue
+            n0 = len(out)
+            plan = self._plan(dev)
+            stateless = plan.stateless
+            if stateless:
+                act = activation(dev, seq, ts, data)
+                res = self._stateless(plan, tuple(data), act)
+                if True in res:
+                    for (k, rule), hit in zip(stateless, res, strict=True):
+                        if hit:
+                            self._matched((k, dev), rule, (dev, seq, leaf), t, out)
+                for j in plan.runs:  # only a `for` rule has a run to break
+                    if not res[j]:
+                        key = (stateless[j][0], dev)
+                        st = self._tx.get(key) or self._base.get(key)
+                        if st is not None and st[2]:
+                            self._tx[key] = (st[0], st[1], ())
+            for k, rule in plan.stateful:
                 key = (k, dev)
                 st = self._get(key)
                 fired, last, run = st if st is not None else (0, 0, ())
-                cond = rule.when
-                assert cond is not None
-                if cond.uses_state:
-                    act = activation(dev, seq, ts, data,
-                                     {"count": len(run), "fired": fired, "last_fired": last})
-                else:
-                    if shared is None:
-                        shared = activation(dev, seq, ts, data)
-                    act = shared
-                if not cond.matches(act):
-                    if run:
-                        self._tx[key] = (fired, last, ())
-                    continue
-                run = (*run, (dev, seq, leaf))
-                if len(run) < rule.count:
-                    self._tx[key] = (fired, last, run)
-                elif rule.cooldown_ms and fired and t - last < rule.cooldown_ms:
-                    self._tx[key] = (fired, last, ())  # matched during the cooldown: dropped
-                else:
-                    self._tx[key] = (fired + 1, t, ())
-                    out.append(Firing(k, "readings", t, run))
+                assert rule.when is not None
+                act = activation(dev, seq, ts, data,
+                                 {"count": len(run), "fired": fired, "last_fired": last})
+                if rule.when.matches(act):
+                    self._matched(key, rule, (dev, seq, leaf), t, out)
+                elif run:
+                    self._tx[key] = (fired, last, ())
+            if len(out) - n0 > 1:  # one reading's firings in rule order
+                out[n0:] = sorted(out[n0:], key=lambda f: f.rule)
             for k, rule in silence:
                 if rule.devices is None or dev in rule.devices:
                     key = (k, dev)
