@@ -4,6 +4,7 @@
     .venv/bin/python tools/bench.py --duration 60 --rate 10000     (the sustained-10k/s goal)
     .venv/bin/python tools/bench.py --sweep 100,1000,5000 [--plot docs/bench-devices.png]
     .venv/bin/python tools/bench.py --ledger 1000000        (tools/bench_ledger.py)
+    .venv/bin/python tools/bench.py --rules FILE ...        (the gateway with a rule set applied)
 
 Everything runs on this machine: a private Mosquitto (gateway/sim/broker.py, a fresh one per phase),
 the CPython load engine of `iot-anchor simulate --engine cpython` (gateway/sim/loadgen.py: its
@@ -93,6 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--ledger", type=int, metavar="N",
                     help="instead: the ledger/receipt/ingest figures on an N-reading ledger "
                          "(tools/bench_ledger.py)")
+    ap.add_argument("--rules", type=Path, metavar="FILE",
+                    help="apply this rule file to the gateway (tools/bench_rules.py --print "
+                         "writes the 20-rule set of the rules bench)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = ap.parse_args(argv)
     if args.ledger:
@@ -107,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupted)
     workdir = Path(tempfile.mkdtemp(prefix="iot-anchor-bench-"))
     options = BenchOptions(args.procs, args.batch_interval, args.batch_max, args.rate, workdir,
-                           args.burst)
+                           args.burst, rules=args.rules.read_text() if args.rules else None)
     t0 = time.monotonic()
     results = []
     try:

@@ -126,7 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--readings", type=int, default=20000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--rules", type=Path, metavar="FILE", help="a rule file (default: 20 rules)")
+    ap.add_argument("--print", action="store_true",
+                    help="print the default 20-rule file and exit (for tools/bench.py --rules)")
     args = ap.parse_args(argv)
+    if args.print:
+        print(twenty_rules())
+        return 0
     rules = args.rules.read_text() if args.rules else twenty_rules()
     n_rules = len(parse_rules(rules).rules)
     signers, msgs = make_readings(args.devices, args.readings)
