@@ -26,6 +26,7 @@ import logging
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gateway.errors import AnchorError
@@ -41,11 +42,23 @@ class AlertPublisher(Protocol):
         BrokerError) when it could not."""
 
 
+@dataclass(frozen=True)
+class CommandOrder:
+    """A command as the downlink's `gateway.wire.downlink.Command` holds it (the same
+    fields): `id` is the index of the action entry that ordered it."""
+
+    device: str
+    id: int
+    op: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+
 class CommandSender(Protocol):
-    async def send_command(self, device: str, command_id: int, op: str,
-                           args: dict[str, Any]) -> None:
-        """Seal and publish the command on anchor/<device>/cmd (QoS 1); return on PUBACK,
-        raise AnchorError when it could not be sent."""
+    """The authenticated downlink (its GatewayService.send_command has this shape)."""
+
+    async def send_command(self, cmd: Any) -> None:
+        """Seal `cmd` (a CommandOrder's fields) and publish it on anchor/<device>/cmd (QoS 1);
+        return once the broker PUBACKs it; raise AnchorError when it could not be sent."""
 
 
 def action_json(e: RecordEntry) -> dict[str, Any]:
@@ -80,9 +93,14 @@ async def post_json(url: str, body: bytes, timeout: float) -> int:
 class Executor:
     def __init__(self, alerts: AlertPublisher | None, commands: CommandSender | None = None, *,
                  post: Callable[[str, bytes, float], Awaitable[int]] = post_json,
-                 backoff: float = 0.5) -> None:
+                 backoff: float = 0.5,
+                 make_command: Callable[[str, int, str, dict[str, Any]], Any] = CommandOrder
+                 ) -> None:
+        """`make_command(device, id, op, args)` builds what `commands` takes (the downlink's
+        Command class; CommandOrder has its fields)."""
         self.alerts = alerts
         self.commands = commands
+        self.make_command = make_command
         self.post = post
         self.backoff = backoff
 
@@ -132,7 +150,8 @@ class Executor:
         if self.commands is None:
             return None  # no authenticated downlink in this gateway: it waits
         try:
-            await self.commands.send_command(a["device"], e.i, a["op"], dict(a["args"]))
+            await self.commands.send_command(self.make_command(a["device"], e.i, a["op"],
+                                                               dict(a["args"])))
         except AnchorError as err:
             log.info("command of entry %d not sent yet: %s", e.i, err.explain())
             return None

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from gateway.errors import AnchorError, BrokerError, ConfigError
 from gateway.mqtt.client import Connection, Endpoint, session
-from gateway.rules.executor import CommandSender, Executor
+from gateway.rules.executor import CommandOrder, CommandSender, Executor
 from gateway.service.acks import AckOutbox
 from gateway.service.config import ServiceConfig
 from gateway.service.port import ReadingPipeline, RuleActions
@@ -117,11 +117,13 @@ class GatewayService:
         self._final = asyncio.Event()  # ... and the publisher sent what it could
         self.stats = _Stats()
         self.client_id = ""
-        # rules (docs/rules.md): the action loop, and our publishes waiting for a PUBACK
-        self._puback_waiters: dict[int, asyncio.Future[None]] = {}
+        self._puback_waits: dict[int, asyncio.Future[None]] = {}
+        # rules (docs/rules.md): the action loop's wake-up
         self._actions_wake = asyncio.Event()
-        # the authenticated downlink's command sender (None: command actions wait)
+        # the authenticated downlink's command sender (None: command actions wait), and what
+        # it takes: command_factory(device, id, op, args)
         self.command_sender: CommandSender | None = None
+        self.command_factory: Callable[[str, int, str, dict[str, Any]], Any] = CommandOrder
 
     # -- the worker thread ------------------------------------------------------------------
 
@@ -224,9 +226,9 @@ class GatewayService:
 
     def _on_puback(self, pid: int) -> None:
         """The broker PUBACKed one of our publishes: acks held at the bound may go now."""
-        waiter = self._puback_waiters.pop(pid, None)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        fut = self._puback_waits.pop(pid, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
         if self._acks_out and self._connected.is_set():
             self._out_wake.set()
 
@@ -527,15 +529,16 @@ class GatewayService:
         if conn is None or not self._connected.is_set():
             raise BrokerError("not connected to the broker", "it is sent once reconnected")
         pid = conn.publish(topic.encode(), payload)
-        waiter = asyncio.get_running_loop().create_future()
-        self._puback_waiters[pid] = waiter
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._puback_waits[pid] = fut
         try:
-            await asyncio.wait_for(asyncio.shield(waiter), timeout)
-        except TimeoutError:
-            raise BrokerError(f"no PUBACK for {topic} within {timeout:g} s",
-                              "it is sent again") from None
+            waiting: set[asyncio.Future[Any]] = {fut, conn.closed}
+            done, _ = await asyncio.wait(waiting, timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if fut not in done:
+                raise BrokerError(f"no PUBACK for {topic}", "it is sent again later")
         finally:
-            self._puback_waiters.pop(pid, None)
+            self._puback_waits.pop(pid, None)
 
     async def rule_confirmation(self, device: str, command_id: int, ok: bool,
                                 reason: str | None, cose: bytes) -> int | None:
@@ -551,7 +554,7 @@ class GatewayService:
     async def _actions(self, pipe: RuleActions) -> None:
         """Carry out the pending actions (also those a killed run left), record outcomes, and
         tick the silence rules about once a second, until the last commit is done."""
-        ex = Executor(self, self.command_sender)
+        ex = Executor(self, self.command_sender, make_command=self.command_factory)
         busy: dict[int, asyncio.Task[None]] = {}
         done: list[tuple[int, str, str | None, bytes | None]] = []
         limit = asyncio.Semaphore(16)

@@ -55,11 +55,10 @@ class CmdStandIn:
     def __init__(self) -> None:
         self.svc: GatewayService | None = None
 
-    async def send_command(self, device: str, command_id: int, op: str,
-                           args: dict[str, Any]) -> None:
+    async def send_command(self, cmd: Any) -> None:
         assert self.svc is not None
-        await self.svc.publish_confirmed(
-            f"anchor/{device}/cmd", json.dumps({"id": command_id, "op": op, "args": args}).encode())
+        await self.svc.publish_confirmed(f"anchor/{cmd.device}/cmd", json.dumps(
+            {"id": cmd.id, "op": cmd.op, "args": cmd.args}).encode())
 
 
 def test_alert_webhook_and_command_actions(broker: PrivateBroker, tmp_path: Path) -> None:
