@@ -692,6 +692,7 @@ class Store:
                                 {"text": text, "digest": digest, "version": version}, now_ms())
             e = self.append_entry(c, head, "rules", body)
             self.checkpoint(c, head.tree, signer)
+            c.execute("DELETE FROM rule_state")  # the new set starts with fresh state
         return e.index, version, True
 
     def append_record_in(self, c: sqlite3.Connection, head: Head, kind: str,

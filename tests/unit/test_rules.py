@@ -262,3 +262,40 @@ def test_verify_names_a_deleted_or_altered_action_or_rules_entry(
     r = cli("ledger", "verify", "--all", "--data", data)
     assert r.returncode != 0
     assert f"entries {rules_i}: rules entry: digest is not SHA-256" in r.stdout + r.stderr
+
+
+def test_log_and_an_action_entrys_receipt(tmp_path: Path, store: Store, devices: list[Device],
+                                          pipe: Pipeline) -> None:
+    acts = _ledger_with_firings(store, devices, pipe)
+    data = str(store.data_dir)
+    store.record_outcomes(store.load_signer(), [(acts[0], "sent", None, None)])
+    log = json.loads(cli("rules", "log", "--json", "--data", data).stdout)
+    assert [(x["entry"], x["status"]) for x in log] == [(acts[0], "sent"), (acts[1], "pending")]
+    assert log[0]["readings"][0]["dev"] == "d0" and log[0]["action"]["message"] == "too hot"
+    assert json.loads(cli("rules", "log", "--rule", "nope", "--json", "--data", data).stdout) == []
+    text = cli("rules", "log", "--data", data).stdout
+    assert f"entry {acts[0]}: rule hot v1 readings [d0#0] -> alert: sent" in text
+    r = cli("receipt", "--entry", str(acts[0]), "--data", data)
+    assert r.returncode == 0
+    (tmp_path / "r.json").write_text(r.stdout)
+    v = cli("verify-receipt", str(tmp_path / "r.json"), "--gateway-key", store.vkey())
+    assert v.returncode == 0, v.stdout + v.stderr
+    assert problems(store) == []
+
+
+def test_a_new_set_starts_afresh(store: Store, devices: list[Device], pipe: Pipeline) -> None:
+    two = '[[rule]]\nname = "two"\nwhen = "data.t > 1.0"\nfor = 2\naction = { type = "alert" }\n'
+    apply(store, two)
+    a = devices[0]
+    pipe.submit([a.next({"t": 2.0})])
+    pipe.commit()
+    i, version, appended = apply(store, two + "\n# the same rule, a new version\n")
+    assert appended and version == 2
+    assert store.rule_states(i) == [] and store.query("SELECT COUNT(*) FROM rule_state") == [(0,)]
+    pipe.submit([a.next({"t": 2.0})])  # the run of the old set does not carry over
+    pipe.commit()
+    pipe.submit([a.next({"t": 2.0})])
+    pipe.commit()
+    fired = actions(store)
+    assert [(f["version"], [r[1] for r in f["readings"]]) for f in fired] == [(2, [1, 2])]
+    assert problems(store) == []
