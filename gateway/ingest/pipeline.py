@@ -599,18 +599,21 @@ class Pipeline:
                         cose: bytes) -> int | None:
         """A device's verified confirmation of command `command_id` (the index of the action
         entry that ordered it): the outcome entry "done" (or "failed" with the device's
-        reason), holding the confirmation's COSE bytes. None when that command was not sent
-        to `device` or is already closed (a repeat)."""
+        reason), holding the confirmation's COSE bytes; when it comes before the executor
+        recorded "sent", "sent" first (the confirmation proves it). None when that command
+        was not ordered to `device` or is already closed (a repeat)."""
         row = self.store.one("SELECT status FROM actions WHERE entry = ?", (command_id,))
         body = self.store.entry_body(command_id) if row is not None else None
-        if body is None or row[0] != "sent":
+        if body is None or row[0] not in ("pending", "sent"):
             return None
         a = decode_entry(body)
-        if not isinstance(a, RecordEntry) or a.fields["action"].get("device") != device:
+        if not isinstance(a, RecordEntry) or a.fields["action"].get("type") != "command" \
+                or a.fields["action"].get("device") != device:
             return None
-        return self.store.record_outcomes(self.signer, [
-            (command_id, "done" if ok else "failed", None if ok else (reason or "refused"),
-             cose if ok else None)])[0]
+        end = (command_id, "done", None, cose) if ok else (
+            command_id, "failed", reason or "refused by the device", None)
+        done = self.store.record_outcomes(self.signer, [(command_id, "sent", None, None), end])
+        return done[-1] if done else None
 
     def tick_rules(self) -> list[int]:
         """Silence rules at the gateway's time now: the action entries written."""

@@ -732,17 +732,24 @@ class Store:
                 out.append(e)
         return out
 
+    # an action's status moves only forward: pending -> sent | failed; sent -> done | failed
+    OUTCOME_FROM = {"sent": ("pending",), "failed": ("pending", "sent"), "done": ("sent",)}
+
     def record_outcomes(self, signer: Any,
                         outcomes: Sequence[tuple[int, str, str | None, bytes | None]]
                         ) -> list[int]:
-        """Append an `outcome` entry (with its checkpoint) for each (action entry, status,
-        reason, confirmation) and set the actions' status, in one transaction. Returns the
-        outcome entries' indexes."""
+        """For each (action entry, status, reason, confirmation) whose action's current status
+        allows it (`OUTCOME_FROM`; the others are repeats and are skipped), append an `outcome`
+        entry with its checkpoint and set the status, in one transaction. Returns the outcome
+        entries' indexes."""
         out = []
         with self.write() as c:
             head = self.head(c)
             t = now_ms()
             for action, status, reason, confirmation in outcomes:
+                row = c.execute("SELECT status FROM actions WHERE entry = ?", (action,)).fetchone()
+                if row is None or row[0] not in self.OUTCOME_FROM[status]:
+                    continue
                 fields: dict[str, Any] = {"action": action, "status": status}
                 if reason is not None:
                     fields["reason"] = reason[:1024]

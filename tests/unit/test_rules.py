@@ -299,3 +299,27 @@ def test_a_new_set_starts_afresh(store: Store, devices: list[Device], pipe: Pipe
     fired = actions(store)
     assert [(f["version"], [r[1] for r in f["readings"]]) for f in fired] == [(2, [1, 2])]
     assert problems(store) == []
+
+
+def test_a_confirmation_before_the_sent_outcome_and_repeats(store: Store, devices: list[Device],
+                                                             pipe: Pipeline) -> None:
+    apply(store, '[[rule]]\nname = "fan"\nwhen = "data.t > 30.0"\naction = { type = "command", '
+                 'device = "d1", op = "output", args = { name = "fan", on = true } }\n'
+                 '[[rule]]\nname = "hot"\nwhen = "data.t > 30.0"\naction = { type = "alert" }\n')
+    a = devices[0]
+    pipe.submit([a.next({"t": 31.0}), a.next({"t": 32.0})])
+    cmd1, alert1, cmd2, _ = pipe.commit().actions  # type: ignore[union-attr]
+    assert pipe.confirm_command("d2", cmd1, True, None, b"c") is None  # not its command
+    assert pipe.confirm_command("d1", alert1, True, None, b"c") is None  # not a command
+    done = pipe.confirm_command("d1", cmd1, True, None, b"cose")  # before the executor's "sent"
+    assert done is not None
+    assert pipe.record_outcomes([(cmd1, "sent", None, None)]) == []  # the executor's, late
+    assert pipe.confirm_command("d1", cmd1, True, None, b"cose") is None  # a repeat
+    pipe.record_outcomes([(cmd2, "sent", None, None)])
+    assert pipe.confirm_command("d1", cmd2, False, "no such output", b"x") is not None
+    outs = [(o.fields["action"], o.fields["status"]) for o in store.records("outcome")]
+    assert outs == [(cmd1, "sent"), (cmd1, "done"), (cmd2, "sent"), (cmd2, "failed")]
+    assert store.records("outcome")[1].fields["confirmation"] == b"cose"
+    assert {e.i: st for e, st, _ in store.action_log()} == {
+        cmd1: "done", alert1: "pending", cmd2: "failed", cmd2 + 1: "pending"}
+    assert problems(store) == []
