@@ -323,3 +323,17 @@ def test_a_confirmation_before_the_sent_outcome_and_repeats(store: Store, device
     assert {e.i: st for e, st, _ in store.action_log()} == {
         cmd1: "done", alert1: "pending", cmd2: "failed", cmd2 + 1: "pending"}
     assert problems(store) == []
+
+
+def test_ingest_fires_the_applied_rules(tmp_path: Path, store: Store,
+                                        devices: list[Device]) -> None:
+    apply(store, HOT)
+    a = devices[0]
+    f = tmp_path / "in.hex"
+    f.write_text("\n".join(m.hex() for m in (a.next({"t": 31.0}), a.next({"t": 2.0}))) + "\n")
+    r = cli("ingest", str(f), "--json", "--data", str(store.data_dir))
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["accepted"] == 2 and len(out["actions"]) == 1
+    assert [x["status"] for x in json.loads(cli("rules", "log", "--json", "--data",
+                                                str(store.data_dir)).stdout)] == ["pending"]
