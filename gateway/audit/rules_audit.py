@@ -70,8 +70,11 @@ def check_firings(auditor: Auditor) -> None:
         if isinstance(e, BatchEntry):
             if engine is None or rules_entry is None:
                 continue
-            rows = auditor.c.execute("SELECT dev, seq, cose FROM readings WHERE batch = ? "
-                                     "ORDER BY id", (e.i,)).fetchall()
+            span = auditor.c.execute("SELECT first, n FROM batches WHERE entry = ?",
+                                     (e.i,)).fetchone()
+            rows = [] if span is None else auditor.c.execute(  # (the batches audit names it)
+                "SELECT dev, seq, cose FROM readings WHERE id >= ? AND id < ? ORDER BY id",
+                (span[0], span[0] + span[1])).fetchall()
             readings = [reading_input(bytes(c), str(d), int(s), leaf_hash(bytes(c)))
                         for d, s, c in rows]
             engine.begin()
