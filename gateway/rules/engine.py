@@ -92,6 +92,12 @@ class Engine:
         self._silence_rules = rs.by_trigger("silence")
         self._reject_rules = rs.by_trigger("rejections")
         self.active = bool(rs.rules)
+        # per silence rule, the devices it has a committed state for (tick's candidates)
+        silence = {k for k, _ in self._silence_rules}
+        self._silence_base: dict[int, set[str]] = {k: set() for k in silence}
+        for k, d in self._base:
+            if k in silence:
+                self._silence_base[k].add(d)
         self._plans: dict[str, _Plan] = {}
         # (stateless rules, the reading's sensor names) -> (rules evaluated together, program)
         self._splits: dict[tuple[tuple[int, ...], tuple[str, ...]],
@@ -108,6 +114,10 @@ class Engine:
 
     def commit(self) -> None:
         self._base.update(self._tx)
+        for k, d in self._tx:
+            seen = self._silence_base.get(k)
+            if seen is not None:
+                seen.add(d)
         self._last_tx, self._tx = self._tx, {}
 
     def rollback(self) -> None:
@@ -227,7 +237,7 @@ class Engine:
         """Silence rules at gateway time `now`, in rule order, devices sorted."""
         out: list[Firing] = []
         for k, rule in self._silence_rules:
-            devs = set(d for (kk, d) in self._base if kk == k)
+            devs = set(self._silence_base[k])
             devs.update(d for (kk, d) in self._tx if kk == k)
             if rule.devices is not None:
                 devs.update(rule.devices)

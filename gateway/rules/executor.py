@@ -101,6 +101,7 @@ class Executor:
         self.alerts = alerts
         self.commands = commands
         self.make_command = make_command
+        self.said_no_downlink = False
         self.post = post
         self.backoff = backoff
 
@@ -147,8 +148,12 @@ class Executor:
         return "failed", f"{tries} tries, the last: {why}"[:1024]
 
     async def _command(self, e: RecordEntry, a: dict[str, Any]) -> tuple[str, str | None] | None:
-        if self.commands is None:
-            return None  # no authenticated downlink in this gateway: it waits
+        if self.commands is None:  # no authenticated downlink in this gateway: it waits
+            if not self.said_no_downlink:
+                self.said_no_downlink = True
+                log.warning("command actions wait (entry %d first): this gateway has no "
+                            "authenticated downlink to send them", e.i)
+            return None
         try:
             await self.commands.send_command(self.make_command(a["device"], e.i, a["op"],
                                                                dict(a["args"])))
