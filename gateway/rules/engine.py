@@ -34,6 +34,8 @@ from gateway.rules.model import Rule, RuleSet
 Reading = tuple[str, int, bytes, "int | None", dict[str, Any]]  # dev, seq, leaf, ts, data
 State = tuple[Any, ...]
 Key = tuple[int, str]  # (rule index, device)
+MAX_SPLITS = 4096  # cached (rules, sensor names) -> how they are evaluated
+MAX_PROGRAMS = 256  # combined CEL programs
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,9 @@ class Engine:
         # (stateless rules, the reading's sensor names) -> (rules evaluated together, program)
         self._splits: dict[tuple[tuple[int, ...], tuple[str, ...]],
                            tuple[list[int], list[tuple[int, Condition]], Combined | None]] = {}
+        # (stateless rules, the ones evaluated together) -> their program; bounded: a set of
+        # rules whose sensors come and go in every combination is evaluated rule by rule
+        self._programs: dict[tuple[tuple[int, ...], tuple[int, ...]], Combined | None] = {}
 
     # --- state overlay -------------------------------------------------------------------------
 
@@ -158,12 +163,18 @@ class Engine:
             have = set(keys)
             together = [j for j, (_, r) in enumerate(rules)
                         if r.when is not None and r.when.sensors <= have]
-            comb = combine([r.when for _, r in rules if r.when is not None
-                            and r.when.sensors <= have]) if len(together) > 1 else None
+            pk = (plan.ids, tuple(together))
+            comb = self._programs.get(pk)
+            if comb is None and pk not in self._programs and len(together) > 1 \
+                    and len(self._programs) < MAX_PROGRAMS:
+                conds = [c for c in (rules[j][1].when for j in together) if c is not None]
+                comb = self._programs[pk] = combine(conds)
             if comb is None:
                 together = []
             alone = [(j, r.when) for j, (_, r) in enumerate(rules)
                      if j not in set(together) and r.when is not None]
+            if len(self._splits) >= MAX_SPLITS:  # devices with ever new sensor names
+                self._splits.clear()
             split = self._splits[ck] = (together, alone, comb)
         together, alone, comb = split
         res = comb.results(act) if comb is not None else None

@@ -337,3 +337,32 @@ def test_ingest_fires_the_applied_rules(tmp_path: Path, store: Store,
     assert out["accepted"] == 2 and len(out["actions"]) == 1
     assert [x["status"] for x in json.loads(cli("rules", "log", "--json", "--data",
                                                 str(store.data_dir)).stdout)] == ["pending"]
+
+
+def test_evaluating_together_answers_as_rule_by_rule() -> None:
+    """The engine evaluates stateless conditions as one CEL list where it can; its firings
+    must be those of each condition evaluated alone (absent sensors, errors, has())."""
+    import random
+
+    from gateway.rules.condition import activation
+    from gateway.rules.engine import Engine
+
+    conds = ["data.a > 1.0", "data.b < 3", "!has(data.b)", "data.a / data.c > 1.0",
+             "has(data.c) && data.c == 0", "data.x > 0 || data.a > 2.0", "device == 'd1'",
+             "seq % 3 == 0", "ts > 5", "data.a + data.b > 4.0"]
+    text = "".join(f'[[rule]]\nname = "r{k}"\nwhen = "{c}"\naction = {{ type = "alert" }}\n'
+                   for k, c in enumerate(conds))
+    rs = parse_rules(text)
+    rng = random.Random(5)
+    readings = []
+    for seq in range(400):
+        data = {k: v for k, v in (("a", rng.choice([0.5, 1.5, 2.5, 3])), ("b", rng.randint(0, 5)),
+                                  ("c", rng.choice([0, 1, 2.0]))) if rng.random() < 0.7}
+        dev = rng.choice(["d1", "d2"])
+        readings.append((dev, seq, bytes(32), rng.choice([None, 3, 9]), data))
+    eng = Engine(rs, 0)
+    eng.begin()
+    got = {(f.readings[0][1], f.rule) for f in eng.batch(readings, 1)}
+    want = {(seq, k) for dev, seq, _, ts, data in readings for k, r in enumerate(rs.rules)
+            if r.when is not None and r.when.matches(activation(dev, seq, ts, data))}
+    assert got == want and len(want) > 400
