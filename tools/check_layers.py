@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("cli",),
     ("sim",),
     ("service", "fleet"),
-    ("mqtt", "ingest", "audit", "rules"),
+    ("mqtt", "ingest", "audit", "provenance", "rules"),
     ("storage",),
     ("ledger",),
     ("wire",),

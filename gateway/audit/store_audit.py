@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from gateway.audit import rules_audit
+from gateway.audit import provenance_audit, rules_audit
 from gateway.errors import AnchorError
 from gateway.ingest.verifier import CHUNK, Context, VerifierPool
 from gateway.ledger import merkle, note
@@ -133,6 +133,8 @@ class Progress:
 # kind's entries in ledger order, it reports what is wrong through `auditor.problem`.
 RecordAudit = Callable[["Auditor", list[RecordEntry]], None]
 RECORD_AUDITS: dict[str, RecordAudit] = {
+    "dataset": provenance_audit.audit_datasets,
+    "model": provenance_audit.audit_models,
     **rules_audit.AUDITS,  # rules, action, outcome: the rule sets re-run (docs/rules.md)
 }
 

@@ -31,6 +31,8 @@ COMMAND_MODULES: list[str] = [
     "gateway.cli.run",
     "gateway.cli.simulate",
     "gateway.cli.demo",
+    "gateway.cli.dataset",
+    "gateway.cli.model",
     "gateway.cli.rules",
 ]
 
