@@ -14,6 +14,8 @@ order, and the recorded firings must be exactly the ones they imply.
   rule fire, given the state the ledger implies.
 * an `outcome` entry names an earlier action entry; an action has one "sent" or "failed",
   and a command after its "sent" at most one "done" or "failed" (the device's answer).
+* the `actions` table (what the executor resumes after a restart) has a row per action entry
+  with the status and index of its latest outcome (or "pending"), and no other rows.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ def check_firings(auditor: Auditor) -> None:
     version = 0
     actions: dict[int, RecordEntry] = {}
     outcomes: dict[int, list[str]] = {}
+    last_outcome: dict[int, tuple[str, int]] = {}  # action -> (status, outcome entry)
     expected: list[dict[str, Any]] = []
     exp_batch = -1
     for e in merged:
@@ -139,9 +142,26 @@ def check_firings(auditor: Auditor) -> None:
                 auditor.problem("entries", e.i, f"outcome {status!r} of action entry {a} after "
                                 f"{seen or 'none'}")
             seen.append(status)
+            last_outcome[a] = (status, e.i)
     for f in expected:
         auditor.problem("entries", exp_batch, f"missing firing: the rules fire {_what(f)} after "
                         "this batch and no action entry records it")
+    _check_actions_table(auditor, actions, last_outcome)
+
+
+def _check_actions_table(auditor: Auditor, actions: dict[int, RecordEntry],
+                         last_outcome: dict[int, tuple[str, int]]) -> None:
+    """The `actions` table (what the executor resumes) equals what the entries say: a row per
+    action entry, its status and outcome those of its latest outcome entry (else pending)."""
+    rows = {int(e): (str(r), str(st), None if o is None else int(o)) for e, r, st, o in
+            auditor.c.execute("SELECT entry, rule, status, outcome FROM actions")}
+    for i, a in actions.items():
+        st, o = last_outcome.get(i, ("pending", None))
+        want = (a.fields["rule"], st, o)
+        if rows.get(i) != want:
+            auditor.problem("actions", i, f"row {rows.get(i)}, the ledger says {want}")
+    for i in sorted(set(rows) - set(actions)):
+        auditor.problem("actions", i, "row for an entry that is not an action entry")
 
 
 AUDITS = dict.fromkeys(KINDS, audit_rules)

@@ -251,6 +251,11 @@ def test_verify_names_a_deleted_or_altered_action_or_rules_entry(
     db.commit()
     r = cli("ledger", "verify", "--data", data)
     assert r.returncode != 0 and f"entries {acts[1]}" in r.stdout + r.stderr
+    db.execute("UPDATE actions SET status = 'sent' WHERE entry = ?", (acts[0],))
+    db.commit()
+    r = cli("ledger", "verify", "--all", "--data", data)
+    assert f"actions {acts[0]}: row ('hot', 'sent', None), the ledger says ('hot', 'pending', " \
+        "None)" in r.stdout
     db.execute("DELETE FROM entries WHERE i = ?", (acts[0],))
     db.commit()
     r = cli("ledger", "verify", "--data", data)
