@@ -130,7 +130,8 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _rule_json(r: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"name": r.name, "trigger": r.trigger, "action": r.action.fields}
+    out: dict[str, Any] = {"name": r.name, "line": r.pos.line, "trigger": r.trigger,
+                           "action": r.action.fields}
     if r.when is not None:
         out["when"] = r.when.text
         out["for"] = r.count

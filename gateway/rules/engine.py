@@ -13,7 +13,7 @@ Inputs, all recorded in the ledger or in the firing itself:
 
 State per (rule, device), kept in an overlay during a commit: `begin()`, then `commit()` once
 the transaction is durable or `rollback()` when it failed, so a retried commit sees the same
-state. `changed()` lists the states written by the last transaction, for the store.
+state. `pending()` lists the states the open transaction wrote, for the store.
 
   readings rule: (fired, last_fired, run) with run = the consecutive matching readings that
                  have not fired yet ([dev, seq, leaf], fewer than `for`)
@@ -89,7 +89,6 @@ class Engine:
         self.set_t = set_t
         self._base: dict[Key, State] = dict(states)
         self._tx: dict[Key, State] = {}
-        self._last_tx: dict[Key, State] = {}
         self._reading_rules = rs.by_trigger("readings")
         self._silence_rules = rs.by_trigger("silence")
         self._reject_rules = rs.by_trigger("rejections")
@@ -123,20 +122,14 @@ class Engine:
             seen = self._silence_base.get(k)
             if seen is not None:
                 seen.add(d)
-        self._last_tx, self._tx = self._tx, {}
+        self._tx = {}
 
     def rollback(self) -> None:
         self._tx = {}
 
-    def changed(self) -> dict[Key, State]:
-        """The states the open (or, after commit(), the last) transaction wrote."""
-        return self._tx or self._last_tx
-
     def pending(self) -> dict[Key, State]:
+        """The states the open transaction wrote (the store saves them with it)."""
         return self._tx
-
-    def state(self, rule: int, dev: str) -> State | None:
-        return self._get((rule, dev))
 
     # --- inputs ------------------------------------------------------------------------------
 
