@@ -64,6 +64,7 @@ class RuleRuntime:
         self.new_actions: list[int] = []
         self._pending: list[int] = []
         self.last_batch = -1  # the newest batch entry (-1: not looked up yet)
+        self._seen_version = -1  # the store's data_version when the engine was last in sync
 
     @property
     def active(self) -> bool:
@@ -80,6 +81,7 @@ class RuleRuntime:
             log.info("rules: set version %s (entry %d), %d rules", latest.fields["version"],
                      latest.i, len(self.engine.rs.rules))
         self._pending = []
+        self._seen_version = self.store.data_version()
         if self.engine is not None:
             self.engine.begin()
             if self.last_batch < 0:
@@ -150,6 +152,8 @@ class RuleRuntime:
         """Silence rules between batches, in their own transaction. Returns the action entries
         written (most ticks write none, and then nothing is written at all)."""
         t = now_ms() if now is None else now
+        if self.store.data_version() != self._seen_version:
+            self.reload()  # another process committed: its state changes are in the store
         latest = self.store.latest_rules()
         if latest is None or (self.entry is not None and latest.i == self.entry.i
                               and self.engine is not None

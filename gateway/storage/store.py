@@ -761,6 +761,12 @@ class Store:
                 out.append(i)
         return out
 
+    def data_version(self) -> int:
+        """SQLite's data_version: it changes when another connection commits (unlike
+        `changed_elsewhere`, reading it resets nothing)."""
+        with self.lock:
+            return self._pragma("data_version")
+
     def action_log(self, rule: str | None = None) -> list[tuple[RecordEntry, str, int | None]]:
         """(action entry, status, outcome index) for every firing, oldest first."""
         sql = ("SELECT e.body, a.status, a.outcome FROM actions a JOIN entries e ON e.i = a.entry"
