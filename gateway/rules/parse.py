@@ -13,6 +13,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.ledger.rule_records import MAX_RULES_TEXT
 from gateway.rules.condition import ConditionError, compile_condition
 from gateway.rules.model import (
     ACTION_TYPES,
@@ -275,6 +276,10 @@ class _Parser:
 def parse_rules(text: str, known_devices: Collection[str] | None = None) -> RuleSet:
     """Parse and check a rule file. `known_devices`: the registry's ids, for the devices that
     command actions name (None: not checked). Raises RuleFileError with every problem found."""
+    size = len(text.encode())
+    if size > MAX_RULES_TEXT:
+        raise RuleFileError([RuleError(Position(1, 1), f"the file is {size} bytes, more "
+                                       f"than {MAX_RULES_TEXT} (a rules entry's limit)")])
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

@@ -91,6 +91,16 @@ def test_bad_rules_are_refused_with_their_positions() -> None:
     assert len(errs) == 5
 
 
+def test_check_without_a_ledger_and_a_file_too_large(tmp_path: Path) -> None:
+    f = tmp_path / "r.toml"
+    f.write_text('[[rule]]\nname = "c"\nwhen = "data.t > 1.0"\n'
+                 'action = { type = "command", device = "x", op = "ping" }\n')
+    r = cli("rules", "check", str(f), "--data", str(tmp_path / "none"))
+    assert r.returncode == 0 and "command devices not checked: no ledger in" in r.stdout
+    assert errors_of("#" * 70000) == [
+        "1:1: the file is 70000 bytes, more than 61440 (a rules entry's limit)"]
+
+
 def test_check_and_apply_cli(tmp_path: Path, devices: list[Device], store: Store) -> None:
     data = str(store.data_dir)
     bad = tmp_path / "bad.toml"
