@@ -5,6 +5,7 @@
     .venv/bin/python tools/bench.py --sweep 100,1000,5000 [--plot docs/bench-devices.png]
     .venv/bin/python tools/bench.py --ledger 1000000        (tools/bench_ledger.py)
     .venv/bin/python tools/bench.py --duration 60 --rate 10000 --mirror   (a mirror following)
+    .venv/bin/python tools/bench.py --rules FILE ...        (the gateway with a rule set applied)
 
 Everything runs on this machine: a private Mosquitto (gateway/sim/broker.py, a fresh one per phase),
 the CPython load engine of `iot-anchor simulate --engine cpython` (gateway/sim/loadgen.py: its
@@ -98,6 +99,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="in the paced phase, the gateway also serves --http and an "
                          "'iot-anchor mirror --follow' follows it: the anchoring rate with a "
                          "mirror following, and how far behind the mirror ends")
+    ap.add_argument("--rules", type=Path, metavar="FILE",
+                    help="apply this rule file to the gateway (tools/bench_rules.py --print "
+                         "writes the 20-rule set of the rules bench)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = ap.parse_args(argv)
     if args.ledger:
@@ -112,7 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupted)
     workdir = Path(tempfile.mkdtemp(prefix="iot-anchor-bench-"))
     options = BenchOptions(args.procs, args.batch_interval, args.batch_max, args.rate, workdir,
-                           args.burst, mirror=args.mirror)
+                           args.burst, mirror=args.mirror,
+                           rules=args.rules.read_text() if args.rules else None)
     t0 = time.monotonic()
     results = []
     try:

@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("cli",),
     ("sim",),
     ("service", "fleet", "http"),
-    ("mqtt", "ingest", "audit", "provenance", "tlog"),
+    ("mqtt", "ingest", "audit", "provenance", "tlog", "rules"),
     ("storage",),
     ("ledger",),
     ("wire",),

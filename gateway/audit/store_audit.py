@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from gateway.audit import provenance_audit
+from gateway.audit import provenance_audit, rules_audit
 from gateway.errors import AnchorError
 from gateway.ingest.verifier import CHUNK, Context, VerifierPool
 from gateway.ledger import merkle, note
@@ -136,6 +136,7 @@ RecordAudit = Callable[["Auditor", list[RecordEntry]], None]
 RECORD_AUDITS: dict[str, RecordAudit] = {
     "dataset": provenance_audit.audit_datasets,
     "model": provenance_audit.audit_models,
+    **rules_audit.AUDITS,  # rules, action, outcome: the rule sets re-run (docs/rules.md)
 }
 
 

@@ -36,6 +36,7 @@ COMMAND_MODULES: list[str] = [
     "gateway.cli.demo",
     "gateway.cli.dataset",
     "gateway.cli.model",
+    "gateway.cli.rules",
 ]
 
 

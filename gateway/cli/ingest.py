@@ -95,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     counts: Counter[str] = Counter()
     rejected: Counter[str] = Counter()
     entries: list[int] = []
+    actions: list[int] = []  # the rules' firings (docs/rules.md)
     size = 0
 
     def on_outcomes(outs: list[Outcome]) -> None:
@@ -106,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
     def on_commit(res: CommitResult) -> None:
         nonlocal size
         entries.extend(res.entries)
+        actions.extend(res.actions)
         size = res.size
 
     with Store.open(args.data) as store, Pipeline(store, batch_max=args.batch_max,
@@ -128,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
         "rejected": dict(sorted(rejected.items())),
         "entries": entries,
         "ledger_size": size,
+        "actions": actions,
     }
     if args.json:
         print(json.dumps(summary))
@@ -141,6 +144,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"anchored in ledger entries {span}; ledger size {size}")
     else:
         print(f"nothing new anchored; ledger size {size}")
+    if actions:
+        print(f"rules fired {len(actions)} times (action entries {actions[0]}..{actions[-1]}); "
+              "their actions are carried out by 'iot-anchor run' (iot-anchor rules log)")
     return 0
 
 

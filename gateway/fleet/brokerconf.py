@@ -12,7 +12,8 @@ What the ACL allows (topics are those of docs/protocol.md and issue 4):
 
 - device `<id>` writes (publishes) `anchor/<id>/readings` and `anchor/<id>/status`, and reads
   (subscribes to, receives) `anchor/<id>/ack` and `anchor/checkpoint`;
-- the gateway writes `anchor/+/ack` and `anchor/checkpoint`, and reads `anchor/#`.
+- the gateway writes `anchor/+/ack`, `anchor/checkpoint` and the rules' alerts
+  `anchor/alerts/#`, and reads `anchor/#`.
 
 A device's MQTT username is its device id, and every client's MQTT client id is forced to its
 username (`use_username_as_clientid`), so no device can take over the gateway's persistent
@@ -250,12 +251,13 @@ def render_acl(gateway_user: str, devices: Iterable[str]) -> str:
         "# Written by 'iot-anchor broker-config'; run it again rather than editing this file.",
         "# Everything not allowed here is denied.",
         "",
-        "# The gateway reads every device's readings and status, and alone writes acks and",
-        "# the checkpoint.",
+        "# The gateway reads every device's readings and status, and alone writes acks, the",
+        "# checkpoint and the rules' alerts (docs/rules.md).",
         f"user {gateway_user}",
         "topic read anchor/#",
         "topic write anchor/+/ack",
         "topic write anchor/checkpoint",
+        "topic write anchor/alerts/#",
     ]
     for dev in sorted(devices):
         out += [

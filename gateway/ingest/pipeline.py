@@ -58,14 +58,16 @@ import hashlib
 import itertools
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, cast
 
 from gateway.errors import StorageError
 from gateway.ingest.verifier import Context, VerifierPool
 from gateway.ledger import merkle, note
 from gateway.ledger.batch import GROUP, batch_nodes, make_batch_entry
+from gateway.ledger.entry import RecordEntry, decode_entry
 from gateway.ledger.merkle import leaf_hash
+from gateway.rules.runtime import RuleRuntime
 from gateway.storage.store import Store, now_ms
 from gateway.wire.cose import DECODE_REASONS, MAX_MESSAGE, Rejection, decode, fields
 from gateway.wire.es256 import PublicKey, check_signature, load_public_key
@@ -83,6 +85,7 @@ sha256 = hashlib.sha256
 
 Message = bytes | bytearray | memoryview | tuple[bytes, str | None]
 _Checked = tuple[str, int, bytes, bytes, bytes]  # dev, seq, prev, SHA-256, RFC 6962 leaf hash
+_Refused = tuple[str, str]  # (rejection reason, the device the message names)
 
 
 @dataclass(slots=True)  # not frozen: one per message, and frozen ones cost 4x to construct
@@ -109,6 +112,7 @@ class CommitResult:
     size: int  # ledger size after the commit
     checkpoint: str | None  # the latest signed checkpoint
     acks: dict[str, Ack] = field(default_factory=dict)
+    actions: list[int] = field(default_factory=list)  # action entries written (rules fired)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +120,7 @@ class Submission:
     """Messages handed to the verifier pool by `Pipeline.start`, not yet classified."""
 
     raws: list[bytes]
-    parts: Iterator[list[_Checked | str]]
+    parts: Iterator[list[_Checked | _Refused | str]]
 
 
 @dataclass(slots=True)
@@ -185,11 +189,11 @@ def _prepare_keys(value: tuple[int, dict[str, tuple[bytes, str]]]) -> tuple[int,
 
 
 def _check(ctx: tuple[int, _Keys], items: Sequence[tuple[bytes, str | None]]
-           ) -> list[_Checked | str]:
+           ) -> list[_Checked | _Refused | str]:
     """Worker: decode and verify a chunk. Per item: (dev, seq, prev, digest, leaf hash) or the
     rejection reason. The hashes are made here so that the serial part of a commit is short."""
     max_message, keys = ctx
-    out: list[_Checked | str] = []
+    out: list[_Checked | _Refused | str] = []
     append = out.append
     names: dict[str, str] = {}  # one str object per device: pickled once per chunk
     for raw, topic in items:
@@ -206,21 +210,21 @@ def _check(ctx: tuple[int, _Keys], items: Sequence[tuple[bytes, str | None]]
             f = (d.dev, d.seq, d.prev, d.to_be_signed, d.signature)
         dev, seq, prev, tbs, sig = f
         if topic is not None and topic != dev:
-            append("topic_mismatch")
+            append(("topic_mismatch", dev))
             continue
         entry = keys.get(dev)
         if entry is None:
-            append("unknown_device")
+            append(("unknown_device", dev))
             continue
         if entry[1] != "active":
-            append("revoked_device")
+            append(("revoked_device", dev))
             continue
         try:
             reason = check_signature(entry[0], tbs, sig)
         except Exception:
             reason = "bad_signature"
-        append(reason if reason else (names.setdefault(dev, dev), seq, prev,
-                                      sha256(raw).digest(), leaf_hash(raw)))
+        append((reason, dev) if reason else (names.setdefault(dev, dev), seq, prev,
+                                             sha256(raw).digest(), leaf_hash(raw)))
     return out
 
 
@@ -252,6 +256,8 @@ class Pipeline:
         self._rejected: Counter[str] = Counter()
         self._events: list[_Event] = []
         self.totals: Counter[str] = Counter()  # accepted / duplicate / rejected since start
+        self.rules = RuleRuntime(store, self.signer)  # the applied rule set (docs/rules.md)
+        self._refused: list[tuple[str, str]] = []  # (dev, reason) of this batch's refusals
         self.reload()
 
     # --- state ---------------------------------------------------------------------------------
@@ -263,6 +269,7 @@ class Pipeline:
         self._ctx = Context(next(self._generation), (self.max_message, sent), _prepare_keys,
                             (self.max_message, self._keys))
         self._devs = {}
+        self.rules.reload()
 
     def _dev(self, dev: str) -> _Dev:
         st = self._devs.get(dev)
@@ -323,9 +330,14 @@ class Pipeline:
         raws = iter(submission.raws)
         for part in submission.parts:
             for res, raw in zip(part, raws, strict=False):  # raws is one iterator for all
-                if isinstance(res, str):
+                if type(res) is str:
                     self._rejected[res] += 1
                     append(Outcome("rejected", res))
+                elif len(res) == 2:  # refused, and the message names its device
+                    reason, rdev = cast(_Refused, res)
+                    self._rejected[reason] += 1
+                    self._refused.append((rdev, reason))
+                    append(Outcome("rejected", reason, rdev))
                 else:
                     append(self._classify(raw, *res))
         self.totals.update(o.status for o in out)
@@ -344,6 +356,7 @@ class Pipeline:
                 self._ack(dev, seq)
                 return Outcome("duplicate", None, dev, seq)
             self._rejected["equivocation"] += 1
+            self._refused.append((dev, "equivocation"))
             self._events.append(_Event("equivocation", dev, seq, raw,
                                        f"stored message has sha256 {prior.hex()}, "
                                        f"this one {digest.hex()}"))
@@ -418,55 +431,82 @@ class Pipeline:
         self._in_batch = {}
         self._acked = {}
         self._rejected = Counter()
+        self._refused = []
         self._events = []
         return result
 
     def _commit(self) -> CommitResult:
         store = self.store
+        rules = self.rules
+        try:
+            with store.write() as c:
+                if store.changed_elsewhere():
+                    self._recheck_batch(c)
+                rules.begin(c)
+                result = self._write(c, rules)
+        except BaseException:
+            rules.rolled_back()
+            raise
+        rules.committed()
+        # the transaction is committed: now the cached watermarks may move
+        for dev, ack in result.acks.items():
+            self._dev(dev).upto = ack.upto
+        return replace(result, actions=rules.new_actions) if rules.new_actions else result
+
+    def _write(self, c: Any, rules: RuleRuntime) -> CommitResult:
+        """The commit's writes, inside its transaction (see commit)."""
+        store = self.store
         entries: list[int] = []
         root: bytes | None = None
         checkpoint: str | None = None
-        with store.write() as c:
-            if store.changed_elsewhere():
-                self._recheck_batch(c)
-            head = store.head(c)
-            t = now_ms()
-            batch = self._batch
-            row = c.execute("SELECT MAX(id) FROM readings").fetchone()
-            next_id = 0 if row[0] is None else row[0] + 1
-            for start in range(0, len(batch), self.batch_max):
-                part = batch[start:start + self.batch_max]
-                leaves = self._leaves[start:start + len(part)]
-                nodes = self._nodes(start, leaves)
-                root = merkle.root(nodes)
-                body = make_batch_entry(head.size, head.last_hash, root, len(part), t)
-                e = store.append_entry(c, head, "batch", body)
-                head = type(head)(e.index + 1, e.hash, head.tree)
-                c.execute("INSERT INTO batches (entry, first, n, root, nodes) VALUES (?,?,?,?,?)",
-                          (e.index, next_id, len(part), root, b"".join(nodes)))
-                c.executemany(
-                    "INSERT INTO readings (id, dev, seq, batch, cose) VALUES (?, ?, ?, ?, ?)",
-                    [(next_id + k, d.dev, d.seq, e.index, d.raw) for k, d in enumerate(part)])
-                next_id += len(part)
-                entries.append(e.index)
-                checkpoint = store.checkpoint(c, head.tree, self.signer)
-            acks = self._update_devices(c, head.size - 1)
-            if self._events:
-                c.executemany(
-                    "INSERT INTO events (kind, dev, seq, cose, detail, t) VALUES (?,?,?,?,?,?)",
-                    [(ev.kind, ev.dev, ev.seq, ev.cose, ev.detail, t) for ev in self._events])
-            if self._rejected:
-                c.executemany(
-                    "INSERT INTO rejected (reason, n) VALUES (?, ?) "
-                    "ON CONFLICT (reason) DO UPDATE SET n = n + excluded.n",
-                    sorted(self._rejected.items()))
-            if not entries:
-                cp = c.execute("SELECT note FROM checkpoints ORDER BY size DESC LIMIT 1").fetchone()
-                checkpoint = cp[0] if cp else None
-            size = head.size
-        # the transaction is committed: now the cached watermarks may move
-        for dev, ack in acks.items():
-            self._dev(dev).upto = ack.upto
+        head = store.head(c)
+        t = now_ms()
+        batch = self._batch
+        row = c.execute("SELECT MAX(id) FROM readings").fetchone()
+        next_id = 0 if row[0] is None else row[0] + 1
+        for start in range(0, len(batch), self.batch_max):
+            part = batch[start:start + self.batch_max]
+            leaves = self._leaves[start:start + len(part)]
+            nodes = self._nodes(start, leaves)
+            root = merkle.root(nodes)
+            body = make_batch_entry(head.size, head.last_hash, root, len(part), t)
+            e = store.append_entry(c, head, "batch", body)
+            head = type(head)(e.index + 1, e.hash, head.tree)
+            c.execute("INSERT INTO batches (entry, first, n, root, nodes) VALUES (?,?,?,?,?)",
+                      (e.index, next_id, len(part), root, b"".join(nodes)))
+            c.executemany(
+                "INSERT INTO readings (id, dev, seq, batch, cose) VALUES (?, ?, ?, ?, ?)",
+                [(next_id + k, d.dev, d.seq, e.index, d.raw) for k, d in enumerate(part)])
+            next_id += len(part)
+            entries.append(e.index)
+            checkpoint = store.checkpoint(c, head.tree, self.signer)
+            rules.last_batch = e.index
+            if rules.active:
+                size0 = head.size
+                head = rules.on_batch(c, head, e.index, [
+                    (d.raw, d.dev, d.seq, leaf) for d, leaf in zip(part, leaves, strict=True)],
+                    t)
+                if head.size != size0:
+                    checkpoint = None  # action entries followed, each with its checkpoint
+        size0 = head.size
+        head = rules.on_rejections(c, head, self._refused, t)
+        if head.size != size0:
+            checkpoint = None
+        rules.save(c)
+        acks = self._update_devices(c, head.size - 1)
+        if self._events:
+            c.executemany(
+                "INSERT INTO events (kind, dev, seq, cose, detail, t) VALUES (?,?,?,?,?,?)",
+                [(ev.kind, ev.dev, ev.seq, ev.cose, ev.detail, t) for ev in self._events])
+        if self._rejected:
+            c.executemany(
+                "INSERT INTO rejected (reason, n) VALUES (?, ?) "
+                "ON CONFLICT (reason) DO UPDATE SET n = n + excluded.n",
+                sorted(self._rejected.items()))
+        if checkpoint is None:
+            cp = c.execute("SELECT note FROM checkpoints ORDER BY size DESC LIMIT 1").fetchone()
+            checkpoint = cp[0] if cp else None
+        size = head.size
         return CommitResult(entries[-1] if entries else None, root, len(self._batch), entries,
                             size, checkpoint, acks)
 
@@ -544,6 +584,40 @@ class Pipeline:
         self._leaves = [leaf_hash(d.raw) for d in keep]
         self._groups = []  # recomputed at the commit
         self._in_batch = {(d.dev, d.seq): d for d in keep}
+
+    # --- rules (docs/rules.md): what the service's action loop calls -------------------------
+
+    def pending_actions(self) -> list[RecordEntry]:
+        """Action entries with no outcome yet (a restart resumes them)."""
+        return self.store.pending_actions()
+
+    def record_outcomes(self, outcomes: Sequence[tuple[int, str, str | None, bytes | None]]
+                        ) -> list[int]:
+        return self.store.record_outcomes(self.signer, outcomes)
+
+    def confirm_command(self, device: str, command_id: int, ok: bool, reason: str | None,
+                        cose: bytes) -> int | None:
+        """A device's verified confirmation of command `command_id` (the index of the action
+        entry that ordered it): the outcome entry "done" (or "failed" with the device's
+        reason), holding the confirmation's COSE bytes; when it comes before the executor
+        recorded "sent", "sent" first (the confirmation proves it). None when that command
+        was not ordered to `device` or is already closed (a repeat)."""
+        row = self.store.one("SELECT status FROM actions WHERE entry = ?", (command_id,))
+        body = self.store.entry_body(command_id) if row is not None else None
+        if body is None or row[0] not in ("pending", "sent"):
+            return None
+        a = decode_entry(body)
+        if not isinstance(a, RecordEntry) or a.fields["action"].get("type") != "command" \
+                or a.fields["action"].get("device") != device:
+            return None
+        end = (command_id, "done", None, cose) if ok else (
+            command_id, "failed", reason or "refused by the device", None)
+        done = self.store.record_outcomes(self.signer, [(command_id, "sent", None, None), end])
+        return done[-1] if done else None
+
+    def tick_rules(self) -> list[int]:
+        """Silence rules at the gateway's time now: the action entries written."""
+        return self.rules.tick()
 
     # --- lifetime ------------------------------------------------------------------------------
 

@@ -4,9 +4,10 @@ so does the stand-in of tests/integration/test_service.py."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from gateway.ingest.pipeline import CommitResult, Outcome, Submission
+from gateway.ledger.entry import RecordEntry
 
 
 class ReadingPipeline(Protocol):
@@ -33,3 +34,23 @@ class ReadingPipeline(Protocol):
 
     def close(self) -> None:
         """Stop the verifiers and close the store."""
+
+
+@runtime_checkable
+class RuleActions(Protocol):
+    """What the service's action loop needs of the pipeline (docs/rules.md); a pipeline
+    without it (a test's stand-in) runs no actions. Called on the pipeline thread."""
+
+    def pending_actions(self) -> list[RecordEntry]:
+        """Action entries with no outcome yet, oldest first."""
+
+    def record_outcomes(self, outcomes: Sequence[tuple[int, str, str | None, bytes | None]]
+                        ) -> list[int]:
+        """Outcome entries for (action entry, status, reason, confirmation), one transaction."""
+
+    def tick_rules(self) -> list[int]:
+        """Silence rules at the gateway's time now; the action entries written."""
+
+    def confirm_command(self, device: str, command_id: int, ok: bool, reason: str | None,
+                        cose: bytes) -> int | None:
+        """A verified confirmation: the command's outcome entry, or None (not sent, closed)."""

@@ -21,9 +21,10 @@ from typing import Any, TypeVar
 
 from gateway.errors import AnchorError, BrokerError, ConfigError
 from gateway.mqtt.client import Connection, Endpoint, session
+from gateway.rules.executor import CommandOrder, CommandSender, Executor
 from gateway.service.acks import AckOutbox
 from gateway.service.config import ServiceConfig
-from gateway.service.port import ReadingPipeline
+from gateway.service.port import ReadingPipeline, RuleActions
 from gateway.service.resources import peak_rss_mb
 from gateway.tlog.witness_client import WitnessClient
 from gateway.wire.ack import encode_ack
@@ -131,6 +132,13 @@ class GatewayService:
         self.witnesses: WitnessClient | None = None
         if cfg.witnesses:
             self.witnesses = WitnessClient(cfg.data_dir, cfg.witnesses, cfg.witness_quorum)
+        self._puback_waits: dict[int, asyncio.Future[None]] = {}
+        # rules (docs/rules.md): the action loop's wake-up
+        self._actions_wake = asyncio.Event()
+        # the authenticated downlink's command sender (None: command actions wait), and what
+        # it takes: command_factory(device, id, op, args)
+        self.command_sender: CommandSender | None = None
+        self.command_factory: Callable[[str, int, str, dict[str, Any]], Any] = CommandOrder
 
     # -- the worker thread ------------------------------------------------------------------
 
@@ -167,6 +175,8 @@ class GatewayService:
                     tg.create_task(self._publisher(), name="publisher")
                     if self.witnesses is not None:
                         tg.create_task(self.witnesses.run(self._drained), name="witnesses")
+                    if isinstance(pipe, RuleActions):
+                        tg.create_task(self._actions(pipe), name="actions")
             except BaseExceptionGroup as group:
                 # The CLI explains an AnchorError in one line; do not hide it in a group.
                 for e in group.exceptions:
@@ -252,8 +262,11 @@ class GatewayService:
         if paused is not None:
             paused.resume_reading()  # a connection that is gone ignores it
 
-    def _on_puback(self, _pid: int) -> None:
+    def _on_puback(self, pid: int) -> None:
         """The broker PUBACKed one of our publishes: acks held at the bound may go now."""
+        fut = self._puback_waits.pop(pid, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
         if self._acks_out and self._connected.is_set():
             self._out_wake.set()
 
@@ -465,6 +478,8 @@ class GatewayService:
                 conn.puback([m.mid for m in batch if m.gen == self._gen and m.qos == 1])
         if result is None:
             return
+        if result.actions:
+            self._actions_wake.set()
         # 2. the devices
         for dev, a in result.acks.items():
             self._acks_out.merge(dev, -1 if a.upto is None else a.upto, a.seqs, a.entry)
@@ -544,6 +559,88 @@ class GatewayService:
                 "be acknowledged (as duplicates) next time", len(self._acks_out),
             )
         self._final.set()
+
+
+    # -- rules: the actions recorded by the commits (docs/rules.md) -------------------------
+
+    async def publish_confirmed(self, topic: str, payload: bytes, timeout: float = 10) -> None:
+        """Publish at QoS 1 and return once the broker PUBACKed it; BrokerError otherwise."""
+        conn = self._conn
+        if conn is None or not self._connected.is_set():
+            raise BrokerError("not connected to the broker", "it is sent once reconnected")
+        pid = conn.publish(topic.encode(), payload)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._puback_waits[pid] = fut
+        try:
+            waiting: set[asyncio.Future[Any]] = {fut, conn.closed}
+            done, _ = await asyncio.wait(waiting, timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if fut not in done:
+                raise BrokerError(f"no PUBACK for {topic}", "it is sent again later")
+        finally:
+            self._puback_waits.pop(pid, None)
+
+    async def rule_confirmation(self, device: str, command_id: int, ok: bool,
+                                reason: str | None, cose: bytes) -> int | None:
+        """A verified confirmation from `device` of command `command_id`: records the
+        command's outcome ("done", or "failed" with the device's reason) and returns its entry;
+        None for a command that was not sent to it or is closed already. The downlink calls
+        this for each confirmation it verified."""
+        pipe = self._pipe()
+        if not isinstance(pipe, RuleActions):
+            return None
+        return await self._call(pipe.confirm_command, device, command_id, ok, reason, cose)
+
+    async def _actions(self, pipe: RuleActions) -> None:
+        """Carry out the pending actions (also those a killed run left), record outcomes, and
+        tick the silence rules about once a second, until the last commit is done."""
+        ex = Executor(self, self.command_sender, make_command=self.command_factory)
+        busy: dict[int, asyncio.Task[None]] = {}
+        done: list[tuple[int, str, str | None, bytes | None]] = []
+        limit = asyncio.Semaphore(16)
+
+        async def one(e: Any) -> None:
+            async with limit:
+                try:
+                    res = await ex.perform(e)
+                except Exception as err:  # a bug in an action must not stop the gateway
+                    log.error("action of entry %d: %s", e.i, err)
+                    res = None
+            if res is not None:
+                done.append((e.i, res[0], res[1], None))
+
+        last_tick = 0.0
+        while True:
+            stopping = self._drained.is_set()
+            try:
+                if time.monotonic() - last_tick >= 1.0 and not stopping:
+                    last_tick = time.monotonic()
+                    await self._call(pipe.tick_rules)
+                if done:
+                    batch, done[:] = list(done), []
+                    await self._call(pipe.record_outcomes, batch)
+                for e in await self._call(pipe.pending_actions):
+                    if e.i not in busy:
+                        busy[e.i] = asyncio.ensure_future(one(e))
+            except AnchorError as err:
+                log.error("rules: %s", err.explain())
+            for i in [i for i, t in busy.items() if t.done() and not any(d[0] == i for d in done)]:
+                busy.pop(i)
+            if stopping:
+                if busy:  # the last ones get a few seconds; the rest wait for the next run
+                    await asyncio.wait(busy.values(), timeout=5)
+                    for t in busy.values():
+                        t.cancel()
+                    if done:
+                        with contextlib.suppress(AnchorError):
+                            await self._call(pipe.record_outcomes, list(done))
+                return
+            self._actions_wake.clear()
+            waits = [asyncio.ensure_future(self._actions_wake.wait()),
+                     asyncio.ensure_future(self._drained.wait())]
+            await asyncio.wait(waits, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()
 
 
 def _finish(pipeline: ReadingPipeline, submission: Any) -> int:

@@ -6,11 +6,17 @@ processes) publishing a reading per second for about 20 s; then the devices drai
 outboxes and exit, the gateway is stopped with SIGTERM, and the demo shows what happened
 using the ordinary commands: `ledger status`, `ledger verify`, `receipt` and
 `verify-receipt` (offline, with the gateway's vkey and the device's key).
+A rule is at work meanwhile (docs/rules.md): applied with `rules apply` once the devices are
+registered, it fires when the first device's temperature stays above a threshold for 3
+readings (at most once per 8 s); each firing is an `action` entry, its alert arrives on
+anchor/alerts/<rule> (a subscriber here shows it), its outcome is recorded, `rules log` lists
+them and `ledger verify` re-runs the rule over the stored readings.
 It exits 0 only if every step holds. Everything it starts is stopped before it returns.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -18,21 +24,78 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from gateway.errors import AnchorError
+from gateway.mqtt.client import Endpoint, session
 from gateway.sim.broker import PrivateBroker
 from gateway.sim.simulate import MicroPythonFleet, stop_process_group
+from gateway.wire.mqtt import ConnectOptions
 
 DEVICES = 3
 INTERVAL = 1.0
 READINGS = 18  # per device: about 20 s with start-up and drain
 
 
+THRESHOLD = 10.0  # degrees C: the Unix port's simulated room (18-24) or CPU temperature
+
+
 def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "gateway", *args]
+
+
+def demo_rules(dev: str) -> str:
+    """The demo's rule: an alert when `dev` is warm for 3 readings in a row."""
+    return (f'[[rule]]\nname = "warm"\n'
+            f'when = "data.temp > {THRESHOLD} || data.cpu_temp > {THRESHOLD}"\n'
+            f'devices = ["{dev}"]\nfor = 3\ncooldown = 8\n'
+            f'action = {{ type = "alert", message = "{dev} is above {THRESHOLD} C" }}\n')
+
+
+class AlertWatcher:
+    """A subscriber to anchor/alerts/# (the gateway's own MQTT client, in a thread)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.got: list[dict[str, Any]] = []
+        self.ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._loop.run_until_complete,
+                                        args=(self._main(),), daemon=True)
+
+    def __enter__(self) -> AlertWatcher:
+        self._thread.start()
+        self.ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread.is_alive():
+            if self._stop is not None:
+                self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(10)
+        if not self._loop.is_running():
+            self._loop.close()
+
+    def _on(self, topic: bytes, payload: bytes, mid: int, qos: int) -> None:
+        try:
+            self.got.append(json.loads(payload))
+        except ValueError:
+            pass
+
+    async def _main(self) -> None:
+        self._stop = asyncio.Event()
+        try:
+            async with session(Endpoint("127.0.0.1", self.port), ConnectOptions("demo-alerts"),
+                               self._on) as conn:
+                await conn.subscribe([("anchor/alerts/#", 1)])
+                self.ready.set()
+                await self._stop.wait()
+        finally:
+            self.ready.set()
 
 
 class Demo:
@@ -42,6 +105,7 @@ class Demo:
         self.data = workdir / "data"
         self.devices, self.readings, self.interval = devices, readings, interval
         self.failures: list[str] = []
+        self.alerts: list[dict[str, Any]] = []
         self.t0 = time.monotonic()
 
     def say(self, text: str) -> None:
@@ -74,16 +138,26 @@ class Demo:
                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                     start_new_session=True)
             fleet = MicroPythonFleet(self.work / "fleet", self.devices)
+            watcher = AlertWatcher(broker.port)
             try:
                 added = fleet.prepare(self.data)
                 self.say(f"{added} MicroPython devices created (firmware keygen) and registered")
                 self.check(gw.poll() is None, f"the gateway exited early, see {gw_log}")
+                rules = self.work / "rules.toml"
+                rules.write_text(demo_rules(fleet.devices[0].dev))
+                p = self.run_cli("rules", "apply", str(rules))
+                self.check(p.returncode == 0, f"rules apply: {p.stderr.strip()}")
+                self.say(f"rule applied: {fleet.devices[0].dev} above {THRESHOLD} C for 3 "
+                         f"readings -> an alert on anchor/alerts/warm ({p.stdout.strip()})")
+                watcher.__enter__()
                 fleet.start(broker.url, self.interval, self.readings)
                 self.say(f"devices running: {self.readings} readings each, one every "
                          f"{self.interval:g} s, then they drain their outboxes")
                 fleet.wait(time.monotonic() + self.readings * self.interval + 30)
                 reports = fleet.reports()
+                time.sleep(1.5)  # the last batch's alerts go out
             finally:
+                watcher.__exit__()
                 fleet.stop()
                 if gw.poll() is None:
                     gw.send_signal(signal.SIGTERM)
@@ -103,6 +177,7 @@ class Demo:
                 self.say(f"  {r.dev}: published {r.produced}, acknowledged as anchored "
                          f"{r.acknowledged}" + (f" ({r.note})" if r.note else ""))
                 self.check(r.ok, f"{r.dev} did not get every reading acknowledged")
+        self.alerts = watcher.got
         return self.report(vkey, published, acked, len(batches), reports[0].dev if reports
                            else None, fleet)
 
@@ -117,12 +192,24 @@ class Demo:
         print(f"readings published: {published}")
         print(f"readings anchored:  {anchored} (acknowledged to the devices: {acked})")
         print(f"ledger entries:     {status['entries']} ({batches} batches, the rest device "
-              "registrations)")
+              "registrations, the rule set, its firings and their outcomes)")
         self.check(anchored == published == acked,
                    f"published {published}, anchored {anchored}, acknowledged {acked}")
         print("latest checkpoint:")
         for line in str(status["checkpoint"]).rstrip("\n").splitlines():
             print(f"    {line}")
+        lg = self.run_cli("rules", "log", "--json")
+        fired = json.loads(lg.stdout) if lg.returncode == 0 else []
+        print(f"rule 'warm' fired {len(fired)} times; alerts received on anchor/alerts/warm: "
+              f"{len(self.alerts)}")
+        for f in fired[:4]:
+            seqs = ", ".join(str(r["seq"]) for r in f["readings"])
+            print(f"    entry {f['entry']}: {f['readings'][0]['dev']} seqs {seqs} -> alert, "
+                  f"{f['status']} (outcome entry {f['outcome']})")
+        self.check(bool(fired), "the rule never fired")
+        self.check(all(f["status"] == "sent" for f in fired), "an alert was not sent")
+        self.check({a["entry"] for a in self.alerts} >= {f["entry"] for f in fired},
+                   "an alert did not arrive")
         v = self.run_cli("ledger", "verify", timeout=120)
         result = (v.stdout.strip() or v.stderr.strip()).splitlines()[-1:] or [""]
         print(f"ledger verify:      exit {v.returncode}: {result[0]}")

@@ -42,3 +42,8 @@ def device_from_topic_bytes(topic: bytes) -> str:
             except UnicodeDecodeError:
                 return ""
     return ""
+
+
+def alert_topic(rule: str) -> str:
+    """Where a rule's alert action publishes (docs/rules.md); rule names are topic-safe."""
+    return f"anchor/alerts/{rule}"

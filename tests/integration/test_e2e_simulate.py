@@ -138,7 +138,7 @@ def test_demo_passes_in_under_60_s() -> None:
     out = p.stdout
     for needle in ("readings published: 54", "readings anchored:  54", "ledger entries:",
                    "latest checkpoint:", "ledger verify:      exit 0", "verified offline",
-                   "demo passed"):
+                   "rule 'warm' fired", "-> alert, sent", "demo passed"):
         assert needle in out, out
     assert took < 60, f"demo took {took:.1f} s"
 

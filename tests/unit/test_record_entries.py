@@ -121,6 +121,8 @@ def test_a_version_1_ledger_is_migrated_and_keeps_its_entries(tmp_path: Path) ->
     with sqlite3.connect(db) as c:
         rows = c.execute("SELECT i, kind, body, hash FROM entries").fetchall()
         c.execute("DROP TABLE entries")
+        for table in ("rule_state", "actions"):  # made by later schemas
+            c.execute(f"DROP TABLE {table}")
         c.execute(V1_ENTRIES)
         c.executemany("INSERT INTO entries VALUES (?, ?, ?, ?)", rows)
         c.execute("PRAGMA user_version=1")

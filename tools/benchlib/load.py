@@ -10,6 +10,7 @@ as anchored after `ack_timeout` is published again).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 import multiprocessing
 import resource
@@ -48,9 +49,11 @@ def _presign(job: tuple[str, bytes, int, int]) -> tuple[str, Readings]:
     return dev, loadgen.presign(state, index, count)
 
 
-def make_fleet(n_devices: int, per_device: int, workdir: Path, procs: int) -> Fleet:
+def make_fleet(n_devices: int, per_device: int, workdir: Path, procs: int,
+               rules: str | None = None) -> Fleet:
     """Sign `per_device` readings for each of `n_devices` new devices on `procs` processes,
-    and register the devices in a new data dir under `workdir` (the phases copy it)."""
+    and register the devices in a new data dir under `workdir` (the phases copy it), with
+    the rule file `rules` applied when given."""
     ids = [f"load-{i:04d}" for i in range(n_devices)]
     signers = [DeviceSigner.generate(dev) for dev in ids]
     jobs = [(s.dev, s.secret, i, per_device) for i, s in enumerate(signers)]
@@ -65,6 +68,9 @@ def make_fleet(n_devices: int, per_device: int, workdir: Path, procs: int) -> Fl
     with store:
         for s in signers:
             registry.add(store, s.dev, s.public_key)
+        if rules is not None:
+            store.apply_rules(store.load_signer(), rules,
+                              hashlib.sha256(rules.encode()).digest())
     return Fleet(devices, template, sign_s, time.perf_counter() - t0)
 
 

@@ -58,6 +58,7 @@ class BenchOptions:
     burst: int = 100_000  # readings in the burst phases (at most all that were signed)
     burst_per_device: int | None = None  # set per fleet size
     mirror: bool = False  # paced phase: `run --http` with `iot-anchor mirror --follow` on it
+    rules: str | None = None  # a rule file's text, applied to the gateway's data dir
 
 
 class PhaseMeter:
@@ -252,7 +253,7 @@ def measure_fleet_size(n_devices: int, options: BenchOptions, duration: float,
     per_device = max(1, math.ceil(total / n_devices))
     log(f"bench: {n_devices} devices x {per_device} readings = {n_devices * per_device}, "
         f"load over {options.procs} processes, {runs} runs")
-    fleet = make_fleet(n_devices, per_device, options.workdir, options.procs)
+    fleet = make_fleet(n_devices, per_device, options.workdir, options.procs, options.rules)
     options.burst_per_device = max(1, min(per_device, math.ceil(options.burst / n_devices)))
     log(f"  pre-signed {fleet.readings} readings in {fleet.sign_s:.1f} s; registered "
         f"{n_devices} devices in {fleet.register_s:.1f} s")
