@@ -79,6 +79,7 @@ REASONS: tuple[str, ...] = DECODE_REASONS + (
     "equivocation",
 )
 ZERO_HASH = bytes(32)
+DAY_MS = 86_400_000  # device_days counts per UTC day: day = commit time (ms) // DAY_MS
 sha256 = hashlib.sha256
 
 Message = bytes | bytearray | memoryview | tuple[bytes, str | None]
@@ -109,6 +110,7 @@ class CommitResult:
     size: int  # ledger size after the commit
     checkpoint: str | None  # the latest signed checkpoint
     acks: dict[str, Ack] = field(default_factory=dict)
+    rejected: dict[str, int] = field(default_factory=dict)  # refusals stored, by reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +118,7 @@ class Submission:
     """Messages handed to the verifier pool by `Pipeline.start`, not yet classified."""
 
     raws: list[bytes]
+    topics: list[str | None]  # the device named by each message's topic (None: no topic)
     parts: Iterator[list[_Checked | str]]
 
 
@@ -250,6 +253,7 @@ class Pipeline:
         self._in_batch: dict[tuple[str, int], _Reading] = {}  # (dev, seq) -> open-batch reading
         self._acked: dict[str, set[int]] = {}
         self._rejected: Counter[str] = Counter()
+        self._rejected_dev: Counter[str] = Counter()  # by the topic's (or reading's) device
         self._events: list[_Event] = []
         self.totals: Counter[str] = Counter()  # accepted / duplicate / rejected since start
         self.reload()
@@ -309,22 +313,28 @@ class Pipeline:
             self.reload()
         items: list[tuple[bytes, str | None]] = []
         raws: list[bytes] = []
+        topics: list[str | None] = []
         for m in messages:
             raw, topic = m if isinstance(m, tuple) else (m, None)
             raw = raw if type(raw) is bytes else bytes(raw)
             items.append((raw, topic))
             raws.append(raw)
-        return Submission(raws, self.pool.iter_chunks(_check, items, self._ctx))
+            topics.append(topic)
+        return Submission(raws, topics, self.pool.iter_chunks(_check, items, self._ctx))
 
     def finish(self, submission: Submission) -> list[Outcome]:
         """The second half of `submit`: classify the verified messages, in order."""
         out: list[Outcome] = []
         append = out.append
         raws = iter(submission.raws)
+        topics = iter(submission.topics)
         for part in submission.parts:
             for res, raw in zip(part, raws, strict=False):  # raws is one iterator for all
+                topic = next(topics)
                 if isinstance(res, str):
                     self._rejected[res] += 1
+                    if topic:
+                        self._rejected_dev[topic] += 1
                     append(Outcome("rejected", res))
                 else:
                     append(self._classify(raw, *res))
@@ -344,6 +354,7 @@ class Pipeline:
                 self._ack(dev, seq)
                 return Outcome("duplicate", None, dev, seq)
             self._rejected["equivocation"] += 1
+            self._rejected_dev[dev] += 1
             self._events.append(_Event("equivocation", dev, seq, raw,
                                        f"stored message has sha256 {prior.hex()}, "
                                        f"this one {digest.hex()}"))
@@ -418,6 +429,7 @@ class Pipeline:
         self._in_batch = {}
         self._acked = {}
         self._rejected = Counter()
+        self._rejected_dev = Counter()
         self._events = []
         return result
 
@@ -450,7 +462,7 @@ class Pipeline:
                 next_id += len(part)
                 entries.append(e.index)
                 checkpoint = store.checkpoint(c, head.tree, self.signer)
-            acks = self._update_devices(c, head.size - 1)
+            acks = self._update_devices(c, head.size - 1, t)
             if self._events:
                 c.executemany(
                     "INSERT INTO events (kind, dev, seq, cose, detail, t) VALUES (?,?,?,?,?,?)",
@@ -460,6 +472,13 @@ class Pipeline:
                     "INSERT INTO rejected (reason, n) VALUES (?, ?) "
                     "ON CONFLICT (reason) DO UPDATE SET n = n + excluded.n",
                     sorted(self._rejected.items()))
+            if self._rejected_dev:  # per registered device and UTC day (the console's table)
+                c.executemany(
+                    "INSERT INTO device_days (dev, day, readings, rejected) "
+                    "SELECT ?, ?, 0, ? WHERE EXISTS (SELECT 1 FROM devices WHERE id = ?) "
+                    "ON CONFLICT (dev, day) DO UPDATE SET "
+                    "rejected = device_days.rejected + excluded.rejected",
+                    [(dev, t // DAY_MS, n, dev) for dev, n in sorted(self._rejected_dev.items())])
             if not entries:
                 cp = c.execute("SELECT note FROM checkpoints ORDER BY size DESC LIMIT 1").fetchone()
                 checkpoint = cp[0] if cp else None
@@ -468,7 +487,7 @@ class Pipeline:
         for dev, ack in acks.items():
             self._dev(dev).upto = ack.upto
         return CommitResult(entries[-1] if entries else None, root, len(self._batch), entries,
-                            size, checkpoint, acks)
+                            size, checkpoint, acks, dict(self._rejected))
 
     def _nodes(self, start: int, leaves: list[bytes]) -> list[bytes]:
         """Group roots of the batch part starting at `start`: the ones made during submit, plus
@@ -484,7 +503,7 @@ class Pipeline:
             nodes.append(merkle.root(leaves[full * GROUP:]))
         return nodes
 
-    def _update_devices(self, c: Any, newest_entry: int) -> dict[str, Ack]:
+    def _update_devices(self, c: Any, newest_entry: int, t: int) -> dict[str, Ack]:
         by_dev: dict[str, list[int]] = {}
         for d in self._batch:
             by_dev.setdefault(d.dev, []).append(d.seq)
@@ -509,9 +528,15 @@ class Pipeline:
                         upto, moved = s, True
                     if not moved or len(more) < 512:
                         break
-                c.execute("UPDATE devices SET readings = readings + ?, last_seq = ?, upto = ? "
-                          "WHERE id = ?", (len(new), last, upto, dev))
+                c.execute("UPDATE devices SET readings = readings + ?, last_seq = ?, upto = ?, "
+                          "last_t = ? WHERE id = ?", (len(new), last, upto, t, dev))
             acks[dev] = Ack(upto, sorted(s for s in seqs_acked if s > upto), newest_entry)
+        if by_dev:  # readings per device and UTC day (the console's "readings today")
+            c.executemany(
+                "INSERT INTO device_days (dev, day, readings, rejected) VALUES (?, ?, ?, 0) "
+                "ON CONFLICT (dev, day) DO UPDATE SET "
+                "readings = device_days.readings + excluded.readings",
+                [(dev, t // DAY_MS, len(seqs)) for dev, seqs in by_dev.items()])
         return acks
 
     def _recheck_batch(self, c: Any) -> None:
@@ -531,12 +556,14 @@ class Pipeline:
             entry = self._keys.get(d.dev)
             if entry is None or entry[1] != "active":
                 self._rejected["revoked_device"] += 1
+                self._rejected_dev[d.dev] += 1
                 self._acked.get(d.dev, set()).discard(d.seq)
                 continue
             m = decode(d.raw, max(self.max_message, len(d.raw)))
             reason = check_signature(entry[0], m.to_be_signed, m.signature)
             if reason:
                 self._rejected[reason] += 1
+                self._rejected_dev[d.dev] += 1
                 self._acked.get(d.dev, set()).discard(d.seq)
                 continue
             keep.append(d)

@@ -1,0 +1,63 @@
+"""gateway.observe.metrics: the exposition parses with prometheus-client's own parser and says
+what was committed; the ledger's figures as gauges."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.observe.metrics import (
+    WITNESS_OK,
+    LedgerFigures,
+    LiveGauges,
+    ServiceMetrics,
+    ledger_exposition,
+)
+
+
+def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text.decode())
+            for s in fam.samples}
+
+
+def test_service_metrics_count_per_commit() -> None:
+    live = LiveGauges(inbox=3, verifying=256, acks_in_flight=7, acks_waiting=2,
+                      connected=True, received=1000)
+    m = ServiceMetrics(lambda: live)
+    m.committed(400, 0.012, {"bad_signature": 2})
+    m.committed(0, 0.003, {"bad_signature": 1, "unknown_device": 4})
+    m.set_witnesses(1)
+    m.set_witness("w1", WITNESS_OK, 1234)
+    s = samples(m.exposition())
+    assert s[("iot_anchor_readings_anchored_total", ())] == 400
+    assert s[("iot_anchor_readings_refused_total", (("reason", "bad_signature"),))] == 3
+    assert s[("iot_anchor_readings_refused_total", (("reason", "unknown_device"),))] == 4
+    assert s[("iot_anchor_batches_total", ())] == 1
+    assert s[("iot_anchor_batch_readings_count", ())] == 1
+    assert s[("iot_anchor_batch_readings_bucket", (("le", "256.0"),))] == 0
+    assert s[("iot_anchor_batch_readings_bucket", (("le", "512.0"),))] == 1
+    assert s[("iot_anchor_commit_seconds_count", ())] == 2
+    assert abs(s[("iot_anchor_commit_seconds_sum", ())] - 0.015) < 1e-9
+    assert s[("iot_anchor_verify_queue_messages", ())] == 256
+    assert s[("iot_anchor_inbox_messages", ())] == 3
+    assert s[("iot_anchor_acks_in_flight", ())] == 7
+    assert s[("iot_anchor_broker_connected", ())] == 1
+    assert s[("iot_anchor_messages_received_total", ())] == 1000
+    assert s[("iot_anchor_witness_status", (("witness", "w1"),))] == WITNESS_OK
+    assert s[("iot_anchor_witness_cosigned_size", (("witness", "w1"),))] == 1234
+    assert s[("process_resident_memory_bytes", ())] > 1e6
+    snap = m.snapshot()
+    assert snap["anchored"] == 400 and snap["refused"] == {"bad_signature": 3,
+                                                           "unknown_device": 4}
+
+
+def test_ledger_exposition() -> None:
+    f = LedgerFigures(readings=10, entries=4, devices=3, revoked=1, checkpoint_size=4,
+                      checkpoint_time_ms=1_700_000_000_000, rejected={"too_large": 2},
+                      events={"chain_break": 1})
+    s = samples(ledger_exposition(f))
+    assert s[("iot_anchor_ledger_readings", ())] == 10
+    assert s[("iot_anchor_ledger_size", ())] == 4
+    assert s[("iot_anchor_ledger_refused", (("reason", "too_large"),))] == 2
+    assert s[("iot_anchor_ledger_security_events", (("kind", "chain_break"),))] == 1
+    assert s[("iot_anchor_ledger_checkpoint_timestamp_seconds", ())] == 1_700_000_000
