@@ -19,7 +19,7 @@ from pathlib import Path
 LAYERS: list[tuple[str, ...]] = [
     ("cli",),
     ("sim",),
-    ("service", "fleet"),
+    ("service", "fleet", "http", "console"),
     ("mqtt", "ingest", "audit", "observe"),
     ("storage",),
     ("ledger",),

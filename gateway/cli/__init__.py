@@ -29,6 +29,7 @@ COMMAND_MODULES: list[str] = [
     "gateway.cli.receipt",
     "gateway.cli.broker_config",
     "gateway.cli.run",
+    "gateway.cli.serve",
     "gateway.cli.simulate",
     "gateway.cli.demo",
 ]

@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway.cli import Subcommands, add_data_arg
+from gateway.cli.serve import add_http_args
+from gateway.errors import ConfigError
+from gateway.http.access import check_bind, load_token, parse_http_address
 from gateway.service.config import DEFAULT_BROKER, ServiceConfig
 from gateway.service.runner import run_service
 
@@ -43,6 +46,7 @@ def register(sub: Subcommands) -> None:
                    help="when the broker gets its PUBACK: after the batch commits (default; "
                         "the broker redelivers what a crashed gateway had not committed), or on "
                         "receipt (for brokers whose in-flight limit cannot be raised)")
+    add_http_args(p, default=None)
     p.set_defaults(func=cmd_run)
 
 
@@ -67,4 +71,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = ServiceConfig(data_dir=Path(args.data), broker=args.broker,
                         batch_interval=args.batch_interval, batch_max=args.batch_max,
                         puback=args.puback)
+    if args.http:
+        cfg.http = parse_http_address(args.http)
+        cfg.http_token = load_token(args.http_token, args.http_token_file)
+        check_bind(cfg.http[0], cfg.http_token)
+    elif args.http_token or args.http_token_file:
+        raise ConfigError("--http-token and --http-token-file need --http HOST:PORT",
+                          "add --http, or drop the token")
     return run_service(cfg, pipeline_factory(cfg.data_dir, cfg.batch_max))

@@ -19,3 +19,5 @@ class ServiceConfig:
     backoff_min: float = 0.2
     backoff_max: float = 10.0
     inbox_max: int = 0  # messages waiting at most (0: max(8 x batch_max, 32768))
+    http: tuple[str, int] | None = None  # serve the log over HTTP on (host, port)
+    http_token: str | None = None  # the bearer token every HTTP request needs

@@ -71,6 +71,16 @@ class _Stats:
     pauses: int = 0
 
 
+@dataclass
+class _HttpServer:
+    runner: Any  # aiohttp.web.AppRunner
+    ctx: Any  # gateway.http.context.HttpContext
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+        await asyncio.to_thread(self.ctx.close)
+
+
 class GatewayService:
     """The `run` service. `run()` returns the process exit code (0 after a clean stop).
 
@@ -121,6 +131,7 @@ class GatewayService:
         self._verifying = 0  # messages started with the verifiers, not finished
         self._open_batch = 0  # readings in the pipeline's open batch
         self.metrics = ServiceMetrics(self.live_gauges)
+        self.http_url: str | None = None  # with cfg.http, once the server listens
 
     # -- the worker thread ------------------------------------------------------------------
 
@@ -149,6 +160,7 @@ class GatewayService:
                 self.client_id, self.broker_shown, self.cfg.batch_interval, self.cfg.batch_max,
                 self.cfg.puback,
             )
+            http = await self._start_http()
             try:
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(self._connection_loop(), name="connection")
@@ -160,6 +172,9 @@ class GatewayService:
                     if isinstance(e, AnchorError):
                         raise e from None
                 raise
+            finally:
+                if http is not None:
+                    await http.stop()
             ru = resource.getrusage(resource.RUSAGE_SELF)
             st = self.stats
             log.info(
@@ -186,6 +201,23 @@ class GatewayService:
             acks_in_flight=self.acks_in_flight(), acks_waiting=len(self._acks_out),
             connected=self._connected.is_set(), received=st.received,
             acks_published=st.acks_published, pauses=st.pauses)
+
+    async def _start_http(self) -> _HttpServer | None:
+        """`run --http`: the read-only HTTP server (gateway.http) on this loop."""
+        if self.cfg.http is None:
+            return None
+        from gateway.http.app import serve, url_of
+        from gateway.http.context import HttpContext
+
+        ctx = await asyncio.to_thread(HttpContext.for_data_dir, self.cfg.data_dir, self)
+        try:
+            runner = await serve(ctx, self.cfg.http[0], self.cfg.http[1], self.cfg.http_token)
+        except BaseException:
+            await asyncio.to_thread(ctx.close)
+            raise
+        self.http_url = url_of(runner)
+        log.info("serving the log on %s", self.http_url)
+        return _HttpServer(runner, ctx)
 
     @property
     def connected(self) -> bool:
