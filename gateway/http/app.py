@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from gateway.console import routes as console_routes
 from gateway.errors import ConfigError
 from gateway.http import tlog_routes
 from gateway.http.access import READ_METHODS, check_bind
@@ -23,6 +24,7 @@ Provider = Callable[[web.Application, HttpContext], None]
 
 PROVIDERS: list[Provider] = [
     tlog_routes.add_routes,
+    console_routes.add_routes,
 ]
 
 CTX_KEY = web.AppKey("ctx", HttpContext)

@@ -710,6 +710,11 @@ class Store:
                         "missing": 0 if last_seq is None else last_seq + 1 - n})
         return total, out
 
+    def console_last_seen(self, dev: str) -> int | None:
+        """The time (ms) of the last commit with readings of `dev` (None: none since schema 3)."""
+        row = self.one("SELECT last_t FROM devices WHERE id = ?", (dev,))
+        return None if row is None or row[0] is None else int(row[0])
+
     def console_key_history(self, dev: str) -> list[tuple[bytes, int, int | None]]:
         """A device's keys: (key, from entry, until entry or None), oldest first."""
         return [(bytes(k), int(a), b) for k, a, b in self.query(
