@@ -220,14 +220,6 @@ def receipt(store: Store, dev: str, seq: int) -> dict[str, Any]:
     return build_receipt(**parts)
 
 
-def device_key(store: Store, dev: str) -> dict[str, Any]:
-    """A device's public key (SEC1 hex): a public key, which the receipt page may use."""
-    row = store.device(dev)
-    if row is None:
-        raise NotFound(f"no device {dev!r} is registered")
-    return {"id": dev, "public_key": bytes(row.key).hex(), "status": row.status}
-
-
 def _json_value(v: Any) -> Any:
     if isinstance(v, bytes | bytearray):
         return bytes(v).hex()

@@ -8,8 +8,7 @@
     /metrics                  Prometheus exposition (the service's metrics under run, and the
                               ledger's totals)
     /api/overview  /api/devices  /api/devices/{id}  /api/devices/{id}/series
-    /api/devices/{id}/key  /api/receipt/{id}/{seq}  /api/events  /api/records
-    /api/records/{kind}
+    /api/receipt/{id}/{seq}  /api/events  /api/records  /api/records/{kind}
 
 Every answer is GET (the server's middleware refuses anything else); bad parameters get a
 JSON `{"error": ...}` with 400 (413 for a series range with too many readings, 404 for an
@@ -22,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
 from pathlib import Path
@@ -98,6 +98,14 @@ def add_routes(app: web.Application, ctx: HttpContext) -> None:
 
     async def sampler(_app: web.Application) -> AsyncIterator[None]:
         async def loop() -> None:
+            try:
+                since = int((time.time() - history.span) * 1000)
+                fig, batches = await ctx.read(
+                    lambda s: (queries.figures(s), s.console_batches_since(since)))
+                history.backfill(fig, batches)
+                await asyncio.sleep(history.interval)
+            except AnchorError as e:
+                log.warning("console: cannot read the last hour's batches: %s", e.explain())
             while True:
                 try:
                     history.add(await ctx.read(queries.figures))
@@ -145,7 +153,7 @@ def add_routes(app: web.Application, ctx: HttpContext) -> None:
     async def overview(_request: web.Request) -> web.StreamResponse:
         ledger = await ctx.read(queries.overview)
         return _json({"ledger": ledger, "live": live(), "rate": history.rate(),
-                      "history": history.to_json(), "vkey": ctx.vkey})
+                      "history": history.to_json()})
 
     @_api
     async def devices(request: web.Request) -> web.StreamResponse:
@@ -165,10 +173,6 @@ def add_routes(app: web.Application, ctx: HttpContext) -> None:
     async def series(request: web.Request) -> web.StreamResponse:
         start, end = _float(request, "from"), _float(request, "to")
         return _json(await ctx.read(queries.series, request.match_info["dev"], start, end))
-
-    @_api
-    async def device_key(request: web.Request) -> web.StreamResponse:
-        return _json(await ctx.read(queries.device_key, request.match_info["dev"]))
 
     @_api
     async def receipt(request: web.Request) -> web.StreamResponse:
@@ -208,7 +212,6 @@ def add_routes(app: web.Application, ctx: HttpContext) -> None:
     r.add_get("/api/devices", devices)
     r.add_get("/api/devices/{dev}", device)
     r.add_get("/api/devices/{dev}/series", series)
-    r.add_get("/api/devices/{dev}/key", device_key)
     r.add_get("/api/receipt/{dev}/{seq}", receipt)
     r.add_get("/api/events", events)
     r.add_get("/api/records", record_kinds)

@@ -770,6 +770,25 @@ class Store:
         return [{"id": a, "kind": k, "dev": d, "seq": s, "detail": x, "t": t}
                 for a, k, d, s, x, t in rows]
 
+    def console_batches_since(self, since_ms: int, limit: int = 20_000
+                              ) -> list[tuple[int, int]]:
+        """(t, n) of the newest batch entries with t >= since_ms, newest first, at most
+        `limit` (the entries_kind index, newest first; stops at the first older one)."""
+        out: list[tuple[int, int]] = []
+        before = 1 << 62
+        while len(out) < limit:
+            rows = self.query("SELECT i, body FROM entries WHERE kind = 'batch' AND i < ? "
+                              "ORDER BY i DESC LIMIT 500", (before,))
+            for i, body in rows:
+                e = decode_entry(bytes(body))
+                if e.t < since_ms or len(out) >= limit:
+                    return out
+                out.append((e.t, getattr(e, "n", 0)))
+                before = i
+            if len(rows) < 500:
+                break
+        return out
+
     def console_kinds_present(self, kinds: Sequence[str]) -> list[str]:
         """Those of `kinds` that have at least one entry."""
         return [k for k in kinds

@@ -35,13 +35,6 @@ document.addEventListener("DOMContentLoaded", async () => {
     const f = e.target.files[0];
     if (f) document.getElementById("receipt").value = await f.text();
   });
-  document.getElementById("fetchkey").addEventListener("click", async () => {
-    try {
-      const r = JSON.parse(document.getElementById("receipt").value || "{}");
-      if (!r.device) throw new Error("paste a reading's receipt first");
-      document.getElementById("devkey").value = (await api("/api/devices/" + encodeURIComponent(r.device) + "/key")).public_key;
-    } catch (e) { showError("result", e); }
-  });
   if (q.get("dev") && q.get("seq")) {
     try {
       const r = await api("/api/receipt/" + encodeURIComponent(q.get("dev")) + "/" + encodeURIComponent(q.get("seq")));
