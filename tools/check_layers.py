@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("cli",),
     ("sim",),
     ("service", "fleet", "http", "console"),
-    ("mqtt", "ingest", "audit", "observe"),
+    ("mqtt", "ingest", "audit", "observe", "tlog"),
     ("storage",),
     ("ledger",),
     ("wire",),

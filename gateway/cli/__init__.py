@@ -30,6 +30,7 @@ COMMAND_MODULES: list[str] = [
     "gateway.cli.broker_config",
     "gateway.cli.run",
     "gateway.cli.serve",
+    "gateway.cli.witness",
     "gateway.cli.simulate",
     "gateway.cli.demo",
 ]

@@ -33,7 +33,8 @@ _MAX_BODY = 1024
 
 
 def access_middleware(token: str | None) -> Middleware:
-    """401 without the right bearer token (when one is set), then 405 for writes."""
+    """401 without the right bearer token (when one is set), then 405 for writes, 413 for a
+    request with a body."""
     expected = f"Bearer {token}".encode() if token is not None else None
 
     @web.middleware
@@ -46,6 +47,8 @@ def access_middleware(token: str | None) -> Middleware:
         if request.method not in READ_METHODS:
             return web.Response(status=405, text="this server is read-only: GET or HEAD\n",
                                 headers={"Allow": "GET, HEAD"})
+        if request.content_length or request.headers.get("Transfer-Encoding"):
+            return web.Response(status=413, text="a GET or HEAD request carries no body\n")
         response = await handler(request)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         return response

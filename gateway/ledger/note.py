@@ -62,6 +62,8 @@ __all__ = [
     "check_origin",
     "sign_note",
     "verify_note",
+    "split_note",
+    "signature_line",
     "format_checkpoint",
     "parse_checkpoint",
     "sign_checkpoint",
@@ -215,6 +217,45 @@ def sign_note(text: str, name: str, private_key: Ed25519PrivateKey) -> str:
     kid = key_id(name, public_key_bytes(private_key))
     sig = private_key.sign(text.encode())
     return f"{text}\n{_DASH}{name} {base64.b64encode(kid + sig).decode()}\n"
+
+
+def split_note(note: str) -> tuple[str, list[tuple[str, bytes]]]:
+    """A signed note -> (its text, [(key name, signature blob = key ID || signature)]).
+
+    Checks the form only (sizes, the empty line, each signature line); verifies nothing.
+    """
+    if not isinstance(note, str) or len(note) > MAX_NOTE_SIZE:
+        raise NoteError(f"the note is longer than {MAX_NOTE_SIZE} characters")
+    if not note.endswith("\n"):
+        raise NoteError("a signed note must end with a newline")
+    cut = note.rfind("\n\n")
+    if cut < 0:
+        raise NoteError("the note has no signature block (no empty line before signatures)")
+    text, block = note[: cut + 1], note[cut + 2 :]
+    _check_text(text)
+    lines = block.split("\n")[:-1]
+    if not lines:
+        raise NoteError("the note has no signature lines")
+    if len(lines) > _MAX_SIGNATURES:
+        raise NoteError(f"the note has {len(lines)} signature lines, more than {_MAX_SIGNATURES}")
+    out = []
+    for line in lines:
+        if not line.startswith(_DASH):
+            raise NoteError(f"malformed signature line {line[:40]!r}")
+        fields = line[len(_DASH) :].split(" ")
+        if len(fields) != 2 or not fields[0]:
+            raise NoteError(f"malformed signature line {line[:40]!r}")
+        blob = _b64decode(fields[1], "a signature")
+        if len(blob) < 5:
+            raise NoteError("a signature line is too short to hold a key ID")
+        out.append((fields[0], blob))
+    return text, out
+
+
+def signature_line(name: str, blob: bytes) -> str:
+    """``— <name> <base64(blob)>\n``: one signature line."""
+    _check_name(name)
+    return f"{_DASH}{name} {base64.b64encode(blob).decode()}\n"
 
 
 def verify_note(note: str, vkey: str) -> str:

@@ -42,6 +42,11 @@ from version k to k+1, and opening a database runs the missing ones in one trans
     not the hash of the stored reading seq-1; the reading is still anchored, it is authentic).
 ``rejected(reason, n)``
     rejection counters by reason, updated in the batch's transaction.
+``cosignatures(size, witness, line)``
+    a witness's cosignature line (C2SP tlog-cosignature) on the checkpoint of that size, by
+    witness vkey; served with the checkpoint and put into receipts.
+``witness_status(witness, url, size, state, detail, t)``
+    each configured witness as `run` last saw it: the size it cosigned, "ok" or the error.
 ``meta(key, value)``
     ``gateway_vkey``, ``ledger_range`` (the ledger tree's compact range, merkle.CompactRange
     bytes), ``created``.
@@ -156,7 +161,25 @@ MIGRATIONS: list[str] = [
     ALTER TABLE entries_v2 RENAME TO entries;
     CREATE INDEX entries_kind ON entries (kind, i);
     """,
-    # 2 -> 3 (the operator console): each device's last commit time, and per device and UTC
+    # 2 -> 3: witness cosignatures on checkpoints and each witness's state as the gateway
+    # last saw it (docs/tlog.md)
+    """
+    CREATE TABLE cosignatures (
+        size INTEGER NOT NULL,
+        witness TEXT NOT NULL,
+        line TEXT NOT NULL,
+        PRIMARY KEY (size, witness)
+    );
+    CREATE TABLE witness_status (
+        witness TEXT PRIMARY KEY,
+        url TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        t INTEGER NOT NULL
+    );
+    """,
+    # 3 -> 4 (the operator console): each device's last commit time, and per device and UTC
     # day its anchored readings and its refusals, written by the batch's transaction; rows
     # before the migration have none (last_t NULL)
     """
@@ -653,6 +676,63 @@ class Store:
             "checkpoint": str(cp[1]),
         }
 
+
+    # --- tlog tiles, witnesses, mirrors (#16; docs/tlog.md) ---------------------------------
+
+    def cosignature_lines(self, size: int) -> list[str]:
+        """The cosignature lines gathered for the checkpoint of `size`, by witness."""
+        return [str(r[0]) for r in self.query(
+            "SELECT line FROM cosignatures WHERE size = ? ORDER BY witness", (size,))]
+
+    def add_cosignature(self, size: int, witness: str, line: str) -> None:
+        with self.write() as c:
+            c.execute("INSERT OR REPLACE INTO cosignatures (size, witness, line) "
+                      "VALUES (?, ?, ?)", (size, witness, line))
+
+    def set_witness_status(self, witness: str, url: str, size: int, state: str,
+                           detail: str) -> None:
+        with self.write() as c:
+            c.execute("INSERT OR REPLACE INTO witness_status (witness, url, size, state, "
+                      "detail, t) VALUES (?, ?, ?, ?, ?, ?)",
+                      (witness, url, size, state, detail, now_ms()))
+
+    def witness_statuses(self) -> list[dict[str, Any]]:
+        return [{"witness": w, "url": u, "size": int(n), "state": st, "detail": d, "t": int(t)}
+                for w, u, n, st, d, t in self.query(
+                    "SELECT witness, url, size, state, detail, t FROM witness_status "
+                    "ORDER BY witness")]
+
+    def tile_hashes(self, level: int, lo: int, hi: int) -> list[bytes]:
+        """The stored ledger-tree nodes at tree `level` with lo <= index < hi, in order (a
+        tile's hashes: level 8L, indices N*256 ..); fewer when the tree has fewer."""
+        return [bytes(r[0]) for r in self.query(
+            "SELECT hash FROM ledger_nodes WHERE level = ? AND idx >= ? AND idx < ? ORDER BY idx",
+            (level, lo, hi))]
+
+    def entry_bodies(self, lo: int, hi: int) -> list[bytes]:
+        """Entries lo <= i < hi, in order (an entry bundle); fewer when there are fewer."""
+        return [bytes(r[0]) for r in self.query(
+            "SELECT body FROM entries WHERE i >= ? AND i < ? ORDER BY i", (lo, hi))]
+
+    def batch_readings(self, entry: int) -> list[bytes] | None:
+        """The COSE messages of batch entry `entry` in leaf order, or None if it is no batch."""
+        with self.lock:
+            try:
+                row = self.conn.execute("SELECT first, n FROM batches WHERE entry = ?",
+                                        (entry,)).fetchone()
+                if row is None:
+                    return None
+                first, n = int(row[0]), int(row[1])
+                out = [bytes(r[0]) for r in self.conn.execute(
+                    "SELECT cose FROM readings WHERE id >= ? AND id < ? ORDER BY id",
+                    (first, first + n))]
+            except sqlite3.Error as e:
+                self._forget_cache()
+                raise storage_error(e, self.path, "reading the database") from e
+        if len(out) != n:
+            raise IntegrityError(f"batch {entry} is missing readings", "run 'iot-anchor ledger "
+                                 "verify'")
+        return out
 
     # --- operator console (#17): bounded reads, each on an index ------------------------------
     # gateway/console calls these on its own read-only Store (one per reader thread).
