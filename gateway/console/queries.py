@@ -54,7 +54,8 @@ def figures(store: Store) -> LedgerFigures:
     return LedgerFigures(readings=f["readings"], entries=f["entries"], devices=f["devices"],
                          revoked=f["revoked"], checkpoint_size=f["checkpoint_size"],
                          checkpoint_time_ms=f["last_entry_t"], rejected=f["rejected"],
-                         events=f["events"])
+                         events=f["events"], cosignatures=f["cosignatures"],
+                         witnesses=tuple(f["witnesses"]))
 
 
 def overview(store: Store) -> dict[str, Any]:
@@ -65,10 +66,13 @@ def overview(store: Store) -> dict[str, Any]:
     f["checkpoint"] = {
         "size": f["checkpoint_size"], "time": f.pop("last_entry_t"),
         "root": lines[2] if len(lines) > 2 else None,
-        # the gateway's own signature plus one per witness cosignature
-        "signatures": len(lines) - blank - 1 if lines else 0,
+        "signatures": len(lines) - blank - 1 if lines else 0,  # the gateway's
+        "cosignatures": f.pop("cosignatures"),
         "note": cp,
     } if cp else None
+    # not the witness URL: it may carry credentials
+    f["witnesses"] = [{k: w[k] for k in ("witness", "size", "state", "detail", "t")}
+                      for w in f["witnesses"]]
     f["recent_events"] = store.console_events(None, 10)
     return f
 

@@ -64,6 +64,9 @@ class LedgerFigures:
     checkpoint_time_ms: int | None  # the newest entry's time (the checkpoint has none)
     rejected: Mapping[str, int] = field(default_factory=dict)
     events: Mapping[str, int] = field(default_factory=dict)
+    cosignatures: int = 0  # witness cosignatures gathered for the newest checkpoint
+    # per witness as the gateway last saw it: {"witness", "size", "state", "t" (ms)}
+    witnesses: tuple[Mapping[str, Any], ...] = ()
 
 
 def children_rss_bytes(proc: Path = Path("/proc")) -> int:
@@ -227,4 +230,17 @@ def ledger_exposition(f: LedgerFigures) -> bytes:
                registry=r)
     for kind, n in sorted(f.events.items()):
         ev.labels(kind).set(n)
+    gauge("cosignatures", "Witness cosignatures gathered for the newest checkpoint",
+          f.cosignatures)
+    gauge("witnesses", "Witnesses the gateway has a status for (0: none)", len(f.witnesses))
+    ws = Gauge(f"{NS}_ledger_witness_state", "Per witness: 1 for its state as the gateway "
+               "last saw it", ["witness", "state"], registry=r)
+    wsize = Gauge(f"{NS}_ledger_witness_cosigned_size", "Per witness: the tree size it last "
+                  "cosigned", ["witness"], registry=r)
+    wt = Gauge(f"{NS}_ledger_witness_seen_timestamp_seconds", "Per witness: when the "
+               "gateway last heard from it (Unix)", ["witness"], registry=r)
+    for w in f.witnesses:
+        ws.labels(str(w["witness"]), str(w["state"])).set(1)
+        wsize.labels(str(w["witness"])).set(int(w["size"]))
+        wt.labels(str(w["witness"])).set(int(w["t"]) / 1000)
     return generate_latest(r)

@@ -759,6 +759,8 @@ class Store:
             "rejected": self.rejected_counts(),
             "events": {k: int(n) for k, n in self.query(
                 "SELECT kind, COUNT(*) FROM events GROUP BY kind ORDER BY kind")},
+            "cosignatures": len(self.cosignature_lines(cp[0])) if cp else 0,
+            "witnesses": self.witness_statuses(),
         }
 
     def console_devices(self, *, day: int, sort: str = "id", desc: bool = False,

@@ -54,10 +54,15 @@ def test_service_metrics_count_per_commit() -> None:
 def test_ledger_exposition() -> None:
     f = LedgerFigures(readings=10, entries=4, devices=3, revoked=1, checkpoint_size=4,
                       checkpoint_time_ms=1_700_000_000_000, rejected={"too_large": 2},
-                      events={"chain_break": 1})
+                      events={"chain_break": 1}, cosignatures=1,
+                      witnesses=({"witness": "w1", "size": 4, "state": "ok", "t": 5000},))
     s = samples(ledger_exposition(f))
     assert s[("iot_anchor_ledger_readings", ())] == 10
     assert s[("iot_anchor_ledger_size", ())] == 4
     assert s[("iot_anchor_ledger_refused", (("reason", "too_large"),))] == 2
     assert s[("iot_anchor_ledger_security_events", (("kind", "chain_break"),))] == 1
     assert s[("iot_anchor_ledger_checkpoint_timestamp_seconds", ())] == 1_700_000_000
+    assert s[("iot_anchor_ledger_cosignatures", ())] == 1
+    assert s[("iot_anchor_ledger_witness_state", (("state", "ok"), ("witness", "w1")))] == 1
+    assert s[("iot_anchor_ledger_witness_cosigned_size", (("witness", "w1"),))] == 4
+    assert s[("iot_anchor_ledger_witness_seen_timestamp_seconds", (("witness", "w1"),))] == 5

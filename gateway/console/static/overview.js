@@ -27,7 +27,9 @@ async function refresh() {
     card("ledger entries", num(L.entries), "c-entries"),
     card("checkpoint size", L.checkpoint ? num(L.checkpoint.size) : "none yet", "c-cp"),
     card("last commit", L.checkpoint ? ago(L.checkpoint.time) : "–", "c-cptime"),
-    card("cosignatures", L.checkpoint ? String(Math.max(0, L.checkpoint.signatures - 1)) : "–", "c-cosig"));
+    card("witness cosignatures", L.checkpoint ? num(L.checkpoint.cosignatures) : "–", "c-cosig"),
+    ...L.witnesses.map(w => card("witness " + w.witness, w.state + " at size " + num(w.size)
+                                 + ", " + ago(w.t))));
   if (live) {
     const mean = live.commit_count ? 1000 * live.commit_seconds_sum / live.commit_count : null;
     cards.append(
