@@ -33,6 +33,7 @@ from gateway.console import queries
 from gateway.console.history import History
 from gateway.console.queries import BadRequest
 from gateway.errors import AnchorError
+from gateway.http.access import SIGN_IN_PAGES, TOKEN_COOKIE
 from gateway.http.context import HttpContext
 from gateway.observe.metrics import CONTENT_TYPE, ledger_exposition
 
@@ -95,6 +96,15 @@ def _api(fn: Handler) -> Handler:
 
 def add_routes(app: web.Application, ctx: HttpContext) -> None:
     history = app[HISTORY_KEY] = History()
+    # without the token, a console page answers 401 with the sign-in page (it stores the
+    # token in the cookie the server's access check accepts, and reloads)
+    pages: dict[str, str] = {}
+    if SIGN_IN_PAGES in app:
+        before: dict[str, str] = app[SIGN_IN_PAGES]
+        pages.update(before)
+    pages["/console"] = (STATIC / "signin.html").read_text().replace("TOKEN_COOKIE",
+                                                                      TOKEN_COOKIE)
+    app[SIGN_IN_PAGES] = pages
 
     async def sampler(_app: web.Application) -> AsyncIterator[None]:
         async def loop() -> None:

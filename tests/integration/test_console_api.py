@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.cli.ledger import status
 from gateway.console import queries
 from gateway.fleet import registry
+from gateway.http.access import TOKEN_COOKIE
 from gateway.http.app import build_app
 from gateway.http.context import HttpContext
 from gateway.ingest.pipeline import Pipeline
@@ -254,6 +255,16 @@ async def _token_and_no_key_material(data: Path, devs: list[Device]) -> None:
         for method in ("POST", "PUT", "DELETE", "PATCH"):
             async with s.request(method, url + "/api/devices", headers=auth) as r:
                 assert r.status == 405, method
+        # a browser: the console's pages answer 401 with the sign-in page, which keeps the
+        # token in a cookie; with the cookie, pages and API answer
+        async with aiohttp.ClientSession() as s2:
+            async with s2.get(url + "/console/devices") as r:
+                assert r.status == 401 and "sign in" in await r.text()
+            async with s2.get(url + "/api/overview", cookies={TOKEN_COOKIE: "wrong"}) as r:
+                assert r.status == 401
+            for path in ("/console/devices", "/api/overview", "/console/static/common.js"):
+                async with s2.get(url + path, cookies={TOKEN_COOKIE: TOKEN}) as r:
+                    assert r.status == 200, path
 
 
 def test_records_listed_where_the_kinds_exist(tmp_path: Path,
