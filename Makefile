@@ -78,8 +78,10 @@ fuzz: venv
 test-unit: setup
 	$(PY) -m pytest tests/unit tests/firmware $(PYTEST_ARGS)
 
+# DEMO_ARGS=--keep: keep the demo's folder and its console up until Ctrl-C
+DEMO_ARGS ?=
 demo: setup
-	$(VENV)/bin/iot-anchor demo
+	$(VENV)/bin/iot-anchor demo $(DEMO_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check gateway tests tools firmware
