@@ -66,3 +66,22 @@ def test_ledger_exposition() -> None:
     assert s[("iot_anchor_ledger_witness_state", (("state", "ok"), ("witness", "w1")))] == 1
     assert s[("iot_anchor_ledger_witness_cosigned_size", (("witness", "w1"),))] == 4
     assert s[("iot_anchor_ledger_witness_seen_timestamp_seconds", (("witness", "w1"),))] == 5
+
+
+def test_the_grafana_dashboard_uses_only_exposed_metrics() -> None:
+    import json
+    import re
+    from pathlib import Path
+
+    dash = json.loads((Path(__file__).resolve().parents[2] / "docs" /
+                       "grafana-dashboard.json").read_text())
+    used = {m for p in dash["panels"] for t in p["targets"]
+            for m in re.findall(r"\b(?:iot_anchor|process)_[a-z_]+\b", t["expr"])}
+    m = ServiceMetrics(LiveGauges)
+    m.committed(1, 0.01, {"too_large": 1})
+    f = LedgerFigures(readings=1, entries=1, devices=1, revoked=0, checkpoint_size=1,
+                      checkpoint_time_ms=1, rejected={"too_large": 1}, events={"x": 1},
+                      witnesses=({"witness": "w", "size": 1, "state": "ok", "t": 1},))
+    exposed = set(samples(m.exposition() + ledger_exposition(f)))
+    names = {n for n, _ in exposed}
+    assert used and used <= names, sorted(used - names)
