@@ -4,6 +4,7 @@
     .venv/bin/python tools/bench.py --duration 60 --rate 10000     (the sustained-10k/s goal)
     .venv/bin/python tools/bench.py --sweep 100,1000,5000 [--plot docs/bench-devices.png]
     .venv/bin/python tools/bench.py --ledger 1000000        (tools/bench_ledger.py)
+    .venv/bin/python tools/bench.py --console ...   (the gateway's console watched meanwhile)
 
 Everything runs on this machine: a private Mosquitto (gateway/sim/broker.py, a fresh one per phase),
 the CPython load engine of `iot-anchor simulate --engine cpython` (gateway/sim/loadgen.py: its
@@ -94,6 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="instead: the ledger/receipt/ingest figures on an N-reading ledger "
                          "(tools/bench_ledger.py)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    ap.add_argument("--console", action="store_true",
+                    help="run the gateway with --http and, in its phases, ask what a browser "
+                         "open on the console's overview (every 2 s) and a Prometheus scrape "
+                         "(every 5 s) ask (docs/console.md)")
     args = ap.parse_args(argv)
     if args.ledger:
         import bench_ledger  # tools/ is on sys.path when run as a script
@@ -107,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupted)
     workdir = Path(tempfile.mkdtemp(prefix="iot-anchor-bench-"))
     options = BenchOptions(args.procs, args.batch_interval, args.batch_max, args.rate, workdir,
-                           args.burst)
+                           args.burst, console=args.console)
     t0 = time.monotonic()
     results = []
     try:

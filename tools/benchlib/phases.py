@@ -21,7 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchlib.gateway_process import Batches, start_gateway, stop_gateway, wait_connected
+from benchlib.console_watch import ConsoleWatcher
+from benchlib.gateway_process import (
+    Batches,
+    http_url,
+    start_gateway,
+    stop_gateway,
+    wait_connected,
+)
 from benchlib.load import Fleet, make_fleet, run_load
 from benchlib.procfs import machine_busy_s, proc_cpu_s, status_mb, tree_cpu_s
 from benchlib.script import ROOT, log
@@ -49,6 +56,7 @@ class BenchOptions:
     workdir: Path
     burst: int = 100_000  # readings in the burst phases (at most all that were signed)
     burst_per_device: int | None = None  # set per fleet size
+    console: bool = False  # the gateway with --http, its console watched (console_watch)
 
 
 class PhaseMeter:
@@ -130,9 +138,13 @@ def gateway_phase(fleet: Fleet, options: BenchOptions, paced: bool,
     logf = options.workdir / f"gateway-{tag}.log"
     interval = len(fleet.devices) / options.rate if paced else 0.0
     with private_broker(options, tag) as broker, open(logf, "w") as log_out:
-        gw = start_gateway(data, broker.url, options.batch_interval, options.batch_max, log_out)
+        gw = start_gateway(data, broker.url, options.batch_interval, options.batch_max, log_out,
+                           http=options.console)
+        watch = None
         try:
             wait_connected(gw, logf)
+            if options.console:
+                watch = ConsoleWatcher(http_url(logf))
             cpu_before = tree_cpu_s(gw.pid)
             meter = PhaseMeter(broker)
             load = run_load(fleet, broker.url, options.procs, interval,
@@ -145,6 +157,7 @@ def gateway_phase(fleet: Fleet, options: BenchOptions, paced: bool,
             workers_rss = rss - hwm[gw.pid]
             meter.stop()
         finally:
+            watched = watch.stop() if watch is not None else {}
             rss_with_shutdown = stop_gateway(gw, logf)
     rss_with_shutdown += workers_rss
     batches = Batches.parse(logf.read_text())
@@ -184,6 +197,7 @@ def gateway_phase(fleet: Fleet, options: BenchOptions, paced: bool,
         "others_cores": meter.others_cores(cpu + load.cpu_s),
         "machine_cores": meter.machine_cores(),
         "log": str(logf),
+        **watched,
     }
 
 
