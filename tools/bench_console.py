@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             "devices, last page": f"/api/devices?limit=100&offset={max(0, len(devs) - 100)}",
             "one device": f"/api/devices/{dev}",
             "its series (the hour up to its newest)": f"/api/devices/{dev}/series",
-            "a receipt": f"/api/receipt/{dev}/0",
+            "a receipt": f"/receipt/{dev}/0",
             "/metrics": "/metrics",
             "a page (device.html)": "/console/device",
         }

@@ -15,7 +15,6 @@ from typing import Any
 
 from gateway.errors import AnchorError
 from gateway.ledger.entry import RECORD_KINDS
-from gateway.ledger.receipt import build_receipt
 from gateway.observe.metrics import LedgerFigures
 from gateway.storage.store import Store
 from gateway.wire.cose import Decoded, Rejection, decode
@@ -215,13 +214,6 @@ def series(store: Store, dev: str, start: float | None, end: float | None) -> di
                 col.append(None)
     return {"dev": dev, "from": start, "to": end, "count": len(t), "t": t, "seq": seqs,
             "sensors": sensors}
-
-
-def receipt(store: Store, dev: str, seq: int) -> dict[str, Any]:
-    parts = store.receipt_parts(dev, seq)
-    if parts is None:
-        raise NotFound(f"{dev} seq {seq} is not anchored")
-    return build_receipt(**parts)
 
 
 def _json_value(v: Any) -> Any:

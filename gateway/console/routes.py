@@ -8,7 +8,8 @@
     /metrics                  Prometheus exposition (the service's metrics under run, and the
                               ledger's totals)
     /api/overview  /api/devices  /api/devices/{id}  /api/devices/{id}/series
-    /api/receipt/{id}/{seq}  /api/events  /api/records  /api/records/{kind}
+    /api/events  /api/records  /api/records/{kind}
+    (a reading's receipt is the log's /receipt/{id}/{seq}, gateway/http/tlog_routes.py)
 
 Every answer is GET (the server's middleware refuses anything else); bad parameters get a
 JSON `{"error": ...}` with 400 (413 for a series range with too many readings, 404 for an
@@ -185,13 +186,6 @@ def add_routes(app: web.Application, ctx: HttpContext) -> None:
         return _json(await ctx.read(queries.series, request.match_info["dev"], start, end))
 
     @_api
-    async def receipt(request: web.Request) -> web.StreamResponse:
-        raw = request.match_info["seq"]
-        if not raw.isdigit() or len(raw) > 19:
-            raise BadRequest(f"seq {raw[:40]!r} is not a reading's seq (an integer)")
-        return _json(await ctx.read(queries.receipt, request.match_info["dev"], int(raw)))
-
-    @_api
     async def events(request: web.Request) -> web.StreamResponse:
         limit = _int(request, "limit", 50, 1, queries.EVENTS_MAX) or 50
         return _json(await ctx.read(queries.events, limit))
@@ -222,7 +216,6 @@ def add_routes(app: web.Application, ctx: HttpContext) -> None:
     r.add_get("/api/devices", devices)
     r.add_get("/api/devices/{dev}", device)
     r.add_get("/api/devices/{dev}/series", series)
-    r.add_get("/api/receipt/{dev}/{seq}", receipt)
     r.add_get("/api/events", events)
     r.add_get("/api/records", record_kinds)
     r.add_get("/api/records/{kind}", records)

@@ -28,11 +28,15 @@ class ApiError extends Error {
   constructor(status, message) { super(message); this.status = status; }
 }
 
+// GET a JSON answer; an error answer's {"error": ...} (the console's API) or text (the log's
+// routes) becomes the ApiError's message.
 async function api(path) {
   const r = await fetch(path, {headers: {"Accept": "application/json"}});
+  const text = await r.text();
   let body = null;
-  try { body = await r.json(); } catch (e) { body = null; }
-  if (!r.ok) throw new ApiError(r.status, (body && body.error) || r.status + " " + r.statusText);
+  try { body = JSON.parse(text); } catch (e) { body = null; }
+  if (!r.ok) throw new ApiError(r.status, (body && body.error) || text.trim() || r.status + " " + r.statusText);
+  if (body === null) throw new ApiError(r.status, path + " did not answer JSON");
   return body;
 }
 

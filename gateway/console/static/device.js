@@ -33,7 +33,7 @@ async function loadDevice() {
     el("td", {}, Object.entries(r.data).map(([k, v]) => k + "=" + v).join("  ")),
     el("td", {}, el("a", {href: "/console/receipts?dev=" + encodeURIComponent(d.id) + "&seq=" + r.seq},
                     "check"), " ",
-       el("a", {href: "/api/receipt/" + encodeURIComponent(d.id) + "/" + r.seq,
+       el("a", {href: "/receipt/" + encodeURIComponent(d.id) + "/" + r.seq,
                 download: d.id + "-" + r.seq + ".json"}, "JSON")))));
   document.querySelector("#events tbody").replaceChildren(...(d.events.length ? d.events.map(e =>
     el("tr", {}, el("td", {}, when(e.t)), el("td", {class: "bad"}, e.kind),

@@ -37,7 +37,7 @@ document.addEventListener("DOMContentLoaded", async () => {
   });
   if (q.get("dev") && q.get("seq")) {
     try {
-      const r = await api("/api/receipt/" + encodeURIComponent(q.get("dev")) + "/" + encodeURIComponent(q.get("seq")));
+      const r = await api("/receipt/" + encodeURIComponent(q.get("dev")) + "/" + encodeURIComponent(q.get("seq")));
       document.getElementById("receipt").value = JSON.stringify(r, null, 2);
     } catch (e) { showError("result", e); }
   }
