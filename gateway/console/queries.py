@@ -120,7 +120,10 @@ def device(store: Store, dev: str) -> dict[str, Any]:
     days = store.console_device_days(dev)
     latest = store.console_readings(dev, 0, 1 << 62, LATEST, newest=True)
     times = store.console_entry_times([b for _, b, _ in latest])
+    gaps, short = ([], None) if row.last_seq is None else store.console_gaps(
+        dev, row.upto, row.last_seq)
     return {
+        "gaps": gaps, "gaps_checked_to": short,
         "id": dev, "status": row.status, "readings": row.readings, "last_seq": row.last_seq,
         "upto": row.upto, "fingerprint": fingerprint(row.key),
         "missing": 0 if row.last_seq is None else row.last_seq + 1 - row.readings,

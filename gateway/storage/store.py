@@ -803,6 +803,28 @@ class Store:
             "SELECT key, from_entry, until_entry FROM device_keys WHERE dev = ? "
             "ORDER BY from_entry LIMIT 1000", (dev,))]
 
+    def console_gaps(self, dev: str, after: int, last: int, *, max_gaps: int = 20,
+                     max_rows: int = 20_000) -> tuple[list[list[int]], int | None]:
+        """The missing seq ranges [lo, hi] of `dev` between `after` (its watermark `upto`:
+        every seq up to it is stored) and `last` (its highest seq): at most `max_gaps` ranges,
+        walking at most `max_rows` entries of the (dev, seq) index. Also the seq the walk
+        stopped at when it stopped short of `last` (None: every gap is listed)."""
+        gaps: list[list[int]] = []
+        prev, walked = after, 0
+        while prev < last and len(gaps) < max_gaps and walked < max_rows:
+            rows = self.query("SELECT seq FROM readings WHERE dev = ? AND seq > ? ORDER BY seq "
+                              "LIMIT 2000", (dev, prev))
+            if not rows:
+                break
+            walked += len(rows)
+            for (s,) in rows:
+                if s > prev + 1:
+                    gaps.append([prev + 1, int(s) - 1])
+                prev = int(s)
+                if len(gaps) >= max_gaps:
+                    break
+        return gaps, (None if prev >= last else prev)
+
     def console_device_days(self, dev: str, limit: int = 31) -> list[tuple[int, int, int]]:
         """(day, readings, rejected) of a device's newest `limit` days, newest first."""
         return [(int(d), int(n), int(r)) for d, n, r in self.query(

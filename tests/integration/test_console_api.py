@@ -283,3 +283,22 @@ def test_records_listed_where_the_kinds_exist(tmp_path: Path,
         assert got["records"][0]["fields"]["digest"] == "02" * 32
         older = queries.records(store, "dataset", got["records"][-1]["i"], 50)
         assert [r["fields"]["name"] for r in older["records"]] == ["set-0"]
+
+
+def test_gaps_are_listed_bounded(tmp_path: Path) -> None:
+    data, _, devs = make_data(tmp_path)
+    with Store.open(data) as store:
+        d = Device("gappy")
+        registry.add(store, d.id, d.public_bytes)
+        msgs = [d.next({"t": 1.0}, ts=TS0 + k) for k in range(60)]
+        keep = [m for k, m in enumerate(msgs) if k not in (0, 5, 6, 7, 30) and k < 50
+                or k == 59]
+        with Pipeline(store, processes=False, workers=1) as p:
+            p.submit([(m, d.id) for m in keep])
+            p.commit()
+        dev = queries.device(store, d.id)
+        assert dev["missing"] == 5 + 9  # 0, 5-7, 30, and 50-58
+        assert dev["gaps"] == [[0, 0], [5, 7], [30, 30], [50, 58]]
+        assert dev["gaps_checked_to"] is None
+        gaps, short = store.console_gaps(d.id, -1, 59, max_gaps=2)
+        assert gaps == [[0, 0], [5, 7]] and short == 8

@@ -35,6 +35,12 @@ async function loadDevice() {
                     "check"), " ",
        el("a", {href: "/receipt/" + encodeURIComponent(d.id) + "/" + r.seq,
                 download: d.id + "-" + r.seq + ".json"}, "JSON")))));
+  const gaps = document.getElementById("gaps");
+  gaps.replaceChildren(d.missing === 0 ? el("span", {class: "muted"}, "none: every seq up to "
+      + (d.last_seq === null ? "–" : num(d.last_seq)) + " is anchored")
+    : el("span", {}, num(d.missing) + " missing: " + d.gaps.map(([a, b]) =>
+        a === b ? String(a) : a + "–" + b).join(", ")
+      + (d.gaps_checked_to !== null ? ` … (listed up to seq ${num(d.gaps_checked_to)})` : "")));
   document.querySelector("#events tbody").replaceChildren(...(d.events.length ? d.events.map(e =>
     el("tr", {}, el("td", {}, when(e.t)), el("td", {class: "bad"}, e.kind),
        el("td", {class: "num"}, e.seq), el("td", {}, e.detail)))
