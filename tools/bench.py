@@ -5,6 +5,7 @@
     .venv/bin/python tools/bench.py --sweep 100,1000,5000 [--plot docs/bench-devices.png]
     .venv/bin/python tools/bench.py --ledger 1000000        (tools/bench_ledger.py)
     .venv/bin/python tools/bench.py --console ...   (the gateway's console watched meanwhile)
+    .venv/bin/python tools/bench.py --duration 60 --rate 10000 --mirror   (a mirror following)
 
 Everything runs on this machine: a private Mosquitto (gateway/sim/broker.py, a fresh one per phase),
 the CPython load engine of `iot-anchor simulate --engine cpython` (gateway/sim/loadgen.py: its
@@ -94,6 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--ledger", type=int, metavar="N",
                     help="instead: the ledger/receipt/ingest figures on an N-reading ledger "
                          "(tools/bench_ledger.py)")
+    ap.add_argument("--mirror", action="store_true",
+                    help="in the paced phase, the gateway also serves --http and an "
+                         "'iot-anchor mirror --follow' follows it: the anchoring rate with a "
+                         "mirror following, and how far behind the mirror ends")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     ap.add_argument("--console", action="store_true",
                     help="run the gateway with --http and, in its phases, ask what a browser "
@@ -112,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupted)
     workdir = Path(tempfile.mkdtemp(prefix="iot-anchor-bench-"))
     options = BenchOptions(args.procs, args.batch_interval, args.batch_max, args.rate, workdir,
-                           args.burst, console=args.console)
+                           args.burst, mirror=args.mirror, console=args.console)
     t0 = time.monotonic()
     results = []
     try:

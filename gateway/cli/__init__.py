@@ -31,6 +31,7 @@ COMMAND_MODULES: list[str] = [
     "gateway.cli.run",
     "gateway.cli.serve",
     "gateway.cli.witness",
+    "gateway.cli.mirror",
     "gateway.cli.simulate",
     "gateway.cli.demo",
 ]

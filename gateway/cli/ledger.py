@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from gateway.audit.store_audit import audit
 from gateway.cli import Subcommands, add_data_arg
 from gateway.errors import ConfigError
-from gateway.ledger import note
+from gateway.ledger import merkle, note
 from gateway.storage.store import VKEY_NAME, Store
 
 
@@ -31,6 +32,11 @@ def register(sub: Subcommands) -> None:
     v.add_argument("--workers", type=int, default=2,
                    help="verifier processes (default 2; 1 verifies in the main process)")
     v.add_argument("--all", action="store_true", help="list every problem found (up to 100)")
+    v.add_argument("--checkpoint", metavar="FILE",
+                   help="also check that the ledger extends this checkpoint saved earlier (a "
+                        "signed note from /checkpoint or anchor/checkpoint, or a receipt or "
+                        "tlog-proof holding one); a "
+                        "rolled-back or rewritten ledger fails, naming the size")
     add_data_arg(v)
     v.set_defaults(func=_verify)
 
@@ -58,7 +64,12 @@ def _verify(args: argparse.Namespace) -> int:
     with Store.open(args.data) as store:
         vkey = _trusted_vkey(store, args.gateway_key)
         recorded = store.meta("gateway_vkey")
+        saved = _saved_checkpoint(args.checkpoint, vkey) if args.checkpoint else None
         res = audit(store, vkey, workers=args.workers)
+        if saved is not None:
+            problem = extends_checkpoint(store, saved)
+            if problem:
+                res.problems.insert(0, problem)
     if recorded != vkey:
         res.problems.insert(0, "meta gateway_vkey: differs from the trusted gateway key")
     if res.ok:
@@ -77,6 +88,55 @@ def _verify(args: argparse.Namespace) -> int:
     print("the database differs from what the gateway signed; restore it from a backup "
           "and compare", file=sys.stderr)
     return 1
+
+
+def _saved_checkpoint(path: str, vkey: str) -> note.Checkpoint:
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read --checkpoint {path}: {e}",
+                          "give the checkpoint note saved earlier") from e
+    if text.startswith("c2sp.org/tlog-proof@v1\n"):  # a tlog-proof: its checkpoint
+        text = text.split("\n\n", 1)[-1]
+    elif text.lstrip().startswith("{"):  # a receipt: its checkpoint
+        try:
+            text = str(json.loads(text)["checkpoint"])
+        except (ValueError, KeyError, TypeError):
+            raise ConfigError(f"--checkpoint {path} is JSON but not a receipt",
+                              "give a checkpoint note or a receipt") from None
+    try:
+        return note.verify_checkpoint(text, vkey)
+    except note.NoteError as e:
+        raise ConfigError(f"--checkpoint {path} does not verify with the gateway key: {e.what}",
+                          "give a checkpoint this gateway signed") from None
+
+
+def extends_checkpoint(store: Store, cp: note.Checkpoint) -> str | None:
+    """None if the stored entries give `cp`'s root at its size; else what differs."""
+    n = store.entry_count()
+    if n < cp.size:
+        return (f"checkpoint file: the ledger has {n} entries, fewer than the saved checkpoint's "
+                f"{cp.size}: it was rolled back to size {n}")
+    got = ledger_root(store, cp.size)
+    if got != cp.root:
+        return (f"checkpoint file: the ledger's first {cp.size} entries give root {got.hex()}, "
+                f"the saved checkpoint {cp.root.hex()}: the ledger diverges from it at size "
+                f"{cp.size} (it was rewritten at or before entry {cp.size - 1})")
+    return None
+
+
+def ledger_root(store: Store, size: int) -> bytes:
+    """The RFC 6962 root of the first `size` entries, recomputed from their bytes."""
+    tree = merkle.CompactRange()
+    lo = 0
+    while lo < size:
+        bodies = store.entry_bodies(lo, min(size, lo + 4096))
+        if not bodies:
+            break
+        for b in bodies:
+            tree.append(merkle.leaf_hash(b))
+        lo += len(bodies)
+    return tree.root()
 
 
 def status(store: Store) -> dict[str, Any]:
@@ -102,6 +162,8 @@ def status(store: Store) -> dict[str, Any]:
         "rejected": store.rejected_counts(),
         "events": events,
         "gateway_key": store.vkey(),
+        "witnesses": store.witness_statuses(),
+        "witness_quorum": store.meta("witness_quorum"),
     }
 
 
@@ -121,6 +183,14 @@ def _status(args: argparse.Namespace) -> int:
     print("rejected: " + (", ".join(f"{k} {v}" for k, v in rej.items()) or "none"))
     if st["events"]:
         print("security events: " + ", ".join(f"{k} {v}" for k, v in st["events"].items()))
+    if st["witnesses"]:
+        cosigned = sorted((w["size"] for w in st["witnesses"]), reverse=True)
+        q = int(st["witness_quorum"] or len(cosigned))
+        print(f"witnesses: {len(cosigned)}, quorum {q}, witnessed up to size "
+              f"{cosigned[q - 1] if q <= len(cosigned) else 0}")
+        for w in st["witnesses"]:
+            print(f"  {w['url']} ({w['witness'].split('+')[0]}): {w['state']}, cosigned size "
+                  f"{w['size']}{', ' + w['detail'] if w['detail'] else ''}")
     print("checkpoint:")
     print(st["checkpoint"] or "(none yet)", end="" if st["checkpoint"] else "\n")
     return 0

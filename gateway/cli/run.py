@@ -47,6 +47,12 @@ def register(sub: Subcommands) -> None:
                         "the broker redelivers what a crashed gateway had not committed), or on "
                         "receipt (for brokers whose in-flight limit cannot be raised)")
     add_http_args(p, default=None)
+    p.add_argument("--witness", metavar="URL=VKEY", action="append", default=[],
+                   help="send each new checkpoint to this C2SP tlog-witness (repeatable); "
+                        "VKEY is printed by 'iot-anchor witness init'")
+    p.add_argument("--witness-quorum", metavar="K", type=int,
+                   help="cosignatures a checkpoint needs to count as witnessed in 'ledger "
+                        "status' (default: all the witnesses)")
     p.set_defaults(func=cmd_run)
 
 
@@ -75,7 +81,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg.http = parse_http_address(args.http)
         cfg.http_token = load_token(args.http_token, args.http_token_file)
         check_bind(cfg.http[0], cfg.http_token)
-    elif args.http_token or args.http_token_file:
+    if args.witness_quorum is not None and not args.witness:
+        raise ConfigError("--witness-quorum needs --witness URL=VKEY", "add the witnesses")
+    if args.witness:
+        from gateway.tlog.witness_client import WitnessClient, parse_witness_arg
+
+        cfg.witnesses = [parse_witness_arg(w) for w in args.witness]
+        cfg.witness_quorum = args.witness_quorum
+        WitnessClient(cfg.data_dir, cfg.witnesses, cfg.witness_quorum)  # checks the options
+    if not args.http and (args.http_token or args.http_token_file):
         raise ConfigError("--http-token and --http-token-file need --http HOST:PORT",
                           "add --http, or drop the token")
     return run_service(cfg, pipeline_factory(cfg.data_dir, cfg.batch_max))

@@ -65,8 +65,7 @@ def _receipt(store: Store, dev: str, seq: int) -> str | None:
     parts = store.receipt_parts(dev, seq)
     if parts is None:
         return None
-    parts["checkpoint"] = checkpoint_text(store) or parts["checkpoint"]
-    return receipt_to_json(build_receipt(**parts))
+    return receipt_to_json(build_receipt(**store.with_best_checkpoint(parts)))
 
 
 def _bad(what: str) -> web.HTTPBadRequest:

@@ -261,6 +261,11 @@ def _payload_ident(cose: bytes) -> tuple[str, int]:
     return c.dev, c.seq
 
 
+def payload_ident(cose: bytes) -> tuple[str, int]:
+    """(device, seq) of a reading's COSE bytes; ReceiptError if they do not decode."""
+    return _payload_ident(cose)
+
+
 _SIGNATURE_FAILURES = {
     "bad_signature_length": ("reading signature is not 64 bytes", _HINT),
     "high_s": ("reading signature is high-S, which the gateway never accepts", _HINT),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
@@ -21,3 +21,5 @@ class ServiceConfig:
     inbox_max: int = 0  # messages waiting at most (0: max(8 x batch_max, 32768))
     http: tuple[str, int] | None = None  # serve the log over HTTP on (host, port)
     http_token: str | None = None  # the bearer token every HTTP request needs
+    witnesses: list[tuple[str, str]] = field(default_factory=list)  # (URL, witness vkey)
+    witness_quorum: int | None = None  # cosignatures a checkpoint needs (None: all)

@@ -26,6 +26,7 @@ from gateway.service.acks import AckOutbox
 from gateway.service.config import ServiceConfig
 from gateway.service.port import ReadingPipeline
 from gateway.service.resources import peak_rss_mb
+from gateway.tlog.witness_client import WitnessClient
 from gateway.wire.ack import encode_ack
 from gateway.wire.broker_url import parse_broker_url
 from gateway.wire.mqtt import V311, ConnectOptions
@@ -132,6 +133,9 @@ class GatewayService:
         self._open_batch = 0  # readings in the pipeline's open batch
         self.metrics = ServiceMetrics(self.live_gauges)
         self.http_url: str | None = None  # with cfg.http, once the server listens
+        self.witnesses: WitnessClient | None = None
+        if cfg.witnesses:
+            self.witnesses = WitnessClient(cfg.data_dir, cfg.witnesses, cfg.witness_quorum)
 
     # -- the worker thread ------------------------------------------------------------------
 
@@ -166,6 +170,8 @@ class GatewayService:
                     tg.create_task(self._connection_loop(), name="connection")
                     tg.create_task(self._processor(), name="processor")
                     tg.create_task(self._publisher(), name="publisher")
+                    if self.witnesses is not None:
+                        tg.create_task(self.witnesses.run(self._drained), name="witnesses")
             except BaseExceptionGroup as group:
                 # The CLI explains an AnchorError in one line; do not hide it in a group.
                 for e in group.exceptions:
@@ -484,6 +490,8 @@ class GatewayService:
         if text and text != self._checkpoint:
             self._checkpoint = text
             self._checkpoint_out = True
+            if self.witnesses is not None:
+                self.witnesses.notify()
         self._out_wake.set()
         n = result.readings
         self.stats.batches += 1 if n else 0

@@ -684,10 +684,27 @@ class Store:
         return [str(r[0]) for r in self.query(
             "SELECT line FROM cosignatures WHERE size = ? ORDER BY witness", (size,))]
 
-    def add_cosignature(self, size: int, witness: str, line: str) -> None:
+    def add_cosignature(self, size: int, witness: str, line: str, url: str | None = None
+                        ) -> None:
+        """Store a witness's cosignature line; with `url`, its status ("ok", that size) in the
+        same transaction."""
         with self.write() as c:
             c.execute("INSERT OR REPLACE INTO cosignatures (size, witness, line) "
                       "VALUES (?, ?, ?)", (size, witness, line))
+            if url is not None:
+                c.execute("INSERT OR REPLACE INTO witness_status (witness, url, size, state, "
+                          "detail, t) VALUES (?, ?, ?, 'ok', ?, ?)",
+                          (witness, url, size, f"cosigned size {size}", now_ms()))
+
+    def relax_durability(self) -> None:
+        """This connection's commits skip the fsync (WAL, synchronous=NORMAL): for writes whose
+        loss on a power cut is harmless (a cosignature; later ones replace it), so they do not
+        compete with the pipeline's commits for the disk."""
+        with self.lock:
+            try:
+                self.conn.execute("PRAGMA synchronous=NORMAL")
+            except sqlite3.Error as e:
+                raise storage_error(e, self.path, "setting synchronous") from e
 
     def set_witness_status(self, witness: str, url: str, size: int, state: str,
                            detail: str) -> None:
@@ -696,11 +713,73 @@ class Store:
                       "detail, t) VALUES (?, ?, ?, ?, ?, ?)",
                       (witness, url, size, state, detail, now_ms()))
 
+    def set_witness_config(self, witnesses: list[tuple[str, str]], quorum: int) -> None:
+        """`run --witness`: the witnesses (vkey, URL) and quorum now configured; the status
+        of a witness no longer configured is dropped."""
+        with self.write() as c:
+            c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('witness_quorum', ?)",
+                      (quorum,))
+            keep = {v for v, _ in witnesses}
+            for (w,) in c.execute("SELECT witness FROM witness_status").fetchall():
+                if w not in keep:
+                    c.execute("DELETE FROM witness_status WHERE witness = ?", (w,))
+            for v, url in witnesses:
+                c.execute("INSERT OR IGNORE INTO witness_status (witness, url, size, state, "
+                          "detail, t) VALUES (?, ?, 0, 'pending', '', ?)", (v, url, now_ms()))
+                c.execute("UPDATE witness_status SET url = ? WHERE witness = ?", (url, v))
+
     def witness_statuses(self) -> list[dict[str, Any]]:
         return [{"witness": w, "url": u, "size": int(n), "state": st, "detail": d, "t": int(t)}
                 for w, u, n, st, d, t in self.query(
                     "SELECT witness, url, size, state, detail, t FROM witness_status "
                     "ORDER BY witness")]
+
+    def _range_root(self, lo: int, hi: int) -> bytes:
+        return merkle.range_root_from_nodes(lambda lv, ix: _node(self.conn, lv, ix), lo, hi)
+
+    def consistency_proof(self, old: int, new: int) -> list[bytes]:
+        """RFC 6962 consistency proof from the ledger tree of `old` entries to that of `new`
+        (empty when old is 0 or old == new), from the stored nodes."""
+        if old == 0 or old == new:
+            return []
+        with self.lock:
+            try:
+                return merkle.consistency_proof_with(self._range_root, old, new)
+            except sqlite3.Error as e:
+                self._forget_cache()
+                raise storage_error(e, self.path, "reading the database") from e
+
+    def best_checkpoint(self, index: int) -> tuple[int, str] | None:
+        """The checkpoint to prove entry `index` under: of those covering it, the one with the
+        most cosignatures, the latest among equals; (size, note with its cosignature lines)."""
+        best = self.one("SELECT size, COUNT(*) AS n FROM cosignatures WHERE size > ? "
+                        "GROUP BY size ORDER BY n DESC, size DESC LIMIT 1", (index,))
+        latest = self.latest_checkpoint()
+        if latest is None or latest[0] <= index:
+            return None
+        size = latest[0]
+        if best is not None and len(self.cosignature_lines(size)) < int(best[1]):
+            size = int(best[0])
+        row = self.one("SELECT note FROM checkpoints WHERE size = ?", (size,))
+        if row is None:
+            return None
+        return size, str(row[0]) + "".join(self.cosignature_lines(size))
+
+    def with_best_checkpoint(self, parts: dict[str, Any]) -> dict[str, Any]:
+        """Receipt parts (`receipt_parts`, `entry_receipt_parts`) moved onto `best_checkpoint`:
+        the entry proof recomputed for its size, the note carrying its cosignatures."""
+        best = self.best_checkpoint(int(parts["entry_index"]))
+        if best is None:
+            return parts
+        size, text = best
+        with self.lock:
+            try:
+                proof = merkle.inclusion_proof_with(self._range_root, int(parts["entry_index"]),
+                                                    size)
+            except sqlite3.Error as e:
+                self._forget_cache()
+                raise storage_error(e, self.path, "reading the database") from e
+        return {**parts, "tree_size": size, "entry_proof": proof, "checkpoint": text}
 
     def tile_hashes(self, level: int, lo: int, hi: int) -> list[bytes]:
         """The stored ledger-tree nodes at tree `level` with lo <= index < hi, in order (a
@@ -909,6 +988,111 @@ class Store:
             if isinstance(e, RecordEntry):
                 out.append(e)
         return out
+
+
+    # --- mirrors (#16; gateway/tlog/mirror.py): a replica holds no gateway key ------------
+
+    @classmethod
+    def create_mirror(cls, data_dir: str | os.PathLike[str], vkey: str, source: str) -> Store:
+        """A new, empty data directory for a mirror of the log at `source` signed by `vkey`:
+        no gateway.key (a mirror signs nothing), gateway.vkey, meta mirror_of = source."""
+        d = Path(data_dir)
+        if d.exists() and (not d.is_dir() or any(d.iterdir())):
+            raise ConfigError(f"data directory {d} already exists and is not a mirror",
+                              "pick another --data DIR for the mirror, or remove it first")
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            os.chmod(d, 0o700)
+            (d / VKEY_NAME).write_text(vkey + "\n")
+        except OSError as e:
+            raise StorageError(f"cannot create mirror directory {d}: {e.strerror}",
+                               "check the path and its permissions") from e
+        store = cls._connect(d, create=True)
+        with store.write() as c:
+            c.execute("INSERT INTO meta VALUES ('gateway_vkey', ?)", (vkey,))
+            c.execute("INSERT INTO meta VALUES ('created', ?)", (now_ms(),))
+            c.execute("INSERT INTO meta VALUES ('ledger_range', ?)",
+                      (merkle.CompactRange().to_bytes(),))
+            c.execute("INSERT INTO meta VALUES ('mirror_of', ?)", (source,))
+        return store
+
+    def key_history(self) -> dict[str, list[tuple[bytes, int, int | None]]]:
+        """dev -> [(SEC1 key, from entry, until entry or None)], oldest first."""
+        out: dict[str, list[tuple[bytes, int, int | None]]] = {}
+        for dev, key, f, u in self.query("SELECT dev, key, from_entry, until_entry FROM "
+                                         "device_keys ORDER BY dev, from_entry"):
+            out.setdefault(str(dev), []).append((bytes(key), int(f),
+                                                 None if u is None else int(u)))
+        return out
+
+    def stored_reading(self, c: sqlite3.Connection, dev: str, seq: int) -> bytes | None:
+        row = c.execute("SELECT cose FROM readings WHERE dev = ? AND seq = ?",
+                        (dev, seq)).fetchone()
+        return bytes(row[0]) if row else None
+
+    def mirror_device(self, c: sqlite3.Connection, index: int, dev: str, key: bytes,
+                      action: str) -> None:
+        """The registry tables after device entry `index` (as `device_event` keeps them)."""
+        if action == "add":
+            c.execute("INSERT INTO devices (id, key, status, entry) VALUES (?, ?, 'active', ?)",
+                      (dev, key, index))
+            c.execute("INSERT INTO device_keys VALUES (?, ?, ?, NULL)", (dev, key, index))
+            return
+        c.execute("UPDATE device_keys SET until_entry = ? WHERE dev = ? AND until_entry IS NULL",
+                  (index, dev))
+        if action == "rotate":
+            c.execute("INSERT INTO device_keys VALUES (?, ?, ?, NULL)", (dev, key, index))
+            c.execute("UPDATE devices SET key = ?, entry = ? WHERE id = ?", (key, index, dev))
+        else:
+            c.execute("UPDATE devices SET status = 'revoked', entry = ? WHERE id = ?",
+                      (index, dev))
+
+    def mirror_batch(self, c: sqlite3.Connection, index: int, root: bytes, nodes: list[bytes],
+                     readings: list[tuple[str, int, bytes]]) -> None:
+        """Store batch entry `index`'s readings (dev, seq, COSE) in leaf order, and move each
+        device's counters (readings, last_seq, upto) as the pipeline does."""
+        row = c.execute("SELECT MAX(id) FROM readings").fetchone()
+        first = 0 if row[0] is None else int(row[0]) + 1
+        c.execute("INSERT INTO batches (entry, first, n, root, nodes) VALUES (?, ?, ?, ?, ?)",
+                  (index, first, len(readings), root, b"".join(nodes)))
+        c.executemany("INSERT INTO readings (id, dev, seq, batch, cose) VALUES (?, ?, ?, ?, ?)",
+                      [(first + k, d, q, index, m) for k, (d, q, m) in enumerate(readings)])
+        by_dev: dict[str, list[int]] = {}
+        for d, q, _ in readings:
+            by_dev.setdefault(d, []).append(q)
+        for dev, seqs in by_dev.items():
+            r = c.execute("SELECT upto, last_seq FROM devices WHERE id = ?", (dev,)).fetchone()
+            upto = int(r[0]) if r else -1
+            last = max(r[1] if r and r[1] is not None else -1, max(seqs))
+            while c.execute("SELECT 1 FROM readings WHERE dev = ? AND seq = ?",
+                            (dev, upto + 1)).fetchone():
+                upto += 1
+            c.execute("UPDATE devices SET readings = readings + ?, last_seq = ?, upto = ? "
+                      "WHERE id = ?", (len(seqs), last, upto, dev))
+
+    def mirror_event(self, c: sqlite3.Connection, kind: str, dev: str, seq: int, detail: str
+                     ) -> None:
+        c.execute("INSERT INTO events (kind, dev, seq, cose, detail, t) VALUES (?,?,?,?,?,?)",
+                  (kind, dev, seq, None, detail, now_ms()))
+
+    def mirror_checkpoint(self, c: sqlite3.Connection, tree: merkle.CompactRange, text: str,
+                          cosigs: dict[str, str]) -> None:
+        """Store a fetched checkpoint (the gateway's note, its size the tree's) and its
+        cosignature lines (by witness); the tree's compact range becomes the ledger head."""
+        size, root = tree.size, tree.root()
+        c.execute("INSERT OR IGNORE INTO checkpoints (size, root, note) VALUES (?, ?, ?)",
+                  (size, root, text))
+        for w, line in cosigs.items():
+            c.execute("INSERT OR REPLACE INTO cosignatures (size, witness, line) VALUES (?,?,?)",
+                      (size, w, line))
+        c.execute("UPDATE meta SET value = ? WHERE key = 'ledger_range'", (tree.to_bytes(),))
+
+    def ledger_root_at(self, size: int) -> bytes:
+        """The ledger tree's root at `size` from the stored nodes (EMPTY_ROOT for 0)."""
+        if size == 0:
+            return merkle.EMPTY_ROOT
+        with self.lock:
+            return self._range_root(0, size)
 
 
 def _node(c: sqlite3.Connection, level: int, idx: int) -> bytes:

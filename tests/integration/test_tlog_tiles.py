@@ -64,6 +64,29 @@ def test_paths_and_tile_sets_match_the_spec_examples() -> None:
             tiles.decode_bundle(cut, 3)
 
 
+def _check_checkpoint_alone(text: str, vkey: str, size: int, root: bytes) -> None:
+    """The checkpoint as C2SP tlog-checkpoint and signed-note give it, verified with
+    `cryptography`'s Ed25519 alone (no gateway code)."""
+    import base64
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    body, sigs = text.split("\n\n", 1)
+    lines = body.split("\n")
+    name, kid_hex, key_b64 = vkey.split("+", 2)
+    assert lines[0] == name and lines[1] == str(size)
+    assert base64.b64decode(lines[2], validate=True) == root
+    raw = base64.b64decode(key_b64)
+    assert raw[0] == 0x01
+    kid = hashlib.sha256(name.encode() + b"\n\x01" + raw[1:]).digest()[:4]
+    assert kid.hex() == kid_hex
+    mine = [ln for ln in sigs.split("\n") if ln.startswith("\u2014 " + name + " ")]
+    assert len(mine) == 1
+    blob = base64.b64decode(mine[0].split(" ")[2], validate=True)
+    assert blob[:4] == kid and len(blob) == 68
+    Ed25519PublicKey.from_public_bytes(raw[1:]).verify(blob[4:], (body + "\n").encode())
+
+
 def _grow(store: Store, n: int) -> list[bytes]:
     key = Device("k").public_bytes
     bodies = []
@@ -109,6 +132,7 @@ def test_served_tiles_and_bundles_equal_the_reference(tmp_path: Path) -> None:
     status, body, headers = got["checkpoint"]
     cp = note.verify_checkpoint(body.decode(), vkey)
     assert (cp.size, cp.root) == (SIZE, _mth(leaves))
+    _check_checkpoint_alone(body.decode(), vkey, SIZE, _mth(leaves))
     for t in ts:
         status, body, headers = got[t.path]
         assert status == 200, t.path

@@ -25,25 +25,24 @@ STOPPED_RSS_RE = re.compile(r"stopped: .* peak RSS (\d+) MB")
 
 
 def start_gateway(data: Path, broker_url: str, batch_interval: float, batch_max: int,
-                  log_out: IO[str], http: bool = False) -> subprocess.Popen[Any]:
+                  log_out: IO[str], extra: tuple[str, ...] = ()) -> subprocess.Popen[Any]:
     """Start `iot-anchor run` on the data dir `data`, its output into the open file `log_out`
-    (with `http`, its HTTP server on a free loopback port: `http_url` finds it);
-    `wait_connected` tells when it is up, `stop_gateway` stops it."""
+    (`extra`: more options, e.g. --http); `wait_connected` tells when it is up,
+    `stop_gateway` stops it."""
     return subprocess.Popen(
         iot_anchor_command("run", "--data", str(data), "--broker", broker_url,
                            "--batch-interval", f"{batch_interval:g}",
-                           "--batch-max", str(batch_max),
-                           *(("--http", "127.0.0.1:0") if http else ())),
+                           "--batch-max", str(batch_max), *extra),
         stdout=log_out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 
-def http_url(logf: Path) -> str:
-    """The URL the gateway's HTTP server listens on, from its log (after wait_connected)."""
-    marker = "serving the log on "
-    text = logf.read_text()
-    if marker not in text:
-        raise AnchorError("the gateway's log names no HTTP address", f"see its log {logf}")
-    return text.split(marker, 1)[1].split()[0]
+def start_mirror(url: str, data: Path, vkey: str, log_out: IO[str]) -> subprocess.Popen[Any]:
+    """`iot-anchor mirror URL --follow` into the data dir `data` (the load next to a paced
+    phase: `bench.py --mirror`)."""
+    return subprocess.Popen(
+        iot_anchor_command("mirror", url, "--data", str(data), "--gateway-key", vkey,
+                           "--follow", "--interval", "1"),
+        stdout=log_out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 
 def wait_connected(gw: subprocess.Popen[Any], logf: Path, timeout: float = 30.0) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -24,8 +25,8 @@ from typing import Any
 from benchlib.console_watch import ConsoleWatcher
 from benchlib.gateway_process import (
     Batches,
-    http_url,
     start_gateway,
+    start_mirror,
     stop_gateway,
     wait_connected,
 )
@@ -35,8 +36,9 @@ from benchlib.script import ROOT, log
 from benchlib.stats import per_second, percentile, us_per
 from gateway.errors import AnchorError
 from gateway.fleet.brokerconf import AUTOSAVE_INTERVAL_S
-from gateway.sim.broker import PrivateBroker
-from gateway.storage.store import Store
+from gateway.sim.broker import PrivateBroker, free_port
+from gateway.sim.simulate import stop_process
+from gateway.storage.store import DB_NAME, VKEY_NAME, Store
 
 # The devices' outbox: a reading not acknowledged after this long is published again (the
 # firmware's default), so a lost ack costs a republish, as on a real fleet.
@@ -57,6 +59,7 @@ class BenchOptions:
     burst: int = 100_000  # readings in the burst phases (at most all that were signed)
     burst_per_device: int | None = None  # set per fleet size
     console: bool = False  # the gateway with --http, its console watched (console_watch)
+    mirror: bool = False  # paced phase: `run --http` with `iot-anchor mirror --follow` on it
 
 
 class PhaseMeter:
@@ -137,14 +140,24 @@ def gateway_phase(fleet: Fleet, options: BenchOptions, paced: bool,
     shutil.copytree(fleet.template, data)
     logf = options.workdir / f"gateway-{tag}.log"
     interval = len(fleet.devices) / options.rate if paced else 0.0
+    mirrored = paced and options.mirror
+    port = free_port() if mirrored or options.console else 0  # run --http on it
+    mirror_proc = None
+    mlog = None
+    mirror_data = options.workdir / f"mirror-{tag}"
+    mirror_figures: dict[str, Any] = {}
     with private_broker(options, tag) as broker, open(logf, "w") as log_out:
         gw = start_gateway(data, broker.url, options.batch_interval, options.batch_max, log_out,
-                           http=options.console)
+                           ("--http", f"127.0.0.1:{port}") if port else ())
         watch = None
         try:
             wait_connected(gw, logf)
             if options.console:
-                watch = ConsoleWatcher(http_url(logf))
+                watch = ConsoleWatcher(f"http://127.0.0.1:{port}")
+            if mirrored:
+                vkey = (data / VKEY_NAME).read_text().strip()
+                mlog = open(options.workdir / f"mirror-{tag}.log", "w")
+                mirror_proc = start_mirror(f"http://127.0.0.1:{port}", mirror_data, vkey, mlog)
             cpu_before = tree_cpu_s(gw.pid)
             meter = PhaseMeter(broker)
             load = run_load(fleet, broker.url, options.procs, interval,
@@ -156,8 +169,14 @@ def gateway_phase(fleet: Fleet, options: BenchOptions, paced: bool,
             rss = sum(hwm.values())
             workers_rss = rss - hwm[gw.pid]
             meter.stop()
+            if mirror_proc is not None:
+                mirror_figures = _mirror_catch_up(data, mirror_data, load.last)
         finally:
             watched = watch.stop() if watch is not None else {}
+            if mirror_proc is not None:
+                stop_process(mirror_proc, 10.0, signal.SIGTERM)
+            if mlog is not None:
+                mlog.close()
             rss_with_shutdown = stop_gateway(gw, logf)
     rss_with_shutdown += workers_rss
     batches = Batches.parse(logf.read_text())
@@ -166,6 +185,7 @@ def gateway_phase(fleet: Fleet, options: BenchOptions, paced: bool,
     span = batches.last_wall - (load.first + WALL_MINUS_MONO)
     latencies = sorted(load.latencies_ms)
     shutil.rmtree(data, ignore_errors=True)
+    shutil.rmtree(mirror_data, ignore_errors=True)
     return {
         "published": load.produced,
         "anchored": anchored,
@@ -198,7 +218,25 @@ def gateway_phase(fleet: Fleet, options: BenchOptions, paced: bool,
         "machine_cores": meter.machine_cores(),
         "log": str(logf),
         **watched,
+        **mirror_figures,
     }
+
+
+def _mirror_catch_up(data: Path, mirror_data: Path, load_end: float) -> dict[str, Any]:
+    """Wait (60 s at most) until the mirror holds every reading the gateway anchored; its
+    count and how long after the load's last publish it got there."""
+    deadline = time.monotonic() + 60
+    mirrored = 0
+    while True:
+        with Store.open(data, readonly=True) as g:
+            want = g.reading_count()
+        if (mirror_data / DB_NAME).exists():
+            with Store.open(mirror_data, readonly=True) as m:
+                mirrored = m.reading_count()
+        if mirrored >= want or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    return {"mirror_readings": mirrored, "mirror_lag_s": time.monotonic() - load_end}
 
 
 @dataclass
@@ -241,7 +279,10 @@ def measure_fleet_size(n_devices: int, options: BenchOptions, duration: float,
             f"{paced['publish_per_s']:,.0f}/s): {paced['per_s']:,.0f} "
             f"anchored/s over {paced['span_s']:.1f} s, latency p50 "
             f"{paced['latency_p50_ms']:.0f} ms p99 {paced['latency_p99_ms']:.0f} ms, "
-            f"peak RSS {paced['rss_mb']:.0f} MB")
+            f"peak RSS {paced['rss_mb']:.0f} MB"
+            + (f"; a mirror following held {paced['mirror_readings']:,} readings "
+               f"{paced['mirror_lag_s']:.1f} s after the last publish"
+               if "mirror_readings" in paced else ""))
         per_run.append({"baseline": base, "burst": burst, "paced": paced,
                         "ratio": burst["per_s"] / base["per_s"]})
     return FleetSizeRuns(n_devices, per_device, duration, per_run, loadavg)
