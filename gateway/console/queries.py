@@ -48,8 +48,16 @@ def fingerprint(key: bytes) -> str:
     return ":".join(h[i:i + 4] for i in range(0, 16, 4))
 
 
+def _witnesses(f: dict[str, Any]) -> list[dict[str, Any]]:
+    """The witnesses' states by the name in their vkey (not the key, nor the URL, which may
+    carry credentials)."""
+    return [{"witness": str(w["witness"]).split("+", 1)[0], "size": w["size"],
+             "state": w["state"], "detail": w["detail"], "t": w["t"]} for w in f["witnesses"]]
+
+
 def figures(store: Store) -> LedgerFigures:
     f = store.console_figures()
+    f["witnesses"] = _witnesses(f)
     return LedgerFigures(readings=f["readings"], entries=f["entries"], devices=f["devices"],
                          revoked=f["revoked"], checkpoint_size=f["checkpoint_size"],
                          checkpoint_time_ms=f["last_entry_t"], rejected=f["rejected"],
@@ -69,9 +77,7 @@ def overview(store: Store) -> dict[str, Any]:
         "cosignatures": f.pop("cosignatures"),
         "note": cp,
     } if cp else None
-    # not the witness URL: it may carry credentials
-    f["witnesses"] = [{k: w[k] for k in ("witness", "size", "state", "detail", "t")}
-                      for w in f["witnesses"]]
+    f["witnesses"] = _witnesses(f)
     f["recent_events"] = store.console_events(None, 10)
     return f
 

@@ -5,7 +5,8 @@ Two sources, so that nothing is counted per reading on the hot path:
 * `ServiceMetrics`: the running service (`iot-anchor run`). Counters and histograms move once
   per commit (`committed`), from the commit's result; the gauges are read when Prometheus
   scrapes, from a `LiveGauges` snapshot the service hands over (`gauges` callback), so the
-  service only keeps the plain integers it keeps anyway. The process's CPU and memory come
+  service only keeps the plain integers it keeps anyway; so are its witnesses' states (the
+  witness client's, gateway/tlog/witness_client.py). The process's CPU and memory come
   from prometheus-client's ProcessCollector, the verifier workers' memory from /proc.
 * `ledger_exposition(figures)`: what the ledger holds (`LedgerFigures`, read from the store
   with one bounded query each), the same numbers as `iot-anchor ledger status`; served by
@@ -35,6 +36,8 @@ BATCH_BUCKETS = (1, 4, 16, 64, 256, 512, 1024, 2048, 4096, 8192, 16384)
 # one commit (SQLite transaction with fsync, signing the checkpoint): 1 ms .. 5 s
 COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 WITNESS_UNKNOWN, WITNESS_OK, WITNESS_FAILING = 0, 1, 2
+# a witness client's state -> the value of iot_anchor_witness_status
+WITNESS_STATES = {"ok": WITNESS_OK, "error": WITNESS_FAILING}
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +53,8 @@ class LiveGauges:
     received: int = 0  # messages received since start
     acks_published: int = 0  # device acks published since start
     pauses: int = 0  # times reading from the broker paused (back-pressure)
+    # the witnesses the service sends checkpoints to: (name, state, size last cosigned)
+    witnesses: tuple[tuple[str, str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,11 +131,22 @@ class _LiveCollector:
                                   "paused at the inbox bound", value=g.pauses)
         yield gauge("verifier_resident_memory_bytes", "Resident memory of the verifier "
                     "worker processes", children_rss_bytes())
+        yield gauge("witnesses", "Witnesses the service sends checkpoints to (0: none)",
+                    len(g.witnesses))
+        status = GaugeMetricFamily(f"{NS}_witness_status", "Per witness: 0 unknown (not "
+                                   "answered yet), 1 cosigning, 2 failing", labels=["witness"])
+        size = GaugeMetricFamily(f"{NS}_witness_cosigned_size", "Per witness: the tree size "
+                                 "of its newest cosignature", labels=["witness"])
+        for name, state, n in g.witnesses:
+            status.add_metric([name], WITNESS_STATES.get(state, WITNESS_UNKNOWN))
+            size.add_metric([name], n)
+        yield status
+        yield size
 
 
 class ServiceMetrics:
     """The `run` service's registry. `committed` is called once per commit (on the event
-    loop); `set_witness` by the witness code; `exposition()` renders everything."""
+    loop); `exposition()` renders everything, the gauges read from `gauges()` then."""
 
     def __init__(self, gauges: Callable[[], LiveGauges] | None = None) -> None:
         r = self.registry = CollectorRegistry()
@@ -146,12 +162,6 @@ class ServiceMetrics:
         self.commit_seconds = Histogram(f"{NS}_commit_seconds", "Time of one commit (one "
                                         "SQLite transaction, signing its checkpoint)",
                                         buckets=COMMIT_BUCKETS, registry=r)
-        self.witness_status = Gauge(f"{NS}_witness_status", "Per witness: 0 unknown, 1 "
-                                    "cosigning, 2 failing", ["witness"], registry=r)
-        self.witness_size = Gauge(f"{NS}_witness_cosigned_size", "Per witness: the tree "
-                                  "size of its newest cosignature", ["witness"], registry=r)
-        self.witnesses = Gauge(f"{NS}_witnesses", "Witnesses configured (0: none)",
-                               registry=r)
         ProcessCollector(registry=r)  # process_resident_memory_bytes, CPU seconds, fds
         if gauges is not None:
             r.register(_LiveCollector(gauges))  # type: ignore[arg-type]
@@ -169,18 +179,6 @@ class ServiceMetrics:
             self.last_batch = readings
         for reason, n in rejected.items():
             self.refused.labels(reason).inc(n)
-
-    def set_witness(self, name: str, status: int, cosigned_size: int | None = None) -> None:
-        """The witness code reports one witness: WITNESS_OK, WITNESS_FAILING or
-        WITNESS_UNKNOWN, and the size of its newest cosignature."""
-        if status not in (WITNESS_UNKNOWN, WITNESS_OK, WITNESS_FAILING):
-            raise ValueError(f"witness status {status} is not 0, 1 or 2")
-        self.witness_status.labels(name).set(status)
-        if cosigned_size is not None:
-            self.witness_size.labels(name).set(cosigned_size)
-
-    def set_witnesses(self, n: int) -> None:
-        self.witnesses.set(n)
 
     def snapshot(self) -> dict[str, Any]:
         """The figures the console shows (JSON-ready), read from the metrics themselves."""

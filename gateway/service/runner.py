@@ -206,7 +206,9 @@ class GatewayService:
             inbox=len(self._inbox), verifying=self._verifying, open_batch=self._open_batch,
             acks_in_flight=self.acks_in_flight(), acks_waiting=len(self._acks_out),
             connected=self._connected.is_set(), received=st.received,
-            acks_published=st.acks_published, pauses=st.pauses)
+            acks_published=st.acks_published, pauses=st.pauses,
+            witnesses=() if self.witnesses is None else tuple(
+                (t.key.name, t.state, t.size) for t in self.witnesses.targets))
 
     async def _start_http(self) -> _HttpServer | None:
         """`run --http`: the read-only HTTP server (gateway.http) on this loop."""

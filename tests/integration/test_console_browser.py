@@ -3,8 +3,9 @@ devices through Mosquitto: Debian's headless Chromium driven by Selenium through
 chromedriver (nothing is downloaded at run time). Also /metrics, parsed by prometheus-client's
 own parser, against `ledger status` after the run.
 
-The gateway (`iot-anchor run --http 127.0.0.1:0`) and the devices run once for the module;
-each test reads what they left. Screenshots go to the module's temp directory.
+The gateway (`iot-anchor run --http 127.0.0.1:0`, sending its checkpoints to one witness,
+`iot-anchor witness serve`) and the devices run once for the module; each test reads what they
+left. Screenshots go to the module's temp directory.
 """
 
 from __future__ import annotations
@@ -76,14 +77,27 @@ def live(tmp_path_factory: pytest.TempPathFactory, micropython: str) -> Iterator
     broker = PrivateBroker(workdir=tmp / "broker")
     broker.start()
     log = tmp / "gateway.log"
-    gw = None
+    gw = witness = None
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
     try:
+        wkey = tmp / "witness.key"
+        p = subprocess.run(cli("witness", "init", "--key", str(wkey), "--name",
+                               "witness.test/console"), capture_output=True, text=True,
+                           timeout=60, env=env, check=True)
+        wvkey = p.stdout.strip().splitlines()[-1]
+        wlog = tmp / "witness.log"
+        with open(wlog, "wb") as out:
+            witness = subprocess.Popen(
+                cli("witness", "serve", "--key", str(wkey), "--http", "127.0.0.1:0", "--data",
+                    str(tmp / "witness"), "--log", vkey),
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        wurl = _wait_for(wlog, witness, " serving on ")
         with open(log, "wb") as out:
             gw = subprocess.Popen(
                 cli("run", "--data", str(data), "--broker", broker.url, "--batch-interval",
-                    "0.2", "--http", "127.0.0.1:0"),
+                    "0.2", "--http", "127.0.0.1:0", "--witness", f"{wurl}={wvkey}"),
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
-                start_new_session=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                start_new_session=True, env=env)
         url = _wait_for(log, gw, "serving the log on ")
         _wait_for(log, gw, "connected to ")
         fleet.start(broker.url, 0.2, READINGS, ("--ack-timeout", "1.5", "--timeout", "40"))
@@ -98,6 +112,11 @@ def live(tmp_path_factory: pytest.TempPathFactory, micropython: str) -> Iterator
         while lv.status()["readings"] < DEVICES * READINGS or not lv.status()["rejected"]:
             assert time.monotonic() < deadline, lv.status()
             time.sleep(0.2)
+        # the witness has cosigned the newest checkpoint
+        while b"iot_anchor_witness_status{witness=\"witness.test/console\"} 1.0" \
+                not in lv.get("/metrics")[1]:
+            assert time.monotonic() < deadline + 20, lv.get("/metrics")[1].decode()[-3000:]
+            time.sleep(0.2)
         yield lv
     finally:
         fleet.stop()
@@ -107,6 +126,9 @@ def live(tmp_path_factory: pytest.TempPathFactory, micropython: str) -> Iterator
                 gw.wait(20)
             finally:
                 stop_process_group(gw, grace=0.5)
+        if witness is not None:
+            witness.terminate()
+            witness.wait(10)
         broker.close()
 
 
@@ -152,7 +174,11 @@ def test_metrics_parse_and_equal_ledger_status(live: Live) -> None:
     assert samples[("iot_anchor_broker_connected", ())] == 1
     assert samples[("iot_anchor_verify_queue_messages", ())] >= 0
     assert samples[("iot_anchor_acks_in_flight", ())] >= 0
-    assert samples[("iot_anchor_witnesses", ())] == 0
+    assert samples[("iot_anchor_witnesses", ())] == 1
+    assert samples[("iot_anchor_witness_status", (("witness", "witness.test/console"),))] == 1
+    assert samples[("iot_anchor_ledger_witnesses", ())] == 1
+    assert samples[("iot_anchor_ledger_witness_state",
+                    (("state", "ok"), ("witness", "witness.test/console")))] == 1
     assert samples[("process_resident_memory_bytes", ())] > 10e6
     assert samples[("iot_anchor_verifier_resident_memory_bytes", ())] > 10e6
 
@@ -205,6 +231,9 @@ def test_overview_shows_the_ledger(live: Live, browser: Any) -> None:
     want = f"{DEVICES * READINGS:,}"
     _wait(browser, f"document.querySelector('#c-readings .v')?.textContent === '{want}'")
     _wait(browser, "document.querySelector('#c-broker .v')?.textContent === 'connected'")
+    # the witness's cosignature of the newest checkpoint, and its state
+    _wait(browser, "document.querySelector('#c-cosig .v')?.textContent === '1'")
+    assert "witness witness.test/console" in browser.page_source
     _wait(browser, "document.querySelector('#plot-rate canvas') !== null")
     assert "not a reading" not in browser.page_source
     browser.save_screenshot(str(live.tmp / "overview.png"))

@@ -6,7 +6,9 @@ from __future__ import annotations
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.observe.metrics import (
+    WITNESS_FAILING,
     WITNESS_OK,
+    WITNESS_UNKNOWN,
     LedgerFigures,
     LiveGauges,
     ServiceMetrics,
@@ -22,12 +24,11 @@ def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 def test_service_metrics_count_per_commit() -> None:
     live = LiveGauges(inbox=3, verifying=256, acks_in_flight=7, acks_waiting=2,
-                      connected=True, received=1000)
+                      connected=True, received=1000,
+                      witnesses=(("w1", "ok", 1234), ("w2", "error", 0), ("w3", "pending", 0)))
     m = ServiceMetrics(lambda: live)
     m.committed(400, 0.012, {"bad_signature": 2})
     m.committed(0, 0.003, {"bad_signature": 1, "unknown_device": 4})
-    m.set_witnesses(1)
-    m.set_witness("w1", WITNESS_OK, 1234)
     s = samples(m.exposition())
     assert s[("iot_anchor_readings_anchored_total", ())] == 400
     assert s[("iot_anchor_readings_refused_total", (("reason", "bad_signature"),))] == 3
@@ -43,7 +44,10 @@ def test_service_metrics_count_per_commit() -> None:
     assert s[("iot_anchor_acks_in_flight", ())] == 7
     assert s[("iot_anchor_broker_connected", ())] == 1
     assert s[("iot_anchor_messages_received_total", ())] == 1000
+    assert s[("iot_anchor_witnesses", ())] == 3
     assert s[("iot_anchor_witness_status", (("witness", "w1"),))] == WITNESS_OK
+    assert s[("iot_anchor_witness_status", (("witness", "w2"),))] == WITNESS_FAILING
+    assert s[("iot_anchor_witness_status", (("witness", "w3"),))] == WITNESS_UNKNOWN
     assert s[("iot_anchor_witness_cosigned_size", (("witness", "w1"),))] == 1234
     assert s[("process_resident_memory_bytes", ())] > 1e6
     snap = m.snapshot()
