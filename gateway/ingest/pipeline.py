@@ -462,7 +462,7 @@ class Pipeline:
                 next_id += len(part)
                 entries.append(e.index)
                 checkpoint = store.checkpoint(c, head.tree, self.signer)
-            acks = self._update_devices(c, head.size - 1, t)
+            acks = self._update_devices(c, head.size - 1)
             if self._events:
                 c.executemany(
                     "INSERT INTO events (kind, dev, seq, cose, detail, t) VALUES (?,?,?,?,?,?)",
@@ -472,13 +472,7 @@ class Pipeline:
                     "INSERT INTO rejected (reason, n) VALUES (?, ?) "
                     "ON CONFLICT (reason) DO UPDATE SET n = n + excluded.n",
                     sorted(self._rejected.items()))
-            if self._rejected_dev:  # per registered device and UTC day (the console's table)
-                c.executemany(
-                    "INSERT INTO device_days (dev, day, readings, rejected) "
-                    "SELECT ?, ?, 0, ? WHERE EXISTS (SELECT 1 FROM devices WHERE id = ?) "
-                    "ON CONFLICT (dev, day) DO UPDATE SET "
-                    "rejected = device_days.rejected + excluded.rejected",
-                    [(dev, t // DAY_MS, n, dev) for dev, n in sorted(self._rejected_dev.items())])
+            self._count_days(c, t)
             if not entries:
                 cp = c.execute("SELECT note FROM checkpoints ORDER BY size DESC LIMIT 1").fetchone()
                 checkpoint = cp[0] if cp else None
@@ -503,7 +497,28 @@ class Pipeline:
             nodes.append(merkle.root(leaves[full * GROUP:]))
         return nodes
 
-    def _update_devices(self, c: Any, newest_entry: int, t: int) -> dict[str, Ack]:
+    def _count_days(self, c: Any, t: int) -> None:
+        """device_days (the console's devices table): per device and UTC day of this commit,
+        its readings, the time of its last commit with readings, and the messages refused on
+        its topic (registered devices only: made-up topics add no rows). One executemany
+        each, whatever the batch size."""
+        day = t // DAY_MS
+        per_dev = Counter(d.dev for d in self._batch)
+        if per_dev:
+            c.executemany(
+                "INSERT INTO device_days (dev, day, readings, rejected, last_t) "
+                "VALUES (?, ?, ?, 0, ?) ON CONFLICT (dev, day) DO UPDATE SET "
+                "readings = device_days.readings + excluded.readings, last_t = excluded.last_t",
+                [(dev, day, n, t) for dev, n in per_dev.items()])
+        if self._rejected_dev:
+            c.executemany(
+                "INSERT INTO device_days (dev, day, readings, rejected) "
+                "SELECT ?, ?, 0, ? WHERE EXISTS (SELECT 1 FROM devices WHERE id = ?) "
+                "ON CONFLICT (dev, day) DO UPDATE SET "
+                "rejected = device_days.rejected + excluded.rejected",
+                [(dev, day, n, dev) for dev, n in sorted(self._rejected_dev.items())])
+
+    def _update_devices(self, c: Any, newest_entry: int) -> dict[str, Ack]:
         by_dev: dict[str, list[int]] = {}
         for d in self._batch:
             by_dev.setdefault(d.dev, []).append(d.seq)
@@ -528,15 +543,9 @@ class Pipeline:
                         upto, moved = s, True
                     if not moved or len(more) < 512:
                         break
-                c.execute("UPDATE devices SET readings = readings + ?, last_seq = ?, upto = ?, "
-                          "last_t = ? WHERE id = ?", (len(new), last, upto, t, dev))
+                c.execute("UPDATE devices SET readings = readings + ?, last_seq = ?, upto = ? "
+                          "WHERE id = ?", (len(new), last, upto, dev))
             acks[dev] = Ack(upto, sorted(s for s in seqs_acked if s > upto), newest_entry)
-        if by_dev:  # readings per device and UTC day (the console's "readings today")
-            c.executemany(
-                "INSERT INTO device_days (dev, day, readings, rejected) VALUES (?, ?, ?, 0) "
-                "ON CONFLICT (dev, day) DO UPDATE SET "
-                "readings = device_days.readings + excluded.readings",
-                [(dev, t // DAY_MS, len(seqs)) for dev, seqs in by_dev.items()])
         return acks
 
     def _recheck_batch(self, c: Any) -> None:

@@ -27,10 +27,11 @@ from version k to k+1, and opening a database runs the missing ones in one trans
     the registry's current state: key (65-byte SEC1 point), "active" | "revoked", the entry
     of the last change, count of anchored readings, highest seq, and ``upto``: the
     contiguous-anchored watermark (every seq <= upto is anchored; -1 when seq 0 is not), so an
-    ack's ``upto`` is O(1). ``last_t``: the time (ms) of the last commit with its readings.
-``device_days(dev, day, readings, rejected)``
-    per registered device and UTC day (commit time ms // 86,400,000): readings anchored and
-    messages refused (counted by the device its topic names), updated by each commit.
+    ack's ``upto`` is O(1).
+``device_days(dev, day, readings, rejected, last_t)``
+    per registered device and UTC day (commit time ms // 86,400,000): readings anchored,
+    messages refused (counted by the device its topic names) and the time (ms) of its last
+    commit with readings that day, updated by each commit.
 ``device_keys(dev, key, from_entry, until_entry)``
     key history: a reading in batch entry b was checked against the key with
     from_entry < b < until_entry (until_entry NULL = still valid).
@@ -179,16 +180,16 @@ MIGRATIONS: list[str] = [
         t INTEGER NOT NULL
     );
     """,
-    # 3 -> 4 (the operator console): each device's last commit time, and per device and UTC
-    # day its anchored readings and its refusals, written by the batch's transaction; rows
-    # before the migration have none (last_t NULL)
+    # 3 -> 4 (the operator console): per device and UTC day its anchored readings, its
+    # refusals and its last commit time, written by the batch's transaction (none for the
+    # time before the migration)
     """
-    ALTER TABLE devices ADD COLUMN last_t INTEGER;
     CREATE TABLE device_days (
         dev TEXT NOT NULL,
         day INTEGER NOT NULL,
         readings INTEGER NOT NULL DEFAULT 0,
         rejected INTEGER NOT NULL DEFAULT 0,
+        last_t INTEGER,
         PRIMARY KEY (dev, day)
     );
     """,
@@ -816,9 +817,13 @@ class Store:
     # --- operator console (#17): bounded reads, each on an index ------------------------------
     # gateway/console calls these on its own read-only Store (one per reader thread).
 
+    # a device's last commit with readings (the devices table's "last seen"), on device_days'
+    # primary key
+    CONSOLE_LAST_T = ("(SELECT l.last_t FROM device_days l WHERE l.dev = d.id AND l.last_t IS "
+                      "NOT NULL ORDER BY l.day DESC LIMIT 1)")
     CONSOLE_SORTS = {  # devices table: sort key -> SQL expression
         "id": "d.id", "status": "d.status", "readings": "d.readings",
-        "last_seq": "COALESCE(d.last_seq, -1)", "last_seen": "COALESCE(d.last_t, 0)",
+        "last_seq": "COALESCE(d.last_seq, -1)", "last_seen": f"COALESCE({CONSOLE_LAST_T}, 0)",
         "gaps": "COALESCE(d.last_seq + 1 - d.readings, 0)", "today": "COALESCE(t.readings, 0)",
         "rejected_today": "COALESCE(t.rejected, 0)",
     }
@@ -859,7 +864,8 @@ class Store:
         total = int(self.one(f"SELECT COUNT(*) FROM devices d{cond}", args)[0])
         order = self.CONSOLE_SORTS[sort] + (" DESC" if desc else "")
         rows = self.query(
-            "SELECT d.id, d.key, d.status, d.entry, d.readings, d.last_seq, d.upto, d.last_t, "
+            f"SELECT d.id, d.key, d.status, d.entry, d.readings, d.last_seq, d.upto, "
+            f"{self.CONSOLE_LAST_T}, "
             "COALESCE(t.readings, 0), COALESCE(t.rejected, 0) FROM devices d "
             "LEFT JOIN device_days t ON t.dev = d.id AND t.day = ?"
             f"{cond} ORDER BY {order}, d.id LIMIT ? OFFSET ?", [day, *args, limit, offset])
@@ -872,8 +878,10 @@ class Store:
         return total, out
 
     def console_last_seen(self, dev: str) -> int | None:
-        """The time (ms) of the last commit with readings of `dev` (None: none since schema 3)."""
-        row = self.one("SELECT last_t FROM devices WHERE id = ?", (dev,))
+        """The time (ms) of the last commit with readings of `dev` (None: none since the
+        console's migration, schema 4)."""
+        row = self.one("SELECT last_t FROM device_days WHERE dev = ? AND last_t IS NOT NULL "
+                       "ORDER BY day DESC LIMIT 1", (dev,))
         return None if row is None or row[0] is None else int(row[0])
 
     def console_key_history(self, dev: str) -> list[tuple[bytes, int, int | None]]:

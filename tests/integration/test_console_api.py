@@ -55,6 +55,14 @@ def make_data(tmp: Path, devices: int = 3) -> tuple[Path, str, list[Device]]:
 Get = Callable[..., Awaitable[tuple[int, Any]]]
 
 
+def dev_last_seen(data: Path, dev: str) -> int | None:
+    """The time of the newest batch entry holding a reading of `dev`, from the ledger."""
+    with Store.open(data, readonly=True) as st:
+        seq = st.device(dev).last_seq  # type: ignore[union-attr]
+        batch = st.console_reading_from(dev, seq)[1]  # type: ignore[arg-type,index]
+        return st.console_entry_times([batch])[batch]
+
+
 @contextlib.asynccontextmanager
 async def serving(data: Path, token: str | None = None) -> AsyncIterator[tuple[str, Get]]:
     """The server over `data` on a free loopback port, as `serve` runs it; (url, get)."""
@@ -106,6 +114,7 @@ async def _api_answers(data: Path, vkey: str, devs: list[Device]) -> None:
         r0 = d["devices"][0]
         assert (r0["readings"], r0["last_seq"], r0["missing"], r0["today"]) == (N, N - 1, 0, N)
         assert r0["rejected_today"] == 2  # garbage on its topic, the equivocation
+        assert r0["last_t"] is not None and dev_last_seen(data, "d-000") == r0["last_t"]
         code, d = await get("/api/devices?status=revoked")
         assert [r["id"] for r in d["devices"]] == ["d-002"]
         code, d = await get("/api/devices?q=001")
