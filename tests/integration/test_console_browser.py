@@ -332,3 +332,30 @@ def test_receipt_checked_in_the_page(live: Live, browser: Any) -> None:
     res, step, said = check(receipt)
     assert (res, step) == ("invalid", "5") and "device signature" in said, said
     _no_console_errors(browser)
+
+
+def test_sign_in_with_the_token(live: Live, browser: Any) -> None:
+    """`serve` with a token: the console's page answers 401 with the sign-in page; after the
+    token is entered, the pages and their API calls carry it (the cookie)."""
+    token_file = live.tmp / "http.token"
+    token_file.write_text("s3cret-console-token\n")
+    serve = subprocess.Popen(
+        cli("serve", "--data", str(live.data), "--http", "127.0.0.1:0", "--http-token-file",
+            str(token_file)), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    try:
+        assert serve.stdout is not None
+        url = serve.stdout.readline().split(" on ", 1)[1].strip()
+        browser.get(url + "/console/devices")
+        _wait(browser, "document.getElementById('token') !== null")
+        assert "sign in" in browser.page_source
+        browser.get_log("browser")  # the 401 of the page itself is logged: not a page error
+        browser.find_element("id", "token").send_keys("s3cret-console-token\n")
+        _wait(browser, "document.querySelectorAll('#devices tbody tr[data-device]').length "
+                       f"=== {DEVICES}")
+        browser.save_screenshot(str(live.tmp / "signed-in.png"))
+        _no_console_errors(browser)
+        browser.delete_all_cookies()
+    finally:
+        serve.terminate()
+        serve.wait(10)
