@@ -238,6 +238,10 @@ def test_overview_shows_the_ledger(live: Live, browser: Any) -> None:
     assert "not a reading" not in browser.page_source
     browser.save_screenshot(str(live.tmp / "overview.png"))
     _no_console_errors(browser)
+    # the records page: this ledger has none of those kinds
+    browser.get(live.url + "/console/records")
+    _wait(browser, "document.getElementById('lists').textContent.includes('no rules')")
+    _no_console_errors(browser)
 
 
 def test_device_table_lists_every_device(live: Live, browser: Any) -> None:
