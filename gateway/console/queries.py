@@ -9,6 +9,7 @@ readings), a missing device `NotFound` (404).
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +29,9 @@ DAY_MS = 86_400_000
 # the kinds the console lists, where the ledger has them (the features that write them are
 # rule sets and their actions, datasets and models)
 RECORD_LISTS = ("rules", "action", "dataset", "model")
+
+
+_USERINFO = re.compile(r"//[^/@\s]*@")
 
 
 class BadRequest(Exception):
@@ -50,9 +54,10 @@ def fingerprint(key: bytes) -> str:
 
 def _witnesses(f: dict[str, Any]) -> list[dict[str, Any]]:
     """The witnesses' states by the name in their vkey (not the key, nor the URL, which may
-    carry credentials)."""
+    carry credentials; a URL's user:password in the detail is masked)."""
     return [{"witness": str(w["witness"]).split("+", 1)[0], "size": w["size"],
-             "state": w["state"], "detail": w["detail"], "t": w["t"]} for w in f["witnesses"]]
+             "state": w["state"], "detail": _USERINFO.sub("//***@", str(w["detail"])),
+             "t": w["t"]} for w in f["witnesses"]]
 
 
 def figures(store: Store) -> LedgerFigures:
