@@ -30,6 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.sim.broker import PrivateBroker
 from gateway.sim.simulate import MicroPythonFleet, stop_process_group
 from gateway.storage.store import Store
+from gateway.wire.cose import decode
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.micropython]
 
@@ -276,6 +277,26 @@ def test_device_plot_has_every_reading_in_range(live: Live, browser: Any) -> Non
     assert per_plot and all(p == n for p in per_plot)
     rows = browser.execute_script("return document.querySelectorAll('#latest tbody tr').length")
     assert rows == min(n, 20)
+    # a UTC range over the middle of its readings: the plots hold exactly the readings whose
+    # time the ledger puts in it (device clock, whole seconds)
+    with Store.open(live.data, readonly=True) as st:
+        times = [decode(c).ts for _, _, c in st.console_readings(dev, 0, 1 << 62, 1000)]
+    assert len(times) == n and all(t is not None for t in times)
+    lo, hi = sorted(times)[n // 4], sorted(times)[3 * n // 4]
+    want = sum(1 for t in times if lo <= t <= hi)  # type: ignore[operator]
+    assert 0 < want < n
+    browser.execute_script(
+        "document.getElementById('from').value = arguments[0];"
+        "document.getElementById('to').value = arguments[1];"
+        "document.getElementById('plots').dataset.points = '';",
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(lo)),
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(hi)))
+    browser.find_element("id", "apply").click()
+    got = _wait(browser, "document.getElementById('plots').dataset.points")
+    assert int(got) == want
+    assert browser.execute_script(
+        "return [...document.querySelectorAll('#plots .plot')].map(p => +p.dataset.points)"
+    ) == [want] * len(per_plot)
     browser.save_screenshot(str(live.tmp / "device.png"))
     _no_console_errors(browser)
 
