@@ -8,8 +8,8 @@ STAMP := $(VENV)/.installed
 MICROPYTHON := .cache/micropython/micropython
 PYTEST_ARGS ?=
 
-.PHONY: setup venv mosquitto micropython console-assets chromium test test-unit test-boards demo lint \
-        bench bench-firmware bench-gateway clean fuzz
+.PHONY: setup venv mosquitto micropython console-assets chromium test test-unit test-boards demo \
+        lint bench bench-firmware bench-gateway bench-provenance clean fuzz
 
 setup: venv mosquitto micropython console-assets chromium
 
@@ -93,6 +93,11 @@ bench-firmware: setup
 
 bench-gateway: setup
 	$(PY) tools/bench_gateway.py
+
+# dataset export and verify of PROVENANCE_READINGS readings (issue 14's goals; docs/provenance.md)
+PROVENANCE_READINGS ?= 1000000
+bench-provenance: setup
+	$(PY) tools/bench_provenance.py --readings $(PROVENANCE_READINGS)
 
 # BENCH_ARGS: e.g. --duration 60, --sweep 100,1000,5000 (draws docs/bench-devices.png),
 # --ledger 1000000. The bench extra (matplotlib, for the plot) is installed once.

@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("cli",),
     ("sim",),
     ("service", "fleet", "http", "console"),
-    ("mqtt", "ingest", "audit", "observe", "tlog"),
+    ("mqtt", "ingest", "audit", "observe", "provenance", "tlog"),
     ("storage",),
     ("ledger",),
     ("wire",),

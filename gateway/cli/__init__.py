@@ -34,6 +34,8 @@ COMMAND_MODULES: list[str] = [
     "gateway.cli.mirror",
     "gateway.cli.simulate",
     "gateway.cli.demo",
+    "gateway.cli.dataset",
+    "gateway.cli.model",
 ]
 
 

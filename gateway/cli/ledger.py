@@ -162,6 +162,7 @@ def status(store: Store) -> dict[str, Any]:
         "rejected": store.rejected_counts(),
         "events": events,
         "gateway_key": store.vkey(),
+        "mirror_of": store.meta("mirror_of"),
         "witnesses": store.witness_statuses(),
         "witness_quorum": store.meta("witness_quorum"),
     }
@@ -175,6 +176,8 @@ def _status(args: argparse.Namespace) -> int:
         return 0
     print(f"readings {st['readings']}, ledger entries {st['entries']}")
     print(f"gateway key {st['gateway_key']}")
+    if st["mirror_of"]:
+        print(f"a mirror of {st['mirror_of']}")
     for dev, d in st["devices"].items():
         gaps = ", ".join(f"{a}-{b}" for a, b in d["gaps"]) or "none"
         print(f"  {dev} ({d['status']}): {d['readings']} readings, last seq {d['last_seq']}, "

@@ -71,14 +71,16 @@ def _mirror(args: argparse.Namespace) -> int:
         print(f"mirror: {text}", flush=True)
 
     async def main() -> None:
+        loop = asyncio.get_running_loop()
         if not args.follow:
+            for sig in (signal.SIGTERM, signal.SIGINT):  # stop the round; it is rolled back
+                loop.add_signal_handler(sig, m.abort.set)
             r = await m.sync()
             rate = r.readings / r.seconds if r.seconds > 0 else 0.0
             say(f"{args.data} holds size {r.size}: {r.entries} new entries, {r.readings} new "
                 f"readings verified ({rate:,.0f} readings/s), {r.cosignatures} cosignatures")
             return
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await follow(m, args.interval, stop, say)

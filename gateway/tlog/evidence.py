@@ -57,9 +57,11 @@ def check_evidence(d: Path, vkey: str) -> str:
     except (OSError, ValueError) as e:
         raise AnchorError(f"{d} is not an evidence directory: {e}",
                           "give a directory under the mirror's evidence/") from None
-    old = note.verify_checkpoint(old_t, vkey)
-    new = note.verify_checkpoint(new_t, vkey)
     kind = info.get("kind")
+    new = note.verify_checkpoint(new_t, vkey)
+    if kind == "bad-data" and not old_t:  # a mirror that held nothing yet
+        return f"bad data: {info.get('detail', '')} (the checkpoint is signed; the data is not)"
+    old = note.verify_checkpoint(old_t, vkey)
     if kind == "fork":
         if old.size == new.size:
             if old.root == new.root:

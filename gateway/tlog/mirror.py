@@ -29,9 +29,11 @@ Memory: the round's entries (not readings) and a window of batch bundles.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -72,6 +74,10 @@ class Misbehaviour(AnchorError):
 
 class Refused(AnchorError):
     """Fetched data that cannot be right (truncated, malformed, a bad signature)."""
+
+
+class Stopped(AnchorError):
+    """The round was stopped (SIGTERM, SIGINT) before its commit: nothing of it was stored."""
 
 
 @dataclass
@@ -143,6 +149,7 @@ class Mirror:
         self._store: Store | None = None
         self._verifiers: VerifierPool | None = None
         self._ctx_key = itertools.count()
+        self.abort = threading.Event()  # set: the round under way stops before its commit
 
     # -- the store, on its own thread ---------------------------------------------------------
 
@@ -177,6 +184,8 @@ class Mirror:
         return _Held(head.size, root, cp[1] if cp else None, head.tree, head.last_hash)
 
     def close(self) -> None:
+        self.abort.set()
+
         def shut() -> None:
             if self._verifiers is not None:
                 self._verifiers.close()
@@ -452,6 +461,9 @@ class Mirror:
                     return self._start_batch(b, data, ctx)
 
                 for pos, (body, e) in enumerate(zip(entries, decoded, strict=True)):
+                    if self.abort.is_set():
+                        raise Stopped("the mirror was stopped during a round",
+                                      "nothing of that round was stored; run it again")
                     a = store.append_entry(c, head, e.kind, body)
                     head = type(head)(a.index + 1, a.hash, head.tree)
                     if isinstance(e, DeviceEntry):
@@ -582,8 +594,17 @@ async def follow(m: Mirror, interval: float, stop: asyncio.Event,
     failures = 0
     while not stop.is_set():
         delay = interval
+        task = asyncio.ensure_future(m.sync())
+        stopper = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if not task.done():  # stopping in the middle of a round: it is rolled back
+            m.abort.set()
+            with contextlib.suppress(Exception):
+                await task
+            return
         try:
-            r = await m.sync()
+            r = task.result()
             if failures:
                 say(f"the log is reachable again (size {r.size})")
             failures = 0

@@ -73,6 +73,14 @@ def live(tmp_path_factory: pytest.TempPathFactory, micropython: str) -> Iterator
     data = tmp / "data"
     store, vkey = Store.create(data)
     store.close()
+    # a model version anchored (gateway/provenance, `model register`): a record kind the
+    # console lists
+    (tmp / "model").mkdir()
+    (tmp / "model" / "weights.bin").write_bytes(b"\x01" * 64)
+    subprocess.run(cli("model", "register", str(tmp / "model"), "--name", "console-model",
+                       "--version", "1", "--out", str(tmp / "model.json"), "--data", str(data)),
+                   capture_output=True, text=True, timeout=60, check=True,
+                   env=dict(os.environ, PYTHONPATH=str(ROOT)))
     fleet = MicroPythonFleet(tmp / "fleet", DEVICES, prefix="con")
     assert fleet.prepare(data) == DEVICES
     broker = PrivateBroker(workdir=tmp / "broker")
@@ -239,9 +247,12 @@ def test_overview_shows_the_ledger(live: Live, browser: Any) -> None:
     assert "not a reading" not in browser.page_source
     browser.save_screenshot(str(live.tmp / "overview.png"))
     _no_console_errors(browser)
-    # the records page: this ledger has none of those kinds
+    # the records page: the model version registered before the run
     browser.get(live.url + "/console/records")
-    _wait(browser, "document.getElementById('lists').textContent.includes('no rules')")
+    _wait(browser, "document.querySelector('[data-kind=model]') !== null")
+    assert "console-model" in browser.find_element("css selector", "[data-kind=model]").text
+    assert browser.execute_script("return document.querySelectorAll('[data-kind]').length") == 1
+    browser.save_screenshot(str(live.tmp / "records.png"))
     _no_console_errors(browser)
 
 

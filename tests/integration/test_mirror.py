@@ -15,6 +15,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.cli import main
+from gateway.errors import ConfigError
 from gateway.fleet import registry
 from gateway.ingest.pipeline import Pipeline
 from gateway.storage.store import Store
@@ -211,6 +212,13 @@ def test_hostile_server_is_refused_and_the_replica_stays(
     h = _Hostile(d)
     m = tmp_path / "m"
     try:
+        # the wrong gateway key, a gateway's own data directory: refused, clearly
+        ostore, other = Store.create(tmp_path / "other")
+        ostore.close()
+        assert _mirror(h.url, tmp_path / "m-wrong", other) == 1
+        assert "does not verify with the gateway key" in capsys.readouterr().err
+        assert _mirror(h.url, d, vkey) == 2
+        assert "not a mirror" in capsys.readouterr().err
         assert _mirror(h.url, m, vkey) == 0
         capsys.readouterr()
         store = Store.open(d)
@@ -324,8 +332,11 @@ def test_follow_survives_the_server_being_down(tmp_path: Path) -> None:
     def held() -> int:
         if not (tmp_path / "m" / "ledger.db").exists():
             return 0
-        with Store.open(tmp_path / "m", readonly=True) as r:
-            return r.reading_count()
+        try:
+            with Store.open(tmp_path / "m", readonly=True) as r:
+                return r.reading_count()
+        except ConfigError:  # being created (its schema not written yet)
+            return 0
 
     def wait_for(n: int) -> None:
         deadline = time.monotonic() + 30
@@ -361,3 +372,42 @@ def test_follow_survives_the_server_being_down(tmp_path: Path) -> None:
             _stop(server)
         log.close()
     assert main(["ledger", "verify", "--data", str(tmp_path / "m"), "--workers", "1"]) == 0
+
+
+def test_dataset_export_on_a_mirror(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A mirror signs nothing: it exports again a dataset the gateway anchored, proven under
+    the mirror's checkpoint, and `dataset verify` accepts it."""
+    gw = tmp_path / "gw"
+    store, vkey = Store.create(gw)
+    devs = [Device(f"s{k}") for k in range(2)]
+    for dv in devs:
+        registry.add(store, dv.id, dv.public_bytes)
+    _anchor(store, devs, 30, 8)
+    store.close()
+    assert main(["dataset", "export", str(tmp_path / "ds-gw"), "--name", "ward",
+                 "--data", str(gw)]) == 0
+    store = Store.open(gw)
+    _anchor(store, devs, 5, 8)  # more readings after the export: not in the dataset
+    store.close()
+    m = tmp_path / "m"
+    p, url = _start_serve(gw)
+    try:
+        assert _mirror(url, m, vkey) == 0
+    finally:
+        _stop(p)
+    capsys.readouterr()
+    assert main(["dataset", "export", str(tmp_path / "ds-m"), "--name", "ward",
+                 "--data", str(m)]) == 0
+    capsys.readouterr()
+    assert main(["dataset", "verify", str(tmp_path / "ds-m"), "--gateway-key", vkey]) == 0
+    assert (tmp_path / "ds-m" / "data" / "readings.parquet").read_bytes() == \
+        (tmp_path / "ds-gw" / "data" / "readings.parquet").read_bytes()
+    # a new dataset cannot be anchored by a mirror; another selection is refused
+    assert main(["dataset", "export", str(tmp_path / "x"), "--name", "other",
+                 "--data", str(m)]) == 2
+    assert "cannot anchor a new dataset" in capsys.readouterr().err
+    assert main(["dataset", "export", str(tmp_path / "y"), "--name", "ward", "--device", "s0",
+                 "--data", str(m)]) == 2
+    assert "another selection" in capsys.readouterr().err
+    with Store.open(m, readonly=True) as r, Store.open(gw, readonly=True) as g:
+        assert r.entry_count() == g.entry_count()  # the mirror appended nothing

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
+from gateway.errors import ConfigError
 from gateway.sim.broker import PrivateBroker, free_port
 from gateway.sim.simulate import MicroPythonFleet, stop_process_group
 from gateway.storage.store import Store
@@ -80,8 +81,11 @@ def test_gateway_witnesses_mirror_and_micropython_devices(
                 size = cp[0]
             if not (mdir / "ledger.db").exists():
                 return False
-            with Store.open(mdir, readonly=True) as m:
-                return m.entry_count() == size and len(m.cosignature_lines(size)) == 2
+            try:
+                with Store.open(mdir, readonly=True) as m:
+                    return m.entry_count() == size and len(m.cosignature_lines(size)) == 2
+            except ConfigError:  # the mirror is creating it (no schema yet)
+                return False
 
         _wait(caught_up, 60, "the mirror did not catch up with a cosigned checkpoint:\n"
               + (tmp_path / "mirror.log").read_text()[-2000:])

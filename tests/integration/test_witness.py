@@ -102,6 +102,11 @@ def test_add_checkpoint_status_codes(tmp_path: Path, capsys: object) -> None:
     p, url = _start(key, tmp_path / "wd", log.vkey)
     try:
         assert _post(url, other.request(0, 5))[0] == 404  # unknown origin
+        empty_bad = note.sign_checkpoint(0, bytes(32), log.key)  # type: ignore[arg-type]
+        assert _post(url, format_add_checkpoint(0, [], empty_bad))[0] == 422
+        empty = note.sign_checkpoint(0, merkle.EMPTY_ROOT, log.key)  # type: ignore[arg-type]
+        assert _post(url, format_add_checkpoint(0, [bytes(32)], log.checkpoint(3)))[0] == 422
+        assert _post(url, format_add_checkpoint(0, [], empty))[0] == 200
         cp = log.checkpoint(5)
         forged = cp.replace("\n5\n", "\n6\n")
         assert _post(url, format_add_checkpoint(0, [], forged))[0] == 403

@@ -137,6 +137,15 @@ def test_cosignatures_reach_receipts_and_verify(tmp_path: Path,
         assert main(["verify-receipt", str(tmp_path / "p.tlog-proof"), "--gateway-key", vkey,
                      "--witness-key", *wkeys]) == 0
         assert "ledger entry 2 (device)" in capsys.readouterr().out
+        # malformed tlog-proofs fail with the reason
+        for bad_proof, why in [(proof.replace("index 2", "index 02"), "not a decimal"),
+                               (proof.split("\n\n")[0], "no empty line"),
+                               (proof.replace(lines_[1], "extra !!"), "not base64"),
+                               (proof.replace(lines_[3], lines_[3][:-4] + "AAA="), "FAIL")]:
+            (tmp_path / "b.tlog-proof").write_text(bad_proof)
+            assert main(["verify-receipt", str(tmp_path / "b.tlog-proof"), "--gateway-key",
+                         vkey]) == 1
+            assert why in capsys.readouterr().out
         # one witness is down: the other still cosigns; ledger status names both
         pairs.append(parse_witness_arg(f"{down}={okey}"))
         asyncio.run(_gather(tmp_path / "d", pairs, 2, quorum=2, timeout=5))
