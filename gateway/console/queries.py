@@ -231,7 +231,11 @@ def series(store: Store, dev: str, start: float | None, end: float | None) -> di
 
 
 def _json_value(v: Any) -> Any:
+    """A record field for the page: bytes as hex, but a public key (a 65-byte SEC1 P-256
+    point, e.g. a model's `owner`) as its fingerprint: the console shows no keys."""
     if isinstance(v, bytes | bytearray):
+        if len(v) == 65 and v[0] == 4:
+            return "key " + fingerprint(bytes(v))
         return bytes(v).hex()
     if isinstance(v, dict):
         return {str(k): _json_value(x) for k, x in v.items()}

@@ -31,6 +31,7 @@ from tests.helpers_readings import Device
 TS0 = 1_700_000_000
 N = 40  # readings per device, one every 10 s of device time
 TOKEN = "console-test-token-0123456789"
+KEY65 = Device("k").public_bytes
 
 
 def make_data(tmp: Path, devices: int = 3) -> tuple[Path, str, list[Device]]:
@@ -292,6 +293,10 @@ def test_records_listed_where_the_kinds_exist(tmp_path: Path,
         assert got["records"][0]["fields"]["digest"] == "02" * 32
         older = queries.records(store, "dataset", got["records"][-1]["i"], 50)
         assert [r["fields"]["name"] for r in older["records"]] == ["set-0"]
+        # a public key in a record (a model's owner) is shown as its fingerprint only
+        store.append_record(signer, "dataset", {"name": "keyed", "digest": KEY65})
+        shown = queries.records(store, "dataset", None, 1)["records"][0]["fields"]
+        assert shown["digest"] == "key " + queries.fingerprint(KEY65)
 
 
 def test_gaps_are_listed_bounded(tmp_path: Path) -> None:
