@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import unquote
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 
 from gateway.console import routes as console_routes
 from gateway.errors import ConfigError
@@ -33,7 +33,7 @@ CTX_KEY = web.AppKey("ctx", HttpContext)
 _MAX_BODY = 1024
 
 
-def access_middleware(token: str | None) -> Middleware:
+def access_middleware(token: str | None) -> Any:  # an aiohttp middleware
     """401 without the right bearer token (when one is set; in the Authorization header or
     the TOKEN_COOKIE cookie), then 405 for writes, 413 for a request with a body."""
     expected = f"Bearer {token}".encode() if token is not None else None
