@@ -8,10 +8,10 @@ STAMP := $(VENV)/.installed
 MICROPYTHON := .cache/micropython/micropython
 PYTEST_ARGS ?=
 
-.PHONY: setup venv mosquitto micropython test test-unit test-boards demo lint \
-        bench bench-firmware bench-gateway bench-provenance clean fuzz
+.PHONY: setup venv mosquitto micropython console-assets chromium test test-unit test-boards demo \
+        lint bench bench-firmware bench-gateway bench-provenance clean fuzz
 
-setup: venv mosquitto micropython
+setup: venv mosquitto micropython console-assets chromium
 
 venv: $(STAMP)
 
@@ -32,6 +32,23 @@ mosquitto:
 	  (apt-get install -y -q mosquitto || (apt-get update -q && apt-get install -y -q mosquitto)) >/dev/null; \
 	else \
 	  echo "setup: mosquitto is missing; install it with:  sudo apt-get install -y mosquitto"; exit 1; \
+	fi
+
+# The console's charting library (uPlot, from the npm registry, integrity pinned) into
+# gateway/console/static/vendor/ (gitignored): tools/fetch-uplot, which does nothing the 2nd time.
+console-assets:
+	@tools/fetch-uplot
+
+# Debian's Chromium and its chromedriver: the console's browser tests drive them (Selenium,
+# tests/integration/test_console_browser.py); nothing is downloaded at test time.
+chromium:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" -eq 0 ]; then \
+	  echo "setup: installing chromium and chromium-driver from Debian's packages"; \
+	  (apt-get install -y -q chromium chromium-driver || (apt-get update -q && \
+	   apt-get install -y -q chromium chromium-driver)) >/dev/null; \
+	else \
+	  echo "setup: chromium is missing; install it with:  sudo apt-get install -y chromium chromium-driver"; exit 1; \
 	fi
 
 # Also a 32-bit build (micropython32: a board's object sizes, for the heap-limit test), where
@@ -61,8 +78,10 @@ fuzz: venv
 test-unit: setup
 	$(PY) -m pytest tests/unit tests/firmware $(PYTEST_ARGS)
 
+# DEMO_ARGS=--keep: keep the demo's folder and its console up until Ctrl-C
+DEMO_ARGS ?=
 demo: setup
-	$(VENV)/bin/iot-anchor demo
+	$(VENV)/bin/iot-anchor demo $(DEMO_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check gateway tests tools firmware

@@ -4,6 +4,7 @@
     .venv/bin/python tools/bench.py --duration 60 --rate 10000     (the sustained-10k/s goal)
     .venv/bin/python tools/bench.py --sweep 100,1000,5000 [--plot docs/bench-devices.png]
     .venv/bin/python tools/bench.py --ledger 1000000        (tools/bench_ledger.py)
+    .venv/bin/python tools/bench.py --console ...   (the gateway's console watched meanwhile)
     .venv/bin/python tools/bench.py --duration 60 --rate 10000 --mirror   (a mirror following)
     .venv/bin/python tools/bench.py --rules FILE ...        (the gateway with a rule set applied)
 
@@ -103,6 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="apply this rule file to the gateway (tools/bench_rules.py --print "
                          "writes the 20-rule set of the rules bench)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    ap.add_argument("--console", action="store_true",
+                    help="run the gateway with --http and, in its phases, ask what a browser "
+                         "open on the console's overview (every 2 s) and a Prometheus scrape "
+                         "(every 5 s) ask (docs/console.md)")
     args = ap.parse_args(argv)
     if args.ledger:
         import bench_ledger  # tools/ is on sys.path when run as a script
@@ -116,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupted)
     workdir = Path(tempfile.mkdtemp(prefix="iot-anchor-bench-"))
     options = BenchOptions(args.procs, args.batch_interval, args.batch_max, args.rate, workdir,
-                           args.burst, mirror=args.mirror,
+                           args.burst, mirror=args.mirror, console=args.console,
                            rules=args.rules.read_text() if args.rules else None)
     t0 = time.monotonic()
     results = []

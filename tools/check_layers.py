@@ -19,8 +19,8 @@ from pathlib import Path
 LAYERS: list[tuple[str, ...]] = [
     ("cli",),
     ("sim",),
-    ("service", "fleet", "http"),
-    ("mqtt", "ingest", "audit", "provenance", "tlog", "rules"),
+    ("service", "fleet", "http", "console"),
+    ("mqtt", "ingest", "audit", "observe", "provenance", "tlog", "rules"),
     ("storage",),
     ("ledger",),
     ("wire",),

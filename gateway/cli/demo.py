@@ -15,9 +15,12 @@ def register(sub: Subcommands) -> None:
         description="Start a private Mosquitto on a free loopback port, a fresh data dir, the "
                     "gateway and 3 MicroPython devices; run about 20 s, stop them cleanly, "
                     "then show readings published and anchored, the ledger, its checkpoint, "
-                    "'ledger verify' and a receipt verified offline. Exits 0 only if all holds.")
+                    "'ledger verify' and a receipt verified offline. Exits 0 only if all holds. "
+                    "It prints the address of the operator console (a free port on "
+                    "127.0.0.1), which stays up while the demo runs.")
     p.add_argument("--keep", action="store_true",
-                   help="keep the temporary folder (data dir, logs) and print its path")
+                   help="keep the temporary folder (data dir, logs) and print its path, and "
+                        "keep the console up after the demo until Ctrl-C")
     p.set_defaults(func=cmd_demo)
 
 

@@ -17,7 +17,8 @@ def add_http_args(p: argparse.ArgumentParser, *, default: str | None) -> None:
     """--http HOST:PORT, --http-token TOKEN, --http-token-file FILE (run and serve)."""
     shown = f" (default {default})" if default else " (default: no HTTP server)"
     p.add_argument("--http", metavar="HOST:PORT", default=default,
-                   help="serve the log over HTTP (C2SP tlog-tiles, read-only) on this address"
+                   help="serve the log (C2SP tlog-tiles), the operator console (/console/) and "
+                        "/metrics over HTTP, read-only, on this address"
                         f"{shown}; HOST defaults to {DEFAULT_HOST}; any address that is not "
                         "loopback needs a token")
     p.add_argument("--http-token", metavar="TOKEN",
@@ -32,7 +33,9 @@ def register(sub: Subcommands) -> None:
         "serve", help="serve a data directory's log over HTTP (read-only)",
         description="Serve the ledger of --data DIR over HTTP, read-only, as C2SP tlog-tiles "
                     "(/checkpoint, /tile/<L>/<N>, /tile/entries/<N>), with the readings of "
-                    "each batch and receipts (docs/tlog.md). Prints the URL once listening. "
+                    "each batch and receipts (docs/tlog.md), and the operator console on "
+                    "/console/ with its JSON API and /metrics (docs/console.md). Prints the "
+                    "URL once listening. "
                     "SIGTERM or SIGINT stops it (exit 0).")
     add_data_arg(p)
     add_http_args(p, default=f"{DEFAULT_HOST}:{DEFAULT_PORT}")

@@ -2,8 +2,9 @@
 
 Rules: the default address is 127.0.0.1; listening on any address that is not loopback
 requires a token (`--http-token TOKEN` or `--http-token-file FILE`). With a token, every
-request needs ``Authorization: Bearer TOKEN`` (else 401). The server is read-only: a method
-other than GET or HEAD gets 405.
+request needs ``Authorization: Bearer TOKEN``, or the cookie ``iot_anchor_token=TOKEN`` (a
+browser's pages: the console's sign-in page sets it), else 401. The server is read-only: a
+method other than GET or HEAD gets 405.
 """
 
 from __future__ import annotations
@@ -11,10 +12,17 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
+from aiohttp import web
+
 from gateway.errors import ConfigError
 
 DEFAULT_HOST = "127.0.0.1"
 READ_METHODS = frozenset({"GET", "HEAD"})
+# A browser cannot add an Authorization header to a page it opens: the token may come in this
+# cookie instead (the console's sign-in page sets it, SameSite=Strict).
+TOKEN_COOKIE = "iot_anchor_token"
+# Pages whose 401 answer carries a body (the console's sign-in page): path prefix -> HTML.
+SIGN_IN_PAGES = web.AppKey("sign_in_pages", dict[str, str])
 _MAX_TOKEN = 4096
 
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 import hmac
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import unquote
 
 from aiohttp import web
 
+from gateway.console import routes as console_routes
 from gateway.errors import ConfigError
 from gateway.http import tlog_routes
-from gateway.http.access import READ_METHODS, check_bind
+from gateway.http.access import READ_METHODS, SIGN_IN_PAGES, TOKEN_COOKIE, check_bind
 from gateway.http.context import HttpContext
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -23,6 +25,7 @@ Provider = Callable[[web.Application, HttpContext], None]
 
 PROVIDERS: list[Provider] = [
     tlog_routes.add_routes,
+    console_routes.add_routes,
 ]
 
 CTX_KEY = web.AppKey("ctx", HttpContext)
@@ -31,17 +34,25 @@ _MAX_BODY = 1024
 
 
 def access_middleware(token: str | None) -> Any:  # an aiohttp middleware
-    """401 without the right bearer token (when one is set), then 405 for writes, 413 for a
-    request with a body."""
+    """401 without the right bearer token (when one is set; in the Authorization header or
+    the TOKEN_COOKIE cookie), then 405 for writes, 413 for a request with a body."""
     expected = f"Bearer {token}".encode() if token is not None else None
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if expected is not None:
             given = request.headers.get("Authorization", "").encode("utf-8", "replace")
-            if not hmac.compare_digest(given, expected):
+            cookie = ("Bearer " + unquote(request.cookies.get(TOKEN_COOKIE, ""))).encode(
+                "utf-8", "replace")
+            if not (hmac.compare_digest(given, expected)
+                    or hmac.compare_digest(cookie, expected)):
+                headers = {"WWW-Authenticate": 'Bearer realm="iot-anchor"'}
+                for prefix, html in request.app.get(SIGN_IN_PAGES, {}).items():
+                    if request.path.startswith(prefix):
+                        return web.Response(status=401, text=html, content_type="text/html",
+                                            headers=headers)
                 return web.Response(status=401, text="a bearer token is required\n",
-                                    headers={"WWW-Authenticate": 'Bearer realm="iot-anchor"'})
+                                    headers=headers)
         if request.method not in READ_METHODS:
             return web.Response(status=405, text="this server is read-only: GET or HEAD\n",
                                 headers={"Allow": "GET, HEAD"})

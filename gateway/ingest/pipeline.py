@@ -81,6 +81,7 @@ REASONS: tuple[str, ...] = DECODE_REASONS + (
     "equivocation",
 )
 ZERO_HASH = bytes(32)
+DAY_MS = 86_400_000  # device_days counts per UTC day: day = commit time (ms) // DAY_MS
 sha256 = hashlib.sha256
 
 Message = bytes | bytearray | memoryview | tuple[bytes, str | None]
@@ -112,6 +113,7 @@ class CommitResult:
     size: int  # ledger size after the commit
     checkpoint: str | None  # the latest signed checkpoint
     acks: dict[str, Ack] = field(default_factory=dict)
+    rejected: dict[str, int] = field(default_factory=dict)  # refusals stored, by reason
     actions: list[int] = field(default_factory=list)  # action entries written (rules fired)
 
 
@@ -120,6 +122,7 @@ class Submission:
     """Messages handed to the verifier pool by `Pipeline.start`, not yet classified."""
 
     raws: list[bytes]
+    topics: list[str | None]  # the device named by each message's topic (None: no topic)
     parts: Iterator[list[_Checked | _Refused | str]]
 
 
@@ -254,6 +257,7 @@ class Pipeline:
         self._in_batch: dict[tuple[str, int], _Reading] = {}  # (dev, seq) -> open-batch reading
         self._acked: dict[str, set[int]] = {}
         self._rejected: Counter[str] = Counter()
+        self._rejected_dev: Counter[str] = Counter()  # by the topic's (or reading's) device
         self._events: list[_Event] = []
         self.totals: Counter[str] = Counter()  # accepted / duplicate / rejected since start
         self.rules = RuleRuntime(store, self.signer)  # the applied rule set (docs/rules.md)
@@ -316,27 +320,34 @@ class Pipeline:
             self.reload()
         items: list[tuple[bytes, str | None]] = []
         raws: list[bytes] = []
+        topics: list[str | None] = []
         for m in messages:
             raw, topic = m if isinstance(m, tuple) else (m, None)
             raw = raw if type(raw) is bytes else bytes(raw)
             items.append((raw, topic))
             raws.append(raw)
-        return Submission(raws, self.pool.iter_chunks(_check, items, self._ctx))
+            topics.append(topic)
+        return Submission(raws, topics, self.pool.iter_chunks(_check, items, self._ctx))
 
     def finish(self, submission: Submission) -> list[Outcome]:
         """The second half of `submit`: classify the verified messages, in order."""
         out: list[Outcome] = []
         append = out.append
         raws = iter(submission.raws)
+        topics = iter(submission.topics)
         for part in submission.parts:
             for res, raw in zip(part, raws, strict=False):  # raws is one iterator for all
+                topic = next(topics)
                 if type(res) is str:
                     self._rejected[res] += 1
+                    if topic:
+                        self._rejected_dev[topic] += 1
                     append(Outcome("rejected", res))
                 elif len(res) == 2:  # refused, and the message names its device
                     reason, rdev = cast(_Refused, res)
                     self._rejected[reason] += 1
                     self._refused.append((rdev, reason))
+                    self._rejected_dev[topic or rdev] += 1
                     append(Outcome("rejected", reason, rdev))
                 else:
                     append(self._classify(raw, *res))
@@ -357,6 +368,7 @@ class Pipeline:
                 return Outcome("duplicate", None, dev, seq)
             self._rejected["equivocation"] += 1
             self._refused.append((dev, "equivocation"))
+            self._rejected_dev[dev] += 1
             self._events.append(_Event("equivocation", dev, seq, raw,
                                        f"stored message has sha256 {prior.hex()}, "
                                        f"this one {digest.hex()}"))
@@ -432,6 +444,7 @@ class Pipeline:
         self._acked = {}
         self._rejected = Counter()
         self._refused = []
+        self._rejected_dev = Counter()
         self._events = []
         return result
 
@@ -503,12 +516,13 @@ class Pipeline:
                 "INSERT INTO rejected (reason, n) VALUES (?, ?) "
                 "ON CONFLICT (reason) DO UPDATE SET n = n + excluded.n",
                 sorted(self._rejected.items()))
+        self._count_days(c, t)
         if checkpoint is None:
             cp = c.execute("SELECT note FROM checkpoints ORDER BY size DESC LIMIT 1").fetchone()
             checkpoint = cp[0] if cp else None
         size = head.size
         return CommitResult(entries[-1] if entries else None, root, len(self._batch), entries,
-                            size, checkpoint, acks)
+                            size, checkpoint, acks, rejected=dict(self._rejected))
 
     def _nodes(self, start: int, leaves: list[bytes]) -> list[bytes]:
         """Group roots of the batch part starting at `start`: the ones made during submit, plus
@@ -523,6 +537,27 @@ class Pipeline:
         if len(leaves) % GROUP:
             nodes.append(merkle.root(leaves[full * GROUP:]))
         return nodes
+
+    def _count_days(self, c: Any, t: int) -> None:
+        """device_days (the console's devices table): per device and UTC day of this commit,
+        its readings, the time of its last commit with readings, and the messages refused on
+        its topic (registered devices only: made-up topics add no rows). One executemany
+        each, whatever the batch size."""
+        day = t // DAY_MS
+        per_dev = Counter(d.dev for d in self._batch)
+        if per_dev:
+            c.executemany(
+                "INSERT INTO device_days (dev, day, readings, rejected, last_t) "
+                "VALUES (?, ?, ?, 0, ?) ON CONFLICT (dev, day) DO UPDATE SET "
+                "readings = device_days.readings + excluded.readings, last_t = excluded.last_t",
+                [(dev, day, n, t) for dev, n in per_dev.items()])
+        if self._rejected_dev:
+            c.executemany(
+                "INSERT INTO device_days (dev, day, readings, rejected) "
+                "SELECT ?, ?, 0, ? WHERE EXISTS (SELECT 1 FROM devices WHERE id = ?) "
+                "ON CONFLICT (dev, day) DO UPDATE SET "
+                "rejected = device_days.rejected + excluded.rejected",
+                [(dev, day, n, dev) for dev, n in sorted(self._rejected_dev.items())])
 
     def _update_devices(self, c: Any, newest_entry: int) -> dict[str, Ack]:
         by_dev: dict[str, list[int]] = {}
@@ -571,12 +606,14 @@ class Pipeline:
             entry = self._keys.get(d.dev)
             if entry is None or entry[1] != "active":
                 self._rejected["revoked_device"] += 1
+                self._rejected_dev[d.dev] += 1
                 self._acked.get(d.dev, set()).discard(d.seq)
                 continue
             m = decode(d.raw, max(self.max_message, len(d.raw)))
             reason = check_signature(entry[0], m.to_be_signed, m.signature)
             if reason:
                 self._rejected[reason] += 1
+                self._rejected_dev[d.dev] += 1
                 self._acked.get(d.dev, set()).discard(d.seq)
                 continue
             keep.append(d)

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from gateway.errors import AnchorError, BrokerError, ConfigError
 from gateway.mqtt.client import Connection, Endpoint, session
+from gateway.observe.metrics import LiveGauges, ServiceMetrics
 from gateway.rules.executor import CommandOrder, CommandSender, Executor
 from gateway.service.acks import AckOutbox
 from gateway.service.config import ServiceConfig
@@ -128,6 +129,10 @@ class GatewayService:
         self._final = asyncio.Event()  # ... and the publisher sent what it could
         self.stats = _Stats()
         self.client_id = ""
+        # mirrors of the processor's counts, for the metrics' gauges (read at scrape time)
+        self._verifying = 0  # messages started with the verifiers, not finished
+        self._open_batch = 0  # readings in the pipeline's open batch
+        self.metrics = ServiceMetrics(self.live_gauges)
         self.http_url: str | None = None  # with cfg.http, once the server listens
         self.witnesses: WitnessClient | None = None
         if cfg.witnesses:
@@ -203,6 +208,17 @@ class GatewayService:
                 with contextlib.suppress(Exception):
                     await self._call(self._pipeline.close)
             self._pool.shutdown(wait=True)
+
+    def live_gauges(self) -> LiveGauges:
+        """What waits in the service now (the metrics' gauges; cheap, on the event loop)."""
+        st = self.stats
+        return LiveGauges(
+            inbox=len(self._inbox), verifying=self._verifying, open_batch=self._open_batch,
+            acks_in_flight=self.acks_in_flight(), acks_waiting=len(self._acks_out),
+            connected=self._connected.is_set(), received=st.received,
+            acks_published=st.acks_published, pauses=st.pauses,
+            witnesses=() if self.witnesses is None else tuple(
+                (t.key.name, t.state, t.size) for t in self.witnesses.targets))
 
     async def _start_http(self) -> _HttpServer | None:
         """`run --http`: the read-only HTTP server (gateway.http) on this loop."""
@@ -367,7 +383,7 @@ class GatewayService:
             nonlocal inflight_n
             self._inbox[:0] = [m for _, chunk in inflight for m in chunk]
             inflight.clear()
-            inflight_n = 0
+            inflight_n = self._verifying = 0
 
         def gathered() -> bool:
             """Enough waiting, or waiting long enough, to start a chunk."""
@@ -417,6 +433,7 @@ class GatewayService:
                     break
                 inflight.append((sub, chunk))
                 inflight_n += len(chunk)
+                self._verifying = inflight_n
                 if opened is None:
                     opened = time.monotonic()
             # 2. finish the oldest (all of them when there is nothing else to start)
@@ -432,6 +449,8 @@ class GatewayService:
                     break
                 inflight.popleft()
                 inflight_n -= len(chunk)
+                self._verifying = inflight_n
+                self._open_batch = pending
                 self._unacked.extend(chunk)
                 submitted += len(chunk)
                 if pending >= cfg.batch_max or (gathered() and not stopping):
@@ -445,7 +464,7 @@ class GatewayService:
                     and time.monotonic() >= retry_at:
                 try:
                     await self._commit()
-                    submitted = pending = 0
+                    submitted = pending = self._open_batch = 0
                     opened = time.monotonic() if inflight else None
                     retry_at = 0.0
                 except AnchorError as e:
@@ -494,6 +513,7 @@ class GatewayService:
         n = result.readings
         self.stats.batches += 1 if n else 0
         self.stats.readings += n
+        self.metrics.committed(n, ms / 1000, result.rejected)
         root = result.root.hex() if result.root else "-"
         log.info(
             "batch: %d readings, entry %s, root %s, commit %.1f ms (%d messages, %d acks)",

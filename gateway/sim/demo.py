@@ -1,17 +1,20 @@
 """`iot-anchor demo`: the whole system on this machine in well under a minute.
 
 A private Mosquitto on a free loopback port, a fresh data dir (temporary), `iot-anchor init`,
-the gateway (`iot-anchor run`, a child process), 3 MicroPython devices (real firmware
-processes) publishing a reading per second for about 20 s; then the devices drain their
-outboxes and exit, the gateway is stopped with SIGTERM, and the demo shows what happened
-using the ordinary commands: `ledger status`, `ledger verify`, `receipt` and
-`verify-receipt` (offline, with the gateway's vkey and the device's key).
+the gateway (`iot-anchor run --http 127.0.0.1:PORT`, a child process, with the operator
+console on a free loopback port, whose address it prints), 3 MicroPython devices (real
+firmware processes) publishing a reading per second for about 20 s; then the devices drain
+their outboxes and exit, the gateway is stopped with SIGTERM, `iot-anchor serve` keeps the
+console up on the same address, and the demo shows what happened using the ordinary
+commands: `ledger status`, `ledger verify`, `receipt` and `verify-receipt` (offline, with the
+gateway's vkey and the device's key).
 A rule is at work meanwhile (docs/rules.md): applied with `rules apply` once the devices are
 registered, it fires when the first device's temperature stays above a threshold for 3
 readings (at most once per 8 s); each firing is an `action` entry, its alert arrives on
 anchor/alerts/<rule> (a subscriber here shows it), its outcome is recorded, `rules log` lists
 them and `ledger verify` re-runs the rule over the stored readings.
-It exits 0 only if every step holds. Everything it starts is stopped before it returns.
+It exits 0 only if every step holds. Everything it starts is stopped before it returns; with
+`keep`, the console stays up until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import Any
 
 from gateway.errors import AnchorError
 from gateway.mqtt.client import Endpoint, session
-from gateway.sim.broker import PrivateBroker
+from gateway.sim.broker import PrivateBroker, free_port
 from gateway.sim.simulate import MicroPythonFleet, stop_process_group
 from gateway.wire.mqtt import ConnectOptions
 
@@ -100,13 +103,17 @@ class AlertWatcher:
 
 class Demo:
     def __init__(self, workdir: Path, devices: int = DEVICES, readings: int = READINGS,
-                 interval: float = INTERVAL) -> None:
+                 interval: float = INTERVAL, keep: bool = False) -> None:
         self.work = workdir
         self.data = workdir / "data"
         self.devices, self.readings, self.interval = devices, readings, interval
+        self.keep = keep
         self.failures: list[str] = []
         self.alerts: list[dict[str, Any]] = []
         self.t0 = time.monotonic()
+        self.http = f"127.0.0.1:{free_port()}"
+        self.console = f"http://{self.http}/console/"
+        self.serve: subprocess.Popen[bytes] | None = None
 
     def say(self, text: str) -> None:
         print(f"[{time.monotonic() - self.t0:5.1f} s] {text}", flush=True)
@@ -134,12 +141,16 @@ class Demo:
             with open(gw_log, "wb") as log:
                 gw = subprocess.Popen(
                     cli("run", "--data", str(self.data), "--broker", broker.url,
-                        "--batch-interval", "0.5"),
+                        "--batch-interval", "0.5", "--http", self.http),
                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                     start_new_session=True)
             fleet = MicroPythonFleet(self.work / "fleet", self.devices)
             watcher = AlertWatcher(broker.port)
             try:
+                if self.check(wait_for_line(gw_log, "serving the log on ", gw),
+                              f"the gateway's HTTP server did not start, see {gw_log}"):
+                    self.say(f"operator console: {self.console} (open it in a browser; "
+                             "metrics on /metrics)")
                 added = fleet.prepare(self.data)
                 self.say(f"{added} MicroPython devices created (firmware keygen) and registered")
                 self.check(gw.poll() is None, f"the gateway exited early, see {gw_log}")
@@ -169,6 +180,7 @@ class Demo:
                        f"the gateway did not stop cleanly (exit {gw.returncode}), see {gw_log}")
             self.say("devices stopped; gateway stopped with SIGTERM "
                      f"(exit {gw.returncode}) after its last batch")
+            self.start_serve()
             batches = [ln for ln in gw_log.read_text(errors="replace").splitlines()
                        if " batch: " in ln]
             published = sum(r.produced for r in reports)
@@ -238,14 +250,62 @@ class Demo:
         print(f"demo passed in {took:.1f} s")
         return 0
 
+    def start_serve(self) -> None:
+        """`iot-anchor serve` on the console's address, over the demo's data dir."""
+        log_path = self.work / "serve.log"
+        with open(log_path, "wb") as log:
+            self.serve = subprocess.Popen(
+                cli("serve", "--data", str(self.data), "--http", self.http), stdout=log,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        if self.check(wait_for_line(log_path, "serving ", self.serve),
+                      f"iot-anchor serve did not start, see {log_path}"):
+            self.say(f"console still up on {self.console} (iot-anchor serve over the demo's "
+                     "data dir)")
+
+    def stay_up(self) -> None:
+        """--keep: the console stays up until Ctrl-C (or SIGTERM)."""
+        if self.serve is None or self.serve.poll() is not None:
+            return
+        print(f"the console stays up on {self.console}: press Ctrl-C to stop it", flush=True)
+        try:
+            self.serve.wait()
+        except KeyboardInterrupt:
+            print("stopping the console", flush=True)
+
+    def stop_serve(self) -> None:
+        if self.serve is not None and self.serve.poll() is None:
+            self.serve.send_signal(signal.SIGTERM)
+            try:
+                self.serve.wait(10)
+            except subprocess.TimeoutExpired:
+                stop_process_group(self.serve, grace=1)
+
+
+def wait_for_line(log: Path, marker: str, proc: subprocess.Popen[bytes],
+                  timeout: float = 20) -> bool:
+    """True once `marker` is in the log; False when the process exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if marker in log.read_text(errors="replace"):
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.05)
+    return False
+
 
 def run_demo(keep: bool = False) -> int:
     work = Path(tempfile.mkdtemp(prefix="iot-anchor-demo-"))
+    demo = Demo(work, keep=keep)
     try:
-        return Demo(work).main()
+        rc = demo.main()
+        if keep:
+            demo.stay_up()
+        return rc
     except AnchorError:
         raise
     finally:
+        demo.stop_serve()
         if keep:
             print(f"(kept {work})")
         else:

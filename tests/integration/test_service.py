@@ -107,7 +107,7 @@ class FakePipeline:
         self.commits.append(time.monotonic())
         return SimpleNamespace(entry=entry, root=bytes([entry]) * 32, readings=n,
                                checkpoint=f"iot-anchor/test\n{entry + 1}\nroot\n", acks=acks,
-                               actions=[])
+                               actions=[], rejected={})
 
 
 async def _one_reading_then_stop(svc: GatewayService, task: asyncio.Task[int],

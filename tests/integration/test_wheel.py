@@ -82,6 +82,13 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     for rel in checkout_files():
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / rel, src / rel)
+    # what `make setup` adds to a checkout that the wheel carries: the console's charting
+    # library (tools/fetch-uplot; gitignored, so not listed above)
+    vendor = Path("gateway/console/static/vendor")
+    if not (ROOT / vendor / "uPlot.iife.min.js").is_file():
+        pytest.fail("the console's charting library is missing: run 'make setup' "
+                    "(tools/fetch-uplot)")
+    shutil.copytree(ROOT / vendor, src / vendor)
     wheels = base / "wheels"
     p = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
                         "--no-build-isolation", "--check-build-dependencies", "-w", str(wheels),
@@ -115,6 +122,10 @@ def test_the_wheel_carries_the_firmware_and_not_its_tests(installed: Installed) 
     assert not [n for n in names if n.startswith(tree + "tests/")]
     assert "gateway/fleet/provision/onboard/key.py" in names
     assert "gateway/py.typed" in names
+    # the console's pages and the charting library make setup fetched (tools/fetch-uplot)
+    console = "gateway/console/static/"
+    assert {console + f for f in ("overview.html", "device.html", "verify.js", "console.css",
+                                  "vendor/uPlot.iife.min.js", "vendor/uPlot.min.css")} <= names
 
 
 def test_the_installed_copy_is_used(installed: Installed) -> None:

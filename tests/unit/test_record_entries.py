@@ -3,6 +3,7 @@ with a kind registered by the test itself; schema migration 1 -> 2 keeps a v1 le
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -116,15 +117,23 @@ def test_a_version_1_ledger_is_migrated_and_keeps_its_entries(tmp_path: Path) ->
     store, vkey = Store.create(d)
     with store:
         registry.add(store, "dev-1", KEY)
-    # rebuild the file as schema 1 wrote it, with the same rows
+    # rebuild the file as schema 1 wrote it (its tables only, MIGRATIONS[0]), with the same rows
     db = d / DB_NAME
-    with sqlite3.connect(db) as c:
+    with contextlib.closing(sqlite3.connect(db)) as c:
         rows = c.execute("SELECT i, kind, body, hash FROM entries").fetchall()
-        c.execute("DROP TABLE entries")
-        for table in ("rule_state", "actions"):  # made by later schemas
-            c.execute(f"DROP TABLE {table}")
-        c.execute(V1_ENTRIES)
-        c.executemany("INSERT INTO entries VALUES (?, ?, ?, ?)", rows)
+        v1_tables = {"meta", "entries", "ledger_nodes", "batches", "readings", "devices",
+                     "device_keys", "checkpoints", "events", "rejected"}
+        kept = {t: (c.execute(f"SELECT * FROM {t}").fetchall(),
+                    [r[1] for r in c.execute(f"PRAGMA table_info({t})")]) for t in v1_tables}
+    for f in (db, db.with_name(DB_NAME + "-wal"), db.with_name(DB_NAME + "-shm")):
+        f.unlink(missing_ok=True)
+    with contextlib.closing(sqlite3.connect(db)) as c, c:
+        c.executescript(MIGRATIONS[0])
+        for t, (data, cols) in kept.items():
+            v1_cols = [r[1] for r in c.execute(f"PRAGMA table_info({t})")]
+            pick = [cols.index(col) for col in v1_cols]
+            c.executemany(f"INSERT INTO {t} VALUES ({', '.join('?' * len(v1_cols))})",
+                          [tuple(r[k] for k in pick) for r in data])
         c.execute("PRAGMA user_version=1")
         with pytest.raises(sqlite3.IntegrityError):  # schema 1 allowed only batch and device
             c.execute("INSERT INTO entries VALUES (9, 'rules', x'00', x'00')")

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchlib.console_watch import ConsoleWatcher
 from benchlib.gateway_process import (
     Batches,
     start_gateway,
@@ -57,6 +58,7 @@ class BenchOptions:
     workdir: Path
     burst: int = 100_000  # readings in the burst phases (at most all that were signed)
     burst_per_device: int | None = None  # set per fleet size
+    console: bool = False  # the gateway with --http, its console watched (console_watch)
     mirror: bool = False  # paced phase: `run --http` with `iot-anchor mirror --follow` on it
     rules: str | None = None  # a rule file's text, applied to the gateway's data dir
 
@@ -140,16 +142,19 @@ def gateway_phase(fleet: Fleet, options: BenchOptions, paced: bool,
     logf = options.workdir / f"gateway-{tag}.log"
     interval = len(fleet.devices) / options.rate if paced else 0.0
     mirrored = paced and options.mirror
-    port = free_port() if mirrored else 0
+    port = free_port() if mirrored or options.console else 0  # run --http on it
     mirror_proc = None
     mlog = None
     mirror_data = options.workdir / f"mirror-{tag}"
     mirror_figures: dict[str, Any] = {}
     with private_broker(options, tag) as broker, open(logf, "w") as log_out:
         gw = start_gateway(data, broker.url, options.batch_interval, options.batch_max, log_out,
-                           ("--http", f"127.0.0.1:{port}") if mirrored else ())
+                           ("--http", f"127.0.0.1:{port}") if port else ())
+        watch = None
         try:
             wait_connected(gw, logf)
+            if options.console:
+                watch = ConsoleWatcher(f"http://127.0.0.1:{port}")
             if mirrored:
                 vkey = (data / VKEY_NAME).read_text().strip()
                 mlog = open(options.workdir / f"mirror-{tag}.log", "w")
@@ -168,6 +173,7 @@ def gateway_phase(fleet: Fleet, options: BenchOptions, paced: bool,
             if mirror_proc is not None:
                 mirror_figures = _mirror_catch_up(data, mirror_data, load.last)
         finally:
+            watched = watch.stop() if watch is not None else {}
             if mirror_proc is not None:
                 stop_process(mirror_proc, 10.0, signal.SIGTERM)
             if mlog is not None:
@@ -212,6 +218,7 @@ def gateway_phase(fleet: Fleet, options: BenchOptions, paced: bool,
         "others_cores": meter.others_cores(cpu + load.cpu_s),
         "machine_cores": meter.machine_cores(),
         "log": str(logf),
+        **watched,
         **mirror_figures,
     }
 

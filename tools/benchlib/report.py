@@ -53,6 +53,10 @@ def summary_figures(runs: FleetSizeRuns, options: BenchOptions) -> dict[str, Any
         "cpu_us_per_reading_workers": median(us_per(r["burst"]["cpu_s_workers"],
                                                     r["burst"]["anchored"]) for r in per_run),
         "cpu_us_per_reading": phase_median("burst", "cpu_us_per_reading"),
+        # --console: the overview polled every 2 s and /metrics every 5 s in the paced phase
+        "console_requests": median(r["paced"].get("console_requests") for r in per_run),
+        "console_failures": median(r["paced"].get("console_failures") for r in per_run),
+        "console_p99_ms": median(r["paced"].get("console_p99_ms") for r in per_run),
         "cpu_cores_paced": phase_median("paced", "cpu_cores"),
         "baseline_cpu_us_per_msg": phase_median("baseline", "consumer_us_per_msg"),
         "broker_us_per_reading": phase_median("burst", "broker_us_per_reading"),
@@ -108,6 +112,10 @@ def print_summary(figures: dict[str, Any]) -> None:
     print(f"  gateway, burst                {shown('anchored_per_s', '>10,.0f')} anchored/s "
           f"(end to end {shown('anchored_per_s_e2e', ',.0f')})   ratio "
           f"{shown('ratio', '.2f')} (goal >= 0.8)")
+    if figures.get("console_requests"):
+        print(f"  console watched while paced: {shown('console_requests', ',.0f')} requests "
+              f"(overview every 2 s, /metrics every 5 s), {shown('console_failures', ',.0f')} "
+              f"failed, p99 {shown('console_p99_ms', '.1f')} ms")
     print(f"  gateway, paced {shown('paced_offered_per_s', ',.0f')}/s for "
           f"{shown('paced_duration_s', 'g')} s {shown('paced_anchored_per_s', '>7,.0f')} "
           f"anchored/s (end to end {shown('paced_anchored_per_s_e2e', ',.0f')})   "
