@@ -8,10 +8,10 @@ STAMP := $(VENV)/.installed
 MICROPYTHON := .cache/micropython/micropython
 PYTEST_ARGS ?=
 
-.PHONY: setup venv mosquitto micropython test test-unit test-boards demo lint \
+.PHONY: setup venv mosquitto postgresql micropython test test-unit test-boards demo lint \
         bench bench-firmware bench-gateway clean fuzz
 
-setup: venv mosquitto micropython
+setup: venv mosquitto postgresql micropython
 
 venv: $(STAMP)
 
@@ -32,6 +32,18 @@ mosquitto:
 	  (apt-get install -y -q mosquitto || (apt-get update -q && apt-get install -y -q mosquitto)) >/dev/null; \
 	else \
 	  echo "setup: mosquitto is missing; install it with:  sudo apt-get install -y mosquitto"; exit 1; \
+	fi
+
+# PostgreSQL's server programs (initdb, postgres) for the tests' private clusters
+# (gateway/sim/postgres.py) and `--store postgresql://`; Debian keeps them off PATH, in
+# /usr/lib/postgresql/<major>/bin. The package's own cluster is not used by the tests.
+postgresql:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" -eq 0 ]; then \
+	  echo "setup: installing postgresql from Debian's packages"; \
+	  (apt-get install -y -q postgresql || (apt-get update -q && apt-get install -y -q postgresql)) >/dev/null; \
+	else \
+	  echo "setup: PostgreSQL is missing; install it with:  sudo apt-get install -y postgresql"; exit 1; \
 	fi
 
 # Also a 32-bit build (micropython32: a board's object sizes, for the heap-limit test), where
