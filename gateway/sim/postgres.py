@@ -84,16 +84,19 @@ class PrivatePostgres:
     def url(self, db: str = "postgres") -> str:
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{db}"
 
-    def _popen_user(self) -> dict[str, object]:
+    def _uid_gid(self) -> tuple[int | None, int | None, list[int] | None]:
+        """user, group, extra_groups for subprocess: the service user's, or ours (None)."""
         if self._user is None:
-            return {}
-        return {"user": self._user.pw_uid, "group": self._user.pw_gid, "extra_groups": []}
+            return None, None, None
+        return self._user.pw_uid, self._user.pw_gid, []
 
     def _initdb(self) -> None:
+        uid, gid, extra = self._uid_gid()
         out = subprocess.run(
             [find_pg_bin("initdb"), "-D", str(self.data), "-U", SUPERUSER, "--auth=trust",
              "-E", "UTF8", "--locale=C", "--no-instructions"],
-            capture_output=True, text=True, timeout=120, cwd=self.dir, **self._popen_user())
+            capture_output=True, text=True, timeout=120, cwd=self.dir, user=uid, group=gid,
+            extra_groups=extra)
         if out.returncode != 0:
             raise AnchorError(f"initdb failed (code {out.returncode}): {out.stderr.strip()[-400:]}",
                               "check the PostgreSQL installation ('make setup')")
@@ -106,13 +109,14 @@ class PrivatePostgres:
         log = open(self.log_path, "ab")
         if self._user is not None:
             os.chown(self.log_path, self._user.pw_uid, self._user.pw_gid)
+        uid, gid, extra = self._uid_gid()
         self.proc = subprocess.Popen(
             [find_pg_bin("postgres"), "-D", str(self.data), "-p", str(self.port),
              "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.dir}",
              "-c", f"fsync={'on' if self.fsync else 'off'}", "-c", "max_connections=50",
              "-c", "shared_buffers=32MB"],
             stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
-            cwd=self.dir, **self._popen_user())
+            cwd=self.dir, user=uid, group=gid, extra_groups=extra)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
