@@ -19,6 +19,7 @@ from typing import Any
 
 from gateway import __version__
 from gateway.errors import AnchorError
+from gateway.storage import location
 
 COMMAND_MODULES: list[str] = [
     # "gateway.cli.init", ... each with register(subparsers)
@@ -44,12 +45,20 @@ def default_data_dir() -> str:
 
 
 def add_data_arg(p: argparse.ArgumentParser) -> None:
-    """The `--data DIR` option shared by every command."""
+    """The `--data DIR` and `--store URL` options shared by every command. `main` hands
+    --store to gateway.storage.location, so every `Store.open(DIR)` of the command opens it."""
     p.add_argument(
         "--data",
         metavar="DIR",
         default=default_data_dir(),
         help="data directory (default: $IOT_ANCHOR_DATA, else ./anchor-data)",
+    )
+    p.add_argument(
+        "--store",
+        metavar="URL",
+        default=None,
+        help="where the ledger is: postgresql://USER@HOST[:PORT]/DB, or sqlite:PATH "
+             "(default: $IOT_ANCHOR_STORE, else DIR/ledger.db); the gateway key stays in DIR",
     )
 
 
@@ -77,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=min(level, logging.INFO) if args.command in ("run", "demo", "simulate") else level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    location.command_line_store = getattr(args, "store", None)
     try:
         return int(args.func(args) or 0)
     except AnchorError as e:

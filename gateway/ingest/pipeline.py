@@ -50,6 +50,12 @@ Design choices:
   database: every submit checks SQLite's data_version and reloads the registry and the device
   state when it changed; the commit re-checks the open batch against the database inside its
   transaction in that case.
+* Several processes appending at once (PostgreSQL, `Store.concurrent`: several `run --shared`
+  gateways): the commit's transaction holds the store's sequencer lock, and inside it the open
+  batch is reconciled with what the others stored meanwhile (`_reconcile`: one query for the
+  batch's (dev, seq) and their neighbours): a reading stored meanwhile is dropped (same bytes:
+  acknowledged as a duplicate; other bytes: an equivocation), and the prev checks are made
+  again against the stored neighbours. The registry is reloaded when its version changes.
 """
 
 from __future__ import annotations
@@ -80,6 +86,8 @@ REASONS: tuple[str, ...] = DECODE_REASONS + (
 )
 ZERO_HASH = bytes(32)
 sha256 = hashlib.sha256
+DEVICE_CHUNK = 500  # devices per statement (3 parameters each: below SQLite's 999 of old)
+WALK = 512  # seqs per device per step of the watermark walk
 
 Message = bytes | bytearray | memoryview | tuple[bytes, str | None]
 _Checked = tuple[str, int, bytes, bytes, bytes]  # dev, seq, prev, SHA-256, RFC 6962 leaf hash
@@ -429,6 +437,8 @@ class Pipeline:
         with store.write() as c:
             if store.changed_elsewhere():
                 self._recheck_batch(c)
+            if store.concurrent:
+                self._reconcile(c)
             head = store.head(c)
             t = now_ms()
             batch = self._batch
@@ -458,7 +468,7 @@ class Pipeline:
             if self._rejected:
                 c.executemany(
                     "INSERT INTO rejected (reason, n) VALUES (?, ?) "
-                    "ON CONFLICT (reason) DO UPDATE SET n = n + excluded.n",
+                    "ON CONFLICT (reason) DO UPDATE SET n = rejected.n + excluded.n",
                     sorted(self._rejected.items()))
             if not entries:
                 cp = c.execute("SELECT note FROM checkpoints ORDER BY size DESC LIMIT 1").fetchone()
@@ -485,34 +495,126 @@ class Pipeline:
         return nodes
 
     def _update_devices(self, c: Any, newest_entry: int) -> dict[str, Ack]:
+        """The devices rows and the acks after this commit's readings (inserted already), in
+        a few statements whatever the number of devices: one SELECT per DEVICE_CHUNK devices,
+        one index walk per round for the devices whose watermark may move past the batch,
+        one executemany UPDATE (each a round trip on PostgreSQL, inside the sequencer lock)."""
         by_dev: dict[str, list[int]] = {}
         for d in self._batch:
             by_dev.setdefault(d.dev, []).append(d.seq)
-        acks: dict[str, Ack] = {}
-        for dev, seqs_acked in self._acked.items():
+        devs = list(self._acked)
+        rows: dict[str, tuple[int, int | None]] = {}
+        for k in range(0, len(devs), DEVICE_CHUNK):
+            part = devs[k:k + DEVICE_CHUNK]
+            rows.update((r[0], (r[1], r[2])) for r in c.execute(
+                "SELECT id, upto, last_seq FROM devices WHERE id IN "
+                f"({', '.join('?' * len(part))})", part))
+        upto_of: dict[str, int] = {}
+        last_of: dict[str, int] = {}
+        walk: list[str] = []
+        for dev in devs:
             new = by_dev.get(dev, [])
-            row = c.execute("SELECT upto, last_seq FROM devices WHERE id = ?", (dev,)).fetchone()
+            row = rows.get(dev)
             upto = row[0] if row else -1
             last = max(row[1] if row and row[1] is not None else -1, max(new, default=-1))
             if new:
                 have = set(new)
                 while upto + 1 in have:
                     upto += 1
-                while upto < last:  # late readings may have joined an older run: walk the index
-                    more = [r[0] for r in c.execute(
-                        "SELECT seq FROM readings WHERE dev = ? AND seq > ? ORDER BY seq LIMIT 512",
-                        (dev, upto))]
-                    moved = False
-                    for s in more:
-                        if s != upto + 1:
-                            break
-                        upto, moved = s, True
-                    if not moved or len(more) < 512:
+                if upto < last:  # late readings (or other gateways') may continue the run
+                    walk.append(dev)
+            upto_of[dev], last_of[dev] = upto, last
+        while walk:  # walk the index WALK seqs at a time, for every such device at once
+            found: dict[str, list[int]] = {}
+            for k in range(0, len(walk), DEVICE_CHUNK):
+                part = walk[k:k + DEVICE_CHUNK]
+                args: list[Any] = []
+                for dev in part:
+                    args += (dev, upto_of[dev], upto_of[dev] + WALK)
+                for dev, seq in c.execute(
+                        "SELECT r.dev, r.seq FROM readings AS r JOIN (VALUES "
+                        + ", ".join(["(?, ?, ?)"] * len(part)) + ") AS w ON r.dev = w.column1 "
+                        "AND r.seq > w.column2 AND r.seq <= w.column3 ORDER BY r.dev, r.seq",
+                        args):
+                    found.setdefault(dev, []).append(seq)
+            again = []
+            for dev in walk:
+                seqs = found.get(dev, [])
+                upto = upto_of[dev]
+                for s in seqs:
+                    if s != upto + 1:
                         break
-                c.execute("UPDATE devices SET readings = readings + ?, last_seq = ?, upto = ? "
-                          "WHERE id = ?", (len(new), last, upto, dev))
-            acks[dev] = Ack(upto, sorted(s for s in seqs_acked if s > upto), newest_entry)
-        return acks
+                    upto = s
+                moved = upto > upto_of[dev]
+                upto_of[dev] = upto
+                if moved and len(seqs) == WALK and upto == seqs[-1] and upto < last_of[dev]:
+                    again.append(dev)
+            walk = again
+        updates = [(len(by_dev[dev]), last_of[dev], upto_of[dev], dev) for dev in devs
+                   if dev in by_dev]
+        if updates:
+            c.executemany("UPDATE devices SET readings = readings + ?, last_seq = ?, upto = ? "
+                          "WHERE id = ?", updates)
+        return {dev: Ack(upto_of[dev], sorted(s for s in self._acked[dev] if s > upto_of[dev]),
+                         newest_entry) for dev in devs}
+
+    def _reconcile(self, c: Any) -> None:
+        """Other processes append concurrently (`Store.concurrent`): inside the commit's
+        transaction, which holds the sequencer lock, check the open batch against what they
+        stored since it was classified. A reading stored meanwhile is dropped: with the same
+        bytes it is still acknowledged (it is anchored), with other bytes it is an
+        equivocation (the stored one stays). The chain checks are made again, against the
+        stored neighbours (seq - 1 and seq + 1) and the batch, and replace the ones made at
+        classification, which could not see readings another process had not yet stored."""
+        batch = self._batch
+        if not batch:
+            return
+        want: set[tuple[str, int]] = set()
+        for d in batch:
+            want.add((d.dev, d.seq))
+            want.add((d.dev, d.seq + 1))
+            if d.seq:
+                want.add((d.dev, d.seq - 1))
+        stored = self.store.stored_many(c, want)
+        keep: list[_Reading] = []
+        for d in batch:
+            cose = stored.get((d.dev, d.seq))
+            if cose is None:
+                keep.append(d)
+            elif cose != d.raw:
+                self._rejected["equivocation"] += 1
+                self._events.append(_Event("equivocation", d.dev, d.seq, d.raw,
+                                           "stored by another process first"))
+        if len(keep) != len(batch):
+            self._batch = keep
+            self._leaves = [leaf_hash(d.raw) for d in keep]
+            self._groups = []  # recomputed at the commit
+            self._in_batch = {(d.dev, d.seq): d for d in keep}
+        events = [ev for ev in self._events if ev.kind != "chain_break"]
+        in_batch = self._in_batch
+        for d in keep:
+            if d.seq == 0:
+                expected: bytes | None = ZERO_HASH
+            else:
+                before = in_batch.get((d.dev, d.seq - 1))
+                cose = None if before is not None else stored.get((d.dev, d.seq - 1))
+                expected = before.digest if before is not None else \
+                    (sha256(cose).digest() if cose is not None else None)
+            if expected is not None and d.prev != expected:
+                events.append(_Event("chain_break", d.dev, d.seq, None,
+                                     f"prev {d.prev.hex()} != sha256 of seq {d.seq - 1} "
+                                     f"{expected.hex()}"))
+            after = stored.get((d.dev, d.seq + 1))
+            if after is not None and (d.dev, d.seq + 1) not in in_batch:
+                try:
+                    nxt: bytes | None = decode(after, max(self.max_message, len(after))).prev
+                except Rejection:
+                    nxt = None
+                if nxt is not None and nxt != d.digest:
+                    events.append(_Event("chain_break", d.dev, d.seq + 1, None,
+                                         f"prev {nxt.hex()} != sha256 of late seq {d.seq} "
+                                         f"{d.digest.hex()}"))
+        self._events = events
 
     def _recheck_batch(self, c: Any) -> None:
         """Another process committed since our last look: drop open-batch readings that are now

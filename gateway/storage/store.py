@@ -1,8 +1,10 @@
-"""The gateway's data directory and its SQLite database: schema, migrations, queries.
+"""The gateway's data directory and its database: schema, migrations, queries.
 
 Data directory (``--data DIR``)::
 
-    DIR/ledger.db       SQLite database (WAL, synchronous=FULL)
+    DIR/ledger.db       SQLite database (WAL, synchronous=FULL), unless --store names another
+                        store (gateway/storage/location.py): a PostgreSQL database holds the
+                        same tables then (gateway/storage/postgres.py)
     DIR/gateway.key     the gateway's Ed25519 signing key, PKCS#8 PEM, mode 0600
     DIR/gateway.vkey    its public key in C2SP vkey form (a copy for convenience; the audit
                         and receipts take the vkey from the operator, not from here)
@@ -45,6 +47,13 @@ from version k to k+1, and opening a database runs the missing ones in one trans
 
 All writes go through `Store.write()` (BEGIN IMMEDIATE ... COMMIT): a commit is one
 transaction. SQLite failures become `StorageError` with what happened and what to do.
+
+One class, one copy of each query, on both engines: write portable SQL (standard SQL, ``?``
+placeholders, ``CAST(x AS BLOB)`` to read bytes from ``meta.value``, ``INSERT ... ON CONFLICT``
+rather than ``INSERT OR REPLACE``, an alias on every subquery in FROM). On PostgreSQL,
+`self.conn` is a `postgres.PgConnection`, which translates it (its docstring lists how) and
+raises `StorageError` itself; `self.concurrent` is True there: other processes may append at
+any moment, and a commit reconciles its batch with what they stored (gateway/ingest/pipeline.py).
 """
 
 from __future__ import annotations
@@ -54,7 +63,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,9 +79,9 @@ from gateway.ledger.entry import (
     entry_leaf_hash,
     record_entry,
 )
-from gateway.storage import keyfile
+from gateway.storage import keyfile, postgres
+from gateway.storage.location import DB_NAME, StoreLocation, parse_store
 
-DB_NAME = "ledger.db"
 KEY_NAME = "gateway.key"
 VKEY_NAME = "gateway.vkey"
 ZERO_HASH = bytes(32)
@@ -227,10 +236,16 @@ class Appended:
 class Store:
     """One open data directory. Thread-safe (one lock around the one connection)."""
 
-    def __init__(self, data_dir: Path, conn: sqlite3.Connection, readonly: bool) -> None:
+    def __init__(self, data_dir: Path, conn: sqlite3.Connection | postgres.PgConnection,
+                 readonly: bool, location: StoreLocation | None = None) -> None:
         self.data_dir = data_dir
-        self.path = data_dir / DB_NAME
-        self.conn = conn
+        self.where = location or StoreLocation("sqlite", data_dir / DB_NAME)
+        self.path = self.where.path or data_dir / DB_NAME  # SQLite: the file
+        self.location = self.where.shown  # for messages: the file, or the URL (no password)
+        self.engine = self.where.kind  # "sqlite" | "postgresql"
+        # other processes append concurrently (PostgreSQL): commits reconcile their batch
+        self.concurrent = self.engine == "postgresql"
+        self.conn: Any = conn
         self.readonly = readonly
         self.lock = threading.RLock()
         self._data_version = self._pragma("data_version")
@@ -238,50 +253,126 @@ class Store:
     # --- opening -------------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, data_dir: str | os.PathLike[str]) -> tuple[Store, str]:
+    def create(cls, data_dir: str | os.PathLike[str], store: str | None = None, *,
+               key: Any = None) -> tuple[Store, str]:
         """`iot-anchor init`: make DIR, the database and the key. Returns (store, vkey).
-        Refuses a DIR that already holds anything."""
+        Refuses a DIR that already holds anything, and a store that is not empty. `store`:
+        where the database goes (gateway/storage/location.py; None: the default). `key`: the
+        gateway's Ed25519 private key (None: a new one)."""
         d = Path(data_dir)
+        where = parse_store(store, d)
         if d.exists() and (not d.is_dir() or any(d.iterdir())):
             raise ConfigError(
                 f"data directory {d} already exists and is not empty",
                 "refusing to overwrite it; pick another --data DIR or remove it first",
             )
+        if where.kind == "postgresql":
+            cls._check_empty_pg(where)
         try:
             d.mkdir(parents=True, exist_ok=True)
             os.chmod(d, 0o700)
         except OSError as e:
             raise StorageError(f"cannot create data directory {d}: {e.strerror}",
                                "check the path and its permissions") from e
-        key = note.generate_key()
+        key = key if key is not None else note.generate_key()
         keyfile.save_private_key(d / KEY_NAME, key)
         vkey = note.vkey_from_private(key)
         try:
             (d / VKEY_NAME).write_text(vkey + "\n")
         except OSError as e:
             raise storage_error(e, d / VKEY_NAME, "writing the vkey") from e
-        store = cls._connect(d, create=True)
-        with store.write() as c:
+        new = cls._connect(d, create=True, where=where)
+        with new.write() as c:
             c.execute("INSERT INTO meta VALUES ('gateway_vkey', ?)", (vkey,))
             c.execute("INSERT INTO meta VALUES ('created', ?)", (now_ms(),))
             c.execute("INSERT INTO meta VALUES ('ledger_range', ?)",
                       (merkle.CompactRange().to_bytes(),))
-        return store, vkey
+        return new, vkey
 
     @classmethod
-    def open(cls, data_dir: str | os.PathLike[str], *, readonly: bool = False) -> Store:
+    def open(cls, data_dir: str | os.PathLike[str], *, readonly: bool = False,
+             store: str | None = None) -> Store:
+        """Open the store of DIR: `store` (a URL, gateway/storage/location.py), else the one
+        named by --store / $IOT_ANCHOR_STORE, else DIR/ledger.db."""
         d = Path(data_dir)
-        if not (d / DB_NAME).is_file():
+        where = parse_store(store, d)
+        if where.kind == "postgresql":
+            return cls._connect_pg(d, where, create=False, readonly=readonly)
+        assert where.path is not None
+        if not where.path.is_file():
+            if where.path != d / DB_NAME:
+                raise ConfigError(f"no iot-anchor database at {where.path}",
+                                  "check --store, or make it with 'iot-anchor init --store'")
             raise ConfigError(
                 f"no iot-anchor database in {d}",
                 "run 'iot-anchor init --data DIR' first, or pass the right --data / "
                 "$IOT_ANCHOR_DATA",
             )
-        return cls._connect(d, create=False, readonly=readonly)
+        return cls._connect(d, create=False, readonly=readonly, where=where)
 
     @classmethod
-    def _connect(cls, d: Path, *, create: bool, readonly: bool = False) -> Store:
-        path = d / DB_NAME
+    def _check_empty_pg(cls, where: StoreLocation) -> None:
+        """`init` into PostgreSQL: the database must exist and hold no tables."""
+        assert where.url is not None
+        conn = postgres.connect(where.url, where.shown)
+        try:
+            tables = postgres.holds_tables(conn)
+        finally:
+            conn.close()
+        if tables:
+            what = ("an iot-anchor ledger" if postgres.SCHEMA_TABLE in tables
+                    else f"{len(tables)} table(s) ({', '.join(tables[:3])})")
+            raise ConfigError(
+                f"the database {where.shown} already holds {what}",
+                "refusing to mix a new ledger into it: give an empty database (createdb NAME), "
+                "or, for another gateway of this ledger, copy its data directory "
+                "(gateway.key) instead of running init")
+
+    @classmethod
+    def _connect_pg(cls, d: Path, where: StoreLocation, *, create: bool,
+                    readonly: bool = False) -> Store:
+        assert where.url is not None
+        conn = postgres.connect(where.url, where.shown, readonly=readonly)
+        try:
+            if create:
+                conn.execute("BEGIN IMMEDIATE")
+                postgres.prepare_empty(conn)
+                conn.execute("COMMIT")
+            elif not postgres.has_schema(conn):
+                raise ConfigError(
+                    f"the database {where.shown} holds no iot-anchor ledger",
+                    "check --store, or make one with 'iot-anchor init --store URL' on an "
+                    "empty database")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            cls._check_version(where.shown, version, readonly)
+            store = cls(d, conn, readonly, where)
+            if version < SCHEMA_VERSION:
+                store._migrate(version)
+            return store
+        except BaseException:
+            with contextlib.suppress(Exception):
+                conn.execute("ROLLBACK")
+            conn.close()  # no connection may outlive a failed open
+            raise
+
+    @staticmethod
+    def _check_version(shown: str, version: int, readonly: bool) -> None:
+        if version > SCHEMA_VERSION:
+            raise ConfigError(
+                f"{shown} has schema version {version}, newer than this iot-anchor "
+                f"({SCHEMA_VERSION})", "upgrade iot-anchor")
+        if version < SCHEMA_VERSION and readonly:
+            raise ConfigError(f"{shown} has an old schema ({version})",
+                              "open it once read-write to migrate it")
+
+    @classmethod
+    def _connect(cls, d: Path, *, create: bool, readonly: bool = False,
+                 where: StoreLocation | None = None) -> Store:
+        where = where or StoreLocation("sqlite", d / DB_NAME)
+        if where.kind == "postgresql":
+            return cls._connect_pg(d, where, create=create, readonly=readonly)
+        assert where.path is not None
+        path = where.path
         conn: sqlite3.Connection | None = None
         try:
             if readonly:
@@ -295,14 +386,8 @@ class Store:
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=OFF")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise ConfigError(
-                    f"{path} has schema version {version}, newer than this iot-anchor "
-                    f"({SCHEMA_VERSION})", "upgrade iot-anchor")
-            if version < SCHEMA_VERSION and readonly:
-                raise ConfigError(f"{path} has an old schema ({version})",
-                                  "open it once read-write to migrate it")
-            store = cls(d, conn, readonly)
+            cls._check_version(str(path), version, readonly)
+            store = cls(d, conn, readonly, where)
             if version < SCHEMA_VERSION:
                 store._migrate(version)
             return store
@@ -316,6 +401,8 @@ class Store:
 
     def _migrate(self, version: int) -> None:
         with self.write() as c:
+            # re-read inside the write lock: another process may have migrated meanwhile
+            version = c.execute("PRAGMA user_version").fetchone()[0]
             for k in range(version, SCHEMA_VERSION):
                 for stmt in MIGRATIONS[k].split(";"):
                     if stmt.strip():
@@ -362,7 +449,7 @@ class Store:
         """One write transaction (BEGIN IMMEDIATE). Any failure rolls back and raises
         StorageError (sqlite errors) or re-raises (our own errors)."""
         if self.readonly:
-            raise StorageError(f"{self.path} is open read-only", "open it read-write")
+            raise StorageError(f"{self.location} is open read-only", "open it read-write")
         with self.lock:
             c = self.conn
             try:
@@ -417,7 +504,8 @@ class Store:
     def head(self, c: sqlite3.Connection) -> Head:
         row = c.execute("SELECT i, hash FROM entries ORDER BY i DESC LIMIT 1").fetchone()
         size, last = (row[0] + 1, row[1]) if row else (0, ZERO_HASH)
-        blob = c.execute("SELECT value FROM meta WHERE key = 'ledger_range'").fetchone()
+        blob = c.execute("SELECT CAST(value AS BLOB) FROM meta WHERE key = 'ledger_range'"
+                         ).fetchone()
         try:
             tree = merkle.CompactRange.from_bytes(blob[0]) if blob else merkle.CompactRange()
         except ValueError as e:
@@ -573,6 +661,20 @@ class Store:
         row = self.one("SELECT cose FROM readings WHERE dev = ? AND seq = ?", (dev, seq))
         return bytes(row[0]) if row else None
 
+    def stored_many(self, c: Any, keys: Iterable[tuple[str, int]]) -> dict[tuple[str, int], bytes]:
+        """The stored COSE bytes of those (dev, seq) that are stored, in a few statements
+        (`c`: the connection of the caller's transaction)."""
+        keys = list(keys)
+        out: dict[tuple[str, int], bytes] = {}
+        for k in range(0, len(keys), 400):
+            part = keys[k:k + 400]
+            args = [x for key in part for x in key]
+            for dev, seq, cose in c.execute(
+                    "SELECT dev, seq, cose FROM readings WHERE (dev, seq) IN (VALUES "
+                    + ", ".join(["(?, ?)"] * len(part)) + ")", args):
+                out[(dev, int(seq))] = bytes(cose)
+        return out
+
     def rejected_counts(self) -> dict[str, int]:
         return {r: int(n) for r, n in self.query("SELECT reason, n FROM rejected ORDER BY reason")}
 
@@ -584,7 +686,7 @@ class Store:
             out.setdefault(dev, []).append([0, int(lo) - 1])
         for dev, seq, nxt in self.query(
                 "SELECT dev, seq, nxt FROM (SELECT dev, seq, LEAD(seq) OVER "
-                "(PARTITION BY dev ORDER BY seq) AS nxt FROM readings) WHERE nxt > seq + 1 "
+                "(PARTITION BY dev ORDER BY seq) AS nxt FROM readings) AS t WHERE nxt > seq + 1 "
                 "ORDER BY dev, seq"):
             out.setdefault(dev, []).append([int(seq) + 1, int(nxt) - 1])
         return out

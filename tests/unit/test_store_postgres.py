@@ -1,0 +1,227 @@
+"""The PostgreSQL store (gateway/storage/postgres.py under gateway/storage/store.py): the same
+bytes as SQLite for the same input, the SQL translation, and the failures: an unreachable
+server, a wrong schema version, a non-empty database, a connection (and with it the sequencer
+lock) lost in the middle of a commit."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from gateway.audit.store_audit import audit
+from gateway.errors import ConfigError, StorageError
+from gateway.fleet import registry
+from gateway.ingest import pipeline as pipeline_mod
+from gateway.ingest.pipeline import Pipeline
+from gateway.ledger import note
+from gateway.ledger.receipt import build_entry_receipt, build_receipt, receipt_to_json
+from gateway.sim.postgres import PrivatePostgres
+from gateway.storage import postgres as pg_engine
+from gateway.storage import store as store_mod
+from gateway.storage.store import SCHEMA_VERSION, Store
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from helpers_readings import Device  # noqa: E402
+
+LEDGER_TABLES = {
+    "entries": "SELECT i, kind, body, hash FROM entries ORDER BY i",
+    "ledger_nodes": "SELECT level, idx, hash FROM ledger_nodes ORDER BY level, idx",
+    "batches": "SELECT entry, first, n, root, nodes FROM batches ORDER BY entry",
+    "readings": "SELECT id, dev, seq, batch, cose FROM readings ORDER BY id",
+    "checkpoints": "SELECT size, root, note FROM checkpoints ORDER BY size",
+    "devices": "SELECT id, key, status, entry, readings, last_seq, upto FROM devices ORDER BY id",
+    "device_keys": "SELECT dev, key, from_entry, until_entry FROM device_keys "
+                   "ORDER BY dev, from_entry",
+    "ledger_range": "SELECT CAST(value AS BLOB) FROM meta WHERE key = 'ledger_range'",
+}
+
+
+def _rows(s: Store, sql: str) -> list[tuple[Any, ...]]:
+    return [tuple(bytes(v) if isinstance(v, memoryview) else v for v in r) for r in s.query(sql)]
+
+
+def _scenario(s: Store, url: str | None, devs: list[Device], msgs: list[list[bytes]]
+              ) -> list[str]:
+    """The same input, in the same order: registrations, batches with duplicates, gaps, late
+    fills, an equivocation, a chain break, rejections, a rotation and a revocation. Returns
+    the commits' outcomes and acks, as text."""
+    log: list[str] = []
+    for d in devs[:3]:
+        registry.add(s, d.id, d.public_bytes)
+    with Pipeline(s, batch_max=64, workers=1, processes=False) as p:
+        for chunk in msgs:
+            out = p.submit(chunk)
+            r = p.commit()
+            log.append(repr([(o.status, o.reason, o.dev, o.seq) for o in out]))
+            if r is not None:
+                log.append(repr((r.entries, r.readings, r.size, sorted(r.acks.items()))))
+        with Store.open(s.data_dir, store=url) as cli:  # as `device` commands would
+            registry.rotate(cli, devs[0].id, devs[3].public_bytes)
+            registry.revoke(cli, devs[1].id)
+        out = p.submit([devs[1].message(90, bytes(32))])  # revoked now
+        log.append(repr([(o.status, o.reason) for o in out]))
+        p.commit()
+    return log
+
+
+def _input(devs: list[Device]) -> list[list[bytes]]:
+    a, b, c = devs[0], devs[1], devs[2]
+    ra, rb, rc = a.readings(150), b.readings(40), c.readings(10)
+    evil = a.message(5, bytes(32), {"t": 99})  # seq 5 again, other bytes
+    broken = c.message(10, b"\x01" * 32)  # seq 10, its prev is not the hash of seq 9
+    return [
+        ra[:70] + rb[:10] + [b"junk", ra[3]],  # two batches (64 + 17), a duplicate, a reject
+        rb[20:40] + rc[5:],  # a gap in b (10..19), c from seq 5
+        rb[10:20] + rc[:5] + [evil, broken],  # late fills, an equivocation, a chain break
+        ra[70:] + ra[:10],  # the rest of a, and duplicates
+    ]
+
+
+def test_sqlite_and_postgresql_give_the_same_bytes(tmp_path: Path, pg_url: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    key = note.generate_key()
+    devs = [Device(f"eq{i}") for i in range(4)]
+    msgs = _input(devs)
+    stores: list[Store] = []
+    logs: list[list[str]] = []
+    for name, url in (("lite", None), ("pg", pg_url)):
+        clock = itertools.count(1_750_000_000_000, 1000)  # the gateway timestamps, fixed
+        monkeypatch.setattr(store_mod, "now_ms", lambda clock=clock: next(clock))
+        monkeypatch.setattr(pipeline_mod, "now_ms", lambda clock=clock: next(clock))
+        s, vkey = Store.create(tmp_path / name, url, key=key)
+        stores.append(s)
+        logs.append(_scenario(s, url, devs, msgs))
+    lite, pg = stores
+    assert (lite.engine, pg.engine) == ("sqlite", "postgresql")
+    assert logs[0] == logs[1]
+    for table, sql in LEDGER_TABLES.items():
+        assert _rows(lite, sql) == _rows(pg, sql), table
+    assert len(_rows(pg, LEDGER_TABLES["readings"])) == 201  # the chain break is anchored
+    assert pg.rejected_counts() == lite.rejected_counts() == {
+        "equivocation": 1, "not_tag18": 1, "revoked_device": 1}
+    assert pg.gaps() == lite.gaps()
+    events = "SELECT kind, dev, seq FROM events ORDER BY id"
+    assert pg.query(events) == lite.query(events) == [
+        ("equivocation", "eq0", 5), ("chain_break", "eq2", 10)]
+    for dev, seq in lite.query("SELECT dev, seq FROM readings ORDER BY id"):
+        one = receipt_to_json(build_receipt(**lite.receipt_parts(dev, seq)))
+        assert receipt_to_json(build_receipt(**pg.receipt_parts(dev, seq))) == one
+    for i in range(lite.entry_count()):
+        assert receipt_to_json(build_entry_receipt(**pg.entry_receipt_parts(i))) == \
+            receipt_to_json(build_entry_receipt(**lite.entry_receipt_parts(i)))
+    for s in stores:
+        res = audit(s, vkey, workers=1)
+        assert res.ok, res.problems
+        assert res.readings == 201
+        s.close()
+
+
+@pytest.mark.parametrize(("sql", "params", "want"), [
+    ("SELECT a FROM t WHERE b = ? AND c = ?", True, "SELECT a FROM t WHERE b = %s AND c = %s"),
+    ("SELECT '?', \"?\" FROM t WHERE x LIKE 'a%' AND y = ?", True,
+     "SELECT '?', \"?\" FROM t WHERE x LIKE 'a%' AND y = %s"),
+    ("SELECT 5 % 2 FROM t WHERE y = ?", True, "SELECT 5 %% 2 FROM t WHERE y = %s"),
+    ("SELECT 5 % 2 FROM t", False, "SELECT 5 % 2 FROM t"),
+    ("SELECT 'it''s ?' -- a ? comment\nFROM t WHERE y = ?", True,
+     "SELECT 'it''s ?' -- a ? comment\nFROM t WHERE y = %s"),
+    ("INSERT OR IGNORE INTO t (a) VALUES (?)", True,
+     "INSERT INTO t (a) VALUES (%s) ON CONFLICT DO NOTHING"),
+    ("CREATE TABLE x (id INTEGER PRIMARY KEY, n INTEGER NOT NULL, b BLOB) WITHOUT ROWID",
+     False, "CREATE TABLE x (id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, "
+            "n BIGINT NOT NULL, b BLOB)"),
+])
+def test_translation(sql: str, params: bool, want: str) -> None:
+    assert pg_engine.translate(sql, params) == want
+
+
+def test_translation_refuses_what_has_no_postgresql_form() -> None:
+    with pytest.raises(StorageError, match="no PostgreSQL form") as info:
+        pg_engine.translate("INSERT OR REPLACE INTO t VALUES (?)", True)
+    assert "ON CONFLICT" in info.value.hint
+
+
+def test_unreachable_server_is_a_clear_error(tmp_path: Path) -> None:
+    from gateway.sim.broker import free_port
+
+    url = f"postgresql://anchor@127.0.0.1:{free_port()}/anchor"
+    with pytest.raises(StorageError) as info:
+        Store.create(tmp_path / "d", url)
+    assert "cannot connect to PostgreSQL" in info.value.what and "server runs" in info.value.hint
+    assert not (tmp_path / "d").exists()  # nothing made before the store was reachable
+
+
+def test_wrong_schema_version_and_foreign_database(tmp_path: Path, postgres: PrivatePostgres,
+                                                   pg_url: str) -> None:
+    s, _ = Store.create(tmp_path / "d", pg_url)
+    s.close()
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        c.execute(f"UPDATE {pg_engine.SCHEMA_TABLE} SET version = %s", (SCHEMA_VERSION + 1,))
+    with pytest.raises(ConfigError, match="newer than this iot-anchor") as info:
+        Store.open(tmp_path / "d", store=pg_url)
+    assert info.value.hint == "upgrade iot-anchor"
+    other = postgres.create_database("other")
+    with psycopg.connect(other, autocommit=True) as c:
+        c.execute("CREATE TABLE unrelated (x INTEGER)")
+    with pytest.raises(ConfigError, match="holds no iot-anchor ledger"):
+        Store.open(tmp_path / "d", store=other)
+    with pytest.raises(ConfigError, match="already holds 1 table"):
+        Store.create(tmp_path / "e", other)
+
+
+
+def _terminate_others(url: str) -> int:
+    with psycopg.connect(url, autocommit=True) as c:
+        return len(c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                             "datname = current_database() AND pid <> pg_backend_pid()"
+                             ).fetchall())
+
+
+def test_losing_the_lock_mid_commit_writes_nothing(tmp_path: Path, pg_url: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gateway A's connection (and so its sequencer lock) is cut in the middle of its commit;
+    gateway B commits meanwhile. A's commit fails and acknowledges nothing, nothing of A's
+    batch is stored, and after reconnecting A's retry appends after B's entries: one chain."""
+    a_store, vkey = Store.create(tmp_path / "d", pg_url)
+    dev = Device("lk0")
+    registry.add(a_store, dev.id, dev.public_bytes)
+    b_store = Store.open(tmp_path / "d", store=pg_url)
+    msgs = dev.readings(40)
+    pa = Pipeline(a_store, batch_max=4096, workers=1, processes=False)
+    pb = Pipeline(b_store, batch_max=4096, workers=1, processes=False)
+    pa.submit(msgs[:20])
+    pb.submit(msgs[20:])
+    real: Callable[..., Any] = a_store.append_entry
+    cut = {"done": False}
+
+    def append_then_lose_the_lock(*args: Any) -> Any:
+        out = real(*args)  # A wrote its entry inside its transaction ...
+        if not cut["done"]:
+            cut["done"] = True
+            _terminate_others(pg_url)  # ... then its connection (and lock) is gone
+            assert pb.commit() is not None  # B gets the lock and appends
+        return out
+
+    monkeypatch.setattr(a_store, "append_entry", append_then_lose_the_lock)
+    b_store.close()  # B's connection was cut too: its commit above reconnected first
+    b_store = Store.open(tmp_path / "d", store=pg_url)
+    with pytest.raises(StorageError) as info:
+        pa.commit()
+    assert "connection" in info.value.what
+    assert pa.pending() == 20
+    assert a_store.reading_count() == 20 and a_store.entry_count() == 2  # only B's
+    res = pa.commit()  # reconnects, re-reads the head inside the lock
+    assert res is not None and res.readings == 20 and res.entries == [2]
+    assert res.acks["lk0"].upto == 39
+    pa.close()
+    pb.close()
+    result = audit(a_store, vkey, workers=1)
+    assert result.ok, result.problems
+    assert result.entries == 3 and result.readings == 40
+    a_store.close()
+    b_store.close()
