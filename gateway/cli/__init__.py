@@ -32,6 +32,7 @@ COMMAND_MODULES: list[str] = [
     "gateway.cli.run",
     "gateway.cli.simulate",
     "gateway.cli.demo",
+    "gateway.cli.store",
 ]
 
 
@@ -86,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=min(level, logging.INFO) if args.command in ("run", "demo", "simulate") else level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    location.command_line_store = getattr(args, "store", None)
+    before, location.command_line_store = location.command_line_store, getattr(args, "store", None)
     try:
         return int(args.func(args) or 0)
     except AnchorError as e:
@@ -101,3 +102,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141
+    finally:
+        location.command_line_store = before  # main() called in process (tests) leaves none

@@ -1,4 +1,5 @@
-"""`iot-anchor run [--broker URL] [--batch-interval S] [--batch-max N]`: the MQTT service."""
+"""`iot-anchor run [--broker URL] [--batch-interval S] [--batch-max N] [--shared GROUP]`: the
+MQTT service."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway.cli import Subcommands, add_data_arg
+from gateway.errors import ConfigError
 from gateway.service.config import DEFAULT_BROKER, ServiceConfig
 from gateway.service.runner import run_service
 
@@ -43,16 +45,30 @@ def register(sub: Subcommands) -> None:
                    help="when the broker gets its PUBACK: after the batch commits (default; "
                         "the broker redelivers what a crashed gateway had not committed), or on "
                         "receipt (for brokers whose in-flight limit cannot be raised)")
+    p.add_argument("--shared", metavar="GROUP",
+                   help="one of several gateways on one PostgreSQL ledger (--store): subscribe "
+                        "to $share/GROUP/anchor/+/readings (MQTT 5, clean session), so the "
+                        "broker spreads the readings over the group; every gateway of the group "
+                        "has the same gateway.key in its DIR")
     p.set_defaults(func=cmd_run)
 
 
-def pipeline_factory(data_dir: Path, batch_max: int) -> Callable[[], Pipeline]:
+def pipeline_factory(data_dir: Path, batch_max: int,
+                     shared: str | None = None) -> Callable[[], Pipeline]:
     def make() -> Pipeline:
         from gateway.ingest.pipeline import Pipeline
         from gateway.storage.store import Store
 
         store = Store.open(data_dir)
         try:
+            if shared is not None:
+                if not store.concurrent:
+                    raise ConfigError(
+                        f"--shared needs a store that several gateways can share, and "
+                        f"{store.location} is a SQLite file",
+                        "give --store postgresql://USER@HOST/DB (made with 'iot-anchor init "
+                        "--store'), or run one gateway without --shared")
+                store.claim_shared_group(shared)
             pipe = Pipeline(store, batch_max=batch_max, owns_store=True)
             pipe.pool.start()  # the verifier processes get ready before the first message
             return pipe
@@ -66,5 +82,8 @@ def pipeline_factory(data_dir: Path, batch_max: int) -> Callable[[], Pipeline]:
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = ServiceConfig(data_dir=Path(args.data), broker=args.broker,
                         batch_interval=args.batch_interval, batch_max=args.batch_max,
-                        puback=args.puback)
-    return run_service(cfg, pipeline_factory(cfg.data_dir, cfg.batch_max))
+                        puback=args.puback, shared=args.shared)
+    if cfg.shared is not None and cfg.puback != "commit":
+        raise ConfigError("--shared needs --puback commit",
+                          "leave --puback out: a shared gateway PUBACKs after its commit")
+    return run_service(cfg, pipeline_factory(cfg.data_dir, cfg.batch_max, cfg.shared))

@@ -19,3 +19,4 @@ class ServiceConfig:
     backoff_min: float = 0.2
     backoff_max: float = 10.0
     inbox_max: int = 0  # messages waiting at most (0: max(8 x batch_max, 32768))
+    shared: str | None = None  # MQTT 5 shared-subscription group (`run --shared GROUP`)

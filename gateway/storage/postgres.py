@@ -253,6 +253,16 @@ class PgConnection:
         except psycopg.Error as e:
             raise self._error(e, "a statement") from None
 
+    def stream(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        """A server-side cursor for a large result (fetchmany pages); inside a transaction."""
+        conn = self._live()
+        try:
+            cur = conn.cursor(name=f"stream{id(sql) & 0xFFFF}")
+            cur.execute(self._sql(sql, bool(args)), args if args else None)
+            return cur
+        except psycopg.Error as e:
+            raise self._error(e, "a statement") from None
+
     def _special(self, s: str) -> _Rows | None:
         """Transaction control and the PRAGMAs `Store` uses, in PostgreSQL's terms."""
         if s == "BEGIN IMMEDIATE":

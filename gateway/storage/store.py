@@ -267,7 +267,7 @@ class Store:
                 "refusing to overwrite it; pick another --data DIR or remove it first",
             )
         if where.kind == "postgresql":
-            cls._check_empty_pg(where)
+            cls.check_empty_pg(where)
         try:
             d.mkdir(parents=True, exist_ok=True)
             os.chmod(d, 0o700)
@@ -311,7 +311,13 @@ class Store:
         return cls._connect(d, create=False, readonly=readonly, where=where)
 
     @classmethod
-    def _check_empty_pg(cls, where: StoreLocation) -> None:
+    def connect_new(cls, data_dir: Path, where: StoreLocation) -> Store:
+        """A new store at `where` with the current schema and no rows (`store copy`; the
+        caller checked that nothing is there)."""
+        return cls._connect(data_dir, create=True, where=where)
+
+    @classmethod
+    def check_empty_pg(cls, where: StoreLocation) -> None:
         """`init` into PostgreSQL: the database must exist and hold no tables."""
         assert where.url is not None
         conn = postgres.connect(where.url, where.shown)
@@ -738,6 +744,31 @@ class Store:
             "entry": bytes(body[0]), "entry_index": b, "tree_size": size, "entry_proof": eproof,
             "checkpoint": str(cp[1]),
         }
+
+    # --- several gateways on one ledger (#18: run --shared) -----------------------------------
+
+    def claim_shared_group(self, group: str) -> None:
+        """`run --shared GROUP`: record GROUP as the ledger's one shared-subscription group
+        (meta ``shared_group``), or check that it is the recorded one. Two groups on one
+        ledger would each receive every reading."""
+        with self.write() as c:
+            row = c.execute("SELECT value FROM meta WHERE key = 'shared_group'").fetchone()
+            if row is None:
+                c.execute("INSERT INTO meta (key, value) VALUES ('shared_group', ?)", (group,))
+                return
+        if str(row[0]) != group:
+            raise ConfigError(
+                f"the ledger in {self.location} belongs to the shared group {row[0]!r}, not "
+                f"{group!r}", f"give --shared {row[0]} (one ledger, one group: two groups "
+                "would each get every reading); to move the ledger to another group, stop the "
+                f"gateways of {row[0]!r} and run 'iot-anchor store group --set {group}'")
+
+    def set_shared_group(self, group: str | None) -> None:
+        """`store group --set GROUP` / `--clear`: the recorded group, changed by the operator."""
+        with self.write() as c:
+            c.execute("DELETE FROM meta WHERE key = 'shared_group'")
+            if group is not None:
+                c.execute("INSERT INTO meta (key, value) VALUES ('shared_group', ?)", (group,))
 
 
 def _node(c: sqlite3.Connection, level: int, idx: int) -> bytes:
