@@ -68,6 +68,7 @@ def pipeline_factory(data_dir: Path, batch_max: int,
                         f"{store.location} is a SQLite file",
                         "give --store postgresql://USER@HOST/DB (made with 'iot-anchor init "
                         "--store'), or run one gateway without --shared")
+                store.load_signer()  # the group's key first: a wrong one claims nothing
                 store.claim_shared_group(shared)
             pipe = Pipeline(store, batch_max=batch_max, owns_store=True)
             pipe.pool.start()  # the verifier processes get ready before the first message
