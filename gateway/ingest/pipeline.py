@@ -260,6 +260,12 @@ class Pipeline:
         self._rejected: Counter[str] = Counter()
         self._events: list[_Event] = []
         self.totals: Counter[str] = Counter()  # accepted / duplicate / rejected since start
+        # of the last commit on a PostgreSQL store: (seconds waited for the sequencer lock,
+        # seconds held); (0, 0) on SQLite
+        self.sequencer: tuple[float, float] = (0.0, 0.0)
+        # concurrent writers: (readings.id from which on rows were committed after the
+        # pre-check, the stored COSE bytes the pre-check found); see `_reconcile`
+        self._pre: tuple[int, dict[tuple[str, int], bytes]] | None = None
         self.reload()
 
     # --- state ---------------------------------------------------------------------------------
@@ -415,6 +421,7 @@ class Pipeline:
         if not (self._batch or self._acked or self._rejected or self._events):
             return None
         try:
+            self._pre = self._precheck() if self.store.concurrent and self._batch else None
             result = self._commit()
         except StorageError:
             # nothing was written: keep the open batch for a retry, but forget cached state
@@ -475,6 +482,8 @@ class Pipeline:
                 checkpoint = cp[0] if cp else None
             size = head.size
         # the transaction is committed: now the cached watermarks may move
+        self.sequencer = (getattr(store.conn, "lock_wait_s", 0.0),
+                          getattr(store.conn, "hold_s", 0.0))
         for dev, ack in acks.items():
             self._dev(dev).upto = ack.upto
         return CommitResult(entries[-1] if entries else None, root, len(self._batch), entries,
@@ -558,6 +567,26 @@ class Pipeline:
         return {dev: Ack(upto_of[dev], sorted(s for s in self._acked[dev] if s > upto_of[dev]),
                          newest_entry) for dev in devs}
 
+    @staticmethod
+    def _wanted(batch: list[_Reading]) -> set[tuple[str, int]]:
+        """What the reconciliation looks up: each reading's (dev, seq) and its neighbours."""
+        want: set[tuple[str, int]] = set()
+        for d in batch:
+            want.add((d.dev, d.seq))
+            want.add((d.dev, d.seq + 1))
+            if d.seq:
+                want.add((d.dev, d.seq - 1))
+        return want
+
+    def _precheck(self) -> tuple[int, dict[tuple[str, int], bytes]]:
+        """Before the commit takes the sequencer lock: the stored COSE bytes of the batch's
+        (dev, seq) and neighbours, and the first readings.id not committed yet when they were
+        read (ids are given out under the lock in commit order, so every later commit stores
+        ids from there on). Inside the lock, `_reconcile` then looks only at those later rows:
+        the index lookups stay out of the sequencer's hold time."""
+        since = self.store.reading_count()  # read first: rows from here on are looked at again
+        return since, self.store.stored_many(self._wanted(self._batch))
+
     def _reconcile(self, c: Any) -> None:
         """Other processes append concurrently (`Store.concurrent`): inside the commit's
         transaction, which holds the sequencer lock, check the open batch against what they
@@ -569,13 +598,16 @@ class Pipeline:
         batch = self._batch
         if not batch:
             return
-        want: set[tuple[str, int]] = set()
-        for d in batch:
-            want.add((d.dev, d.seq))
-            want.add((d.dev, d.seq + 1))
-            if d.seq:
-                want.add((d.dev, d.seq - 1))
-        stored = self.store.stored_many(c, want)
+        want = self._wanted(batch)
+        if self._pre is None:
+            stored = self.store.stored_many(want, c)
+        else:  # what was committed since the pre-check: one range scan on the primary key
+            since, stored = self._pre
+            later = [(dev, int(seq)) for dev, seq in c.execute(
+                "SELECT dev, seq FROM readings WHERE id >= ?", (since,))]
+            hits = [k for k in later if k in want]
+            if hits:
+                stored = {**stored, **self.store.stored_many(hits, c)}
         keep: list[_Reading] = []
         for d in batch:
             cose = stored.get((d.dev, d.seq))

@@ -509,10 +509,12 @@ class GatewayService:
         self.stats.batches += 1 if n else 0
         self.stats.readings += n
         root = result.root.hex() if result.root else "-"
+        seq = getattr(self._pipeline, "sequencer", None) if self.cfg.shared else None
         log.info(
-            "batch: %d readings, entry %s, root %s, commit %.1f ms (%d messages, %d acks)",
+            "batch: %d readings, entry %s, root %s, commit %.1f ms (%d messages, %d acks)%s",
             n, "-" if result.entry is None else result.entry, root[:16], ms, len(batch),
-            len(result.acks),
+            len(result.acks), "" if not seq else
+            f"; sequencer lock waited {seq[0] * 1000:.1f} ms, held {seq[1] * 1000:.1f} ms",
         )
 
     # -- outgoing acks and checkpoints ------------------------------------------------------

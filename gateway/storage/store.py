@@ -667,17 +667,20 @@ class Store:
         row = self.one("SELECT cose FROM readings WHERE dev = ? AND seq = ?", (dev, seq))
         return bytes(row[0]) if row else None
 
-    def stored_many(self, c: Any, keys: Iterable[tuple[str, int]]) -> dict[tuple[str, int], bytes]:
+    def stored_many(self, keys: Iterable[tuple[str, int]], c: Any = None
+                    ) -> dict[tuple[str, int], bytes]:
         """The stored COSE bytes of those (dev, seq) that are stored, in a few statements
-        (`c`: the connection of the caller's transaction)."""
+        (`c`: the connection of the caller's transaction; None: outside one)."""
         keys = list(keys)
         out: dict[tuple[str, int], bytes] = {}
-        for k in range(0, len(keys), 400):
-            part = keys[k:k + 400]
+        step = 400  # pairs per statement: 800 parameters (old SQLite allows 999)
+        for k in range(0, len(keys), step):
+            part = keys[k:k + step]
             args = [x for key in part for x in key]
-            for dev, seq, cose in c.execute(
-                    "SELECT dev, seq, cose FROM readings WHERE (dev, seq) IN (VALUES "
-                    + ", ".join(["(?, ?)"] * len(part)) + ")", args):
+            sql = ("SELECT dev, seq, cose FROM readings WHERE (dev, seq) IN (VALUES "
+                   + ", ".join(["(?, ?)"] * len(part)) + ")")
+            rows = c.execute(sql, args) if c is not None else self.query(sql, args)
+            for dev, seq, cose in rows:
                 out[(dev, int(seq))] = bytes(cose)
         return out
 
