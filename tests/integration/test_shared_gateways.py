@@ -120,21 +120,15 @@ def test_three_shared_gateways_with_kills_and_a_database_restart(
         load.start()
         fleet.start(broker.url, 0.25, 50, ("--ack-timeout", "1.5", "--timeout", "90"))
         # faults while the readings flow: a SIGKILL every ~3 s (a different gateway each
-        # time, restarted 1 s later), and one PostgreSQL restart in the middle
-        t0 = time.monotonic()
-        victim = 0
-        restarted_db = False
-        while time.monotonic() - t0 < 15:
+        # time, restarted 1 s later), and one PostgreSQL restart after the second
+        for victim in range(4):
             time.sleep(2.0)
             g = gws[victim % 3]
             g.kill()
             time.sleep(1.0)
-            if not restarted_db and time.monotonic() - t0 > 7:
+            if victim == 1:
                 postgres.restart()  # "fast": every session is cut, open transactions roll back
-                restarted_db = True
             g.start()
-            victim += 1
-        assert restarted_db and victim >= 4
         load.join(150)
         assert not load.is_alive(), "the load engine did not finish"
         fleet.wait(time.monotonic() + 90)
@@ -167,7 +161,9 @@ def test_three_shared_gateways_with_kills_and_a_database_restart(
     assert f"{entries} entries" in out.stdout and f"{rows} readings" in out.stdout
     shares = {g.name: g.anchored() for g in gws}
     assert all(n > 0 for n in shares.values()), shares
-    assert sum(shares.values()) == rows, shares  # each reading anchored by one commit
+    # each reading anchored by one commit (a gateway SIGKILLed between its COMMIT and its log
+    # line anchored readings its log does not show)
+    assert sum(shares.values()) <= rows, shares
     logs = "".join(g.log.read_text() for g in gws)
     assert "commit failed, nothing acknowledged" in logs or "cannot check readings" in logs
     note.verify_checkpoint(Store.open(dirs[2], readonly=True).latest_checkpoint()[1], vkey)
