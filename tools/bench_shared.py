@@ -91,21 +91,25 @@ def run_gateway(url: str, data: str, share: list[bytes], batch: int, q: Any) -> 
     store = Store.open(data, store=url)
     p = pl.Pipeline(store, batch_max=batch, workers=1, processes=False)
     holds, waits, stmts, commits = [], [], [], []
+    commit_cpu = 0.0
     t0, c0 = time.perf_counter(), cpu_s()
     for k in range(0, len(share), CHUNK):
         p.submit(share[k:k + CHUNK])
         if p.pending() >= batch:
             s0 = store.conn.statements
-            w0 = time.perf_counter()
+            w0, cc = time.perf_counter(), cpu_s()
             p.commit()
+            commit_cpu += cpu_s() - cc
             commits.append(time.perf_counter() - w0)
             stmts.append(store.conn.statements - s0)
             waits.append(p.sequencer[0])
             holds.append(p.sequencer[1])
+    cc = cpu_s()
     p.commit()
+    commit_cpu += cpu_s() - cc
     q.put({"wall": time.perf_counter() - t0, "cpu": cpu_s() - c0, "readings": len(share),
-           "holds": holds, "waits": waits, "statements": stmts, "commits": commits,
-           "t_end": time.time()})
+           "commit_cpu": commit_cpu, "holds": holds, "waits": waits, "statements": stmts,
+           "commits": commits, "t_end": time.time()})
     p.close()
     store.close()
 
@@ -177,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         "one": {"readings_per_s": round(one["readings"] / one["wall"]),
                 "cpu_us_per_reading": round(gw_cpu_us, 1),
                 "cpu_vs_verify": round(gw_cpu_us / verify_us, 2),
+                "commit_cpu_us_per_reading": round(one["commit_cpu"] / one["readings"] * 1e6, 1),
                 "commit_ms": round(statistics.median(one["commits"]) * 1000, 1)
                 if one["commits"] else None,
                 "hold_ms": round(hold1, 1),
@@ -186,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         "many": {"readings_per_s": round(len(stream) / wall_n),
                  "cpu_us_per_reading": [round(x, 1) for x in gw_cpu_n],
                  "cpu_vs_verify": [round(x / verify_us, 2) for x in gw_cpu_n],
+                 "commit_cpu_us_per_reading": [round(r["commit_cpu"] / r["readings"] * 1e6, 1)
+                                               for r in many],
                  "hold_ms_median": round(statistics.median(holds_n) * 1000, 1) if holds_n
                  else None,
                  "hold_ms_max": round(max(holds_n) * 1000, 1) if holds_n else None,
@@ -199,13 +206,15 @@ def main(argv: list[str] | None = None) -> int:
           f"{rtt_ms:.3f} ms")
     o = results["one"]
     print(f"one gateway: {o['readings_per_s']:,} readings/s on one core, CPU "
-          f"{o['cpu_us_per_reading']} µs/reading = {o['cpu_vs_verify']} x verify; per batch of "
+          f"{o['cpu_us_per_reading']} µs/reading = {o['cpu_vs_verify']} x verify (commits "
+          f"{o['commit_cpu_us_per_reading']} µs of it); per batch of "
           f"{batch}: commit {o['commit_ms']} ms, sequencer held {o['hold_ms']} ms "
           f"({o['hold_us_per_reading']} µs/reading = {o['hold_vs_verify']} x verify), "
           f"{per_batch} statements")
     m = results["many"]
     print(f"{n} gateways: {m['readings_per_s']:,} readings/s together, CPU per reading "
-          f"{m['cpu_vs_verify']} x verify, sequencer held {m['hold_ms_median']} ms median "
+          f"{m['cpu_vs_verify']} x verify (commits {m['commit_cpu_us_per_reading']} µs), "
+          f"sequencer held {m['hold_ms_median']} ms median "
           f"(max {m['hold_ms_max']}), waited {m['wait_ms_median']} ms median; {stored} stored, "
           f"ledger verify {'OK' if res.ok else 'BROKEN'}")
     print(f"limits: the sequencer {results['ledger_limit_readings_per_s']:,} readings/s "

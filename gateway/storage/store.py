@@ -673,6 +673,16 @@ class Store:
         (`c`: the connection of the caller's transaction; None: outside one)."""
         keys = list(keys)
         out: dict[tuple[str, int], bytes] = {}
+        if self.engine == "postgresql" and keys:
+            # two array parameters, not a VALUES list: psycopg parses a long query's
+            # placeholders anew on every call (4 µs per parameter, measured), and this runs
+            # for every reading of a shared gateway's batch
+            sql = ("SELECT r.dev, r.seq, r.cose FROM readings AS r JOIN "
+                   "unnest(CAST(? AS TEXT[]), CAST(? AS BIGINT[])) AS k (dev, seq) "
+                   "ON r.dev = k.dev AND r.seq = k.seq")
+            args = ([k[0] for k in keys], [k[1] for k in keys])
+            rows = c.execute(sql, args) if c is not None else self.query(sql, args)
+            return {(dev, int(seq)): bytes(cose) for dev, seq, cose in rows}
         step = 400  # pairs per statement: 800 parameters (old SQLite allows 999)
         for k in range(0, len(keys), step):
             part = keys[k:k + step]
