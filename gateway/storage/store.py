@@ -680,9 +680,9 @@ class Store:
             sql = ("SELECT r.dev, r.seq, r.cose FROM readings AS r JOIN "
                    "unnest(CAST(? AS TEXT[]), CAST(? AS BIGINT[])) AS k (dev, seq) "
                    "ON r.dev = k.dev AND r.seq = k.seq")
-            args = ([k[0] for k in keys], [k[1] for k in keys])
-            rows = c.execute(sql, args) if c is not None else self.query(sql, args)
-            return {(dev, int(seq)): bytes(cose) for dev, seq, cose in rows}
+            arrays = ([k[0] for k in keys], [k[1] for k in keys])
+            found = c.execute(sql, arrays) if c is not None else self.query(sql, arrays)
+            return {(dev, int(seq)): bytes(cose) for dev, seq, cose in found}
         step = 400  # pairs per statement: 800 parameters (old SQLite allows 999)
         for k in range(0, len(keys), step):
             part = keys[k:k + step]
