@@ -537,18 +537,7 @@ class Pipeline:
                     walk.append(dev)
             upto_of[dev], last_of[dev] = upto, last
         while walk:  # walk the index WALK seqs at a time, for every such device at once
-            found: dict[str, list[int]] = {}
-            for k in range(0, len(walk), DEVICE_CHUNK):
-                part = walk[k:k + DEVICE_CHUNK]
-                args: list[Any] = []
-                for dev in part:
-                    args += (dev, upto_of[dev], upto_of[dev] + WALK)
-                for dev, seq in c.execute(
-                        "SELECT r.dev, r.seq FROM readings AS r JOIN (VALUES "
-                        + ", ".join(["(?, ?, ?)"] * len(part)) + ") AS w ON r.dev = w.column1 "
-                        "AND r.seq > w.column2 AND r.seq <= w.column3 ORDER BY r.dev, r.seq",
-                        args):
-                    found.setdefault(dev, []).append(seq)
+            found = self.store.seqs_after(c, {dev: upto_of[dev] for dev in walk}, WALK)
             again = []
             for dev in walk:
                 seqs = found.get(dev, [])

@@ -677,9 +677,11 @@ class Store:
             # two array parameters, not a VALUES list: psycopg parses a long query's
             # placeholders anew on every call (4 µs per parameter, measured), and this runs
             # for every reading of a shared gateway's batch
-            sql = ("SELECT r.dev, r.seq, r.cose FROM readings AS r JOIN "
-                   "unnest(CAST(? AS TEXT[]), CAST(? AS BIGINT[])) AS k (dev, seq) "
-                   "ON r.dev = k.dev AND r.seq = k.seq")
+            # LATERAL: one index lookup per key, whatever the planner thinks of the table
+            # (a plain join became a hash join over the whole readings table)
+            sql = ("SELECT k.dev, k.seq, r.cose FROM unnest(CAST(? AS TEXT[]), "
+                   "CAST(? AS BIGINT[])) AS k (dev, seq) CROSS JOIN LATERAL (SELECT cose FROM "
+                   "readings WHERE readings.dev = k.dev AND readings.seq = k.seq) AS r")
             arrays = ([k[0] for k in keys], [k[1] for k in keys])
             found = c.execute(sql, arrays) if c is not None else self.query(sql, arrays)
             return {(dev, int(seq)): bytes(cose) for dev, seq, cose in found}
@@ -692,6 +694,33 @@ class Store:
             rows = c.execute(sql, args) if c is not None else self.query(sql, args)
             for dev, seq, cose in rows:
                 out[(dev, int(seq))] = bytes(cose)
+        return out
+
+    def seqs_after(self, c: Any, starts: dict[str, int], span: int) -> dict[str, list[int]]:
+        """Per device, its stored seqs in (start, start + span], ascending, in a few statements
+        inside the caller's transaction `c` (the pipeline's watermark walk). Each device's
+        range is read through the (dev, seq) index, on both engines."""
+        out: dict[str, list[int]] = {}
+        devs = list(starts)
+        if self.engine == "postgresql":
+            rows = c.execute(
+                "SELECT k.dev, r.seq FROM unnest(CAST(? AS TEXT[]), CAST(? AS BIGINT[])) AS k "
+                "(dev, lo) CROSS JOIN LATERAL (SELECT seq FROM readings WHERE readings.dev = "
+                "k.dev AND readings.seq > k.lo AND readings.seq <= k.lo + ? ORDER BY seq) AS r "
+                "ORDER BY k.dev, r.seq", ([d for d in devs], [starts[d] for d in devs], span))
+            for dev, seq in rows:
+                out.setdefault(dev, []).append(int(seq))
+            return out
+        for k in range(0, len(devs), 300):  # 3 parameters each (old SQLite allows 999)
+            part = devs[k:k + 300]
+            args: list[Any] = []
+            for dev in part:
+                args += (dev, starts[dev], starts[dev] + span)
+            for dev, seq in c.execute(
+                    "SELECT r.dev, r.seq FROM readings AS r JOIN (VALUES "
+                    + ", ".join(["(?, ?, ?)"] * len(part)) + ") AS w ON r.dev = w.column1 "
+                    "AND r.seq > w.column2 AND r.seq <= w.column3 ORDER BY r.dev, r.seq", args):
+                out.setdefault(dev, []).append(int(seq))
         return out
 
     def rejected_counts(self) -> dict[str, int]:
