@@ -91,6 +91,7 @@ WALK = 512  # seqs per device per step of the watermark walk
 
 Message = bytes | bytearray | memoryview | tuple[bytes, str | None]
 _Checked = tuple[str, int, bytes, bytes, bytes]  # dev, seq, prev, SHA-256, RFC 6962 leaf hash
+_Fact = tuple[bytes, bytes | None]  # a stored reading's SHA-256, and its prev when needed
 
 
 @dataclass(slots=True)  # not frozen: one per message, and frozen ones cost 4x to construct
@@ -266,7 +267,7 @@ class Pipeline:
         self.sequencer: tuple[float, float] = (0.0, 0.0)
         # concurrent writers: (readings.id from which on rows were committed after the
         # pre-check, the stored COSE bytes the pre-check found); see `_reconcile`
-        self._pre: tuple[int, dict[tuple[str, int], bytes]] | None = None
+        self._pre: tuple[int, dict[tuple[str, int], _Fact]] | None = None
         self.reload()
 
     # --- state ---------------------------------------------------------------------------------
@@ -537,18 +538,12 @@ class Pipeline:
                     walk.append(dev)
             upto_of[dev], last_of[dev] = upto, last
         while walk:  # walk the index WALK seqs at a time, for every such device at once
-            found = self.store.seqs_after(c, {dev: upto_of[dev] for dev in walk}, WALK)
+            span = {dev: (upto_of[dev], min(upto_of[dev] + WALK, last_of[dev])) for dev in walk}
+            ends = self.store.contiguous_end(c, span)
             again = []
             for dev in walk:
-                seqs = found.get(dev, [])
-                upto = upto_of[dev]
-                for s in seqs:
-                    if s != upto + 1:
-                        break
-                    upto = s
-                moved = upto > upto_of[dev]
-                upto_of[dev] = upto
-                if moved and len(seqs) == WALK and upto == seqs[-1] and upto < last_of[dev]:
+                upto_of[dev] = ends[dev]
+                if ends[dev] == span[dev][1] < last_of[dev]:  # a whole page: read on
                     again.append(dev)
             walk = again
         updates = [(len(by_dev[dev]), last_of[dev], upto_of[dev], dev) for dev in devs
@@ -570,14 +565,29 @@ class Pipeline:
                 want.add((d.dev, d.seq - 1))
         return want
 
-    def _precheck(self) -> tuple[int, dict[tuple[str, int], bytes]]:
-        """Before the commit takes the sequencer lock: the stored COSE bytes of the batch's
-        (dev, seq) and neighbours, and the first readings.id not committed yet when they were
+    def _facts(self, stored: dict[tuple[str, int], bytes]) -> dict[tuple[str, int], _Fact]:
+        """What the reconciliation needs of stored readings: SHA-256 of each, and the prev
+        field of those that follow a reading of the open batch (a successor's check)."""
+        in_batch = self._in_batch
+        out: dict[tuple[str, int], _Fact] = {}
+        for (dev, seq), cose in stored.items():
+            prev: bytes | None = None
+            if (dev, seq - 1) in in_batch:  # also if itself in the batch: it may be dropped
+                try:
+                    prev = decode(cose, max(self.max_message, len(cose))).prev
+                except Rejection:
+                    prev = None
+            out[(dev, seq)] = (sha256(cose).digest(), prev)
+        return out
+
+    def _precheck(self) -> tuple[int, dict[tuple[str, int], _Fact]]:
+        """Before the commit takes the sequencer lock: what is stored of the batch's (dev, seq)
+        and neighbours (`_facts`), and the first readings.id not committed yet when it was
         read (ids are given out under the lock in commit order, so every later commit stores
         ids from there on). Inside the lock, `_reconcile` then looks only at those later rows:
-        the index lookups stay out of the sequencer's hold time."""
+        the index lookups, the hashing and the decoding stay out of the sequencer's hold."""
         since = self.store.reading_count()  # read first: rows from here on are looked at again
-        return since, self.store.stored_many(self._wanted(self._batch))
+        return since, self._facts(self.store.stored_many(self._wanted(self._batch)))
 
     def _reconcile(self, c: Any) -> None:
         """Other processes append concurrently (`Store.concurrent`): inside the commit's
@@ -592,20 +602,20 @@ class Pipeline:
             return
         want = self._wanted(batch)
         if self._pre is None:
-            stored = self.store.stored_many(want, c)
+            facts = self._facts(self.store.stored_many(want, c))
         else:  # what was committed since the pre-check: one range scan on the primary key
-            since, stored = self._pre
+            since, facts = self._pre
             later = [(dev, int(seq)) for dev, seq in c.execute(
                 "SELECT dev, seq FROM readings WHERE id >= ?", (since,))]
             hits = [k for k in later if k in want]
             if hits:
-                stored = {**stored, **self.store.stored_many(hits, c)}
+                facts = {**facts, **self._facts(self.store.stored_many(hits, c))}
         keep: list[_Reading] = []
         for d in batch:
-            cose = stored.get((d.dev, d.seq))
-            if cose is None:
+            fact = facts.get((d.dev, d.seq))
+            if fact is None:
                 keep.append(d)
-            elif cose != d.raw:
+            elif fact[0] != d.digest:
                 self._rejected["equivocation"] += 1
                 self._events.append(_Event("equivocation", d.dev, d.seq, d.raw,
                                            "stored by another process first"))
@@ -621,19 +631,18 @@ class Pipeline:
                 expected: bytes | None = ZERO_HASH
             else:
                 before = in_batch.get((d.dev, d.seq - 1))
-                cose = None if before is not None else stored.get((d.dev, d.seq - 1))
-                expected = before.digest if before is not None else \
-                    (sha256(cose).digest() if cose is not None else None)
+                if before is not None:
+                    expected = before.digest
+                else:
+                    got = facts.get((d.dev, d.seq - 1))
+                    expected = got[0] if got is not None else None
             if expected is not None and d.prev != expected:
                 events.append(_Event("chain_break", d.dev, d.seq, None,
                                      f"prev {d.prev.hex()} != sha256 of seq {d.seq - 1} "
                                      f"{expected.hex()}"))
-            after = stored.get((d.dev, d.seq + 1))
+            after = facts.get((d.dev, d.seq + 1))
             if after is not None and (d.dev, d.seq + 1) not in in_batch:
-                try:
-                    nxt: bytes | None = decode(after, max(self.max_message, len(after))).prev
-                except Rejection:
-                    nxt = None
+                nxt = after[1]
                 if nxt is not None and nxt != d.digest:
                     events.append(_Event("chain_break", d.dev, d.seq + 1, None,
                                          f"prev {nxt.hex()} != sha256 of late seq {d.seq} "

@@ -696,31 +696,36 @@ class Store:
                 out[(dev, int(seq))] = bytes(cose)
         return out
 
-    def seqs_after(self, c: Any, starts: dict[str, int], span: int) -> dict[str, list[int]]:
-        """Per device, its stored seqs in (start, start + span], ascending, in a few statements
-        inside the caller's transaction `c` (the pipeline's watermark walk). Each device's
-        range is read through the (dev, seq) index, on both engines."""
-        out: dict[str, list[int]] = {}
-        devs = list(starts)
+    def contiguous_end(self, c: Any, ranges: dict[str, tuple[int, int]]) -> dict[str, int]:
+        """Per device with range (lo, hi]: the largest s <= hi such that every seq lo+1..s is
+        stored (lo when lo+1 is not), in a few statements inside the caller's transaction `c`
+        (the pipeline's watermark walk). Each range is read through the (dev, seq) index; on
+        PostgreSQL the server finds the end (a row number per seq: the run is where
+        seq - lo equals it), so only one row per device comes back."""
+        devs = list(ranges)
+        out = {dev: ranges[dev][0] for dev in devs}
         if self.engine == "postgresql":
-            rows = c.execute(
-                "SELECT k.dev, r.seq FROM unnest(CAST(? AS TEXT[]), CAST(? AS BIGINT[])) AS k "
-                "(dev, lo) CROSS JOIN LATERAL (SELECT seq FROM readings WHERE readings.dev = "
-                "k.dev AND readings.seq > k.lo AND readings.seq <= k.lo + ? ORDER BY seq) AS r "
-                "ORDER BY k.dev, r.seq", ([d for d in devs], [starts[d] for d in devs], span))
-            for dev, seq in rows:
-                out.setdefault(dev, []).append(int(seq))
+            for dev, last in c.execute(
+                    "SELECT k.dev, r.e FROM unnest(CAST(? AS TEXT[]), CAST(? AS BIGINT[]), "
+                    "CAST(? AS BIGINT[])) AS k (dev, lo, hi) CROSS JOIN LATERAL (SELECT "
+                    "MAX(t.seq) AS e FROM (SELECT seq, ROW_NUMBER() OVER (ORDER BY seq) AS n "
+                    "FROM readings WHERE readings.dev = k.dev AND readings.seq > k.lo AND "
+                    "readings.seq <= k.hi) AS t WHERE t.seq - k.lo = t.n) AS r",
+                    (devs, [ranges[d][0] for d in devs], [ranges[d][1] for d in devs])):
+                if last is not None:
+                    out[dev] = int(last)
             return out
         for k in range(0, len(devs), 300):  # 3 parameters each (old SQLite allows 999)
             part = devs[k:k + 300]
             args: list[Any] = []
             for dev in part:
-                args += (dev, starts[dev], starts[dev] + span)
+                args += (dev, *ranges[dev])
             for dev, seq in c.execute(
                     "SELECT r.dev, r.seq FROM readings AS r JOIN (VALUES "
                     + ", ".join(["(?, ?, ?)"] * len(part)) + ") AS w ON r.dev = w.column1 "
                     "AND r.seq > w.column2 AND r.seq <= w.column3 ORDER BY r.dev, r.seq", args):
-                out.setdefault(dev, []).append(int(seq))
+                if seq == out[dev] + 1:
+                    out[dev] = int(seq)
         return out
 
     def rejected_counts(self) -> dict[str, int]:
