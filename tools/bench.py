@@ -4,7 +4,7 @@
     .venv/bin/python tools/bench.py --duration 60 --rate 10000     (the sustained-10k/s goal)
     .venv/bin/python tools/bench.py --sweep 100,1000,5000 [--plot docs/bench-devices.png]
     .venv/bin/python tools/bench.py --ledger 1000000        (tools/bench_ledger.py)
-    .venv/bin/python tools/bench.py --gateways 3 [--readings 12288]  (tools/bench_shared.py)
+    .venv/bin/python tools/bench.py --gateways 3 [--readings 36864]  (tools/bench_shared.py)
 
 Everything runs on this machine: a private Mosquitto (gateway/sim/broker.py, a fresh one per phase),
 the CPython load engine of `iot-anchor simulate --engine cpython` (gateway/sim/loadgen.py: its
@@ -97,8 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--gateways", type=int, metavar="N",
                     help="instead: N gateways on one PostgreSQL ledger, the cost of each part "
                          "(tools/bench_shared.py; with --readings, --devices, --batch-max)")
-    ap.add_argument("--readings", type=int, default=12288, metavar="R",
-                    help="with --gateways: readings in all (default 12288)")
+    ap.add_argument("--readings", type=int, default=36864, metavar="R",
+                    help="with --gateways: readings in all (default 36864)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = ap.parse_args(argv)
     if args.gateways:

@@ -1,6 +1,6 @@
 """`make bench BENCH_ARGS="--gateways N"`: the parts of several gateways on one PostgreSQL ledger.
 
-    .venv/bin/python tools/bench.py --gateways 3 [--readings 12288] [--devices 60]
+    .venv/bin/python tools/bench.py --gateways 3 [--readings 36864] [--devices 200]
                                     [--batch-max 4096]
     .venv/bin/python tools/bench_shared.py --gateways 3 ...        (the same)
 
@@ -117,8 +117,8 @@ def run_gateway(url: str, data: str, share: list[bytes], batch: int, q: Any) -> 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--gateways", type=int, default=3, metavar="N")
-    ap.add_argument("--readings", type=int, default=12288, metavar="R")
-    ap.add_argument("--devices", type=int, default=60, metavar="D")
+    ap.add_argument("--readings", type=int, default=36864, metavar="R")
+    ap.add_argument("--devices", type=int, default=200, metavar="D")
     ap.add_argument("--batch-max", type=int, default=4096, metavar="B")
     args = ap.parse_args(argv)
     n, batch = args.gateways, args.batch_max
