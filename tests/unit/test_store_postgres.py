@@ -253,6 +253,14 @@ def test_store_copy_both_ways_is_verified_and_identical(tmp_path: Path, pg_url: 
             s.query("SELECT kind, dev, seq, cose, detail, t FROM events ORDER BY id")
         assert other.meta("gateway_vkey") == vkey
     assert again.meta("created") == s.meta("created")
+    capsys.readouterr()
+    for dev, seq in (("cp0", 3), ("cp2", 10)):  # the receipt command, byte for byte
+        outs = []
+        for store in (None, pg_url, f"sqlite:{back}"):
+            args = ["receipt", dev, str(seq), "--data", d] + (["--store", store] if store else [])
+            assert main(args) == 0
+            outs.append(capsys.readouterr().out)
+        assert outs[0] == outs[1] == outs[2] and '"reading"' in outs[0]
     with Pipeline(pg, workers=1, processes=False) as p:  # the copy takes new readings and events
         p.submit(devs[2].readings(3) + [devs[2].message(0, b"\x02" * 32)])
         assert p.commit() is not None
@@ -291,4 +299,27 @@ def test_watermark_walks_pages_and_spread_gateways(tmp_path: Path, engine: str,
     q.close()
     other.close()
     assert audit(s, vkey, workers=1).ok
+    s.close()
+
+
+def test_migrations_run_on_postgresql(tmp_path: Path, pg_url: str) -> None:
+    """A PostgreSQL ledger at schema version 1 (entries' kind limited by a CHECK) is taken to
+    the current version by the same migrations when it is opened, as a SQLite one is."""
+    conn = pg_engine.connect(pg_url, "test")
+    conn.execute("BEGIN IMMEDIATE")
+    pg_engine.prepare_empty(conn)
+    for stmt in store_mod.MIGRATIONS[0].split(";"):
+        if stmt.strip():
+            conn.execute(stmt)
+    conn.execute("PRAGMA user_version=1")
+    conn.execute("INSERT INTO meta VALUES ('gateway_vkey', ?)", ("placeholder",))
+    conn.execute("COMMIT")
+    conn.close()
+    (tmp_path / "d").mkdir()
+    s = Store.open(tmp_path / "d", store=pg_url)
+    assert s.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    with s.write() as c:  # a kind the version-1 CHECK refused
+        c.execute("INSERT INTO entries (i, kind, body, hash) VALUES (0, 'dataset', ?, ?)",
+                  (b"x", b"y"))
+    assert s.query("SELECT kind FROM entries") == [("dataset",)]
     s.close()
