@@ -9,6 +9,7 @@ from gateway.audit.store_audit import audit
 from gateway.cli import Subcommands, add_data_arg
 from gateway.errors import ConfigError, IntegrityError
 from gateway.ledger import note
+from gateway.service.runner import SHARED_GROUP
 from gateway.storage.copy import copy_rows, create_empty
 from gateway.storage.location import parse_store
 from gateway.storage.store import VKEY_NAME, Store
@@ -98,6 +99,9 @@ def _copy(args: argparse.Namespace) -> int:
 
 
 def _group(args: argparse.Namespace) -> int:
+    if args.set is not None and not SHARED_GROUP.fullmatch(args.set):
+        raise ConfigError(f"--set {args.set!r} is not a group name",
+                          "give 1-64 characters from A-Z a-z 0-9 . _ -")
     with Store.open(args.data) as store:
         if args.set is not None:
             store.set_shared_group(args.set)

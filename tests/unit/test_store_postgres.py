@@ -323,3 +323,25 @@ def test_migrations_run_on_postgresql(tmp_path: Path, pg_url: str) -> None:
                   (b"x", b"y"))
     assert s.query("SELECT kind FROM entries") == [("dataset",)]
     s.close()
+
+
+def test_store_group_shows_sets_and_clears(tmp_path: Path, pg_url: str,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.cli import main
+
+    s, _ = Store.create(tmp_path / "d", pg_url)
+    s.claim_shared_group("g1")
+    s.claim_shared_group("g1")  # the same group again: fine
+    with pytest.raises(ConfigError, match="belongs to the shared group 'g1'") as info:
+        s.claim_shared_group("g2")
+    assert "store group --set g2" in info.value.hint
+    s.close()
+    d = ["--data", str(tmp_path / "d"), "--store", pg_url]
+    assert main(["store", "group", *d]) == 0
+    assert capsys.readouterr().out == "shared group: g1\n"
+    assert main(["store", "group", "--set", "g2", *d]) == 0
+    assert capsys.readouterr().out == "shared group: g2\n"
+    assert main(["store", "group", "--set", "a/b", *d]) == 2
+    assert "not a group name" in capsys.readouterr().err
+    assert main(["store", "group", "--clear", *d]) == 0
+    assert capsys.readouterr().out == "shared group: none recorded\n"
