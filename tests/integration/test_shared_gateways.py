@@ -174,9 +174,8 @@ def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
                           cwd=ROOT, stdin=subprocess.DEVNULL)
 
 
-def _fake_mqtt311_broker() -> tuple[int, threading.Thread]:
-    """A broker that speaks MQTT 3.1.1 only: an MQTT 5 CONNECT gets CONNACK return code 1
-    (unacceptable protocol version), as MQTT 3.1.1 section 3.2.2.3 requires."""
+def _fake_broker(connack: bytes) -> tuple[int, threading.Thread]:
+    """A broker that answers the first CONNECT with `connack` and then says nothing."""
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen()
@@ -188,7 +187,8 @@ def _fake_mqtt311_broker() -> tuple[int, threading.Thread]:
             conn, _ = srv.accept()
             with conn:
                 conn.recv(1024)
-                conn.sendall(b"\x20\x02\x00\x01")
+                conn.sendall(connack)
+                conn.recv(1024)  # until the client gives up
 
     t = threading.Thread(target=serve, daemon=True)
     t.start()
@@ -221,13 +221,21 @@ def test_bad_configurations_are_clear_errors(tmp_path: Path, broker: PrivateBrok
     out = _run("--data", d, "--store", pg_url, "--broker", broker.url, "--shared", "g2")
     assert out.returncode == 2 and "belongs to the shared group 'g1'" in out.stderr, out.stderr
     assert "--shared g1" in out.stderr
-    # a broker without MQTT 5
-    port, server = _fake_mqtt311_broker()
+    # a broker without MQTT 5: an MQTT 3.1.1 broker answers an MQTT 5 CONNECT with return
+    # code 1, unacceptable protocol version (MQTT 3.1.1 section 3.2.2.3)
+    port, server = _fake_broker(b"\x20\x02\x00\x01")
     out = _run("--data", d, "--store", pg_url, "--broker", f"mqtt://127.0.0.1:{port}",
                "--shared", GROUP)
     server.join(5)
     assert out.returncode == 2 and "--shared needs MQTT 5" in out.stderr, out.stderr
     assert "unacceptable protocol version" in out.stderr and "Mosquitto 2.0" in out.stderr
+    # an MQTT 5 broker whose CONNACK says "Shared Subscription Available: 0"
+    port, server = _fake_broker(b"\x20\x05\x00\x00\x02\x2a\x00")
+    out = _run("--data", d, "--store", pg_url, "--broker", f"mqtt://127.0.0.1:{port}",
+               "--shared", GROUP)
+    server.join(5)
+    assert out.returncode == 2 and "does not offer shared subscriptions" in out.stderr, \
+        out.stderr
     # a group name that cannot be one
     out = _run("--data", d, "--store", pg_url, "--broker", broker.url, "--shared", "a/b")
     assert out.returncode == 2 and "is not a group name" in out.stderr, out.stderr
