@@ -127,6 +127,9 @@ class GatewayService:
         self._checkpoint_out = False
         self._out_wake = asyncio.Event()
         self._checkpoint: str | None = None
+        # --shared: the largest checkpoint size seen on anchor/checkpoint (every gateway of
+        # the group publishes there; an older one is not published over a newer one)
+        self._seen_checkpoint = -1
         # Back-pressure: at this many waiting messages the broker's socket is not read until
         # half of them are worked off; the backlog waits in the broker. What the read under
         # way still holds (one socket read, at most 256 KiB) is taken.
@@ -214,6 +217,9 @@ class GatewayService:
 
     def _take(self, topic: bytes, payload: bytes, mid: int, qos: int) -> None:
         """One message from the broker (the client's on_publish), on the event loop."""
+        if topic == _CHECKPOINT_BYTES and self.cfg.shared is not None:
+            self._seen_checkpoint = max(self._seen_checkpoint, _checkpoint_size(payload))
+            return  # QoS 0: nothing to acknowledge
         if not self._accepting:
             return  # stopping: not PUBACKed, the broker keeps it for the next run
         # "" matches no device: rejected as topic_mismatch (a topic that is not UTF-8, or not
@@ -313,7 +319,10 @@ class GatewayService:
             raise ConfigError(f"the broker {self.broker_shown} does not offer shared "
                               "subscriptions (its CONNACK says so)",
                               "enable them in the broker, or run one gateway without --shared")
-        sub = asyncio.ensure_future(conn.subscribe([(self.topic, 1)]))
+        filters = [(self.topic, 1)]
+        if self.cfg.shared is not None:
+            filters.append((CHECKPOINT_TOPIC, 0))  # the group's latest checkpoint, at QoS 0
+        sub = asyncio.ensure_future(conn.subscribe(filters))
         stopper = asyncio.ensure_future(self._stop.wait())
         try:
             while True:
@@ -537,6 +546,9 @@ class GatewayService:
                 self._acks_out.put_back(items[k:])
                 return False
         self.stats.acks_published += len(items)
+        if self._checkpoint_out and self._checkpoint and self.cfg.shared is not None and \
+                _checkpoint_size(self._checkpoint.encode()) <= self._seen_checkpoint:
+            self._checkpoint_out = False  # another gateway of the group published it or a newer one
         if self._checkpoint_out and self._checkpoint:
             try:
                 conn.publish(CHECKPOINT_TOPIC.encode(), self._checkpoint.encode(), retain=True)
@@ -575,6 +587,18 @@ class GatewayService:
                 "be acknowledged (as duplicates) next time", len(self._acks_out),
             )
         self._final.set()
+
+
+_CHECKPOINT_BYTES = CHECKPOINT_TOPIC.encode()
+
+
+def _checkpoint_size(note_text: bytes) -> int:
+    """The tree size of a checkpoint note (its second line); -1 for anything else."""
+    lines = note_text.split(b"\n", 2)
+    try:
+        return int(lines[1]) if len(lines) > 2 else -1
+    except ValueError:
+        return -1
 
 
 def _finish(pipeline: ReadingPipeline, submission: Any) -> int:

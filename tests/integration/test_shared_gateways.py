@@ -167,6 +167,28 @@ def test_three_shared_gateways_with_kills_and_a_database_restart(
     logs = "".join(g.log.read_text() for g in gws)
     assert "commit failed, nothing acknowledged" in logs or "cannot check readings" in logs
     note.verify_checkpoint(Store.open(dirs[2], readonly=True).latest_checkpoint()[1], vkey)
+    # the retained checkpoint: one the group signed, of the final ledger or a little older
+    retained = _retained_checkpoint(broker)
+    cp = note.verify_checkpoint(retained, vkey)
+    assert entries - 3 <= cp.size <= entries, (cp.size, entries)
+
+
+def _retained_checkpoint(broker: PrivateBroker) -> str:
+    import paho.mqtt.client as mqtt
+
+    got: list[str] = []
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="cp-reader")
+    c.on_message = lambda _c, _u, m: got.append(m.payload.decode())
+    c.connect("127.0.0.1", broker.port)
+    c.loop_start()
+    c.subscribe("anchor/checkpoint", qos=0)
+    deadline = time.monotonic() + 10
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.05)
+    c.disconnect()
+    c.loop_stop()
+    assert got, "no retained checkpoint"
+    return got[0]
 
 
 def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
