@@ -345,3 +345,18 @@ def test_store_group_shows_sets_and_clears(tmp_path: Path, pg_url: str,
     assert "not a group name" in capsys.readouterr().err
     assert main(["store", "group", "--clear", *d]) == 0
     assert capsys.readouterr().out == "shared group: none recorded\n"
+
+
+def test_sqlite_never_loads_psycopg_and_a_missing_one_is_a_clear_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", "import sys, gateway.cli, gateway.ingest.pipeline, "
+                          "gateway.service.runner; print('psycopg' in sys.modules)"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
+    monkeypatch.setattr(pg_engine, "psycopg", None)
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # import psycopg now fails
+    with pytest.raises(ConfigError, match="needs psycopg 3") as info:
+        Store.create(tmp_path / "d", "postgresql://anchor@127.0.0.1:5432/anchor")
+    assert "postgresql extra" in info.value.hint
