@@ -25,6 +25,7 @@ from test_pipeline import (  # noqa: E402,F401  (the fixtures and tests run here
     assert_audit_ok,
     devices,
     pipe,
+    statuses,
     test_accept_commit_ack,
     test_batch_max_splits_into_entries,
     test_chain_break_is_recorded_and_still_anchored,
@@ -76,6 +77,31 @@ def test_two_gateways_on_one_ledger(store: Store, devices: list[Device]) -> None
     r3 = p1.commit()
     assert r3 is not None and r3.readings == 0 and r3.acks["d1"].upto == 59
     assert store.query("SELECT COUNT(*) FROM events") == [(0,)]
+    p1.close()
+    p2.close()
+    other.close()
+    assert_audit_ok(store)
+
+
+def test_equivocation_across_gateways(store: Store, devices: list[Device]) -> None:  # noqa: F811
+    """Two messages for one (dev, seq) with different bytes, one at each gateway, neither
+    stored when classified: the first commit stores its own, the second finds it under the
+    lock and records an equivocation; one seq, one message, the audit holds."""
+    a = devices[0]
+    good = a.readings(3)
+    evil = a.message(1, bytes(32), {"t": -1})
+    other = Store.open(store.data_dir)
+    p1 = Pipeline(store, batch_max=4096, workers=1)
+    p2 = Pipeline(other, batch_max=4096, workers=1)
+    assert statuses(p1.submit(good)) == ["accepted"] * 3
+    assert statuses(p2.submit([evil])) == ["accepted"]  # it cannot know yet
+    assert p1.commit() is not None
+    r2 = p2.commit()
+    assert r2 is not None and r2.readings == 0
+    assert store.query("SELECT seq, cose FROM readings WHERE dev = 'd0' AND seq = 1") == [
+        (1, good[1])]
+    assert store.query("SELECT kind, dev, seq FROM events") == [("equivocation", "d0", 1)]
+    assert store.rejected_counts() == {"equivocation": 1}
     p1.close()
     p2.close()
     other.close()
