@@ -9,7 +9,7 @@ MICROPYTHON := .cache/micropython/micropython
 PYTEST_ARGS ?=
 
 .PHONY: setup venv mosquitto postgresql micropython test test-unit test-boards demo lint \
-        bench bench-firmware bench-gateway clean fuzz
+        bench bench-firmware bench-gateway bench-provenance clean fuzz
 
 setup: venv mosquitto postgresql micropython
 
@@ -86,6 +86,11 @@ bench-firmware: setup
 
 bench-gateway: setup
 	$(PY) tools/bench_gateway.py
+
+# dataset export and verify of PROVENANCE_READINGS readings (issue 14's goals; docs/provenance.md)
+PROVENANCE_READINGS ?= 1000000
+bench-provenance: setup
+	$(PY) tools/bench_provenance.py --readings $(PROVENANCE_READINGS)
 
 # BENCH_ARGS: e.g. --duration 60, --sweep 100,1000,5000 (draws docs/bench-devices.png),
 # --ledger 1000000. The bench extra (matplotlib, for the plot) is installed once.

@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from gateway.audit import provenance_audit
 from gateway.errors import AnchorError
 from gateway.ingest.verifier import CHUNK, Context, VerifierPool
 from gateway.ledger import merkle, note
@@ -131,7 +132,10 @@ class Progress:
 # Each record kind's own audit (step 7 of the module docstring): called once with all the
 # kind's entries in ledger order, it reports what is wrong through `auditor.problem`.
 RecordAudit = Callable[["Auditor", list[RecordEntry]], None]
-RECORD_AUDITS: dict[str, RecordAudit] = {}
+RECORD_AUDITS: dict[str, RecordAudit] = {
+    "dataset": provenance_audit.audit_datasets,
+    "model": provenance_audit.audit_models,
+}
 
 
 class Auditor:

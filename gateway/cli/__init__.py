@@ -32,6 +32,8 @@ COMMAND_MODULES: list[str] = [
     "gateway.cli.run",
     "gateway.cli.simulate",
     "gateway.cli.demo",
+    "gateway.cli.dataset",
+    "gateway.cli.model",
     "gateway.cli.store",
 ]
 

@@ -338,6 +338,18 @@ def build_entry_receipt(*, entry: bytes, entry_index: int, tree_size: int,
     }
 
 
+def _check_envelope(receipt: Any) -> None:
+    """A receipt is a JSON object of this module's RECEIPT_VERSION; raises ReceiptError."""
+    if not isinstance(receipt, Mapping):
+        raise _fail("receipt is not a JSON object")
+    version = receipt.get("version")
+    if version != RECEIPT_VERSION:
+        raise _fail(
+            f"receipt version {version!r} is not supported (expected {RECEIPT_VERSION})",
+            "use an iot-anchor release that writes this version",
+        )
+
+
 @dataclass(frozen=True)
 class VerifiedEntry:
     entry: Entry
@@ -349,14 +361,7 @@ def verify_entry_receipt(receipt: Mapping[str, Any], gateway_vkey: str) -> Verif
     """Check the receipt of a ledger entry offline: the checkpoint's signature and the entry's
     inclusion in its tree (steps 1-2 of the module docstring), and that "kind" names the
     entry's kind. Raises ReceiptError on the first failure."""
-    if not isinstance(receipt, Mapping):
-        raise _fail("receipt is not a JSON object")
-    version = receipt.get("version")
-    if version != RECEIPT_VERSION:
-        raise _fail(
-            f"receipt version {version!r} is not supported (expected {RECEIPT_VERSION})",
-            "use an iot-anchor release that writes this version",
-        )
+    _check_envelope(receipt)
     entry, cp = _proven_entry(_get(receipt, "entry", dict, ""),
                               _get(receipt, "checkpoint", str, ""), gateway_vkey)
     kind = _get(receipt, "kind", str, "")
@@ -372,14 +377,7 @@ def verify_receipt(
 
     Raises ReceiptError with a one-line reason on the first failure; returns what was proven.
     """
-    if not isinstance(receipt, Mapping):
-        raise _fail("receipt is not a JSON object")
-    version = receipt.get("version")
-    if version != RECEIPT_VERSION:
-        raise _fail(
-            f"receipt version {version!r} is not supported (expected {RECEIPT_VERSION})",
-            "use an iot-anchor release that writes this version",
-        )
+    _check_envelope(receipt)
     if "reading" not in receipt:
         raise _fail("receipt has no 'reading': it is the receipt of a ledger entry",
                     "check it with verify_entry_receipt ('iot-anchor verify-receipt' does)")
