@@ -40,8 +40,8 @@ breaks is reopened at the next statement, but never inside a transaction: there,
 statement fails until the caller's ROLLBACK, so nothing is ever written outside the
 sequencer's lock (a gateway whose connection, and so its lock, is lost mid-batch writes
 nothing of that batch). `lock_timeout` (30 s) bounds the wait for the sequencer, and
-`idle_in_transaction_session_timeout` (30 s) takes the lock from a process that stopped
-inside a transaction (SIGSTOP, a hung host).
+`idle_in_transaction_session_timeout` (30 s, set for write transactions only) takes the lock
+from a process that stopped inside one (SIGSTOP, a hung host).
 """
 
 from __future__ import annotations
@@ -65,9 +65,11 @@ SEQUENCER_KEY = int.from_bytes(hashlib.sha256(b"iot-anchor ledger sequencer").di
 CONNECT_TIMEOUT_S = 5
 SESSION_SETTINGS = (
     "SET lock_timeout = '30s'",
-    "SET idle_in_transaction_session_timeout = '30s'",
     "SET synchronous_commit = on",
 )
+# A write transaction, and only a write transaction, loses its session (and so the sequencer)
+# when it sits idle this long; a long read (ledger verify, store copy) is not cut short.
+WRITE_IDLE_TIMEOUT = "30s"
 NO_OP_PRAGMAS = {"shrink_memory", "journal_mode", "synchronous", "foreign_keys"}
 
 
@@ -286,6 +288,11 @@ class PgConnection:
                         copy.write_row(row)
             else:
                 cur.executemany(self._sql(sql, True), rows)
+                if self._in_txn:
+                    # after a pipelined executemany the server does not arm its idle timer
+                    # (idle_in_transaction_session_timeout) until the next plain statement:
+                    # one here, so that a writer stopped right after it still loses the lock
+                    conn.execute("SELECT 1")
             return cur
         except psycopg.Error as e:
             raise self._error(e, "a statement") from None
@@ -322,7 +329,9 @@ class PgConnection:
             self._begin("BEGIN")
             t0 = time.perf_counter()
             try:
-                self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (SEQUENCER_KEY,))
+                self._conn.execute(
+                    "SELECT set_config('idle_in_transaction_session_timeout', %s, true), "
+                    "pg_advisory_xact_lock(%s)", (WRITE_IDLE_TIMEOUT, SEQUENCER_KEY))
             except psycopg.Error as e:
                 raise self._error(e, "waiting for the sequencer lock") from None
             self._locked_at = time.perf_counter()

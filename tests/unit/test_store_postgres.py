@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -360,3 +361,23 @@ def test_sqlite_never_loads_psycopg_and_a_missing_one_is_a_clear_error(
     with pytest.raises(ConfigError, match="needs psycopg 3") as info:
         Store.create(tmp_path / "d", "postgresql://anchor@127.0.0.1:5432/anchor")
     assert "postgresql extra" in info.value.hint
+
+
+def test_a_stopped_writer_loses_the_sequencer(tmp_path: Path, pg_url: str,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process that stops inside a write transaction (SIGSTOP, a hung host) loses its
+    session, and so the sequencer lock, after the idle timeout; another writer then appends,
+    and the stopped one's transaction commits nothing."""
+    monkeypatch.setattr(pg_engine, "WRITE_IDLE_TIMEOUT", "1s")
+    a, vkey = Store.create(tmp_path / "d", pg_url)
+    b = Store.open(tmp_path / "d", store=pg_url)
+    with pytest.raises(StorageError):
+        with a.write() as c:
+            a.append_entry(c, a.head(c), "device", b"x")  # never committed
+            time.sleep(1.5)  # idle inside the transaction, holding the lock
+            t0 = time.monotonic()
+            registry.add(b, "late0", Device("late0").public_bytes)  # gets the lock
+            assert time.monotonic() - t0 < 5
+    assert a.entry_count() == 1  # b's entry only (a reconnected)
+    a.close()
+    b.close()
