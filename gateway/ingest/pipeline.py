@@ -245,6 +245,7 @@ class Pipeline:
         self._aligned = batch_max % GROUP == 0
         self.store = store
         self._concurrent = store.concurrent  # other processes append too (see _reconcile)
+        self._registry_seen = -1  # with concurrent writers: the registry version loaded
         self._owns_store = owns_store  # close() closes the store too
         self.batch_max = batch_max
         self.max_message = max_message
@@ -274,11 +275,21 @@ class Pipeline:
 
     def reload(self) -> None:
         """Re-read the registry and forget cached device state (after outside changes)."""
+        if self._concurrent:  # read first: a change after it is seen next time
+            self._registry_seen = self.store.registry_version()
         sent = {row.id: (bytes(row.key), row.status) for row in self.store.devices()}
         self._keys = _prepare_keys((self.max_message, sent))[1]
         self._ctx = Context(next(self._generation), (self.max_message, sent), _prepare_keys,
                             (self.max_message, self._keys))
         self._devs = {}
+
+    def _changed(self) -> bool:
+        """Reload? With concurrent writers (other gateways commit all the time) only when the
+        registry changed, since `_reconcile` deals with their readings; else when another
+        process committed anything."""
+        if self._concurrent:
+            return self.store.registry_version() != self._registry_seen
+        return self.store.changed_elsewhere()
 
     def _dev(self, dev: str) -> _Dev:
         st = self._devs.get(dev)
@@ -321,7 +332,7 @@ class Pipeline:
         once. `finish(submission)` classifies them. Between the two the caller may `commit()`
         the previous batch, so the SQLite writes overlap the verification (see `feed`).
         Submissions must be finished in the order they were started."""
-        if self.store.changed_elsewhere():
+        if self._changed():
             self.reload()
         items: list[tuple[bytes, str | None]] = []
         raws: list[bytes] = []
@@ -446,7 +457,7 @@ class Pipeline:
         root: bytes | None = None
         checkpoint: str | None = None
         with store.write() as c:
-            if store.changed_elsewhere():
+            if self._changed():
                 self._recheck_batch(c)
             if store.concurrent:
                 self._reconcile(c)

@@ -18,10 +18,11 @@ SQLite                     PostgreSQL
 ``meta.value`` (any type)  ``TEXT``: text and integers as text, bytes as PostgreSQL's hex
                            text (``\\x..``); read bytes back with ``CAST(value AS BLOB)``
 ``PRAGMA user_version``    the table ``iot_anchor_schema(version)``
-``PRAGMA data_version``    changes when the device registry changes (the newest device
-                           entry): the pipeline reloads the registry then; readings other
-                           gateways store are reconciled inside each commit
-                           (`Store.concurrent`)
+``PRAGMA data_version``    changes when another connection commits a write transaction:
+                           each one counts itself in ``iot_anchor_schema.writes`` under the
+                           sequencer lock (the pipeline, with concurrent writers, reloads
+                           its registry on `Store.registry_version` instead, and reconciles
+                           the readings others store inside each commit)
 ``BEGIN IMMEDIATE``        ``BEGIN`` + ``pg_advisory_xact_lock(SEQUENCER_KEY)``: the
                            sequencer; every write transaction of every process holds it until
                            its COMMIT or ROLLBACK, so appends are one chain
@@ -182,7 +183,9 @@ class PgConnection:
         self._in_txn = False
         self._lost_in_txn = False
         self._cache: dict[tuple[str, bool], str] = {}
-        self._have_entries = False
+        self._own_writes = 0  # write transactions this connection committed
+        self._writing = False  # inside a write transaction (it counted itself already)
+        self._counting = False  # the schema table with the write counter exists
         self._types: dict[tuple[str, str], list[str]] = {}  # (table, columns) -> their types
         # measured for the service's log and the bench: statements sent (each a round trip,
         # an executemany a pipelined batch), and of the last write transaction, how long the
@@ -336,7 +339,16 @@ class PgConnection:
                 raise self._error(e, "waiting for the sequencer lock") from None
             self._locked_at = time.perf_counter()
             self.lock_wait_s = self._locked_at - t0
-            self.statements += 2
+            try:
+                if not self._counting:  # the table is made by the first transaction of all
+                    self._counting = bool(self._conn.execute(
+                        f"SELECT to_regclass('{SCHEMA_TABLE}') IS NOT NULL").fetchone()[0])
+                if self._counting:
+                    self._conn.execute(f"UPDATE {SCHEMA_TABLE} SET writes = writes + 1")
+            except psycopg.Error as e:
+                raise self._error(e, "counting the write transaction") from None
+            self._writing = self._counting
+            self.statements += 3
             return _Rows([])
         if s in ("BEGIN", "BEGIN DEFERRED", "BEGIN TRANSACTION"):
             self._begin("BEGIN ISOLATION LEVEL REPEATABLE READ")
@@ -363,8 +375,8 @@ class PgConnection:
     def _end(self, stmt: str) -> None:
         """COMMIT or ROLLBACK. A ROLLBACK on a lost connection has nothing to do (the server
         rolled back when the connection ended); a COMMIT on one fails."""
-        lost = self._lost_in_txn
-        self._in_txn = self._lost_in_txn = False
+        lost, writing = self._lost_in_txn, self._writing
+        self._in_txn = self._lost_in_txn = self._writing = False
         conn = self._conn
         if conn is None or conn.closed or conn.broken:
             if stmt == "ROLLBACK":
@@ -376,6 +388,8 @@ class PgConnection:
         self.statements += 1
         try:
             conn.execute(stmt)
+            if writing and stmt == "COMMIT":
+                self._own_writes += 1
         except psycopg.Error as e:
             raise self._error(e, "committing" if stmt == "COMMIT" else "rolling back") from None
         finally:
@@ -395,19 +409,13 @@ class PgConnection:
             row = self.execute(f"SELECT version FROM {SCHEMA_TABLE}").fetchone()
             return _Rows([(int(row[0]) if row else 0,)])
         if name == "data_version":
-            return _Rows([(self._registry_version(),)])
+            # the write transactions of other connections: all, less ours (and less the one
+            # under way, which counted itself already)
+            row = self.execute(f"SELECT writes FROM {SCHEMA_TABLE}").fetchone()
+            seen = int(row[0]) if row else 0
+            return _Rows([(seen - self._own_writes - (1 if self._writing else 0),)])
         raise StorageError(f"PRAGMA {name} has no PostgreSQL form",
                            "use portable SQL (see gateway/storage/postgres.py)")
-
-    def _registry_version(self) -> int:
-        """The newest device entry's index (-1: none, or no schema yet)."""
-        if not self._have_entries:
-            row = self.execute("SELECT to_regclass('entries') IS NOT NULL").fetchone()
-            if not row[0]:
-                return -1
-            self._have_entries = True
-        row = self.execute("SELECT MAX(i) FROM entries WHERE kind = 'device'").fetchone()
-        return -1 if row[0] is None else int(row[0])
 
     # -- errors ------------------------------------------------------------------------------
 
@@ -471,7 +479,8 @@ def prepare_empty(c: PgConnection) -> None:
                        ).fetchone()
     if exists is None:
         c.execute("CREATE DOMAIN blob AS bytea")
-    c.execute(f"CREATE TABLE {SCHEMA_TABLE} (version INTEGER NOT NULL)")
+    c.execute(f"CREATE TABLE {SCHEMA_TABLE} (version INTEGER NOT NULL, "
+              "writes INTEGER NOT NULL DEFAULT 0)")
     c.execute(f"INSERT INTO {SCHEMA_TABLE} (version) VALUES (0)")
 
 

@@ -794,6 +794,12 @@ class Store:
 
     # --- several gateways on one ledger (#18: run --shared) -----------------------------------
 
+    def registry_version(self) -> int:
+        """The index of the newest device entry (-1: none): it changes with every registry
+        change (add, revoke, rotate), and with nothing else."""
+        row = self.one("SELECT MAX(i) FROM entries WHERE kind = 'device'")
+        return -1 if row is None or row[0] is None else int(row[0])
+
     def claim_shared_group(self, group: str) -> None:
         """`run --shared GROUP`: record GROUP as the ledger's one shared-subscription group
         (meta ``shared_group``), or check that it is the recorded one. Two groups on one

@@ -381,3 +381,23 @@ def test_a_stopped_writer_loses_the_sequencer(tmp_path: Path, pg_url: str,
     assert a.entry_count() == 1  # b's entry only (a reconnected)
     a.close()
     b.close()
+
+
+def test_data_version_counts_other_connections_commits(tmp_path: Path, pg_url: str) -> None:
+    """PRAGMA data_version as on SQLite: it moves when another connection commits a write,
+    not for this connection's own commits, nor for rolled-back or read-only work."""
+    a, _ = Store.create(tmp_path / "d", pg_url)
+    b = Store.open(tmp_path / "d", store=pg_url)
+    assert not a.changed_elsewhere() and not b.changed_elsewhere()
+    registry.add(a, "dv0", Device("dv0").public_bytes)
+    assert not a.changed_elsewhere()  # its own commit
+    assert b.changed_elsewhere() and not b.changed_elsewhere()  # once
+    with pytest.raises(RuntimeError), b.write():
+        raise RuntimeError("rolled back")
+    b.query("SELECT COUNT(*) FROM readings")
+    assert not a.changed_elsewhere()
+    b.set_shared_group("g")  # any write, not only the ledger's
+    assert a.changed_elsewhere()
+    assert a.registry_version() == b.registry_version() == 0
+    a.close()
+    b.close()
