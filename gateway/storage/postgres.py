@@ -15,6 +15,9 @@ SQLite                     PostgreSQL
                            INSERT without the id gets the next one, as SQLite's rowid)
 ``WITHOUT ROWID``          dropped
 ``INSERT OR IGNORE``       ``INSERT ... ON CONFLICT DO NOTHING``
+``INSERT OR REPLACE``      ``INSERT ... ON CONFLICT (primary key) DO UPDATE SET`` every other
+                           column ``= EXCLUDED.``it (the primary key is the conflict: a table
+                           whose other UNIQUE constraints matter needs its own ON CONFLICT)
 ``meta.value`` (any type)  ``TEXT``: text and integers as text, bytes as PostgreSQL's hex
                            text (``\\x..``); read bytes back with ``CAST(value AS BLOB)``
 ``PRAGMA user_version``    the table ``iot_anchor_schema(version)``
@@ -50,7 +53,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from gateway.errors import ConfigError, StorageError
@@ -111,7 +114,12 @@ _INTEGER_PK = re.compile(r"\bINTEGER\s+PRIMARY\s+KEY\b", re.I)
 _INTEGER = re.compile(r"\bINTEGER\b", re.I)
 _WITHOUT_ROWID = re.compile(r"\)\s*WITHOUT\s+ROWID\s*$", re.I)
 _INSERT_OR_IGNORE = re.compile(r"^\s*INSERT\s+OR\s+IGNORE\s+INTO\b", re.I)
-_INSERT_OR_OTHER = re.compile(r"^\s*INSERT\s+OR\s+(REPLACE|ABORT|FAIL|ROLLBACK)\b", re.I)
+_INSERT_OR_OTHER = re.compile(r"^\s*INSERT\s+OR\s+(ABORT|FAIL|ROLLBACK)\b", re.I)
+_INSERT_OR_REPLACE = re.compile(
+    r"^\s*INSERT\s+OR\s+REPLACE\s+INTO\s+(\w+)\s*(?:\(([\w\s,]+)\))?\s*(?=VALUES|SELECT)",
+    re.I)
+# (primary key columns, all columns in order) of a table; None when it has no primary key
+TableKeys = Callable[[str], tuple[list[str], list[str]] | None]
 _PLAIN_INSERT = re.compile(r"^\s*INSERT\s+INTO\s+(\w+)\s*\(([\w\s,]+)\)\s*VALUES\s*"
                            r"\(((?:\s*\?\s*,)*\s*\?\s*)\)\s*;?\s*$", re.I)
 COPY_MIN = 64
@@ -128,13 +136,29 @@ def ddl(stmt: str) -> str:
     return _WITHOUT_ROWID.sub(")", s)
 
 
-def translate(sql: str, params: bool) -> str:
-    """One statement of the portable subset, for PostgreSQL (see the module docstring)."""
+def translate(sql: str, params: bool, keys: TableKeys | None = None) -> str:
+    """One statement of the portable subset, for PostgreSQL (see the module docstring).
+    `keys` tells a table's primary key (INSERT OR REPLACE needs it)."""
     head = sql.lstrip()[:12].upper()
     if head.startswith(("CREATE", "ALTER")):
         sql = ddl(sql)
     elif head.startswith("INSERT"):
-        if _INSERT_OR_OTHER.match(sql):
+        m = _INSERT_OR_REPLACE.match(sql)
+        if m is not None:
+            table = m.group(1)
+            got = keys(table) if keys is not None else None
+            if got is None:
+                raise StorageError(f"INSERT OR REPLACE INTO {table}: the table has no primary "
+                                   "key to replace on", "write INSERT ... ON CONFLICT (columns) "
+                                   "DO UPDATE instead")
+            pk, every = got
+            cols = [c.strip() for c in m.group(2).split(",")] if m.group(2) else every
+            rest = [c for c in cols if c.lower() not in {k.lower() for k in pk}]
+            action = ("DO UPDATE SET " + ", ".join(f"{c} = EXCLUDED.{c}" for c in rest)
+                      if rest else "DO NOTHING")
+            sql = (f"INSERT INTO {table} ({', '.join(cols)}) " + sql[m.end():].rstrip()
+                   .rstrip(";") + f" ON CONFLICT ({', '.join(pk)}) {action}")
+        elif _INSERT_OR_OTHER.match(sql):
             raise StorageError(f"INSERT OR ... other than IGNORE has no PostgreSQL form: "
                                f"{sql.strip()[:60]}",
                                "write INSERT ... ON CONFLICT (columns) DO UPDATE instead")
@@ -252,8 +276,24 @@ class PgConnection:
         key = (sql, params)
         out = self._cache.get(key)
         if out is None:
-            out = self._cache[key] = translate(sql, params)
+            out = self._cache[key] = translate(sql, params, self._table_keys)
         return out
+
+    def _table_keys(self, table: str) -> tuple[list[str], list[str]] | None:
+        """(primary key columns, all columns in order) of `table`, from the catalog."""
+        conn = self._live()
+        try:
+            every = [r[0] for r in conn.execute(
+                "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND "
+                "attnum > 0 AND NOT attisdropped ORDER BY attnum", (table,))]
+            pk = [r[0] for r in conn.execute(
+                "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = "
+                "i.indrelid AND a.attnum = ANY(i.indkey) WHERE i.indrelid = to_regclass(%s) "
+                "AND i.indisprimary ORDER BY array_position(CAST(i.indkey AS int2[]), "
+                "a.attnum)", (table,))]
+        except psycopg.Error as e:
+            raise self._error(e, f"reading the columns of {table}") from None
+        return (pk, every) if pk else None
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Any:
         word = sql.lstrip()[:6].upper()

@@ -143,8 +143,33 @@ def test_translation(sql: str, params: bool, want: str) -> None:
 
 def test_translation_refuses_what_has_no_postgresql_form() -> None:
     with pytest.raises(StorageError, match="no PostgreSQL form") as info:
-        pg_engine.translate("INSERT OR REPLACE INTO t VALUES (?)", True)
+        pg_engine.translate("INSERT OR ROLLBACK INTO t VALUES (?)", True)
     assert "ON CONFLICT" in info.value.hint
+    with pytest.raises(StorageError, match="no primary key"):
+        pg_engine.translate("INSERT OR REPLACE INTO t VALUES (?)", True, lambda t: None)
+
+
+def test_insert_or_replace_on_postgresql(tmp_path: Path, pg_url: str) -> None:
+    """INSERT OR REPLACE (written for SQLite by other features) replaces on the primary key,
+    with and without a column list, one row or many; a key-only table keeps its row."""
+    s, _ = Store.create(tmp_path / "d", pg_url)
+    with s.write() as c:
+        c.execute("CREATE TABLE IF NOT EXISTS cosig (size INTEGER NOT NULL, witness TEXT NOT "
+                  "NULL, line TEXT NOT NULL, PRIMARY KEY (size, witness))")
+        c.execute("CREATE TABLE tags (name TEXT PRIMARY KEY)")
+        c.execute("INSERT OR REPLACE INTO cosig (size, witness, line) VALUES (?, ?, ?)",
+                  (1, "w", "old"))
+        c.execute("INSERT OR REPLACE INTO cosig VALUES (?, ?, ?)", (1, "w", "new"))
+        c.executemany("INSERT OR REPLACE INTO cosig (size, witness, line) VALUES (?,?,?)",
+                      [(2, "w", "a"), (2, "v", "b"), (1, "w", "newer")])
+        c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('witness_quorum', ?)", (2,))
+        c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('witness_quorum', ?)", (3,))
+        c.execute("INSERT OR REPLACE INTO tags VALUES (?)", ("x",))
+        c.execute("INSERT OR REPLACE INTO tags VALUES (?)", ("x",))
+    assert s.query("SELECT size, witness, line FROM cosig ORDER BY size, witness") == [
+        (1, "w", "newer"), (2, "v", "b"), (2, "w", "a")]
+    assert s.meta("witness_quorum") == "3" and s.query("SELECT name FROM tags") == [("x",)]
+    s.close()
 
 
 def test_unreachable_server_is_a_clear_error(tmp_path: Path) -> None:
