@@ -49,8 +49,9 @@ All writes go through `Store.write()` (BEGIN IMMEDIATE ... COMMIT): a commit is 
 transaction. SQLite failures become `StorageError` with what happened and what to do.
 
 One class, one copy of each query, on both engines: write portable SQL (standard SQL, ``?``
-placeholders, ``CAST(x AS BLOB)`` to read bytes from ``meta.value``, ``INSERT ... ON CONFLICT``
-rather than ``INSERT OR REPLACE``, an alias on every subquery in FROM). On PostgreSQL,
+placeholders, ``CAST(x AS BLOB)`` to read bytes from ``meta.value``, an alias on every subquery
+in FROM; ``INSERT OR REPLACE`` replaces on the primary key only there, so where another UNIQUE
+constraint matters write ``INSERT ... ON CONFLICT``). On PostgreSQL,
 `self.conn` is a `postgres.PgConnection`, which translates it (its docstring lists how) and
 raises `StorageError` itself; `self.concurrent` is True there: other processes may append at
 any moment, and a commit reconciles its batch with what they stored (gateway/ingest/pipeline.py).
