@@ -8,10 +8,10 @@ STAMP := $(VENV)/.installed
 MICROPYTHON := .cache/micropython/micropython
 PYTEST_ARGS ?=
 
-.PHONY: setup venv mosquitto micropython console-assets chromium test test-unit test-boards demo \
-        lint bench bench-firmware bench-gateway bench-provenance clean fuzz
+.PHONY: setup venv mosquitto postgresql micropython console-assets chromium test test-unit \
+        test-boards demo lint bench bench-firmware bench-gateway bench-provenance clean fuzz
 
-setup: venv mosquitto micropython console-assets chromium
+setup: venv mosquitto postgresql micropython console-assets chromium
 
 venv: $(STAMP)
 
@@ -49,6 +49,18 @@ chromium:
 	   apt-get install -y -q chromium chromium-driver)) >/dev/null; \
 	else \
 	  echo "setup: chromium is missing; install it with:  sudo apt-get install -y chromium chromium-driver"; exit 1; \
+	fi
+
+# PostgreSQL's server programs (initdb, postgres) for the tests' private clusters
+# (gateway/sim/postgres.py) and `--store postgresql://`; Debian keeps them off PATH, in
+# /usr/lib/postgresql/<major>/bin. The package's own cluster is not used by the tests.
+postgresql:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" -eq 0 ]; then \
+	  echo "setup: installing postgresql from Debian's packages"; \
+	  (apt-get install -y -q postgresql || (apt-get update -q && apt-get install -y -q postgresql)) >/dev/null; \
+	else \
+	  echo "setup: PostgreSQL is missing; install it with:  sudo apt-get install -y postgresql"; exit 1; \
 	fi
 
 # Also a 32-bit build (micropython32: a board's object sizes, for the heap-limit test), where

@@ -1,4 +1,5 @@
-"""Shared fixtures: the repository root, the MicroPython binary, a private Mosquitto."""
+"""Shared fixtures: the repository root, the MicroPython binary, a private Mosquitto, a private
+PostgreSQL cluster."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from gateway.sim.broker import PrivateBroker
+from gateway.sim.postgres import PrivatePostgres
 from gateway.storage.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,8 +108,9 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark every test that runs the MicroPython binary `micropython` and every one that starts
-    Mosquitto `mosquitto` (it uses one of the fixtures above, directly or through another
-    fixture): `-m "not micropython and not mosquitto"` leaves them out. Tests that start these
+    Mosquitto `mosquitto`, and every one that starts PostgreSQL `postgres` (it uses one of the
+    fixtures above, directly or through another fixture): `-m "not micropython and not
+    mosquitto and not postgres"` leaves them out. Tests that start these
     without the fixtures live in tests/integration/."""
     for item in items:
         used = set(getattr(item, "fixturenames", ()))
@@ -115,3 +118,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.micropython)
         if "broker" in used:
             item.add_marker(pytest.mark.mosquitto)
+        if "postgres" in used:
+            item.add_marker(pytest.mark.postgres)
+
+
+@pytest.fixture
+def postgres() -> Iterator[PrivatePostgres]:
+    """A private PostgreSQL cluster (initdb in a temporary folder, a free 127.0.0.1 port, run
+    as the user postgres when the tests run as root), stopped and removed after the test."""
+    pg = PrivatePostgres()
+    pg.start()
+    try:
+        yield pg
+    finally:
+        pg.close()
+
+
+@pytest.fixture
+def pg_url(postgres: PrivatePostgres) -> str:
+    """The URL of a new, empty database in the test's private cluster."""
+    return postgres.create_database("anchor")

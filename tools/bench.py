@@ -7,6 +7,7 @@
     .venv/bin/python tools/bench.py --console ...   (the gateway's console watched meanwhile)
     .venv/bin/python tools/bench.py --duration 60 --rate 10000 --mirror   (a mirror following)
     .venv/bin/python tools/bench.py --rules FILE ...        (the gateway with a rule set applied)
+    .venv/bin/python tools/bench.py --gateways 3 [--readings 36864]  (tools/bench_shared.py)
 
 Everything runs on this machine: a private Mosquitto (gateway/sim/broker.py, a fresh one per phase),
 the CPython load engine of `iot-anchor simulate --engine cpython` (gateway/sim/loadgen.py: its
@@ -103,12 +104,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--rules", type=Path, metavar="FILE",
                     help="apply this rule file to the gateway (tools/bench_rules.py --print "
                          "writes the 20-rule set of the rules bench)")
+    ap.add_argument("--gateways", type=int, metavar="N",
+                    help="instead: N gateways on one PostgreSQL ledger, the cost of each part "
+                         "(tools/bench_shared.py; with --readings, --devices, --batch-max)")
+    ap.add_argument("--readings", type=int, default=36864, metavar="R",
+                    help="with --gateways: readings in all (default 36864)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     ap.add_argument("--console", action="store_true",
                     help="run the gateway with --http and, in its phases, ask what a browser "
                          "open on the console's overview (every 2 s) and a Prometheus scrape "
                          "(every 5 s) ask (docs/console.md)")
     args = ap.parse_args(argv)
+    if args.gateways:
+        import bench_shared  # tools/ is on sys.path when run as a script
+
+        return int(bench_shared.main(["--gateways", str(args.gateways), "--readings",
+                                      str(args.readings), "--batch-max", str(args.batch_max),
+                                      "--devices", str(min(args.devices, 200))]))
     if args.ledger:
         import bench_ledger  # tools/ is on sys.path when run as a script
 

@@ -218,7 +218,7 @@ class Auditor:
         # (k + 1) * 2**L - 1, lower levels first; compared as a stream (no table in memory)
         nodes = self.c.execute(
             "SELECT level, idx, CAST(hash AS BLOB) FROM ledger_nodes "
-            "ORDER BY ((idx + 1) << level) - 1, level")
+            "ORDER BY ((idx + 1) << CAST(level AS INTEGER)) - 1, level")
         stored = nodes.fetchone()
         nodes_ok = True
         rows = self.c.execute("SELECT i, kind, CAST(body AS BLOB), CAST(hash AS BLOB) FROM entries "
@@ -544,7 +544,8 @@ class Auditor:
         out: dict[str, int] = {}
         first_gap = {d: int(s) for d, s in self.c.execute(
             "SELECT dev, MIN(seq) FROM (SELECT dev, seq, LEAD(seq) OVER (PARTITION BY dev "
-            "ORDER BY seq) AS nxt FROM readings) WHERE nxt IS NULL OR nxt > seq + 1 GROUP BY dev")}
+            "ORDER BY seq) AS nxt FROM readings) AS t WHERE nxt IS NULL OR nxt > seq + 1 "
+            "GROUP BY dev")}
         starts = {d: int(s) for d, s in self.c.execute(
             "SELECT dev, MIN(seq) FROM readings GROUP BY dev")}
         for dev, lo in starts.items():

@@ -19,6 +19,7 @@ from typing import Any
 
 from gateway import __version__
 from gateway.errors import AnchorError
+from gateway.storage import location
 
 COMMAND_MODULES: list[str] = [
     # "gateway.cli.init", ... each with register(subparsers)
@@ -37,6 +38,7 @@ COMMAND_MODULES: list[str] = [
     "gateway.cli.dataset",
     "gateway.cli.model",
     "gateway.cli.rules",
+    "gateway.cli.store",
 ]
 
 
@@ -50,12 +52,20 @@ def default_data_dir() -> str:
 
 
 def add_data_arg(p: argparse.ArgumentParser) -> None:
-    """The `--data DIR` option shared by every command."""
+    """The `--data DIR` and `--store URL` options shared by every command. `main` hands
+    --store to gateway.storage.location, so every `Store.open(DIR)` of the command opens it."""
     p.add_argument(
         "--data",
         metavar="DIR",
         default=default_data_dir(),
         help="data directory (default: $IOT_ANCHOR_DATA, else ./anchor-data)",
+    )
+    p.add_argument(
+        "--store",
+        metavar="URL",
+        default=None,
+        help="where the ledger is: postgresql://USER@HOST[:PORT]/DB, or sqlite:PATH "
+             "(default: $IOT_ANCHOR_STORE, else DIR/ledger.db); the gateway key stays in DIR",
     )
 
 
@@ -83,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=min(level, logging.INFO) if args.command in ("run", "demo", "simulate") else level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    before, location.command_line_store = location.command_line_store, getattr(args, "store", None)
     try:
         return int(args.func(args) or 0)
     except AnchorError as e:
@@ -97,3 +108,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141
+    finally:
+        location.command_line_store = before  # main() called in process (tests) leaves none

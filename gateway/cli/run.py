@@ -1,4 +1,5 @@
-"""`iot-anchor run [--broker URL] [--batch-interval S] [--batch-max N]`: the MQTT service."""
+"""`iot-anchor run [--broker URL] [--batch-interval S] [--batch-max N] [--shared GROUP]`: the
+MQTT service."""
 
 from __future__ import annotations
 
@@ -53,16 +54,31 @@ def register(sub: Subcommands) -> None:
     p.add_argument("--witness-quorum", metavar="K", type=int,
                    help="cosignatures a checkpoint needs to count as witnessed in 'ledger "
                         "status' (default: all the witnesses)")
+    p.add_argument("--shared", metavar="GROUP",
+                   help="one of several gateways on one PostgreSQL ledger (--store): subscribe "
+                        "to $share/GROUP/anchor/+/readings (MQTT 5, clean session), so the "
+                        "broker spreads the readings over the group; every gateway of the group "
+                        "has the same gateway.key in its DIR")
     p.set_defaults(func=cmd_run)
 
 
-def pipeline_factory(data_dir: Path, batch_max: int) -> Callable[[], Pipeline]:
+def pipeline_factory(data_dir: Path, batch_max: int,
+                     shared: str | None = None) -> Callable[[], Pipeline]:
     def make() -> Pipeline:
         from gateway.ingest.pipeline import Pipeline
         from gateway.storage.store import Store
 
         store = Store.open(data_dir)
         try:
+            if shared is not None:
+                if not store.concurrent:
+                    raise ConfigError(
+                        f"--shared needs a store that several gateways can share, and "
+                        f"{store.location} is a SQLite file",
+                        "give --store postgresql://USER@HOST/DB (made with 'iot-anchor init "
+                        "--store'), or run one gateway without --shared")
+                store.load_signer()  # the group's key first: a wrong one claims nothing
+                store.claim_shared_group(shared)
             pipe = Pipeline(store, batch_max=batch_max, owns_store=True)
             pipe.pool.start()  # the verifier processes get ready before the first message
             return pipe
@@ -76,7 +92,7 @@ def pipeline_factory(data_dir: Path, batch_max: int) -> Callable[[], Pipeline]:
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = ServiceConfig(data_dir=Path(args.data), broker=args.broker,
                         batch_interval=args.batch_interval, batch_max=args.batch_max,
-                        puback=args.puback)
+                        puback=args.puback, shared=args.shared)
     if args.http:
         cfg.http = parse_http_address(args.http)
         cfg.http_token = load_token(args.http_token, args.http_token_file)
@@ -92,4 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.http and (args.http_token or args.http_token_file):
         raise ConfigError("--http-token and --http-token-file need --http HOST:PORT",
                           "add --http, or drop the token")
-    return run_service(cfg, pipeline_factory(cfg.data_dir, cfg.batch_max))
+    if cfg.shared is not None and cfg.puback != "commit":
+        raise ConfigError("--shared needs --puback commit",
+                          "leave --puback out: a shared gateway PUBACKs after its commit")
+    return run_service(cfg, pipeline_factory(cfg.data_dir, cfg.batch_max, cfg.shared))

@@ -50,6 +50,12 @@ Design choices:
   database: every submit checks SQLite's data_version and reloads the registry and the device
   state when it changed; the commit re-checks the open batch against the database inside its
   transaction in that case.
+* Several processes appending at once (PostgreSQL, `Store.concurrent`: several `run --shared`
+  gateways): the commit's transaction holds the store's sequencer lock, and inside it the open
+  batch is reconciled with what the others stored meanwhile (`_reconcile`: one query for the
+  batch's (dev, seq) and their neighbours): a reading stored meanwhile is dropped (same bytes:
+  acknowledged as a duplicate; other bytes: an equivocation), and the prev checks are made
+  again against the stored neighbours. The registry is reloaded when its version changes.
 """
 
 from __future__ import annotations
@@ -83,10 +89,13 @@ REASONS: tuple[str, ...] = DECODE_REASONS + (
 ZERO_HASH = bytes(32)
 DAY_MS = 86_400_000  # device_days counts per UTC day: day = commit time (ms) // DAY_MS
 sha256 = hashlib.sha256
+DEVICE_CHUNK = 500  # devices per statement (3 parameters each: below SQLite's 999 of old)
+WALK = 512  # seqs per device per step of the watermark walk
 
 Message = bytes | bytearray | memoryview | tuple[bytes, str | None]
 _Checked = tuple[str, int, bytes, bytes, bytes]  # dev, seq, prev, SHA-256, RFC 6962 leaf hash
 _Refused = tuple[str, str]  # (rejection reason, the device the message names)
+_Fact = tuple[bytes, bytes | None]  # a stored reading's SHA-256, and its prev when needed
 
 
 @dataclass(slots=True)  # not frozen: one per message, and frozen ones cost 4x to construct
@@ -242,6 +251,8 @@ class Pipeline:
         # group roots can be made during submit when batches split on group boundaries
         self._aligned = batch_max % GROUP == 0
         self.store = store
+        self._concurrent = store.concurrent  # other processes append too (see _reconcile)
+        self._registry_seen = -1  # with concurrent writers: the registry version loaded
         self._owns_store = owns_store  # close() closes the store too
         self.batch_max = batch_max
         self.max_message = max_message
@@ -262,18 +273,34 @@ class Pipeline:
         self.totals: Counter[str] = Counter()  # accepted / duplicate / rejected since start
         self.rules = RuleRuntime(store, self.signer)  # the applied rule set (docs/rules.md)
         self._refused: list[tuple[str, str]] = []  # (dev, reason) of this batch's refusals
+        # of the last commit on a PostgreSQL store: (seconds waited for the sequencer lock,
+        # seconds held); (0, 0) on SQLite
+        self.sequencer: tuple[float, float] = (0.0, 0.0)
+        # concurrent writers: (readings.id from which on rows were committed after the
+        # pre-check, the stored COSE bytes the pre-check found); see `_reconcile`
+        self._pre: tuple[int, dict[tuple[str, int], _Fact]] | None = None
         self.reload()
 
     # --- state ---------------------------------------------------------------------------------
 
     def reload(self) -> None:
         """Re-read the registry and forget cached device state (after outside changes)."""
+        if self._concurrent:  # read first: a change after it is seen next time
+            self._registry_seen = self.store.registry_version()
         sent = {row.id: (bytes(row.key), row.status) for row in self.store.devices()}
         self._keys = _prepare_keys((self.max_message, sent))[1]
         self._ctx = Context(next(self._generation), (self.max_message, sent), _prepare_keys,
                             (self.max_message, self._keys))
         self._devs = {}
         self.rules.reload()
+
+    def _changed(self) -> bool:
+        """Reload? With concurrent writers (other gateways commit all the time) only when the
+        registry changed, since `_reconcile` deals with their readings; else when another
+        process committed anything."""
+        if self._concurrent:
+            return self.store.registry_version() != self._registry_seen
+        return self.store.changed_elsewhere()
 
     def _dev(self, dev: str) -> _Dev:
         st = self._devs.get(dev)
@@ -316,7 +343,7 @@ class Pipeline:
         once. `finish(submission)` classifies them. Between the two the caller may `commit()`
         the previous batch, so the SQLite writes overlap the verification (see `feed`).
         Submissions must be finished in the order they were started."""
-        if self.store.changed_elsewhere():
+        if self._changed():
             self.reload()
         items: list[tuple[bytes, str | None]] = []
         raws: list[bytes] = []
@@ -373,19 +400,21 @@ class Pipeline:
                                        f"stored message has sha256 {prior.hex()}, "
                                        f"this one {digest.hex()}"))
             return Outcome("rejected", "equivocation", dev, seq)
-        # accepted: check the chain in both directions
-        if seq == 0:
-            expected: bytes | None = ZERO_HASH
-        elif seq - 1 == st.last_seq and st.last_hash is not None:
-            expected = st.last_hash
-        else:
-            expected = self._digest_of(dev, seq - 1)
-        if expected is not None and prev != expected:
-            self._events.append(_Event("chain_break", dev, seq, None,
-                                       f"prev {prev.hex()} != sha256 of seq {seq - 1} "
-                                       f"{expected.hex()}"))
-        if seq < st.last_seq:
-            self._check_successor(dev, seq, digest)
+        # accepted: check the chain in both directions (with concurrent writers, the commit's
+        # reconciliation does it, against what is stored then: no lookups here)
+        if not self._concurrent:
+            if seq == 0:
+                expected: bytes | None = ZERO_HASH
+            elif seq - 1 == st.last_seq and st.last_hash is not None:
+                expected = st.last_hash
+            else:
+                expected = self._digest_of(dev, seq - 1)
+            if expected is not None and prev != expected:
+                self._events.append(_Event("chain_break", dev, seq, None,
+                                           f"prev {prev.hex()} != sha256 of seq {seq - 1} "
+                                           f"{expected.hex()}"))
+            if seq < st.last_seq:
+                self._check_successor(dev, seq, digest)
         self._batch.append(r := _Reading(raw, dev, seq, prev, digest))
         self._leaves.append(leaf)
         self._in_batch[key] = r
@@ -432,6 +461,7 @@ class Pipeline:
         if not (self._batch or self._acked or self._rejected or self._events):
             return None
         try:
+            self._pre = self._precheck() if self.store.concurrent and self._batch else None
             result = self._commit()
         except StorageError:
             # nothing was written: keep the open batch for a retry, but forget cached state
@@ -453,8 +483,10 @@ class Pipeline:
         rules = self.rules
         try:
             with store.write() as c:
-                if store.changed_elsewhere():
+                if self._changed():
                     self._recheck_batch(c)
+                if store.concurrent:
+                    self._reconcile(c)
                 rules.begin(c)
                 result = self._write(c, rules)
         except BaseException:
@@ -462,6 +494,8 @@ class Pipeline:
             raise
         rules.committed()
         # the transaction is committed: now the cached watermarks may move
+        self.sequencer = (getattr(store.conn, "lock_wait_s", 0.0),
+                          getattr(store.conn, "hold_s", 0.0))
         for dev, ack in result.acks.items():
             self._dev(dev).upto = ack.upto
         return replace(result, actions=rules.new_actions) if rules.new_actions else result
@@ -514,7 +548,7 @@ class Pipeline:
         if self._rejected:
             c.executemany(
                 "INSERT INTO rejected (reason, n) VALUES (?, ?) "
-                "ON CONFLICT (reason) DO UPDATE SET n = n + excluded.n",
+                "ON CONFLICT (reason) DO UPDATE SET n = rejected.n + excluded.n",
                 sorted(self._rejected.items()))
         self._count_days(c, t)
         if checkpoint is None:
@@ -560,34 +594,146 @@ class Pipeline:
                 [(dev, day, n, dev) for dev, n in sorted(self._rejected_dev.items())])
 
     def _update_devices(self, c: Any, newest_entry: int) -> dict[str, Ack]:
+        """The devices rows and the acks after this commit's readings (inserted already), in
+        a few statements whatever the number of devices: one SELECT per DEVICE_CHUNK devices,
+        one index walk per round for the devices whose watermark may move past the batch,
+        one executemany UPDATE (each a round trip on PostgreSQL, inside the sequencer lock)."""
         by_dev: dict[str, list[int]] = {}
         for d in self._batch:
             by_dev.setdefault(d.dev, []).append(d.seq)
-        acks: dict[str, Ack] = {}
-        for dev, seqs_acked in self._acked.items():
+        devs = list(self._acked)
+        rows: dict[str, tuple[int, int | None]] = {}
+        for k in range(0, len(devs), DEVICE_CHUNK):
+            part = devs[k:k + DEVICE_CHUNK]
+            rows.update((r[0], (r[1], r[2])) for r in c.execute(
+                "SELECT id, upto, last_seq FROM devices WHERE id IN "
+                f"({', '.join('?' * len(part))})", part))
+        upto_of: dict[str, int] = {}
+        last_of: dict[str, int] = {}
+        walk: list[str] = []
+        for dev in devs:
             new = by_dev.get(dev, [])
-            row = c.execute("SELECT upto, last_seq FROM devices WHERE id = ?", (dev,)).fetchone()
+            row = rows.get(dev)
             upto = row[0] if row else -1
             last = max(row[1] if row and row[1] is not None else -1, max(new, default=-1))
             if new:
                 have = set(new)
                 while upto + 1 in have:
                     upto += 1
-                while upto < last:  # late readings may have joined an older run: walk the index
-                    more = [r[0] for r in c.execute(
-                        "SELECT seq FROM readings WHERE dev = ? AND seq > ? ORDER BY seq LIMIT 512",
-                        (dev, upto))]
-                    moved = False
-                    for s in more:
-                        if s != upto + 1:
-                            break
-                        upto, moved = s, True
-                    if not moved or len(more) < 512:
-                        break
-                c.execute("UPDATE devices SET readings = readings + ?, last_seq = ?, upto = ? "
-                          "WHERE id = ?", (len(new), last, upto, dev))
-            acks[dev] = Ack(upto, sorted(s for s in seqs_acked if s > upto), newest_entry)
-        return acks
+                if upto < last:  # late readings (or other gateways') may continue the run
+                    walk.append(dev)
+            upto_of[dev], last_of[dev] = upto, last
+        while walk:  # walk the index WALK seqs at a time, for every such device at once
+            span = {dev: (upto_of[dev], min(upto_of[dev] + WALK, last_of[dev])) for dev in walk}
+            ends = self.store.contiguous_end(c, span)
+            again = []
+            for dev in walk:
+                upto_of[dev] = ends[dev]
+                if ends[dev] == span[dev][1] < last_of[dev]:  # a whole page: read on
+                    again.append(dev)
+            walk = again
+        updates = [(len(by_dev[dev]), last_of[dev], upto_of[dev], dev) for dev in devs
+                   if dev in by_dev]
+        if updates:
+            c.executemany("UPDATE devices SET readings = readings + ?, last_seq = ?, upto = ? "
+                          "WHERE id = ?", updates)
+        return {dev: Ack(upto_of[dev], sorted(s for s in self._acked[dev] if s > upto_of[dev]),
+                         newest_entry) for dev in devs}
+
+    @staticmethod
+    def _wanted(batch: list[_Reading]) -> set[tuple[str, int]]:
+        """What the reconciliation looks up: each reading's (dev, seq) and its neighbours."""
+        want: set[tuple[str, int]] = set()
+        for d in batch:
+            want.add((d.dev, d.seq))
+            want.add((d.dev, d.seq + 1))
+            if d.seq:
+                want.add((d.dev, d.seq - 1))
+        return want
+
+    def _facts(self, stored: dict[tuple[str, int], bytes]) -> dict[tuple[str, int], _Fact]:
+        """What the reconciliation needs of stored readings: SHA-256 of each, and the prev
+        field of those that follow a reading of the open batch (a successor's check)."""
+        in_batch = self._in_batch
+        out: dict[tuple[str, int], _Fact] = {}
+        for (dev, seq), cose in stored.items():
+            prev: bytes | None = None
+            if (dev, seq - 1) in in_batch:  # also if itself in the batch: it may be dropped
+                try:
+                    prev = decode(cose, max(self.max_message, len(cose))).prev
+                except Rejection:
+                    prev = None
+            out[(dev, seq)] = (sha256(cose).digest(), prev)
+        return out
+
+    def _precheck(self) -> tuple[int, dict[tuple[str, int], _Fact]]:
+        """Before the commit takes the sequencer lock: what is stored of the batch's (dev, seq)
+        and neighbours (`_facts`), and the first readings.id not committed yet when it was
+        read (ids are given out under the lock in commit order, so every later commit stores
+        ids from there on). Inside the lock, `_reconcile` then looks only at those later rows:
+        the index lookups, the hashing and the decoding stay out of the sequencer's hold."""
+        since = self.store.reading_count()  # read first: rows from here on are looked at again
+        return since, self._facts(self.store.stored_many(self._wanted(self._batch)))
+
+    def _reconcile(self, c: Any) -> None:
+        """Other processes append concurrently (`Store.concurrent`): inside the commit's
+        transaction, which holds the sequencer lock, check the open batch against what they
+        stored since it was classified. A reading stored meanwhile is dropped: with the same
+        bytes it is still acknowledged (it is anchored), with other bytes it is an
+        equivocation (the stored one stays). The chain checks are made again, against the
+        stored neighbours (seq - 1 and seq + 1) and the batch, and replace the ones made at
+        classification, which could not see readings another process had not yet stored."""
+        batch = self._batch
+        if not batch:
+            return
+        want = self._wanted(batch)
+        if self._pre is None:
+            facts = self._facts(self.store.stored_many(want, c))
+        else:  # what was committed since the pre-check: one range scan on the primary key
+            since, facts = self._pre
+            later = [(dev, int(seq)) for dev, seq in c.execute(
+                "SELECT dev, seq FROM readings WHERE id >= ?", (since,))]
+            hits = [k for k in later if k in want]
+            if hits:
+                facts = {**facts, **self._facts(self.store.stored_many(hits, c))}
+        keep: list[_Reading] = []
+        for d in batch:
+            fact = facts.get((d.dev, d.seq))
+            if fact is None:
+                keep.append(d)
+            elif fact[0] != d.digest:
+                self._rejected["equivocation"] += 1
+                self._events.append(_Event("equivocation", d.dev, d.seq, d.raw,
+                                           "stored by another process first"))
+        if len(keep) != len(batch):
+            self._batch = keep
+            self._leaves = [leaf_hash(d.raw) for d in keep]
+            self._groups = []  # recomputed at the commit
+            self._in_batch = {(d.dev, d.seq): d for d in keep}
+        events = [ev for ev in self._events if ev.kind != "chain_break"]
+        in_batch = self._in_batch
+        for d in keep:
+            if d.seq == 0:
+                expected: bytes | None = ZERO_HASH
+            else:
+                before = in_batch.get((d.dev, d.seq - 1))
+                if before is not None:
+                    expected = before.digest
+                else:
+                    got = facts.get((d.dev, d.seq - 1))
+                    expected = got[0] if got is not None else None
+            if expected is not None and d.prev != expected:
+                events.append(_Event("chain_break", d.dev, d.seq, None,
+                                     f"prev {d.prev.hex()} != sha256 of seq {d.seq - 1} "
+                                     f"{expected.hex()}"))
+            after = facts.get((d.dev, d.seq + 1))
+            if after is not None and (d.dev, d.seq + 1) not in in_batch:
+                nxt = after[1]
+                if nxt is not None and nxt != d.digest:
+                    events.append(_Event("chain_break", d.dev, d.seq + 1, None,
+                                         f"prev {nxt.hex()} != sha256 of late seq {d.seq} "
+                                         f"{d.digest.hex()}"))
+        self._events = events
 
     def _recheck_batch(self, c: Any) -> None:
         """Another process committed since our last look: drop open-batch readings that are now

@@ -74,6 +74,17 @@ class Endpoint:
                    url.password)
 
 
+class BrokerRefused(BrokerError):
+    """The broker answered the CONNECT with a refusal; `code` is its CONNACK code."""
+
+    def __init__(self, what: str, hint: str, code: int) -> None:
+        super().__init__(what, hint)
+        self.code = code
+
+
+PROTOCOL_REFUSALS = (1, 0x84)  # "unacceptable / unsupported protocol version"
+
+
 class Connection(asyncio.Protocol):
     """One MQTT connection. Made by `session()`; every method runs on the event loop."""
 
@@ -373,13 +384,14 @@ async def session(endpoint: Endpoint, options: wire.ConnectOptions, on_publish: 
         conn.abort()
         if ack.code in (4, 5, 0x86, 0x87):
             hint = "check the user and password in the broker URL (mqtt://USER:PASS@HOST)"
-        elif ack.code in (1, 0x84):
+        elif ack.code in PROTOCOL_REFUSALS:
             hint = ("the broker does not speak this MQTT version"
                     + (" (MQTT 5 is needed: Mosquitto 2.0 or later)"
                        if options.version == wire.V5 else ""))
         else:
             hint = "check the broker's configuration and log"
-        raise BrokerError(f"the broker at {where} refused the connection: {ack.reason}", hint)
+        raise BrokerRefused(f"the broker at {where} refused the connection: {ack.reason}", hint,
+                            ack.code)
     conn.accepted(ack)
     try:
         yield conn

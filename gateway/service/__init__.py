@@ -29,8 +29,15 @@ broker's socket until half of them are worked off (TCP back-pressure: the backlo
 broker). Acks wait coalesced per device (`acks.AckOutbox`), at most ACKS_INFLIGHT_MAX of them
 unPUBACKed by the broker.
 
-Storage faults. A failed start, finish or commit is logged with its reason and retried every
-second; nothing is PUBACKed or acknowledged meanwhile, and the messages keep waiting.
+Storage faults. A failed start, finish or commit is logged with its reason and retried after
+0.5 s, doubling up to 10 s while the failures go on (a PostgreSQL restart, a network cut);
+nothing is PUBACKed or acknowledged meanwhile, and the messages keep waiting.
+
+Several gateways (`run --shared GROUP`, a PostgreSQL store): MQTT 5, a clean session on
+$share/GROUP/anchor/+/readings, so the broker spreads the readings over the group and a
+gateway that goes away leaves it at once; what it had not PUBACKed (not committed) is gone
+from the broker, and the devices republish it after their ack timeout, to a live member.
+Appends are serialised by the store's sequencer (gateway/storage/postgres.py).
 
 Modules: `config` (ServiceConfig), `port` (the pipeline as the service sees it), `acks` (acks
 waiting to be published), `runner` (GatewayService), `resources` (what the process reports).

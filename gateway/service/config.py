@@ -23,3 +23,4 @@ class ServiceConfig:
     http_token: str | None = None  # the bearer token every HTTP request needs
     witnesses: list[tuple[str, str]] = field(default_factory=list)  # (URL, witness vkey)
     witness_quorum: int | None = None  # cosignatures a checkpoint needs (None: all)
+    shared: str | None = None  # MQTT 5 shared-subscription group (`run --shared GROUP`)

@@ -8,9 +8,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
+import re
 import resource
 import signal
+import socket
 import sys
 import time
 from collections import deque
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from gateway.errors import AnchorError, BrokerError, ConfigError
-from gateway.mqtt.client import Connection, Endpoint, session
+from gateway.mqtt.client import PROTOCOL_REFUSALS, BrokerRefused, Connection, Endpoint, session
 from gateway.observe.metrics import LiveGauges, ServiceMetrics
 from gateway.rules.executor import CommandOrder, CommandSender, Executor
 from gateway.service.acks import AckOutbox
@@ -30,8 +33,14 @@ from gateway.service.resources import peak_rss_mb
 from gateway.tlog.witness_client import WitnessClient
 from gateway.wire.ack import encode_ack
 from gateway.wire.broker_url import parse_broker_url
-from gateway.wire.mqtt import V311, ConnectOptions
-from gateway.wire.topics import CHECKPOINT_TOPIC, READINGS_TOPIC, ack_topic, device_from_topic_bytes
+from gateway.wire.mqtt import PROP_SHARED_SUBSCRIPTION_AVAILABLE, V5, V311, ConnectOptions
+from gateway.wire.topics import (
+    CHECKPOINT_TOPIC,
+    READINGS_TOPIC,
+    ack_topic,
+    device_from_topic_bytes,
+    shared,
+)
 
 log = logging.getLogger("iot_anchor.service")
 
@@ -49,6 +58,12 @@ ACKS_INFLIGHT_MAX = 4096
 # and the pipeline thread (classify, SQLite) both want the GIL; with 5 ms a commit waited up to
 # 5 ms each time it got it back (make bench at 11,000/s offered: p99 2,070 -> 1,007 ms).
 SWITCH_INTERVAL_S = 0.0005
+# After a storage failure (the database down or unreachable) the processor waits, then retries:
+# RETRY_MIN_S doubling up to RETRY_MAX_S while the failures go on.
+RETRY_MIN_S = 0.5
+RETRY_MAX_S = 10.0
+SHARED_GROUP = re.compile(r"[A-Za-z0-9._-]{1,64}")
+SUBACK_SHARED_NOT_SUPPORTED = 0x9E
 
 T = TypeVar("T")
 
@@ -100,6 +115,11 @@ class GatewayService:
             raise ConfigError(f"--batch-max {cfg.batch_max} is below 1", "give e.g. 4096")
         if cfg.puback not in ("commit", "receipt"):
             raise ConfigError(f"--puback {cfg.puback!r} is unknown", "use commit or receipt")
+        if cfg.shared is not None and not SHARED_GROUP.fullmatch(cfg.shared):
+            raise ConfigError(f"--shared {cfg.shared!r} is not a group name",
+                              "give 1-64 characters from A-Z a-z 0-9 . _ -")
+        # the subscription: the whole stream, or (MQTT 5) this gateway's share of its group's
+        self.topic = READINGS_TOPIC if cfg.shared is None else shared(cfg.shared, READINGS_TOPIC)
         self.cfg = cfg
         self.url = parse_broker_url(cfg.broker, what="--broker")
         self.broker_shown = self.url.shown  # never log the password
@@ -120,6 +140,9 @@ class GatewayService:
         self._checkpoint_out = False
         self._out_wake = asyncio.Event()
         self._checkpoint: str | None = None
+        # --shared: the largest checkpoint size seen on anchor/checkpoint (every gateway of
+        # the group publishes there; an older one is not published over a newer one)
+        self._seen_checkpoint = -1
         # Back-pressure: at this many waiting messages the broker's socket is not read until
         # half of them are worked off; the backlog waits in the broker. What the read under
         # way still holds (one socket read, at most 256 KiB) is taken.
@@ -144,6 +167,7 @@ class GatewayService:
         # it takes: command_factory(device, id, op, args)
         self.command_sender: CommandSender | None = None
         self.command_factory: Callable[[str, int, str, dict[str, Any]], Any] = CommandOrder
+        self._storage_failures = 0  # storage failures in a row (the retry's backoff)
 
     # -- the worker thread ------------------------------------------------------------------
 
@@ -165,12 +189,16 @@ class GatewayService:
             self._pipeline = await self._call(self._factory)
             pipe = self._pipe()
             self.client_id = "iot-anchor-gw-" + await self._call(pipe.gateway_key_id)
+            if self.cfg.shared is not None:
+                # every gateway of the group has the key: the id must differ per process
+                self.client_id += f"-{self.cfg.shared}-{socket.gethostname()[:32]}-{os.getpid()}"
             self._checkpoint = await self._call(pipe.latest_checkpoint)
             self._checkpoint_out = self._checkpoint is not None
             log.info(
-                "gateway %s: broker %s, batch interval %.3g s, batch max %d, PUBACK on %s",
+                "gateway %s: broker %s, batch interval %.3g s, batch max %d, PUBACK on %s%s",
                 self.client_id, self.broker_shown, self.cfg.batch_interval, self.cfg.batch_max,
-                self.cfg.puback,
+                self.cfg.puback, "" if self.cfg.shared is None else
+                f", shared subscription group {self.cfg.shared} (MQTT 5, clean session)",
             )
             http = await self._start_http()
             try:
@@ -253,6 +281,9 @@ class GatewayService:
 
     def _take(self, topic: bytes, payload: bytes, mid: int, qos: int) -> None:
         """One message from the broker (the client's on_publish), on the event loop."""
+        if topic == _CHECKPOINT_BYTES and self.cfg.shared is not None:
+            self._seen_checkpoint = max(self._seen_checkpoint, _checkpoint_size(payload))
+            return  # QoS 0: nothing to acknowledge
         if not self._accepting:
             return  # stopping: not PUBACKed, the broker keeps it for the next run
         # "" matches no device: rejected as topic_mismatch (a topic that is not UTF-8, or not
@@ -289,9 +320,19 @@ class GatewayService:
     async def _connection_loop(self) -> None:
         assert self._endpoint is not None
         failures = 0
-        options = ConnectOptions(self.client_id, self.cfg.keepalive, clean=False,
-                                 username=self.url.username, password=self.url.password,
-                                 version=V311)
+        if self.cfg.shared is None:
+            options = ConnectOptions(self.client_id, self.cfg.keepalive, clean=False,
+                                     username=self.url.username, password=self.url.password,
+                                     version=V311)
+        else:
+            # A clean session (MQTT 5: clean start, session expiry 0): Mosquitto 2.0 keeps
+            # handing a persistent session's share of the group's messages to it while its
+            # gateway is down (tests/integration/test_shared_subscriptions.py), where nobody
+            # anchors them; a clean one leaves the group when its connection ends, and what it
+            # had not PUBACKed is republished by the devices' outboxes (docs/operations.md).
+            options = ConnectOptions(self.client_id, self.cfg.keepalive, clean=True,
+                                     username=self.url.username, password=self.url.password,
+                                     version=V5)
         manual = self.cfg.puback == "commit"
         while not self._stop.is_set():
             error = "the connection ended"
@@ -313,6 +354,14 @@ class GatewayService:
                     if self._checkpoint:
                         self._checkpoint_out = True
                     await self._session(conn)
+            except BrokerRefused as e:
+                if self.cfg.shared is not None and e.code in PROTOCOL_REFUSALS:
+                    raise ConfigError(
+                        f"--shared needs MQTT 5, and {e.what.removesuffix('.')}",
+                        "use a broker that speaks MQTT 5 (Mosquitto 2.0 or later, EMQX, "
+                        "HiveMQ), or run one gateway without --shared") from None
+                failures += 1
+                error = e.explain()
             except BrokerError as e:
                 failures += 1
                 error = e.explain()
@@ -332,7 +381,15 @@ class GatewayService:
 
     async def _session(self, conn: Connection) -> None:
         """Return on stop (after the final acks went out); raise BrokerError on disconnect."""
-        sub = asyncio.ensure_future(conn.subscribe([(READINGS_TOPIC, 1)]))
+        if self.cfg.shared is not None and \
+                conn.connack_properties.get(PROP_SHARED_SUBSCRIPTION_AVAILABLE, 1) == 0:
+            raise ConfigError(f"the broker {self.broker_shown} does not offer shared "
+                              "subscriptions (its CONNACK says so)",
+                              "enable them in the broker, or run one gateway without --shared")
+        filters = [(self.topic, 1)]
+        if self.cfg.shared is not None:
+            filters.append((CHECKPOINT_TOPIC, 0))  # the group's latest checkpoint, at QoS 0
+        sub = asyncio.ensure_future(conn.subscribe(filters))
         stopper = asyncio.ensure_future(self._stop.wait())
         try:
             while True:
@@ -350,9 +407,15 @@ class GatewayService:
                     return
                 # No timeout on the SUBACK: a persistent session's backlog arrives before it,
                 # and the session keeps its subscription anyway.
-                if any(code >= 0x80 for code in sub.result()):
+                codes = sub.result()
+                if SUBACK_SHARED_NOT_SUPPORTED in codes and self.cfg.shared is not None:
+                    raise ConfigError(f"the broker {self.broker_shown} refused the shared "
+                                      f"subscription {self.topic}: not supported",
+                                      "enable shared subscriptions in the broker, or run one "
+                                      "gateway without --shared")
+                if any(code >= 0x80 for code in codes):
                     raise BrokerError(
-                        f"the broker refused the subscription to {READINGS_TOPIC}",
+                        f"the broker refused the subscription to {self.topic}",
                         "check the gateway's ACL in the broker config")
         finally:
             for t in (sub, stopper):
@@ -426,10 +489,12 @@ class GatewayService:
                 except AnchorError as e:
                     # The database could not be read: keep the messages (not PUBACKed) and
                     # try again; a stop gives up on them (the broker redelivers them).
-                    log.error("cannot check readings, retrying in 1 s: %s", e.explain())
+                    delay = self._retry_delay()
+                    log.error("cannot check readings, retrying in %.1f s: %s", delay,
+                              e.explain())
                     self._inbox[:0] = chunk
                     put_back()
-                    retry_at = time.monotonic() + 1.0
+                    retry_at = time.monotonic() + delay
                     break
                 inflight.append((sub, chunk))
                 inflight_n += len(chunk)
@@ -443,9 +508,11 @@ class GatewayService:
                 try:
                     pending = await self._call(_finish, self._pipe(), sub)
                 except AnchorError as e:
-                    log.error("cannot check readings, retrying in 1 s: %s", e.explain())
+                    delay = self._retry_delay()
+                    log.error("cannot check readings, retrying in %.1f s: %s", delay,
+                              e.explain())
                     put_back()  # classified ones come back as duplicates of the open batch
-                    retry_at = time.monotonic() + 1.0
+                    retry_at = time.monotonic() + delay
                     break
                 inflight.popleft()
                 inflight_n -= len(chunk)
@@ -467,10 +534,13 @@ class GatewayService:
                     submitted = pending = self._open_batch = 0
                     opened = time.monotonic() if inflight else None
                     retry_at = 0.0
+                    self._storage_failures = 0
                 except AnchorError as e:
                     # Nothing of this batch is acknowledged; try again, and keep saying why.
-                    log.error("commit failed, nothing acknowledged: %s", e.explain())
-                    retry_at = time.monotonic() + 1.0
+                    delay = self._retry_delay()
+                    log.error("commit failed, nothing acknowledged, retrying in %.1f s: %s",
+                              delay, e.explain())
+                    retry_at = time.monotonic() + delay
                     if stopping:
                         break
                     continue
@@ -483,6 +553,14 @@ class GatewayService:
         self._drained.set()
         self._out_wake.set()
 
+
+    def _retry_delay(self) -> float:
+        """The wait before the next attempt after a storage failure: RETRY_MIN_S, doubling
+        with each failure in a row up to RETRY_MAX_S (a database restarting, a network
+        partition), with +-25 % jitter so that a group's gateways do not retry in step."""
+        delay = min(RETRY_MAX_S, RETRY_MIN_S * 2 ** min(self._storage_failures, 8))
+        self._storage_failures += 1
+        return delay * (0.75 + random.random() / 2)
 
     async def _commit(self) -> None:
         t0 = time.perf_counter()
@@ -515,10 +593,12 @@ class GatewayService:
         self.stats.readings += n
         self.metrics.committed(n, ms / 1000, result.rejected)
         root = result.root.hex() if result.root else "-"
+        seq = getattr(self._pipeline, "sequencer", None) if self.cfg.shared else None
         log.info(
-            "batch: %d readings, entry %s, root %s, commit %.1f ms (%d messages, %d acks)",
+            "batch: %d readings, entry %s, root %s, commit %.1f ms (%d messages, %d acks)%s",
             n, "-" if result.entry is None else result.entry, root[:16], ms, len(batch),
-            len(result.acks),
+            len(result.acks), "" if not seq else
+            f"; sequencer lock waited {seq[0] * 1000:.1f} ms, held {seq[1] * 1000:.1f} ms",
         )
 
     # -- outgoing acks and checkpoints ------------------------------------------------------
@@ -541,6 +621,9 @@ class GatewayService:
                 self._acks_out.put_back(items[k:])
                 return False
         self.stats.acks_published += len(items)
+        if self._checkpoint_out and self._checkpoint and self.cfg.shared is not None and \
+                _checkpoint_size(self._checkpoint.encode()) <= self._seen_checkpoint:
+            self._checkpoint_out = False  # another gateway of the group published it or a newer one
         if self._checkpoint_out and self._checkpoint:
             try:
                 conn.publish(CHECKPOINT_TOPIC.encode(), self._checkpoint.encode(), retain=True)
@@ -661,6 +744,18 @@ class GatewayService:
             await asyncio.wait(waits, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
             for w in waits:
                 w.cancel()
+
+
+_CHECKPOINT_BYTES = CHECKPOINT_TOPIC.encode()
+
+
+def _checkpoint_size(note_text: bytes) -> int:
+    """The tree size of a checkpoint note (its second line); -1 for anything else."""
+    lines = note_text.split(b"\n", 2)
+    try:
+        return int(lines[1]) if len(lines) > 2 else -1
+    except ValueError:
+        return -1
 
 
 def _finish(pipeline: ReadingPipeline, submission: Any) -> int:

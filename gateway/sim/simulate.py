@@ -43,6 +43,7 @@ from typing import Any, TextIO
 from gateway.errors import AnchorError, ConfigError
 from gateway.fleet.firmware import firmware_main, setup_build
 from gateway.sim import loadgen
+from gateway.storage.location import default_store
 from gateway.wire.broker_url import redact_url
 from gateway.wire.signer import DeviceSigner
 
@@ -378,7 +379,8 @@ def running_gateway(data_dir: Path, broker: str, log_path: Path,
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "run", "--data", str(data_dir), "--broker", broker,
-             "--batch-interval", f"{batch_interval:g}"],
+             "--batch-interval", f"{batch_interval:g}",
+             *(["--store", store] if (store := default_store()) else [])],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     def said() -> str:

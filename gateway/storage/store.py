@@ -1,8 +1,10 @@
-"""The gateway's data directory and its SQLite database: schema, migrations, queries.
+"""The gateway's data directory and its database: schema, migrations, queries.
 
 Data directory (``--data DIR``)::
 
-    DIR/ledger.db       SQLite database (WAL, synchronous=FULL)
+    DIR/ledger.db       SQLite database (WAL, synchronous=FULL), unless --store names another
+                        store (gateway/storage/location.py): a PostgreSQL database holds the
+                        same tables then (gateway/storage/postgres.py)
     DIR/gateway.key     the gateway's Ed25519 signing key, PKCS#8 PEM, mode 0600
     DIR/gateway.vkey    its public key in C2SP vkey form (a copy for convenience; the audit
                         and receipts take the vkey from the operator, not from here)
@@ -61,6 +63,14 @@ from version k to k+1, and opening a database runs the missing ones in one trans
 
 All writes go through `Store.write()` (BEGIN IMMEDIATE ... COMMIT): a commit is one
 transaction. SQLite failures become `StorageError` with what happened and what to do.
+
+One class, one copy of each query, on both engines: write portable SQL (standard SQL, ``?``
+placeholders, ``CAST(x AS BLOB)`` to read bytes from ``meta.value``, an alias on every subquery
+in FROM; ``INSERT OR REPLACE`` replaces on the primary key only there, so where another UNIQUE
+constraint matters write ``INSERT ... ON CONFLICT``). On PostgreSQL,
+`self.conn` is a `postgres.PgConnection`, which translates it (its docstring lists how) and
+raises `StorageError` itself; `self.concurrent` is True there: other processes may append at
+any moment, and a commit reconciles its batch with what they stored (gateway/ingest/pipeline.py).
 """
 
 from __future__ import annotations
@@ -70,7 +80,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,9 +96,9 @@ from gateway.ledger.entry import (
     entry_leaf_hash,
     record_entry,
 )
-from gateway.storage import keyfile
+from gateway.storage import keyfile, postgres
+from gateway.storage.location import DB_NAME, StoreLocation, parse_store
 
-DB_NAME = "ledger.db"
 KEY_NAME = "gateway.key"
 VKEY_NAME = "gateway.vkey"
 ZERO_HASH = bytes(32)
@@ -292,10 +302,16 @@ class Appended:
 class Store:
     """One open data directory. Thread-safe (one lock around the one connection)."""
 
-    def __init__(self, data_dir: Path, conn: sqlite3.Connection, readonly: bool) -> None:
+    def __init__(self, data_dir: Path, conn: sqlite3.Connection | postgres.PgConnection,
+                 readonly: bool, location: StoreLocation | None = None) -> None:
         self.data_dir = data_dir
-        self.path = data_dir / DB_NAME
-        self.conn = conn
+        self.where = location or StoreLocation("sqlite", data_dir / DB_NAME)
+        self.path = self.where.path or data_dir / DB_NAME  # SQLite: the file
+        self.location = self.where.shown  # for messages: the file, or the URL (no password)
+        self.engine = self.where.kind  # "sqlite" | "postgresql"
+        # other processes append concurrently (PostgreSQL): commits reconcile their batch
+        self.concurrent = self.engine == "postgresql"
+        self.conn: Any = conn
         self.readonly = readonly
         self.lock = threading.RLock()
         self._data_version = self._pragma("data_version")
@@ -303,50 +319,132 @@ class Store:
     # --- opening -------------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, data_dir: str | os.PathLike[str]) -> tuple[Store, str]:
+    def create(cls, data_dir: str | os.PathLike[str], store: str | None = None, *,
+               key: Any = None) -> tuple[Store, str]:
         """`iot-anchor init`: make DIR, the database and the key. Returns (store, vkey).
-        Refuses a DIR that already holds anything."""
+        Refuses a DIR that already holds anything, and a store that is not empty. `store`:
+        where the database goes (gateway/storage/location.py; None: the default). `key`: the
+        gateway's Ed25519 private key (None: a new one)."""
         d = Path(data_dir)
+        where = parse_store(store, d)
         if d.exists() and (not d.is_dir() or any(d.iterdir())):
             raise ConfigError(
                 f"data directory {d} already exists and is not empty",
                 "refusing to overwrite it; pick another --data DIR or remove it first",
             )
+        if where.kind == "postgresql":
+            cls.check_empty_pg(where)
         try:
             d.mkdir(parents=True, exist_ok=True)
             os.chmod(d, 0o700)
         except OSError as e:
             raise StorageError(f"cannot create data directory {d}: {e.strerror}",
                                "check the path and its permissions") from e
-        key = note.generate_key()
+        key = key if key is not None else note.generate_key()
         keyfile.save_private_key(d / KEY_NAME, key)
         vkey = note.vkey_from_private(key)
         try:
             (d / VKEY_NAME).write_text(vkey + "\n")
         except OSError as e:
             raise storage_error(e, d / VKEY_NAME, "writing the vkey") from e
-        store = cls._connect(d, create=True)
-        with store.write() as c:
+        new = cls._connect(d, create=True, where=where)
+        with new.write() as c:
             c.execute("INSERT INTO meta VALUES ('gateway_vkey', ?)", (vkey,))
             c.execute("INSERT INTO meta VALUES ('created', ?)", (now_ms(),))
             c.execute("INSERT INTO meta VALUES ('ledger_range', ?)",
                       (merkle.CompactRange().to_bytes(),))
-        return store, vkey
+        return new, vkey
 
     @classmethod
-    def open(cls, data_dir: str | os.PathLike[str], *, readonly: bool = False) -> Store:
+    def open(cls, data_dir: str | os.PathLike[str], *, readonly: bool = False,
+             store: str | None = None) -> Store:
+        """Open the store of DIR: `store` (a URL, gateway/storage/location.py), else the one
+        named by --store / $IOT_ANCHOR_STORE, else DIR/ledger.db."""
         d = Path(data_dir)
-        if not (d / DB_NAME).is_file():
+        where = parse_store(store, d)
+        if where.kind == "postgresql":
+            return cls._connect_pg(d, where, create=False, readonly=readonly)
+        assert where.path is not None
+        if not where.path.is_file():
+            if where.path != d / DB_NAME:
+                raise ConfigError(f"no iot-anchor database at {where.path}",
+                                  "check --store, or make it with 'iot-anchor init --store'")
             raise ConfigError(
                 f"no iot-anchor database in {d}",
                 "run 'iot-anchor init --data DIR' first, or pass the right --data / "
                 "$IOT_ANCHOR_DATA",
             )
-        return cls._connect(d, create=False, readonly=readonly)
+        return cls._connect(d, create=False, readonly=readonly, where=where)
 
     @classmethod
-    def _connect(cls, d: Path, *, create: bool, readonly: bool = False) -> Store:
-        path = d / DB_NAME
+    def connect_new(cls, data_dir: Path, where: StoreLocation) -> Store:
+        """A new store at `where` with the current schema and no rows (`store copy`; the
+        caller checked that nothing is there)."""
+        return cls._connect(data_dir, create=True, where=where)
+
+    @classmethod
+    def check_empty_pg(cls, where: StoreLocation) -> None:
+        """`init` into PostgreSQL: the database must exist and hold no tables."""
+        assert where.url is not None
+        conn = postgres.connect(where.url, where.shown)
+        try:
+            tables = postgres.holds_tables(conn)
+        finally:
+            conn.close()
+        if tables:
+            what = ("an iot-anchor ledger" if postgres.SCHEMA_TABLE in tables
+                    else f"{len(tables)} table(s) ({', '.join(tables[:3])})")
+            raise ConfigError(
+                f"the database {where.shown} already holds {what}",
+                "refusing to mix a new ledger into it: give an empty database (createdb NAME), "
+                "or, for another gateway of this ledger, copy its data directory "
+                "(gateway.key) instead of running init")
+
+    @classmethod
+    def _connect_pg(cls, d: Path, where: StoreLocation, *, create: bool,
+                    readonly: bool = False) -> Store:
+        assert where.url is not None
+        conn = postgres.connect(where.url, where.shown, readonly=readonly)
+        try:
+            if create:
+                conn.execute("BEGIN IMMEDIATE")
+                postgres.prepare_empty(conn)
+                conn.execute("COMMIT")
+            elif not postgres.has_schema(conn):
+                raise ConfigError(
+                    f"the database {where.shown} holds no iot-anchor ledger",
+                    "check --store, or make one with 'iot-anchor init --store URL' on an "
+                    "empty database")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            cls._check_version(where.shown, version, readonly)
+            store = cls(d, conn, readonly, where)
+            if version < SCHEMA_VERSION:
+                store._migrate(version)
+            return store
+        except BaseException:
+            with contextlib.suppress(Exception):
+                conn.execute("ROLLBACK")
+            conn.close()  # no connection may outlive a failed open
+            raise
+
+    @staticmethod
+    def _check_version(shown: str, version: int, readonly: bool) -> None:
+        if version > SCHEMA_VERSION:
+            raise ConfigError(
+                f"{shown} has schema version {version}, newer than this iot-anchor "
+                f"({SCHEMA_VERSION})", "upgrade iot-anchor")
+        if version < SCHEMA_VERSION and readonly:
+            raise ConfigError(f"{shown} has an old schema ({version})",
+                              "open it once read-write to migrate it")
+
+    @classmethod
+    def _connect(cls, d: Path, *, create: bool, readonly: bool = False,
+                 where: StoreLocation | None = None) -> Store:
+        where = where or StoreLocation("sqlite", d / DB_NAME)
+        if where.kind == "postgresql":
+            return cls._connect_pg(d, where, create=create, readonly=readonly)
+        assert where.path is not None
+        path = where.path
         conn: sqlite3.Connection | None = None
         try:
             if readonly:
@@ -360,14 +458,8 @@ class Store:
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=OFF")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise ConfigError(
-                    f"{path} has schema version {version}, newer than this iot-anchor "
-                    f"({SCHEMA_VERSION})", "upgrade iot-anchor")
-            if version < SCHEMA_VERSION and readonly:
-                raise ConfigError(f"{path} has an old schema ({version})",
-                                  "open it once read-write to migrate it")
-            store = cls(d, conn, readonly)
+            cls._check_version(str(path), version, readonly)
+            store = cls(d, conn, readonly, where)
             if version < SCHEMA_VERSION:
                 store._migrate(version)
             return store
@@ -381,6 +473,8 @@ class Store:
 
     def _migrate(self, version: int) -> None:
         with self.write() as c:
+            # re-read inside the write lock: another process may have migrated meanwhile
+            version = c.execute("PRAGMA user_version").fetchone()[0]
             for k in range(version, SCHEMA_VERSION):
                 for stmt in MIGRATIONS[k].split(";"):
                     if stmt.strip():
@@ -427,7 +521,7 @@ class Store:
         """One write transaction (BEGIN IMMEDIATE). Any failure rolls back and raises
         StorageError (sqlite errors) or re-raises (our own errors)."""
         if self.readonly:
-            raise StorageError(f"{self.path} is open read-only", "open it read-write")
+            raise StorageError(f"{self.location} is open read-only", "open it read-write")
         with self.lock:
             c = self.conn
             try:
@@ -482,7 +576,8 @@ class Store:
     def head(self, c: sqlite3.Connection) -> Head:
         row = c.execute("SELECT i, hash FROM entries ORDER BY i DESC LIMIT 1").fetchone()
         size, last = (row[0] + 1, row[1]) if row else (0, ZERO_HASH)
-        blob = c.execute("SELECT value FROM meta WHERE key = 'ledger_range'").fetchone()
+        blob = c.execute("SELECT CAST(value AS BLOB) FROM meta WHERE key = 'ledger_range'"
+                         ).fetchone()
         try:
             tree = merkle.CompactRange.from_bytes(blob[0]) if blob else merkle.CompactRange()
         except ValueError as e:
@@ -638,6 +733,67 @@ class Store:
         row = self.one("SELECT cose FROM readings WHERE dev = ? AND seq = ?", (dev, seq))
         return bytes(row[0]) if row else None
 
+    def stored_many(self, keys: Iterable[tuple[str, int]], c: Any = None
+                    ) -> dict[tuple[str, int], bytes]:
+        """The stored COSE bytes of those (dev, seq) that are stored, in a few statements
+        (`c`: the connection of the caller's transaction; None: outside one)."""
+        keys = list(keys)
+        out: dict[tuple[str, int], bytes] = {}
+        if self.engine == "postgresql" and keys:
+            # two array parameters, not a VALUES list: psycopg parses a long query's
+            # placeholders anew on every call (4 µs per parameter, measured), and this runs
+            # for every reading of a shared gateway's batch
+            # LATERAL: one index lookup per key, whatever the planner thinks of the table
+            # (a plain join became a hash join over the whole readings table)
+            sql = ("SELECT k.dev, k.seq, r.cose FROM unnest(CAST(? AS TEXT[]), "
+                   "CAST(? AS BIGINT[])) AS k (dev, seq) CROSS JOIN LATERAL (SELECT cose FROM "
+                   "readings WHERE readings.dev = k.dev AND readings.seq = k.seq) AS r")
+            arrays = ([k[0] for k in keys], [k[1] for k in keys])
+            found = c.execute(sql, arrays) if c is not None else self.query(sql, arrays)
+            return {(dev, int(seq)): bytes(cose) for dev, seq, cose in found}
+        step = 400  # pairs per statement: 800 parameters (old SQLite allows 999)
+        for k in range(0, len(keys), step):
+            part = keys[k:k + step]
+            args = [x for key in part for x in key]
+            sql = ("SELECT dev, seq, cose FROM readings WHERE (dev, seq) IN (VALUES "
+                   + ", ".join(["(?, ?)"] * len(part)) + ")")
+            rows = c.execute(sql, args) if c is not None else self.query(sql, args)
+            for dev, seq, cose in rows:
+                out[(dev, int(seq))] = bytes(cose)
+        return out
+
+    def contiguous_end(self, c: Any, ranges: dict[str, tuple[int, int]]) -> dict[str, int]:
+        """Per device with range (lo, hi]: the largest s <= hi such that every seq lo+1..s is
+        stored (lo when lo+1 is not), in a few statements inside the caller's transaction `c`
+        (the pipeline's watermark walk). Each range is read through the (dev, seq) index; on
+        PostgreSQL the server finds the end (a row number per seq: the run is where
+        seq - lo equals it), so only one row per device comes back."""
+        devs = list(ranges)
+        out = {dev: ranges[dev][0] for dev in devs}
+        if self.engine == "postgresql":
+            for dev, last in c.execute(
+                    "SELECT k.dev, r.e FROM unnest(CAST(? AS TEXT[]), CAST(? AS BIGINT[]), "
+                    "CAST(? AS BIGINT[])) AS k (dev, lo, hi) CROSS JOIN LATERAL (SELECT "
+                    "MAX(t.seq) AS e FROM (SELECT seq, ROW_NUMBER() OVER (ORDER BY seq) AS n "
+                    "FROM readings WHERE readings.dev = k.dev AND readings.seq > k.lo AND "
+                    "readings.seq <= k.hi) AS t WHERE t.seq - k.lo = t.n) AS r",
+                    (devs, [ranges[d][0] for d in devs], [ranges[d][1] for d in devs])):
+                if last is not None:
+                    out[dev] = int(last)
+            return out
+        for k in range(0, len(devs), 300):  # 3 parameters each (old SQLite allows 999)
+            part = devs[k:k + 300]
+            args: list[Any] = []
+            for dev in part:
+                args += (dev, *ranges[dev])
+            for dev, seq in c.execute(
+                    "SELECT r.dev, r.seq FROM readings AS r JOIN (VALUES "
+                    + ", ".join(["(?, ?, ?)"] * len(part)) + ") AS w ON r.dev = w.column1 "
+                    "AND r.seq > w.column2 AND r.seq <= w.column3 ORDER BY r.dev, r.seq", args):
+                if seq == out[dev] + 1:
+                    out[dev] = int(seq)
+        return out
+
     def rejected_counts(self) -> dict[str, int]:
         return {r: int(n) for r, n in self.query("SELECT reason, n FROM rejected ORDER BY reason")}
 
@@ -649,7 +805,7 @@ class Store:
             out.setdefault(dev, []).append([0, int(lo) - 1])
         for dev, seq, nxt in self.query(
                 "SELECT dev, seq, nxt FROM (SELECT dev, seq, LEAD(seq) OVER "
-                "(PARTITION BY dev ORDER BY seq) AS nxt FROM readings) WHERE nxt > seq + 1 "
+                "(PARTITION BY dev ORDER BY seq) AS nxt FROM readings) AS t WHERE nxt > seq + 1 "
                 "ORDER BY dev, seq"):
             out.setdefault(dev, []).append([int(seq) + 1, int(nxt) - 1])
         return out
@@ -1236,6 +1392,37 @@ class Store:
             return merkle.EMPTY_ROOT
         with self.lock:
             return self._range_root(0, size)
+    # --- several gateways on one ledger (#18: run --shared) -----------------------------------
+
+    def registry_version(self) -> int:
+        """The index of the newest device entry (-1: none): it changes with every registry
+        change (add, revoke, rotate), and with nothing else."""
+        row = self.one("SELECT MAX(i) FROM entries WHERE kind = 'device'")
+        return -1 if row is None or row[0] is None else int(row[0])
+
+    def claim_shared_group(self, group: str) -> None:
+        """`run --shared GROUP`: record GROUP as the ledger's one shared-subscription group
+        (meta ``shared_group``), or check that it is the recorded one. Two groups on one
+        ledger would each receive every reading."""
+        with self.write() as c:
+            row = c.execute("SELECT value FROM meta WHERE key = 'shared_group'").fetchone()
+            if row is None:
+                c.execute("INSERT INTO meta (key, value) VALUES ('shared_group', ?)", (group,))
+                return
+        if str(row[0]) != group:
+            raise ConfigError(
+                f"the ledger in {self.location} belongs to the shared group {row[0]!r}, not "
+                f"{group!r}", f"give --shared {row[0]} (one ledger, one group: two groups "
+                "would each get every reading); to move the ledger to another group, stop the "
+                f"gateways of {row[0]!r} and run 'iot-anchor store group --set {group}'")
+
+    def set_shared_group(self, group: str | None) -> None:
+        """`store group --set GROUP` / `--clear`: the recorded group, changed by the operator."""
+        with self.write() as c:
+            c.execute("DELETE FROM meta WHERE key = 'shared_group'")
+            if group is not None:
+                c.execute("INSERT INTO meta (key, value) VALUES ('shared_group', ?)", (group,))
+
 
     # --- provenance: datasets and models (gateway/provenance/) --------------------------------
 
