@@ -21,10 +21,13 @@ except ImportError:
 from anchor import Error, unload
 
 USAGE = """usage:
-  micropython main.py keygen --dir DIR [--id DEVICE_ID] [--secret HEX64]
+  micropython main.py keygen --dir DIR [--id DEVICE_ID] [--secret HEX64] [--downlink-key HEX]
+  micropython main.py trust --dir DIR --downlink-key HEX
   micropython main.py sign --dir DIR --data JSON [--ts UNIX_SECONDS|none]
+  micropython main.py status --dir DIR
   micropython main.py run --dir DIR [...]   (the device loop)
---dir defaults to $IOT_ANCHOR_DEVICE_DIR."""
+--dir defaults to $IOT_ANCHOR_DEVICE_DIR. --downlink-key: the gateway's downlink key, 130 hex
+digits, as 'iot-anchor downlink key' prints it (the device then checks acks and commands)."""
 
 
 class UsageError(Error):
@@ -79,11 +82,80 @@ def keygen(args):
     _imports("p256", "state", "state_create", "p256_keys")
     from anchor.state import Device
 
-    opts = _options(args, ("dir", "id", "secret"))
+    opts = _options(args, ("dir", "id", "secret", "downlink-key"))
     d = _dir(opts)
+    if "downlink-key" in opts:
+        _check_downlink_key(opts["downlink-key"])   # before anything is written
     dev = Device.create(d, dev_id=opts.get("id"), secret=opts.get("secret"))
+    if "downlink-key" in opts:
+        unload("state_create")
+        _imports("p256_verify", "downlink_setup")
+        from anchor.downlink_setup import trust as _trust
+
+        _trust(d, opts["downlink-key"])
     print("device %s, state in %s" % (dev.dev_id, d))
     print(hexlify(dev.public_key).decode())
+
+
+def _check_downlink_key(h):
+    if len(h) != 130:
+        raise Error("--downlink-key must be 130 hex digits (the key 'iot-anchor downlink key' "
+                    "prints)")
+
+
+def trust(args):
+    """Give an existing device the gateway's downlink key (DIR/gateway.json)."""
+    opts = _options(args, ("dir", "downlink-key"))
+    d = _dir(opts)
+    if "downlink-key" not in opts:
+        raise UsageError("--downlink-key HEX is required")
+    _check_downlink_key(opts["downlink-key"])
+    _imports("p256", "p256_keys", "p256_verify", "state", "downlink_setup")
+    from anchor.downlink_setup import trust as _trust
+
+    _trust(d, opts["downlink-key"])
+    print("device state in %s now trusts gateway downlink key %s..." % (
+        d, opts["downlink-key"][:16]))
+
+
+def status(args):
+    """Print status_info(DIR) as one JSON object."""
+    opts = _options(args, ("dir",))
+    print(json.dumps(status_info(_dir(opts))))
+
+
+def status_info(d):
+    """The device's state in DIR: dev, next_seq, outbox_waiting, outbox_dropped, last_command,
+    downlink_refused (total) and downlink_refusals (by reason), downlink_top, outputs (Unix
+    port: DIR/outputs/*), downlink_key (whether DIR/gateway.json is there)."""
+    import os
+
+    _imports("p256", "cbor", "cbor_types", "cbor_decode", "state", "p256_keys", "state_load")
+    from anchor.state import Device
+
+    dev = Device.load(d)
+    from anchor.outbox_load import load_outbox
+
+    ob = load_outbox(d)
+    from anchor.downlink_setup import read_json
+
+    s = read_json(d + "/downlink.json") or {}
+    refused = s.get("refused") or {}
+    outputs = {}
+    try:
+        names = os.listdir(d + "/outputs")
+    except OSError:
+        names = []
+    for n in names:
+        if not n.endswith(".tmp"):
+            with open(d + "/outputs/" + n) as f:
+                outputs[n] = f.read() == "1"
+    return {
+        "dev": dev.dev_id, "next_seq": dev.seq, "outbox_waiting": ob.pending,
+        "outbox_dropped": ob.dropped, "last_command": s.get("last"),
+        "downlink_refused": sum(refused.values()), "downlink_refusals": refused,
+        "downlink_top": s.get("top", -1), "outputs": outputs,
+        "downlink_key": read_json(d + "/gateway.json") is not None}
 
 
 def _parse_data(text):
@@ -126,7 +198,7 @@ def sign(args):
     print(hexlify(msg).decode())
 
 
-COMMANDS = {"keygen": keygen, "sign": sign}
+COMMANDS = {"keygen": keygen, "sign": sign, "trust": trust, "status": status}
 
 
 def main(argv):

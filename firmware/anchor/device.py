@@ -28,7 +28,11 @@
 #   pub seq=N outbox=K                (a new reading's first publish)
 #   repub n=K                         (K waiting readings published again in one pass)
 #   ack upto=U seqs=S entry=E removed=R outbox=K
-#   bad-ack err=...                   (an ack that does not decode; ignored)
+#   bad-ack err=REASON                (an ack refused: forged, replayed, stale, or why it is
+#                                      malformed; counted, the outbox unchanged)
+#   cmd id=N op=OP ok=1|0             (a command run; its confirmation is published)
+#   cmd-again id=N                    (the last command sent again: its confirmation again)
+#   bad-cmd err=REASON                (a command refused, as for acks)
 # and, when the loop ends (--count), one JSON object on the last line:
 #   {"dev": ID, "produced": N, "acked": M, "outbox": K, "dropped": D, "seq": NEXT_SEQ,
 #    "published": P, "republished": R, "connects": C, "heap_max": BYTES, "heap_end": BYTES,
@@ -43,7 +47,9 @@
 # the summary) is cli.run_finish, loaded then.
 #
 # Topics (docs/protocol.md): readings anchor/<id>/readings (QoS 1); acks anchor/<id>/ack (QoS 1,
-# CBOR {"upto": int, "seqs": [int], "entry": int}, upto -1 when seq 0 is not anchored yet);
+# a COSE_Mac0 over CBOR {"ctr": int, "upto": int, "seqs": [int], "entry": int}, upto -1 when
+# seq 0 is not anchored yet); commands anchor/<id>/cmd (QoS 1, COSE_Mac0 too; downlink.py);
+# confirmations anchor/<id>/confirm (QoS 1, COSE_Sign1 with the device key);
 # status anchor/<id>/status, retained "online" on connect, "offline" as the last will and on a
 # clean exit.
 
@@ -57,6 +63,7 @@ from micropython import const
 from anchor import Error, unload
 
 COLD = ("device_setup", "board")
+_REFUSALS = ("malformed", "forged", "replayed", "stale")
 _UNIX = sys.platform not in ("esp32", "rp2")
 # No asyncio.Event or wait_for in the loop: each wait_for allocates two tasks and a generator,
 # held while it waits, which is while a reading is signed (the heap's peak), and the event
@@ -115,15 +122,36 @@ def _item(b, i, depth):
 
 
 def decode_ack(payload):
-    """(upto, seqs, entry) from an ack's CBOR; raises ValueError when it is not one, its
-    message one word or two (the loop prints it as `bad-ack err=WORDS`; short words are
-    interned names, a sentence would be a string object in RAM for the whole loop):
+    """(ctr, upto, seqs, entry) from the payload of a sealed ack (its MAC already checked);
+    raises ValueError when it is not one, its message one word or two (the loop prints it as
+    `bad-ack err=WORDS`; short words are interned names, a sentence would be a string object in
+    RAM for the whole loop):
       not CBOR: "truncated", "trailing" (bytes after the item), "bad UTF-8", "too deep",
                 "indefinite" (see _item), "not CBOR" (anything else)
       "not a map"   the item is not a CBOR map
+      "bad ctr"     ctr missing, or not an integer >= 0
       "bad upto"    upto missing, or not an integer >= -1
       "bad seqs"    seqs not a list of integers >= 0
       "bad entry"   entry not an integer"""
+    m = decode_map(payload)
+    ctr = m.get("ctr")
+    upto = m.get("upto")
+    seqs = m.get("seqs", [])
+    entry = m.get("entry", -1)
+    if not isinstance(ctr, int) or isinstance(ctr, bool) or ctr < 0:
+        raise ValueError("bad ctr")
+    if not isinstance(upto, int) or isinstance(upto, bool) or upto < -1:
+        raise ValueError("bad upto")
+    if not isinstance(seqs, list) or any(
+            not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seqs):
+        raise ValueError("bad seqs")
+    if not isinstance(entry, int):
+        raise ValueError("bad entry")
+    return ctr, upto, seqs, entry
+
+
+def decode_map(payload):
+    """The CBOR map that payload holds (nothing after it); ValueError as decode_ack says."""
     try:
         m, end = _item(payload, 0, 0)
         if end != len(payload):
@@ -136,17 +164,7 @@ def decode_ack(payload):
         raise ValueError(str(e) or "not CBOR")
     if not isinstance(m, dict):
         raise ValueError("not a map")
-    upto = m.get("upto")
-    seqs = m.get("seqs", [])
-    entry = m.get("entry", -1)
-    if not isinstance(upto, int) or isinstance(upto, bool) or upto < -1:
-        raise ValueError("bad upto")
-    if not isinstance(seqs, list) or any(
-            not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seqs):
-        raise ValueError("bad seqs")
-    if not isinstance(entry, int):
-        raise ValueError("bad entry")
-    return upto, seqs, entry
+    return m
 
 
 class Loop:
@@ -156,7 +174,9 @@ class Loop:
     # Attributes (make_loop sets every one):
     #   parts      board, dev (a state.Device), outbox, client; out(line) prints an event line
     #   settings   interval_ms, count (None: forever), timeout_ms, ack_ms; t_readings, t_ack,
-    #              t_status: the device's topics
+    #              t_cmd, t_confirm, t_status: the device's topics
+    #   downlink   guard (a downlink.Guard: the MAC key, the replay window, the refusals);
+    #              confirm: a command's signed confirmation waiting to be published, or None
     #   counters   produced, acked, published, republished, bad_acks, heap_max, heap_end (the
     #              summary's, see the module comment)
     #   state      crash: why a task died, or None; done: the loop is over (the count satisfied,
@@ -166,18 +186,35 @@ class Loop:
     # run() sets the private _last_announced and _snd (the sender's task) before anything reads
     # them.
 
-    # -- acks -----------------------------------------------------------------------------
+    # -- acks and commands ----------------------------------------------------------------
 
     def on_message(self, topic, payload, retained):
-        """The MQTT client's handler: an ack on t_ack removes readings from the outbox."""
-        if topic != self.t_ack.encode():
+        """The MQTT client's handler: a sealed ack on t_ack removes readings from the outbox, a
+        sealed command on t_cmd runs (downlink_cmd.py). Anything the guard refuses (forged,
+        replayed, stale, malformed) is counted and changes nothing."""
+        cmd = topic == self.t_cmd.encode()
+        if not cmd and topic != self.t_ack.encode():
             return
+        g = self.guard
         try:
-            upto, seqs, entry = decode_ack(payload)
+            p = g.open(topic, payload)
+            if cmd:
+                from anchor import downlink_cmd  # rare: loaded for a command whose MAC holds
+
+                downlink_cmd.handle(self, p)
+                downlink_cmd = None
+                unload("downlink_cmd")
+                return
+            ctr, upto, seqs, entry = decode_ack(p)
+            g.fresh(ctr)
         except ValueError as e:
-            self.bad_acks += 1
-            self.out("bad-ack err=%s" % str(e).replace(" ", "_"))
+            w = str(e)
+            g.refuse(w if w in _REFUSALS else "malformed")
+            if not cmd:
+                self.bad_acks += 1
+            self.out("bad-%s err=%s" % ("cmd" if cmd else "ack", w.replace(" ", "_")))
             return
+        g.accepted()
         removed = self.outbox.ack(upto, seqs)
         self.acked += removed
         self.out("ack upto=%d seqs=%d entry=%d removed=%d outbox=%d" % (
@@ -207,11 +244,15 @@ class Loop:
         msg = self.dev.next_reading(data, self.board.time())
         self.outbox.append(seq, msg)
         self.produced += 1
+        self.wake()
+        return seq
+
+    def wake(self):
+        """Something new to send (a reading, a confirmation): the sender's pass comes now."""
         self.kick = True
-        if self.idle:          # the sender sleeps: wake it, a new reading is due now
+        if self.idle:          # the sender sleeps: wake it
             self.idle = False
             self._snd.cancel()
-        return seq
 
     async def _producer(self):
         next_t = time.ticks_ms()
@@ -278,6 +319,13 @@ class Loop:
                     await self._publish_due()
                 except OSError:
                     pass            # the client noticed too and reconnects; reported below
+                if self.confirm is not None and c.isconnected():
+                    m = self.confirm        # a command's confirmation (downlink_cmd.handle)
+                    self.confirm = None
+                    try:
+                        await c.publish(self.t_confirm, m, qos=1)
+                    except OSError:
+                        self.confirm = m    # again once connected
             if up and not c.isconnected():
                 up = False
                 self.out("disconnected err=%s" % _err(c.error))
@@ -351,6 +399,12 @@ class Loop:
             self.heap_end = gc.mem_alloc()
         finally:
             self.stop = True
+            g = self.guard
+            if g.dirty or g.unsaved:
+                try:
+                    g.save()
+                except Error:
+                    pass
             prod.cancel()
             snd.cancel()
             if self.client.isconnected():

@@ -110,6 +110,11 @@ def build(opts, board=None):
 
     dev = Device.load(d)    # the heaviest step (the comb table is filled): with little loaded
     unload()
+    from anchor.downlink_setup import make_guard
+
+    guard = make_guard(dev)  # ECDH with the gateway's downlink key, once
+    make_guard = None
+    unload()
     if hasattr(board, "seed"):
         board.seed(dev.dev_id)
     from anchor import mqtt_setup
@@ -134,7 +139,7 @@ def build(opts, board=None):
     unload()
     # The general CBOR decoder (cbor_decode, which Device.load used for last.cose) is not kept: acks
     # are decoded by device._item.
-    return board, dev, ob, client
+    return board, dev, ob, client, guard
 
 
 def start(args):
@@ -145,18 +150,20 @@ def start(args):
     except Error as e:      # a usage error: exit 2, as main.py does for its own
         print("error: %s" % e, file=sys.stderr)
         return 2
-    board, dev, ob, client = build(opts)
-    return make_loop(board, dev, ob, client, interval=opts["interval"], count=opts["count"],
-                     timeout=opts["timeout"], ack_timeout=opts["ack-timeout"]), opts
+    board, dev, ob, client, guard = build(opts)
+    return make_loop(board, dev, ob, client, guard, interval=opts["interval"],
+                     count=opts["count"], timeout=opts["timeout"],
+                     ack_timeout=opts["ack-timeout"]), opts
 
 
-def make_loop(board, dev, outbox, client, interval=60, count=None, timeout=120, ack_timeout=30,
-              out=print):
+def make_loop(board, dev, outbox, client, guard, interval=60, count=None, timeout=120,
+              ack_timeout=30, out=print):
     """A new device.Loop (device.py documents it): `board` a board layer, `dev` a
     state.Device, `outbox` an outbox.Outbox, `client` an mqtt.MQTTClient (or what has their
-    methods). Sets the loop's settings and counters, and its client's will, birth message, ack
-    subscription and message handler. interval, timeout, ack_timeout in seconds; out(line)
-    prints the loop's event lines."""
+    methods), `guard` a downlink.Guard (downlink_setup.make_guard). Sets the loop's settings and
+    counters, and its client's will, birth message, ack and command subscriptions and message
+    handler. interval, timeout, ack_timeout in seconds; out(line) prints the loop's event
+    lines."""
     from anchor.device import Loop
 
     loop = Loop()           # device.Loop lists these attributes
@@ -172,7 +179,11 @@ def make_loop(board, dev, outbox, client, interval=60, count=None, timeout=120, 
     prefix = "anchor/%s/" % dev.dev_id
     loop.t_readings = prefix + "readings"
     loop.t_ack = prefix + "ack"
+    loop.t_cmd = prefix + "cmd"
+    loop.t_confirm = prefix + "confirm"
     loop.t_status = prefix + "status"
+    loop.guard = guard
+    loop.confirm = None
     loop.produced = 0
     loop.acked = 0
     loop.published = 0
@@ -189,4 +200,5 @@ def make_loop(board, dev, outbox, client, interval=60, count=None, timeout=120, 
     client.set_birth(loop.t_status, b"online", retain=True, qos=1)
     client.on_message = loop.on_message
     client.subscribe(loop.t_ack, 1)
+    client.subscribe(loop.t_cmd, 1)
     return loop

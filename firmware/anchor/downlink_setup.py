@@ -1,0 +1,122 @@
+# The downlink at start-up: the gateway's downlink key (DIR/gateway.json), the MAC key derived
+# from it and the device key, and the state saved in DIR/downlink.json (the replay window's top,
+# the last command, the refusal counts). A cold companion of downlink.py (downlink.COLD):
+# device_setup.build calls make_guard once and drops this module again.
+#
+#   DIR/gateway.json   {"v": 1, "downlink": 130 hex}   the gateway's P-256 downlink public key
+#                      (keygen --downlink-key, `main.py trust`, `iot-anchor device provision`)
+#   DIR/downlink.json  {"v": 1, "top": N, "cmd": ID, "last": {...} | null, "refused": {...}}
+#                      written by downlink.Guard.save
+#
+# The key: Z = the x coordinate of d * Q (d the device's secret, Q the gateway's downlink key,
+# checked to be on P-256), then HKDF-SHA-256 (RFC 5869) with salt "iot-anchor downlink v1",
+# info the device id, 32 bytes: K = HMAC(PRK, info || 0x01), PRK = HMAC(salt, Z).
+
+import time
+from binascii import unhexlify
+
+try:
+    import json
+except ImportError:
+    import ujson as json
+
+from anchor import Error
+from anchor.p256 import hmac_sha256
+
+GATEWAY_FILE = "gateway.json"
+SALT = b"iot-anchor downlink v1"
+
+
+def hkdf(z, info):
+    """HKDF-SHA-256 with SALT, 32 bytes of output (one block)."""
+    return hmac_sha256(hmac_sha256(SALT, z), info, b"\x01")
+
+
+def derive_key(secret, dev_id, gateway_pub):
+    """The 32-byte MAC key of device dev_id (str) with private scalar `secret` under the
+    gateway's 65-byte downlink key. ValueError when the key is not a point on P-256."""
+    from anchor.p256_keys import affine
+    from anchor.p256_verify import decode_point, mul
+
+    x, y = decode_point(gateway_pub)
+    z = affine(*mul(secret, x, y))
+    if z is None:
+        raise ValueError("the shared point is at infinity")
+    return hkdf(z[0].to_bytes(32, "big"), dev_id.encode())
+
+
+def read_json(path):
+    """The JSON object in path (or its .tmp copy, see state.py), None when there is none."""
+    for p in (path, path + ".tmp"):
+        try:
+            with open(p) as f:
+                text = f.read()
+        except OSError:
+            continue
+        try:
+            v = json.loads(text)
+        except ValueError:
+            v = None
+        if not isinstance(v, dict):
+            raise Error("%s is damaged; remove it (the device then starts from what the "
+                        "gateway sends next)" % p)
+        return v
+    return None
+
+
+def gateway_key(d):
+    """The gateway's downlink public key (65 bytes) from DIR/gateway.json; Error when missing."""
+    g = read_json(d + "/" + GATEWAY_FILE)
+    if g is None:
+        raise Error("no gateway downlink key in %s/%s: the device cannot check acks and "
+                    "commands; run 'main.py trust --dir %s --downlink-key HEX' with the key "
+                    "'iot-anchor downlink key' prints (or provision the board again)"
+                    % (d, GATEWAY_FILE, d))
+    try:
+        pub = unhexlify(g["downlink"])
+        if len(pub) != 65:
+            raise ValueError
+    except (KeyError, ValueError, TypeError):
+        raise Error("%s/%s is damaged: 'downlink' is not a 130-hex-digit key" % (d, GATEWAY_FILE))
+    return pub
+
+
+def trust(d, hex_key):
+    """Write DIR/gateway.json for the gateway downlink key hex_key (130 hex digits)."""
+    from anchor.p256_verify import decode_point
+    from anchor.state import write_atomic
+
+    try:
+        if len(hex_key) != 130:
+            raise ValueError("must be 130 hex digits")
+        decode_point(unhexlify(hex_key))
+    except ValueError as e:
+        raise Error("--downlink-key %s: %s (give the key 'iot-anchor downlink key' prints)"
+                    % (hex_key[:16] + "...", e))
+    write_atomic(d + "/" + GATEWAY_FILE,
+                 json.dumps({"v": 1, "downlink": hex_key.lower()}).encode())
+
+
+def make_guard(dev):
+    """The downlink.Guard of device dev (a state.Device): the key from ECDH, the window and
+    counts from DIR/downlink.json. Error when the gateway key is missing or unusable."""
+    from anchor.downlink import MASK, STATE_FILE, Guard
+
+    pub = gateway_key(dev.dir)
+    g = Guard()
+    try:
+        g.key = dev.agree(pub)
+    except ValueError as e:
+        raise Error("%s/%s: %s" % (dev.dir, GATEWAY_FILE, e))
+    s = read_json(dev.dir + "/" + STATE_FILE) or {}
+    g.dir = dev.dir
+    g.top = s.get("top", -1)
+    # after a restart every counter up to the saved top counts as seen
+    g.seen = MASK if g.top >= 0 else 0
+    g.unsaved = 0
+    g.cmd = s.get("cmd", -1)
+    g.last = s.get("last")
+    g.refused = s.get("refused") or {}
+    g.dirty = False
+    g.saved_at = time.ticks_add(time.ticks_ms(), -10000)  # the first refusal is saved at once
+    return g
