@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("cli",),
     ("sim",),
     ("service", "fleet"),
-    ("mqtt", "ingest", "audit"),
+    ("mqtt", "ingest", "audit", "downlink"),
     ("storage",),
     ("ledger",),
     ("wire",),

@@ -31,6 +31,7 @@ COMMAND_MODULES: list[str] = [
     "gateway.cli.run",
     "gateway.cli.simulate",
     "gateway.cli.demo",
+    "gateway.cli.downlink",
 ]
 
 

@@ -19,16 +19,25 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from gateway.downlink import Downlink
 from gateway.errors import AnchorError, BrokerError, ConfigError
 from gateway.mqtt.client import Connection, Endpoint, session
 from gateway.service.acks import AckOutbox
 from gateway.service.config import ServiceConfig
 from gateway.service.port import ReadingPipeline
 from gateway.service.resources import peak_rss_mb
-from gateway.wire.ack import encode_ack
 from gateway.wire.broker_url import parse_broker_url
+from gateway.wire.downlink import Command, Confirmation, DownlinkError
 from gateway.wire.mqtt import V311, ConnectOptions
-from gateway.wire.topics import CHECKPOINT_TOPIC, READINGS_TOPIC, ack_topic, device_from_topic_bytes
+from gateway.wire.topics import (
+    CHECKPOINT_TOPIC,
+    CONFIRM_TOPIC,
+    READINGS_TOPIC,
+    ack_topic,
+    cmd_topic,
+    device_from_confirm_topic,
+    device_from_topic_bytes,
+)
 
 log = logging.getLogger("iot_anchor.service")
 
@@ -68,6 +77,9 @@ class _Stats:
     acks_held: int = 0  # publish rounds cut short by ACKS_INFLIGHT_MAX
     inbox_peak: int = 0
     pauses: int = 0
+    commands_sent: int = 0
+    confirmations: int = 0  # verified
+    confirmations_refused: int = 0
 
 
 class GatewayService:
@@ -75,10 +87,16 @@ class GatewayService:
 
     `pipeline_factory` builds the pipeline; it is called in the worker thread, which also
     makes every later call on it (SQLite handles belong to the thread that opened them).
+    `downlink_factory` builds the `Downlink` that seals acks and commands and verifies
+    confirmations (default: `Downlink.open(cfg.data_dir)`); it is called and used on the event
+    loop. `on_confirmation(conf)` gets every verified confirmation from anchor/+/confirm
+    (default: logged); an awaitable it returns is awaited before the broker gets its PUBACK.
     """
 
     def __init__(self, cfg: ServiceConfig,
-                 pipeline_factory: Callable[[], ReadingPipeline]) -> None:
+                 pipeline_factory: Callable[[], ReadingPipeline],
+                 downlink_factory: Callable[[], Downlink] | None = None,
+                 on_confirmation: Callable[[Confirmation], Any] | None = None) -> None:
         if cfg.batch_interval <= 0:
             raise ConfigError(
                 f"--batch-interval {cfg.batch_interval} is not positive", "give e.g. 1"
@@ -116,6 +134,11 @@ class GatewayService:
         self._final = asyncio.Event()  # ... and the publisher sent what it could
         self.stats = _Stats()
         self.client_id = ""
+        self._downlink_factory = downlink_factory or (lambda: Downlink.open(cfg.data_dir))
+        self.downlink: Downlink | None = None
+        self.on_confirmation: Callable[[Confirmation], Any] = on_confirmation or _log_confirmation
+        self._puback_waits: dict[int, asyncio.Future[None]] = {}
+        self._confirm_tasks: set[asyncio.Task[None]] = set()
 
     # -- the worker thread ------------------------------------------------------------------
 
@@ -134,6 +157,7 @@ class GatewayService:
             loop.add_signal_handler(sig, self.request_stop)
         try:
             self._endpoint = Endpoint.from_url(self.url)
+            self.downlink = self._downlink_factory()
             self._pipeline = await self._call(self._factory)
             pipe = self._pipe()
             self.client_id = "iot-anchor-gw-" + await self._call(pipe.gateway_key_id)
@@ -191,6 +215,9 @@ class GatewayService:
         """One message from the broker (the client's on_publish), on the event loop."""
         if not self._accepting:
             return  # stopping: not PUBACKed, the broker keeps it for the next run
+        if topic[-8:] == b"/confirm":
+            self._take_confirmation(topic, payload, mid, qos)
+            return
         # "" matches no device: rejected as topic_mismatch (a topic that is not UTF-8, or not
         # anchor/<id>/readings with a non-empty id)
         self._inbox.append(_Inbound(device_from_topic_bytes(topic), payload, mid, qos,
@@ -209,13 +236,74 @@ class GatewayService:
         elif n == GATHER_MIN:
             self._wake.set()
 
+    def _take_confirmation(self, topic: bytes, payload: bytes, mid: int, qos: int) -> None:
+        """A device's confirmation of a command: verified, handed to on_confirmation, then
+        PUBACKed (a refused one too: a forgery is not worth a redelivery)."""
+        dev = device_from_confirm_topic(topic)
+        conn, gen = self._conn, self._gen
+        result: Any = None
+        try:
+            assert self.downlink is not None
+            conf = self.downlink.verify_confirmation(dev, payload)
+        except DownlinkError as e:
+            self.stats.confirmations_refused += 1
+            log.warning("confirmation on %s refused: %s", topic.decode(errors="replace"), e)
+        else:
+            self.stats.confirmations += 1
+            try:
+                result = self.on_confirmation(conf)
+            except Exception:  # noqa: BLE001 - the hook's bug must not stop the service
+                log.exception("on_confirmation failed for %s command %d", dev, conf.id)
+
+        async def finish() -> None:
+            if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+                try:
+                    await result
+                except Exception:  # noqa: BLE001
+                    log.exception("on_confirmation failed for a confirmation of %s", dev)
+                    return  # not PUBACKed: the broker redelivers it
+            if qos and self.cfg.puback == "commit" and conn is not None and gen == self._gen:
+                with contextlib.suppress(BrokerError):
+                    conn.puback([mid])
+
+        task = asyncio.ensure_future(finish())
+        self._confirm_tasks.add(task)
+        task.add_done_callback(self._confirm_tasks.discard)
+
+    async def send_command(self, cmd: Command, timeout: float = 10.0) -> None:
+        """Seal `cmd` and publish it on anchor/<device>/cmd (QoS 1); return once the broker
+        PUBACKs it. BrokerError when not connected, when the connection ends first, or after
+        `timeout` seconds; ConfigError when the device is not registered."""
+        conn = self._conn
+        if conn is None or not self._connected.is_set() or self.downlink is None:
+            raise BrokerError("not connected to the broker", "retry once the gateway is "
+                              "connected")
+        msg = self.downlink.seal_command(cmd)
+        pid = conn.publish(cmd_topic(cmd.device).encode(), msg)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._puback_waits[pid] = fut
+        try:
+            waiting: set[asyncio.Future[Any]] = {fut, conn.closed}
+            done, _ = await asyncio.wait(waiting, timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if fut not in done:
+                raise BrokerError(f"no PUBACK for the command to {cmd.device} (id {cmd.id})",
+                                  "the broker did not take it; send it again")
+        finally:
+            self._puback_waits.pop(pid, None)
+        self.stats.commands_sent += 1
+        log.info("command %d (%s) sent to %s", cmd.id, cmd.op, cmd.device)
+
     def _resume_reading(self) -> None:
         paused, self._paused = self._paused, None
         if paused is not None:
             paused.resume_reading()  # a connection that is gone ignores it
 
-    def _on_puback(self, _pid: int) -> None:
+    def _on_puback(self, pid: int) -> None:
         """The broker PUBACKed one of our publishes: acks held at the bound may go now."""
+        fut = self._puback_waits.pop(pid, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
         if self._acks_out and self._connected.is_set():
             self._out_wake.set()
 
@@ -265,7 +353,7 @@ class GatewayService:
 
     async def _session(self, conn: Connection) -> None:
         """Return on stop (after the final acks went out); raise BrokerError on disconnect."""
-        sub = asyncio.ensure_future(conn.subscribe([(READINGS_TOPIC, 1)]))
+        sub = asyncio.ensure_future(conn.subscribe([(READINGS_TOPIC, 1), (CONFIRM_TOPIC, 1)]))
         stopper = asyncio.ensure_future(self._stop.wait())
         try:
             while True:
@@ -285,8 +373,8 @@ class GatewayService:
                 # and the session keeps its subscription anyway.
                 if any(code >= 0x80 for code in sub.result()):
                     raise BrokerError(
-                        f"the broker refused the subscription to {READINGS_TOPIC}",
-                        "check the gateway's ACL in the broker config")
+                        f"the broker refused the subscription to {READINGS_TOPIC} or "
+                        f"{CONFIRM_TOPIC}", "check the gateway's ACL in the broker config")
         finally:
             for t in (sub, stopper):
                 t.cancel()
@@ -459,9 +547,16 @@ class GatewayService:
             items = self._acks_out.take(room)
             if self._acks_out:
                 self.stats.acks_held += 1
+        downlink = self.downlink
+        assert downlink is not None
         for k, (dev, (upto, seqs, entry)) in enumerate(items):
             try:
-                conn.publish(ack_topic(dev).encode(), encode_ack(upto, seqs, entry))
+                sealed = downlink.seal_ack(dev, upto, seqs, entry)
+            except ConfigError as e:  # revoked since the commit: it gets no ack
+                log.warning("no ack for %s: %s", dev, e.explain())
+                continue
+            try:
+                conn.publish(ack_topic(dev).encode(), sealed)
             except BrokerError:
                 self._acks_out.put_back(items[k:])
                 return False
@@ -504,6 +599,12 @@ class GatewayService:
                 "be acknowledged (as duplicates) next time", len(self._acks_out),
             )
         self._final.set()
+
+
+def _log_confirmation(conf: Confirmation) -> None:
+    """The default on_confirmation: one log line."""
+    log.info("confirmation from %s: command %d (%s) %s", conf.device, conf.id, conf.op,
+             "done" if conf.ok else f"failed: {conf.reason}")
 
 
 def _finish(pipeline: ReadingPipeline, submission: Any) -> int:

@@ -132,6 +132,7 @@ def decode_ack_payload(payload: bytes) -> tuple[int, int, list[int], int]:
             or not isinstance(seqs, list) or not all(_uint(s) for s in seqs) \
             or not isinstance(entry, int):
         raise DownlinkError("malformed", "not an ack")
+    assert isinstance(ctr, int)
     return ctr, upto, seqs, entry
 
 
@@ -164,7 +165,7 @@ def validate_command(op: str, args: dict[str, Any]) -> None:
         raise ValueError(f"{op}: args must be a table")
     if op == "interval":
         s = args.get("seconds")
-        if set(args) != {"seconds"} or not _uint(s) or s < 1:
+        if set(args) != {"seconds"} or not isinstance(s, int) or isinstance(s, bool) or s < 1:
             raise ValueError('interval wants {seconds = an integer >= 1}')
     elif op == "output":
         name, on = args.get("name"), args.get("on")
@@ -188,7 +189,7 @@ def decode_command_payload(device: str, payload: bytes) -> tuple[int, Command]:
         d = cbor2.loads(payload)
         if not isinstance(d, dict) or not _uint(d.get("ctr")):
             raise ValueError("not a command")
-        return d["ctr"], Command(device, d.get("id"), d.get("op"), d.get("args", {}))
+        return d["ctr"], Command(device, d.get("id", -1), str(d.get("op")), d.get("args", {}))
     except (ValueError, TypeError, KeyError, cbor2.CBORDecodeError) as e:
         raise DownlinkError("malformed", str(e)) from None
 
