@@ -92,7 +92,7 @@ def keygen(args):
         _imports("p256_verify", "downlink_setup")
         from anchor.downlink_setup import trust as _trust
 
-        _trust(d, opts["downlink-key"])
+        _trust(dev, opts["downlink-key"])
     print("device %s, state in %s" % (dev.dev_id, d))
     print(hexlify(dev.public_key).decode())
 
@@ -110,10 +110,14 @@ def trust(args):
     if "downlink-key" not in opts:
         raise UsageError("--downlink-key HEX is required")
     _check_downlink_key(opts["downlink-key"])
-    _imports("p256", "p256_keys", "p256_verify", "state", "downlink_setup")
+    _imports("p256", "cbor", "cbor_types", "cbor_decode", "state", "p256_keys", "state_load")
+    from anchor.state import Device
+
+    dev = Device.load(d)
+    _imports("p256_verify", "downlink_setup")
     from anchor.downlink_setup import trust as _trust
 
-    _trust(d, opts["downlink-key"])
+    _trust(dev, opts["downlink-key"])
     print("device state in %s now trusts gateway downlink key %s..." % (
         d, opts["downlink-key"][:16]))
 

@@ -48,7 +48,7 @@
 #
 # Topics (docs/protocol.md): readings anchor/<id>/readings (QoS 1); acks anchor/<id>/ack (QoS 1,
 # a COSE_Mac0 over CBOR {"ctr": int, "upto": int, "seqs": [int], "entry": int}, upto -1 when
-# seq 0 is not anchored yet); commands anchor/<id>/cmd (QoS 1, COSE_Mac0 too; downlink.py);
+# seq 0 is not anchored yet); commands anchor/<id>/cmd (QoS 1, COSE_Mac0 too; Guard below);
 # confirmations anchor/<id>/confirm (QoS 1, COSE_Sign1 with the device key);
 # status anchor/<id>/status, retained "online" on connect, "offline" as the last will and on a
 # clean exit.
@@ -61,9 +61,9 @@ import time
 from micropython import const
 
 from anchor import Error, unload
+from anchor.p256 import hmac_sha256
 
-COLD = ("device_setup", "board")
-_REFUSALS = ("malformed", "forged", "replayed", "stale")
+COLD = ("device_setup", "board", "downlink_setup", "downlink_cmd")
 _UNIX = sys.platform not in ("esp32", "rp2")
 # No asyncio.Event or wait_for in the loop: each wait_for allocates two tasks and a generator,
 # held while it waits, which is while a reading is signed (the heap's peak), and the event
@@ -167,6 +167,93 @@ def decode_map(payload):
     return m
 
 
+# -- the authenticated downlink --------------------------------------------------------------
+# Every ack (anchor/<id>/ack) and every command (anchor/<id>/cmd) from the gateway is a COSE_Mac0
+# (RFC 9052 section 6.2, HMAC 256/256) under the device's downlink key, the topic as external
+# AAD, and its payload carries a counter for freshness; docs/protocol.md ("The downlink").
+#   Guard.open(topic, msg) -> payload bytes   the MAC checked; ValueError("malformed" | "forged")
+#   Guard.fresh(ctr)                           the replay window; ValueError("replayed" | "stale")
+#   downlink_cmd.save(guard)                   DIR/downlink.json: top, last command, refusals
+# The key: HKDF-SHA-256 over the ECDH secret of the device key and the gateway's downlink key
+# (downlink_setup.py, derived once per pair of keys and kept in DIR/gateway.json), so a message
+# costs two SHA-256 passes over it, not an ECDSA verification (tools/bench_firmware.py,
+# "downlink"). The replay window: the highest counter accepted (top) and a bitmap of the WINDOW
+# counters below it; a counter above top is new, one inside the window is new unless its bit is
+# set ("replayed"), one below it is "stale". Only a message whose MAC holds moves the window.
+# Here, not in a module of its own: a module costs the loop RAM that a 48 KiB heap lacks.
+WINDOW = const(30)  # bits of the replay bitmap: a small int on a 32-bit board
+MASK = const(0x3FFFFFFF)
+_MASK = const(0x3FFFFFFF)
+DOWNLINK_FILE = "downlink.json"
+_SAVE_REFUSED_MS = const(5000)  # refusal counts are saved at most this often (flash wear)
+# 17([protected = h'a10105' ({1: 5}, alg HMAC 256/256), unprotected = {}, payload, tag])
+_HEAD = b"\xd1\x84\x43\xa1\x01\x05\xa0"
+# MAC_structure = ["MAC0", protected, external_aad, payload]: its first two items
+_MAC0 = b"\x84\x64MAC0\x43\xa1\x01\x05"
+_REFUSALS = ("malformed", "forged", "replayed", "stale")
+
+
+class Guard:
+    """The downlink state of a running device. Made by downlink_setup.make_guard."""
+
+    # Attributes (make_guard sets every one):
+    #   key      the 32-byte MAC key (HKDF over the ECDH secret)
+    #   top      the highest counter accepted, -1 before the first
+    #   seen     bit i set: counter top - i was accepted (bit 0 is top itself)
+    #   dir      the device's state directory
+    #   unsaved  messages accepted since the last save; saved_at: ticks_ms of the last save
+    #   cmd      the id of the last command run (-1: none); last: what it was and what came of
+    #            it ({"id", "op", "args", "ok"}), or None
+    #   refused  reason -> refusals since the device state was made ("malformed", "forged",
+    #            "replayed", "stale"); dirty: counts changed since the last save
+
+    def open(self, aad, msg):
+        """The payload bytes of a sealed message, once its tag is checked; aad: the CBOR byte
+        string of the topic it came on (its external AAD; make_loop prepares one per topic).
+        Raises ValueError("malformed") when msg is not a COSE_Mac0 of this layout,
+        ValueError("forged") when the tag does not match."""
+        n = len(msg)
+        if n < 42 or msg[:7] != _HEAD or msg[n - 34:n - 32] != b"\x58\x20":
+            raise ValueError("malformed")
+        a = msg[7]
+        i = 8
+        if a >> 5 != 2:
+            raise ValueError("malformed")
+        a &= 31
+        if a == 24:
+            a = msg[8]
+            i = 9
+        elif a == 25:
+            a = msg[8] << 8 | msg[9]
+            i = 10
+        elif a > 23:
+            raise ValueError("malformed")
+        if i + a != n - 34:
+            raise ValueError("malformed")
+        tag = hmac_sha256(self.key, _MAC0, aad, memoryview(msg)[7:n - 34])
+        d = 0
+        for k in range(32):   # no early exit: the time does not tell how much of it matched
+            d |= tag[k] ^ msg[n - 32 + k]
+        if d:
+            raise ValueError("forged")
+        return msg[i:n - 34]
+
+    def fresh(self, c):
+        """Accept counter c (an int) or raise ValueError("replayed" | "stale")."""
+        t = self.top
+        if c > t:
+            s = c - t
+            self.seen = ((self.seen & (_MASK >> s)) << s | 1) if s < WINDOW else 1
+            self.top = c
+            return
+        d = t - c
+        if d >= WINDOW:
+            raise ValueError("stale")
+        if self.seen >> d & 1:
+            raise ValueError("replayed")
+        self.seen |= 1 << d
+
+
 class Loop:
     """One device's loop. Made by device_setup.make_loop(board, dev, outbox, client, ...): no
     constructor here, its code is start-up code."""
@@ -174,8 +261,9 @@ class Loop:
     # Attributes (make_loop sets every one):
     #   parts      board, dev (a state.Device), outbox, client; out(line) prints an event line
     #   settings   interval_ms, count (None: forever), timeout_ms, ack_ms; t_readings, t_ack,
-    #              t_cmd, t_confirm, t_status: the device's topics
-    #   downlink   guard (a downlink.Guard: the MAC key, the replay window, the refusals);
+    #              t_cmd, t_confirm, t_status: the device's topics; b_ack, b_cmd: those two as
+    #              bytes, aad_ack, aad_cmd: as CBOR byte strings (a sealed message's AAD)
+    #   downlink   guard (a device.Guard: the MAC key, the replay window, the refusals);
     #              confirm: a command's signed confirmation waiting to be published, or None
     #   counters   produced, acked, published, republished, bad_acks, heap_max, heap_end (the
     #              summary's, see the module comment)
@@ -192,12 +280,12 @@ class Loop:
         """The MQTT client's handler: a sealed ack on t_ack removes readings from the outbox, a
         sealed command on t_cmd runs (downlink_cmd.py). Anything the guard refuses (forged,
         replayed, stale, malformed) is counted and changes nothing."""
-        cmd = topic == self.t_cmd.encode()
-        if not cmd and topic != self.t_ack.encode():
+        cmd = topic == self.b_cmd
+        if not cmd and topic != self.b_ack:
             return
         g = self.guard
         try:
-            p = g.open(topic, payload)
+            p = g.open(self.aad_cmd if cmd else self.aad_ack, payload)
             if cmd:
                 from anchor import downlink_cmd  # rare: loaded for a command whose MAC holds
 
@@ -209,12 +297,18 @@ class Loop:
             g.fresh(ctr)
         except ValueError as e:
             w = str(e)
-            g.refuse(w if w in _REFUSALS else "malformed")
+            r = w if w in _REFUSALS else "malformed"
+            g.refused[r] = g.refused.get(r, 0) + 1
+            g.dirty = True
+            # saved at once unless the last save is under 5 s old (a flood of forgeries must
+            # not wear out the flash), else with the next save
+            if time.ticks_diff(time.ticks_ms(), g.saved_at) >= _SAVE_REFUSED_MS:
+                _save(g)
             if not cmd:
                 self.bad_acks += 1
             self.out("bad-%s err=%s" % ("cmd" if cmd else "ack", w.replace(" ", "_")))
             return
-        g.accepted()
+        g.unsaved += 1
         removed = self.outbox.ack(upto, seqs)
         self.acked += removed
         self.out("ack upto=%d seqs=%d entry=%d removed=%d outbox=%d" % (
@@ -402,7 +496,7 @@ class Loop:
             g = self.guard
             if g.dirty or g.unsaved:
                 try:
-                    g.save()
+                    _save(g)
                 except Error:
                     pass
             prod.cancel()
@@ -418,6 +512,15 @@ class Loop:
         if self.crash is not None and self.count is None:
             raise Error("the device loop stopped: %s" % self.crash)
         return ok
+
+
+def _save(g):
+    """Save the downlink state (downlink_cmd.save, loaded for it: rare)."""
+    from anchor import downlink_cmd
+
+    downlink_cmd.save(g)
+    downlink_cmd = None
+    unload("downlink_cmd")
 
 
 def _err(e):

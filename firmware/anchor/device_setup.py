@@ -160,7 +160,7 @@ def make_loop(board, dev, outbox, client, guard, interval=60, count=None, timeou
               ack_timeout=30, out=print):
     """A new device.Loop (device.py documents it): `board` a board layer, `dev` a
     state.Device, `outbox` an outbox.Outbox, `client` an mqtt.MQTTClient (or what has their
-    methods), `guard` a downlink.Guard (downlink_setup.make_guard). Sets the loop's settings and
+    methods), `guard` a device.Guard (downlink_setup.make_guard). Sets the loop's settings and
     counters, and its client's will, birth message, ack and command subscriptions and message
     handler. interval, timeout, ack_timeout in seconds; out(line) prints the loop's event
     lines."""
@@ -182,6 +182,12 @@ def make_loop(board, dev, outbox, client, guard, interval=60, count=None, timeou
     loop.t_cmd = prefix + "cmd"
     loop.t_confirm = prefix + "confirm"
     loop.t_status = prefix + "status"
+    loop.b_ack = loop.t_ack.encode()
+    loop.b_cmd = loop.t_cmd.encode()
+    loop.aad_ack = bytes((0x40 | len(loop.b_ack),) if len(loop.b_ack) < 24 else
+                         (0x58, len(loop.b_ack))) + loop.b_ack
+    loop.aad_cmd = bytes((0x40 | len(loop.b_cmd),) if len(loop.b_cmd) < 24 else
+                         (0x58, len(loop.b_cmd))) + loop.b_cmd
     loop.guard = guard
     loop.confirm = None
     loop.produced = 0

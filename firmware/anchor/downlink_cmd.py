@@ -1,7 +1,7 @@
 # Running a command from the gateway (anchor/<id>/cmd), once its MAC has been checked
-# (downlink.Guard.open): its counter and id checked, the command carried out, its confirmation
+# (device.Guard.open): its counter and id checked, the command carried out, its confirmation
 # signed with the device key and handed to the loop's sender for anchor/<id>/confirm. A cold
-# companion of downlink.py (downlink.COLD): device.Loop.on_message loads it for a command and
+# companion of device.py (device.COLD): device.Loop.on_message loads it for a command and
 # drops it again. docs/protocol.md ("Commands") is the specification.
 #
 # Commands (op, args -> the confirmation's result):
@@ -18,12 +18,19 @@
 
 import os
 import sys
+import time
+
+try:
+    import json
+except ImportError:
+    import ujson as json
 
 from anchor import Error, cbor
 from anchor.device import decode_map
 from anchor.state import write_atomic
 
 CONFIRM_FILE = "confirm.cose"
+_DOWNLINK_FILE = "downlink.json"   # device.DOWNLINK_FILE
 _NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
 _UNIX = sys.platform not in ("esp32", "rp2")
 
@@ -53,7 +60,7 @@ def handle(loop, payload):
                 loop.confirm = f.read()
         except OSError:
             raise ValueError("stale")   # its confirmation is gone: cannot confirm it again
-        g.accepted()
+        g.unsaved += 1
         loop.out("cmd-again id=%d" % cid)
         loop.wake()
         return
@@ -69,7 +76,7 @@ def handle(loop, payload):
     g.last = {"id": cid, "op": op, "args": args, "ok": ok}
     if not ok:
         g.last["reason"] = res
-    g.save()
+    save(g)
     loop.confirm = msg
     loop.out("cmd id=%d op=%s ok=%d" % (cid, op, ok))
     loop.wake()
@@ -121,3 +128,14 @@ def set_output(loop, name, on):
     import machine
 
     machine.Pin(spec, machine.Pin.OUT).value(bool(on) != low)
+
+
+def save(g):
+    """Write DIR/downlink.json (atomically): top, the last command, the refusal counts.
+    After a restart, counters up to this top are refused."""
+    write_atomic(g.dir + "/" + _DOWNLINK_FILE, json.dumps({
+        "v": 1, "top": g.top, "cmd": g.cmd, "last": g.last,
+        "refused": g.refused}).encode())
+    g.unsaved = 0
+    g.dirty = False
+    g.saved_at = time.ticks_ms()

@@ -1,12 +1,18 @@
 # The downlink at start-up: the gateway's downlink key (DIR/gateway.json), the MAC key derived
 # from it and the device key, and the state saved in DIR/downlink.json (the replay window's top,
-# the last command, the refusal counts). A cold companion of downlink.py (downlink.COLD):
+# the last command, the refusal counts). A cold companion of device.py (device.COLD):
 # device_setup.build calls make_guard once and drops this module again.
 #
-#   DIR/gateway.json   {"v": 1, "downlink": 130 hex}   the gateway's P-256 downlink public key
-#                      (keygen --downlink-key, `main.py trust`, `iot-anchor device provision`)
+#   DIR/gateway.json   {"v": 1, "downlink": 130 hex, "mac": 64 hex, "for": 16 hex}
+#                      the gateway's P-256 downlink public key (keygen --downlink-key,
+#                      `main.py trust`, `iot-anchor device provision`), and the MAC key derived
+#                      from it and the device key whose SHA-256 starts with "for": the ECDH is
+#                      done once per pair of keys, when the key is given (a CLI command, or
+#                      the first start after it changed), not at every start of the loop (it
+#                      needs ~3 KB more heap than the 48 KiB loop has to spare on a board). The
+#                      MAC key is no more secret than key.json next to it.
 #   DIR/downlink.json  {"v": 1, "top": N, "cmd": ID, "last": {...} | null, "refused": {...}}
-#                      written by downlink.Guard.save
+#                      written by downlink_cmd.save
 #
 # The key: Z = the x coordinate of d * Q (d the device's secret, Q the gateway's downlink key,
 # checked to be on P-256), then HKDF-SHA-256 (RFC 5869) with salt "iot-anchor downlink v1",
@@ -65,7 +71,8 @@ def read_json(path):
 
 
 def gateway_key(d):
-    """The gateway's downlink public key (65 bytes) from DIR/gateway.json; Error when missing."""
+    """(the gateway's downlink public key, 65 bytes; the whole of DIR/gateway.json); Error when
+    it is missing or damaged."""
     g = read_json(d + "/" + GATEWAY_FILE)
     if g is None:
         raise Error("no gateway downlink key in %s/%s: the device cannot check acks and "
@@ -78,37 +85,54 @@ def gateway_key(d):
             raise ValueError
     except (KeyError, ValueError, TypeError):
         raise Error("%s/%s is damaged: 'downlink' is not a 130-hex-digit key" % (d, GATEWAY_FILE))
-    return pub
+    return pub, g
 
 
-def trust(d, hex_key):
-    """Write DIR/gateway.json for the gateway downlink key hex_key (130 hex digits)."""
-    from anchor.p256_verify import decode_point
+def _for(dev):
+    from hashlib import sha256
+
+    return "".join("%02x" % b for b in sha256(dev.public_key).digest()[:8])
+
+
+def _write(dev, pub, key):
     from anchor.state import write_atomic
 
+    h = "".join("%02x" % b for b in pub)
+    write_atomic(dev.dir + "/" + GATEWAY_FILE, json.dumps({
+        "v": 1, "downlink": h, "mac": "".join("%02x" % b for b in key),
+        "for": _for(dev)}).encode())
+
+
+def trust(dev, hex_key):
+    """Write DIR/gateway.json of device dev (a state.Device) for the gateway downlink key
+    hex_key (130 hex digits), with the MAC key derived from it (ECDH)."""
     try:
         if len(hex_key) != 130:
             raise ValueError("must be 130 hex digits")
-        decode_point(unhexlify(hex_key))
+        pub = unhexlify(hex_key)
+        key = dev.agree(pub)    # ValueError when it is not a point on P-256
     except ValueError as e:
         raise Error("--downlink-key %s: %s (give the key 'iot-anchor downlink key' prints)"
                     % (hex_key[:16] + "...", e))
-    write_atomic(d + "/" + GATEWAY_FILE,
-                 json.dumps({"v": 1, "downlink": hex_key.lower()}).encode())
+    _write(dev, pub, key)
 
 
 def make_guard(dev):
     """The downlink.Guard of device dev (a state.Device): the key from ECDH, the window and
     counts from DIR/downlink.json. Error when the gateway key is missing or unusable."""
-    from anchor.downlink import MASK, STATE_FILE, Guard
+    from anchor.device import DOWNLINK_FILE, MASK, Guard
 
-    pub = gateway_key(dev.dir)
+    pub, gj = gateway_key(dev.dir)
     g = Guard()
     try:
-        g.key = dev.agree(pub)
+        if gj.get("for") == _for(dev) and len(gj.get("mac", "")) == 64:
+            g.key = unhexlify(gj["mac"])
+        else:   # a new device key, or a file without the MAC key: derive it once, keep it
+            g.key = dev.agree(pub)
+            _write(dev, pub, g.key)
     except ValueError as e:
         raise Error("%s/%s: %s" % (dev.dir, GATEWAY_FILE, e))
-    s = read_json(dev.dir + "/" + STATE_FILE) or {}
+    s = read_json(dev.dir + "/" + DOWNLINK_FILE) or {}
     g.dir = dev.dir
     g.top = s.get("top", -1)
     # after a restart every counter up to the saved top counts as seen

@@ -91,7 +91,7 @@ def loop_on_disk(count=None, secret="11" * 32):
 
     d = fresh()
     dev = Device.create(d, dev_id="dev-t", secret=secret)
-    trust(d, gateway_hex())
+    trust(dev, gateway_hex())
     board = board_unix.Board({"dir": d, "id": None}, thermal_root=d + "/no-thermal")
     board.seed(dev.dev_id)
     lines = []
@@ -215,7 +215,9 @@ def test_forged_replayed_stale_and_plain_acks_are_refused():
     assert loop.outbox.pending == 2
     assert g.refused == {"malformed": 1, "forged": 4, "replayed": 1, "stale": 1}, g.refused
     # the counts are on flash (the first refusal is saved at once, the rest at the next save)
-    g.save()
+    from anchor import downlink_cmd
+
+    downlink_cmd.save(g)
     r = device_status(d)
     assert r["downlink_refused"] == 7 and r["outbox_waiting"] == 2 and r["next_seq"] == 4
     assert r["downlink_top"] == 100
