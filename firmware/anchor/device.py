@@ -48,7 +48,7 @@
 #
 # Topics (docs/protocol.md): readings anchor/<id>/readings (QoS 1); acks anchor/<id>/ack (QoS 1,
 # a COSE_Mac0 over CBOR {"ctr": int, "upto": int, "seqs": [int], "entry": int}, upto -1 when
-# seq 0 is not anchored yet); commands anchor/<id>/cmd (QoS 1, COSE_Mac0 too; Guard below);
+# seq 0 is not anchored yet); commands anchor/<id>/cmd (QoS 1, COSE_Mac0 too; Loop.open_sealed);
 # confirmations anchor/<id>/confirm (QoS 1, COSE_Sign1 with the device key);
 # status anchor/<id>/status, retained "online" on connect, "offline" as the last will and on a
 # clean exit.
@@ -121,11 +121,12 @@ def _item(b, i, depth):
     return v, i
 
 
-def decode_ack(payload):
-    """(ctr, upto, seqs, entry) from the payload of a sealed ack (its MAC already checked);
-    raises ValueError when it is not one, its message one word or two (the loop prints it as
-    `bad-ack err=WORDS`; short words are interned names, a sentence would be a string object in
-    RAM for the whole loop):
+def decode_ack(payload, raw=False):
+    """(ctr, upto, seqs, entry) from the payload of a sealed ack (its MAC already checked), or
+    with raw the CBOR map the payload holds (downlink_cmd's commands); raises ValueError when
+    it is not one, its message one word or two (the loop prints it as `bad-ack err=WORDS`;
+    short words are interned names, a sentence would be a string object in RAM for the whole
+    loop):
       not CBOR: "truncated", "trailing" (bytes after the item), "bad UTF-8", "too deep",
                 "indefinite" (see _item), "not CBOR" (anything else)
       "not a map"   the item is not a CBOR map
@@ -133,25 +134,6 @@ def decode_ack(payload):
       "bad upto"    upto missing, or not an integer >= -1
       "bad seqs"    seqs not a list of integers >= 0
       "bad entry"   entry not an integer"""
-    m = decode_map(payload)
-    ctr = m.get("ctr")
-    upto = m.get("upto")
-    seqs = m.get("seqs", [])
-    entry = m.get("entry", -1)
-    if not isinstance(ctr, int) or isinstance(ctr, bool) or ctr < 0:
-        raise ValueError("bad ctr")
-    if not isinstance(upto, int) or isinstance(upto, bool) or upto < -1:
-        raise ValueError("bad upto")
-    if not isinstance(seqs, list) or any(
-            not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seqs):
-        raise ValueError("bad seqs")
-    if not isinstance(entry, int):
-        raise ValueError("bad entry")
-    return ctr, upto, seqs, entry
-
-
-def decode_map(payload):
-    """The CBOR map that payload holds (nothing after it); ValueError as decode_ack says."""
     try:
         m, end = _item(payload, 0, 0)
         if end != len(payload):
@@ -164,94 +146,51 @@ def decode_map(payload):
         raise ValueError(str(e) or "not CBOR")
     if not isinstance(m, dict):
         raise ValueError("not a map")
-    return m
+    if raw:
+        return m
+    ctr = m.get("ctr")
+    upto = m.get("upto")
+    seqs = m.get("seqs", [])
+    entry = m.get("entry", -1)
+    # type() is exact: a bool is not an int here, and a long int is one
+    if type(ctr) is not int or ctr < 0:
+        raise ValueError("bad ctr")
+    if type(upto) is not int or upto < -1:
+        raise ValueError("bad upto")
+    if type(seqs) is not list:
+        raise ValueError("bad seqs")
+    for s in seqs:
+        if type(s) is not int or s < 0:
+            raise ValueError("bad seqs")
+    if type(entry) is not int:
+        raise ValueError("bad entry")
+    return ctr, upto, seqs, entry
 
 
 # -- the authenticated downlink --------------------------------------------------------------
 # Every ack (anchor/<id>/ack) and every command (anchor/<id>/cmd) from the gateway is a COSE_Mac0
 # (RFC 9052 section 6.2, HMAC 256/256) under the device's downlink key, the topic as external
 # AAD, and its payload carries a counter for freshness; docs/protocol.md ("The downlink").
-#   Guard.open(topic, msg) -> payload bytes   the MAC checked; ValueError("malformed" | "forged")
-#   Guard.fresh(ctr)                           the replay window; ValueError("replayed" | "stale")
-#   downlink_cmd.save(guard)                   DIR/downlink.json: top, last command, refusals
+#   Loop.open_sealed(topic, msg) -> payload  the MAC checked; ValueError("malformed" | "forged")
+#   Loop.fresh(ctr)                           the replay window; ValueError("replayed" | "stale")
+#   downlink_cmd.save(loop)                   DIR/downlink.json: top, last command, refusals:
+#                                              after each command and when the loop ends
 # The key: HKDF-SHA-256 over the ECDH secret of the device key and the gateway's downlink key
-# (downlink_setup.py, derived once per pair of keys and kept in DIR/gateway.json), so a message
-# costs two SHA-256 passes over it, not an ECDSA verification (tools/bench_firmware.py,
-# "downlink"). The replay window: the highest counter accepted (top) and a bitmap of the WINDOW
-# counters below it; a counter above top is new, one inside the window is new unless its bit is
-# set ("replayed"), one below it is "stale". Only a message whose MAC holds moves the window.
-# Here, not in a module of its own: a module costs the loop RAM that a 48 KiB heap lacks.
-WINDOW = const(30)  # bits of the replay bitmap: a small int on a 32-bit board
-MASK = const(0x3FFFFFFF)
-_MASK = const(0x3FFFFFFF)
-DOWNLINK_FILE = "downlink.json"
-_SAVE_REFUSED_MS = const(5000)  # refusal counts are saved at most this often (flash wear)
+# (downlink_setup.py, derived once per pair of keys and kept in DIR/gateway.json, which
+# device_setup.downlink_state reads), so a message costs two SHA-256 passes over it, not an ECDSA
+# verification (tools/bench_firmware.py, "downlink"). The replay window: the highest counter
+# accepted (top) and a bitmap of the _WINDOW counters below it; a counter above top is new, one
+# inside the window is new unless its bit is set ("replayed"), one below it is "stale". Only a
+# message whose MAC holds moves the window.
+# Here, in Loop (open_sealed, fresh), not in a module or class of its own: each costs the loop
+# RAM that a 48 KiB heap lacks.
+_WINDOW = const(30)  # bits of the replay bitmap: a small int on a 32-bit board
+_MASK = const(0x3FFFFFFF)   # device_setup.make_loop: the same bits
 # 17([protected = h'a10105' ({1: 5}, alg HMAC 256/256), unprotected = {}, payload, tag])
 _HEAD = b"\xd1\x84\x43\xa1\x01\x05\xa0"
 # MAC_structure = ["MAC0", protected, external_aad, payload]: its first two items
 _MAC0 = b"\x84\x64MAC0\x43\xa1\x01\x05"
 _REFUSALS = ("malformed", "forged", "replayed", "stale")
-
-
-class Guard:
-    """The downlink state of a running device. Made by downlink_setup.make_guard."""
-
-    # Attributes (make_guard sets every one):
-    #   key      the 32-byte MAC key (HKDF over the ECDH secret)
-    #   top      the highest counter accepted, -1 before the first
-    #   seen     bit i set: counter top - i was accepted (bit 0 is top itself)
-    #   dir      the device's state directory
-    #   unsaved  messages accepted since the last save; saved_at: ticks_ms of the last save
-    #   cmd      the id of the last command run (-1: none); last: what it was and what came of
-    #            it ({"id", "op", "args", "ok"}), or None
-    #   refused  reason -> refusals since the device state was made ("malformed", "forged",
-    #            "replayed", "stale"); dirty: counts changed since the last save
-
-    def open(self, aad, msg):
-        """The payload bytes of a sealed message, once its tag is checked; aad: the CBOR byte
-        string of the topic it came on (its external AAD; make_loop prepares one per topic).
-        Raises ValueError("malformed") when msg is not a COSE_Mac0 of this layout,
-        ValueError("forged") when the tag does not match."""
-        n = len(msg)
-        if n < 42 or msg[:7] != _HEAD or msg[n - 34:n - 32] != b"\x58\x20":
-            raise ValueError("malformed")
-        a = msg[7]
-        i = 8
-        if a >> 5 != 2:
-            raise ValueError("malformed")
-        a &= 31
-        if a == 24:
-            a = msg[8]
-            i = 9
-        elif a == 25:
-            a = msg[8] << 8 | msg[9]
-            i = 10
-        elif a > 23:
-            raise ValueError("malformed")
-        if i + a != n - 34:
-            raise ValueError("malformed")
-        tag = hmac_sha256(self.key, _MAC0, aad, memoryview(msg)[7:n - 34])
-        d = 0
-        for k in range(32):   # no early exit: the time does not tell how much of it matched
-            d |= tag[k] ^ msg[n - 32 + k]
-        if d:
-            raise ValueError("forged")
-        return msg[i:n - 34]
-
-    def fresh(self, c):
-        """Accept counter c (an int) or raise ValueError("replayed" | "stale")."""
-        t = self.top
-        if c > t:
-            s = c - t
-            self.seen = ((self.seen & (_MASK >> s)) << s | 1) if s < WINDOW else 1
-            self.top = c
-            return
-        d = t - c
-        if d >= WINDOW:
-            raise ValueError("stale")
-        if self.seen >> d & 1:
-            raise ValueError("replayed")
-        self.seen |= 1 << d
 
 
 class Loop:
@@ -261,12 +200,14 @@ class Loop:
     # Attributes (make_loop sets every one):
     #   parts      board, dev (a state.Device), outbox, client; out(line) prints an event line
     #   settings   interval_ms, count (None: forever), timeout_ms, ack_ms; t_readings, t_ack,
-    #              t_cmd, t_confirm, t_status: the device's topics; b_ack, b_cmd: those two as
-    #              bytes, aad_ack, aad_cmd: as CBOR byte strings (a sealed message's AAD)
-    #   downlink   guard (a device.Guard: the MAC key, the replay window, the refusals);
-    #              confirm: a command's signed confirmation waiting to be published, or None
-    #   counters   produced, acked, published, republished, bad_acks, heap_max, heap_end (the
-    #              summary's, see the module comment)
+    #              t_status: the device's topics
+    #   downlink   dl_key (the 32-byte MAC key: HKDF over the ECDH secret), dl_top (the highest
+    #              counter accepted, -1 before the first), dl_seen (bit i set: counter
+    #              dl_top - i was accepted), refused (reason -> refusals since the device state
+    #              was made: "malformed", "forged", "replayed", "stale"); the last command is
+    #              only in DIR/downlink.json
+    #   counters   produced, acked, published, republished, heap_max, heap_end (the summary's,
+    #              see the module comment)
     #   state      crash: why a task died, or None; done: the loop is over (the count satisfied,
     #              or a task died)
     #   internal   only the methods change these: kick (a new reading is queued), idle (the
@@ -276,16 +217,54 @@ class Loop:
 
     # -- acks and commands ----------------------------------------------------------------
 
-    def on_message(self, topic, payload, retained):
-        """The MQTT client's handler: a sealed ack on t_ack removes readings from the outbox, a
-        sealed command on t_cmd runs (downlink_cmd.py). Anything the guard refuses (forged,
-        replayed, stale, malformed) is counted and changes nothing."""
-        cmd = topic == self.b_cmd
-        if not cmd and topic != self.b_ack:
+    def open_sealed(self, topic, msg):
+        """The payload bytes of a sealed message received on topic (bytes: its external AAD),
+        once its tag is checked. Raises ValueError("malformed") when msg is not a COSE_Mac0 of
+        this layout, ValueError("forged") when the tag does not match. Nothing is copied but
+        the payload."""
+        n = len(msg) - 34       # the tag's head: 58 20
+        a = msg[7] if n > 7 else 0
+        i = 8 if a < 0x58 else 9 if a == 0x58 else 10     # after the payload's head
+        if msg[:7] != _HEAD or msg[n] != 0x58 or msg[n + 1] != 32 or not 0x40 <= a <= 0x59 \
+                or i + (a & 31 if a < 0x58 else msg[8] if a == 0x58 else msg[8] << 8 | msg[9]) \
+                != n:
+            raise ValueError("malformed")
+        t = len(topic)      # < 256: an id is at most 64 characters
+        mv = memoryview(msg)
+        h = hmac_sha256(self.dl_key, _MAC0, bytes((0x40 | t,)) if t < 24 else bytes((0x58, t)),
+                        topic, mv[7:n])
+        d = 0
+        for k in range(32):   # no early exit: the time does not tell how much of it matched
+            d |= h[k] ^ msg[n + 2 + k]
+        if d:
+            raise ValueError("forged")
+        return msg[i:n]
+
+    def fresh(self, c):
+        """Accept counter c (an int) or raise ValueError("replayed" | "stale")."""
+        t = self.dl_top
+        if c > t:
+            s = c - t
+            self.dl_seen = ((self.dl_seen & (_MASK >> s)) << s | 1) if s < _WINDOW else 1
+            self.dl_top = c
             return
-        g = self.guard
+        d = t - c
+        if d >= _WINDOW:
+            raise ValueError("stale")
+        if self.dl_seen >> d & 1:
+            raise ValueError("replayed")
+        self.dl_seen |= 1 << d
+
+    def on_message(self, topic, payload, retained):
+        """The MQTT client's handler: a sealed ack on t_ack removes readings from the outbox;
+        a sealed command on anchor/<id>/cmd runs (downlink_cmd.py). Anything refused
+         (forged, replayed, stale, malformed) is counted and changes nothing."""
+        # the subscriptions are t_ack and anchor/<id>/cmd only (and the MAC covers the topic)
+        cmd = topic[-4:] == b"/cmd"
+        if not cmd and topic != self.t_ack.encode():
+            return
         try:
-            p = g.open(self.aad_cmd if cmd else self.aad_ack, payload)
+            p = self.open_sealed(topic, payload)
             if cmd:
                 from anchor import downlink_cmd  # rare: loaded for a command whose MAC holds
 
@@ -294,21 +273,15 @@ class Loop:
                 unload("downlink_cmd")
                 return
             ctr, upto, seqs, entry = decode_ack(p)
-            g.fresh(ctr)
+            self.fresh(ctr)
         except ValueError as e:
             w = str(e)
             r = w if w in _REFUSALS else "malformed"
-            g.refused[r] = g.refused.get(r, 0) + 1
-            g.dirty = True
-            # saved at once unless the last save is under 5 s old (a flood of forgeries must
-            # not wear out the flash), else with the next save
-            if time.ticks_diff(time.ticks_ms(), g.saved_at) >= _SAVE_REFUSED_MS:
-                _save(g)
-            if not cmd:
-                self.bad_acks += 1
+            # saved with the next command, or when the loop ends: a flood of forgeries writes
+            # nothing to flash
+            self.refused[r] = self.refused.get(r, 0) + 1
             self.out("bad-%s err=%s" % ("cmd" if cmd else "ack", w.replace(" ", "_")))
             return
-        g.unsaved += 1
         removed = self.outbox.ack(upto, seqs)
         self.acked += removed
         self.out("ack upto=%d seqs=%d entry=%d removed=%d outbox=%d" % (
@@ -338,15 +311,11 @@ class Loop:
         msg = self.dev.next_reading(data, self.board.time())
         self.outbox.append(seq, msg)
         self.produced += 1
-        self.wake()
-        return seq
-
-    def wake(self):
-        """Something new to send (a reading, a confirmation): the sender's pass comes now."""
         self.kick = True
-        if self.idle:          # the sender sleeps: wake it
+        if self.idle:          # the sender sleeps: wake it, a new reading is due now
             self.idle = False
             self._snd.cancel()
+        return seq
 
     async def _producer(self):
         next_t = time.ticks_ms()
@@ -413,13 +382,6 @@ class Loop:
                     await self._publish_due()
                 except OSError:
                     pass            # the client noticed too and reconnects; reported below
-                if self.confirm is not None and c.isconnected():
-                    m = self.confirm        # a command's confirmation (downlink_cmd.handle)
-                    self.confirm = None
-                    try:
-                        await c.publish(self.t_confirm, m, qos=1)
-                    except OSError:
-                        self.confirm = m    # again once connected
             if up and not c.isconnected():
                 up = False
                 self.out("disconnected err=%s" % _err(c.error))
@@ -493,12 +455,6 @@ class Loop:
             self.heap_end = gc.mem_alloc()
         finally:
             self.stop = True
-            g = self.guard
-            if g.dirty or g.unsaved:
-                try:
-                    _save(g)
-                except Error:
-                    pass
             prod.cancel()
             snd.cancel()
             if self.client.isconnected():
@@ -512,15 +468,6 @@ class Loop:
         if self.crash is not None and self.count is None:
             raise Error("the device loop stopped: %s" % self.crash)
         return ok
-
-
-def _save(g):
-    """Save the downlink state (downlink_cmd.save, loaded for it: rare)."""
-    from anchor import downlink_cmd
-
-    downlink_cmd.save(g)
-    downlink_cmd = None
-    unload("downlink_cmd")
 
 
 def _err(e):
@@ -555,6 +502,14 @@ def main(args):
     # The loop is over: drop the signing code (and the comb table) so that loading cli.py for
     # the error line and the summary fits even when the loop ran out of heap.
     unload("cose", "p256", "cbor")
+    try:
+        from anchor import downlink_cmd
+
+        downlink_cmd.save(r[0])     # the window's top, the refusal counts
+    except (Error, MemoryError):
+        pass            # kept from the next command on (the counts since the last save lost)
+    downlink_cmd = None
+    unload("downlink_cmd")
     from anchor.cli import run_finish
 
     return run_finish(r[0], r[1], ok)

@@ -110,10 +110,7 @@ def build(opts, board=None):
 
     dev = Device.load(d)    # the heaviest step (the comb table is filled): with little loaded
     unload()
-    from anchor.downlink_setup import make_guard
-
-    guard = make_guard(dev)  # ECDH with the gateway's downlink key, once
-    make_guard = None
+    guard = downlink_state(dev)  # the MAC key kept in DIR/gateway.json (ECDH once per pair)
     unload()
     if hasattr(board, "seed"):
         board.seed(dev.dev_id)
@@ -142,6 +139,51 @@ def build(opts, board=None):
     return board, dev, ob, client, guard
 
 
+def _read_json(path):
+    """The JSON object in path (or its .tmp copy, see state.py), None when there is none;
+    Error when it is damaged."""
+    import json
+
+    for p in (path, path + ".tmp"):
+        try:
+            with open(p) as f:
+                text = f.read()
+        except OSError:
+            continue
+        try:
+            v = json.loads(text)
+        except ValueError:
+            v = None
+        if not isinstance(v, dict):
+            raise Error("%s is damaged; remove it (for gateway.json: give the key again with "
+                        "'main.py trust')" % p)
+        return v
+    return None
+
+
+def downlink_state(dev):
+    """(MAC key, window top, refusal counts) of device dev (a state.Device) for make_loop: the
+    key from DIR/gateway.json (derived there by downlink_setup when missing or made for another
+    device key), the rest from DIR/downlink.json. Error when the gateway key is missing or
+    unusable."""
+    from binascii import unhexlify
+    from hashlib import sha256
+
+    d = dev.dir
+    gj = _read_json(d + "/gateway.json")
+    h = "".join("%02x" % b for b in sha256(dev.public_key).digest()[:8])
+    if gj is not None and gj.get("for") == h and len(gj.get("mac", "")) == 64:
+        key = unhexlify(gj["mac"])
+    else:   # no MAC key yet, or one made for another device key: derive it once, keep it
+        from anchor import downlink_setup
+
+        key = downlink_setup.rederive(dev)
+        downlink_setup = None
+        unload("downlink_setup")
+    s = _read_json(d + "/downlink.json") or {}
+    return key, s.get("top", -1), s.get("refused") or {}
+
+
 def start(args):
     """`run`'s options parsed and its objects built: (device.Loop, opts), or 2 after printing a
     usage error."""
@@ -160,10 +202,10 @@ def make_loop(board, dev, outbox, client, guard, interval=60, count=None, timeou
               ack_timeout=30, out=print):
     """A new device.Loop (device.py documents it): `board` a board layer, `dev` a
     state.Device, `outbox` an outbox.Outbox, `client` an mqtt.MQTTClient (or what has their
-    methods), `guard` a device.Guard (downlink_setup.make_guard). Sets the loop's settings and
-    counters, and its client's will, birth message, ack and command subscriptions and message
-    handler. interval, timeout, ack_timeout in seconds; out(line) prints the loop's event
-    lines."""
+    methods), `guard` the device's downlink state (downlink_state(dev)). Sets the loop's
+    settings and counters, and its client's will, birth message, ack and command subscriptions
+    and message handler. interval, timeout, ack_timeout in seconds; out(line) prints the loop's
+    event lines."""
     from anchor.device import Loop
 
     loop = Loop()           # device.Loop lists these attributes
@@ -179,22 +221,14 @@ def make_loop(board, dev, outbox, client, guard, interval=60, count=None, timeou
     prefix = "anchor/%s/" % dev.dev_id
     loop.t_readings = prefix + "readings"
     loop.t_ack = prefix + "ack"
-    loop.t_cmd = prefix + "cmd"
-    loop.t_confirm = prefix + "confirm"
     loop.t_status = prefix + "status"
-    loop.b_ack = loop.t_ack.encode()
-    loop.b_cmd = loop.t_cmd.encode()
-    loop.aad_ack = bytes((0x40 | len(loop.b_ack),) if len(loop.b_ack) < 24 else
-                         (0x58, len(loop.b_ack))) + loop.b_ack
-    loop.aad_cmd = bytes((0x40 | len(loop.b_cmd),) if len(loop.b_cmd) < 24 else
-                         (0x58, len(loop.b_cmd))) + loop.b_cmd
-    loop.guard = guard
-    loop.confirm = None
+    loop.dl_key, loop.dl_top, loop.refused = guard
+    # after a restart every counter up to top counts as seen (device._MASK: the window's bits)
+    loop.dl_seen = 0x3FFFFFFF if loop.dl_top >= 0 else 0
     loop.produced = 0
     loop.acked = 0
     loop.published = 0
     loop.republished = 0
-    loop.bad_acks = 0
     loop.heap_max = 0
     loop.heap_end = 0
     loop.crash = None
@@ -206,5 +240,5 @@ def make_loop(board, dev, outbox, client, guard, interval=60, count=None, timeou
     client.set_birth(loop.t_status, b"online", retain=True, qos=1)
     client.on_message = loop.on_message
     client.subscribe(loop.t_ack, 1)
-    client.subscribe(loop.t_cmd, 1)
+    client.subscribe(prefix + "cmd", 1)
     return loop

@@ -1,6 +1,7 @@
 # Running a command from the gateway (anchor/<id>/cmd), once its MAC has been checked
-# (device.Guard.open): its counter and id checked, the command carried out, its confirmation
-# signed with the device key and handed to the loop's sender for anchor/<id>/confirm. A cold
+# (device.Loop.open_sealed): its counter and id checked, the command carried out, its confirmation
+# signed with the device key and published on anchor/<id>/confirm (QoS 1, by a task of its own;
+# if that fails the gateway sends the command again, and the device its confirmation again). A cold
 # companion of device.py (device.COLD): device.Loop.on_message loads it for a command and
 # drops it again. docs/protocol.md ("Commands") is the specification.
 #
@@ -18,19 +19,18 @@
 
 import os
 import sys
-import time
 
 try:
     import json
 except ImportError:
     import ujson as json
 
-from anchor import Error, cbor
-from anchor.device import decode_map
+from anchor import Error
+from anchor.device import decode_ack
 from anchor.state import write_atomic
 
 CONFIRM_FILE = "confirm.cose"
-_DOWNLINK_FILE = "downlink.json"   # device.DOWNLINK_FILE
+DOWNLINK_FILE = "downlink.json"
 _NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
 _UNIX = sys.platform not in ("esp32", "rp2")
 
@@ -42,44 +42,61 @@ def _int(v, lo):
 def handle(loop, payload):
     """Run the command in payload (bytes, its MAC checked). ValueError (the refusal's reason:
     "replayed", "stale", or why it is malformed) when it is refused; nothing changes then."""
-    g = loop.guard
-    m = decode_map(payload)
+    d = loop.dev.dir + "/"
+    st = load(d)
+    m = decode_ack(payload, True)
     ctr = m.get("ctr")
     cid = m.get("id")
     op = m.get("op")
     args = m.get("args", {})
     if not (_int(ctr, 0) and _int(cid, 0) and isinstance(op, str) and isinstance(args, dict)):
         raise ValueError("bad command")
-    g.fresh(ctr)
-    if cid < g.cmd:
+    loop.fresh(ctr)
+    last = st.get("cmd", -1)
+    if cid < last:
         raise ValueError("stale")
-    d = loop.dev.dir + "/"
-    if cid == g.cmd:
+    if cid == last:
         try:
             with open(d + CONFIRM_FILE, "rb") as f:
-                loop.confirm = f.read()
+                msg = f.read()
         except OSError:
             raise ValueError("stale")   # its confirmation is gone: cannot confirm it again
-        g.unsaved += 1
         loop.out("cmd-again id=%d" % cid)
-        loop.wake()
+        publish(loop, msg)
         return
     try:
         ok, res = True, _run(loop, op, args)
     except ValueError as e:
         ok, res = False, str(e)
+    from anchor import cbor, cose  # here: save() runs once the loop dropped the encoder
+
     c = {"v": 1, "dev": loop.dev.dev_id, "cmd": cid, "op": op, "ok": ok}
     c["result" if ok else "reason"] = res
-    msg = loop.dev.sign1(cbor.encode(c))
+    msg = cose.sign1(_secret(d), loop.dev.dev_id.encode(), cbor.encode(c))
     write_atomic(d + CONFIRM_FILE, msg)
-    g.cmd = cid
-    g.last = {"id": cid, "op": op, "args": args, "ok": ok}
+    last = {"id": cid, "op": op, "args": args, "ok": ok}
     if not ok:
-        g.last["reason"] = res
-    save(g)
-    loop.confirm = msg
+        last["reason"] = res
+    save(loop, cid, last)
     loop.out("cmd id=%d op=%s ok=%d" % (cid, op, ok))
-    loop.wake()
+    publish(loop, msg)
+
+
+def publish(loop, msg):
+    """Publish a confirmation on anchor/<id>/confirm in a task of its own (handle runs in the
+    MQTT client's reader, which must not wait for a PUBACK). DIR/confirm.cose keeps it."""
+    import asyncio
+
+    async def send():
+        try:
+            await loop.client.publish("anchor/%s/confirm" % loop.dev.dev_id, msg, qos=1)
+        except OSError:
+            pass        # the gateway sends the command again; then this confirmation again
+
+    try:
+        asyncio.create_task(send())
+    except RuntimeError:
+        pass            # no event loop (a test calling on_message directly)
 
 
 def _run(loop, op, args):
@@ -130,12 +147,38 @@ def set_output(loop, name, on):
     machine.Pin(spec, machine.Pin.OUT).value(bool(on) != low)
 
 
-def save(g):
-    """Write DIR/downlink.json (atomically): top, the last command, the refusal counts.
-    After a restart, counters up to this top are refused."""
-    write_atomic(g.dir + "/" + _DOWNLINK_FILE, json.dumps({
-        "v": 1, "top": g.top, "cmd": g.cmd, "last": g.last,
-        "refused": g.refused}).encode())
-    g.unsaved = 0
-    g.dirty = False
-    g.saved_at = time.ticks_ms()
+def load(d):
+    """DIR/downlink.json as a dict ({} when there is none). d ends with "/"."""
+    for p in (d + DOWNLINK_FILE, d + DOWNLINK_FILE + ".tmp"):
+        try:
+            with open(p) as f:
+                return json.loads(f.read())
+        except (OSError, ValueError):
+            pass
+    return {}
+
+
+def save(loop, cmd=None, last=None):
+    """Write DIR/downlink.json (atomically): the loop's window top and refusal counts, and the
+    last command (cmd, last; None: keep the saved one). After a restart, counters up to this
+    top are refused."""
+    d = loop.dev.dir + "/"
+    if cmd is None:
+        st = load(d)
+        cmd = st.get("cmd", -1)
+        last = st.get("last")
+    write_atomic(d + DOWNLINK_FILE, json.dumps({
+        "v": 1, "top": loop.dl_top, "cmd": cmd, "last": last,
+        "refused": loop.refused}).encode())
+
+
+def _secret(d):
+    """The device's private scalar, read from DIR/key.json (the loop keeps it private to
+    state.Device; a command is rare)."""
+    from binascii import unhexlify
+
+    from anchor.p256_keys import secret_from_bytes
+    from anchor.state import KEY_FILE
+
+    with open(d + KEY_FILE) as f:
+        return secret_from_bytes(unhexlify(json.loads(f.read())["secret"]))

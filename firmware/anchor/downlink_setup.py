@@ -1,7 +1,8 @@
 # The downlink at start-up: the gateway's downlink key (DIR/gateway.json), the MAC key derived
 # from it and the device key, and the state saved in DIR/downlink.json (the replay window's top,
 # the last command, the refusal counts). A cold companion of device.py (device.COLD):
-# device_setup.build calls make_guard once and drops this module again.
+# device_setup.downlink_state loads it only when DIR/gateway.json has no MAC key for the
+# device's key.
 #
 #   DIR/gateway.json   {"v": 1, "downlink": 130 hex, "mac": 64 hex, "for": 16 hex}
 #                      the gateway's P-256 downlink public key (keygen --downlink-key,
@@ -18,7 +19,6 @@
 # checked to be on P-256), then HKDF-SHA-256 (RFC 5869) with salt "iot-anchor downlink v1",
 # info the device id, 32 bytes: K = HMAC(PRK, info || 0x01), PRK = HMAC(salt, Z).
 
-import time
 from binascii import unhexlify
 
 try:
@@ -94,6 +94,17 @@ def _for(dev):
     return "".join("%02x" % b for b in sha256(dev.public_key).digest()[:8])
 
 
+def agree(dev, pub):
+    """Device dev's MAC key under the gateway key pub: the secret read again from
+    DIR/key.json (Device keeps it private; this runs once per pair of keys)."""
+    from anchor.p256_keys import secret_from_bytes
+    from anchor.state import KEY_FILE
+
+    with open(dev.dir + "/" + KEY_FILE) as f:
+        secret = secret_from_bytes(unhexlify(json.loads(f.read())["secret"]))
+    return derive_key(secret, dev.dev_id, pub)
+
+
 def _write(dev, pub, key):
     from anchor.state import write_atomic
 
@@ -110,37 +121,21 @@ def trust(dev, hex_key):
         if len(hex_key) != 130:
             raise ValueError("must be 130 hex digits")
         pub = unhexlify(hex_key)
-        key = dev.agree(pub)    # ValueError when it is not a point on P-256
+        key = agree(dev, pub)   # ValueError when it is not a point on P-256
     except ValueError as e:
         raise Error("--downlink-key %s: %s (give the key 'iot-anchor downlink key' prints)"
                     % (hex_key[:16] + "...", e))
     _write(dev, pub, key)
 
 
-def make_guard(dev):
-    """The downlink.Guard of device dev (a state.Device): the key from ECDH, the window and
-    counts from DIR/downlink.json. Error when the gateway key is missing or unusable."""
-    from anchor.device import DOWNLINK_FILE, MASK, Guard
-
-    pub, gj = gateway_key(dev.dir)
-    g = Guard()
+def rederive(dev):
+    """The MAC key of device dev from the gateway key in DIR/gateway.json, derived now and
+    written back to the file (device_setup.downlink_state, when the file has none for this device
+    key). Error when the gateway key is missing or unusable."""
+    pub, _ = gateway_key(dev.dir)
     try:
-        if gj.get("for") == _for(dev) and len(gj.get("mac", "")) == 64:
-            g.key = unhexlify(gj["mac"])
-        else:   # a new device key, or a file without the MAC key: derive it once, keep it
-            g.key = dev.agree(pub)
-            _write(dev, pub, g.key)
+        key = agree(dev, pub)
     except ValueError as e:
         raise Error("%s/%s: %s" % (dev.dir, GATEWAY_FILE, e))
-    s = read_json(dev.dir + "/" + DOWNLINK_FILE) or {}
-    g.dir = dev.dir
-    g.top = s.get("top", -1)
-    # after a restart every counter up to the saved top counts as seen
-    g.seen = MASK if g.top >= 0 else 0
-    g.unsaved = 0
-    g.cmd = s.get("cmd", -1)
-    g.last = s.get("last")
-    g.refused = s.get("refused") or {}
-    g.dirty = False
-    g.saved_at = time.ticks_add(time.ticks_ms(), -10000)  # the first refusal is saved at once
-    return g
+    _write(dev, pub, key)
+    return key

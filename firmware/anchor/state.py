@@ -127,20 +127,6 @@ class Device:
         self.last_message = last
         self.prev = sha256(last).digest() if last else bytes(32)  # cose.message_hash
 
-    def agree(self, pub):
-        """The device's 32-byte downlink MAC key with the gateway's downlink key pub (65
-        bytes): ECDH, then HKDF (downlink_setup.derive_key). Start-up only."""
-        from anchor.downlink_setup import derive_key
-
-        return derive_key(self._secret, self.dev_id, pub)
-
-    def sign1(self, payload):
-        """A COSE_Sign1 message over payload (bytes) with the device key, its protected header
-        the same as a reading's (a command's confirmation)."""
-        from anchor import cose
-
-        return cose.sign1(self._secret, self._kid, payload)
-
     def next_reading(self, data, ts=None):
         """Sign the next reading and return the whole COSE message (bytes).
 

@@ -79,9 +79,9 @@ def gateway_hex():
 
 
 def make_guard(dev):
-    from anchor.downlink_setup import make_guard as mk
+    from anchor.device_setup import downlink_state
 
-    return mk(dev)
+    return downlink_state(dev)
 
 
 def loop_on_disk(count=None, secret="11" * 32):
@@ -111,12 +111,12 @@ def seal(key, topic, payload):
 
 
 def ack(loop, ctr, upto, seqs=(), entry=1, key=None):
-    return seal(key or loop.guard.key, b"anchor/dev-t/ack", cbor.encode(
+    return seal(key or loop.dl_key, b"anchor/dev-t/ack", cbor.encode(
         {"ctr": ctr, "upto": upto, "seqs": list(seqs), "entry": entry}))
 
 
 def command(loop, ctr, cid, op, args, key=None):
-    return seal(key or loop.guard.key, b"anchor/dev-t/cmd", cbor.encode(
+    return seal(key or loop.dl_key, b"anchor/dev-t/cmd", cbor.encode(
         {"ctr": ctr, "id": cid, "op": op, "args": args}))
 
 
@@ -182,7 +182,7 @@ def test_produce_then_ack_empties_outbox():
     loop.on_message(b"anchor/other/ack", ack(loop, 11, 9), False)
     assert loop.outbox.pending == 1        # another device's topic is ignored
     loop.on_message(t, b"\x00garbage", False)
-    assert loop.bad_acks == 1 and lines[-1] == "bad-ack err=malformed"
+    assert loop.refused == {"malformed": 1} and lines[-1] == "bad-ack err=malformed"
     loop.on_message(t, ack(loop, 12, 2, entry=2), False)
     assert loop.outbox.pending == 0 and loop.done
 
@@ -192,18 +192,18 @@ def test_forged_replayed_stale_and_plain_acks_are_refused():
     for _ in range(4):
         loop.produce()
     t = b"anchor/dev-t/ack"
-    g = loop.guard
+    g = loop
     refusals = (
         (cbor.encode({"upto": 3, "seqs": [], "entry": 1}), "malformed"),   # the old, plain ack
         (ack(loop, 5, 3, key=bytes(32)), "forged"),                          # another key
         (ack(loop, 5, 3)[:-1] + b"\x00", "forged"),                          # a changed tag
         (ack(loop, 5, 3).replace(b"upto\x03", b"upto\x02"), "forged"),       # a changed payload
-        (seal(g.key, b"anchor/dev-t/cmd", cbor.encode({"ctr": 5, "upto": 3})), "forged"),
+        (seal(g.dl_key, b"anchor/dev-t/cmd", cbor.encode({"ctr": 5, "upto": 3})), "forged"),
     )
     for msg, reason in refusals:
         loop.on_message(t, msg, False)
         assert lines[-1] == "bad-ack err=" + reason, (lines[-1], reason)
-    assert loop.outbox.pending == 4 and g.top == -1        # nothing moved
+    assert loop.outbox.pending == 4 and g.dl_top == -1        # nothing moved
     first = ack(loop, 100, 0)
     loop.on_message(t, first, False)
     assert loop.outbox.pending == 3
@@ -214,15 +214,16 @@ def test_forged_replayed_stale_and_plain_acks_are_refused():
     loop.on_message(t, ack(loop, 99, 1), False)             # late, but new: accepted
     assert loop.outbox.pending == 2
     assert g.refused == {"malformed": 1, "forged": 4, "replayed": 1, "stale": 1}, g.refused
-    # the counts are on flash (the first refusal is saved at once, the rest at the next save)
+    # the counts go to flash when the loop ends (device.main) or with a command
     from anchor import downlink_cmd
 
-    downlink_cmd.save(g)
+    downlink_cmd.save(loop)
     r = device_status(d)
     assert r["downlink_refused"] == 7 and r["outbox_waiting"] == 2 and r["next_seq"] == 4
     assert r["downlink_top"] == 100
     # after a restart, the saved window still refuses the old counters
-    g2 = make_guard(Device.load(d))
+    dev2 = Device.load(d)
+    g2 = make_loop(loop.board, dev2, load_outbox(d), NullClient(), make_guard(dev2))
     for c, why in ((100, "replayed"), (99, "replayed"), (50, "stale")):
         try:
             g2.fresh(c)
@@ -234,7 +235,7 @@ def test_forged_replayed_stale_and_plain_acks_are_refused():
 
 
 def test_replay_window():
-    g = loop_on_disk()[0].guard
+    g = loop_on_disk()[0]
     for c in (5, 3, 40, 39, 11):
         g.fresh(c)
     for c, why in ((5, "stale"), (10, "stale"), (39, "replayed"), (40, "replayed"),
@@ -254,6 +255,12 @@ def device_status(d):
     return cli.status_info(d)
 
 
+def confirmation(d):
+    """The last confirmation the device signed (DIR/confirm.cose)."""
+    with open(d + "/confirm.cose", "rb") as f:
+        return f.read()
+
+
 def test_commands_run_once_and_are_confirmed():
     from anchor.cose_verify import verify1
 
@@ -263,15 +270,14 @@ def test_commands_run_once_and_are_confirmed():
     assert lines[-1] == "cmd id=7 op=output ok=1", lines
     with open(d + "/outputs/fan") as f:
         assert f.read() == "1"
-    msg = loop.confirm
+    msg = confirmation(d)
     assert verify1(loop.dev.public_key, msg)
     p = decode(decode_sign1(msg)[2])
     assert p == {"v": 1, "dev": "dev-t", "cmd": 7, "op": "output", "ok": True,
                  "result": {"name": "fan", "on": True}}, p
     # the same command again, sealed anew (the gateway repeats it): not run, confirmed again
-    loop.confirm = None
     loop.on_message(c, command(loop, 2, 7, "output", {"name": "fan", "on": True}), False)
-    assert lines[-1] == "cmd-again id=7" and loop.confirm == msg
+    assert lines[-1] == "cmd-again id=7" and confirmation(d) == msg
     # replayed (the same bytes), forged, stale (an older command id): refused, nothing runs
     before = len(lines)
     replay = command(loop, 3, 8, "output", {"name": "fan", "on": False})
@@ -289,10 +295,10 @@ def test_commands_run_once_and_are_confirmed():
     assert loop.interval_ms == 5000
     loop.on_message(c, command(loop, 7, 11, "interval", {"seconds": 0}), False)
     assert lines[-1] == "cmd id=11 op=interval ok=0" and loop.interval_ms == 5000
-    p = decode(decode_sign1(loop.confirm)[2])
+    p = decode(decode_sign1(confirmation(d))[2])
     assert p["ok"] is False and "seconds" in p["reason"] and "result" not in p
     loop.on_message(c, command(loop, 8, 12, "ping", {}), False)
-    assert decode(decode_sign1(loop.confirm)[2])["result"] == {"seq": 0, "outbox": 0}
+    assert decode(decode_sign1(confirmation(d))[2])["result"] == {"seq": 0, "outbox": 0}
     loop.on_message(c, command(loop, 9, 13, "selfdestruct", {}), False)
     assert lines[-1] == "cmd id=13 op=selfdestruct ok=0"
     assert len(lines) > before
