@@ -19,9 +19,9 @@ can be added, e.g. the RAM of the loaded firmware and the smallest heap for the 
                   per-device HMAC key; per message HMAC-SHA-256 of a COSE_Mac0, decode,
                   replay window: anchor.device.Loop.open_sealed, fresh) against an ECDSA
                   P-256 verification per message (anchor.p256_verify.verify of a COSE_Sign1
-                  ack): median time, bytes allocated (GC off) and peak heap (the method below) per message, the
-                  RAM each needs loaded while the loop runs, and the one-off ECDH (once per
-                  pair of keys: keygen --downlink-key, trust).
+                  ack): median time, bytes allocated (GC off) and peak heap (the method
+                  below) per message, the RAM each needs loaded while the loop runs, and the
+                  one-off ECDH (once per pair of keys: keygen --downlink-key, trust).
   firmware_ram, loop_heap, loop_frozen
                   from tools/bench_firmware_boards.py (its docstring describes them): the RAM
                   the loaded firmware takes, the smallest heap in which the device loop still
