@@ -84,82 +84,19 @@ def keygen(args):
 
     opts = _options(args, ("dir", "id", "secret", "downlink-key"))
     d = _dir(opts)
-    if "downlink-key" in opts:
-        _check_downlink_key(opts["downlink-key"])   # before anything is written
-    dev = Device.create(d, dev_id=opts.get("id"), secret=opts.get("secret"))
-    if "downlink-key" in opts:
-        unload("state_create")
-        _imports("p256_verify", "downlink_setup")
-        from anchor.downlink_setup import trust as _trust
-
-        _trust(dev, opts["downlink-key"])
-    print("device %s, state in %s" % (dev.dev_id, d))
-    print(hexlify(dev.public_key).decode())
-
-
-def _check_downlink_key(h):
-    if len(h) != 130:
+    key = opts.get("downlink-key")
+    if key is not None and len(key) != 130:     # checked before anything is written
         raise Error("--downlink-key must be 130 hex digits (the key 'iot-anchor downlink key' "
                     "prints)")
+    dev = Device.create(d, dev_id=opts.get("id"), secret=opts.get("secret"))
+    if key is not None:
+        unload("state_create")
+        _imports("p256_verify", "downlink_setup")
+        from anchor.downlink_setup import trust
 
-
-def trust(args):
-    """Give an existing device the gateway's downlink key (DIR/gateway.json)."""
-    opts = _options(args, ("dir", "downlink-key"))
-    d = _dir(opts)
-    if "downlink-key" not in opts:
-        raise UsageError("--downlink-key HEX is required")
-    _check_downlink_key(opts["downlink-key"])
-    _imports("p256", "cbor", "cbor_types", "cbor_decode", "state", "p256_keys", "state_load")
-    from anchor.state import Device
-
-    dev = Device.load(d)
-    _imports("p256_verify", "downlink_setup")
-    from anchor.downlink_setup import trust as _trust
-
-    _trust(dev, opts["downlink-key"])
-    print("device state in %s now trusts gateway downlink key %s..." % (
-        d, opts["downlink-key"][:16]))
-
-
-def status(args):
-    """Print status_info(DIR) as one JSON object."""
-    opts = _options(args, ("dir",))
-    print(json.dumps(status_info(_dir(opts))))
-
-
-def status_info(d):
-    """The device's state in DIR: dev, next_seq, outbox_waiting, outbox_dropped, last_command,
-    downlink_refused (total) and downlink_refusals (by reason), downlink_top, outputs (Unix
-    port: DIR/outputs/*), downlink_key (whether DIR/gateway.json is there)."""
-    import os
-
-    _imports("p256", "cbor", "cbor_types", "cbor_decode", "state", "p256_keys", "state_load")
-    from anchor.state import Device
-
-    dev = Device.load(d)
-    from anchor.outbox_load import load_outbox
-
-    ob = load_outbox(d)
-    from anchor.downlink_setup import read_json
-
-    s = read_json(d + "/downlink.json") or {}
-    refused = s.get("refused") or {}
-    outputs = {}
-    try:
-        names = os.listdir(d + "/outputs")
-    except OSError:
-        names = []
-    for n in names:
-        if not n.endswith(".tmp"):
-            with open(d + "/outputs/" + n) as f:
-                outputs[n] = f.read() == "1"
-    return {
-        "dev": dev.dev_id, "next_seq": dev.seq, "outbox_waiting": ob.pending,
-        "outbox_dropped": ob.dropped, "last_command": s.get("last"),
-        "downlink_refused": sum(refused.values()), "downlink_refusals": refused,
-        "downlink_top": s.get("top", -1), "outputs": outputs,
-        "downlink_key": read_json(d + "/gateway.json") is not None}
+        trust(dev, key)
+    print("device %s, state in %s" % (dev.dev_id, d))
+    print(hexlify(dev.public_key).decode())
 
 
 def _parse_data(text):
@@ -202,7 +139,8 @@ def sign(args):
     print(hexlify(msg).decode())
 
 
-COMMANDS = {"keygen": keygen, "sign": sign, "trust": trust, "status": status}
+COMMANDS = {"keygen": keygen, "sign": sign}
+MORE = ("trust", "status")  # in cli_downlink.py: compiling this module from source stays small
 
 
 def main(argv):
@@ -221,6 +159,10 @@ def main(argv):
                 return 0
             return None
         cmd = COMMANDS.get(argv[0])
+        if argv[0] in MORE:
+            from anchor import cli_downlink
+
+            cmd = getattr(cli_downlink, argv[0])
         if cmd is None:
             raise UsageError("unknown command %r" % argv[0])
         return cmd(argv[1:]) or 0

@@ -252,7 +252,9 @@ def test_replay_window():
 
 
 def device_status(d):
-    return cli.status_info(d)
+    from anchor import cli_downlink
+
+    return cli_downlink.status_info(d)
 
 
 def confirmation(d):
