@@ -223,9 +223,11 @@ class Loop:
         this layout, ValueError("forged") when the tag does not match. Nothing is copied but
         the payload."""
         n = len(msg) - 34       # the tag's head: 58 20
-        a = msg[7] if n > 7 else 0
+        if n < 10 or msg[:7] != _HEAD:
+            raise ValueError("malformed")
+        a = msg[7]
         i = 8 if a < 0x58 else 9 if a == 0x58 else 10     # after the payload's head
-        if msg[:7] != _HEAD or msg[n] != 0x58 or msg[n + 1] != 32 or not 0x40 <= a <= 0x59 \
+        if msg[n] != 0x58 or msg[n + 1] != 32 or not 0x40 <= a <= 0x59 \
                 or i + (a & 31 if a < 0x58 else msg[8] if a == 0x58 else msg[8] << 8 | msg[9]) \
                 != n:
             raise ValueError("malformed")

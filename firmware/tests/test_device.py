@@ -199,6 +199,11 @@ def test_forged_replayed_stale_and_plain_acks_are_refused():
         (ack(loop, 5, 3)[:-1] + b"\x00", "forged"),                          # a changed tag
         (ack(loop, 5, 3).replace(b"upto\x03", b"upto\x02"), "forged"),       # a changed payload
         (seal(g.dl_key, b"anchor/dev-t/cmd", cbor.encode({"ctr": 5, "upto": 3})), "forged"),
+        (b"\xd1\x84\x43\xa1\x01\x05\xa0" + b"\x40" * 3, "malformed"),   # short
+        (b"\xd1\x84\x43\xa1\x01\x05\xa0", "malformed"),
+        (ack(loop, 5, 3)[:-1], "malformed"),                                  # truncated
+        (ack(loop, 5, 3) + b"\x00", "malformed"),                            # trailing
+        (b"", "malformed"),
     )
     for msg, reason in refusals:
         loop.on_message(t, msg, False)
@@ -213,13 +218,13 @@ def test_forged_replayed_stale_and_plain_acks_are_refused():
     assert lines[-1] == "bad-ack err=stale"
     loop.on_message(t, ack(loop, 99, 1), False)             # late, but new: accepted
     assert loop.outbox.pending == 2
-    assert g.refused == {"malformed": 1, "forged": 4, "replayed": 1, "stale": 1}, g.refused
+    assert g.refused == {"malformed": 6, "forged": 4, "replayed": 1, "stale": 1}, g.refused
     # the counts go to flash when the loop ends (device.main) or with a command
     from anchor import downlink_cmd
 
     downlink_cmd.save(loop)
     r = device_status(d)
-    assert r["downlink_refused"] == 7 and r["outbox_waiting"] == 2 and r["next_seq"] == 4
+    assert r["downlink_refused"] == 12 and r["outbox_waiting"] == 2 and r["next_seq"] == 4
     assert r["downlink_top"] == 100
     # after a restart, the saved window still refuses the old counters
     dev2 = Device.load(d)
@@ -232,6 +237,25 @@ def test_forged_replayed_stale_and_plain_acks_are_refused():
         else:
             raise AssertionError(c)
     g2.fresh(101)
+
+
+def test_open_sealed_raises_only_value_error():
+    """Random bytes, and every truncation and one-byte change of a valid sealed ack: refused
+    with ValueError, never another exception (one would fail the MQTT handler, and the broker
+    would deliver the message again and again)."""
+    loop = loop_on_disk()[0]
+    t = b"anchor/dev-t/ack"
+    good = ack(loop, 7, 3, [5, 9])
+    assert loop.open_sealed(t, good)
+    bad = [os.urandom(k) for k in range(0, 120, 3)]
+    bad += [good[:k] for k in range(len(good))]
+    bad += [good[:k] + bytes(((good[k] + 1) & 255,)) + good[k + 1:] for k in range(len(good))]
+    for m in bad:
+        try:
+            loop.open_sealed(t, m)
+        except ValueError:
+            continue
+        raise AssertionError("accepted %r" % m)
 
 
 def test_replay_window():
