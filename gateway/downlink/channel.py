@@ -37,8 +37,10 @@ class Downlink:
     epoch (Store.downlink_epoch)."""
 
     def __init__(self, key: ec.EllipticCurvePrivateKey, device_keys: DeviceKeys,
-                 next_epoch: Callable[[], int]) -> None:
+                 next_epoch: Callable[[], int],
+                 on_close: Callable[[], None] | None = None) -> None:
         self._key = key
+        self._on_close = on_close
         self._device_keys = device_keys
         self._next_epoch = next_epoch
         self._epoch = next_epoch()
@@ -59,7 +61,18 @@ class Downlink:
             row = store.device(dev)
             return bytes(row.key) if row is not None and row.status == "active" else None
 
-        return cls(key, device_keys, lambda: store.downlink_epoch(int(time.time())))
+        try:
+            return cls(key, device_keys, lambda: store.downlink_epoch(int(time.time())),
+                       on_close=store.close)
+        except BaseException:
+            store.close()
+            raise
+
+    def close(self) -> None:
+        """Release what open() opened (its store connection)."""
+        if self._on_close is not None:
+            self._on_close()
+            self._on_close = None
 
     @property
     def public_key(self) -> bytes:

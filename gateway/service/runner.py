@@ -195,6 +195,9 @@ class GatewayService:
             if self._pipeline is not None:
                 with contextlib.suppress(Exception):
                     await self._call(self._pipeline.close)
+            if self.downlink is not None:
+                with contextlib.suppress(Exception):
+                    self.downlink.close()
             self._pool.shutdown(wait=True)
 
     @property

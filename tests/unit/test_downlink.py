@@ -154,6 +154,8 @@ def test_store_epoch_grows_and_the_key_file(tmp_path: Path) -> None:
     d1 = Downlink.open(data)
     d2 = Downlink.open(data)
     assert d2._epoch > d1._epoch  # noqa: SLF001 - the durable epoch is the point here
+    d1.close()
+    d2.close()
     os.chmod(p, 0o644)
     with pytest.raises(ConfigError, match="readable by others"):
         downlink_keyfile.load_or_create(data)
