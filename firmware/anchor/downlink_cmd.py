@@ -18,7 +18,6 @@
 # again when the gateway repeats it, does no harm.
 
 import os
-import sys
 
 try:
     import json
@@ -32,7 +31,6 @@ from anchor.state import write_atomic
 CONFIRM_FILE = "confirm.cose"
 DOWNLINK_FILE = "downlink.json"
 _NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
-_UNIX = sys.platform not in ("esp32", "rp2")
 
 
 def _int(v, lo):
@@ -124,7 +122,7 @@ def _run(loop, op, args):
 
 def set_output(loop, name, on):
     """Switch output `name` on or off; ValueError when the board has no such output."""
-    if _UNIX:
+    if loop.board.name == "unix":
         d = loop.dev.dir + "/outputs"
         try:
             os.mkdir(d)
@@ -135,7 +133,7 @@ def set_output(loop, name, on):
         except Error as e:
             raise ValueError("output %s: %s" % (name, e))
         return
-    spec = (getattr(loop.board, "cfg", None) or {}).get("outputs", {}).get(name)
+    spec = loop.board.cfg.get("outputs", {}).get(name)
     if spec is None:
         raise ValueError("no output %s in the board config (key \"outputs\")" % name)
     low = False
