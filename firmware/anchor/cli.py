@@ -193,8 +193,17 @@ def run_summary(loop, ok):
 
 
 def run_finish(loop, opts, ok):
-    """After `run`'s loop (device.main): why it failed (stderr), the summary (stdout); returns
+    """After `run`'s loop (device.main): the downlink state saved (the window's top, the
+    refusal counts: downlink_cmd.save), why it failed (stderr), the summary (stdout); returns
     the exit status. Here, loaded once the loop is over, so that it takes no RAM while it runs."""
+    try:
+        from anchor import downlink_cmd
+
+        downlink_cmd.save(loop)
+    except (Error, MemoryError):
+        pass        # the counts since the last command are lost; nothing else depends on them
+    downlink_cmd = None
+    unload("downlink_cmd")
     if loop.crash is not None:
         print("error: the device loop stopped: %s; the outbox keeps every unacknowledged "
               "reading, run again to resume" % loop.crash, file=sys.stderr)

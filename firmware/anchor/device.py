@@ -62,6 +62,7 @@ from micropython import const
 
 from anchor import Error, unload
 from anchor.p256 import hmac_sha256
+from anchor.state import write_atomic
 
 COLD = ("device_setup", "board", "downlink_setup", "downlink_cmd")
 _UNIX = sys.platform not in ("esp32", "rp2")
@@ -174,7 +175,8 @@ def decode_ack(payload, raw=False):
 #   Loop.open_sealed(topic, msg) -> payload  the MAC checked; ValueError("malformed" | "forged")
 #   Loop.fresh(ctr)                           the replay window; ValueError("replayed" | "stale")
 #   downlink_cmd.save(loop)                   DIR/downlink.json: top, last command, refusals:
-#                                              after each command and when the loop ends
+#                                              after each command and when `run` ends
+#                                              (cli.run_finish)
 # The key: HKDF-SHA-256 over the ECDH secret of the device key and the gateway's downlink key
 # (downlink_setup.py, derived once per pair of keys and kept in DIR/gateway.json, which
 # device_setup.downlink_state reads), so a message costs two SHA-256 passes over it, not an ECDSA
@@ -205,7 +207,8 @@ class Loop:
     #              counter accepted, -1 before the first), dl_seen (bit i set: counter
     #              dl_top - i was accepted), refused (reason -> refusals since the device state
     #              was made: "malformed", "forged", "replayed", "stale"); the last command is
-    #              only in DIR/downlink.json
+    #              only in DIR/downlink.json; confirm: the signed confirmations the sender
+    #              publishes next (at most 4, oldest first)
     #   counters   produced, acked, published, republished, heap_max, heap_end (the summary's,
     #              see the module comment)
     #   state      crash: why a task died, or None; done: the loop is over (the count satisfied,
@@ -268,11 +271,21 @@ class Loop:
         try:
             p = self.open_sealed(topic, payload)
             if cmd:
-                from anchor import downlink_cmd  # rare: loaded for a command whose MAC holds
+                gc.collect()    # room for the module: loaded for a command whose MAC holds
+                try:
+                    from anchor import downlink_cmd
 
-                downlink_cmd.handle(self, p)
-                downlink_cmd = None
-                unload("downlink_cmd")
+                    m = downlink_cmd.handle(self, p)
+                finally:        # also when refused, or out of heap (then the gateway resends)
+                    downlink_cmd = None
+                    unload("downlink_cmd")
+                if m[0] != 0xD2:    # the confirmation's payload: signed now, the module gone
+                    m = self.dev.sign1(m)
+                    write_atomic(self.dev.dir + "/confirm.cose", m)
+                q = self.confirm
+                if len(q) > 3:      # the gateway sends again what stays unconfirmed
+                    q.pop(0)
+                q.append(m)
                 return
             ctr, upto, seqs, entry = decode_ack(p)
             self.fresh(ctr)
@@ -384,6 +397,13 @@ class Loop:
                     await self._publish_due()
                 except OSError:
                     pass            # the client noticed too and reconnects; reported below
+                q = self.confirm    # commands' confirmations, oldest first
+                while q and c.isconnected():
+                    try:
+                        await c.publish("anchor/%s/confirm" % self.dev.dev_id, q[0], qos=1)
+                    except OSError:
+                        break       # again once connected
+                    q.pop(0)
             if up and not c.isconnected():
                 up = False
                 self.out("disconnected err=%s" % _err(c.error))
@@ -504,14 +524,6 @@ def main(args):
     # The loop is over: drop the signing code (and the comb table) so that loading cli.py for
     # the error line and the summary fits even when the loop ran out of heap.
     unload("cose", "p256", "cbor")
-    try:
-        from anchor import downlink_cmd
-
-        downlink_cmd.save(r[0])     # the window's top, the refusal counts
-    except (Error, MemoryError):
-        pass            # kept from the next command on (the counts since the last save lost)
-    downlink_cmd = None
-    unload("downlink_cmd")
     from anchor.cli import run_finish
 
     return run_finish(r[0], r[1], ok)

@@ -223,6 +223,7 @@ def make_loop(board, dev, outbox, client, guard, interval=60, count=None, timeou
     loop.t_ack = prefix + "ack"
     loop.t_status = prefix + "status"
     loop.dl_key, loop.dl_top, loop.refused = guard
+    loop.confirm = []
     # after a restart every counter up to top counts as seen (device._MASK: the window's bits)
     loop.dl_seen = 0x3FFFFFFF if loop.dl_top >= 0 else 0
     loop.produced = 0

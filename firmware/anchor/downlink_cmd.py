@@ -1,7 +1,8 @@
 # Running a command from the gateway (anchor/<id>/cmd), once its MAC has been checked
-# (device.Loop.open_sealed): its counter and id checked, the command carried out, its confirmation
-# signed with the device key and published on anchor/<id>/confirm (QoS 1, by a task of its own;
-# if that fails the gateway sends the command again, and the device its confirmation again). A cold
+# (device.Loop.open_sealed): its counter and id checked, the command carried out, its
+# confirmation's payload written (DIR/confirm.cbor) and returned to the loop, which signs it
+# with the device key (DIR/confirm.cose) once this module is dropped, and publishes it on
+# anchor/<id>/confirm (QoS 1). A cold
 # companion of device.py (device.COLD): device.Loop.on_message loads it for a command and
 # drops it again. docs/protocol.md ("Commands") is the specification.
 #
@@ -28,9 +29,9 @@ from anchor import Error
 from anchor.device import decode_ack
 from anchor.state import write_atomic
 
-CONFIRM_FILE = "confirm.cose"
+CONFIRM_FILE = "confirm.cose"   # device.CONFIRM_FILE: the loop writes it once signed
+PAYLOAD_FILE = "confirm.cbor"   # the confirmation's payload, written here
 DOWNLINK_FILE = "downlink.json"
-_NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
 
 
 def _int(v, lo):
@@ -38,8 +39,10 @@ def _int(v, lo):
 
 
 def handle(loop, payload):
-    """Run the command in payload (bytes, its MAC checked). ValueError (the refusal's reason:
-    "replayed", "stale", or why it is malformed) when it is refused; nothing changes then."""
+    """Run the command in payload (bytes, its MAC checked); its confirmation: the payload to
+    sign, or (a command sent again) the signed message kept from the first time. ValueError
+    (the refusal's reason: "replayed", "stale", or why it is malformed) when it is refused;
+    nothing changes then."""
     d = loop.dev.dir + "/"
     st = load(d)
     m = decode_ack(payload, True)
@@ -54,47 +57,40 @@ def handle(loop, payload):
     if cid < last:
         raise ValueError("stale")
     if cid == last:
-        try:
-            with open(d + CONFIRM_FILE, "rb") as f:
-                msg = f.read()
-        except OSError:
+        p = _read(d + PAYLOAD_FILE)
+        if p is None:
             raise ValueError("stale")   # its confirmation is gone: cannot confirm it again
+        m = _read(d + CONFIRM_FILE)
         loop.out("cmd-again id=%d" % cid)
-        publish(loop, msg)
-        return
+        # the signed confirmation when it is the one of this payload, else the payload again
+        # (a power cut came between the two writes): the loop signs it
+        return m if m is not None and p in m else p
     try:
         ok, res = True, _run(loop, op, args)
     except ValueError as e:
         ok, res = False, str(e)
-    from anchor import cbor, cose  # here: save() runs once the loop dropped the encoder
+    from anchor import cbor
 
     c = {"v": 1, "dev": loop.dev.dev_id, "cmd": cid, "op": op, "ok": ok}
     c["result" if ok else "reason"] = res
-    msg = cose.sign1(_secret(d), loop.dev.dev_id.encode(), cbor.encode(c))
-    write_atomic(d + CONFIRM_FILE, msg)
+    p = cbor.encode(c)
+    write_atomic(d + PAYLOAD_FILE, p)
     last = {"id": cid, "op": op, "args": args, "ok": ok}
     if not ok:
         last["reason"] = res
     save(loop, cid, last)
     loop.out("cmd id=%d op=%s ok=%d" % (cid, op, ok))
-    publish(loop, msg)
+    # Signed by device.Loop.on_message once this module is dropped again: signing here, with
+    # it loaded, needs ~3 KB more heap than a 48 KiB board has then.
+    return p
 
 
-def publish(loop, msg):
-    """Publish a confirmation on anchor/<id>/confirm in a task of its own (handle runs in the
-    MQTT client's reader, which must not wait for a PUBACK). DIR/confirm.cose keeps it."""
-    import asyncio
-
-    async def send():
-        try:
-            await loop.client.publish("anchor/%s/confirm" % loop.dev.dev_id, msg, qos=1)
-        except OSError:
-            pass        # the gateway sends the command again; then this confirmation again
-
+def _read(path):
     try:
-        asyncio.create_task(send())
-    except RuntimeError:
-        pass            # no event loop (a test calling on_message directly)
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 def _run(loop, op, args):
@@ -104,20 +100,19 @@ def _run(loop, op, args):
     if op == "interval":
         s = args.get("seconds")
         if not _int(s, 1) or len(args) != 1:
-            raise ValueError("interval wants {\"seconds\": an integer >= 1}")
+            raise ValueError("bad args: seconds >= 1")
         loop.interval_ms = s * 1000
         return {"seconds": s}
     if op == "output":
         name = args.get("name")
         on = args.get("on")
-        if not (isinstance(name, str) and 0 < len(name) <= 32
-                and all(ch in _NAME_CHARS for ch in name)) or not isinstance(on, bool) \
-                or len(args) != 2:
-            raise ValueError("output wants {\"name\": 1 to 32 of A-Z a-z 0-9 _ -, \"on\": a "
-                             "bool}")
+        if not (isinstance(name, str) and 0 < len(name) <= 32 and all(
+                47 < b < 58 or 64 < b < 91 or 96 < b < 123 or b in (45, 95)   # 0-9 A-Z a-z - _
+                for b in name.encode())) or not isinstance(on, bool) or len(args) != 2:
+            raise ValueError("bad args: name, on")
         set_output(loop, name, on)
         return {"name": name, "on": on}
-    raise ValueError("unknown op %s" % op)
+    raise ValueError("unknown op")
 
 
 def set_output(loop, name, on):
@@ -135,7 +130,7 @@ def set_output(loop, name, on):
         return
     spec = loop.board.cfg.get("outputs", {}).get(name)
     if spec is None:
-        raise ValueError("no output %s in the board config (key \"outputs\")" % name)
+        raise ValueError("no output " + name)
     low = False
     if isinstance(spec, dict):
         low = bool(spec.get("active_low"))
@@ -168,15 +163,3 @@ def save(loop, cmd=None, last=None):
     write_atomic(d + DOWNLINK_FILE, json.dumps({
         "v": 1, "top": loop.dl_top, "cmd": cmd, "last": last,
         "refused": loop.refused}).encode())
-
-
-def _secret(d):
-    """The device's private scalar, read from DIR/key.json (the loop keeps it private to
-    state.Device; a command is rare)."""
-    from binascii import unhexlify
-
-    from anchor.p256_keys import secret_from_bytes
-    from anchor.state import KEY_FILE
-
-    with open(d + KEY_FILE) as f:
-        return secret_from_bytes(unhexlify(json.loads(f.read())["secret"]))

@@ -281,10 +281,10 @@ def device_status(d):
     return cli_downlink.status_info(d)
 
 
-def confirmation(d):
-    """The last confirmation the device signed (DIR/confirm.cose)."""
-    with open(d + "/confirm.cose", "rb") as f:
-        return f.read()
+def confirmation(loop):
+    """The newest confirmation waiting for the sender (taken off the queue)."""
+    assert loop.confirm
+    return loop.confirm.pop()
 
 
 def test_commands_run_once_and_are_confirmed():
@@ -296,43 +296,56 @@ def test_commands_run_once_and_are_confirmed():
     assert lines[-1] == "cmd id=7 op=output ok=1", lines
     with open(d + "/outputs/fan") as f:
         assert f.read() == "1"
-    msg = confirmation(d)
+    msg = confirmation(loop)
+    assert not loop.confirm
     assert verify1(loop.dev.public_key, msg)
+    with open(d + "/confirm.cose", "rb") as f:
+        assert f.read() == msg
     p = decode(decode_sign1(msg)[2])
     assert p == {"v": 1, "dev": "dev-t", "cmd": 7, "op": "output", "ok": True,
                  "result": {"name": "fan", "on": True}}, p
     # the same command again, sealed anew (the gateway repeats it): not run, confirmed again
     loop.on_message(c, command(loop, 2, 7, "output", {"name": "fan", "on": True}), False)
-    assert lines[-1] == "cmd-again id=7" and confirmation(d) == msg
+    assert lines[-1] == "cmd-again id=7" and confirmation(loop) == msg
+    # a power cut before the loop signed it: the payload again, signed anew (the same bytes:
+    # RFC 6979 signatures are deterministic)
+    os.remove(d + "/confirm.cose")
+    loop.on_message(c, command(loop, 3, 7, "output", {"name": "fan", "on": True}), False)
+    assert lines[-1] == "cmd-again id=7" and confirmation(loop) == msg
     # replayed (the same bytes), forged, stale (an older command id): refused, nothing runs
     before = len(lines)
-    replay = command(loop, 3, 8, "output", {"name": "fan", "on": False})
+    replay = command(loop, 30, 8, "output", {"name": "fan", "on": False})
     loop.on_message(c, replay, False)
     assert lines[-1] == "cmd id=8 op=output ok=1"
     for msg2, why in ((replay, "replayed"),
-                      (command(loop, 4, 9, "output", {"name": "fan", "on": True},
+                      (command(loop, 40, 9, "output", {"name": "fan", "on": True},
                                key=bytes(32)), "forged"),
-                      (command(loop, 5, 6, "ping", {}), "stale")):
+                      (command(loop, 50, 6, "ping", {}), "stale")):
         loop.on_message(c, msg2, False)
         assert lines[-1] == "bad-cmd err=" + why, (lines[-1], why)
     with open(d + "/outputs/fan") as f:
         assert f.read() == "0"
-    loop.on_message(c, command(loop, 6, 10, "interval", {"seconds": 5}), False)
+    loop.on_message(c, command(loop, 60, 10, "interval", {"seconds": 5}), False)
     assert loop.interval_ms == 5000
-    loop.on_message(c, command(loop, 7, 11, "interval", {"seconds": 0}), False)
+    loop.on_message(c, command(loop, 70, 11, "interval", {"seconds": 0}), False)
     assert lines[-1] == "cmd id=11 op=interval ok=0" and loop.interval_ms == 5000
-    p = decode(decode_sign1(confirmation(d))[2])
+    p = decode(decode_sign1(confirmation(loop))[2])
     assert p["ok"] is False and "seconds" in p["reason"] and "result" not in p
-    loop.on_message(c, command(loop, 8, 12, "ping", {}), False)
-    assert decode(decode_sign1(confirmation(d))[2])["result"] == {"seq": 0, "outbox": 0}
-    loop.on_message(c, command(loop, 9, 13, "selfdestruct", {}), False)
+    loop.on_message(c, command(loop, 80, 12, "ping", {}), False)
+    assert decode(decode_sign1(confirmation(loop))[2])["result"] == {"seq": 0, "outbox": 0}
+    loop.on_message(c, command(loop, 90, 13, "selfdestruct", {}), False)
     assert lines[-1] == "cmd id=13 op=selfdestruct ok=0"
     assert len(lines) > before
     r = device_status(d)
     assert r["last_command"] == {"id": 13, "op": "selfdestruct", "args": {}, "ok": False,
-                                 "reason": "unknown op selfdestruct"}, r
+                                 "reason": "unknown op"}, r
     assert r["downlink_refusals"] == {"replayed": 1, "forged": 1, "stale": 1}, r
     assert r["outputs"] == {"fan": False}
+    # confirmations wait for the sender, at most 4 (the gateway resends what stays unconfirmed)
+    loop.confirm.clear()
+    for k in range(6):
+        loop.on_message(c, command(loop, 100 + k, 20 + k, "ping", {}), False)
+    assert [decode(decode_sign1(m)[2])["cmd"] for m in loop.confirm] == [22, 23, 24, 25]
 
 
 def test_topics_will_birth_subscription():

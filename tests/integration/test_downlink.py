@@ -326,3 +326,78 @@ def _fake_confirmation(key: ec.EllipticCurvePrivateKey, dev: str) -> bytes:
     s = min(s, n - s)
     return cbor2.dumps(cbor2.CBORTag(18, [prot, {}, payload,
                                           r.to_bytes(32, "big") + s.to_bytes(32, "big")]))
+
+
+def test_commands_in_a_48k_heap_on_the_32_bit_build(tmp_path: Path, micropython32: str,
+                                                    broker: PrivateBroker) -> None:
+    """The loop from .mpy (mpy-cross -O3, as `device provision` installs it) under -X
+    heapsize=48k on the 32-bit build (a board's object sizes; docs/boards.md "Memory") runs
+    commands while it anchors readings: each one confirmed, every reading anchored."""
+    import shutil
+    import tempfile
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    from bench_firmware_boards import compile_tree
+
+    data, downlink_hex = _init(tmp_path)
+    dev = "dev-h"
+    # a short path, as on a board (every module path is a qstr in RAM; LoopRig does the same)
+    root = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))
+    try:
+        fw = compile_tree(micropython32, root)
+        d = root / "d"
+        r = subprocess.run([micropython32, str(fw / "main.py"), "keygen", "--dir", str(d),
+                            "--id", dev, "--downlink-key", downlink_hex],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert cli_main(["device", "add", dev, "--public-key", r.stdout.split()[-1],
+                         "--data", str(data)]) == 0
+        n = 30
+        device = subprocess.Popen(
+            [micropython32, "-X", "heapsize=48k", str(fw / "main.py"), "run", "--dir", str(d),
+             "--broker", broker.url, "--interval", "0.2", "--count", str(n), "--timeout",
+             "60", "--ack-timeout", "3"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True)
+        confs: list[Confirmation] = []
+        commands = [Command(dev, 10, "output", {"name": "fan", "on": True}),
+                    Command(dev, 11, "ping"), Command(dev, 12, "interval", {"seconds": 1}),
+                    Command(dev, 13, "output", {"name": "fan", "on": False})]
+
+        async def scenario() -> None:
+            cfg = ServiceConfig(data_dir=data, broker=broker.url, batch_interval=0.2)
+            svc = GatewayService(cfg, pipeline_factory(data, 4096),
+                                 on_confirmation=confs.append)
+            task = asyncio.create_task(svc.run())
+            try:
+                for _ in range(400):
+                    if svc.connected:
+                        break
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(1.5)    # the device connects and subscribes
+                for k, cmd in enumerate(commands):
+                    await svc.send_command(cmd)
+                    for _ in range(200):
+                        if len(confs) > k:
+                            break
+                        await asyncio.sleep(0.05)
+                # the readings: the service runs until the device has them all acknowledged
+                await asyncio.to_thread(device.wait, 90)
+            finally:
+                svc.request_stop()
+                assert await asyncio.wait_for(task, 30) == 0
+
+        try:
+            asyncio.run(scenario())
+            out = device.communicate(timeout=30)[0]
+        finally:
+            if device.poll() is None:
+                device.kill()
+                device.wait(10)
+        summary = json.loads(out.strip().splitlines()[-1])
+        assert device.returncode == 0 and summary["error"] is None, out[-3000:]
+        assert summary["produced"] == n and summary["acked"] == n and summary["outbox"] == 0
+        assert [(c.id, c.ok) for c in confs] == [(10, True), (11, True), (12, True),
+                                                 (13, True)], out[-3000:]
+        assert (d / "outputs" / "fan").read_text() == "0"
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
