@@ -225,25 +225,22 @@ class Loop:
         once its tag is checked. Raises ValueError("malformed") when msg is not a COSE_Mac0 of
         this layout, ValueError("forged") when the tag does not match. Nothing is copied but
         the payload."""
-        n = len(msg) - 34       # the tag's head: 58 20
-        if n < 10 or msg[:7] != _HEAD:
+        n = len(msg) - 34       # where the tag's head (58 20) must be
+        try:
+            p, end = _item(msg, 7, 0)   # the payload's byte string
+        except Exception:
             raise ValueError("malformed")
-        a = msg[7]
-        i = 8 if a < 0x58 else 9 if a == 0x58 else 10     # after the payload's head
-        if msg[n] != 0x58 or msg[n + 1] != 32 or not 0x40 <= a <= 0x59 \
-                or i + (a & 31 if a < 0x58 else msg[8] if a == 0x58 else msg[8] << 8 | msg[9]) \
-                != n:
+        if msg[:7] != _HEAD or end != n or type(p) is not bytes or msg[n:n + 2] != b"\x58\x20":
             raise ValueError("malformed")
         t = len(topic)      # < 256: an id is at most 64 characters
-        mv = memoryview(msg)
         h = hmac_sha256(self.dl_key, _MAC0, bytes((0x40 | t,)) if t < 24 else bytes((0x58, t)),
-                        topic, mv[7:n])
+                        topic, memoryview(msg)[7:n])
         d = 0
         for k in range(32):   # no early exit: the time does not tell how much of it matched
             d |= h[k] ^ msg[n + 2 + k]
         if d:
             raise ValueError("forged")
-        return msg[i:n]
+        return p
 
     def fresh(self, c):
         """Accept counter c (an int) or raise ValueError("replayed" | "stale")."""
@@ -308,17 +305,6 @@ class Loop:
             self.done = True
 
     # -- producing ------------------------------------------------------------------------
-
-    def requeue_last(self):
-        """After a crash between signing and appending: the last signed message is in the
-        device state (last.cose) but not in the outbox. Queue it again (a duplicate, should
-        it have been queued after all, is harmless: the gateway deduplicates and acks it)."""
-        dev, ob = self.dev, self.outbox
-        last = dev.seq - 1
-        if dev.last_message is not None and last > ob.last_seq and last > ob.upto:
-            ob.append(last, dev.last_message)
-            return True
-        return False
 
     def produce(self):
         data = self.board.read_sensors()
@@ -442,7 +428,6 @@ class Loop:
         the loop ends: returning False with a count, raising Error without one (so a board's
         start-up resets the board)."""
         self._last_announced = self.dev.seq - 1
-        self.requeue_last()
         self.out("start dev=%s seq=%d outbox=%d" % (
             self.dev.dev_id, self.dev.seq, self.outbox.pending))
         await self.board.network_up()

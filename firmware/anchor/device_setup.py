@@ -193,9 +193,24 @@ def start(args):
         print("error: %s" % e, file=sys.stderr)
         return 2
     board, dev, ob, client, guard = build(opts)
-    return make_loop(board, dev, ob, client, guard, interval=opts["interval"],
+    loop = make_loop(board, dev, ob, client, guard, interval=opts["interval"],
                      count=opts["count"], timeout=opts["timeout"],
-                     ack_timeout=opts["ack-timeout"]), opts
+                     ack_timeout=opts["ack-timeout"])
+    requeue_last(loop)
+    return loop, opts
+
+
+def requeue_last(loop):
+    """After a crash between signing and appending: the last signed message is in the
+    device state (last.cose) but not in the outbox. Queue it again (a duplicate, should it
+    have been queued after all, is harmless: the gateway deduplicates and acks it). True if
+    it was queued. Start-up code (start, startup.main), so not in device.Loop."""
+    dev, ob = loop.dev, loop.outbox
+    last = dev.seq - 1
+    if dev.last_message is not None and last > ob.last_seq and last > ob.upto:
+        ob.append(last, dev.last_message)
+        return True
+    return False
 
 
 def make_loop(board, dev, outbox, client, guard, interval=60, count=None, timeout=120,

@@ -16,7 +16,7 @@ from anchor import Error, board_unix, cbor, cli, device, p256
 from anchor.cbor_decode import decode
 from anchor.cbor_types import Tag
 from anchor.cose_verify import decode_sign1
-from anchor.device_setup import make_loop, parse_args
+from anchor.device_setup import make_loop, parse_args, requeue_last
 from anchor.outbox_load import load_outbox
 from anchor.state import Device
 
@@ -366,15 +366,15 @@ def test_requeue_last_after_crash_between_sign_and_append():
     ob2 = load_outbox(d)
     assert ob2.pending == 1 and dev2.last_message == msg
     loop2 = make_loop(loop.board, dev2, ob2, NullClient(), make_guard(dev2), out=lines.append)
-    assert loop2.requeue_last() is True
+    assert requeue_last(loop2) is True
     assert [s for _, _, s in ob2.waiting()] == [0, 1]
     g, i, _ = list(ob2.waiting())[1]
     assert ob2.read(g, i) == msg
-    assert loop2.requeue_last() is False   # already there
+    assert requeue_last(loop2) is False    # already there
     ob2.ack(1, [])
     dev3 = Device.load(d)
-    assert make_loop(loop.board, dev3, load_outbox(d), NullClient(),
-                     make_guard(dev3)).requeue_last() is False   # acked: nothing to requeue
+    assert requeue_last(make_loop(loop.board, dev3, load_outbox(d), NullClient(),
+                                  make_guard(dev3))) is False   # acked: nothing to requeue
 
 
 def test_readings_carry_sensor_data_and_clock():
