@@ -338,9 +338,7 @@ def sealed(c):
 
 
 g = device.Loop()       # only its downlink part: open_sealed, fresh
-g.dl_key = k
-g.dl_top = -1
-g.dl_seen = 0
+g.dl = [k, -1, 0, {}, []]  # device.Loop.dl: key, window top and bitmap, refusals, confirms
 msgs = [sealed(c) for c in range(ROUNDS + 1)]
 
 

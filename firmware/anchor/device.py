@@ -187,6 +187,12 @@ def decode_ack(payload, raw=False):
 # Here, in Loop (open_sealed, fresh), not in a module or class of its own: each costs the loop
 # RAM that a 48 KiB heap lacks.
 _WINDOW = const(30)  # bits of the replay bitmap: a small int on a 32-bit board
+# Loop.dl, the downlink state, one list (one attribute of the loop instead of five):
+_KEY = const(0)     # the 32-byte MAC key (HKDF over the ECDH secret)
+_TOP = const(1)     # the highest counter accepted, -1 before the first
+_SEEN = const(2)    # bit i set: counter top - i was accepted (bit 0 is top itself)
+_REFUSED = const(3)  # reason -> refusals since the device state was made
+_CONFIRM = const(4)  # the signed confirmations the sender publishes next (<= 4, oldest first)
 _MASK = const(0x3FFFFFFF)   # device_setup.make_loop: the same bits
 # 17([protected = h'a10105' ({1: 5}, alg HMAC 256/256), unprotected = {}, payload, tag])
 _HEAD = b"\xd1\x84\x43\xa1\x01\x05\xa0"
@@ -203,12 +209,9 @@ class Loop:
     #   parts      board, dev (a state.Device), outbox, client; out(line) prints an event line
     #   settings   interval_ms, count (None: forever), timeout_ms, ack_ms; t_readings, t_ack,
     #              t_status: the device's topics
-    #   downlink   dl_key (the 32-byte MAC key: HKDF over the ECDH secret), dl_top (the highest
-    #              counter accepted, -1 before the first), dl_seen (bit i set: counter
-    #              dl_top - i was accepted), refused (reason -> refusals since the device state
-    #              was made: "malformed", "forged", "replayed", "stale"); the last command is
-    #              only in DIR/downlink.json; confirm: the signed confirmations the sender
-    #              publishes next (at most 4, oldest first)
+    #   downlink   dl: [MAC key, window top, window bitmap, refusals by reason ("malformed",
+    #              "forged", "replayed", "stale"), confirmations waiting]: the _KEY ...
+    #              _CONFIRM constants above; the last command is only in DIR/downlink.json
     #   counters   produced, acked, published, republished, heap_max, heap_end (the summary's,
     #              see the module comment)
     #   state      crash: why a task died, or None; done: the loop is over (the count satisfied,
@@ -233,7 +236,7 @@ class Loop:
         if msg[:7] != _HEAD or end != n or type(p) is not bytes or msg[n:n + 2] != b"\x58\x20":
             raise ValueError("malformed")
         t = len(topic)      # < 256: an id is at most 64 characters
-        h = hmac_sha256(self.dl_key, _MAC0, bytes((0x40 | t,)) if t < 24 else bytes((0x58, t)),
+        h = hmac_sha256(self.dl[_KEY], _MAC0, bytes((0x40 | t,)) if t < 24 else bytes((0x58, t)),
                         topic, memoryview(msg)[7:n])
         d = 0
         for k in range(32):   # no early exit: the time does not tell how much of it matched
@@ -244,18 +247,19 @@ class Loop:
 
     def fresh(self, c):
         """Accept counter c (an int) or raise ValueError("replayed" | "stale")."""
-        t = self.dl_top
+        g = self.dl
+        t = g[_TOP]
         if c > t:
             s = c - t
-            self.dl_seen = ((self.dl_seen & (_MASK >> s)) << s | 1) if s < _WINDOW else 1
-            self.dl_top = c
+            g[_SEEN] = ((g[_SEEN] & (_MASK >> s)) << s | 1) if s < _WINDOW else 1
+            g[_TOP] = c
             return
         d = t - c
         if d >= _WINDOW:
             raise ValueError("stale")
-        if self.dl_seen >> d & 1:
+        if g[_SEEN] >> d & 1:
             raise ValueError("replayed")
-        self.dl_seen |= 1 << d
+        g[_SEEN] |= 1 << d
 
     def on_message(self, topic, payload, retained):
         """The MQTT client's handler: a sealed ack on t_ack removes readings from the outbox;
@@ -279,7 +283,7 @@ class Loop:
                 if m[0] != 0xD2:    # the confirmation's payload: signed now, the module gone
                     m = self.dev.sign1(m)
                     write_atomic(self.dev.dir + "/confirm.cose", m)
-                q = self.confirm
+                q = self.dl[_CONFIRM]
                 if len(q) > 3:      # the gateway sends again what stays unconfirmed
                     q.pop(0)
                 q.append(m)
@@ -291,7 +295,8 @@ class Loop:
             r = w if w in _REFUSALS else "malformed"
             # saved with the next command, or when the loop ends: a flood of forgeries writes
             # nothing to flash
-            self.refused[r] = self.refused.get(r, 0) + 1
+            q = self.dl[_REFUSED]
+            q[r] = q.get(r, 0) + 1
             self.out("bad-%s err=%s" % ("cmd" if cmd else "ack", w.replace(" ", "_")))
             return
         removed = self.outbox.ack(upto, seqs)
@@ -383,7 +388,7 @@ class Loop:
                     await self._publish_due()
                 except OSError:
                     pass            # the client noticed too and reconnects; reported below
-                q = self.confirm    # commands' confirmations, oldest first
+                q = self.dl[_CONFIRM]   # commands' confirmations, oldest first
                 while q and c.isconnected():
                     try:
                         await c.publish("anchor/%s/confirm" % self.dev.dev_id, q[0], qos=1)

@@ -237,10 +237,10 @@ def make_loop(board, dev, outbox, client, guard, interval=60, count=None, timeou
     loop.t_readings = prefix + "readings"
     loop.t_ack = prefix + "ack"
     loop.t_status = prefix + "status"
-    loop.dl_key, loop.dl_top, loop.refused = guard
-    loop.confirm = []
-    # after a restart every counter up to top counts as seen (device._MASK: the window's bits)
-    loop.dl_seen = 0x3FFFFFFF if loop.dl_top >= 0 else 0
+    key, top, refused = guard
+    # device.Loop.dl: key, window top and bitmap, refusals, confirmations waiting; after a
+    # restart every counter up to top counts as seen (0x3FFFFFFF: device._MASK)
+    loop.dl = [key, top, 0x3FFFFFFF if top >= 0 else 0, refused, []]
     loop.produced = 0
     loop.acked = 0
     loop.published = 0

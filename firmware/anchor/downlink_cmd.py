@@ -161,5 +161,5 @@ def save(loop, cmd=None, last=None):
         cmd = st.get("cmd", -1)
         last = st.get("last")
     write_atomic(d + DOWNLINK_FILE, json.dumps({
-        "v": 1, "top": loop.dl_top, "cmd": cmd, "last": last,
-        "refused": loop.refused}).encode())
+        "v": 1, "top": loop.dl[1], "cmd": cmd, "last": last,     # device.Loop.dl: top,
+        "refused": loop.dl[3]}).encode())                        # refusals

@@ -111,12 +111,12 @@ def seal(key, topic, payload):
 
 
 def ack(loop, ctr, upto, seqs=(), entry=1, key=None):
-    return seal(key or loop.dl_key, b"anchor/dev-t/ack", cbor.encode(
+    return seal(key or loop.dl[0], b"anchor/dev-t/ack", cbor.encode(
         {"ctr": ctr, "upto": upto, "seqs": list(seqs), "entry": entry}))
 
 
 def command(loop, ctr, cid, op, args, key=None):
-    return seal(key or loop.dl_key, b"anchor/dev-t/cmd", cbor.encode(
+    return seal(key or loop.dl[0], b"anchor/dev-t/cmd", cbor.encode(
         {"ctr": ctr, "id": cid, "op": op, "args": args}))
 
 
@@ -182,7 +182,7 @@ def test_produce_then_ack_empties_outbox():
     loop.on_message(b"anchor/other/ack", ack(loop, 11, 9), False)
     assert loop.outbox.pending == 1        # another device's topic is ignored
     loop.on_message(t, b"\x00garbage", False)
-    assert loop.refused == {"malformed": 1} and lines[-1] == "bad-ack err=malformed"
+    assert loop.dl[3] == {"malformed": 1} and lines[-1] == "bad-ack err=malformed"
     loop.on_message(t, ack(loop, 12, 2, entry=2), False)
     assert loop.outbox.pending == 0 and loop.done
 
@@ -198,7 +198,7 @@ def test_forged_replayed_stale_and_plain_acks_are_refused():
         (ack(loop, 5, 3, key=bytes(32)), "forged"),                          # another key
         (ack(loop, 5, 3)[:-1] + b"\x00", "forged"),                          # a changed tag
         (ack(loop, 5, 3).replace(b"upto\x03", b"upto\x02"), "forged"),       # a changed payload
-        (seal(g.dl_key, b"anchor/dev-t/cmd", cbor.encode({"ctr": 5, "upto": 3})), "forged"),
+        (seal(g.dl[0], b"anchor/dev-t/cmd", cbor.encode({"ctr": 5, "upto": 3})), "forged"),
         (b"\xd1\x84\x43\xa1\x01\x05\xa0" + b"\x40" * 3, "malformed"),   # short
         (b"\xd1\x84\x43\xa1\x01\x05\xa0", "malformed"),
         (ack(loop, 5, 3)[:-1], "malformed"),                                  # truncated
@@ -208,7 +208,7 @@ def test_forged_replayed_stale_and_plain_acks_are_refused():
     for msg, reason in refusals:
         loop.on_message(t, msg, False)
         assert lines[-1] == "bad-ack err=" + reason, (lines[-1], reason)
-    assert loop.outbox.pending == 4 and g.dl_top == -1        # nothing moved
+    assert loop.outbox.pending == 4 and g.dl[1] == -1        # nothing moved
     first = ack(loop, 100, 0)
     loop.on_message(t, first, False)
     assert loop.outbox.pending == 3
@@ -218,7 +218,7 @@ def test_forged_replayed_stale_and_plain_acks_are_refused():
     assert lines[-1] == "bad-ack err=stale"
     loop.on_message(t, ack(loop, 99, 1), False)             # late, but new: accepted
     assert loop.outbox.pending == 2
-    assert g.refused == {"malformed": 6, "forged": 4, "replayed": 1, "stale": 1}, g.refused
+    assert g.dl[3] == {"malformed": 6, "forged": 4, "replayed": 1, "stale": 1}, g.dl[3]
     # the counts go to flash when the loop ends (device.main) or with a command
     from anchor import downlink_cmd
 
@@ -283,8 +283,8 @@ def device_status(d):
 
 def confirmation(loop):
     """The newest confirmation waiting for the sender (taken off the queue)."""
-    assert loop.confirm
-    return loop.confirm.pop()
+    assert loop.dl[4]
+    return loop.dl[4].pop()
 
 
 def test_commands_run_once_and_are_confirmed():
@@ -297,7 +297,7 @@ def test_commands_run_once_and_are_confirmed():
     with open(d + "/outputs/fan") as f:
         assert f.read() == "1"
     msg = confirmation(loop)
-    assert not loop.confirm
+    assert not loop.dl[4]
     assert verify1(loop.dev.public_key, msg)
     with open(d + "/confirm.cose", "rb") as f:
         assert f.read() == msg
@@ -342,10 +342,10 @@ def test_commands_run_once_and_are_confirmed():
     assert r["downlink_refusals"] == {"replayed": 1, "forged": 1, "stale": 1}, r
     assert r["outputs"] == {"fan": False}
     # confirmations wait for the sender, at most 4 (the gateway resends what stays unconfirmed)
-    loop.confirm.clear()
+    loop.dl[4].clear()
     for k in range(6):
         loop.on_message(c, command(loop, 100 + k, 20 + k, "ping", {}), False)
-    assert [decode(decode_sign1(m)[2])["cmd"] for m in loop.confirm] == [22, 23, 24, 25]
+    assert [decode(decode_sign1(m)[2])["cmd"] for m in loop.dl[4]] == [22, 23, 24, 25]
 
 
 def test_topics_will_birth_subscription():
