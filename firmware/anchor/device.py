@@ -72,6 +72,7 @@ _UNIX = sys.platform not in ("esp32", "rp2")
 # early by cancelling that sleep (only that one: `idle` is true only while the sender is in
 # it); run() polls `done`, set when the count is satisfied or a task died, every _POLL_MS.
 _POLL_MS = const(50)
+_GC_EVERY = const(4096)
 
 
 def _item(b, i, depth):
@@ -433,6 +434,13 @@ class Loop:
         the loop ends: returning False with a count, raising Error without one (so a board's
         start-up resets the board)."""
         self._last_announced = self.dev.seq - 1
+        # A collection every _GC_EVERY bytes allocated, not only when the heap is full: the
+        # garbage of acks and readings is freed before it spreads over the heap, so the blocks
+        # a signature needs are found in one piece. Measured (LoopRig, 50 readings under
+        # -X heapsize=48k on the 32-bit build, 8 runs each): 8 of 8 passed with 4096, 7 of 8
+        # with 8192, 4 of 8 without; a signature then takes 3.7 ms instead of 2.4 (the Unix
+        # port), nothing next to a reading interval of seconds.
+        gc.threshold(_GC_EVERY)
         self.out("start dev=%s seq=%d outbox=%d" % (
             self.dev.dev_id, self.dev.seq, self.outbox.pending))
         await self.board.network_up()
