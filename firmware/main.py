@@ -2,7 +2,13 @@
 #
 # On the Unix port, a command line (tests, simulations, scripting a device):
 #   micropython firmware/main.py keygen --dir DIR [--id DEVICE_ID] [--secret HEX64]
-#       creates the device state in DIR; prints the public key (130 hex) on its last line
+#           [--downlink-key HEX]
+#       creates the device state in DIR; prints the public key (130 hex) on its last line;
+#       with the gateway's downlink key (`iot-anchor downlink key`) the device can check acks
+#   micropython firmware/main.py trust --dir DIR --downlink-key HEX
+#       gives an existing device the gateway's downlink key (DIR/gateway.json)
+#   micropython firmware/main.py status --dir DIR
+#       one JSON line: next_seq, outbox_waiting, last_command, downlink_refused, ...
 #   micropython firmware/main.py sign --dir DIR --data JSON [--ts UNIX_SECONDS|none]
 #       signs one reading with the next seq and prev, persists the state, and prints the whole
 #       COSE message in hex on its last line (--ts defaults to the clock; "none" leaves it out)

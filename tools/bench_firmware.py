@@ -14,6 +14,14 @@ can be added, e.g. the RAM of the loaded firmware and the smallest heap for the 
   cli_heap        the smallest `-X heapsize` in which `main.py sign` works, with the modules
                   compiled to .mpy as a board runs them, and from .py sources.
   message_size    bytes of a reading message: three floats, a 16-character device id, a ts.
+  downlink        what an authenticated downlink message costs the device, for the two
+                  designs of issue 15, measured in one process: the chosen one (ECDH once ->
+                  per-device HMAC key; per message HMAC-SHA-256 of a COSE_Mac0, decode,
+                  replay window: anchor.device.Loop.open_sealed, fresh) against an ECDSA
+                  P-256 verification per message (anchor.p256_verify.verify of a COSE_Sign1
+                  ack): median time, bytes allocated (GC off) and peak heap (the method
+                  below) per message, the RAM each needs loaded while the loop runs, and the
+                  one-off ECDH (once per pair of keys: keygen --downlink-key, trust).
   firmware_ram, loop_heap, loop_frozen
                   from tools/bench_firmware_boards.py (its docstring describes them): the RAM
                   the loaded firmware takes, the smallest heap in which the device loop still
@@ -246,6 +254,202 @@ print(json.dumps(out))
 """
 
 
+# The peak-heap method of _SIGN_HEAP (the module docstring), for any call fn().
+_PEAK = """
+def attempt(fn, target):
+    gc.collect()
+    filler = [None] * 2048
+    n = 0
+    size = 65536
+    while size >= 16 and n < 2048:
+        while n < 2048 and gc.mem_free() - size > target:
+            try:
+                filler[n] = bytearray(size - 16)
+                n += 1
+            except MemoryError:
+                break
+        size //= 2
+    gc.collect()
+    free = gc.mem_free()
+    try:
+        fn()
+        ok = True
+    except MemoryError:
+        ok = False
+    filler = None
+    gc.collect()
+    return free, ok
+
+
+def peak(fn):
+    lo = 0
+    hi = 64 * 1024
+    while hi - lo > 32:
+        mid = (lo + hi) // 2
+        if attempt(fn, mid)[1]:
+            hi = mid
+        else:
+            lo = mid
+    target = hi
+    while True:
+        runs = [attempt(fn, target) for _ in range(5)]
+        if all(ok for _, ok in runs):
+            return max(free for free, _ in runs)
+        target += 128
+"""
+
+_DOWNLINK = _PRE + """
+from hashlib import sha256
+from anchor import p256, cbor, cose, state, device
+# the chosen design needs no module beyond the loop's own (device.Loop.open_sealed and fresh;
+# their RAM is part of firmware_ram_bytes_loop_started)
+ram_hmac = 0
+from anchor.p256_keys import generate_secret, public_key
+from anchor.downlink_setup import derive_key
+ROUNDS = int(sys.argv[1])
+
+d = generate_secret()
+gw = generate_secret()
+gw_pub = public_key(gw)
+dev_pub = public_key(d)
+t = []
+for i in range(5):
+    t0 = time.ticks_us()
+    k = derive_key(d, "bench-device-001", gw_pub)
+    t.append(time.ticks_diff(time.ticks_us(), t0))
+ecdh_us = sorted(t)[len(t) // 2]
+assert derive_key(gw, "bench-device-001", dev_pub) == k   # the gateway's side: the same key
+
+topic = b"anchor/bench-device-001/ack"
+
+
+def ack(c):
+    return cbor.encode({"ctr": (1764700000 << 32) + c, "upto": 1000 + c, "seqs": [1002 + c],
+                        "entry": 5000 + c})
+
+
+def sealed(c):
+    pb = bytearray()
+    cbor.encode_into(pb, ack(c))
+    t = bytearray()
+    cbor.encode_into(t, topic)
+    tag = p256.hmac_sha256(k, b"\\x84\\x64MAC0\\x43\\xa1\\x01\\x05", t, pb)
+    return b"\\xd1\\x84\\x43\\xa1\\x01\\x05\\xa0" + pb + b"\\x58\\x20" + tag
+
+
+g = device.Loop()       # only its downlink part: open_sealed, fresh
+g.dl = [k, -1, 0, {}, []]  # device.Loop.dl: key, window top and bitmap, refusals, confirms
+msgs = [sealed(c) for c in range(ROUNDS + 1)]
+
+
+def one_hmac(i):
+    ctr, upto, seqs, entry = device.decode_ack(g.open_sealed(topic, msgs[i]))
+    g.fresh(ctr)
+
+
+# The alternative: the same ack payload in a COSE_Sign1 by a gateway key, verified per message
+# with p256_verify, which the device would then keep loaded.
+gc.collect()
+ram1 = gc.mem_alloc()
+from anchor import p256_verify
+from anchor.cose_verify import decode_sign1
+gc.collect()
+ram_ecdsa = gc.mem_alloc() - ram1
+signed = [cose.sign1(gw, b"gw", ack(c)) for c in range(ROUNDS + 1)]
+
+
+def one_ecdsa(i):
+    prot, unprot, payload, sig = decode_sign1(signed[i])
+    if not p256_verify.verify(gw_pub, sha256(cose.sig_structure(prot, payload)).digest(), sig):
+        raise ValueError("forged")
+    device.decode_ack(payload)
+
+
+th = []
+te = []
+for i in range(ROUNDS):   # interleaved, so both see the same machine load
+    t0 = time.ticks_us()
+    one_hmac(i)
+    th.append(time.ticks_diff(time.ticks_us(), t0))
+    t0 = time.ticks_us()
+    one_ecdsa(i)
+    te.append(time.ticks_diff(time.ticks_us(), t0))
+
+
+def allocated(fn):
+    gc.collect()
+    gc.disable()
+    a0 = gc.mem_alloc()
+    fn()
+    a = gc.mem_alloc() - a0
+    gc.enable()
+    return a
+
+
+alloc_h = allocated(lambda: device.decode_ack(g.open_sealed(topic, msgs[ROUNDS])))
+alloc_e = allocated(lambda: one_ecdsa(ROUNDS))
+# The peaks with only one message of each kind kept: the method measures free heap, which the
+# hundreds of messages above would fragment.
+one_sealed = msgs[ROUNDS]
+one_signed = signed[ROUNDS]
+msgs = signed = None
+gc.collect()
+
+
+def hmac_again():       # open + decode (the window would refuse the same counter twice)
+    device.decode_ack(g.open_sealed(topic, one_sealed))
+
+
+def ecdsa_again():
+    prot, unprot, payload, sig = decode_sign1(one_signed)
+    if not p256_verify.verify(gw_pub, sha256(cose.sig_structure(prot, payload)).digest(), sig):
+        raise ValueError("forged")
+    device.decode_ack(payload)
+
+
+""" + _PEAK + """
+print(json.dumps({"hmac_us": th, "ecdsa_us": te, "ecdh_us": ecdh_us,
+                  "alloc_hmac": alloc_h, "alloc_ecdsa": alloc_e,
+                  "peak_hmac": peak(hmac_again), "peak_ecdsa": peak(ecdsa_again),
+                  "peak_floor": peak(lambda: None),
+                  "ram_hmac": ram_hmac, "ram_ecdsa": ram_ecdsa,
+                  "sealed_bytes": len(one_sealed), "signed_bytes": len(one_signed)}))
+"""
+
+
+def downlink(mp: str) -> dict[str, Any]:
+    """The downlink figures on the 32-bit build (a board's object sizes) when there is one,
+    and on `mp` (keys ending in _64bit when that is the 64-bit binary)."""
+    out: dict[str, Any] = {}
+    b32, b64 = boards.binaries(mp)
+    for binary, suffix in ((b32, ""), (b64, "_64bit")):
+        if binary is not None:
+            out.update({k + suffix: v for k, v in _downlink_one(binary).items()})
+    return out
+
+
+def _downlink_one(mp: str) -> dict[str, Any]:
+    r = run_script(mp, _DOWNLINK, "100", heapsize="2048k")
+    h = statistics.median(r["hmac_us"]) / 1000
+    e = statistics.median(r["ecdsa_us"]) / 1000
+    return {
+        "downlink_ack_ms": round(h, 4),
+        "downlink_ack_ms_ecdsa": round(e, 3),
+        "downlink_ratio_hmac_to_ecdsa": round(h / e, 4),
+        "downlink_ecdh_ms": round(r["ecdh_us"] / 1000, 2),
+        "downlink_alloc_bytes": r["alloc_hmac"],
+        "downlink_alloc_bytes_ecdsa": r["alloc_ecdsa"],
+        "downlink_peak_heap_bytes": r["peak_hmac"],
+        "downlink_peak_heap_bytes_ecdsa": r["peak_ecdsa"],
+        "downlink_peak_method_floor_bytes": r["peak_floor"],
+        "downlink_ram_bytes": r["ram_hmac"],
+        "downlink_ram_bytes_ecdsa": r["ram_ecdsa"],
+        "downlink_ack_bytes": r["sealed_bytes"],
+        "downlink_ack_bytes_ecdsa": r["signed_bytes"],
+        "downlink_rounds": len(r["hmac_us"]),
+    }
+
+
 def sign_speed(mp: str) -> dict[str, Any]:
     r = run_script(mp, _SIGN_SPEED, "200")
     fast = statistics.median(r["fast_us"]) / 1000
@@ -330,6 +534,7 @@ SECTIONS: list[tuple[str, Callable[[str], dict[str, Any]]]] = [
     ("sign_heap", sign_heap),
     ("cli_heap", cli_heap),
     ("message_size", message_size),
+    ("downlink", downlink),
 ]
 # The board-sized figures (issue 5): RAM of the loaded firmware, the smallest heap for the
 # device loop end to end, and the same with the firmware frozen into the binary.
@@ -364,7 +569,25 @@ def summary(res: dict[str, dict[str, Any]]) -> list[str]:
         f"{GOAL_MESSAGE}: {goal(m['message_bytes'] <= GOAL_MESSAGE)}); "
         f"{m['message_bytes_board_float32']} with a board's float32 values; "
         f"{m['message_bytes_worst']} worst case (3 float64, seq >= 65536)",
-    ] + boards.summary(res)
+    ] + downlink_summary(res["downlink"]) + boards.summary(res)
+
+
+def downlink_summary(d: dict[str, Any]) -> list[str]:
+    if "downlink_ack_ms" not in d:
+        d = {k.removesuffix("_64bit"): v for k, v in d.items()}
+    return [
+        "  downlink, per ack (issue 15; 32-bit build when present):",
+        f"    HMAC design (chosen): {d['downlink_ack_ms']:.3f} ms, {d['downlink_alloc_bytes']} "
+        f"bytes allocated, peak heap {d['downlink_peak_heap_bytes']} bytes (the method's floor: "
+        f"{d['downlink_peak_method_floor_bytes']}), no extra module loaded; "
+        f"{d['downlink_ack_bytes']}-byte ack",
+        f"    ECDSA verify per message: {d['downlink_ack_ms_ecdsa']:.3f} ms, "
+        f"{d['downlink_alloc_bytes_ecdsa']} bytes allocated, peak heap "
+        f"{d['downlink_peak_heap_bytes_ecdsa']} bytes, code {d['downlink_ram_bytes_ecdsa']} "
+        f"bytes loaded; {d['downlink_ack_bytes_ecdsa']}-byte ack",
+        f"    ratio HMAC / ECDSA time: {d['downlink_ratio_hmac_to_ecdsa']:.4f}; ECDH + HKDF, "
+        f"once per pair of keys (keygen/trust): {d['downlink_ecdh_ms']:.2f} ms",
+    ]
 
 
 def main() -> int:

@@ -186,6 +186,13 @@ def compile_tree(mp: str, out: Path) -> Path:
     return out
 
 
+# A gateway downlink key for device states that talk to no gateway (the RAM of a started loop):
+# the public key of the P-256 secret 0x1234567890abcdef.
+EXAMPLE_DOWNLINK_KEY = (
+    "049fad84aeae08bbef7f010014d82cef6a09de2b0cf871b5ce0c4f1d13a59a5934"
+    "07cb45769f1070e2c2470fe5b1bfe63133c0b0cdc64ea4bf3791a8ec2a07fd4f")
+
+
 def iot(*args: str) -> subprocess.CompletedProcess[str]:
     p = subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True, text=True,
                        timeout=120, cwd=ROOT)
@@ -220,11 +227,12 @@ class LoopRig:
         try:
             self.broker.start()
             iot("init", "--data", str(self.data))
+            downlink = iot("downlink", "key", "--data", str(self.data)).stdout.strip()
             for i in range(self.devices):
                 d = self.root / f"d{i}"
                 p = subprocess.run([self.mp, str(self.fw / "main.py"), "keygen", "--dir", str(d),
-                                    "--id", f"heap-{i:02d}"], capture_output=True, text=True,
-                                   timeout=60, check=True)
+                                    "--id", f"heap-{i:02d}", "--downlink-key", downlink],
+                                   capture_output=True, text=True, timeout=60, check=True)
                 pub = p.stdout.strip().splitlines()[-1]
                 iot("device", "add", f"heap-{i:02d}", "--public-key", pub, "--data",
                     str(self.data))
@@ -309,7 +317,8 @@ def firmware_ram(mp: str) -> dict[str, Any]:
         mpy = ram(fw)
         src = ram(FIRMWARE)
         d = Path(tmp) / "dev"
-        subprocess.run([mp, str(fw / "main.py"), "keygen", "--dir", str(d), "--secret", "11" * 32],
+        subprocess.run([mp, str(fw / "main.py"), "keygen", "--dir", str(d), "--secret", "11" * 32,
+                        "--downlink-key", EXAMPLE_DOWNLINK_KEY],
                        capture_output=True, check=True, timeout=60)
         p = subprocess.run([mp, "-c", _RAM_STARTED % (str(fw), str(d))], capture_output=True,
                            text=True, timeout=60)

@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("cli",),
     ("sim",),
     ("service", "fleet", "http", "console"),
-    ("mqtt", "ingest", "audit", "observe", "provenance", "tlog", "rules"),
+    ("mqtt", "ingest", "audit", "observe", "provenance", "tlog", "rules", "downlink"),
     ("storage",),
     ("ledger",),
     ("wire",),

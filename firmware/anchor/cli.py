@@ -21,10 +21,13 @@ except ImportError:
 from anchor import Error, unload
 
 USAGE = """usage:
-  micropython main.py keygen --dir DIR [--id DEVICE_ID] [--secret HEX64]
+  micropython main.py keygen --dir DIR [--id DEVICE_ID] [--secret HEX64] [--downlink-key HEX]
+  micropython main.py trust --dir DIR --downlink-key HEX
   micropython main.py sign --dir DIR --data JSON [--ts UNIX_SECONDS|none]
+  micropython main.py status --dir DIR
   micropython main.py run --dir DIR [...]   (the device loop)
---dir defaults to $IOT_ANCHOR_DEVICE_DIR."""
+--dir defaults to $IOT_ANCHOR_DEVICE_DIR. --downlink-key: the gateway's downlink key, 130 hex
+digits, as 'iot-anchor downlink key' prints it (the device then checks acks and commands)."""
 
 
 class UsageError(Error):
@@ -79,9 +82,19 @@ def keygen(args):
     _imports("p256", "state", "state_create", "p256_keys")
     from anchor.state import Device
 
-    opts = _options(args, ("dir", "id", "secret"))
+    opts = _options(args, ("dir", "id", "secret", "downlink-key"))
     d = _dir(opts)
+    key = opts.get("downlink-key")
+    if key is not None and len(key) != 130:     # checked before anything is written
+        raise Error("--downlink-key must be 130 hex digits (the key 'iot-anchor downlink key' "
+                    "prints)")
     dev = Device.create(d, dev_id=opts.get("id"), secret=opts.get("secret"))
+    if key is not None:
+        unload("state_create")
+        _imports("p256_verify", "downlink_setup")
+        from anchor.downlink_setup import trust
+
+        trust(dev, key)
     print("device %s, state in %s" % (dev.dev_id, d))
     print(hexlify(dev.public_key).decode())
 
@@ -127,6 +140,7 @@ def sign(args):
 
 
 COMMANDS = {"keygen": keygen, "sign": sign}
+MORE = ("trust", "status")  # in cli_downlink.py: compiling this module from source stays small
 
 
 def main(argv):
@@ -145,6 +159,10 @@ def main(argv):
                 return 0
             return None
         cmd = COMMANDS.get(argv[0])
+        if argv[0] in MORE:
+            from anchor import cli_downlink
+
+            cmd = getattr(cli_downlink, argv[0])
         if cmd is None:
             raise UsageError("unknown command %r" % argv[0])
         return cmd(argv[1:]) or 0
@@ -175,8 +193,17 @@ def run_summary(loop, ok):
 
 
 def run_finish(loop, opts, ok):
-    """After `run`'s loop (device.main): why it failed (stderr), the summary (stdout); returns
+    """After `run`'s loop (device.main): the downlink state saved (the window's top, the
+    refusal counts: downlink_cmd.save), why it failed (stderr), the summary (stdout); returns
     the exit status. Here, loaded once the loop is over, so that it takes no RAM while it runs."""
+    try:
+        from anchor import downlink_cmd
+
+        downlink_cmd.save(loop)
+    except (Error, MemoryError):
+        pass        # the counts since the last command are lost; nothing else depends on them
+    downlink_cmd = None
+    unload("downlink_cmd")
     if loop.crash is not None:
         print("error: the device loop stopped: %s; the outbox keeps every unacknowledged "
               "reading, run again to resume" % loop.crash, file=sys.stderr)

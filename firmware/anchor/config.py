@@ -24,6 +24,9 @@ DEFAULTS = {
     "ntp_resync": 3600,  # seconds between clock re-syncs
     "dir": "data",  # key, seq state and outbox, relative to the board's root (/data)
     "board": None,  # board layer: None = by sys.platform; "esp32", "rp2", "unix" to choose
+    # outputs the gateway's `output` command switches: name -> GPIO pin (number or name), or
+    # {"pin": PIN, "active_low": true} (anchor/downlink_cmd.py)
+    "outputs": {},
 }
 
 _TYPES = {
@@ -44,6 +47,7 @@ _TYPES = {
     "ntp_resync": (int, float),
     "dir": (str,),
     "board": (str, type(None)),
+    "outputs": (dict,),
 }
 
 SENSORS = ("mcu", "bme280")

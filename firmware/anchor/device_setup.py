@@ -110,6 +110,8 @@ def build(opts, board=None):
 
     dev = Device.load(d)    # the heaviest step (the comb table is filled): with little loaded
     unload()
+    guard = downlink_state(dev)  # the MAC key kept in DIR/gateway.json (ECDH once per pair)
+    unload()
     if hasattr(board, "seed"):
         board.seed(dev.dev_id)
     from anchor import mqtt_setup
@@ -134,7 +136,52 @@ def build(opts, board=None):
     unload()
     # The general CBOR decoder (cbor_decode, which Device.load used for last.cose) is not kept: acks
     # are decoded by device._item.
-    return board, dev, ob, client
+    return board, dev, ob, client, guard
+
+
+def _read_json(path):
+    """The JSON object in path (or its .tmp copy, see state.py), None when there is none;
+    Error when it is damaged."""
+    import json
+
+    for p in (path, path + ".tmp"):
+        try:
+            with open(p) as f:
+                text = f.read()
+        except OSError:
+            continue
+        try:
+            v = json.loads(text)
+        except ValueError:
+            v = None
+        if not isinstance(v, dict):
+            raise Error("%s is damaged; remove it (for gateway.json: give the key again with "
+                        "'main.py trust')" % p)
+        return v
+    return None
+
+
+def downlink_state(dev):
+    """(MAC key, window top, refusal counts) of device dev (a state.Device) for make_loop: the
+    key from DIR/gateway.json (derived there by downlink_setup when missing or made for another
+    device key), the rest from DIR/downlink.json. Error when the gateway key is missing or
+    unusable."""
+    from binascii import unhexlify
+    from hashlib import sha256
+
+    d = dev.dir
+    gj = _read_json(d + "/gateway.json")
+    h = "".join("%02x" % b for b in sha256(dev.public_key).digest()[:8])
+    if gj is not None and gj.get("for") == h and len(gj.get("mac", "")) == 64:
+        key = unhexlify(gj["mac"])
+    else:   # no MAC key yet, or one made for another device key: derive it once, keep it
+        from anchor import downlink_setup
+
+        key = downlink_setup.rederive(dev)
+        downlink_setup = None
+        unload("downlink_setup")
+    s = _read_json(d + "/downlink.json") or {}
+    return key, s.get("top", -1), s.get("refused") or {}
 
 
 def start(args):
@@ -145,18 +192,35 @@ def start(args):
     except Error as e:      # a usage error: exit 2, as main.py does for its own
         print("error: %s" % e, file=sys.stderr)
         return 2
-    board, dev, ob, client = build(opts)
-    return make_loop(board, dev, ob, client, interval=opts["interval"], count=opts["count"],
-                     timeout=opts["timeout"], ack_timeout=opts["ack-timeout"]), opts
+    board, dev, ob, client, guard = build(opts)
+    loop = make_loop(board, dev, ob, client, guard, interval=opts["interval"],
+                     count=opts["count"], timeout=opts["timeout"],
+                     ack_timeout=opts["ack-timeout"])
+    requeue_last(loop)
+    return loop, opts
 
 
-def make_loop(board, dev, outbox, client, interval=60, count=None, timeout=120, ack_timeout=30,
-              out=print):
+def requeue_last(loop):
+    """After a crash between signing and appending: the last signed message is in the
+    device state (last.cose) but not in the outbox. Queue it again (a duplicate, should it
+    have been queued after all, is harmless: the gateway deduplicates and acks it). True if
+    it was queued. Start-up code (start, startup.main), so not in device.Loop."""
+    dev, ob = loop.dev, loop.outbox
+    last = dev.seq - 1
+    if dev.last_message is not None and last > ob.last_seq and last > ob.upto:
+        ob.append(last, dev.last_message)
+        return True
+    return False
+
+
+def make_loop(board, dev, outbox, client, guard, interval=60, count=None, timeout=120,
+              ack_timeout=30, out=print):
     """A new device.Loop (device.py documents it): `board` a board layer, `dev` a
     state.Device, `outbox` an outbox.Outbox, `client` an mqtt.MQTTClient (or what has their
-    methods). Sets the loop's settings and counters, and its client's will, birth message, ack
-    subscription and message handler. interval, timeout, ack_timeout in seconds; out(line)
-    prints the loop's event lines."""
+    methods), `guard` the device's downlink state (downlink_state(dev)). Sets the loop's
+    settings and counters, and its client's will, birth message, ack and command subscriptions
+    and message handler. interval, timeout, ack_timeout in seconds; out(line) prints the loop's
+    event lines."""
     from anchor.device import Loop
 
     loop = Loop()           # device.Loop lists these attributes
@@ -173,11 +237,14 @@ def make_loop(board, dev, outbox, client, interval=60, count=None, timeout=120, 
     loop.t_readings = prefix + "readings"
     loop.t_ack = prefix + "ack"
     loop.t_status = prefix + "status"
+    key, top, refused = guard
+    # device.Loop.dl: key, window top and bitmap, refusals, confirmations waiting; after a
+    # restart every counter up to top counts as seen (0x3FFFFFFF: device._MASK)
+    loop.dl = [key, top, 0x3FFFFFFF if top >= 0 else 0, refused, []]
     loop.produced = 0
     loop.acked = 0
     loop.published = 0
     loop.republished = 0
-    loop.bad_acks = 0
     loop.heap_max = 0
     loop.heap_end = 0
     loop.crash = None
@@ -189,4 +256,5 @@ def make_loop(board, dev, outbox, client, interval=60, count=None, timeout=120, 
     client.set_birth(loop.t_status, b"online", retain=True, qos=1)
     client.on_message = loop.on_message
     client.subscribe(loop.t_ack, 1)
+    client.subscribe(prefix + "cmd", 1)
     return loop

@@ -84,8 +84,9 @@ def main(root=None):
         from anchor import device_setup
 
         opts = device_setup.parse_args(["--dir", cfg["dir"], "--broker", cfg["broker"]])
-        board, dev, ob, client = device_setup.build(opts, board)
-        loop = device_setup.make_loop(board, dev, ob, client, interval=cfg["interval"])
+        board, dev, ob, client, guard = device_setup.build(opts, board)
+        loop = device_setup.make_loop(board, dev, ob, client, guard, interval=cfg["interval"])
+        device_setup.requeue_last(loop)
         device_setup = None
         unload()    # every cold module: what start-up loaded (config included)
         asyncio.run(loop.run())

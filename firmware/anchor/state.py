@@ -127,6 +127,13 @@ class Device:
         self.last_message = last
         self.prev = sha256(last).digest() if last else bytes(32)  # cose.message_hash
 
+    def sign1(self, payload):
+        """A COSE_Sign1 message over payload (bytes) with the device key, its protected header
+        the same as a reading's (a command's confirmation)."""
+        from anchor import cose
+
+        return cose.sign1(self._secret, self._kid, payload)
+
     def next_reading(self, data, ts=None):
         """Sign the next reading and return the whole COSE message (bytes).
 

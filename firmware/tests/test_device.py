@@ -12,11 +12,11 @@ import os
 
 import runner
 
-from anchor import Error, board_unix, cbor, cli, device
+from anchor import Error, board_unix, cbor, cli, device, p256
 from anchor.cbor_decode import decode
 from anchor.cbor_types import Tag
 from anchor.cose_verify import decode_sign1
-from anchor.device_setup import make_loop, parse_args
+from anchor.device_setup import make_loop, parse_args, requeue_last
 from anchor.outbox_load import load_outbox
 from anchor.state import Device
 
@@ -69,17 +69,55 @@ class NullClient:
         pass
 
 
+GATEWAY_SECRET = 0x1234567890ABCDEF   # the test gateway's downlink key
+
+
+def gateway_hex():
+    from anchor.p256_keys import public_key
+
+    return "".join("%02x" % b for b in public_key(GATEWAY_SECRET))
+
+
+def make_guard(dev):
+    from anchor.device_setup import downlink_state
+
+    return downlink_state(dev)
+
+
 def loop_on_disk(count=None, secret="11" * 32):
     """A Loop on a fresh device directory with the Unix board and a NullClient: (loop, its
-    output lines, the directory)."""
+    output lines, the directory). The device trusts the test gateway's downlink key."""
+    from anchor.downlink_setup import trust
+
     d = fresh()
     dev = Device.create(d, dev_id="dev-t", secret=secret)
+    trust(dev, gateway_hex())
     board = board_unix.Board({"dir": d, "id": None}, thermal_root=d + "/no-thermal")
     board.seed(dev.dev_id)
     lines = []
-    loop = make_loop(board, dev, load_outbox(d), NullClient(), interval=0, count=count,
-                     out=lines.append)
+    loop = make_loop(board, dev, load_outbox(d), NullClient(), make_guard(dev), interval=0,
+                     count=count, out=lines.append)
     return loop, lines, d
+
+
+def seal(key, topic, payload):
+    """A COSE_Mac0 as the gateway makes it (gateway/wire/downlink.py)."""
+    pb = bytearray()
+    cbor.encode_into(pb, payload)
+    t = bytearray()
+    cbor.encode_into(t, topic)
+    return b"\xd1\x84\x43\xa1\x01\x05\xa0" + pb + b"\x58\x20" + p256.hmac_sha256(
+        key, b"\x84\x64MAC0\x43\xa1\x01\x05", t, pb)
+
+
+def ack(loop, ctr, upto, seqs=(), entry=1, key=None):
+    return seal(key or loop.dl[0], b"anchor/dev-t/ack", cbor.encode(
+        {"ctr": ctr, "upto": upto, "seqs": list(seqs), "entry": entry}))
+
+
+def command(loop, ctr, cid, op, args, key=None):
+    return seal(key or loop.dl[0], b"anchor/dev-t/cmd", cbor.encode(
+        {"ctr": ctr, "id": cid, "op": op, "args": args}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,17 +141,21 @@ def test_parse_args_defaults_and_errors():
 
 
 def test_decode_ack():
-    assert device.decode_ack(cbor.encode({"upto": 5, "seqs": [7, 9], "entry": 12})) == \
-        (5, [7, 9], 12)
-    assert device.decode_ack(cbor.encode({"upto": -1, "seqs": [], "entry": 0})) == (-1, [], 0)
+    assert device.decode_ack(cbor.encode({"ctr": 1, "upto": 5, "seqs": [7, 9], "entry": 12})) \
+        == (1, 5, [7, 9], 12)
+    assert device.decode_ack(cbor.encode({"ctr": 2 ** 62, "upto": -1, "seqs": [], "entry": 0})) \
+        == (2 ** 62, -1, [], 0)
     # unknown keys are ignored (later gateway versions may add some), whatever their values
-    assert device.decode_ack(cbor.encode({"upto": 1, "seqs": [], "entry": 3, "x": "y"}))[0] == 1
+    assert device.decode_ack(cbor.encode({"ctr": 0, "upto": 1, "seqs": [], "entry": 3,
+                                          "x": "y"}))[1] == 1
     assert device.decode_ack(cbor.encode({
-        "upto": 2, "seqs": [4], "entry": 3, "f": 1.5, "b": b"zz", "n": None, "t": True,
-        "l": [1, {"a": [2]}], "tag": Tag(1, 5), "big": 2 ** 40, "neg": -2 ** 33})) == \
-        (2, [4], 3)
-    ok = cbor.encode({"upto": 1})
+        "ctr": 3, "upto": 2, "seqs": [4], "entry": 3, "f": 1.5, "b": b"zz", "n": None,
+        "t": True, "l": [1, {"a": [2]}], "tag": Tag(1, 5), "big": 2 ** 40, "neg": -2 ** 33})) \
+        == (3, 2, [4], 3)
+    ok = cbor.encode({"ctr": 1, "upto": 1})
     for bad in (b"\xff", cbor.encode([1, 2]), cbor.encode({"seqs": []}),
+                cbor.encode({"upto": 1, "seqs": []}), cbor.encode({"ctr": -1, "upto": 1}),
+                cbor.encode({"ctr": True, "upto": 1}),
                 cbor.encode({"upto": -2, "seqs": []}), cbor.encode({"upto": 1, "seqs": [-1]}),
                 cbor.encode({"upto": 1, "seqs": "x"}), cbor.encode({"upto": True}),
                 b"", ok[:-1], ok + b"\x00", b"\x5f", b"\xa1\x62\xff\xfe\x01",
@@ -133,16 +175,177 @@ def test_produce_then_ack_empties_outbox():
         loop.produce()
     assert loop.outbox.pending == 3 and loop.dev.seq == 3
     t = b"anchor/dev-t/ack"
-    loop.on_message(t, cbor.encode({"upto": 0, "seqs": [2], "entry": 1}), False)
+    loop.on_message(t, ack(loop, 10, 0, [2]), False)
     assert loop.outbox.pending == 1 and loop.acked == 2
     assert lines[-1] == "ack upto=0 seqs=1 entry=1 removed=2 outbox=1", lines
     assert not loop.done
-    loop.on_message(b"anchor/other/ack", cbor.encode({"upto": 9, "seqs": []}), False)
+    loop.on_message(b"anchor/other/ack", ack(loop, 11, 9), False)
     assert loop.outbox.pending == 1        # another device's topic is ignored
     loop.on_message(t, b"\x00garbage", False)
-    assert loop.bad_acks == 1 and lines[-1].startswith("bad-ack err=")
-    loop.on_message(t, cbor.encode({"upto": 2, "seqs": [], "entry": 2}), False)
+    assert loop.dl[3] == {"malformed": 1} and lines[-1] == "bad-ack err=malformed"
+    loop.on_message(t, ack(loop, 12, 2, entry=2), False)
     assert loop.outbox.pending == 0 and loop.done
+
+
+def test_forged_replayed_stale_and_plain_acks_are_refused():
+    loop, lines, d = loop_on_disk()
+    for _ in range(4):
+        loop.produce()
+    t = b"anchor/dev-t/ack"
+    g = loop
+    refusals = (
+        (cbor.encode({"upto": 3, "seqs": [], "entry": 1}), "malformed"),   # the old, plain ack
+        (ack(loop, 5, 3, key=bytes(32)), "forged"),                          # another key
+        (ack(loop, 5, 3)[:-1] + b"\x00", "forged"),                          # a changed tag
+        (ack(loop, 5, 3).replace(b"upto\x03", b"upto\x02"), "forged"),       # a changed payload
+        (seal(g.dl[0], b"anchor/dev-t/cmd", cbor.encode({"ctr": 5, "upto": 3})), "forged"),
+        (b"\xd1\x84\x43\xa1\x01\x05\xa0" + b"\x40" * 3, "malformed"),   # short
+        (b"\xd1\x84\x43\xa1\x01\x05\xa0", "malformed"),
+        (ack(loop, 5, 3)[:-1], "malformed"),                                  # truncated
+        (ack(loop, 5, 3) + b"\x00", "malformed"),                            # trailing
+        (b"", "malformed"),
+    )
+    for msg, reason in refusals:
+        loop.on_message(t, msg, False)
+        assert lines[-1] == "bad-ack err=" + reason, (lines[-1], reason)
+    assert loop.outbox.pending == 4 and g.dl[1] == -1        # nothing moved
+    first = ack(loop, 100, 0)
+    loop.on_message(t, first, False)
+    assert loop.outbox.pending == 3
+    loop.on_message(t, first, False)                        # the same message again
+    assert lines[-1] == "bad-ack err=replayed"
+    loop.on_message(t, ack(loop, 100 - 30, 3), False)       # below the window
+    assert lines[-1] == "bad-ack err=stale"
+    loop.on_message(t, ack(loop, 99, 1), False)             # late, but new: accepted
+    assert loop.outbox.pending == 2
+    assert g.dl[3] == {"malformed": 6, "forged": 4, "replayed": 1, "stale": 1}, g.dl[3]
+    # the counts go to flash when the loop ends (device.main) or with a command
+    from anchor import downlink_cmd
+
+    downlink_cmd.save(loop)
+    r = device_status(d)
+    assert r["downlink_refused"] == 12 and r["outbox_waiting"] == 2 and r["next_seq"] == 4
+    assert r["downlink_top"] == 100
+    # after a restart, the saved window still refuses the old counters
+    dev2 = Device.load(d)
+    g2 = make_loop(loop.board, dev2, load_outbox(d), NullClient(), make_guard(dev2))
+    for c, why in ((100, "replayed"), (99, "replayed"), (50, "stale")):
+        try:
+            g2.fresh(c)
+        except ValueError as e:
+            assert str(e) == why, (c, e)
+        else:
+            raise AssertionError(c)
+    g2.fresh(101)
+
+
+def test_open_sealed_raises_only_value_error():
+    """Random bytes, and every truncation and one-byte change of a valid sealed ack: refused
+    with ValueError, never another exception (one would fail the MQTT handler, and the broker
+    would deliver the message again and again)."""
+    loop = loop_on_disk()[0]
+    t = b"anchor/dev-t/ack"
+    good = ack(loop, 7, 3, [5, 9])
+    assert loop.open_sealed(t, good)
+    bad = [os.urandom(k) for k in range(0, 120, 3)]
+    bad += [good[:k] for k in range(len(good))]
+    bad += [good[:k] + bytes(((good[k] + 1) & 255,)) + good[k + 1:] for k in range(len(good))]
+    for m in bad:
+        try:
+            loop.open_sealed(t, m)
+        except ValueError:
+            continue
+        raise AssertionError("accepted %r" % m)
+
+
+def test_replay_window():
+    g = loop_on_disk()[0]
+    for c in (5, 3, 40, 39, 11):
+        g.fresh(c)
+    for c, why in ((5, "stale"), (10, "stale"), (39, "replayed"), (40, "replayed"),
+                   (11, "replayed")):
+        try:
+            g.fresh(c)
+        except ValueError as e:
+            assert str(e) == why, (c, e)
+        else:
+            raise AssertionError("accepted %d" % c)
+    g.fresh(12)
+    g.fresh(2 ** 63)             # a big counter (a board's ints are 31-bit: a long int)
+    g.fresh(2 ** 63 - 1)
+
+
+def device_status(d):
+    from anchor import cli_downlink
+
+    return cli_downlink.status_info(d)
+
+
+def confirmation(loop):
+    """The newest confirmation waiting for the sender (taken off the queue)."""
+    assert loop.dl[4]
+    return loop.dl[4].pop()
+
+
+def test_commands_run_once_and_are_confirmed():
+    from anchor.cose_verify import verify1
+
+    loop, lines, d = loop_on_disk()
+    c = b"anchor/dev-t/cmd"
+    loop.on_message(c, command(loop, 1, 7, "output", {"name": "fan", "on": True}), False)
+    assert lines[-1] == "cmd id=7 op=output ok=1", lines
+    with open(d + "/outputs/fan") as f:
+        assert f.read() == "1"
+    msg = confirmation(loop)
+    assert not loop.dl[4]
+    assert verify1(loop.dev.public_key, msg)
+    with open(d + "/confirm.cose", "rb") as f:
+        assert f.read() == msg
+    p = decode(decode_sign1(msg)[2])
+    assert p == {"v": 1, "dev": "dev-t", "cmd": 7, "op": "output", "ok": True,
+                 "result": {"name": "fan", "on": True}}, p
+    # the same command again, sealed anew (the gateway repeats it): not run, confirmed again
+    loop.on_message(c, command(loop, 2, 7, "output", {"name": "fan", "on": True}), False)
+    assert lines[-1] == "cmd-again id=7" and confirmation(loop) == msg
+    # a power cut before the loop signed it: the payload again, signed anew (the same bytes:
+    # RFC 6979 signatures are deterministic)
+    os.remove(d + "/confirm.cose")
+    loop.on_message(c, command(loop, 3, 7, "output", {"name": "fan", "on": True}), False)
+    assert lines[-1] == "cmd-again id=7" and confirmation(loop) == msg
+    # replayed (the same bytes), forged, stale (an older command id): refused, nothing runs
+    before = len(lines)
+    replay = command(loop, 30, 8, "output", {"name": "fan", "on": False})
+    loop.on_message(c, replay, False)
+    assert lines[-1] == "cmd id=8 op=output ok=1"
+    for msg2, why in ((replay, "replayed"),
+                      (command(loop, 40, 9, "output", {"name": "fan", "on": True},
+                               key=bytes(32)), "forged"),
+                      (command(loop, 50, 6, "ping", {}), "stale")):
+        loop.on_message(c, msg2, False)
+        assert lines[-1] == "bad-cmd err=" + why, (lines[-1], why)
+    with open(d + "/outputs/fan") as f:
+        assert f.read() == "0"
+    loop.on_message(c, command(loop, 60, 10, "interval", {"seconds": 5}), False)
+    assert loop.interval_ms == 5000
+    loop.on_message(c, command(loop, 70, 11, "interval", {"seconds": 0}), False)
+    assert lines[-1] == "cmd id=11 op=interval ok=0" and loop.interval_ms == 5000
+    p = decode(decode_sign1(confirmation(loop))[2])
+    assert p["ok"] is False and "seconds" in p["reason"] and "result" not in p
+    loop.on_message(c, command(loop, 80, 12, "ping", {}), False)
+    assert decode(decode_sign1(confirmation(loop))[2])["result"] == {"seq": 0, "outbox": 0}
+    loop.on_message(c, command(loop, 90, 13, "selfdestruct", {}), False)
+    assert lines[-1] == "cmd id=13 op=selfdestruct ok=0"
+    assert len(lines) > before
+    r = device_status(d)
+    assert r["last_command"] == {"id": 13, "op": "selfdestruct", "args": {}, "ok": False,
+                                 "reason": "unknown op"}, r
+    assert r["downlink_refusals"] == {"replayed": 1, "forged": 1, "stale": 1}, r
+    assert r["outputs"] == {"fan": False}
+    # confirmations wait for the sender, at most 4 (the gateway resends what stays unconfirmed)
+    loop.dl[4].clear()
+    for k in range(6):
+        loop.on_message(c, command(loop, 100 + k, 20 + k, "ping", {}), False)
+    assert [decode(decode_sign1(m)[2])["cmd"] for m in loop.dl[4]] == [22, 23, 24, 25]
 
 
 def test_topics_will_birth_subscription():
@@ -150,7 +353,7 @@ def test_topics_will_birth_subscription():
     c = loop.client
     assert c.will == ("anchor/dev-t/status", b"offline", True, 1)
     assert c.birth == ("anchor/dev-t/status", b"online", True, 1)
-    assert c.subs == [("anchor/dev-t/ack", 1)]
+    assert c.subs == [("anchor/dev-t/ack", 1), ("anchor/dev-t/cmd", 1)]
     assert loop.t_readings == "anchor/dev-t/readings"
 
 
@@ -162,15 +365,16 @@ def test_requeue_last_after_crash_between_sign_and_append():
     dev2 = Device.load(d)
     ob2 = load_outbox(d)
     assert ob2.pending == 1 and dev2.last_message == msg
-    loop2 = make_loop(loop.board, dev2, ob2, NullClient(), out=lines.append)
-    assert loop2.requeue_last() is True
+    loop2 = make_loop(loop.board, dev2, ob2, NullClient(), make_guard(dev2), out=lines.append)
+    assert requeue_last(loop2) is True
     assert [s for _, _, s in ob2.waiting()] == [0, 1]
     g, i, _ = list(ob2.waiting())[1]
     assert ob2.read(g, i) == msg
-    assert loop2.requeue_last() is False   # already there
+    assert requeue_last(loop2) is False    # already there
     ob2.ack(1, [])
-    assert make_loop(loop.board, Device.load(d), load_outbox(d), NullClient()).requeue_last() \
-        is False                            # acked: nothing to requeue
+    dev3 = Device.load(d)
+    assert requeue_last(make_loop(loop.board, dev3, load_outbox(d), NullClient(),
+                                  make_guard(dev3))) is False   # acked: nothing to requeue
 
 
 def test_readings_carry_sensor_data_and_clock():

@@ -36,6 +36,7 @@ COMMAND_MODULES: list[str] = [
     "gateway.cli.simulate",
     "gateway.cli.demo",
     "gateway.cli.dataset",
+    "gateway.cli.downlink",
     "gateway.cli.model",
     "gateway.cli.rules",
     "gateway.cli.store",

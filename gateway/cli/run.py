@@ -35,7 +35,9 @@ def register(sub: Subcommands) -> None:
         "run", help="run the gateway: anchor readings arriving over MQTT",
         description="Subscribe to anchor/+/readings (QoS 1, persistent session), verify and "
                     "anchor the readings in batches, then acknowledge them on anchor/<id>/ack "
-                    "and publish the signed checkpoint (retained) on anchor/checkpoint. "
+                    "(sealed for each device with the downlink key, DATA/downlink.key) and "
+                    "publish the signed checkpoint (retained) on anchor/checkpoint; verify "
+                    "the devices' confirmations of commands on anchor/+/confirm. "
                     "SIGTERM or SIGINT commits the open batch and exits 0.")
     add_data_arg(p)
     add_broker_arg(p)

@@ -10,9 +10,10 @@
 
 What the ACL allows (topics are those of docs/protocol.md and issue 4):
 
-- device `<id>` writes (publishes) `anchor/<id>/readings` and `anchor/<id>/status`, and reads
-  (subscribes to, receives) `anchor/<id>/ack` and `anchor/checkpoint`;
-- the gateway writes `anchor/+/ack`, `anchor/checkpoint` and the rules' alerts
+- device `<id>` writes (publishes) `anchor/<id>/readings`, `anchor/<id>/status` and
+  `anchor/<id>/confirm`, and reads (subscribes to, receives) `anchor/<id>/ack`,
+  `anchor/<id>/cmd` and `anchor/checkpoint`;
+- the gateway writes `anchor/+/ack`, `anchor/+/cmd`, `anchor/checkpoint` and the rules' alerts
   `anchor/alerts/#`, and reads `anchor/#`.
 
 A device's MQTT username is its device id, and every client's MQTT client id is forced to its
@@ -251,11 +252,12 @@ def render_acl(gateway_user: str, devices: Iterable[str]) -> str:
         "# Written by 'iot-anchor broker-config'; run it again rather than editing this file.",
         "# Everything not allowed here is denied.",
         "",
-        "# The gateway reads every device's readings and status, and alone writes acks, the",
-        "# checkpoint and the rules' alerts (docs/rules.md).",
+        "# The gateway reads every device's readings, status and confirmations, and alone",
+        "# writes acks, commands, the checkpoint and the rules' alerts (docs/rules.md).",
         f"user {gateway_user}",
         "topic read anchor/#",
         "topic write anchor/+/ack",
+        "topic write anchor/+/cmd",
         "topic write anchor/checkpoint",
         "topic write anchor/alerts/#",
     ]
@@ -265,7 +267,9 @@ def render_acl(gateway_user: str, devices: Iterable[str]) -> str:
             f"user {dev}",
             f"topic write anchor/{dev}/readings",
             f"topic write anchor/{dev}/status",
+            f"topic write anchor/{dev}/confirm",
             f"topic read anchor/{dev}/ack",
+            f"topic read anchor/{dev}/cmd",
             "topic read anchor/checkpoint",
         ]
     return "\n".join(out) + "\n"

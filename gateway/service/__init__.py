@@ -5,8 +5,12 @@ Data flow (one asyncio loop, one worker thread that owns the pipeline and its SQ
     broker --PUBLISH anchor/<id>/readings (QoS 1)--> client on_publish --> inbox (list)
     processor: inbox --start/finish--> pipeline (worker thread) --commit--> CommitResult
     after the commit:  PUBACK the broker for every message of the batch, in arrival order;
-                       publish anchor/<id>/ack (QoS 1, CBOR {"upto", "seqs", "entry"});
+                       publish anchor/<id>/ack (QoS 1, sealed by downlink.Downlink: a COSE_Mac0
+                       over {"ctr", "upto", "seqs", "entry"});
                        publish anchor/checkpoint (retained, the signed note's text).
+    broker --PUBLISH anchor/<id>/confirm--> verified (Downlink.verify_confirmation) -->
+                       on_confirmation(conf), then PUBACKed; send_command(cmd) publishes a
+                       sealed command on anchor/<id>/cmd and returns on its PUBACK.
 
 Durability. A reading is acknowledged to its device only after the SQLite transaction that
 stores it has committed, and so is the broker's PUBACK (`--puback commit`, the default): with

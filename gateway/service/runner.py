@@ -22,22 +22,26 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from gateway.downlink import Downlink
 from gateway.errors import AnchorError, BrokerError, ConfigError
 from gateway.mqtt.client import PROTOCOL_REFUSALS, BrokerRefused, Connection, Endpoint, session
 from gateway.observe.metrics import LiveGauges, ServiceMetrics
-from gateway.rules.executor import CommandOrder, CommandSender, Executor
+from gateway.rules.executor import CommandSender, Executor
 from gateway.service.acks import AckOutbox
 from gateway.service.config import ServiceConfig
 from gateway.service.port import ReadingPipeline, RuleActions
 from gateway.service.resources import peak_rss_mb
 from gateway.tlog.witness_client import WitnessClient
-from gateway.wire.ack import encode_ack
 from gateway.wire.broker_url import parse_broker_url
+from gateway.wire.downlink import Command, Confirmation, DownlinkError
 from gateway.wire.mqtt import PROP_SHARED_SUBSCRIPTION_AVAILABLE, V5, V311, ConnectOptions
 from gateway.wire.topics import (
     CHECKPOINT_TOPIC,
+    CONFIRM_TOPIC,
     READINGS_TOPIC,
     ack_topic,
+    cmd_topic,
+    device_from_confirm_topic,
     device_from_topic_bytes,
     shared,
 )
@@ -86,6 +90,9 @@ class _Stats:
     acks_held: int = 0  # publish rounds cut short by ACKS_INFLIGHT_MAX
     inbox_peak: int = 0
     pauses: int = 0
+    commands_sent: int = 0
+    confirmations: int = 0  # verified
+    confirmations_refused: int = 0
 
 
 @dataclass
@@ -103,10 +110,16 @@ class GatewayService:
 
     `pipeline_factory` builds the pipeline; it is called in the worker thread, which also
     makes every later call on it (SQLite handles belong to the thread that opened them).
+    `downlink_factory` builds the `Downlink` that seals acks and commands and verifies
+    confirmations (default: `Downlink.open(cfg.data_dir)`); it is called and used on the event
+    loop. `on_confirmation(conf)` gets every verified confirmation from anchor/+/confirm
+    (default: logged); an awaitable it returns is awaited before the broker gets its PUBACK.
     """
 
     def __init__(self, cfg: ServiceConfig,
-                 pipeline_factory: Callable[[], ReadingPipeline]) -> None:
+                 pipeline_factory: Callable[[], ReadingPipeline],
+                 downlink_factory: Callable[[], Downlink] | None = None,
+                 on_confirmation: Callable[[Confirmation], Any] | None = None) -> None:
         if cfg.batch_interval <= 0:
             raise ConfigError(
                 f"--batch-interval {cfg.batch_interval} is not positive", "give e.g. 1"
@@ -165,9 +178,14 @@ class GatewayService:
         self._actions_wake = asyncio.Event()
         # the authenticated downlink's command sender (None: command actions wait), and what
         # it takes: command_factory(device, id, op, args)
-        self.command_sender: CommandSender | None = None
-        self.command_factory: Callable[[str, int, str, dict[str, Any]], Any] = CommandOrder
+        self.command_sender: CommandSender | None = self
+        self.command_factory: Callable[[str, int, str, dict[str, Any]], Any] = Command
         self._storage_failures = 0  # storage failures in a row (the retry's backoff)
+        self._downlink_factory = downlink_factory or (lambda: Downlink.open(cfg.data_dir))
+        self.downlink: Downlink | None = None
+        self.on_confirmation: Callable[[Confirmation], Any] = (on_confirmation
+                                                               or self._rules_confirmation)
+        self._confirm_tasks: set[asyncio.Task[None]] = set()
 
     # -- the worker thread ------------------------------------------------------------------
 
@@ -186,6 +204,7 @@ class GatewayService:
             loop.add_signal_handler(sig, self.request_stop)
         try:
             self._endpoint = Endpoint.from_url(self.url)
+            self.downlink = self._downlink_factory()
             self._pipeline = await self._call(self._factory)
             pipe = self._pipe()
             self.client_id = "iot-anchor-gw-" + await self._call(pipe.gateway_key_id)
@@ -235,6 +254,9 @@ class GatewayService:
             if self._pipeline is not None:
                 with contextlib.suppress(Exception):
                     await self._call(self._pipeline.close)
+            if self.downlink is not None:
+                with contextlib.suppress(Exception):
+                    self.downlink.close()
             self._pool.shutdown(wait=True)
 
     def live_gauges(self) -> LiveGauges:
@@ -286,6 +308,9 @@ class GatewayService:
             return  # QoS 0: nothing to acknowledge
         if not self._accepting:
             return  # stopping: not PUBACKed, the broker keeps it for the next run
+        if topic[-8:] == b"/confirm":
+            self._take_confirmation(topic, payload, mid, qos)
+            return
         # "" matches no device: rejected as topic_mismatch (a topic that is not UTF-8, or not
         # anchor/<id>/readings with a non-empty id)
         self._inbox.append(_Inbound(device_from_topic_bytes(topic), payload, mid, qos,
@@ -303,6 +328,64 @@ class GatewayService:
             self._wake.set()
         elif n == GATHER_MIN:
             self._wake.set()
+
+    def _take_confirmation(self, topic: bytes, payload: bytes, mid: int, qos: int) -> None:
+        """A device's confirmation of a command: verified, handed to on_confirmation, then
+        PUBACKed (a refused one too: a forgery is not worth a redelivery)."""
+        dev = device_from_confirm_topic(topic)
+        conn, gen = self._conn, self._gen
+        result: Any = None
+        try:
+            assert self.downlink is not None
+            conf = self.downlink.verify_confirmation(dev, payload)
+        except DownlinkError as e:
+            self.stats.confirmations_refused += 1
+            log.warning("confirmation on %s refused: %s", topic.decode(errors="replace"), e)
+        else:
+            self.stats.confirmations += 1
+            try:
+                result = self.on_confirmation(conf)
+            except Exception:  # noqa: BLE001 - the hook's bug must not stop the service
+                log.exception("on_confirmation failed for %s command %d", dev, conf.id)
+
+        async def finish() -> None:
+            if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+                try:
+                    await result
+                except Exception:  # noqa: BLE001
+                    log.exception("on_confirmation failed for a confirmation of %s", dev)
+                    return  # not PUBACKed: the broker redelivers it
+            if qos and self.cfg.puback == "commit" and conn is not None and gen == self._gen:
+                with contextlib.suppress(BrokerError):
+                    conn.puback([mid])
+
+        task = asyncio.ensure_future(finish())
+        self._confirm_tasks.add(task)
+        task.add_done_callback(self._confirm_tasks.discard)
+
+    async def send_command(self, cmd: Command, timeout: float = 10.0) -> None:
+        """Seal `cmd` and publish it on anchor/<device>/cmd (QoS 1); return once the broker
+        PUBACKs it. BrokerError when not connected, when the connection ends first, or after
+        `timeout` seconds; ConfigError when the device is not registered."""
+        conn = self._conn
+        if conn is None or not self._connected.is_set() or self.downlink is None:
+            raise BrokerError("not connected to the broker", "retry once the gateway is "
+                              "connected")
+        msg = self.downlink.seal_command(cmd)
+        pid = conn.publish(cmd_topic(cmd.device).encode(), msg)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._puback_waits[pid] = fut
+        try:
+            waiting: set[asyncio.Future[Any]] = {fut, conn.closed}
+            done, _ = await asyncio.wait(waiting, timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if fut not in done:
+                raise BrokerError(f"no PUBACK for the command to {cmd.device} (id {cmd.id})",
+                                  "the broker did not take it; send it again")
+        finally:
+            self._puback_waits.pop(pid, None)
+        self.stats.commands_sent += 1
+        log.info("command %d (%s) sent to %s", cmd.id, cmd.op, cmd.device)
 
     def _resume_reading(self) -> None:
         paused, self._paused = self._paused, None
@@ -386,7 +469,7 @@ class GatewayService:
             raise ConfigError(f"the broker {self.broker_shown} does not offer shared "
                               "subscriptions (its CONNACK says so)",
                               "enable them in the broker, or run one gateway without --shared")
-        filters = [(self.topic, 1)]
+        filters = [(self.topic, 1), (CONFIRM_TOPIC, 1)]
         if self.cfg.shared is not None:
             filters.append((CHECKPOINT_TOPIC, 0))  # the group's latest checkpoint, at QoS 0
         sub = asyncio.ensure_future(conn.subscribe(filters))
@@ -415,8 +498,8 @@ class GatewayService:
                                       "gateway without --shared")
                 if any(code >= 0x80 for code in codes):
                     raise BrokerError(
-                        f"the broker refused the subscription to {self.topic}",
-                        "check the gateway's ACL in the broker config")
+                        f"the broker refused the subscription to {self.topic} or "
+                        f"{CONFIRM_TOPIC}", "check the gateway's ACL in the broker config")
         finally:
             for t in (sub, stopper):
                 t.cancel()
@@ -614,9 +697,16 @@ class GatewayService:
             items = self._acks_out.take(room)
             if self._acks_out:
                 self.stats.acks_held += 1
+        downlink = self.downlink
+        assert downlink is not None
         for k, (dev, (upto, seqs, entry)) in enumerate(items):
             try:
-                conn.publish(ack_topic(dev).encode(), encode_ack(upto, seqs, entry))
+                sealed = downlink.seal_ack(dev, upto, seqs, entry)
+            except ConfigError as e:  # revoked since the commit: it gets no ack
+                log.warning("no ack for %s: %s", dev, e.explain())
+                continue
+            try:
+                conn.publish(ack_topic(dev).encode(), sealed)
             except BrokerError:
                 self._acks_out.put_back(items[k:])
                 return False
@@ -694,6 +784,13 @@ class GatewayService:
             return None
         return await self._call(pipe.confirm_command, device, command_id, ok, reason, cose)
 
+    async def _rules_confirmation(self, conf: Confirmation) -> None:
+        """The default on_confirmation: log it, and record the outcome of the rule action that
+        ordered the command (docs/rules.md)."""
+        _log_confirmation(conf)
+        await self.rule_confirmation(conf.device, conf.id, conf.ok, conf.reason or None,
+                                     conf.cose)
+
     async def _actions(self, pipe: RuleActions) -> None:
         """Carry out the pending actions (also those a killed run left), record outcomes, and
         tick the silence rules about once a second, until the last commit is done."""
@@ -756,6 +853,12 @@ def _checkpoint_size(note_text: bytes) -> int:
         return int(lines[1]) if len(lines) > 2 else -1
     except ValueError:
         return -1
+
+
+def _log_confirmation(conf: Confirmation) -> None:
+    """The default on_confirmation: one log line."""
+    log.info("confirmation from %s: command %d (%s) %s", conf.device, conf.id, conf.op,
+             "done" if conf.ok else f"failed: {conf.reason}")
 
 
 def _finish(pipeline: ReadingPipeline, submission: Any) -> int:

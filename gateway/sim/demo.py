@@ -35,7 +35,7 @@ from typing import Any
 from gateway.errors import AnchorError
 from gateway.mqtt.client import Endpoint, session
 from gateway.sim.broker import PrivateBroker, free_port
-from gateway.sim.simulate import MicroPythonFleet, stop_process_group
+from gateway.sim.simulate import MicroPythonFleet, firmware_cmd, stop_process_group
 from gateway.wire.mqtt import ConnectOptions
 
 DEVICES = 3
@@ -50,12 +50,17 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "gateway", *args]
 
 
-def demo_rules(dev: str) -> str:
-    """The demo's rule: an alert when `dev` is warm for 3 readings in a row."""
-    return (f'[[rule]]\nname = "warm"\n'
-            f'when = "data.temp > {THRESHOLD} || data.cpu_temp > {THRESHOLD}"\n'
+def demo_rules(dev: str, fan_dev: str) -> str:
+    """The demo's rules: an alert when `dev` is warm for 3 readings in a row, and then a
+    command that switches `fan_dev`'s output "fan" on."""
+    when = f"data.temp > {THRESHOLD} || data.cpu_temp > {THRESHOLD}"
+    return (f'[[rule]]\nname = "warm"\nwhen = "{when}"\n'
             f'devices = ["{dev}"]\nfor = 3\ncooldown = 8\n'
-            f'action = {{ type = "alert", message = "{dev} is above {THRESHOLD} C" }}\n')
+            f'action = {{ type = "alert", message = "{dev} is above {THRESHOLD} C" }}\n\n'
+            f'[[rule]]\nname = "fan-on"\nwhen = "{when}"\n'
+            f'devices = ["{dev}"]\nfor = 3\ncooldown = 600\n'
+            f'action = {{ type = "command", device = "{fan_dev}", op = "output", '
+            f'args = {{ name = "fan", on = true }} }}\n')
 
 
 class AlertWatcher:
@@ -155,11 +160,12 @@ class Demo:
                 self.say(f"{added} MicroPython devices created (firmware keygen) and registered")
                 self.check(gw.poll() is None, f"the gateway exited early, see {gw_log}")
                 rules = self.work / "rules.toml"
-                rules.write_text(demo_rules(fleet.devices[0].dev))
+                rules.write_text(demo_rules(fleet.devices[0].dev, fleet.devices[1].dev))
                 p = self.run_cli("rules", "apply", str(rules))
                 self.check(p.returncode == 0, f"rules apply: {p.stderr.strip()}")
-                self.say(f"rule applied: {fleet.devices[0].dev} above {THRESHOLD} C for 3 "
-                         f"readings -> an alert on anchor/alerts/warm ({p.stdout.strip()})")
+                self.say(f"rules applied: {fleet.devices[0].dev} above {THRESHOLD} C for 3 "
+                         f"readings -> an alert on anchor/alerts/warm, and a command that "
+                         f"switches {fleet.devices[1].dev}'s fan on ({p.stdout.strip()})")
                 watcher.__enter__()
                 fleet.start(broker.url, self.interval, self.readings)
                 self.say(f"devices running: {self.readings} readings each, one every "
@@ -211,7 +217,9 @@ class Demo:
         for line in str(status["checkpoint"]).rstrip("\n").splitlines():
             print(f"    {line}")
         lg = self.run_cli("rules", "log", "--json")
-        fired = json.loads(lg.stdout) if lg.returncode == 0 else []
+        logged = json.loads(lg.stdout) if lg.returncode == 0 else []
+        fired = [f for f in logged if f["rule"] == "warm"]
+        cmds = [f for f in logged if f["rule"] == "fan-on"]
         print(f"rule 'warm' fired {len(fired)} times; alerts received on anchor/alerts/warm: "
               f"{len(self.alerts)}")
         for f in fired[:4]:
@@ -222,6 +230,20 @@ class Demo:
         self.check(all(f["status"] == "sent" for f in fired), "an alert was not sent")
         self.check({a["entry"] for a in self.alerts} >= {f["entry"] for f in fired},
                    "an alert did not arrive")
+        fan_dev = fleet.devices[1]
+        fan = fan_dev.dir / "outputs" / "fan"
+        st = subprocess.run(firmware_cmd("status", "--dir", str(fan_dev.dir)),
+                            capture_output=True, text=True, timeout=60)
+        status_dev = json.loads(st.stdout) if st.returncode == 0 else {}
+        for f in cmds:
+            print(f"rule 'fan-on': entry {f['entry']}: command output fan on -> "
+                  f"{f['action']['device']}: {f['status']} (outcome entry {f['outcome']}: the "
+                  "device's signed confirmation, verified and anchored)")
+        print(f"{fan_dev.dev}: outputs/fan = {fan.read_text().strip() if fan.exists() else '-'}"
+              f"; status: last command {status_dev.get('last_command')}")
+        self.check(len(cmds) == 1 and cmds[0]["status"] == "done",
+                   "the command was not confirmed by the device")
+        self.check(fan.exists() and fan.read_text().strip() == "1", "the fan is not on")
         v = self.run_cli("ledger", "verify", timeout=120)
         result = (v.stdout.strip() or v.stderr.strip()).splitlines()[-1:] or [""]
         print(f"ledger verify:      exit {v.returncode}: {result[0]}")

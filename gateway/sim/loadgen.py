@@ -6,9 +6,12 @@ publishes anything, then drives the fleet over the gateway's own MQTT client
 (`gateway.mqtt.client`: QoS 1, PUBACK tracking, keepalive), reconnecting with backoff.
 Devices are spread round-robin over `procs` worker processes, each one asyncio loop holding
 one TCP connection per device (client id = device id). Each device keeps an in-memory
-outbox: a reading stays there until an anchoring ack (`anchor/<id>/ack`, CBOR
-{"upto", "seqs", "entry"}) covers it, it is published again after `ack_timeout` and after
-every reconnect, like the firmware's flash outbox.
+outbox: a reading stays there until an anchoring ack (`anchor/<id>/ack`, a COSE_Mac0 over
+CBOR {"ctr", "upto", "seqs", "entry"}, gateway/wire/downlink.py) covers it, it is published
+again after `ack_timeout` and after every reconnect, like the firmware's flash outbox. Like
+the firmware, a device opens each ack with its downlink MAC key (ECDH of its key with the
+gateway's downlink key, `EngineConfig.downlink_key`) and ignores one that is forged, malformed
+or replayed.
 """
 
 from __future__ import annotations
@@ -30,8 +33,13 @@ from typing import Any
 
 from gateway.errors import AnchorError, BrokerError, ConfigError
 from gateway.mqtt.client import Connection, Endpoint, session
-from gateway.wire.ack import decode_ack
 from gateway.wire.broker_url import parse_broker_url
+from gateway.wire.downlink import (
+    DownlinkError,
+    decode_ack_payload,
+    device_key,
+    open_sealed,
+)
 from gateway.wire.mqtt import ConnectOptions
 from gateway.wire.signer import ZERO_PREV, DeviceSigner
 from gateway.wire.topics import ack_topic, readings_topic
@@ -130,6 +138,19 @@ class SimDevice:
     upto: int = -1
     republished: int = 0
     connects: int = 0
+    mac_key: bytes = b""  # the downlink MAC key (mac_key_for); without one no ack is accepted
+    ctrs: set[int] = field(default_factory=set)  # counters of the acks accepted
+    refused_acks: int = 0
+
+
+def mac_key_for(secret: bytes, dev: str, downlink_key: bytes) -> bytes:
+    """The downlink MAC key of a simulated device (its 32-byte secret) under the gateway's
+    65-byte downlink key, as the firmware derives it (downlink_setup.derive_key)."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    priv = ec.derive_private_key(int.from_bytes(secret, "big"), ec.SECP256R1())
+    pub = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), downlink_key)
+    return device_key(priv.exchange(ec.ECDH(), pub), dev)
 
 
 class _Conn:
@@ -193,12 +214,17 @@ class _Conn:
             self.room.set()
 
     def _on_ack(self, payload: bytes) -> None:
-        try:
-            upto, seqs, _entry = decode_ack(payload)
-        except Exception:  # noqa: BLE001 - a bad ack is ignored, the outbox republishes
-            return
-        now = time.monotonic()
         d = self.d
+        try:
+            ctr, upto, seqs, _entry = decode_ack_payload(
+                open_sealed(d.mac_key, ack_topic(d.dev), payload))
+            if not d.mac_key or ctr in d.ctrs:
+                raise DownlinkError("replayed" if d.mac_key else "forged")
+        except DownlinkError:  # refused: counted, the outbox republishes
+            d.refused_acks += 1
+            return
+        d.ctrs.add(ctr)
+        now = time.monotonic()
         covered = list(seqs)
         if upto > d.upto:
             covered += [s for s in d.sent_at if d.upto < s <= upto]
@@ -271,6 +297,7 @@ class EngineConfig:
     drain_timeout: float = 30.0
     ack_timeout: float = 10.0  # republish a reading not acknowledged after this long
     window: int = 16  # un-PUBACKed publishes per device
+    downlink_key: bytes = b""  # the gateway's downlink public key (65 bytes)
 
 
 async def drive(cfg: EngineConfig, devs: list[SimDevice], go: Any) -> None:
@@ -385,7 +412,8 @@ def _worker(
         sign_t0 = time.perf_counter()
         for dev, secret, next_seq, prev, index, count in specs:
             st = DeviceState(dev, secret, next_seq, prev)
-            devs.append(SimDevice(dev, presign(st, index, count), next_seq=next_seq, prev=prev))
+            devs.append(SimDevice(dev, presign(st, index, count), next_seq=next_seq, prev=prev,
+                                  mac_key=mac_key_for(secret, dev, cfg.downlink_key)))
         sign_s = time.perf_counter() - sign_t0
         out.send({"signed": sum(len(d.msgs) for d in devs), "sign_s": sign_s})
         start = time.monotonic()
@@ -399,6 +427,7 @@ def _worker(
                     "last_seq": max(d.sent_at) if d.sent_at else None,
                     "republished": d.republished,
                     "connects": d.connects,
+                    "refused_acks": d.refused_acks,
                     "next_seq": d.next_seq,
                     "prev": d.prev.hex(),
                 }

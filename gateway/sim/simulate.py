@@ -72,11 +72,33 @@ def firmware_cmd(*args: str) -> list[str]:
     return [micropython_binary(), str(firmware_main()), *args]
 
 
-def keygen(dev_dir: Path, dev: str, secret: str | None = None) -> bytes:
-    """Create a device's state with the firmware's keygen; returns the 65-byte public key."""
+def downlink_public_key(data_dir: Path) -> bytes:
+    """The gateway's downlink public key (65 bytes) of the data directory (made if missing)."""
+    from gateway.storage import downlink_keyfile
+
+    return downlink_keyfile.public_bytes(downlink_keyfile.load_or_create(data_dir))
+
+
+def trust(dev_dir: Path, downlink_key: bytes) -> None:
+    """Give an existing device state the gateway's downlink key (the firmware's `trust`)."""
+    p = subprocess.run(firmware_cmd("trust", "--dir", str(dev_dir), "--downlink-key",
+                                    downlink_key.hex()),
+                       capture_output=True, text=True, timeout=120)
+    if p.returncode != 0:
+        raise AnchorError(f"firmware trust for {dev_dir} failed: "
+                          f"{(p.stderr or p.stdout).strip()[-300:]}",
+                          f"check that {dev_dir} is writable and the firmware runs")
+
+
+def keygen(dev_dir: Path, dev: str, secret: str | None = None,
+           downlink_key: bytes | None = None) -> bytes:
+    """Create a device's state with the firmware's keygen (trusting the gateway's downlink
+    key when given); returns the 65-byte public key."""
     args = ["keygen", "--dir", str(dev_dir), "--id", dev]
     if secret:
         args += ["--secret", secret]
+    if downlink_key:
+        args += ["--downlink-key", downlink_key.hex()]
     p = subprocess.run(firmware_cmd(*args), capture_output=True, text=True, timeout=120)
     lines = p.stdout.strip().splitlines()
     if p.returncode != 0 or not lines:
@@ -229,11 +251,14 @@ class MicroPythonFleet:
         """keygen the devices that are new, register them; returns how many were registered."""
         self.fleet_dir.mkdir(parents=True, exist_ok=True)
         keys = {}
+        downlink = downlink_public_key(data_dir)
         for d in self.devices:
             pub = d.dir.with_suffix(".pub")
             if not pub.exists():
-                key = keygen(d.dir, d.dev)
+                key = keygen(d.dir, d.dev, downlink_key=downlink)
                 pub.write_text(key.hex() + "\n")
+            elif not (d.dir / "gateway.json").exists():  # a fleet made before the downlink
+                trust(d.dir, downlink)
             keys[d.dev] = bytes.fromhex(pub.read_text().strip())
         return register_devices(data_dir, keys)
 
@@ -345,7 +370,8 @@ def run_cpython(data_dir: Path, fleet_dir: Path, n: int, interval: float, durati
         f"broker {redact_url(broker)}")
     cfg = loadgen.EngineConfig(broker, interval=interval,
                                duration=duration if interval > 0 else math.inf,
-                               drain_timeout=drain_timeout, ack_timeout=ack_timeout)
+                               drain_timeout=drain_timeout, ack_timeout=ack_timeout,
+                               downlink_key=downlink_public_key(data_dir))
     try:
         res = loadgen.run_engine(cfg, states, [count] * n, procs)
     finally:

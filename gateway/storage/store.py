@@ -1489,6 +1489,22 @@ class Store:
             except sqlite3.Error as e:
                 raise storage_error(e, self.path, "reading the database") from e
 
+    # --- downlink (issue 15): the epoch of the downlink counters ------------------------------
+
+    def downlink_epoch(self, now_s: int) -> int:
+        """A new downlink epoch, durably: max(last + 1, now_s), stored before it is returned.
+        Every sealed message's counter is epoch * 2^32 + n (gateway/downlink), so each start
+        of the gateway counts above every counter it ever used, with one write per start; the
+        clock term keeps that true after a backup of the database is restored."""
+        with self.write() as c:
+            row = c.execute("SELECT value FROM meta WHERE key = 'downlink_epoch'").fetchone()
+            epoch = max(int(row[0]) + 1 if row else 0, now_s)
+            if row:
+                c.execute("UPDATE meta SET value = ? WHERE key = 'downlink_epoch'", (epoch,))
+            else:
+                c.execute("INSERT INTO meta (key, value) VALUES ('downlink_epoch', ?)", (epoch,))
+        return epoch
+
 
 def _node(c: sqlite3.Connection, level: int, idx: int) -> bytes:
     row = c.execute("SELECT hash FROM ledger_nodes WHERE level = ? AND idx = ?",
@@ -1497,3 +1513,4 @@ def _node(c: sqlite3.Connection, level: int, idx: int) -> bytes:
         raise IntegrityError(f"ledger_nodes has no node (level {level}, index {idx})",
                              "run 'iot-anchor ledger verify'")
     return bytes(row[0])
+

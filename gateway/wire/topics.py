@@ -47,3 +47,26 @@ def device_from_topic_bytes(topic: bytes) -> str:
 def alert_topic(rule: str) -> str:
     """Where a rule's alert action publishes (docs/rules.md); rule names are topic-safe."""
     return f"anchor/alerts/{rule}"
+
+
+CONFIRM_TOPIC = "anchor/+/confirm"  # the gateway's subscription: devices' confirmations
+
+
+def cmd_topic(dev: str) -> str:
+    return f"anchor/{dev}/cmd"
+
+
+def confirm_topic(dev: str) -> str:
+    return f"anchor/{dev}/confirm"
+
+
+def device_from_confirm_topic(topic: bytes) -> str:
+    """anchor/<id>/confirm -> <id>; "" for anything else."""
+    if topic[:7] == b"anchor/" and topic[-8:] == b"/confirm":
+        mid = topic[7:-8]
+        if mid and b"/" not in mid:
+            try:
+                return mid.decode()
+            except UnicodeDecodeError:
+                return ""
+    return ""

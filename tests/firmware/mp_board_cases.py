@@ -279,4 +279,25 @@ def case_config():
     done(**out)
 
 
+def case_outputs():
+    """The `output` command on a board: the GPIO pins of the config key "outputs"."""
+    from anchor import downlink_cmd
+
+    b = make_board(outputs={"fan": 5, "pump": {"pin": 6, "active_low": True}})
+
+    class Loop:     # what set_output uses of a device.Loop
+        board = b
+
+    out = {}
+    for name, on in (("fan", True), ("pump", True), ("fan", False), ("pump", False)):
+        downlink_cmd.set_output(Loop, name, on)
+        out[name + "_" + str(on)] = [machine.sim.pins.get(5), machine.sim.pins.get(6)]
+    try:
+        downlink_cmd.set_output(Loop, "heater", True)
+        out["unknown"] = "accepted"
+    except ValueError as e:
+        out["unknown"] = str(e)
+    done(**out)
+
+
 globals()["case_" + CASE]()

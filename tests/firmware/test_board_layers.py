@@ -200,3 +200,13 @@ def test_config_file_overrides_defaults(micropython: str, tmp_path: Path) -> Non
                           "sensors": ["mcu", "bme280"]}
     assert r["reloaded"] == 30
 
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_output_command_switches_the_configured_gpio_pins(micropython: str,
+                                                          flavour: str) -> None:
+    r = case(micropython, "outputs", flavour)
+    assert r["fan_True"] == [1, None]
+    assert r["pump_True"] == [1, 0]         # active low: on is 0
+    assert r["fan_False"] == [0, 0] and r["pump_False"] == [0, 1]
+    assert "no output heater" in r["unknown"]
+

@@ -3,8 +3,10 @@
 The gateway service is not needed to test the device side: a small fake gateway in CPython
 (paho) subscribes to anchor/+/readings, checks every message independently (COSE_Sign1 decoded
 with cbor2, the ES256 signature verified with `cryptography` against the key that keygen
-printed, the seq/prev chain), and acknowledges with the CBOR ack of the protocol:
-{"upto": highest seq with every seq <= it received, "seqs": other received seqs, "entry": n}.
+printed, the seq/prev chain), and acknowledges with the sealed ack of the protocol (a
+COSE_Mac0 under the device's downlink MAC key, gateway/wire/downlink.py) over
+{"ctr", "upto": highest seq with every seq <= it received, "seqs": other received seqs,
+"entry": n}. The devices trust the fake gateway's downlink key (keygen --downlink-key).
 """
 
 from __future__ import annotations
@@ -23,11 +25,17 @@ import paho.mqtt.client as paho
 import pytest
 from conftest import FIRMWARE, run_mp
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from gateway.sim.broker import PrivateBroker
+from gateway.wire import downlink as wire_downlink
+
+# the fake gateway's downlink key, which every device here trusts
+GW_KEY = ec.derive_private_key(0x6A7E, ec.SECP256R1())
+GW_PUB_HEX = GW_KEY.public_key().public_bytes(
+    serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint).hex()
 
 MAIN = str(FIRMWARE / "main.py")
 
@@ -59,6 +67,7 @@ class FakeGateway:
         self.dirty: set[str] = set()
         self.paused = False
         self.entry = 0
+        self.ctr = 1 << 32
         self.acks_sent = 0
         self.c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="fake-gateway",
                              clean_session=False)
@@ -104,8 +113,18 @@ class FakeGateway:
                     acks.append((dev, {"upto": upto, "seqs": [s for s in seqs if s > upto],
                                        "entry": self.entry}))
             for dev, ack in acks:
-                self.c.publish(f"anchor/{dev}/ack", cbor2.dumps(ack), qos=1)
+                self.ctr += 1
+                topic = f"anchor/{dev}/ack"
+                payload = wire_downlink.ack_payload(self.ctr, ack["upto"], ack["seqs"],
+                                                    ack["entry"])
+                self.c.publish(topic, wire_downlink.seal(self.mac_key(dev), topic, payload),
+                               qos=1)
                 self.acks_sent += 1
+
+    def mac_key(self, dev: str) -> bytes:
+        """Device dev's downlink MAC key: ECDH of the gateway key with the device's key."""
+        pub = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), self.keys[dev])
+        return wire_downlink.device_key(GW_KEY.exchange(ec.ECDH(), pub), dev)
 
     def resume(self) -> None:
         with self.lock:
@@ -133,7 +152,8 @@ class FakeGateway:
 
 
 def keygen(micropython: str, d: Path, dev: str) -> bytes:
-    r = run_mp(micropython, MAIN, "keygen", "--dir", str(d), "--id", dev)
+    r = run_mp(micropython, MAIN, "keygen", "--dir", str(d), "--id", dev, "--downlink-key",
+               GW_PUB_HEX)
     assert r.returncode == 0, r.stderr
     return bytes.fromhex(r.stdout.strip().splitlines()[-1])
 

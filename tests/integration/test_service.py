@@ -16,14 +16,37 @@ from types import SimpleNamespace
 from typing import Any
 
 import aiomqtt
-import cbor2
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
+from gateway.downlink import Downlink
 from gateway.errors import StorageError
 from gateway.service import runner as service
 from gateway.service.config import ServiceConfig
 from gateway.service.runner import GatewayService
 from gateway.sim.broker import PrivateBroker
+from gateway.wire import downlink as wire_downlink
+
+# The gateway's downlink key and one device key for every fake device ("d1", "d2", ...): acks
+# are sealed for that key, and the collector opens them with the same MAC key.
+_GW_KEY = ec.derive_private_key(0x5EED, ec.SECP256R1())
+_DEV_KEY = ec.derive_private_key(0xD00D, ec.SECP256R1())
+_DEV_PUB = _DEV_KEY.public_key().public_bytes(serialization.Encoding.X962,
+                                              serialization.PublicFormat.UncompressedPoint)
+
+
+def _downlink() -> Downlink:
+    return Downlink(_GW_KEY, lambda dev: _DEV_PUB, lambda: 1)
+
+
+def _ack(topic: str, payload: bytes) -> dict[str, Any]:
+    """A sealed ack as the device sees it: opened with its MAC key (so also checked)."""
+    dev = topic.split("/")[1]
+    k = wire_downlink.device_key(_DEV_KEY.exchange(ec.ECDH(), _GW_KEY.public_key()), dev)
+    ctr, upto, seqs, entry = wire_downlink.decode_ack_payload(
+        wire_downlink.open_sealed(k, topic, payload))
+    return {"ctr": ctr, "upto": upto, "seqs": seqs, "entry": entry}
 
 
 @dataclass
@@ -173,7 +196,7 @@ def test_batches_acks_and_checkpoint(broker: PrivateBroker, tmp_path: Path) -> N
 
     async def main() -> None:
         svc = GatewayService(_cfg(broker, tmp_path, batch_interval=0.3, batch_max=5),
-                             lambda: pipe)
+                             lambda: pipe, _downlink)
         task = await _start(svc)
         got, col = await _collector(broker, ["anchor/+/ack", "anchor/checkpoint"])
         async with aiomqtt.Client("127.0.0.1", broker.port) as pub:
@@ -183,15 +206,20 @@ def test_batches_acks_and_checkpoint(broker: PrivateBroker, tmp_path: Path) -> N
             await pub.publish("anchor/d2/readings", b"d2:1", qos=1)  # gap at 0
             await pub.publish("anchor/d1/readings", b"d1:3", qos=1)  # duplicate
         for _ in range(100):
-            acks = [cbor2.loads(p) for t, p, _ in got if t == "anchor/d1/ack"]
+            acks = [_ack(t, p) for t, p, _ in got if t == "anchor/d1/ack"]
             if acks and acks[-1]["upto"] == 11 and any(t == "anchor/d2/ack" for t, _, _ in got):
                 break
             await asyncio.sleep(0.05)
         await _stop(svc, task, col)
-        d1 = [cbor2.loads(p) for t, p, _ in got if t == "anchor/d1/ack"]
-        d2 = [cbor2.loads(p) for t, p, _ in got if t == "anchor/d2/ack"]
+        d1 = [_ack(t, p) for t, p, _ in got if t == "anchor/d1/ack"]
+        d2 = [_ack(t, p) for t, p, _ in got if t == "anchor/d2/ack"]
         assert d1[-1]["upto"] == 11 and d1[-1]["seqs"] == []
-        assert d2[-1] == {"upto": -1, "seqs": [1], "entry": d2[-1]["entry"]}
+        assert d2[-1] == {"upto": -1, "seqs": [1], "entry": d2[-1]["entry"],
+                          "ctr": d2[-1]["ctr"]}
+        # sealed for each device with counters that only grow (epoch 1 here)
+        for acks in (d1, d2):
+            ctrs = [a["ctr"] for a in acks]
+            assert ctrs == sorted(set(ctrs)) and ctrs[0] == (1 << 32) + 1, ctrs
         # batch_max 5: 12 + 1 readings need at least 3 batches, none larger than 5
         assert pipe.entries >= 3
         assert len(pipe.stored) == 13 and pipe.rejected == 1
@@ -220,7 +248,7 @@ def test_no_ack_and_no_puback_before_commit(
 
     async def first_run() -> list[tuple[str, bytes, bool]]:
         svc = GatewayService(_cfg(broker, tmp_path, batch_interval=0.2, puback=puback),
-                             lambda: pipe)
+                             lambda: pipe, _downlink)
         task = await _start(svc)
         got, col = await _collector(broker, ["anchor/+/ack"])
         async with aiomqtt.Client("127.0.0.1", broker.port) as pub:
@@ -236,7 +264,7 @@ def test_no_ack_and_no_puback_before_commit(
     pipe2 = FakePipeline()
 
     async def second_run() -> None:
-        svc = GatewayService(_cfg(broker, tmp_path, batch_interval=0.2), lambda: pipe2)
+        svc = GatewayService(_cfg(broker, tmp_path, batch_interval=0.2), lambda: pipe2, _downlink)
         task = await _start(svc)
         for _ in range(40):
             if pipe2.stored:
@@ -254,7 +282,7 @@ def test_stop_commits_open_batch(broker: PrivateBroker, tmp_path: Path) -> None:
     pipe = FakePipeline()
 
     async def main() -> None:
-        svc = GatewayService(_cfg(broker, tmp_path, batch_interval=60), lambda: pipe)
+        svc = GatewayService(_cfg(broker, tmp_path, batch_interval=60), lambda: pipe, _downlink)
         task = await _start(svc)
         got, col = await _collector(broker, ["anchor/+/ack"])
         async with aiomqtt.Client("127.0.0.1", broker.port) as pub:
@@ -267,7 +295,7 @@ def test_stop_commits_open_batch(broker: PrivateBroker, tmp_path: Path) -> None:
         assert pipe.entries == 0
         await _stop(svc, task, col, settle=0.3)
         assert pipe.entries == 1 and len(pipe.stored) == 3
-        assert [cbor2.loads(p)["upto"] for _, p, _ in got] == [2]
+        assert [_ack(t, p)["upto"] for t, p, _ in got] == [2]
 
     asyncio.run(main())
 
@@ -288,7 +316,7 @@ def test_commit_fault_then_recovery(broker: PrivateBroker, tmp_path: Path) -> No
     pipe = FakePipeline(fail_commits=3)
 
     async def main() -> None:
-        svc = GatewayService(_cfg(broker, tmp_path, batch_interval=0.1), lambda: pipe)
+        svc = GatewayService(_cfg(broker, tmp_path, batch_interval=0.1), lambda: pipe, _downlink)
         task = await _start(svc)
         got, col = await _collector(broker, ["anchor/+/ack"])
         async with aiomqtt.Client("127.0.0.1", broker.port) as pub:
@@ -302,7 +330,7 @@ def test_commit_fault_then_recovery(broker: PrivateBroker, tmp_path: Path) -> No
             await asyncio.sleep(0.05)
         await _stop(svc, task, col)
         assert pipe.fail_commits == 0 and pipe.entries == 1 and len(pipe.stored) == 4
-        assert [cbor2.loads(p)["upto"] for _, p, _ in got] == [3]
+        assert [_ack(t, p)["upto"] for t, p, _ in got] == [3]
 
     asyncio.run(main())
 
@@ -312,7 +340,7 @@ def test_broker_restart_reconnects_and_delivers(broker: PrivateBroker, tmp_path:
 
     async def main() -> None:
         svc = GatewayService(_cfg(broker, tmp_path, batch_interval=0.1, backoff_min=0.05),
-                             lambda: pipe)
+                             lambda: pipe, _downlink)
         task = await _start(svc)
         broker.kill()
         await asyncio.sleep(0.5)
@@ -339,14 +367,14 @@ def test_backlog_above_inbox_limit_is_taken_in_rounds(broker: PrivateBroker,
     cfg = _cfg(broker, tmp_path, batch_interval=0.05, batch_max=20, inbox_max=60)
 
     async def main() -> None:
-        svc = GatewayService(cfg, lambda: pipe)
+        svc = GatewayService(cfg, lambda: pipe, _downlink)
         task = await _start(svc)  # creates the persistent session
         svc.request_stop()
         assert await asyncio.wait_for(task, 20) == 0
         async with aiomqtt.Client("127.0.0.1", broker.port) as pub:
             for seq in range(400):
                 await pub.publish("anchor/d7/readings", f"d7:{seq}".encode(), qos=1)
-        svc = GatewayService(cfg, lambda: pipe)
+        svc = GatewayService(cfg, lambda: pipe, _downlink)
         task = await _start(svc)
         for _ in range(400):
             if len(pipe.stored) == 400:
@@ -372,13 +400,13 @@ def test_acks_in_flight_are_bounded(broker: PrivateBroker, tmp_path: Path,
 
     async def main() -> None:
         svc = GatewayService(_cfg(broker, tmp_path, batch_interval=0.05, batch_max=50),
-                             lambda: pipe)
+                             lambda: pipe, _downlink)
         task = await _start(svc)
         got, col = await _collector(broker, ["anchor/+/ack"])
         peak = 0
 
         def last_acks() -> dict[str, int]:
-            return {t.split("/")[1]: cbor2.loads(p)["upto"] for t, p, _ in got}
+            return {t.split("/")[1]: _ack(t, p)["upto"] for t, p, _ in got}
 
         async with aiomqtt.Client("127.0.0.1", broker.port) as pub:
             for seq in range(3):
@@ -405,7 +433,7 @@ def test_submit_fault_then_recovery(broker: PrivateBroker, tmp_path: Path) -> No
     pipe = FakePipeline(fail_submits=2)
 
     async def main() -> None:
-        svc = GatewayService(_cfg(broker, tmp_path, batch_interval=0.1), lambda: pipe)
+        svc = GatewayService(_cfg(broker, tmp_path, batch_interval=0.1), lambda: pipe, _downlink)
         task = await _start(svc)
         cpu0 = resource.getrusage(resource.RUSAGE_SELF).ru_utime
         async with aiomqtt.Client("127.0.0.1", broker.port) as pub:
@@ -473,7 +501,7 @@ def test_mqtts_with_a_private_ca(broker: PrivateBroker, tmp_path: Path,
                                 batch_interval=0.1)
 
             async def main() -> None:
-                svc = GatewayService(cfg, lambda: pipe)
+                svc = GatewayService(cfg, lambda: pipe, _downlink)
                 task = await _start(svc)
                 await _one_reading_then_stop(svc, task, pipe, tls.port, "d9")
 

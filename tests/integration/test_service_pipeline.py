@@ -15,15 +15,25 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import aiomqtt
-import cbor2
 import pytest
 
 from gateway.fleet import registry
 from gateway.ledger import note
 from gateway.sim.broker import PrivateBroker
-from gateway.sim.simulate import stop_process_group
+from gateway.sim.loadgen import mac_key_for
+from gateway.sim.simulate import downlink_public_key, stop_process_group
 from gateway.storage.store import Store
+from gateway.wire.downlink import decode_ack_payload, open_sealed
 from gateway.wire.signer import DeviceSigner
+
+
+def _opened(data: Path, topic: str, signers: dict[str, DeviceSigner],
+            payload: bytes) -> dict[str, int | list[int]]:
+    """A sealed ack opened as its device opens it (MAC checked with the device's key)."""
+    dev = topic.split("/")[1]
+    key = mac_key_for(signers[dev].secret, dev, downlink_public_key(data))
+    ctr, upto, seqs, entry = decode_ack_payload(open_sealed(key, topic, payload))
+    return {"ctr": ctr, "upto": upto, "seqs": seqs, "entry": entry}
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -87,7 +97,8 @@ def test_topics_duplicates_acks_checkpoint(gateway: tuple[Path, str, dict],
                             checkpoints.append(bytes(m.payload))  # type: ignore[arg-type]
                         else:
                             acks.append({"topic": m.topic.value,
-                                         **cbor2.loads(m.payload)})  # type: ignore[arg-type]
+                                         **_opened(data, m.topic.value, signers,
+                                                   bytes(m.payload))})  # type: ignore[arg-type]
                         if len(acks) >= n:
                             return
 
@@ -109,6 +120,7 @@ def test_topics_duplicates_acks_checkpoint(gateway: tuple[Path, str, dict],
     assert (acks[1]["upto"], acks[1]["seqs"]) == (1, [])
     assert (acks[2]["upto"], acks[2]["seqs"]) == (1, [])
     assert acks[2]["entry"] == acks[1]["entry"]  # nothing new was anchored
+    assert acks[0]["ctr"] < acks[1]["ctr"] < acks[2]["ctr"]  # sealed, fresh each time
     # the retained checkpoint: a signed note for the ledger as it is now
     assert checkpoints
     cp = note.verify_checkpoint(checkpoints[-1].decode(), vkey)
@@ -150,7 +162,8 @@ def test_signal_commits_open_batch(tmp_path: Path, broker: PrivateBroker,
                 proc.send_signal(sig)
                 async with asyncio.timeout(20):
                     async for m in c.messages:
-                        return [cbor2.loads(m.payload)]  # type: ignore[arg-type]
+                        return [_opened(data, m.topic.value, {"dev-s": signer},
+                                        bytes(m.payload))]  # type: ignore[arg-type]
             return []
 
         acks = asyncio.run(main())

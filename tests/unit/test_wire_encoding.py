@@ -23,10 +23,10 @@ from hypothesis import strategies as st
 
 from gateway.errors import ConfigError
 from gateway.sim.loadgen import DeviceState, presign
-from gateway.wire.ack import decode_ack, encode_ack
 from gateway.wire.broker_url import parse_broker_url, redact_url
 from gateway.wire.cbor import encode as cbor_encode
 from gateway.wire.cose import P256_N
+from gateway.wire.downlink import ack_payload, decode_ack_payload
 from gateway.wire.signer import DeviceSigner
 from gateway.wire.topics import device_from_topic, device_from_topic_bytes
 
@@ -145,9 +145,10 @@ def test_ts_omitted_when_unset() -> None:
 
 
 def test_decode_ack() -> None:
-    payload = cbor2.dumps({"upto": 9, "seqs": [12, 14], "entry": 3}, canonical=True)
-    assert decode_ack(payload) == (9, [12, 14], 3)
-    assert decode_ack(cbor2.dumps({"seqs": [0], "entry": 0}))[0] == -1
+    payload = cbor2.dumps({"ctr": 5, "upto": 9, "seqs": [12, 14], "entry": 3}, canonical=True)
+    assert decode_ack_payload(payload) == (5, 9, [12, 14], 3)
+    assert decode_ack_payload(cbor2.dumps({"ctr": 0, "upto": -1, "seqs": [0], "entry": 0})) \
+        == (0, -1, [0], 0)
 
 
 def test_parse_broker_url() -> None:
@@ -184,20 +185,21 @@ def test_topic_and_ack_encoding() -> None:
         assert device_from_topic_bytes(bad) == ""
     assert device_from_topic("anchor//readings") is None
     assert device_from_topic("anchor/a/b/readings") is None
-    assert encode_ack(4, [9, 7], 2) == cbor2.dumps({"upto": 4, "seqs": [7, 9], "entry": 2},
-                                                   canonical=True)
-    # canonical key order: "seqs" < "upto" < "entry" (length first, then bytes)
-    assert list(cbor2.loads(encode_ack(None, [], 0))) == ["seqs", "upto", "entry"]
-    assert cbor2.loads(encode_ack(None, [], 0))["upto"] == -1
+    assert ack_payload(1, 4, [9, 7], 2) == cbor2.dumps(
+        {"ctr": 1, "upto": 4, "seqs": [7, 9], "entry": 2}, canonical=True)
+    # canonical key order: "ctr" < "seqs" < "upto" < "entry" (length first, then bytes)
+    assert list(cbor2.loads(ack_payload(0, -1, [], 0))) == ["ctr", "seqs", "upto", "entry"]
+    assert cbor2.loads(ack_payload(0, -1, [], 0))["upto"] == -1
 
 
 @settings(max_examples=300, deadline=None)
-@given(upto=st.integers(-1, 2**64 - 1), seqs=st.lists(st.integers(0, 2**64 - 1), max_size=40),
-       entry=st.integers(0, 2**64 - 1))
-def test_ack_encoding_is_cbor2s_canonical_form(upto: int, seqs: list[int], entry: int) -> None:
-    """encode_ack writes the CBOR by hand: byte for byte what cbor2 gives, for every size of
+@given(ctr=st.integers(0, 2**64 - 1), upto=st.integers(-1, 2**64 - 1),
+       seqs=st.lists(st.integers(0, 2**64 - 1), max_size=40), entry=st.integers(0, 2**64 - 1))
+def test_ack_encoding_is_cbor2s_canonical_form(ctr: int, upto: int, seqs: list[int],
+                                               entry: int) -> None:
+    """ack_payload writes the CBOR by hand: byte for byte what cbor2 gives, for every size of
     integer and array head."""
-    assert encode_ack(upto, seqs, entry) == cbor2.dumps(
-        {"upto": upto, "seqs": sorted(seqs), "entry": entry}, canonical=True)
+    assert ack_payload(ctr, upto, seqs, entry) == cbor2.dumps(
+        {"ctr": ctr, "upto": upto, "seqs": sorted(seqs), "entry": entry}, canonical=True)
 
 

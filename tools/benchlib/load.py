@@ -23,6 +23,7 @@ from pathlib import Path
 from gateway.errors import AnchorError
 from gateway.fleet import registry
 from gateway.sim import loadgen
+from gateway.storage import downlink_keyfile
 from gateway.storage.store import Store
 from gateway.wire.signer import DeviceSigner
 
@@ -37,6 +38,7 @@ class Fleet:
     template: Path
     sign_s: float
     register_s: float
+    mac_keys: dict[str, bytes]  # id -> downlink MAC key under the template's downlink key
 
     @property
     def readings(self) -> int:
@@ -71,7 +73,9 @@ def make_fleet(n_devices: int, per_device: int, workdir: Path, procs: int,
         if rules is not None:
             store.apply_rules(store.load_signer(), rules,
                               hashlib.sha256(rules.encode()).digest())
-    return Fleet(devices, template, sign_s, time.perf_counter() - t0)
+    gw = downlink_keyfile.public_bytes(downlink_keyfile.create(template))
+    macs = {s.dev: loadgen.mac_key_for(s.secret, s.dev, gw) for s in signers}
+    return Fleet(devices, template, sign_s, time.perf_counter() - t0, macs)
 
 
 class StartAt:
@@ -86,13 +90,13 @@ class StartAt:
         return True
 
 
-def load_worker(cfg: loadgen.EngineConfig, share: list[tuple[str, Readings]], go_at: float,
-                tx: Connection) -> None:
+def load_worker(cfg: loadgen.EngineConfig, share: list[tuple[str, Readings, bytes]],
+                go_at: float, tx: Connection) -> None:
     """One load process: loadgen's fleet driver over this share's pre-signed readings; sends
     its counts (or {"error": ...}) through `tx`."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's clean-up handler
     try:
-        devs = [loadgen.SimDevice(dev, msgs) for dev, msgs in share]
+        devs = [loadgen.SimDevice(dev, msgs, mac_key=mac) for dev, msgs, mac in share]
         ru0 = resource.getrusage(resource.RUSAGE_SELF)
         asyncio.run(loadgen.drive(cfg, devs, StartAt(go_at)))
         ru1 = resource.getrusage(resource.RUSAGE_SELF)
@@ -129,10 +133,11 @@ def run_load(fleet: Fleet, broker: str, procs: int, interval: float, drain: floa
     """Publish the pre-signed readings, the first `per_device` of each device (default all);
     interval 0 = as fast as PUBACKs allow."""
     procs = max(1, min(procs, len(fleet.devices)))
-    shares: list[list[tuple[str, Readings]]] = [[] for _ in range(procs)]
+    shares: list[list[tuple[str, Readings, bytes]]] = [[] for _ in range(procs)]
     for i, (dev, msgs) in enumerate(fleet.devices):
-        shares[i % procs].append((dev, msgs[:per_device] if per_device else msgs))
-    per_device = max(len(m) for share in shares for _, m in share)
+        shares[i % procs].append((dev, msgs[:per_device] if per_device else msgs,
+                                  fleet.mac_keys[dev]))
+    per_device = max(len(m) for share in shares for _, m, _ in share)
     duration = math.inf if interval <= 0 else (per_device + 1) * interval
     cfg = loadgen.EngineConfig(broker, interval=interval, duration=duration,
                                drain_timeout=drain, ack_timeout=ack_timeout)

@@ -59,6 +59,13 @@ def board_config(opts: Options) -> dict[str, object]:
     return cfg
 
 
+def downlink_public_key(data: str) -> bytes:
+    """The gateway's downlink public key (DATA/downlink.key, made if missing)."""
+    from gateway.storage import downlink_keyfile
+
+    return downlink_keyfile.public_bytes(downlink_keyfile.load_or_create(data))
+
+
 def provision(board: BoardTransport, opts: Options,
               say: Callable[[str], None] = print) -> Result:
     """All the steps, in order (see gateway.fleet.provision's docstring); `say` reports each.
@@ -83,9 +90,10 @@ def provision(board: BoardTransport, opts: Options,
         checks.check_broker_from_board(board, opts.broker)
         say(f"broker: {broker.host}:{broker.port} reachable from the board")
     state_dir = str(cfg.get("dir", "data")).strip("/") or "data"
-    pub, fresh, next_seq = ensure_key(board, opts.dev_id, state_dir, opts.new_key)
+    pub, fresh, next_seq = ensure_key(board, opts.dev_id, state_dir, opts.new_key,
+                                      downlink_public_key(opts.data))
     say(f"key: {'generated on the board' if fresh else 'kept (the board already had it)'}; "
-        f"public key {pub.hex()[:24]}...")
+        f"public key {pub.hex()[:24]}...; the gateway's downlink key given to it")
     action = register_key(opts.data, opts.dev_id, pub, opts.new_key)
     say({"add": f"registered '{opts.dev_id}' with the gateway",
          "rotate": f"registered the new key of '{opts.dev_id}' (rotation)",

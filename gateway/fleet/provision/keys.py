@@ -13,11 +13,13 @@ from gateway.storage.store import Store
 
 
 def ensure_key(board: BoardTransport, dev_id: str, state_dir: str,
-               new_key: bool) -> tuple[bytes, bool, int]:
-    """Generate the key on the board in `state_dir` (or keep its key, unless `new_key`): the
-    public key, whether it is new, and the next seq the board will sign. Only the public key
-    crosses the wire. ProvisionError when the board holds the key of another device id."""
-    out = board.exec(onboard.code("key", "ensure_key", state_dir, new_key, dev_id), timeout=120)
+               new_key: bool, downlink_key: bytes | None = None) -> tuple[bytes, bool, int]:
+    """Generate the key on the board in `state_dir` (or keep its key, unless `new_key`), and
+    give it the gateway's downlink key (its MAC key is derived on the board): the public key,
+    whether it is new, and the next seq the board will sign. Only public keys cross the wire.
+    ProvisionError when the board holds the key of another device id."""
+    out = board.exec(onboard.code("key", "ensure_key", state_dir, new_key, dev_id,
+                                  downlink_key.hex() if downlink_key else None), timeout=120)
     fresh, have_id, pub_hex, next_seq = ast.literal_eval(out.strip().splitlines()[-1])
     if have_id != dev_id:
         raise ProvisionError(
