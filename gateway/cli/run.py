@@ -60,7 +60,7 @@ def register(sub: Subcommands) -> None:
                    help="one of several gateways on one PostgreSQL ledger (--store): subscribe "
                         "to $share/GROUP/anchor/+/readings (MQTT 5, clean session), so the "
                         "broker spreads the readings over the group; every gateway of the group "
-                        "has the same gateway.key in its DIR")
+                        "has the same gateway.key and downlink.key in its DIR")
     p.set_defaults(func=cmd_run)
 
 

@@ -25,7 +25,7 @@ from gateway.sim import loadgen
 from gateway.sim.broker import PrivateBroker, free_port
 from gateway.sim.postgres import PrivatePostgres
 from gateway.sim.simulate import MicroPythonFleet, register_devices, stop_process_group
-from gateway.storage import location
+from gateway.storage import downlink_keyfile, location
 from gateway.storage.keyfile import save_private_key
 from gateway.storage.store import KEY_NAME, VKEY_NAME, Store
 from gateway.wire.signer import DeviceSigner
@@ -83,6 +83,7 @@ def _make_dirs(tmp: Path, url: str, n: int) -> tuple[list[Path], str]:
     first = tmp / "gw0"
     store, vkey = Store.create(first, url)
     store.close()
+    downlink_keyfile.create(first)  # as `iot-anchor init` does: the group shares it too
     dirs = [first]
     for k in range(1, n):
         d = tmp / f"gw{k}"
@@ -108,7 +109,8 @@ def test_three_shared_gateways_with_kills_and_a_database_restart(
         for g in gws:
             g.start()
         cfg = loadgen.EngineConfig(broker.url, interval=0.1, duration=14, drain_timeout=90,
-                                   ack_timeout=2.0)
+                                   ack_timeout=2.0, downlink_key=downlink_keyfile.public_bytes(
+                                       downlink_keyfile.load_or_create(dirs[0])))
 
         def drive() -> None:
             try:
