@@ -219,15 +219,9 @@ def sign_note(text: str, name: str, private_key: Ed25519PrivateKey) -> str:
     return f"{text}\n{_DASH}{name} {base64.b64encode(kid + sig).decode()}\n"
 
 
-def split_note(note: str) -> tuple[str, list[tuple[str, bytes]]]:
-    """A signed note -> (its text, [(key name, signature blob = key ID || signature)]).
-
-    Checks the form only (sizes, the empty line, each signature line); verifies nothing.
-    """
-    if not isinstance(note, str) or len(note) > MAX_NOTE_SIZE:
-        raise NoteError(f"the note is longer than {MAX_NOTE_SIZE} characters")
-    if not note.endswith("\n"):
-        raise NoteError("a signed note must end with a newline")
+def _text_and_signature_lines(note: str) -> tuple[str, list[str]]:
+    """A note ending in a newline -> (its text, its signature lines without their newlines);
+    checks the empty line, the text and the number of signature lines. Raises NoteError."""
     cut = note.rfind("\n\n")
     if cut < 0:
         raise NoteError("the note has no signature block (no empty line before signatures)")
@@ -238,6 +232,19 @@ def split_note(note: str) -> tuple[str, list[tuple[str, bytes]]]:
         raise NoteError("the note has no signature lines")
     if len(lines) > _MAX_SIGNATURES:
         raise NoteError(f"the note has {len(lines)} signature lines, more than {_MAX_SIGNATURES}")
+    return text, lines
+
+
+def split_note(note: str) -> tuple[str, list[tuple[str, bytes]]]:
+    """A signed note -> (its text, [(key name, signature blob = key ID || signature)]).
+
+    Checks the form only (sizes, the empty line, each signature line); verifies nothing.
+    """
+    if not isinstance(note, str) or len(note) > MAX_NOTE_SIZE:
+        raise NoteError(f"the note is longer than {MAX_NOTE_SIZE} characters")
+    if not note.endswith("\n"):
+        raise NoteError("a signed note must end with a newline")
+    text, lines = _text_and_signature_lines(note)
     out = []
     for line in lines:
         if not line.startswith(_DASH):
@@ -269,16 +276,7 @@ def verify_note(note: str, vkey: str) -> str:
         raise NoteError(f"the note is {len(note)} characters long, more than {MAX_NOTE_SIZE}")
     if not isinstance(note, str) or not note.endswith("\n"):
         raise NoteError("a signed note must end with a newline")
-    cut = note.rfind("\n\n")
-    if cut < 0:
-        raise NoteError("the note has no signature block (no empty line before signatures)")
-    text, block = note[: cut + 1], note[cut + 2 :]
-    _check_text(text)
-    lines = block.split("\n")[:-1]
-    if not lines:
-        raise NoteError("the note has no signature lines")
-    if len(lines) > _MAX_SIGNATURES:
-        raise NoteError(f"the note has {len(lines)} signature lines, more than {_MAX_SIGNATURES}")
+    text, lines = _text_and_signature_lines(note)
     found = False
     for line in lines:
         if not line.startswith(_DASH):

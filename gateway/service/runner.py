@@ -367,23 +367,11 @@ class GatewayService:
         """Seal `cmd` and publish it on anchor/<device>/cmd (QoS 1); return once the broker
         PUBACKs it. BrokerError when not connected, when the connection ends first, or after
         `timeout` seconds; ConfigError when the device is not registered."""
-        conn = self._conn
-        if conn is None or not self._connected.is_set() or self.downlink is None:
+        if self.downlink is None:
             raise BrokerError("not connected to the broker", "retry once the gateway is "
                               "connected")
-        msg = self.downlink.seal_command(cmd)
-        pid = conn.publish(cmd_topic(cmd.device).encode(), msg)
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._puback_waits[pid] = fut
-        try:
-            waiting: set[asyncio.Future[Any]] = {fut, conn.closed}
-            done, _ = await asyncio.wait(waiting, timeout=timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
-            if fut not in done:
-                raise BrokerError(f"no PUBACK for the command to {cmd.device} (id {cmd.id})",
-                                  "the broker did not take it; send it again")
-        finally:
-            self._puback_waits.pop(pid, None)
+        await self.publish_confirmed(cmd_topic(cmd.device), self.downlink.seal_command(cmd),
+                                     timeout)
         self.stats.commands_sent += 1
         log.info("command %d (%s) sent to %s", cmd.id, cmd.op, cmd.device)
 
@@ -769,7 +757,8 @@ class GatewayService:
             done, _ = await asyncio.wait(waiting, timeout=timeout,
                                          return_when=asyncio.FIRST_COMPLETED)
             if fut not in done:
-                raise BrokerError(f"no PUBACK for {topic}", "it is sent again later")
+                raise BrokerError(f"no PUBACK for {topic} within {timeout:g} s",
+                                  "the broker did not take it: it is sent again later")
         finally:
             self._puback_waits.pop(pid, None)
 

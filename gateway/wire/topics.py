@@ -34,8 +34,13 @@ def device_from_topic(topic: str) -> str | None:
 def device_from_topic_bytes(topic: bytes) -> str:
     """The same for a topic as it came off the wire; "" when it names no device or is not
     UTF-8 (such a reading is refused as topic_mismatch)."""
-    if topic[:7] == b"anchor/" and topic[-9:] == b"/readings":
-        mid = topic[7:-9]
+    return _device_of(topic, b"/readings")
+
+
+def _device_of(topic: bytes, tail: bytes) -> str:
+    """anchor/<id><tail> -> <id>; "" when the topic is not of that form or <id> is not UTF-8."""
+    if topic[:7] == b"anchor/" and topic.endswith(tail):
+        mid = topic[7:len(topic) - len(tail)]
         if mid and b"/" not in mid:
             try:
                 return mid.decode()
@@ -62,11 +67,4 @@ def confirm_topic(dev: str) -> str:
 
 def device_from_confirm_topic(topic: bytes) -> str:
     """anchor/<id>/confirm -> <id>; "" for anything else."""
-    if topic[:7] == b"anchor/" and topic[-8:] == b"/confirm":
-        mid = topic[7:-8]
-        if mid and b"/" not in mid:
-            try:
-                return mid.decode()
-            except UnicodeDecodeError:
-                return ""
-    return ""
+    return _device_of(topic, b"/confirm")
