@@ -98,7 +98,9 @@ def test_provision_flow_on_the_emulator_until_its_limits(qemu: Qemu, broker: obj
     detection, version checks, compile, install and the config check pass; the key step is the
     first that needs what the emulator lacks, and its error names the board's failure."""
     from gateway.fleet.provision import Options, provision
+    from gateway.storage.store import Store
 
+    Store.create(tmp_path / "gw")[0].close()  # the gateway's data directory (iot-anchor init)
     said: list[str] = []
     opts = Options(dev_id="qemu-1", wifi_ssid="lab", wifi_password="pw",
                    broker=broker.url, data=str(tmp_path / "gw"),  # type: ignore[attr-defined]

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.errors import ConfigError
 from gateway.fleet import registry
 from gateway.fleet.provision import checks
 from gateway.fleet.provision.board_paths import CONFIG_PATH
@@ -60,9 +61,13 @@ def board_config(opts: Options) -> dict[str, object]:
 
 
 def downlink_public_key(data: str) -> bytes:
-    """The gateway's downlink public key (DATA/downlink.key, made if missing)."""
+    """The gateway's downlink public key (DATA/downlink.key, made if missing in an existing
+    data directory); ConfigError when DATA is not a directory."""
     from gateway.storage import downlink_keyfile
 
+    if not Path(data).is_dir():
+        raise ConfigError(f"no gateway data directory at {data}",
+                          f"create it with 'iot-anchor init --data {data}', or give --data")
     return downlink_keyfile.public_bytes(downlink_keyfile.load_or_create(data))
 
 
