@@ -488,6 +488,7 @@ class GatewayService:
                     raise BrokerError(
                         f"the broker refused the subscription to {self.topic} or "
                         f"{CONFIRM_TOPIC}", "check the gateway's ACL in the broker config")
+                log.info("subscribed to %s and %s", self.topic, CONFIRM_TOPIC)
         finally:
             for t in (sub, stopper):
                 t.cancel()

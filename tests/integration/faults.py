@@ -98,7 +98,9 @@ class GatewayProc:
         if not wait_connected:
             return
         deadline = time.monotonic() + timeout
-        while "connected to" not in self.log_since(mark):
+        # "subscribed to": the broker holds the gateway's subscription (a reading published
+        # between "connected to" and the SUBACK of a first session reaches no one)
+        while "subscribed to" not in self.log_since(mark):
             assert self.proc.poll() is None, self.log_since(mark)
             assert time.monotonic() < deadline, "gateway did not connect:\n" + self.log_since(mark)
             time.sleep(0.05)
