@@ -211,6 +211,7 @@ class PgConnection:
         self._writing = False  # inside a write transaction (it counted itself already)
         self._counting = False  # the schema table with the write counter exists
         self._types: dict[tuple[str, str], list[str]] = {}  # (table, columns) -> their types
+        self._streams = 0  # server-side cursors opened (their names)
         # measured for the service's log and the bench: statements sent (each a round trip,
         # an executemany a pipelined batch), and of the last write transaction, how long the
         # sequencer lock was waited for and held (from its grant to the end of the COMMIT)
@@ -344,7 +345,8 @@ class PgConnection:
         """A server-side cursor for a large result (fetchmany pages); inside a transaction."""
         conn = self._live()
         try:
-            cur = conn.cursor(name=f"stream{id(sql) & 0xFFFF}")
+            self._streams += 1  # a name of its own: another may still be open
+            cur = conn.cursor(name=f"stream{self._streams}")
             cur.execute(self._sql(sql, bool(args)), args if args else None)
             return cur
         except psycopg.Error as e:
