@@ -9,6 +9,12 @@ Counters: every sealed message carries ctr = epoch * 2^32 + n, n counting per de
 this process, epoch taken durably from the store once per Downlink (`Store.downlink_epoch`:
 above every earlier epoch, and at least the clock in seconds). So counters only grow per device
 across restarts and SIGKILLs, with one store write per start instead of one per message.
+
+Shared (`run --shared`: several gateways send to one device): n comes from the store instead
+(`Store.next_downlink_counters`, one statement per round of acks, taken by `reserve` before
+the round is sealed), so a device sees one growing sequence whichever gateway sends; counters
+of separate processes would sit epochs apart, and the device would refuse the lower ones as
+stale.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ KEY_RECHECK_S = 5.0
 _N_MAX = 1 << 32
 
 DeviceKeys = Callable[[str], bytes | None]  # device id -> its registered key (active), or None
+# (devices, epoch) -> each device's next (epoch, n) from the group's store
+SharedCounters = Callable[[list[str], int], dict[str, tuple[int, int]]]
 
 
 class Downlink:
@@ -38,19 +46,23 @@ class Downlink:
 
     def __init__(self, key: ec.EllipticCurvePrivateKey, device_keys: DeviceKeys,
                  next_epoch: Callable[[], int],
-                 on_close: Callable[[], None] | None = None) -> None:
+                 on_close: Callable[[], None] | None = None,
+                 shared_counters: SharedCounters | None = None) -> None:
         self._key = key
         self._on_close = on_close
         self._device_keys = device_keys
         self._next_epoch = next_epoch
         self._epoch = next_epoch()
         self._n: dict[str, int] = {}
+        self._shared = shared_counters
+        self._reserved: dict[str, int] = {}  # shared: dev -> its next counter, from reserve()
         self._macs: dict[str, tuple[bytes, bytes, float]] = {}  # dev -> (pub, K, checked at)
 
     @classmethod
-    def open(cls, data_dir: str | Path) -> Downlink:
+    def open(cls, data_dir: str | Path, *, shared: bool = False) -> Downlink:
         """The downlink of the gateway in `data_dir`: its key (made now if missing), the
-        registry and the epoch from its store (a connection of its own)."""
+        registry and the epoch from its store (a connection of its own); `shared`: the
+        counters from the store too (`run --shared`)."""
         from gateway.storage import downlink_keyfile
         from gateway.storage.store import Store
 
@@ -63,7 +75,8 @@ class Downlink:
 
         try:
             return cls(key, device_keys, lambda: store.downlink_epoch(int(time.time())),
-                       on_close=store.close)
+                       on_close=store.close,
+                       shared_counters=store.next_downlink_counters if shared else None)
         except BaseException:
             store.close()
             raise
@@ -98,7 +111,37 @@ class Downlink:
         self._macs[dev] = (pub, k, now)
         return k
 
+    @property
+    def shared(self) -> bool:
+        """The counters come from the store (reserve before sealing)."""
+        return self._shared is not None
+
+    def reserve(self, devices: list[str]) -> None:
+        """Shared: take the next counter of each device from the store (blocking: call it
+        off the event loop), for the next seal_ack / seal_command to it. A no-op otherwise."""
+        if self._shared is None or not devices:
+            return
+        got = self._shared(devices, self._epoch)
+        if any(n >= _N_MAX for _, n in got.values()):  # 4 billion to one device: a new epoch
+            self._epoch = self._next_epoch()
+            got = self._shared(devices, self._epoch)
+        for dev, (epoch, n) in got.items():
+            self._reserved[dev] = epoch * _N_MAX + n
+
+    def missing(self, devices: list[str]) -> list[str]:
+        """Shared: those of `devices` with no counter reserved (reserve them first)."""
+        if self._shared is None:
+            return []
+        return [d for d in devices if d not in self._reserved]
+
     def _ctr(self, dev: str) -> int:
+        if self._shared is not None:
+            ctr = self._reserved.pop(dev, None)
+            if ctr is None:
+                raise ConfigError(f"no downlink counter reserved for {dev!r}",
+                                  "a shared gateway reserves counters before it seals; "
+                                  "this is a bug in the caller")
+            return ctr
         n = self._n.get(dev, 0) + 1
         if n >= _N_MAX:  # 4 billion messages to one device in one run: a new epoch
             self._epoch = self._next_epoch()

@@ -32,6 +32,10 @@ class AckOutbox:
         merged.update(s for s in seqs if s > new_upto)
         self._acks[dev] = (new_upto, merged, max(entry, old[2]))
 
+    def devices(self) -> list[str]:
+        """The devices with an ack waiting, oldest first."""
+        return list(self._acks)
+
     def take(self, most: int) -> list[tuple[str, Waiting]]:
         """Up to `most` acks, oldest device first; the rest keep waiting."""
         if most >= len(self._acks):

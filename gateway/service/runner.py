@@ -181,7 +181,8 @@ class GatewayService:
         self.command_sender: CommandSender | None = self
         self.command_factory: Callable[[str, int, str, dict[str, Any]], Any] = Command
         self._storage_failures = 0  # storage failures in a row (the retry's backoff)
-        self._downlink_factory = downlink_factory or (lambda: Downlink.open(cfg.data_dir))
+        self._downlink_factory = downlink_factory or (
+            lambda: Downlink.open(cfg.data_dir, shared=cfg.shared is not None))
         self.downlink: Downlink | None = None
         self.on_confirmation: Callable[[Confirmation], Any] = (on_confirmation
                                                                or self._rules_confirmation)
@@ -370,6 +371,8 @@ class GatewayService:
         if self.downlink is None:
             raise BrokerError("not connected to the broker", "retry once the gateway is "
                               "connected")
+        if self.downlink.shared:
+            await asyncio.to_thread(self.downlink.reserve, [cmd.device])
         await self.publish_confirmed(cmd_topic(cmd.device), self.downlink.seal_command(cmd),
                                      timeout)
         self.stats.commands_sent += 1
@@ -688,6 +691,12 @@ class GatewayService:
                 self.stats.acks_held += 1
         downlink = self.downlink
         assert downlink is not None
+        if downlink.shared:  # only those with a counter reserved; the rest on the next round
+            later = set(downlink.missing([dev for dev, _ in items]))
+            if later:
+                self._acks_out.put_back([it for it in items if it[0] in later])
+                items = [it for it in items if it[0] not in later]
+                self._out_wake.set()
         for k, (dev, (upto, seqs, entry)) in enumerate(items):
             try:
                 sealed = downlink.seal_ack(dev, upto, seqs, entry)
@@ -716,6 +725,20 @@ class GatewayService:
         conn = self._conn
         return 0 if conn is None else len(conn.in_flight)
 
+    async def _reserve_counters(self) -> None:
+        """`run --shared`: the group's next downlink counter of each device with an ack
+        waiting, from the store (Downlink.reserve; a round trip per round of acks)."""
+        downlink = self.downlink
+        if downlink is None or not downlink.shared:
+            return
+        devs = downlink.missing(self._acks_out.devices())
+        if devs:
+            try:
+                await asyncio.to_thread(downlink.reserve, devs)
+            except AnchorError as e:  # the acks wait; the next round tries again
+                log.warning("downlink counters not taken, acks wait: %s", e.explain())
+                await asyncio.sleep(self._retry_delay())
+
     async def _publisher(self) -> None:
         """Publish acks/checkpoints while connected; the waiting ones survive reconnects."""
         while True:
@@ -723,6 +746,7 @@ class GatewayService:
             self._out_wake.clear()
             conn = self._conn
             if self._connected.is_set() and conn is not None:
+                await self._reserve_counters()
                 self._publish_round(conn)
             if self._drained.is_set():
                 break
@@ -731,6 +755,7 @@ class GatewayService:
         while self._connected.is_set() and time.monotonic() < deadline:
             conn = self._conn
             if self._acks_out and conn is not None:
+                await self._reserve_counters()
                 self._publish_round(conn)
             if not self._acks_out and self.acks_in_flight() == 0:
                 break

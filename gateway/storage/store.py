@@ -57,6 +57,10 @@ from version k to k+1, and opening a database runs the missing ones in one trans
 ``actions(entry, rule, status, outcome)``
     every action entry, its status ("pending", "sent", "failed", "done") and the index of the
     outcome entry that set it; the executor resumes the pending ones.
+``downlink_counters(dev, epoch, n)``
+    the downlink counter last given to a device by a gateway of a shared group (`run
+    --shared`): every gateway of the group takes the device's next counter from here, so the
+    device sees one growing sequence whichever gateway sends (gateway/downlink).
 ``meta(key, value)``
     ``gateway_vkey``, ``ledger_range`` (the ledger tree's compact range, merkle.CompactRange
     bytes), ``created``.
@@ -226,6 +230,15 @@ MIGRATIONS: list[str] = [
         rejected INTEGER NOT NULL DEFAULT 0,
         last_t INTEGER,
         PRIMARY KEY (dev, day)
+    );
+    """,
+    # 5 -> 6 (`run --shared` on the downlink): each device's last counter given by a gateway
+    # of the group; a single gateway keeps its counters in memory (Store.downlink_epoch)
+    """
+    CREATE TABLE downlink_counters (
+        dev TEXT PRIMARY KEY,
+        epoch INTEGER NOT NULL,
+        n INTEGER NOT NULL
     );
     """,
 ]
@@ -1504,6 +1517,36 @@ class Store:
             else:
                 c.execute("INSERT INTO meta (key, value) VALUES ('downlink_epoch', ?)", (epoch,))
         return epoch
+
+    def next_downlink_counters(self, devices: Sequence[str],
+                               epoch: int) -> dict[str, tuple[int, int]]:
+        """Each device's next downlink counter for a gateway of a shared group, as (epoch, n):
+        (epoch, 1) when the device's stored epoch is below `epoch` (or it has none), else the
+        stored (epoch, n + 1). One atomic statement per 500 devices, outside the sequencer
+        lock: two gateways never get one counter, and each device's counters only grow."""
+        if self.readonly:
+            raise StorageError(f"{self.location} is open read-only", "open it read-write")
+        out: dict[str, tuple[int, int]] = {}
+        devs = sorted(set(devices))  # one row once per statement; a fixed order of row locks
+        with self.lock:
+            try:
+                for k in range(0, len(devs), 500):
+                    part = devs[k:k + 500]
+                    rows = self.conn.execute(
+                        "INSERT INTO downlink_counters (dev, epoch, n) VALUES "
+                        + ", ".join(["(?, ?, 1)"] * len(part))
+                        + " ON CONFLICT (dev) DO UPDATE SET"
+                        " n = CASE WHEN downlink_counters.epoch < excluded.epoch THEN 1"
+                        " ELSE downlink_counters.n + 1 END,"
+                        " epoch = CASE WHEN downlink_counters.epoch < excluded.epoch"
+                        " THEN excluded.epoch ELSE downlink_counters.epoch END"
+                        " RETURNING dev, epoch, n",
+                        [v for d in part for v in (d, epoch)]).fetchall()
+                    for dev, e, n in rows:
+                        out[str(dev)] = (int(e), int(n))
+            except sqlite3.Error as e:
+                raise storage_error(e, self.path, "taking downlink counters") from e
+        return out
 
 
 def _node(c: sqlite3.Connection, level: int, idx: int) -> bytes:

@@ -148,6 +148,13 @@ def test_three_shared_gateways_with_kills_and_a_database_restart(
         assert d["acknowledged"] == d["produced"] == 140, (dev, d)
     for r in fleet.reports():
         assert r.ok and r.summary["outbox"] == 0 and r.produced == 50, (r.dev, r.summary)
+    # ... and took the acks of every gateway of the group: one growing downlink counter per
+    # device (Store.next_downlink_counters), none refused as stale or replayed
+    for d in fleet.devices:
+        text = d.log.read_text(errors="replace")
+        assert "ack upto=" in text, d.dev  # the device logs what it takes and refuses
+        assert "bad-ack" not in text, (d.dev, [ln for ln in text.splitlines()
+                                              if "bad-ack" in ln][:5])
     # ... and is in the ledger exactly once; one chain, verified
     with Store.open(dirs[0], readonly=True) as store:
         per_dev = dict(store.query("SELECT dev, COUNT(DISTINCT seq) FROM readings GROUP BY dev"))

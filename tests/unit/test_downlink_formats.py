@@ -164,3 +164,77 @@ def test_store_epoch_grows_and_the_key_file(tmp_path: Path) -> None:
     assert cli_main(["downlink", "key", "--data", str(data)]) == 0
     assert stat.S_IMODE(p.stat().st_mode) == 0o600
     assert _pub(downlink_keyfile.load_or_create(data)) != _pub(key)
+
+
+class _Window:
+    """The firmware's replay window (firmware/anchor/device.py, Loop.fresh), for the test."""
+
+    def __init__(self) -> None:
+        self.top, self.seen = -1, 0
+
+    def fresh(self, c: int) -> str:
+        if c > self.top:
+            s = c - self.top
+            self.seen = ((self.seen & (0x3FFFFFFF >> s)) << s | 1) if s < 30 else 1
+            self.top = c
+            return "ok"
+        d = self.top - c
+        if d >= 30:
+            return "stale"
+        if self.seen >> d & 1:
+            return "replayed"
+        self.seen |= 1 << d
+        return "ok"
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_shared_gateways_give_a_device_one_growing_counter(
+        tmp_path: Path, engine: str, request: pytest.FixtureRequest) -> None:
+    """`run --shared`: the group's gateways take each device's counters from the store, so
+    a device that hears from all of them accepts every message (none stale, none replayed);
+    separate per-process counters would sit whole epochs apart."""
+    url = request.getfixturevalue("pg_url") if engine == "postgresql" else None
+    s, _ = Store.create(tmp_path / "d", url)
+    s.close()
+    devs = {d: DeviceSigner.generate(d) for d in ("a", "b")}
+    opened: list[Store] = []
+
+    def gateway(shared: bool) -> Downlink:
+        st = Store.open(tmp_path / "d", store=url)
+        opened.append(st)
+        return Downlink(GW, lambda d: devs[d].public_key, lambda: st.downlink_epoch(1000),
+                        shared_counters=st.next_downlink_counters if shared else None)
+
+    k = {d: Downlink(GW, lambda x: devs[x].public_key, lambda: 1).mac_key(d) for d in devs}
+    windows = {d: _Window() for d in devs}
+
+    def deliver(dl: Downlink, dev: str) -> str:
+        if dl.shared:
+            dl.reserve([dev])
+        ctr = wire.decode_ack_payload(wire.open_sealed(k[dev], f"anchor/{dev}/ack",
+                                                       dl.seal_ack(dev, 0, [], 0)))[0]
+        return windows[dev].fresh(ctr)
+
+    g1, g2 = gateway(True), gateway(True)
+    assert [deliver(g, d) for g in (g1, g2, g2, g1, g2, g1) for d in ("a", "b")] == ["ok"] * 12
+    # reserved in one order, sealed in another (two gateways' rounds overlapping): accepted
+    g1.reserve(["a"])
+    g2.reserve(["a"])
+    assert deliver(g2, "a") == "ok" and deliver(g1, "a") == "ok"
+    # a gateway started later (a restart: a new epoch) moves the device's counters up for all
+    g3 = gateway(True)
+    assert deliver(g3, "a") == "ok" and deliver(g1, "a") == "ok" and deliver(g2, "a") == "ok"
+    newest = opened[-1].query("SELECT value FROM meta WHERE key = 'downlink_epoch'")[0][0]
+    assert windows["a"].top >> 32 == int(newest)  # g3's epoch, the newest
+    # sealing without a reserved counter is refused before anything is sent
+    with pytest.raises(ConfigError, match="no downlink counter reserved"):
+        g1.seal_ack("b", 0, [], 0)
+    assert g1.missing(["a", "b"]) == ["a", "b"]
+    # what per-process counters did to a shared device: the lower epoch is stale
+    p1, p2 = gateway(False), gateway(False)
+    w = _Window()
+    got = [w.fresh(wire.decode_ack_payload(wire.open_sealed(
+        k["b"], "anchor/b/ack", p.seal_ack("b", 0, [], 0)))[0]) for p in (p2, p1)]
+    assert got == ["ok", "stale"]
+    for st in opened:
+        st.close()
