@@ -770,9 +770,9 @@ class Pipeline:
 
     # --- rules (docs/rules.md): what the service's action loop calls -------------------------
 
-    def pending_actions(self) -> list[RecordEntry]:
-        """Action entries with no outcome yet (a restart resumes them)."""
-        return self.store.pending_actions()
+    def pending_actions(self, after: int = -1) -> list[RecordEntry]:
+        """Action entries above index `after` with no outcome yet (a restart resumes them)."""
+        return self.store.pending_actions(after=after)
 
     def record_outcomes(self, outcomes: Sequence[tuple[int, str, str | None, bytes | None]]
                         ) -> list[int]:

@@ -41,8 +41,8 @@ class RuleActions(Protocol):
     """What the service's action loop needs of the pipeline (docs/rules.md); a pipeline
     without it (a test's stand-in) runs no actions. Called on the pipeline thread."""
 
-    def pending_actions(self) -> list[RecordEntry]:
-        """Action entries with no outcome yet, oldest first."""
+    def pending_actions(self, after: int = -1) -> list[RecordEntry]:
+        """Action entries above index `after` with no outcome yet, oldest first."""
 
     def record_outcomes(self, outcomes: Sequence[tuple[int, str, str | None, bytes | None]]
                         ) -> list[int]:

@@ -813,8 +813,13 @@ class GatewayService:
         busy: dict[int, asyncio.Task[None]] = {}
         done: list[tuple[int, str, str | None, bytes | None]] = []
         limit = asyncio.Semaphore(16)
+        # the pending actions are read above the newest one taken (`seen`), and all of them
+        # again only after one could not be carried out now (`rescan`): decoding every
+        # pending entry at each wake-up cost a storm of firings 14 % of the process
+        seen, rescan = -1, True
 
         async def one(e: Any) -> None:
+            nonlocal rescan
             async with limit:
                 try:
                     res = await ex.perform(e)
@@ -823,6 +828,8 @@ class GatewayService:
                     res = None
             if res is not None:
                 done.append((e.i, res[0], res[1], None))
+            else:
+                rescan = True  # still pending: taken again by the next full read
 
         last_tick = 0.0
         while True:
@@ -834,13 +841,19 @@ class GatewayService:
                 if done:
                     batch, done[:] = list(done), []
                     await self._call(pipe.record_outcomes, batch)
-                for e in await self._call(pipe.pending_actions):
+                # the finished ones leave `busy` (those whose outcome is recorded, or that are
+                # still pending and are read again now), the new pending ones are started
+                recording = {d[0] for d in done}
+                for i in [i for i, t in busy.items() if t.done() and i not in recording]:
+                    busy.pop(i)
+                after, rescan = (-1 if rescan else seen), False
+                for e in await self._call(pipe.pending_actions, after):
+                    seen = max(seen, e.i)
                     if e.i not in busy:
                         busy[e.i] = asyncio.ensure_future(one(e))
             except AnchorError as err:
+                rescan = True
                 log.error("rules: %s", err.explain())
-            for i in [i for i, t in busy.items() if t.done() and not any(d[0] == i for d in done)]:
-                busy.pop(i)
             if stopping:
                 if busy:  # the last ones get a few seconds; the rest wait for the next run
                     await asyncio.wait(busy.values(), timeout=5)

@@ -929,13 +929,16 @@ class Store:
                       "ON CONFLICT (set_entry, rule, dev) DO UPDATE SET state = excluded.state",
                       [(set_entry, r, d, s) for r, d, s in states])
 
-    def pending_actions(self, statuses: Sequence[str] = ("pending",)) -> list[RecordEntry]:
-        """Action entries whose status is one of `statuses`, oldest first."""
+    def pending_actions(self, statuses: Sequence[str] = ("pending",),
+                        after: int = -1) -> list[RecordEntry]:
+        """Action entries above index `after` whose status is one of `statuses`, oldest
+        first."""
         marks = ",".join("?" * len(statuses))
         out = []
         for (body,) in self.query(
                 "SELECT e.body FROM actions a JOIN entries e ON e.i = a.entry "
-                f"WHERE a.status IN ({marks}) ORDER BY a.entry", tuple(statuses)):
+                f"WHERE a.status IN ({marks}) AND a.entry > ? ORDER BY a.entry",
+                (*statuses, after)):
             e = decode_entry(bytes(body))
             if isinstance(e, RecordEntry):
                 out.append(e)

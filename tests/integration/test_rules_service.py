@@ -172,3 +172,80 @@ args = {{ name = "fan", on = true }}
         assert reasons and reasons[0].startswith("2 tries, the last: ")
         assert [h["rule"] for h in _Hook.got] == ["hook"]  # after one 503: a retry
         assert audit(s, s.vkey(), workers=1).ok
+
+
+class _Refusing:
+    """A command sender that cannot send the first `n` times (a broker away): the action
+    stays pending and the action loop takes it up again."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.calls: list[int] = []
+
+    async def send_command(self, cmd: Any) -> None:
+        from gateway.errors import BrokerError
+
+        self.calls.append(cmd.id)
+        if len(self.calls) <= self.n:
+            raise BrokerError("not connected to the broker", "it is sent once reconnected")
+
+
+def test_an_action_not_possible_now_is_taken_up_again(broker: PrivateBroker,
+                                                       tmp_path: Path) -> None:
+    """The action loop reads only the pending actions above the newest it took, and all of
+    them again after one could not be carried out: a command refused twice is sent on the
+    third try and recorded once; later firings are still taken up."""
+    data = tmp_path / "d"
+    store, _ = Store.create(data)
+    sensor, fan = Device("sensor-1"), Device("fan-2")
+    for d in (sensor, fan):
+        registry.add(store, d.id, d.public_bytes)
+    text = """
+[[rule]]
+name = "fan-on"
+when = "data.t > 30.0"
+devices = ["sensor-1"]
+action = { type = "command", device = "fan-2", op = "output", args = { name = "fan", on = true } }
+
+[[rule]]
+name = "hot"
+when = "data.t > 40.0"
+action = { type = "alert" }
+"""
+    store.apply_rules(store.load_signer(), text, hashlib.sha256(text.encode()).digest())
+    store.close()
+    sender = _Refusing(2)
+    msgs = [sensor.next({"t": 35.0}), sensor.next({"t": 45.0})]
+
+    async def main() -> None:
+        cfg = ServiceConfig(data_dir=data, broker=broker.url, batch_interval=0.2)
+        svc = GatewayService(cfg, lambda: Pipeline(Store.open(data), workers=1,
+                                                   processes=False, owns_store=True))
+        svc.command_sender = sender
+        task = asyncio.create_task(svc.run())
+        while not svc.connected:
+            await asyncio.sleep(0.05)
+        async with aiomqtt.Client("127.0.0.1", broker.port) as pub:
+            await pub.publish("anchor/sensor-1/readings", msgs[0], qos=1)
+            for _ in range(100):  # the command's first try, refused
+                if sender.calls:
+                    break
+                await asyncio.sleep(0.05)
+            await pub.publish("anchor/sensor-1/readings", msgs[1], qos=1)
+        for _ in range(200):
+            with Store.open(data, readonly=True) as s:
+                if not s.pending_actions() and len(s.records("outcome")) >= 3:
+                    break
+            await asyncio.sleep(0.1)
+        svc.request_stop()
+        assert await asyncio.wait_for(task, 30) == 0
+
+    asyncio.run(main())
+    with Store.open(data) as s:
+        log = sorted((e.fields["rule"], status) for e, status, _ in s.action_log())
+        outcomes = [(o.fields["action"], o.fields["status"]) for o in s.records("outcome")]
+        assert audit(s, s.vkey(), workers=1).ok
+    # fan-on fired twice (35 and 45 are over 30), hot once; each command tried until sent
+    assert log == [("fan-on", "sent"), ("fan-on", "sent"), ("hot", "sent")], (log, sender.calls)
+    assert len(outcomes) == 3 and len(set(outcomes)) == 3, outcomes
+    assert len(sender.calls) == 2 + 2 and len(set(sender.calls)) == 2, sender.calls
