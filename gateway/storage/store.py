@@ -396,6 +396,20 @@ class Store:
         return cls._connect(data_dir, create=True, where=where)
 
     @classmethod
+    def holds_ledger(cls, data_dir: str | os.PathLike[str]) -> bool:
+        """Whether DIR's store (--store, else DIR/ledger.db) holds an iot-anchor ledger."""
+        where = parse_store(None, data_dir)
+        if where.kind == "sqlite":
+            assert where.path is not None
+            return where.path.is_file()
+        assert where.url is not None
+        conn = postgres.connect(where.url, where.shown, readonly=True)
+        try:
+            return postgres.SCHEMA_TABLE in postgres.holds_tables(conn)
+        finally:
+            conn.close()
+
+    @classmethod
     def check_empty_pg(cls, where: StoreLocation) -> None:
         """`init` into PostgreSQL: the database must exist and hold no tables."""
         assert where.url is not None
@@ -1310,11 +1324,15 @@ class Store:
     @classmethod
     def create_mirror(cls, data_dir: str | os.PathLike[str], vkey: str, source: str) -> Store:
         """A new, empty data directory for a mirror of the log at `source` signed by `vkey`:
-        no gateway.key (a mirror signs nothing), gateway.vkey, meta mirror_of = source."""
+        no gateway.key (a mirror signs nothing), gateway.vkey, meta mirror_of = source; the
+        database where --store says (default DIR/ledger.db)."""
         d = Path(data_dir)
+        where = parse_store(None, d)
         if d.exists() and (not d.is_dir() or any(d.iterdir())):
             raise ConfigError(f"data directory {d} already exists and is not a mirror",
                               "pick another --data DIR for the mirror, or remove it first")
+        if where.kind == "postgresql":
+            cls.check_empty_pg(where)
         try:
             d.mkdir(parents=True, exist_ok=True)
             os.chmod(d, 0o700)
@@ -1322,7 +1340,7 @@ class Store:
         except OSError as e:
             raise StorageError(f"cannot create mirror directory {d}: {e.strerror}",
                                "check the path and its permissions") from e
-        store = cls._connect(d, create=True)
+        store = cls._connect(d, create=True, where=where)
         with store.write() as c:
             c.execute("INSERT INTO meta VALUES ('gateway_vkey', ?)", (vkey,))
             c.execute("INSERT INTO meta VALUES ('created', ?)", (now_ms(),))

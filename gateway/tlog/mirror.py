@@ -50,7 +50,7 @@ from gateway.ledger import merkle, note, tiles
 from gateway.ledger.batch import batch_nodes
 from gateway.ledger.cosignature import cosignature_lines, parse_witness_vkey
 from gateway.ledger.entry import BatchEntry, DeviceEntry, EntryError, decode_entry
-from gateway.storage.store import DB_NAME, Store
+from gateway.storage.store import Store
 from gateway.tlog.evidence import fork_extra, write_evidence
 from gateway.tlog.fetch import FetchError, LogClient
 from gateway.wire.cose import decode
@@ -158,7 +158,7 @@ class Mirror:
 
     def _open(self) -> Store:
         if self._store is None:
-            if (self.data_dir / DB_NAME).exists():
+            if Store.holds_ledger(self.data_dir):
                 store = Store.open(self.data_dir)
                 src = store.meta("mirror_of")
                 if src is None:

@@ -411,3 +411,63 @@ def test_dataset_export_on_a_mirror(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "another selection" in capsys.readouterr().err
     with Store.open(m, readonly=True) as r, Store.open(gw, readonly=True) as g:
         assert r.entry_count() == g.entry_count()  # the mirror appended nothing
+
+
+def test_mirror_and_serve_on_postgresql(tmp_path: Path, postgres: Any,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Either store on either side: a gateway's ledger in PostgreSQL is served (`serve
+    --store`: the console's answers are those of the SQLite copy), mirrored into another
+    PostgreSQL database (`mirror --store`), which verifies, gives receipts and is served and
+    mirrored again into SQLite; the tiles are the same."""
+    import urllib.request
+
+    gw, vkey, devs = _gateway(tmp_path)
+    src, dst = postgres.create_database("gw"), postgres.create_database("mirror")
+    assert main(["store", "copy", "--from", f"sqlite:{gw}", "--to", src, "--data", str(gw)]) == 0
+    capsys.readouterr()
+    def answers(url: str) -> dict[str, Any]:
+        """The console's API and /metrics: every one answers; the JSON ones, parsed."""
+        out: dict[str, Any] = {}
+        for path in ("/api/overview", "/api/devices", "/api/devices/dev1",
+                     "/api/devices/dev1/series", "/api/events", "/api/records", "/metrics"):
+            with urllib.request.urlopen(url + path, timeout=10) as resp:
+                assert resp.status == 200, path
+                body = resp.read()
+                out[path] = body if path == "/metrics" else json.loads(body)
+        return out
+
+    p, url = _start_serve(gw)
+    try:
+        lite = answers(url)
+    finally:
+        _stop(p)
+    p, url = _start_serve(gw, "--store", src)
+    try:
+        on_pg = answers(url)
+        for path in ("/api/devices", "/api/devices/dev1/series", "/api/events"):
+            assert on_pg[path] == lite[path], path  # the same answers from either store
+        m = tmp_path / "m"
+        assert _mirror(url, m, vkey, "--store", dst) == 0
+        assert "new readings verified" in capsys.readouterr().out
+        assert not (m / "ledger.db").exists()  # the replica is in PostgreSQL
+        with urllib.request.urlopen(f"{url}/tile/0/000", timeout=10) as resp:
+            tile = resp.read()
+    finally:
+        _stop(p)
+    assert main(["ledger", "verify", "--data", str(m), "--store", dst, "--workers", "1"]) == 0
+    assert "ledger OK" in capsys.readouterr().out
+    assert main(["receipt", "dev1", "120", "--data", str(m), "--store", dst]) == 0
+    (tmp_path / "r.json").write_text(capsys.readouterr().out)
+    assert main(["verify-receipt", str(tmp_path / "r.json"), "--gateway-key", vkey,
+                 "--device-key", devs[1].public_hex]) == 0
+    capsys.readouterr()
+    p, url = _start_serve(m, "--store", dst)
+    try:
+        with urllib.request.urlopen(f"{url}/tile/0/000", timeout=10) as resp:
+            assert resp.read() == tile  # the PostgreSQL mirror serves the same bytes
+        assert _mirror(url, tmp_path / "m2", vkey) == 0
+    finally:
+        _stop(p)
+    assert main(["ledger", "verify", "--data", str(tmp_path / "m2"), "--workers", "1"]) == 0
+    with Store.open(gw, readonly=True) as g, Store.open(tmp_path / "m2", readonly=True) as r:
+        assert (r.entry_count(), r.reading_count()) == (g.entry_count(), g.reading_count())
