@@ -48,7 +48,8 @@ def register(sub: Subcommands) -> None:
 
     v = dsub.add_parser(
         "verify", help="check an exported dataset offline (exit 0 holds, 1 does not)",
-        usage="iot-anchor dataset verify OUT --gateway-key VKEY [--checkpoint FILE]",
+        usage="iot-anchor dataset verify OUT --gateway-key VKEY [--checkpoint FILE "
+              "[--consistency PROOF]]",
         description="With no database and no network: every file's sha256 against "
         "croissant.json, every row against its COSE message, every signature against the key "
         "its device had, every reading, batch, registry and dataset entry proven under a "
@@ -60,7 +61,12 @@ def register(sub: Subcommands) -> None:
                    help="the gateway's vkey (the line 'init' printed), or a file holding it")
     v.add_argument("--checkpoint", metavar="FILE",
                    help="a checkpoint note you trust (e.g. the one published after the "
-                   "export); the provenance's must be consistent with it")
+                   "export, or a later witnessed one); the provenance's must be consistent "
+                   "with it")
+    v.add_argument("--consistency", metavar="PROOF",
+                   help="when FILE's size is not the provenance's: the consistency proof "
+                   "between the two ('iot-anchor ledger prove --from SMALLER --to LARGER' on "
+                   "any copy of the log); it is checked, not trusted")
     v.add_argument("--workers", type=int, default=2,
                    help="verifier processes (default 2; 1 verifies in the main process)")
     v.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -127,9 +133,13 @@ def _export(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from gateway.provenance.verify import verify_dataset
 
+    if args.consistency and not args.checkpoint:
+        raise ConfigError("--consistency needs --checkpoint FILE",
+                          "give the checkpoint you trust with --checkpoint")
     try:
         vkey = trusted_vkey(args.gateway_key)
-        res = verify_dataset(Path(args.out), vkey, args.checkpoint, workers=args.workers)
+        res = verify_dataset(Path(args.out), vkey, args.checkpoint,
+                             consistency=args.consistency, workers=args.workers)
     except AnchorError as e:
         if args.json:
             print(json.dumps({"ok": False, "failure": e.explain()}))

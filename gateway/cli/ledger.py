@@ -40,6 +40,22 @@ def register(sub: Subcommands) -> None:
     add_data_arg(v)
     v.set_defaults(func=_verify)
 
+    pr = lsub.add_parser(
+        "prove", help="print a consistency proof between two checkpoints of the ledger",
+        description="Print the RFC 6962 consistency proof from the ledger tree of --from "
+        "entries to that of --to (default: the latest checkpoint), with the signed checkpoint "
+        "of --to, as the body of a C2SP tlog-witness add-checkpoint request: 'old N', the "
+        "proof's hashes in base64 one per line, an empty line, the checkpoint note. Anyone "
+        "holding a checkpoint of either size checks it against the other with the gateway's "
+        "vkey alone ('dataset verify --checkpoint FILE --consistency PROOF').")
+    pr.add_argument("--from", dest="old", metavar="N", type=int, required=True,
+                    help="the smaller tree size (at least 1)")
+    pr.add_argument("--to", dest="new", metavar="M", type=int,
+                    help="the larger tree size, one with a stored checkpoint (default: the "
+                    "latest checkpoint's)")
+    add_data_arg(pr)
+    pr.set_defaults(func=_prove)
+
     s = lsub.add_parser("status", help="counts, latest checkpoint, devices, gaps, rejections")
     s.add_argument("--json", action="store_true", help="print JSON")
     add_data_arg(s)
@@ -88,6 +104,27 @@ def _verify(args: argparse.Namespace) -> int:
     print("the database differs from what the gateway signed; restore it from a backup "
           "and compare", file=sys.stderr)
     return 1
+
+
+def _prove(args: argparse.Namespace) -> int:
+    from gateway.ledger.cosignature import format_add_checkpoint
+
+    with Store.open(args.data, readonly=True) as store:
+        latest = store.latest_checkpoint()
+        if latest is None:
+            raise ConfigError("the ledger has no checkpoint yet", "anchor something first")
+        new = latest[0] if args.new is None else args.new
+        text = latest[1] if new == latest[0] else store.checkpoint_note(new)
+        if text is None:
+            raise ConfigError(f"there is no stored checkpoint of size {new} (the latest has "
+                              f"size {latest[0]})", "give --to a size with a checkpoint, or "
+                              "leave --to out for the latest")
+        if not 1 <= args.old <= new:
+            raise ConfigError(f"--from {args.old} is not between 1 and --to {new}",
+                              "give the smaller of the two tree sizes as --from")
+        proof = store.consistency_proof(args.old, new)
+    sys.stdout.write(format_add_checkpoint(args.old, proof, text).decode())
+    return 0
 
 
 def _saved_checkpoint(path: str, vkey: str) -> note.Checkpoint:

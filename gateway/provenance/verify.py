@@ -1,13 +1,14 @@
-"""`iot-anchor dataset verify OUT --gateway-key VKEY [--checkpoint FILE]`: offline, no
-database, no network. It trusts only VKEY (and FILE, when given) and checks, in this order,
+"""`iot-anchor dataset verify OUT --gateway-key VKEY [--checkpoint FILE [--consistency PROOF]]`:
+offline, no database, no network. It trusts only VKEY (and FILE, when given; PROOF, from
+`iot-anchor ledger prove`, is checked, not trusted) and checks, in this order,
 stopping at the first failure, which it names (`DatasetFailure`: the file, the row as
 (device, seq), what differs):
 
 1. croissant.json lists every file of OUT (no file missing, none extra) with its sha256;
 2. provenance/ledger.json: its checkpoint is signed by VKEY (and equals FILE's tree when the
-   sizes match), every entry decodes strictly and is included in the checkpoint's tree; the
-   registry entries replay into each device's key history; croissant.json names the dataset
-   entry and its root;
+   sizes match, or is consistent with it by PROOF when they differ), every entry decodes
+   strictly and is included in the checkpoint's tree; the registry entries replay into each
+   device's key history; croissant.json names the dataset entry and its root;
 3. data/readings.parquet has the columns of the format (gateway/provenance/dataset.py);
 4. provenance/batches.cbor: each batch's rows (their leaf hashes) and shared proof give the
    root of a proven batch entry; each row is listed once;
@@ -40,6 +41,7 @@ import pyarrow.parquet as pq
 from gateway.errors import AnchorError
 from gateway.ingest.verifier import Context, VerifierPool
 from gateway.ledger import merkle, multiproof, note
+from gateway.ledger.cosignature import parse_add_checkpoint
 from gateway.ledger.entry import (
     BatchEntry,
     DeviceEntry,
@@ -162,7 +164,8 @@ class _Ledger:
     keys: rowcheck.KeyHistory
 
 
-def _ledger(out: Path, vkey: str, checkpoint: str | None) -> _Ledger:
+def _ledger(out: Path, vkey: str, checkpoint: str | None,
+            consistency: str | None = None) -> _Ledger:
     where = LEDGER_FILE
     try:
         obj = json.loads((out / where).read_bytes())
@@ -179,7 +182,7 @@ def _ledger(out: Path, vkey: str, checkpoint: str | None) -> _Ledger:
     if obj.get("size") != cp.size:
         raise _fail(f"{where}: size {obj.get('size')!r} is not the checkpoint's {cp.size}")
     if checkpoint is not None:
-        _consistent(checkpoint, vkey, cp)
+        _consistent(checkpoint, vkey, cp, consistency)
     entries: dict[int, Entry] = {}
     items = obj.get("entries")
     if not isinstance(items, list):
@@ -213,7 +216,11 @@ def _ledger(out: Path, vkey: str, checkpoint: str | None) -> _Ledger:
     return _Ledger(cp.size, cp.root, ds, batches, keys)
 
 
-def _consistent(path: str, vkey: str, cp: note.Checkpoint) -> None:
+def _consistent(path: str, vkey: str, cp: note.Checkpoint, proof_path: str | None) -> None:
+    """The provenance's checkpoint `cp` against the trusted one in `path`: the same root at
+    the same size, else an RFC 6962 consistency proof between the two sizes (`proof_path`:
+    a C2SP tlog-witness add-checkpoint body, old size, proof lines, the larger checkpoint,
+    as `iot-anchor ledger prove` writes it)."""
     try:
         text = Path(path).read_text()
     except (OSError, UnicodeDecodeError) as e:
@@ -231,11 +238,40 @@ def _consistent(path: str, vkey: str, cp: note.Checkpoint) -> None:
                         "signed two different trees of the same size",
                         "keep both notes: they prove the gateway misbehaved")
         return
-    raise _fail(f"--checkpoint {path} has size {mine.size}, the provenance's checkpoint "
-                f"{cp.size}: consistency between two sizes needs a consistency proof, which "
-                "the offline provenance does not hold",
-                f"pass the checkpoint of size {cp.size} (the one published right after the "
-                "export)")
+    lo, hi = (mine, cp) if mine.size < cp.size else (cp, mine)
+    if proof_path is None:
+        raise _fail(f"--checkpoint {path} has size {mine.size}, the provenance's checkpoint "
+                    f"{cp.size}: consistency between two sizes needs a consistency proof",
+                    f"make one on any copy of the log (the gateway or a mirror): 'iot-anchor "
+                    f"ledger prove --from {lo.size} --to {hi.size} > PROOF', and pass "
+                    "--consistency PROOF")
+    try:
+        body = Path(proof_path).read_bytes()
+    except OSError as e:
+        raise _fail(f"--consistency {proof_path} cannot be read ({e.strerror})",
+                    "pass the file 'iot-anchor ledger prove' wrote") from None
+    try:
+        got = parse_add_checkpoint(body)
+        signed = note.verify_checkpoint(got.checkpoint, vkey)
+    except AnchorError as e:
+        raise _fail(f"--consistency {proof_path} is not a consistency proof of this gateway: "
+                    f"{e.what}", "pass the file 'iot-anchor ledger prove' wrote") from None
+    if got.old != lo.size or signed.size != hi.size:
+        raise _fail(f"--consistency {proof_path} goes from size {got.old} to {signed.size}, "
+                    f"not from {lo.size} to {hi.size}",
+                    f"make it with 'iot-anchor ledger prove --from {lo.size} --to {hi.size}'")
+    if signed.root != hi.root:
+        raise _fail(f"--consistency {proof_path}: its checkpoint of size {hi.size} has root "
+                    f"{signed.root.hex()}, the trusted one {hi.root.hex()}: the gateway signed "
+                    "two different trees of the same size",
+                    "keep both notes: they prove the gateway misbehaved")
+    try:
+        merkle.verify_consistency(lo.size, hi.size, got.proof, lo.root, hi.root)
+    except AnchorError as e:
+        raise _fail(f"{LEDGER_FILE}: the checkpoint of size {cp.size} is not consistent with "
+                    f"the one in {path} (size {mine.size}): {e.what}",
+                    "the log was forked or rewritten between the two sizes, or the proof is "
+                    "not for these checkpoints") from None
 
 
 def _croissant_names(meta: dict[str, Any], ds: RecordEntry) -> None:
@@ -376,12 +412,13 @@ def _check_slot(r: int, row: tuple[Any, ...], leaf: bytes, slot: bytes,
         raise _fail(f"{where}: comes after {prev}: rows must be in strict (device, seq) order")
 
 
-def verify_dataset(out: Path, vkey: str, checkpoint: str | None = None, *, workers: int = 2,
+def verify_dataset(out: Path, vkey: str, checkpoint: str | None = None, *,
+                   consistency: str | None = None, workers: int = 2,
                    progress_stream: TextIO | None = None) -> VerifyResult:
     t0 = time.perf_counter()
     meta = _metadata(out)
     digests = _digests(out, meta)
-    led = _ledger(out, vkey, checkpoint)
+    led = _ledger(out, vkey, checkpoint, consistency)
     ds = led.dataset
     _croissant_names(meta, ds)
     sel = Selection.from_fields(ds.fields["selection"])

@@ -656,6 +656,11 @@ class Store:
         row = self.one("SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1")
         return (int(row[0]), str(row[1])) if row else None
 
+    def checkpoint_note(self, size: int) -> str | None:
+        """The signed checkpoint of `size` entries (without cosignatures), if stored."""
+        row = self.one("SELECT note FROM checkpoints WHERE size = ?", (size,))
+        return None if row is None else str(row[0])
+
     def entry_count(self) -> int:
         row = self.one("SELECT MAX(i) FROM entries")
         return 0 if row is None or row[0] is None else int(row[0]) + 1
@@ -1088,10 +1093,10 @@ class Store:
         size = latest[0]
         if best is not None and len(self.cosignature_lines(size)) < int(best[1]):
             size = int(best[0])
-        row = self.one("SELECT note FROM checkpoints WHERE size = ?", (size,))
-        if row is None:
+        text = self.checkpoint_note(size)
+        if text is None:
             return None
-        return size, str(row[0]) + "".join(self.cosignature_lines(size))
+        return size, text + "".join(self.cosignature_lines(size))
 
     def with_best_checkpoint(self, parts: dict[str, Any]) -> dict[str, Any]:
         """Receipt parts (`receipt_parts`, `entry_receipt_parts`) moved onto `best_checkpoint`:

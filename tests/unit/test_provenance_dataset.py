@@ -249,7 +249,80 @@ def test_the_checkpoint_option(exported: dict[str, Any], tmp_path: Path,
     old = tmp_path / "old.note"
     old.write_text(older)
     rc, line = _verify(exported["out"], exported["vkey"], capsys, "--checkpoint", str(old))
-    assert rc == 1 and "has size 3" in line, line
+    assert rc == 1 and "has size 3" in line and "needs a consistency proof" in line, line
+    assert f"'iot-anchor ledger prove --from 3 --to {cp.size} > PROOF'" in line, line
+
+
+def _prove(data: Path, capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    capsys.readouterr()
+    assert main(["ledger", "prove", "--data", str(data), *args]) == 0
+    return capsys.readouterr().out
+
+
+def test_a_checkpoint_of_another_size_with_a_consistency_proof(
+        exported: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An older trusted checkpoint, and a newer one (the log grew after the export), each
+    checked against the provenance's by the proof `ledger prove` gives; a proof that does not
+    hold, one for other sizes, and a second tree signed for one size are named."""
+    from gateway.fleet import registry
+    from gateway.ingest.pipeline import Pipeline
+    from tests.helpers_readings import Device
+
+    out, vkey = exported["out"], exported["vkey"]
+    cp = note.verify_checkpoint(json.loads((out / "provenance/ledger.json").read_text())[
+        "checkpoint"], vkey)
+    data = tmp_path / "data"  # the gateway, grown after the export
+    shutil.copytree(exported["data"], data)
+    with Store.open(data) as store:
+        old_note = store.checkpoint_note(3)
+        late = Device("late-1")
+        registry.add(store, late.id, late.public_bytes)
+        with Pipeline(store, workers=1, processes=False) as p:
+            for _ in range(3):
+                p.submit([late.next({"hr": 70.0})])
+                p.commit()
+        newest = store.latest_checkpoint()
+        key = store.load_signer()
+    assert old_note is not None and newest is not None and newest[0] > cp.size
+    older, newer = tmp_path / "older.note", tmp_path / "newer.note"
+    older.write_text(old_note)
+    newer.write_text(newest[1])
+    # older trusted checkpoint: proof from 3 to the provenance's size
+    up = tmp_path / "up.proof"
+    up.write_text(_prove(data, capsys, "--from", "3", "--to", str(cp.size)))
+    assert up.read_text().startswith("old 3\n")
+    rc, line = _verify(out, vkey, capsys, "--checkpoint", str(older), "--consistency", str(up))
+    assert rc == 0, line
+    # newer trusted checkpoint: without a proof it is named, with one it holds
+    rc, line = _verify(out, vkey, capsys, "--checkpoint", str(newer))
+    assert rc == 1 and f"--from {cp.size} --to {newest[0]}" in line, line
+    down = tmp_path / "down.proof"
+    down.write_text(_prove(data, capsys, "--from", str(cp.size)))  # --to: the latest
+    rc, line = _verify(out, vkey, capsys, "--checkpoint", str(newer), "--consistency", str(down))
+    assert rc == 0, line
+    # a proof for other sizes, a changed hash, a second tree signed for the newer size
+    rc, line = _verify(out, vkey, capsys, "--checkpoint", str(newer), "--consistency", str(up))
+    assert rc == 1 and f"not from {cp.size} to {newest[0]}" in line, line
+    lines = down.read_text().split("\n")
+    lines[1] = ("B" if lines[1][0] != "B" else "C") + lines[1][1:]
+    bad = tmp_path / "bad.proof"
+    bad.write_text("\n".join(lines))
+    rc, line = _verify(out, vkey, capsys, "--checkpoint", str(newer), "--consistency", str(bad))
+    assert rc == 1 and "is not consistent with the one in" in line, line
+    forked = tmp_path / "forked.note"
+    forked.write_text(note.sign_checkpoint(newest[0], bytes(32), key))
+    rc, line = _verify(out, vkey, capsys, "--checkpoint", str(forked), "--consistency",
+                       str(down))
+    assert rc == 1 and "signed two different trees of the same size" in line, line
+    # bad requests of `ledger prove`, and --consistency alone
+    for args, want in ((["--from", "0"], "is not between 1 and"),
+                       (["--from", "2", "--to", "999999"], "no stored checkpoint of size")):
+        capsys.readouterr()
+        assert main(["ledger", "prove", "--data", str(data), *args]) == 2
+        assert want in capsys.readouterr().err
+    assert main(["dataset", "verify", str(out), "--gateway-key", vkey, "--consistency",
+                 str(down)]) == 2
+    assert "--consistency needs --checkpoint FILE" in capsys.readouterr().err
 
 
 def test_bad_input_gets_a_clear_error(exported: dict[str, Any], tmp_path: Path,
