@@ -8,7 +8,7 @@ Everything runs on this machine, against a private PostgreSQL cluster (gateway/s
 fsync on). The load: D devices (load-engine keys), R readings pre-signed once, the firmware's
 bytes. What is measured, each in the same run:
 
-1. verify (the baseline): the gateway's per-reading check (`pipeline._check`: decode, ES256
+1. verify (the baseline): the gateway's per-reading check (`pipeline.check_chunk`: decode, ES256
    verify, hashes) on one core, in this process: CPU µs per reading.
 2. one gateway: a Pipeline on the PostgreSQL store (verification in process, so its CPU is the
    gateway's whole per-reading work), batches of --batch-max: per batch, the commit's wall
@@ -76,11 +76,11 @@ def interleave(msgs: list[list[bytes]]) -> list[bytes]:
 def measure_verify(stream: list[bytes], store: Store) -> float:
     """CPU µs per reading of the gateway's check (decode, verify, hashes), one core."""
     sent = {row.id: (bytes(row.key), row.status) for row in store.devices()}
-    ctx = pl._prepare_keys((2048, sent))  # noqa: SLF001 - the bench times the pipeline's own step
+    ctx = pl.prepare_keys((2048, sent))
     items = [(m, None) for m in stream[:4096]]
-    pl._check(ctx, items[:256])  # noqa: SLF001 - warm the key objects
+    pl.check_chunk(ctx, items[:256])  # warm the key objects
     t0 = cpu_s()
-    out = pl._check(ctx, items)  # noqa: SLF001
+    out = pl.check_chunk(ctx, items)
     dt = cpu_s() - t0
     assert all(not isinstance(o, str) for o in out), "the load must verify"
     return dt / len(items) * 1e6

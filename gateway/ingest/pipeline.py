@@ -192,17 +192,19 @@ class _Keys:
         return entry
 
 
-def _prepare_keys(value: tuple[int, dict[str, tuple[bytes, str]]]) -> tuple[int, _Keys]:
-    """In a worker: the registry as sent (key bytes) -> the lazy table above."""
+def prepare_keys(value: tuple[int, dict[str, tuple[bytes, str]]]) -> tuple[int, _Keys]:
+    """In a worker: the registry as sent ((message size limit, {dev: (key bytes, status)}))
+    -> the context `check_chunk` takes (the lazy key table above)."""
     limit, registry = value
     if len(_key_objects) > 4 * len(registry) + 1024:  # forget keys of a long-gone registry
         _key_objects.clear()
     return limit, _Keys(registry)
 
 
-def _check(ctx: tuple[int, _Keys], items: Sequence[tuple[bytes, str | None]]
+def check_chunk(ctx: tuple[int, _Keys], items: Sequence[tuple[bytes, str | None]]
            ) -> list[_Checked | _Refused | str]:
-    """Worker: decode and verify a chunk. Per item: (dev, seq, prev, digest, leaf hash) or the
+    """A verifier process's work on one chunk (the pool's task; a bench calls it directly):
+    decode and verify. Per item: (dev, seq, prev, digest, leaf hash) or the
     rejection reason. The hashes are made here so that the serial part of a commit is short."""
     max_message, keys = ctx
     out: list[_Checked | _Refused | str] = []
@@ -288,8 +290,8 @@ class Pipeline:
         if self._concurrent:  # read first: a change after it is seen next time
             self._registry_seen = self.store.registry_version()
         sent = {row.id: (bytes(row.key), row.status) for row in self.store.devices()}
-        self._keys = _prepare_keys((self.max_message, sent))[1]
-        self._ctx = Context(next(self._generation), (self.max_message, sent), _prepare_keys,
+        self._keys = prepare_keys((self.max_message, sent))[1]
+        self._ctx = Context(next(self._generation), (self.max_message, sent), prepare_keys,
                             (self.max_message, self._keys))
         self._devs = {}
         self.rules.reload()
@@ -354,7 +356,7 @@ class Pipeline:
             items.append((raw, topic))
             raws.append(raw)
             topics.append(topic)
-        return Submission(raws, topics, self.pool.iter_chunks(_check, items, self._ctx))
+        return Submission(raws, topics, self.pool.iter_chunks(check_chunk, items, self._ctx))
 
     def finish(self, submission: Submission) -> list[Outcome]:
         """The second half of `submit`: classify the verified messages, in order."""

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from gateway.cli import main as cli_main
 from gateway.downlink import Downlink
 from gateway.errors import ConfigError
+from gateway.fleet import registry
 from gateway.storage import downlink_keyfile
 from gateway.storage.store import Store
 from gateway.wire import downlink as wire
@@ -153,7 +154,13 @@ def test_store_epoch_grows_and_the_key_file(tmp_path: Path) -> None:
     # the service's Downlink counts above every earlier start
     d1 = Downlink.open(data)
     d2 = Downlink.open(data)
-    assert d2._epoch > d1._epoch  # noqa: SLF001 - the durable epoch is the point here
+    dev = DeviceSigner.generate("e")
+    with Store.open(data) as s:
+        registry.add(s, dev.dev, dev.public_key)
+    k = d1.mac_key(dev.dev)  # one MAC key for both: the same gateway key
+    first, second = (wire.decode_ack_payload(wire.open_sealed(k, "anchor/e/ack", d.seal_ack(
+        "e", 0, [], 0)))[0] for d in (d1, d2))
+    assert second >> 32 > first >> 32  # the later start's epoch is above the earlier one's
     d1.close()
     d2.close()
     os.chmod(p, 0o644)
