@@ -84,6 +84,12 @@ def _input(devs: list[Device]) -> list[list[bytes]]:
     ]
 
 
+def _clock_users() -> list[Any]:
+    """The store's modules that read the gateway clock (`now_ms`, from storage.core)."""
+    return [m for name, m in sorted(sys.modules.items())
+            if name.startswith("gateway.storage.") and hasattr(m, "now_ms")]
+
+
 def test_sqlite_and_postgresql_give_the_same_bytes(tmp_path: Path, pg_url: str,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     key = note.generate_key()
@@ -93,8 +99,8 @@ def test_sqlite_and_postgresql_give_the_same_bytes(tmp_path: Path, pg_url: str,
     logs: list[list[str]] = []
     for name, url in (("lite", None), ("pg", pg_url)):
         clock = itertools.count(1_750_000_000_000, 1000)  # the gateway timestamps, fixed
-        monkeypatch.setattr(store_mod, "now_ms", lambda clock=clock: next(clock))
-        monkeypatch.setattr(pipeline_mod, "now_ms", lambda clock=clock: next(clock))
+        for mod in (*_clock_users(), pipeline_mod):
+            monkeypatch.setattr(mod, "now_ms", lambda clock=clock: next(clock))
         s, vkey = Store.create(tmp_path / name, url, key=key)
         stores.append(s)
         logs.append(_scenario(s, url, devs, msgs))
