@@ -53,7 +53,8 @@ def register(sub: Subcommands) -> None:
         description="With no database and no network: every file's sha256 against "
         "croissant.json, every row against its COSE message, every signature against the key "
         "its device had, every reading, batch, registry and dataset entry proven under a "
-        "checkpoint signed by VKEY (and equal to FILE's when given), and the root over the "
+        "checkpoint signed by VKEY (equal to FILE's when given, or consistent with it by "
+        "PROOF when their sizes differ), and the root over the "
         "rows against the anchored one. Exit 0 when all hold, else 1 naming the first "
         "failure.")
     v.add_argument("out", metavar="OUT", help="the dataset directory")
