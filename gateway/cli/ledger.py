@@ -114,7 +114,7 @@ def _prove(args: argparse.Namespace) -> int:
         if latest is None:
             raise ConfigError("the ledger has no checkpoint yet", "anchor something first")
         new = latest[0] if args.new is None else args.new
-        text = latest[1] if new == latest[0] else store.checkpoint_note(new)
+        text = store.checkpoint_note(new)
         if text is None:
             raise ConfigError(f"there is no stored checkpoint of size {new} (the latest has "
                               f"size {latest[0]})", "give --to a size with a checkpoint, or "
