@@ -18,7 +18,7 @@ turn, the three things the service does per reading:
 2. PUBACK: it acknowledges those N messages, as after a commit: ours `puback(pids)`, paho
    `ack(mid, 1)` per message. It ends when the broker, having counted N PUBACKs, sends a
    QoS 0 PUBLISH that says so.
-3. device ack: it publishes N QoS 1 acks (`anchor/<id>/ack`, 22-byte CBOR) and takes the
+3. device ack: it publishes N QoS 1 acks (`anchor/<id>/ack`, sealed: 68 bytes) and takes the
    broker's PUBACK of each: ours `publish`, paho `publish(topic, payload, qos=1)`, with no
    limit on messages in flight (paho's `max_inflight_messages_set(0)`).
 
@@ -55,7 +55,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion  # noqa: E40
 
 from gateway.mqtt.client import Endpoint, session  # noqa: E402
 from gateway.wire import mqtt as wire  # noqa: E402
-from gateway.wire.ack import encode_ack  # noqa: E402
+from gateway.wire.downlink import ack_payload, seal  # noqa: E402
 from gateway.wire.topics import READINGS_TOPIC, ack_topic, readings_topic  # noqa: E402
 
 PAYLOAD_BYTES = 180  # a reading's COSE message is about this size
@@ -81,8 +81,13 @@ def reading_stream(n: int) -> bytes:
 
 
 def device_acks(n: int) -> list[tuple[str, bytes]]:
-    """N (topic, CBOR ack) pairs, one device after another."""
-    return [(ack_topic(f"dev-{i % DEVICES:04d}"), encode_ack(i, [], 7)) for i in range(n)]
+    """N (topic, sealed ack) pairs, one device after another (docs/protocol.md, "The downlink")."""
+    key = bytes(32)  # the clients only carry the bytes; nobody opens them here
+    out = []
+    for i in range(n):
+        topic = ack_topic(f"dev-{i % DEVICES:04d}")
+        out.append((topic, seal(key, topic, ack_payload(i, i, [], 7))))
+    return out
 
 
 # --------------------------------------------------------------------------- the fake broker
