@@ -25,6 +25,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from cel_expr_python import cel
+from cel_expr_python.ext.ext_bindings import ExtBindings
+
+from gateway.rules.cel_ast import needed_sensors
 
 MAX_CONDITION = 4096  # characters
 _ERROR_RX = re.compile(r"ERROR: <input>:(\d+):(\d+): (.*?)(?:\n|$)")
@@ -33,6 +36,9 @@ _T = cel.Type
 _BASE = {"device": _T.STRING, "seq": _T.INT, "ts": _T.INT, "data": _T.Map(_T.STRING, _T.DYN)}
 _ENV = cel.NewEnv(variables=_BASE)
 _STATE_ENV = cel.NewEnv(variables={**_BASE, "state": _T.Map(_T.STRING, _T.INT)})
+# `Batched` programs: a list of readings in, each bound to the names above with cel.bind
+_ROWS_ENV = cel.NewEnv(variables={"rows": _T.List(_T.DYN)}, extensions=[ExtBindings()])
+BATCH = 48  # readings per `Batched` evaluation (CEL's map copies its list as it grows)
 
 
 class ConditionError(Exception):
@@ -53,11 +59,13 @@ class Condition:
     text: str
     program: Any  # cel.Expression
     uses_state: bool
-    sensors: frozenset[str] = frozenset()  # the data.NAME it names (a hint for `combine`)
+    sensors: frozenset[str] = frozenset()  # the data.NAME it names (a hint for `batched`)
+    needs: frozenset[str] = frozenset()  # without any of these it cannot be true: no match
 
-    def matches(self, activation: Any) -> bool:
-        """True only for a bool true; false and every error value are "no match"."""
-        return self.program.eval(activation).value() is True
+    def matches(self, bound: Mapping[str, Any]) -> bool:
+        """True only for a bool true; false and every error value are "no match". `bound`:
+        the variables, as `bindings` makes them."""
+        return self.program.eval(data=bound).value() is True
 
 
 _UNDECLARED = re.compile(r"undeclared reference to '([\w.]+)'(?: \(in container '[^']*'\))?")
@@ -109,41 +117,71 @@ def compile_condition(text: str) -> Condition:
         raise ConditionError([(1, 1, f"the condition has type {rtype.name().lower()}, not bool "
                                      "(compare it, e.g. data.temp > 30.0)")])
     sensors = frozenset(a or b for a, b in _SENSOR_RX.findall(text))
-    return Condition(text, program, uses_state, sensors)
+    try:
+        needs = needed_sensors(program.serialize())
+    except (ValueError, IndexError, UnicodeDecodeError):  # not the form read: assume nothing
+        needs = frozenset()
+    return Condition(text, program, uses_state, sensors, needs)
 
 
-def activation(dev: str, seq: int, ts: int | None, data: Mapping[str, Any],
-               state: Mapping[str, int] | None = None) -> Any:
-    """The variables of one reading (and, for conditions that use it, one rule's state)."""
+def bindings(dev: str, seq: int, ts: int | None, data: Mapping[str, Any],
+             state: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """The variables of one reading (and, for conditions that use it, one rule's state); an
+    absent ts stays unbound."""
     bound: dict[str, Any] = {"device": dev, "seq": seq, "data": data}
     if ts is not None:
         bound["ts"] = ts
-    if state is None:
-        return _ENV.Activation(bound)
-    bound["state"] = state
-    return _STATE_ENV.Activation(bound)
+    if state is not None:
+        bound["state"] = state
+    return bound
 
 
 @dataclass(frozen=True, slots=True)
-class Combined:
-    """Several stateless conditions evaluated as one CEL list: one evaluation instead of one
-    per rule (a list of n comparisons costs about a third of n evaluations). When any of them
-    is an error value the list is one too; `results` then returns None and the caller
-    evaluates each condition alone, so the answers are those of `Condition.matches`."""
+class Batched:
+    """Several conditions evaluated over many readings in one CEL call: one call per `BATCH`
+    readings instead of one per reading and condition. The readings are rows
+    [device, seq, ts, data], or [device, seq, data] for a program without ts (and a rule's
+    state after them, for its own condition), each bound to its names by cel.bind around
+    the conditions' own text. When any answer is an error
+    value the whole list is one too: `results` then halves the rows until it has the
+    answers of every row without an error, and gives None for each row with one, which the
+    caller evaluates condition by condition; so the answers are those of
+    `Condition.matches`."""
 
     program: Any
 
-    def results(self, activation: Any) -> list[bool] | None:
-        r = self.program.eval(activation).plain_value()
-        return r if type(r) is list else None
+    def _eval(self, rows: list[list[Any]]) -> list[list[bool] | None]:
+        try:
+            r = self.program.eval(data={"rows": rows}).plain_value()
+        except (RuntimeError, TypeError, ValueError, OverflowError):  # a value CEL cannot hold
+            r = None
+        if type(r) is list:
+            return r
+        if len(rows) == 1:
+            return [None]
+        half = len(rows) // 2
+        return self._eval(rows[:half]) + self._eval(rows[half:])
+
+    def results(self, rows: list[list[Any]]) -> list[list[bool] | None]:
+        """Per row: each condition's answer, or None (evaluate that row's conditions alone)."""
+        return self._eval(rows) if rows else []
 
 
-def combine(conditions: list[Condition]) -> Combined | None:
-    """One program for `conditions` (none of which uses state), or None if it does not
-    compile (it would be over a size limit of the CEL runtime)."""
-    if not conditions or any(c.uses_state for c in conditions):
+def batched(conditions: list[Condition], with_ts: bool) -> Batched | None:
+    """One program for `conditions` over rows with a ts, or without one; None if it does not
+    compile (over a size limit of the CEL runtime, or, for rows without a ts, a condition
+    names ts: such rows are evaluated condition by condition, where ts is unbound).
+    Conditions that use state take it from a last column of the row (one rule's state: a
+    program of them all then holds only conditions of one rule)."""
+    if not conditions:
         return None
+    names = ["device", "seq", "ts", "data"] if with_ts else ["device", "seq", "data"]
+    if any(c.uses_state for c in conditions):
+        names.append("state")
+    inner = "[" + ",\n".join(f"({c.text}\n)" for c in conditions) + "]"
+    for k in reversed(range(len(names))):  # a condition's text ends with a newline: a //
+        inner = f"cel.bind({names[k]}, r[{k}], {inner})"  # comment in it stops there
     try:
-        return Combined(_ENV.compile("[" + ", ".join(f"({c.text})" for c in conditions) + "]"))
+        return Batched(_ROWS_ENV.compile(f"rows.map(r, {inner})"))
     except RuntimeError:
         return None

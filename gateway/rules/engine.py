@@ -28,14 +28,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.rules.condition import Combined, Condition, activation, combine
+from gateway.rules.condition import BATCH, Batched, Condition, batched, bindings
 from gateway.rules.model import Rule, RuleSet
 
 Reading = tuple[str, int, bytes, "int | None", dict[str, Any]]  # dev, seq, leaf, ts, data
 State = tuple[Any, ...]
 Key = tuple[int, str]  # (rule index, device)
 MAX_SPLITS = 4096  # cached (rules, sensor names) -> how they are evaluated
-MAX_PROGRAMS = 256  # combined CEL programs
+MAX_PROGRAMS = 256  # batched CEL programs
 
 
 @dataclass(frozen=True)
@@ -70,13 +70,26 @@ class Firing:
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
-    """The reading rules of one device: stateless (their indexes in `ids`; `runs`: the
-    positions of those with `for` > 1) and stateful."""
+    """The rules of one device: stateless reading rules (their indexes in `ids`; `runs`: the
+    positions of those with `for` > 1, with their state keys), stateful ones, and the state
+    keys of the silence rules that watch it."""
 
     stateless: list[tuple[int, Rule]]
     ids: tuple[int, ...]
-    runs: list[int]
+    runs: list[tuple[int, Key]]
     stateful: list[tuple[int, Rule]]
+    silence: list[Key]
+
+
+@dataclass(frozen=True, slots=True)
+class _Split:
+    """The stateless rules of a plan for one set of sensor names: `together` (positions in
+    the plan) evaluated by `programs` (for readings without a ts, with one), `alone` each by
+    itself; the others need a sensor that is missing (`Condition.needs`): no match."""
+
+    together: list[int]
+    alone: list[tuple[int, Condition]]
+    programs: tuple[Batched | None, Batched | None]
 
 
 class Engine:
@@ -93,6 +106,8 @@ class Engine:
         self._silence_rules = rs.by_trigger("silence")
         self._reject_rules = rs.by_trigger("rejections")
         self.active = bool(rs.rules)
+        self._reading_ids = {k for k, _ in self._reading_rules}
+        self._open = self._open_runs()  # reading rules' keys with a run (overlay included)
         # per silence rule, the devices it has a committed state for (tick's candidates)
         silence = {k for k, _ in self._silence_rules}
         self._silence_base: dict[int, set[str]] = {k: set() for k in silence}
@@ -100,12 +115,13 @@ class Engine:
             if k in silence:
                 self._silence_base[k].add(d)
         self._plans: dict[str, _Plan] = {}
-        # (stateless rules, the reading's sensor names) -> (rules evaluated together, program)
-        self._splits: dict[tuple[tuple[int, ...], tuple[str, ...]],
-                           tuple[list[int], list[tuple[int, Condition]], Combined | None]] = {}
-        # (stateless rules, the ones evaluated together) -> their program; bounded: a set of
-        # rules whose sensors come and go in every combination is evaluated rule by rule
-        self._programs: dict[tuple[tuple[int, ...], tuple[int, ...]], Combined | None] = {}
+        # (stateless rules, the reading's sensor names) -> the split (see _split)
+        self._splits: dict[tuple[tuple[int, ...], tuple[str, ...]], _Split] = {}
+        # (stateless rules, the ones evaluated together, with ts) -> their program; bounded: a
+        # set of rules whose sensors come and go in every combination is evaluated rule by rule
+        self._programs: dict[tuple[tuple[int, ...], tuple[int, ...], bool], Batched | None] = {}
+        # (rule on state, with ts) -> its program
+        self._state_programs: dict[tuple[int, bool], Batched | None] = {}
 
     # --- state overlay -------------------------------------------------------------------------
 
@@ -114,7 +130,8 @@ class Engine:
         return st if st is not None else self._base.get(key)
 
     def begin(self) -> None:
-        self._tx = {}
+        if self._tx:  # a transaction that neither committed nor rolled back
+            self.rollback()
 
     def commit(self) -> None:
         self._base.update(self._tx)
@@ -126,6 +143,10 @@ class Engine:
 
     def rollback(self) -> None:
         self._tx = {}
+        self._open = self._open_runs()
+
+    def _open_runs(self) -> set[Key]:
+        return {key for key, st in self._base.items() if key[0] in self._reading_ids and st[2]}
 
     def pending(self) -> dict[Key, State]:
         """The states the open transaction wrote (the store saves them with it)."""
@@ -141,45 +162,88 @@ class Engine:
             stateless = [(k, r) for k, r in mine if r.when is not None and not r.when.uses_state]
             plan = self._plans[dev] = _Plan(
                 stateless, tuple(k for k, _ in stateless),
-                [j for j, (_, r) in enumerate(stateless) if r.count > 1],
-                [(k, r) for k, r in mine if r.when is not None and r.when.uses_state])
+                [(j, (k, dev)) for j, (k, r) in enumerate(stateless) if r.count > 1],
+                [(k, r) for k, r in mine if r.when is not None and r.when.uses_state],
+                [(k, dev) for k, r in self._silence_rules
+                 if r.devices is None or dev in r.devices])
         return plan
 
-    def _stateless(self, plan: _Plan, keys: tuple[str, ...], act: Any) -> list[bool]:
-        """Each stateless rule's answer, as `Condition.matches` gives it. The rules whose
-        named sensors are all in the reading are evaluated together (`combine`), the others
-        alone; a combined result with an error in it is redone rule by rule."""
-        rules = plan.stateless
+    def _program(self, plan: _Plan, together: list[int], with_ts: bool) -> Batched | None:
+        pk = (plan.ids, tuple(together), with_ts)
+        if pk in self._programs:
+            return self._programs[pk]
+        if not together or len(self._programs) >= MAX_PROGRAMS:
+            return None
+        conds = [c for c in (plan.stateless[j][1].when for j in together) if c is not None]
+        prog = self._programs[pk] = batched(conds, with_ts)
+        return prog
+
+    def _split(self, plan: _Plan, keys: tuple[str, ...]) -> _Split:
+        """How the stateless rules are evaluated for readings with sensor names `keys`: not at
+        all when a sensor they need is missing (no match), together when the sensors they
+        name are all there (a `Batched` program each for readings with and without a ts),
+        the others alone."""
         ck = (plan.ids, keys)
         split = self._splits.get(ck)
         if split is None:
             have = set(keys)
-            together = [j for j, (_, r) in enumerate(rules)
-                        if r.when is not None and r.when.sensors <= have]
-            pk = (plan.ids, tuple(together))
-            comb = self._programs.get(pk)
-            if comb is None and pk not in self._programs and len(together) > 1 \
-                    and len(self._programs) < MAX_PROGRAMS:
-                conds = [c for c in (rules[j][1].when for j in together) if c is not None]
-                comb = self._programs[pk] = combine(conds)
-            if comb is None:
+            rules = plan.stateless
+            never = [j for j, (_, r) in enumerate(rules)
+                     if r.when is not None and not r.when.needs <= have]
+            together = [j for j, (_, r) in enumerate(rules) if j not in never
+                        and r.when is not None and r.when.sensors <= have]
+            progs = (self._program(plan, together, False), self._program(plan, together, True))
+            if progs == (None, None):
                 together = []
             alone = [(j, r.when) for j, (_, r) in enumerate(rules)
-                     if j not in set(together) and r.when is not None]
+                     if j not in set(together) and j not in never and r.when is not None]
             if len(self._splits) >= MAX_SPLITS:  # devices with ever new sensor names
                 self._splits.clear()
-            split = self._splits[ck] = (together, alone, comb)
-        together, alone, comb = split
-        res = comb.results(act) if comb is not None else None
-        if res is None:  # no program, or an error value in its list: rule by rule
-            return [r.when.matches(act) for _, r in rules]  # type: ignore[union-attr]
-        if not alone:
-            return res
-        out = [False] * len(rules)
-        for j, hit in zip(together, res, strict=True):
-            out[j] = hit
-        for j, cond in alone:
-            out[j] = cond.matches(act)
+            split = self._splits[ck] = _Split(together, alone, progs)
+        return split
+
+    def _stateless(self, readings: Sequence[Reading]) -> list[list[bool] | None]:
+        """Per reading, the answers of its device's stateless rules in plan order, as
+        `Condition.matches` gives them (None: the device has none). Readings with the same
+        rules and sensor names are evaluated together, `BATCH` at a time."""
+        out: list[list[bool] | None] = [None] * len(readings)
+        groups: dict[tuple[tuple[int, ...], tuple[str, ...]], tuple[_Plan, list[int]]] = {}
+        for i, r in enumerate(readings):
+            plan = self._plan(r[0])
+            if plan.stateless:
+                ck = (plan.ids, tuple(r[4]))
+                g = groups.get(ck)
+                if g is None:
+                    g = groups[ck] = (plan, [])
+                g[1].append(i)
+        for (_, keys), (plan, idx) in groups.items():
+            split = self._split(plan, keys)
+            rules = plan.stateless
+            for with_ts in (False, True):
+                prog = split.programs[with_ts]
+                mine = [i for i in idx if (readings[i][3] is not None) is with_ts]
+                for k in range(0, len(mine), BATCH):
+                    part = mine[k:k + BATCH]
+                    rows = [[d, s, ts, data] if with_ts else [d, s, data]
+                            for d, s, _, ts, data in (readings[i] for i in part)]
+                    res = prog.results(rows) if prog is not None else [None] * len(part)
+                    for i, hits in zip(part, res, strict=True):
+                        d, s, _, ts, data = readings[i]
+                        if hits is not None and len(hits) == len(rules):
+                            out[i] = hits
+                            continue
+                        got = [False] * len(rules)
+                        bound = bindings(d, s, ts, data) if hits is None or split.alone \
+                            else None
+                        if hits is None:  # an error value among them: each alone
+                            for j in split.together:
+                                got[j] = rules[j][1].when.matches(bound)  # type: ignore
+                        else:
+                            for j, hit in zip(split.together, hits, strict=True):
+                                got[j] = hit
+                        for j, cond in split.alone:
+                            got[j] = cond.matches(bound)  # type: ignore[arg-type]
+                        out[i] = got
         return out
 
     def _matched(self, key: Key, rule: Rule, reading: tuple[str, int, bytes], t: int,
@@ -189,52 +253,98 @@ class Engine:
         run = (*run, reading)
         if len(run) < rule.count:
             self._tx[key] = (fired, last, run)
-        elif rule.cooldown_ms and fired and t - last < rule.cooldown_ms:
+            self._open.add(key)
+            return
+        self._open.discard(key)
+        if rule.cooldown_ms and fired and t - last < rule.cooldown_ms:
             self._tx[key] = (fired, last, ())  # matched during the cooldown: dropped
         else:
             self._tx[key] = (fired + 1, t, ())
             out.append(Firing(key[0], "readings", t, run))
 
+    def _stateful(self, chunk: Sequence[Reading]) -> dict[tuple[int, int], bool]:
+        """(rule, position in `chunk`) -> the answer of the rule's condition (on its state),
+        for the readings of `chunk` its rule watches, with the states as they are now. A
+        reading after an earlier one of the same device in the chunk changed that state is
+        evaluated again by the caller."""
+        todo: dict[tuple[int, bool], list[tuple[int, list[Any]]]] = {}
+        for pos, (dev, seq, _, ts, data) in enumerate(chunk):
+            for k, rule in self._plan(dev).stateful:
+                when = rule.when
+                assert when is not None
+                if when.needs and not data.keys() >= when.needs:
+                    continue  # the caller's no match
+                st = self._get((k, dev))
+                state = ({"count": 0, "fired": 0, "last_fired": 0} if st is None
+                         else {"count": len(st[2]), "fired": st[0], "last_fired": st[1]})
+                row = [dev, seq, data, state] if ts is None else [dev, seq, ts, data, state]
+                todo.setdefault((k, ts is not None), []).append((pos, row))
+        out: dict[tuple[int, int], bool] = {}
+        for (k, with_ts), rows in todo.items():
+            if (k, with_ts) not in self._state_programs:
+                when = self.rs.rules[k].when
+                assert when is not None
+                self._state_programs[(k, with_ts)] = batched([when], with_ts)
+            prog = self._state_programs[(k, with_ts)]
+            if prog is None:
+                continue
+            for (pos, _), hits in zip(rows, prog.results([r for _, r in rows]), strict=True):
+                if hits is not None:
+                    out[(k, pos)] = hits[0] is True
+        return out
+
     def batch(self, readings: Sequence[Reading], t: int) -> list[Firing]:
         out: list[Firing] = []
-        silence = self._silence_rules
-        for dev, seq, leaf, ts, data in readings:
+        seen: set[Key] = set()  # silence rules' keys marked as seen at t
+        answers = self._stateless(readings)
+        stateful: dict[tuple[int, int], bool] = {}
+        changed: set[Key] = set()  # stateful rules' states written in this chunk
+        with_state = any(True for _, r in self._reading_rules
+                         if r.when is not None and r.when.uses_state)
+        for n, (dev, seq, leaf, ts, data) in enumerate(readings):
+            if with_state and n % BATCH == 0:
+                stateful = self._stateful(readings[n:n + BATCH])
+                changed = set()
             n0 = len(out)
             plan = self._plan(dev)
             stateless = plan.stateless
-            if stateless:
-                act = activation(dev, seq, ts, data)
-                res = self._stateless(plan, tuple(data), act)
+            res = answers[n]
+            if res is not None:
                 if True in res:
-                    for (k, rule), hit in zip(stateless, res, strict=True):
-                        if hit:
+                    for (k, rule), yes in zip(stateless, res, strict=True):
+                        if yes:
                             self._matched((k, dev), rule, (dev, seq, leaf), t, out)
-                for j in plan.runs:  # only a `for` rule has a run to break
-                    if not res[j]:
-                        key = (stateless[j][0], dev)
-                        st = self._tx.get(key) or self._base.get(key)
-                        if st is not None and st[2]:
-                            self._tx[key] = (st[0], st[1], ())
+                for j, key in plan.runs:  # only a `for` rule has a run to break
+                    if not res[j] and key in self._open:
+                        cur = self._tx.get(key) or self._base[key]
+                        self._tx[key] = (cur[0], cur[1], ())
+                        self._open.discard(key)
             for k, rule in plan.stateful:
                 key = (k, dev)
                 st = self._get(key)
                 fired, last, run = st if st is not None else (0, 0, ())
-                assert rule.when is not None
-                act = activation(dev, seq, ts, data,
-                                 {"count": len(run), "fired": fired, "last_fired": last})
-                if rule.when.matches(act):
+                when = rule.when
+                assert when is not None
+                hit = stateful.get((k, n % BATCH)) if key not in changed else None
+                if hit is None:
+                    hit = (not when.needs or data.keys() >= when.needs) and when.matches(bindings(
+                        dev, seq, ts, data, {"count": len(run), "fired": fired,
+                                             "last_fired": last}))
+                if hit:
                     self._matched(key, rule, (dev, seq, leaf), t, out)
+                    changed.add(key)
                 elif run:
                     self._tx[key] = (fired, last, ())
+                    self._open.discard(key)
+                    changed.add(key)
             if len(out) - n0 > 1:  # one reading's firings in rule order
                 out[n0:] = sorted(out[n0:], key=lambda f: f.rule)
-            for k, rule in silence:
-                if rule.devices is None or dev in rule.devices:
-                    key = (k, dev)
-                    st = self._get(key)
-                    fired, last = (st[0], st[1]) if st is not None else (0, 0)
-                    if st is None or st[2] != t or not st[3]:
-                        self._tx[key] = (fired, last, t, True)
+            for key in plan.silence:
+                if key not in seen:
+                    seen.add(key)
+                    was = self._get(key)
+                    if was is None or was[2] != t or not was[3]:
+                        self._tx[key] = (was[0], was[1], t, True) if was else (0, 0, t, True)
         return out
 
     def tick(self, now: int) -> list[Firing]:
