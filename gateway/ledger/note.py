@@ -34,6 +34,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 from typing import NamedTuple
 
 from cryptography.exceptions import InvalidSignature
@@ -118,12 +119,18 @@ def gateway_origin(key: Ed25519PrivateKey | Ed25519PublicKey | bytes) -> str:
     return ORIGIN_PREFIX + gateway_key_id(key)
 
 
+# \s in a str pattern is str.isspace(): both are CPython's Py_UNICODE_ISSPACE
+_NAME_SPACE_RX = re.compile(r"[+\s]")
+_NAME_CONTROL_RX = re.compile(r"[\x00-\x1f\x7f]")
+_TEXT_CONTROL_RX = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")  # newline aside
+
+
 def _check_name(name: str) -> None:
     if not name:
         raise NoteError("empty key name")
-    if "+" in name or any(c.isspace() for c in name):
+    if _NAME_SPACE_RX.search(name):
         raise NoteError(f"key name {name!r} contains '+' or white space, which notes forbid")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+    if _NAME_CONTROL_RX.search(name):
         raise NoteError(f"key name {name!r} contains a control character")
 
 
@@ -206,15 +213,17 @@ def _check_text(text: str) -> None:
         raise NoteError("note text must be non-empty and end with a newline")
     if "\n\n" in text or text.startswith("\n"):
         raise NoteError("note text must not contain empty lines")
-    if any((ord(c) < 0x20 and c != "\n") or ord(c) == 0x7F for c in text):
+    if _TEXT_CONTROL_RX.search(text):
         raise NoteError("note text contains a control character")
 
 
-def sign_note(text: str, name: str, private_key: Ed25519PrivateKey) -> str:
-    """text + "\\n" + one signature line. `text` must end in "\\n" with no empty line."""
+def sign_note(text: str, name: str, private_key: Ed25519PrivateKey,
+              public_key: bytes | None = None) -> str:
+    """text + "\\n" + one signature line. `text` must end in "\\n" with no empty line.
+    `public_key`: the key's raw public key, if the caller has it (else derived here)."""
     _check_text(text)
     _check_name(name)
-    kid = key_id(name, public_key_bytes(private_key))
+    kid = key_id(name, public_key if public_key is not None else public_key_bytes(private_key))
     sig = private_key.sign(text.encode())
     return f"{text}\n{_DASH}{name} {base64.b64encode(kid + sig).decode()}\n"
 
@@ -343,8 +352,9 @@ def parse_checkpoint(body: str) -> Checkpoint:
 
 def sign_checkpoint(size: int, root: bytes, private_key: Ed25519PrivateKey) -> str:
     """The gateway's signed checkpoint: origin = key name = `gateway_origin(private_key)`."""
-    origin = gateway_origin(private_key)
-    return sign_note(format_checkpoint(origin, size, root), origin, private_key)
+    pub = public_key_bytes(private_key)
+    origin = gateway_origin(pub)
+    return sign_note(format_checkpoint(origin, size, root), origin, private_key, pub)
 
 
 def verify_checkpoint(note: str, vkey: str) -> Checkpoint:

@@ -120,6 +120,9 @@ class StoreCore:
         self.readonly = readonly
         self.lock = threading.RLock()
         self._data_version = self._pragma("data_version")
+        self._writes = 0  # write transactions begun (one per `write`)
+        # (write transaction, tree, size, root) of the last checkpoint signed: see checkpoint
+        self._signed: tuple[int, merkle.CompactRange, int, bytes] | None = None
 
     # --- opening -------------------------------------------------------------------------------
 
@@ -343,6 +346,7 @@ class StoreCore:
             raise StorageError(f"{self.location} is open read-only", "open it read-write")
         with self.lock:
             c = self.conn
+            self._writes += 1
             try:
                 c.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as e:
@@ -421,7 +425,10 @@ class StoreCore:
 
     def checkpoint(self, c: sqlite3.Connection, tree: merkle.CompactRange, signer: Any) -> str:
         """Sign and store the checkpoint for `tree` (the state after this transaction's
-        appends). Refuses to sign anything that does not extend the last checkpoint."""
+        appends). Refuses to sign anything that does not extend the last checkpoint. The
+        stored nodes are checked against the last checkpoint's root, except when this
+        transaction signed it from this same tree (appended to since, in place): the first
+        checkpoint of a transaction checks them, the next ones extend it by construction."""
         size, root = tree.size, tree.root()
         last = c.execute("SELECT size, root FROM checkpoints ORDER BY size DESC LIMIT 1").fetchone()
         if last is not None:
@@ -433,8 +440,14 @@ class StoreCore:
                 return str(c.execute("SELECT note FROM checkpoints WHERE size = ?",
                                      (size,)).fetchone()[0])
             # the new tree must contain the old one: check the old root from stored nodes
-            old = merkle.range_root_from_nodes(
-                lambda lv, ix: _node(c, lv, ix), 0, last[0]) if last[0] else merkle.EMPTY_ROOT
+            mine = self._signed
+            if mine is not None and mine[0] == self._writes and mine[1] is tree \
+                    and (mine[2], mine[3]) == (last[0], bytes(last[1])):
+                old = mine[3]
+            else:
+                old = merkle.range_root_from_nodes(
+                    lambda lv, ix: _node(c, lv, ix), 0, last[0]) if last[0] \
+                    else merkle.EMPTY_ROOT
             if old != last[1]:
                 raise IntegrityError(
                     f"the ledger tree's first {last[0]} entries no longer give the signed root",
@@ -442,6 +455,7 @@ class StoreCore:
         text = note.sign_checkpoint(size, root, signer)
         c.execute("INSERT INTO checkpoints (size, root, note) VALUES (?, ?, ?)", (size, root, text))
         c.execute("UPDATE meta SET value = ? WHERE key = 'ledger_range'", (tree.to_bytes(),))
+        self._signed = (self._writes, tree, size, root)
         return text
 
     def latest_checkpoint(self) -> tuple[int, str] | None:

@@ -291,3 +291,29 @@ def test_non_canonical_base64_and_oversized_notes_are_refused() -> None:
     huge = "x\n" * 40_000 + "\n\u2014 a AAAA\n"
     with pytest.raises(NoteError, match="more than"):
         note.verify_note(huge, vkey)
+
+
+
+def test_names_and_texts_refuse_exactly_the_characters_notes_forbid() -> None:
+    """Over every code point: a key name refuses '+', white space (str.isspace) and control
+    characters; a note's text refuses control characters other than the newline. All the
+    allowed ones go through in one name and one text; each refused one alone is refused."""
+    key = Ed25519PrivateKey.generate()
+    chars = [chr(cp) for cp in range(0x110000) if not 0xD800 <= cp <= 0xDFFF]
+
+    def control(c: str) -> bool:
+        return ord(c) < 0x20 or ord(c) == 0x7F
+
+    name_bad = [c for c in chars if c == "+" or c.isspace() or control(c)]
+    text_bad = [c for c in chars if control(c) and c != "\n"]
+    name_ok = "".join(c for c in chars if c not in set(name_bad))
+    text_ok = "".join(c for c in chars if not control(c))
+    note.sign_note("x\n", name_ok, key)
+    note.sign_note(text_ok + "\n", "n", key)
+    assert len(name_bad) > 33 and len(text_bad) == 32
+    for c in name_bad:
+        with pytest.raises(NoteError, match="key name"):
+            note.sign_note("x\n", "a" + c, key)
+    for c in text_bad:
+        with pytest.raises(NoteError, match="control character"):
+            note.sign_note("a" + c + "\n", "n", key)
