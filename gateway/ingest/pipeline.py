@@ -75,7 +75,14 @@ from gateway.ledger.entry import RecordEntry, decode_entry
 from gateway.ledger.merkle import leaf_hash
 from gateway.rules.runtime import RuleRuntime
 from gateway.storage.store import Store, now_ms
-from gateway.wire.cose import DECODE_REASONS, MAX_MESSAGE, Rejection, decode, fields
+from gateway.wire.cose import (
+    DECODE_REASONS,
+    MAX_MESSAGE,
+    Rejection,
+    decode,
+    fields,
+    fields_and_values,
+)
 from gateway.wire.es256 import PublicKey, check_signature, load_public_key
 
 REASONS: tuple[str, ...] = DECODE_REASONS + (
@@ -94,6 +101,8 @@ WALK = 512  # seqs per device per step of the watermark walk
 
 Message = bytes | bytearray | memoryview | tuple[bytes, str | None]
 _Checked = tuple[str, int, bytes, bytes, bytes]  # dev, seq, prev, SHA-256, RFC 6962 leaf hash
+_Values = tuple["int | None", dict[str, "int | float"]]  # a reading's ts and data
+_CheckedValues = tuple[str, int, bytes, bytes, bytes, _Values]  # _Checked, then (ts, data)
 _Refused = tuple[str, str]  # (rejection reason, the device the message names)
 _Fact = tuple[bytes, bytes | None]  # a stored reading's SHA-256, and its prev when needed
 
@@ -132,7 +141,7 @@ class Submission:
 
     raws: list[bytes]
     topics: list[str | None]  # the device named by each message's topic (None: no topic)
-    parts: Iterator[list[_Checked | _Refused | str]]
+    parts: Iterator[list[_Checked | _CheckedValues | _Refused | str]]
 
 
 @dataclass(slots=True)
@@ -144,6 +153,7 @@ class _Reading:
     seq: int
     prev: bytes
     digest: bytes
+    values: _Values | None = None  # (ts, data) when the verifier sent them (rules applied)
 
 
 @dataclass(slots=True)
@@ -192,26 +202,38 @@ class _Keys:
         return entry
 
 
-def prepare_keys(value: tuple[int, dict[str, tuple[bytes, str]]]) -> tuple[int, _Keys]:
-    """In a worker: the registry as sent ((message size limit, {dev: (key bytes, status)}))
-    -> the context `check_chunk` takes (the lazy key table above)."""
-    limit, registry = value
+def prepare_keys(value: tuple[int, dict[str, tuple[bytes, str]], bool]
+                 ) -> tuple[int, _Keys, bool]:
+    """In a worker: the registry as sent ((message size limit, {dev: (key bytes, status)},
+    whether to send each reading's values)) -> the context `check_chunk` takes (the lazy key
+    table above)."""
+    limit, registry, values = value
     if len(_key_objects) > 4 * len(registry) + 1024:  # forget keys of a long-gone registry
         _key_objects.clear()
-    return limit, _Keys(registry)
+    return limit, _Keys(registry), values
 
 
-def check_chunk(ctx: tuple[int, _Keys], items: Sequence[tuple[bytes, str | None]]
-           ) -> list[_Checked | _Refused | str]:
+def check_chunk(ctx: tuple[int, _Keys, bool], items: Sequence[tuple[bytes, str | None]]
+                ) -> list[_Checked | _CheckedValues | _Refused | str]:
     """A verifier process's work on one chunk (the pool's task; a bench calls it directly):
-    decode and verify. Per item: (dev, seq, prev, digest, leaf hash) or the
-    rejection reason. The hashes are made here so that the serial part of a commit is short."""
-    max_message, keys = ctx
-    out: list[_Checked | _Refused | str] = []
+    decode and verify. Per item: (dev, seq, prev, digest, leaf hash), and then (ts, data) if
+    the context asks for values (the rules read them: read here, the commit does not decode
+    the payload again), or the rejection reason. The hashes are made here so that the serial
+    part of a commit is short."""
+    max_message, keys, values = ctx
+    out: list[_Checked | _CheckedValues | _Refused | str] = []
     append = out.append
     names: dict[str, str] = {}  # one str object per device: pickled once per chunk
     for raw, topic in items:
-        f = fields(raw) if len(raw) <= max_message else None
+        vals: _Values | None = None
+        if len(raw) > max_message:
+            f = None
+        elif values:
+            fv = fields_and_values(raw)
+            f = None if fv is None else fv[:5]
+            vals = None if fv is None else (fv[5], fv[6])
+        else:
+            f = fields(raw)
         if f is None:  # not the firmware's exact layout: the strict decoder decides
             try:
                 d = decode(raw, max_message)
@@ -222,6 +244,7 @@ def check_chunk(ctx: tuple[int, _Keys], items: Sequence[tuple[bytes, str | None]
                 append("cbor_malformed")
                 continue
             f = (d.dev, d.seq, d.prev, d.to_be_signed, d.signature)
+            vals = (d.ts, d.data)
         dev, seq, prev, tbs, sig = f
         if topic is not None and topic != dev:
             append(("topic_mismatch", dev))
@@ -237,8 +260,13 @@ def check_chunk(ctx: tuple[int, _Keys], items: Sequence[tuple[bytes, str | None]
             reason = check_signature(entry[0], tbs, sig)
         except Exception:
             reason = "bad_signature"
-        append((reason, dev) if reason else (names.setdefault(dev, dev), seq, prev,
-                                             sha256(raw).digest(), leaf_hash(raw)))
+        if reason:
+            append((reason, dev))
+        elif values:
+            append((names.setdefault(dev, dev), seq, prev, sha256(raw).digest(), leaf_hash(raw),
+                    cast(_Values, vals)))  # set on both paths above
+        else:
+            append((names.setdefault(dev, dev), seq, prev, sha256(raw).digest(), leaf_hash(raw)))
     return out
 
 
@@ -261,8 +289,10 @@ class Pipeline:
         self.signer = signer if signer is not None else store.load_signer()
         self.pool = VerifierPool(workers, processes=processes)
         self._generation = itertools.count()
-        self._ctx: Context[tuple[int, _Keys]] | None = None
+        self._ctx: Context[tuple[int, _Keys, bool]] | None = None
         self._keys = _Keys({})
+        self._sent: dict[str, tuple[bytes, str]] = {}  # the registry the verifiers hold
+        self._values = False  # the verifiers send each reading's (ts, data): rules read them
         self._devs: dict[str, _Dev] = {}
         self._batch: list[_Reading] = []
         self._leaves: list[bytes] = []  # leaf hashes of the open batch, in order
@@ -289,12 +319,18 @@ class Pipeline:
         """Re-read the registry and forget cached device state (after outside changes)."""
         if self._concurrent:  # read first: a change after it is seen next time
             self._registry_seen = self.store.registry_version()
-        sent = {row.id: (bytes(row.key), row.status) for row in self.store.devices()}
-        self._keys = prepare_keys((self.max_message, sent))[1]
-        self._ctx = Context(next(self._generation), (self.max_message, sent), prepare_keys,
-                            (self.max_message, self._keys))
+        self._sent = {row.id: (bytes(row.key), row.status) for row in self.store.devices()}
+        self._keys = prepare_keys((self.max_message, self._sent, False))[1]
+        self._values = self.store.latest_rules() is not None  # the first commit makes it exact
+        self._new_context()
         self._devs = {}
         self.rules.reload()
+
+    def _new_context(self) -> None:
+        """The verifiers' context: the registry and whether to send values (a new key: it is
+        sent to each worker again)."""
+        self._ctx = Context(next(self._generation), (self.max_message, self._sent, self._values),
+                            prepare_keys, (self.max_message, self._keys, self._values))
 
     def _changed(self) -> bool:
         """Reload? With concurrent writers (other gateways commit all the time) only when the
@@ -384,7 +420,7 @@ class Pipeline:
         return out
 
     def _classify(self, raw: bytes, dev: str, seq: int, prev: bytes, digest: bytes,
-                  leaf: bytes) -> Outcome:
+                  leaf: bytes, values: _Values | None = None) -> Outcome:
         st = self._devs.get(dev) or self._dev(dev)
         key = (dev, seq)
         same = self._in_batch.get(key)
@@ -417,7 +453,7 @@ class Pipeline:
                                            f"{expected.hex()}"))
             if seq < st.last_seq:
                 self._check_successor(dev, seq, digest)
-        self._batch.append(r := _Reading(raw, dev, seq, prev, digest))
+        self._batch.append(r := _Reading(raw, dev, seq, prev, digest, values))
         self._leaves.append(leaf)
         self._in_batch[key] = r
         k = len(self._leaves)
@@ -490,6 +526,9 @@ class Pipeline:
                 if store.concurrent:
                     self._reconcile(c)
                 rules.begin(c)
+                if rules.reads_values != self._values:  # a rule set applied or gone
+                    self._values = rules.reads_values
+                    self._new_context()
                 result = self._write(c, rules)
         except BaseException:
             rules.rolled_back()
@@ -533,8 +572,8 @@ class Pipeline:
             if rules.active:
                 size0 = head.size
                 head = rules.on_batch(c, head, e.index, [
-                    (d.raw, d.dev, d.seq, leaf) for d, leaf in zip(part, leaves, strict=True)],
-                    t)
+                    (d.raw, d.dev, d.seq, leaf, d.values)
+                    for d, leaf in zip(part, leaves, strict=True)], t)
                 if head.size != size0:
                     checkpoint = None  # action entries followed, each with its checkpoint
         size0 = head.size

@@ -29,6 +29,7 @@ from gateway.storage.store import Head, Store, now_ms
 from gateway.wire.cose import Rejection, decode
 
 log = logging.getLogger("iot_anchor.rules")
+Values = tuple["int | None", dict[str, Any]]  # a reading's ts and data, as decode gives them
 
 
 def engine_for(entry: RecordEntry, states: Sequence[tuple[int, str, bytes]] = ()) -> Engine:
@@ -71,6 +72,12 @@ class RuleRuntime:
         """A rule set with at least one rule is applied (after begin())."""
         return self.engine is not None and self.engine.active
 
+    @property
+    def reads_values(self) -> bool:
+        """The applied rule set has rules on readings: `on_batch` reads their ts and data
+        (after begin())."""
+        return self.engine is not None and bool(self.engine.rs.by_trigger("readings"))
+
     def begin(self, c: Any) -> None:
         latest = self.store.latest_rules(c)
         if latest is None:
@@ -104,13 +111,17 @@ class RuleRuntime:
         return head
 
     def on_batch(self, c: Any, head: Head, batch: int,
-                 readings: Sequence[tuple[bytes, str, int, bytes]], t: int) -> Head:
-        """The readings (raw, dev, seq, leaf hash) of batch entry `batch`, then a tick at t."""
+                 readings: Sequence[tuple[bytes, str, int, bytes, Values | None]],
+                 t: int) -> Head:
+        """The readings (raw, dev, seq, leaf hash, (ts, data) or None: decode raw) of batch
+        entry `batch`, then a tick at t."""
         self.last_batch = batch
         if self.engine is None or not self.engine.active:
             return head
         eng = self.engine
-        firings = eng.batch([reading_input(*r) for r in readings], t)
+        firings = eng.batch([reading_input(raw, dev, seq, leaf) if v is None
+                             else (dev, seq, leaf, v[0], v[1])
+                             for raw, dev, seq, leaf, v in readings], t)
         firings += eng.tick(t)
         return self._append(c, head, firings, batch, t)
 

@@ -53,6 +53,8 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+import cbor2
+
 from gateway.wire.cbor import head
 
 MAX_MESSAGE = 2048
@@ -561,7 +563,7 @@ _FIELDS_RX = (
     rb"\xd2\x84(?P<prot>(?P<ph>[\x45-\x57]|\x58[\x18-\xff])"
     rb"\xa2\x01\x26\x04(?:[\x41-\x57]|\x58[\x18-\x40])(?P<kid>.{%d}))"
     rb"\xa0(?P<pay>(?P<plh>\x58[\x18-\xff]|\x59[\x01-\xff].)"
-    rb"(?P<pc>[\xa5\xa6])\x61v\x01(?:\x62ts%s)?"
+    rb"(?P<pc>[\xa5\xa6])\x61v\x01(?:\x62ts(?P<ts>%s))?"
     rb"\x63dev(?P<dh>[\x61-\x77]|\x78[\x18-\x40])(?P=kid)\x63seq(?P<seq>%s)"
     rb"\x64data(?P<data>%s)\x64prev\x58\x20(?P<prev>.{32}))"
     rb"\x58\x40(?P<sig>.{64})\Z")
@@ -579,9 +581,8 @@ def _pattern(kid_len: int) -> re.Pattern[bytes]:
 _KEYS_RX = re.compile(rb"((?:" + _RX_KEY + rb"))" + _RX_NUMBER, re.S)
 
 
-def fields(msg: bytes) -> tuple[str, int, bytes, bytes, bytes] | None:
-    """(dev, seq, prev, Sig_structure, signature) of a message in the firmware's exact layout,
-    or None (then call `decode`). See the comment above."""
+def _fast_match(msg: bytes) -> re.Match[bytes] | None:
+    """The firmware's exact layout, every length checked, or None."""
     if len(msg) < 16:
         return None
     i = 8 if msg[2] == 0x58 else 7  # the kid's head, if this is the layout
@@ -592,7 +593,7 @@ def fields(msg: bytes) -> tuple[str, int, bytes, bytes, bytes] | None:
     m = _pattern(n).match(msg)
     if m is None:
         return None
-    ph, kid, plh, pc, dh, seq_b, data = m.group("ph", "kid", "plh", "pc", "dh", "seq", "data")
+    ph, plh, pc, dh, data = m.group("ph", "plh", "pc", "dh", "data")
     p0, p1 = m.span("prot")
     q0, q1 = m.span("pay")
     if ((ph[0] - 0x40 if len(ph) == 1 else ph[1]) != p1 - p0 - len(ph)  # (kid's: read above)
@@ -605,15 +606,43 @@ def fields(msg: bytes) -> tuple[str, int, bytes, bytes, bytes] | None:
         for a, b in zip(keys, keys[1:], strict=False):  # deterministic order: no name twice
             if a >= b:
                 return None
-    seq = seq_b[0] if len(seq_b) == 1 else int.from_bytes(seq_b[1:], "big")
-    if seq > MAX_SEQ:
+    seq_b = m.group("seq")
+    if len(seq_b) > 1 and int.from_bytes(seq_b[1:], "big") > MAX_SEQ:
         return None
     try:
-        dev = kid.decode("utf-8")
+        m.group("kid").decode("utf-8")
     except UnicodeDecodeError:
         return None
-    return (dev, seq, m.group("prev"), b"".join((_SIG1_PREFIX, msg[p0:p1], b"\x40", msg[q0:q1])),
-            m.group("sig"))
+    return m
+
+
+def _fields_of(m: re.Match[bytes]) -> tuple[str, int, bytes, bytes, bytes]:
+    msg = m.string
+    seq_b = m.group("seq")
+    p0, p1 = m.span("prot")
+    q0, q1 = m.span("pay")
+    return (m.group("kid").decode("utf-8"),
+            seq_b[0] if len(seq_b) == 1 else int.from_bytes(seq_b[1:], "big"), m.group("prev"),
+            b"".join((_SIG1_PREFIX, msg[p0:p1], b"\x40", msg[q0:q1])), m.group("sig"))
+
+
+def fields(msg: bytes) -> tuple[str, int, bytes, bytes, bytes] | None:
+    """(dev, seq, prev, Sig_structure, signature) of a message in the firmware's exact layout,
+    or None (then call `decode`). See the comment above."""
+    m = _fast_match(msg)
+    return None if m is None else _fields_of(m)
+
+
+def fields_and_values(msg: bytes) -> tuple[str, int, bytes, bytes, bytes, int | None,
+                                           dict[str, int | float]] | None:
+    """`fields` and then (ts, data), as `decode` gives them, or None. The data map is the
+    matched bytes (text names, numbers: nothing else matches) read by cbor2's C decoder."""
+    m = _fast_match(msg)
+    if m is None:
+        return None
+    ts_b = m.group("ts")
+    ts = None if ts_b is None else ts_b[0] if len(ts_b) == 1 else int.from_bytes(ts_b[1:], "big")
+    return (*_fields_of(m), ts, cbor2.loads(m.group("data")))
 
 
 def decode_general(msg: bytes) -> Decoded:

@@ -171,13 +171,15 @@ def test_sig_structure_matches_cbor2() -> None:
 def test_never_raises_anything_but_rejection(junk: bytes, cut: int) -> None:
     for msg in (junk, GOOD[:cut] + junk, GOOD[:cut] + junk + GOOD[cut:]):
         f = cose.fields(msg)  # the verifier's fast path: never raises either
+        fv = cose.fields_and_values(msg)
         try:
             d = decode(msg)
         except Rejection as r:
             assert r.reason in DECODE_REASONS
-            assert f is None
+            assert f is None and fv is None
         else:
             assert f is None or f == (d.dev, d.seq, d.prev, d.to_be_signed, d.signature)
+            assert fv is None or repr(fv) == repr((*f, d.ts, d.data))
 
 
 def test_a_message_cbor2_would_reencode_is_kept_byte_exact() -> None:
@@ -231,9 +233,14 @@ def test_fast_path_agrees_with_the_general_parser(dev: str, seq: int, ts: int | 
         if fast is not None:  # repr: a bit flip can make a NaN, and NaN != NaN
             assert repr(fast) == repr(_general(m))
         f = cose.fields(m)
+        fv = cose.fields_and_values(m)
+        assert (f is None) == (fv is None)
         if f is not None:  # the verifier's path: exactly what the strict decoder gives
             d = cose.decode(m)
             assert f == (d.dev, d.seq, d.prev, d.to_be_signed, d.signature)
+            # with the values (repr: NaN != NaN; type: 1 == 1.0 but not as a sensor value)
+            assert repr(fv) == repr((*f, d.ts, d.data))
+            assert [type(v) for v in fv[6].values()] == [type(v) for v in d.data.values()]
     if seq < 2**63 and all(len(k.encode()) < 24 for k in data):
         # the canonical form is what the fast path exists for (sensor names below 24 bytes)
         assert _fast_or_none(msg) is not None and _fast_or_none(msg) == _general(msg)
@@ -257,6 +264,10 @@ def test_fields_is_the_strict_decoders_answer_on_the_firmware_layout() -> None:
         m = _reading("s-1", data)
         d = decode(m)
         assert cose.fields(m) == (d.dev, d.seq, d.prev, d.to_be_signed, d.signature)
+        assert cose.fields_and_values(m) == (*cose.fields(m), d.ts, d.data)
+    d = decode(GOOD)
+    assert cose.fields_and_values(GOOD) == (*cose.fields(GOOD), d.ts, d.data)
+    assert d.ts is not None and d.data
 
 
 def test_fields_hands_everything_unusual_to_the_strict_decoder() -> None:

@@ -331,3 +331,50 @@ def test_submit_again_after_a_storage_error(store: Store, devices: list[Device],
     assert res is not None and res.acks["d0"].upto == 9
     assert store.reading_count() == 10
     assert_audit_ok(store)
+
+
+def test_the_verifiers_send_values_only_when_asked(store: Store, devices: list[Device]) -> None:
+    """check_chunk with values: each accepted reading's (ts, data) as the strict decoder gives
+    them, on the fast path and on the strict decoder's (a layout the fast path leaves to it);
+    without: the five fields alone. Refusals are the same either way."""
+    from gateway.ingest.pipeline import check_chunk, prepare_keys
+    from gateway.wire.cose import decode, fields
+
+    a, b = devices[0], devices[1]
+    fast = a.next({"t": 21.5, "h": 40}, ts=None)
+    odd = b.message(0, bytes(32), {"t": 1.0}, extra={"zz": 1})  # not the firmware's layout
+    bad = bytearray(a.next({"t": 3.0}))
+    bad[-1] ^= 1
+    assert fields(fast) is not None and fields(odd) is None
+    sent = {row.id: (bytes(row.key), row.status) for row in store.devices()}
+    items = [(fast, None), (odd, None), (bytes(bad), None), (b"\x00", None)]
+    plain = check_chunk(prepare_keys((2048, sent, False)), items)
+    with_values = check_chunk(prepare_keys((2048, sent, True)), items)
+    assert [len(x) for x in plain[:2]] == [5, 5]
+    assert with_values[:2] == [(*plain[0], (None, {"h": 40, "t": 21.5})),
+                               (*plain[1], (1_700_000_000, {"t": 1.0}))]
+    assert decode(odd).data == {"t": 1.0}
+    assert with_values[2:] == plain[2:] == [("bad_signature", "d0"), "not_tag18"]
+
+
+def test_a_rule_set_applied_while_running_reads_the_readings_of_both_kinds(
+        store: Store, devices: list[Device]) -> None:
+    """Readings verified before a rule set was applied carry no values (the commit decodes
+    them); after the commit that sees the rules, the verifiers send them. Both fire alike."""
+    import hashlib as h
+
+    from gateway.audit.store_audit import audit as check
+
+    a = devices[0]
+    with Pipeline(store, batch_max=64, workers=1) as p:
+        p.submit([a.next({"t": 40.0})])
+        p.commit()  # no rules yet
+        p.submit([a.next({"t": 41.0})])  # verified without values
+        text = '[[rule]]\nname = "hot"\nwhen = "data.t > 30.0"\naction = { type = "alert" }\n'
+        store.apply_rules(store.load_signer(), text, h.sha256(text.encode()).digest())
+        p.commit()  # sees the rules: decodes this batch's reading, asks for values from now on
+        p.submit([a.next({"t": 42.0}), a.next({"t": 1.0})])
+        p.commit()
+    fired = [r.fields["readings"][0][1] for r in store.records("action")]
+    assert fired == [1, 2]
+    assert check(store, store.vkey()).ok
