@@ -167,18 +167,19 @@ class Batched:
         return self._eval(rows) if rows else []
 
 
-def batched(conditions: list[Condition], with_ts: bool) -> Batched | None:
-    """One program for `conditions` over rows with a ts, or without one; None if it does not
-    compile (over a size limit of the CEL runtime, or, for rows without a ts, a condition
-    names ts: such rows are evaluated condition by condition, where ts is unbound).
+def batched(conditions: list[Condition | None], with_ts: bool) -> Batched | None:
+    """One program for `conditions` (None: a constant false in its place) over rows with a
+    ts, or without one; None if it does not compile (over a size limit of the CEL runtime,
+    or, for rows without a ts, a condition names ts: such rows are evaluated condition by
+    condition, where ts is unbound).
     Conditions that use state take it from a last column of the row (one rule's state: a
     program of them all then holds only conditions of one rule)."""
-    if not conditions:
+    if not any(conditions):
         return None
     names = ["device", "seq", "ts", "data"] if with_ts else ["device", "seq", "data"]
-    if any(c.uses_state for c in conditions):
+    if any(c is not None and c.uses_state for c in conditions):
         names.append("state")
-    inner = "[" + ",\n".join(f"({c.text}\n)" for c in conditions) + "]"
+    inner = "[" + ",\n".join("false" if c is None else f"({c.text}\n)" for c in conditions) + "]"
     for k in reversed(range(len(names))):  # a condition's text ends with a newline: a //
         inner = f"cel.bind({names[k]}, r[{k}], {inner})"  # comment in it stops there
     try:

@@ -119,7 +119,8 @@ class Engine:
         self._splits: dict[tuple[tuple[int, ...], tuple[str, ...]], _Split] = {}
         # (stateless rules, the ones evaluated together, with ts) -> their program; bounded: a
         # set of rules whose sensors come and go in every combination is evaluated rule by rule
-        self._programs: dict[tuple[tuple[int, ...], tuple[int, ...], bool], Batched | None] = {}
+        self._programs: dict[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], bool],
+                             Batched | None] = {}
         # (rule on state, with ts) -> its program
         self._state_programs: dict[tuple[int, bool], Batched | None] = {}
 
@@ -168,13 +169,17 @@ class Engine:
                  if r.devices is None or dev in r.devices])
         return plan
 
-    def _program(self, plan: _Plan, together: list[int], with_ts: bool) -> Batched | None:
-        pk = (plan.ids, tuple(together), with_ts)
+    def _program(self, plan: _Plan, together: list[int], never: list[int],
+                 with_ts: bool) -> Batched | None:
+        """The program of the conditions at plan positions `together`, with a constant false
+        at those in `never` (in plan order: the positions of both, sorted)."""
+        pk = (plan.ids, tuple(together), tuple(never), with_ts)
         if pk in self._programs:
             return self._programs[pk]
         if not together or len(self._programs) >= MAX_PROGRAMS:
             return None
-        conds = [c for c in (plan.stateless[j][1].when for j in together) if c is not None]
+        conds = [None if j in never else plan.stateless[j][1].when
+                 for j in sorted(together + never)]
         prog = self._programs[pk] = batched(conds, with_ts)
         return prog
 
@@ -192,11 +197,13 @@ class Engine:
                      if r.when is not None and not r.when.needs <= have]
             together = [j for j, (_, r) in enumerate(rules) if j not in never
                         and r.when is not None and r.when.sensors <= have]
-            progs = (self._program(plan, together, False), self._program(plan, together, True))
-            if progs == (None, None):
-                together = []
             alone = [(j, r.when) for j, (_, r) in enumerate(rules)
                      if j not in set(together) and j not in never and r.when is not None]
+            # with nothing alone, the program answers for every position (false where never)
+            fill = never if not alone else []
+            progs = (self._program(plan, together, fill, False),
+                     self._program(plan, together, fill, True))
+            together = sorted(together + fill) if progs != (None, None) else []
             if len(self._splits) >= MAX_SPLITS:  # devices with ever new sensor names
                 self._splits.clear()
             split = self._splits[ck] = _Split(together, alone, progs)

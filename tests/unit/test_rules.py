@@ -354,11 +354,13 @@ def test_ingest_fires_the_applied_rules(tmp_path: Path, store: Store,
                                                 str(store.data_dir)).stdout)] == ["pending"]
 
 
-def test_evaluating_together_answers_as_rule_by_rule() -> None:
+@pytest.mark.parametrize("with_alone", [True, False])
+def test_evaluating_together_answers_as_rule_by_rule(with_alone: bool) -> None:
     """The engine evaluates stateless conditions over many readings in one CEL call where it
     can; its firings must be those of each condition evaluated alone through the package's
     own Activation (absent sensors, errors, has(), an unbound ts, several devices' plans,
-    more readings than one call takes)."""
+    more readings than one call takes). Without a condition to evaluate alone, the call
+    also answers for those that need a missing sensor (a constant false)."""
     import random
 
     from cel_expr_python import cel
@@ -372,7 +374,9 @@ def test_evaluating_together_answers_as_rule_by_rule() -> None:
     conds = ["data.a > 1.0", "data.b < 3", "!has(data.b)", "data.a / data.c > 1.0",
              "has(data.c) && data.c == 0", "data.x > 0 || data.a > 2.0", "device == 'd1'",
              "seq % 3 == 0", "ts > 5", "data.a + data.b > 4.0", "ts > 5 || data.b == 1",
-             "data.b > 2 // a comment ends the line"]
+             "data.b > 2 // a comment ends the line", "data.q > 1.0 && data.a > 0.0"]
+    if not with_alone:  # none is left to evaluate alone for any reading
+        conds = [c for c in conds if "data.x" not in c and "!has(" not in c]
     text = "".join(f'[[rule]]\nname = "r{k}"\nwhen = "{c}"\naction = {{ type = "alert" }}\n'
                    for k, c in enumerate(conds))
     text += ('[[rule]]\nname = "only-d2"\nwhen = "data.b >= 4"\ndevices = ["d2"]\n'
