@@ -150,8 +150,11 @@ class Engine:
         return {key for key, st in self._base.items() if key[0] in self._reading_ids and st[2]}
 
     def pending(self) -> dict[Key, State]:
-        """The states the open transaction wrote (the store saves them with it)."""
-        return self._tx
+        """The states the open transaction changed (the store saves them with it): those it
+        wrote with the value they already had are left out (a match in a cooldown, a run
+        broken that was empty in the store)."""
+        base = self._base
+        return {k: st for k, st in self._tx.items() if base.get(k) != st}
 
     # --- inputs ------------------------------------------------------------------------------
 
