@@ -107,6 +107,8 @@ class Engine:
         self._reject_rules = rs.by_trigger("rejections")
         self.active = bool(rs.rules)
         self._reading_ids = {k for k, _ in self._reading_rules}
+        self._with_state = any(r.when is not None and r.when.uses_state
+                               for _, r in self._reading_rules)
         self._open = self._open_runs()  # reading rules' keys with a run (overlay included)
         # per silence rule, the devices it has a committed state for (tick's candidates)
         silence = {k for k, _ in self._silence_rules}
@@ -212,14 +214,14 @@ class Engine:
             split = self._splits[ck] = _Split(together, alone, progs)
         return split
 
-    def _stateless(self, readings: Sequence[Reading]) -> list[list[bool] | None]:
+    def _stateless(self, readings: Sequence[Reading],
+                   plans: Sequence[_Plan]) -> list[list[bool] | None]:
         """Per reading, the answers of its device's stateless rules in plan order, as
         `Condition.matches` gives them (None: the device has none). Readings with the same
         rules and sensor names are evaluated together, `BATCH` at a time."""
         out: list[list[bool] | None] = [None] * len(readings)
         groups: dict[tuple[tuple[int, ...], tuple[str, ...]], tuple[_Plan, list[int]]] = {}
-        for i, r in enumerate(readings):
-            plan = self._plan(r[0])
+        for i, (r, plan) in enumerate(zip(readings, plans, strict=True)):
             if plan.stateless:
                 ck = (plan.ids, tuple(r[4]))
                 g = groups.get(ck)
@@ -272,14 +274,15 @@ class Engine:
             self._tx[key] = (fired + 1, t, ())
             out.append(Firing(key[0], "readings", t, run))
 
-    def _stateful(self, chunk: Sequence[Reading]) -> dict[tuple[int, int], bool]:
+    def _stateful(self, chunk: Sequence[Reading],
+                  plans: Sequence[_Plan]) -> dict[tuple[int, int], bool]:
         """(rule, position in `chunk`) -> the answer of the rule's condition (on its state),
         for the readings of `chunk` its rule watches, with the states as they are now. A
         reading after an earlier one of the same device in the chunk changed that state is
         evaluated again by the caller."""
         todo: dict[tuple[int, bool], list[tuple[int, list[Any]]]] = {}
-        for pos, (dev, seq, _, ts, data) in enumerate(chunk):
-            for k, rule in self._plan(dev).stateful:
+        for pos, ((dev, seq, _, ts, data), plan) in enumerate(zip(chunk, plans, strict=True)):
+            for k, rule in plan.stateful:
                 when = rule.when
                 assert when is not None
                 if when.needs and not data.keys() >= when.needs:
@@ -306,17 +309,16 @@ class Engine:
     def batch(self, readings: Sequence[Reading], t: int) -> list[Firing]:
         out: list[Firing] = []
         seen: set[Key] = set()  # silence rules' keys marked as seen at t
-        answers = self._stateless(readings)
+        plans = [self._plan(r[0]) for r in readings]
+        answers = self._stateless(readings, plans)
         stateful: dict[tuple[int, int], bool] = {}
         changed: set[Key] = set()  # stateful rules' states written in this chunk
-        with_state = any(True for _, r in self._reading_rules
-                         if r.when is not None and r.when.uses_state)
         for n, (dev, seq, leaf, ts, data) in enumerate(readings):
-            if with_state and n % BATCH == 0:
-                stateful = self._stateful(readings[n:n + BATCH])
+            if self._with_state and n % BATCH == 0:
+                stateful = self._stateful(readings[n:n + BATCH], plans[n:n + BATCH])
                 changed = set()
             n0 = len(out)
-            plan = self._plan(dev)
+            plan = plans[n]
             stateless = plan.stateless
             res = answers[n]
             if res is not None:
