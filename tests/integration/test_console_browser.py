@@ -122,9 +122,9 @@ def live(tmp_path_factory: pytest.TempPathFactory, micropython: str) -> Iterator
         lv = Live(url, data, vkey, fleet, tmp, gw)
         deadline = time.monotonic() + 20
         resent = time.monotonic()
-        while lv.status()["readings"] < DEVICES * READINGS or not lv.status()["rejected"]:
-            assert time.monotonic() < deadline, lv.status()
-            if not lv.status()["rejected"] and time.monotonic() - resent > 3:
+        while (st := lv.status())["readings"] < DEVICES * READINGS or not st["rejected"]:
+            assert time.monotonic() < deadline, st
+            if not st["rejected"] and time.monotonic() - resent > 3:
                 refuse_one()  # paho's single() can give up on a connect without raising
                 resent = time.monotonic()
             time.sleep(0.2)
