@@ -20,7 +20,7 @@ sensor is "absent". CEL's `has(data.x)` tests for a sensor.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,21 +136,28 @@ def bindings(dev: str, seq: int, ts: int | None, data: Mapping[str, Any],
     return bound
 
 
+_VARIABLE_RX = {n: re.compile(rf"\b{n}\b") for n in ("device", "seq", "ts")}
+
+
 @dataclass(frozen=True, slots=True)
 class Batched:
     """Several conditions evaluated over many readings in one CEL call: one call per `BATCH`
-    readings instead of one per reading and condition. The readings are rows
-    [device, seq, ts, data], or [device, seq, data] for a program without ts (and a rule's
-    state after them, for its own condition), each bound to its names by cel.bind around
-    the conditions' own text. When any answer is an error
-    value the whole list is one too: `results` then halves the rows until it has the
-    answers of every row without an error, and gives None for each row with one, which the
-    caller evaluates condition by condition; so the answers are those of
+    readings instead of one per reading and condition. Each row holds the variables the
+    conditions name, in `columns` order (a row is the data map itself when that is all they
+    name; a rule's state, for its own condition, is the three ints count, fired, last_fired
+    after them), each bound to its name by cel.bind around the conditions' own text: a
+    variable no condition names is not converted for CEL at all. `row` makes one (ts: not
+    None when it is a column).
+    When any answer is an error value the whole list is one too: `results` then halves the
+    rows until it has the answers of every row without an error, and gives None for each row
+    with one, which the caller evaluates condition by condition; so the answers are those of
     `Condition.matches`."""
 
     program: Any
+    columns: tuple[str, ...]  # of device, seq, ts, data, state
+    row: Callable[..., Any]  # (dev, seq, ts, data[, (count, fired, last_fired)]) -> a row
 
-    def _eval(self, rows: list[list[Any]]) -> list[list[bool] | None]:
+    def _eval(self, rows: list[Any]) -> list[list[bool] | None]:
         try:
             r = self.program.eval(data={"rows": rows}).plain_value()
         except (RuntimeError, TypeError, ValueError, OverflowError):  # a value CEL cannot hold
@@ -162,7 +169,7 @@ class Batched:
         half = len(rows) // 2
         return self._eval(rows[:half]) + self._eval(rows[half:])
 
-    def results(self, rows: list[list[Any]]) -> list[list[bool] | None]:
+    def results(self, rows: list[Any]) -> list[list[bool] | None]:
         """Per row: each condition's answer, or None (evaluate that row's conditions alone)."""
         return self._eval(rows) if rows else []
 
@@ -172,17 +179,46 @@ def batched(conditions: list[Condition | None], with_ts: bool) -> Batched | None
     ts, or without one; None if it does not compile (over a size limit of the CEL runtime,
     or, for rows without a ts, a condition names ts: such rows are evaluated condition by
     condition, where ts is unbound).
-    Conditions that use state take it from a last column of the row (one rule's state: a
+    A variable is a column when a condition's text has its name as a word (a string or a
+    comment with it only adds the column: CEL names a variable only by its plain name).
+    Conditions that use state take it from the row's last three columns (one rule's state: a
     program of them all then holds only conditions of one rule)."""
     if not any(conditions):
         return None
-    names = ["device", "seq", "ts", "data"] if with_ts else ["device", "seq", "data"]
-    if any(c is not None and c.uses_state for c in conditions):
-        names.append("state")
+    texts = [c.text for c in conditions if c is not None]
+    names = [n for n, rx in _VARIABLE_RX.items()
+             if (with_ts or n != "ts") and any(rx.search(t) for t in texts)]
+    names.append("data")
     inner = "[" + ",\n".join("false" if c is None else f"({c.text}\n)" for c in conditions) + "]"
-    for k in reversed(range(len(names))):  # a condition's text ends with a newline: a //
-        inner = f"cel.bind({names[k]}, r[{k}], {inner})"  # comment in it stops there
+    if any(c is not None and c.uses_state for c in conditions):
+        k = len(names)
+        inner = (f"cel.bind(state, {{'count': r[{k}], 'fired': r[{k + 1}], "
+                 f"'last_fired': r[{k + 2}]}}, {inner})")
+        names.append("state")
+    if names == ["data"]:
+        inner = f"cel.bind(data, r, {inner})"
+    else:
+        for k in reversed(range(len(names))):  # a condition's text ends with a newline: a //
+            if names[k] != "state":  # comment in it stops there
+                inner = f"cel.bind({names[k]}, r[{k}], {inner})"
     try:
-        return Batched(_ROWS_ENV.compile(f"rows.map(r, {inner})"))
+        program = _ROWS_ENV.compile(f"rows.map(r, {inner})")
     except RuntimeError:
         return None
+    return Batched(program, tuple(names), _row_maker(tuple(names)))
+
+
+def _row_maker(columns: tuple[str, ...]) -> Callable[..., Any]:
+    """The row of `Batched` with these columns, from (dev, seq, ts, data[, state])."""
+    if columns == ("data",):
+        return lambda dev, seq, ts, data: data
+    if columns == ("data", "state"):
+        return lambda dev, seq, ts, data, st: [data, *st]
+    pick = tuple(("device", "seq", "ts", "data").index(n) for n in columns if n != "state")
+
+    def row(*values: Any) -> list[Any]:
+        out = [values[i] for i in pick]
+        if len(values) > 4:
+            out.extend(values[4])
+        return out
+    return row

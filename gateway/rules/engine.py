@@ -236,9 +236,12 @@ class Engine:
                 mine = [i for i in idx if (readings[i][3] is not None) is with_ts]
                 for k in range(0, len(mine), BATCH):
                     part = mine[k:k + BATCH]
-                    rows = [[d, s, ts, data] if with_ts else [d, s, data]
-                            for d, s, _, ts, data in (readings[i] for i in part)]
-                    res = prog.results(rows) if prog is not None else [None] * len(part)
+                    if prog is not None:
+                        row = prog.row
+                        res = prog.results([row(d, s, ts, data) for d, s, _, ts, data
+                                            in (readings[i] for i in part)])
+                    else:
+                        res = [None] * len(part)
                     for i, hits in zip(part, res, strict=True):
                         d, s, _, ts, data = readings[i]
                         if hits is not None and len(hits) == len(rules):
@@ -280,7 +283,7 @@ class Engine:
         for the readings of `chunk` its rule watches, with the states as they are now. A
         reading after an earlier one of the same device in the chunk changed that state is
         evaluated again by the caller."""
-        todo: dict[tuple[int, bool], list[tuple[int, list[Any]]]] = {}
+        todo: dict[tuple[int, bool], list[tuple[int, tuple[Any, ...]]]] = {}
         for pos, ((dev, seq, _, ts, data), plan) in enumerate(zip(chunk, plans, strict=True)):
             for k, rule in plan.stateful:
                 when = rule.when
@@ -288,10 +291,9 @@ class Engine:
                 if when.needs and not data.keys() >= when.needs:
                     continue  # the caller's no match
                 st = self._get((k, dev))
-                state = ({"count": 0, "fired": 0, "last_fired": 0} if st is None
-                         else {"count": len(st[2]), "fired": st[0], "last_fired": st[1]})
-                row = [dev, seq, data, state] if ts is None else [dev, seq, ts, data, state]
-                todo.setdefault((k, ts is not None), []).append((pos, row))
+                state = (0, 0, 0) if st is None else (len(st[2]), st[0], st[1])
+                todo.setdefault((k, ts is not None), []).append((pos, (dev, seq, ts, data,
+                                                                        state)))
         out: dict[tuple[int, int], bool] = {}
         for (k, with_ts), rows in todo.items():
             if (k, with_ts) not in self._state_programs:
@@ -301,7 +303,9 @@ class Engine:
             prog = self._state_programs[(k, with_ts)]
             if prog is None:
                 continue
-            for (pos, _), hits in zip(rows, prog.results([r for _, r in rows]), strict=True):
+            row = prog.row
+            for (pos, _), hits in zip(rows, prog.results([row(*r) for _, r in rows]),
+                                      strict=True):
                 if hits is not None:
                     out[(k, pos)] = hits[0] is True
         return out

@@ -144,8 +144,14 @@ class RuleRuntime:
             return
         changed = self.engine.pending()
         if changed:
-            self.store.save_rule_states(c, self.entry.i, [
-                (r, d, cbor2.dumps(list(st), canonical=True)) for (r, d), st in changed.items()])
+            encoded: dict[tuple[Any, ...], bytes] = {}  # many devices share one state
+            rows = []
+            for (r, d), st in changed.items():
+                b = encoded.get(st)
+                if b is None:
+                    b = encoded[st] = cbor2.dumps(list(st), canonical=True)
+                rows.append((r, d, b))
+            self.store.save_rule_states(c, self.entry.i, rows)
 
     def committed(self) -> None:
         if self.engine is not None:
