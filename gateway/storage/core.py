@@ -593,8 +593,10 @@ class StoreCore:
         for k in range(0, len(keys), step):
             part = keys[k:k + step]
             args = [x for key in part for x in key]
-            sql = ("SELECT dev, seq, cose FROM readings WHERE (dev, seq) IN (VALUES "
-                   + ", ".join(["(?, ?)"] * len(part)) + ")")
+            # a join, not `(dev, seq) IN (VALUES ...)`: SQLite scans the whole table for that
+            sql = ("WITH k (dev, seq) AS (VALUES " + ", ".join(["(?, ?)"] * len(part))
+                   + ") SELECT k.dev, k.seq, r.cose FROM k JOIN readings AS r "
+                   "ON r.dev = k.dev AND r.seq = k.seq")
             rows = c.execute(sql, args) if c is not None else self.query(sql, args)
             for dev, seq, cose in rows:
                 out[(dev, int(seq))] = bytes(cose)

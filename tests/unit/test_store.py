@@ -197,3 +197,32 @@ def test_a_repaired_page_is_read_again(tmp_path: Path) -> None:
     assert other.stored_cose("p", 3) is not None
     other.close()
     store.close()
+
+
+def test_stored_many_finds_by_the_index(tmp_path: Path) -> None:
+    """`stored_many` returns the stored COSE bytes of the keys that are stored (over several
+    statements), and reads them through the (dev, seq) index: its SQLite statements take a
+    number of steps that grows with the keys asked for, not with the table."""
+    store, _ = Store.create(tmp_path / "d")
+    devs = [Device(f"m{i}") for i in range(3)]
+    for d in devs:
+        registry.add(store, d.id, d.public_bytes)
+    with Pipeline(store, batch_max=4096, workers=1, processes=False) as pipe:
+        pipe.submit([m for d in devs for m in d.readings(300)])
+        pipe.commit()
+    keys = [(f"m{i}", s) for i in range(4) for s in range(0, 320, 2)]  # m3, seqs >= 300: absent
+    got = store.stored_many(keys)
+    assert len(keys) > 400 and set(got) == {(d, s) for d, s in keys if d != "m3" and s < 300}
+    assert all(got[k] == store.stored_cose(*k) for k in got)
+
+    steps = [0]
+
+    def count() -> int:
+        steps[0] += 1
+        return 0
+
+    store.conn.set_progress_handler(count, 10)
+    store.stored_many([("m0", 5), ("m1", 7)])
+    store.conn.set_progress_handler(None, 10)
+    assert steps[0] < 90, steps[0]  # a scan of the 900 rows takes more than 900 / 10
+    store.close()
