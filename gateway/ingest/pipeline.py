@@ -43,6 +43,12 @@ Design choices:
   the device's highest needs no database lookup; a late one (below it) is looked up in the
   database: absent -> accepted (it fills a gap), same bytes -> duplicate, other bytes ->
   equivocation (rejected, and stored as a security event; the first message is kept).
+* A device publishes a reading again when its ack is late (an overloaded gateway: the copies
+  arrive while it is still behind). Once a finished submission was at least 1/16 duplicates,
+  `start` looks up the messages that name a seq at or below their device's highest in the store
+  (one statement per 400) and answers those that are byte for byte a stored reading of an
+  active device as duplicates without verifying them again: their bytes were verified when
+  stored. The others, and all messages while duplicates are rare, go to the verifiers.
 * ``prev`` is checked against the stored predecessor (seq-1) when there is one; a late reading
   is also checked as the predecessor of a stored seq+1. A mismatch is a "chain_break" event: the
   reading is still anchored (its signature is valid). seq 0 must have prev = 32 zero bytes.
@@ -82,6 +88,7 @@ from gateway.wire.cose import (
     decode,
     fields,
     fields_and_values,
+    identity,
 )
 from gateway.wire.es256 import PublicKey, check_signature, load_public_key
 
@@ -98,6 +105,7 @@ DAY_MS = 86_400_000  # device_days counts per UTC day: day = commit time (ms) //
 sha256 = hashlib.sha256
 DEVICE_CHUNK = 500  # devices per statement (3 parameters each: below SQLite's 999 of old)
 WALK = 512  # seqs per device per step of the watermark walk
+COPIES_SHARE = 16  # look for stored copies once 1/16 of a submission were duplicates
 
 Message = bytes | bytearray | memoryview | tuple[bytes, str | None]
 _Checked = tuple[str, int, bytes, bytes, bytes]  # dev, seq, prev, SHA-256, RFC 6962 leaf hash
@@ -139,9 +147,12 @@ class CommitResult:
 class Submission:
     """Messages handed to the verifier pool by `Pipeline.start`, not yet classified."""
 
-    raws: list[bytes]
-    topics: list[str | None]  # the device named by each message's topic (None: no topic)
+    raws: list[bytes]  # those handed to the pool
+    topics: list[str | None]  # the device named by each one's topic (None: no topic)
     parts: Iterator[list[_Checked | _CheckedValues | _Refused | str]]
+    # position among all the messages -> (dev, seq) of the stored reading it is byte for byte
+    # (not handed to the pool: see `Pipeline._stored_copies`)
+    copies: dict[int, tuple[str, int]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -303,6 +314,9 @@ class Pipeline:
         self._rejected_dev: Counter[str] = Counter()  # by the topic's (or reading's) device
         self._events: list[_Event] = []
         self.totals: Counter[str] = Counter()  # accepted / duplicate / rejected since start
+        # the last finished submission was at least 1/COPIES_SHARE duplicates: look for
+        # stored copies before verifying (`_stored_copies`)
+        self._copies_likely = False
         self.rules = RuleRuntime(store, self.signer)  # the applied rule set (docs/rules.md)
         self._refused: list[tuple[str, str]] = []  # (dev, reason) of this batch's refusals
         # of the last commit on a PostgreSQL store: (seconds waited for the sequencer lock,
@@ -384,15 +398,42 @@ class Pipeline:
         if self._changed():
             self.reload()
         items: list[tuple[bytes, str | None]] = []
-        raws: list[bytes] = []
-        topics: list[str | None] = []
         for m in messages:
             raw, topic = m if isinstance(m, tuple) else (m, None)
-            raw = raw if type(raw) is bytes else bytes(raw)
-            items.append((raw, topic))
-            raws.append(raw)
-            topics.append(topic)
-        return Submission(raws, topics, self.pool.iter_chunks(check_chunk, items, self._ctx))
+            items.append((raw if type(raw) is bytes else bytes(raw), topic))
+        copies = self._stored_copies(items) if self._copies_likely else {}
+        if copies:
+            items = [x for i, x in enumerate(items) if i not in copies]
+        return Submission([x[0] for x in items], [x[1] for x in items],
+                          self.pool.iter_chunks(check_chunk, items, self._ctx), copies)
+
+    def _stored_copies(self, items: list[tuple[bytes, str | None]]
+                       ) -> dict[int, tuple[str, int]]:
+        """The messages that are byte for byte a stored reading of an active device, published
+        on its own topic (or none) and within the size limit, by position: (dev, seq). A device
+        publishes a reading again when its ack is late; the gateway under load would verify
+        each copy again before finding it a duplicate. These bytes were verified when stored,
+        so they are answered "duplicate" without the pool (what verifying would give: only a
+        registry change, which reloads first, could change it). Any doubt: verify."""
+        want: dict[int, tuple[str, int]] = {}
+        for i, (raw, topic) in enumerate(items):
+            if len(raw) > self.max_message:
+                continue
+            ident = identity(raw)
+            if ident is None or (topic is not None and topic != ident[0]):
+                continue
+            st = self._devs.get(ident[0])
+            sent = self._sent.get(ident[0])
+            if st is not None and ident[1] <= st.last_seq and sent is not None \
+                    and sent[1] == "active":
+                want[i] = ident
+        if not want:
+            return {}
+        try:
+            stored = self.store.stored_many(set(want.values()))
+        except StorageError:
+            return {}  # the pool and the classification decide, as without this
+        return {i: k for i, k in want.items() if stored.get(k) == items[i][0]}
 
     def finish(self, submission: Submission) -> list[Outcome]:
         """The second half of `submit`: classify the verified messages, in order."""
@@ -416,7 +457,26 @@ class Pipeline:
                     append(Outcome("rejected", reason, rdev))
                 else:
                     append(self._classify(raw, *res))
-        self.totals.update(o.status for o in out)
+        if submission.copies:
+            out = self._merge_copies(out, submission.copies)
+        counts = Counter(o.status for o in out)
+        self.totals.update(counts)
+        self._copies_likely = counts["duplicate"] * COPIES_SHARE >= len(out) > 0
+        return out
+
+    def _merge_copies(self, verified: list[Outcome], copies: dict[int, tuple[str, int]]
+                      ) -> list[Outcome]:
+        """The outcomes in message order: the stored copies' ("duplicate", acknowledged
+        again, as `_classify` does) among those of the verified messages."""
+        out: list[Outcome] = []
+        rest = iter(verified)
+        for i in range(len(verified) + len(copies)):
+            known = copies.get(i)
+            if known is None:
+                out.append(next(rest))
+            else:
+                self._ack(*known)
+                out.append(Outcome("duplicate", None, *known))
         return out
 
     def _classify(self, raw: bytes, dev: str, seq: int, prev: bytes, digest: bytes,

@@ -633,6 +633,20 @@ def fields(msg: bytes) -> tuple[str, int, bytes, bytes, bytes] | None:
     return None if m is None else _fields_of(m)
 
 
+def identity(msg: bytes) -> tuple[str, int] | None:
+    """(dev, seq) of a message in the firmware's exact layout, or None: what `fields` reads
+    of it, without the Sig_structure. Unverified: a hint for finding a stored copy."""
+    m = _fast_match(msg)
+    if m is None:
+        return None
+    seq_b = m.group("seq")
+    try:
+        dev = m.group("kid").decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return dev, seq_b[0] if len(seq_b) == 1 else int.from_bytes(seq_b[1:], "big")
+
+
 def fields_and_values(msg: bytes) -> tuple[str, int, bytes, bytes, bytes, int | None,
                                            dict[str, int | float]] | None:
     """`fields` and then (ts, data), as `decode` gives them, or None. The data map is the

@@ -79,6 +79,39 @@ def test_nothing_is_acknowledged_before_commit_and_duplicates_are_acked_again(
     assert store.reading_count() == 4
 
 
+def test_stored_copies_are_answered_without_verifying_again(
+        store: Store, devices: list[Device], pipe: Pipeline) -> None:
+    """Once a submission is 1/16 duplicates, messages that are byte for byte stored readings
+    are answered "duplicate" before the verifier pool and acknowledged again; a copy on
+    another device's topic, a message that differs in one byte, one in the open batch only,
+    and a copy from a device revoked since are still verified and classified as before."""
+    from gateway.wire.cose import identity
+
+    a, b, _ = devices
+    stored = a.readings(4) + b.readings(2)
+    assert all(identity(m) is not None for m in stored)  # the firmware's layout: the fast path
+    pipe.submit(stored)
+    pipe.commit()
+    assert statuses(pipe.submit(stored[:2])) == ["duplicate"] * 2  # verified: none expected
+    fresh = a.next()
+    flipped = bytearray(stored[3])
+    flipped[-1] ^= 1
+    msgs = [stored[0], (stored[1], "d1"), fresh, bytes(flipped), stored[4], (stored[2], "d0")]
+    sub = pipe.start(msgs)
+    assert sorted(sub.copies) == [0, 4, 5] and len(sub.raws) == 3
+    assert statuses(pipe.finish(sub)) == ["duplicate", "topic_mismatch", "accepted",
+                                          "bad_signature", "duplicate", "duplicate"]
+    assert [o.seq for o in pipe.submit([fresh])] == [4]  # in the open batch: verified
+    res = pipe.commit()
+    assert res is not None and res.acks["d0"].upto == 4 and res.acks["d1"].upto == 1
+    other = Store.open(store.data_dir)
+    registry.revoke(other, "d1")
+    other.close()
+    assert statuses(pipe.submit([stored[4], stored[0]])) == ["revoked_device", "duplicate"]
+    assert store.reading_count() == 7
+    assert_audit_ok(store)
+
+
 def test_gap_late_fill_and_watermark(store: Store, devices: list[Device], pipe: Pipeline) -> None:
     a = devices[0]
     msgs = a.readings(10)
