@@ -162,8 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.print:
         print(twenty_rules())
         return 0
-    tuned_collector()  # as every iot-anchor command runs
-    gc.set_threshold(args.gc_young, *gc.get_threshold()[1:])
+    tuned_collector(args.gc_young)  # as every iot-anchor command runs, unless --gc-young
     rules = args.rules.read_text() if args.rules else twenty_rules()
     n_rules = len(parse_rules(rules).rules)
     signers, msgs = make_readings(args.devices, args.readings)

@@ -93,11 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
 GC_YOUNG = 50_000
 
 
-def tuned_collector() -> tuple[int, int, int]:
-    """Set the collector's young-generation threshold to `GC_YOUNG` for this process (the
+def tuned_collector(young: int = GC_YOUNG) -> tuple[int, int, int]:
+    """Set the collector's young-generation threshold to `young` for this process (the
     older generations keep their ratios). Returns the thresholds before, to restore."""
     before = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG, before[1], before[2])
+    gc.set_threshold(young, before[1], before[2])
     return before
 
 

@@ -143,18 +143,17 @@ _VARIABLE_RX = {n: re.compile(rf"\b{n}\b") for n in ("device", "seq", "ts")}
 class Batched:
     """Several conditions evaluated over many readings in one CEL call: one call per `BATCH`
     readings instead of one per reading and condition. Each row holds the variables the
-    conditions name, in `columns` order (a row is the data map itself when that is all they
-    name; a rule's state, for its own condition, is the three ints count, fired, last_fired
-    after them), each bound to its name by cel.bind around the conditions' own text: a
-    variable no condition names is not converted for CEL at all. `row` makes one (ts: not
-    None when it is a column).
+    conditions name, in the order device, seq, ts, data (a row is the data map itself when
+    that is all they name; a rule's state, for its own condition, is the three ints count,
+    fired, last_fired after them), each bound to its name by cel.bind around the conditions'
+    own text: a variable no condition names is not converted for CEL at all. `row` makes one
+    (ts: not None when it is a column).
     When any answer is an error value the whole list is one too: `results` then halves the
     rows until it has the answers of every row without an error, and gives None for each row
     with one, which the caller evaluates condition by condition; so the answers are those of
     `Condition.matches`."""
 
     program: Any
-    columns: tuple[str, ...]  # of device, seq, ts, data, state
     row: Callable[..., Any]  # (dev, seq, ts, data[, (count, fired, last_fired)]) -> a row
 
     def _eval(self, rows: list[Any]) -> list[list[bool] | None]:
@@ -205,7 +204,7 @@ def batched(conditions: list[Condition | None], with_ts: bool) -> Batched | None
         program = _ROWS_ENV.compile(f"rows.map(r, {inner})")
     except RuntimeError:
         return None
-    return Batched(program, tuple(names), _row_maker(tuple(names)))
+    return Batched(program, _row_maker(tuple(names)))
 
 
 def _row_maker(columns: tuple[str, ...]) -> Callable[..., Any]:

@@ -616,13 +616,18 @@ def _fast_match(msg: bytes) -> re.Match[bytes] | None:
     return m
 
 
+def _uint(item: bytes) -> int:
+    """The value of a matched CBOR unsigned integer (its head, then any argument bytes)."""
+    return item[0] if len(item) == 1 else int.from_bytes(item[1:], "big")
+
+
 def _fields_of(m: re.Match[bytes]) -> tuple[str, int, bytes, bytes, bytes]:
     msg = m.string
     seq_b = m.group("seq")
     p0, p1 = m.span("prot")
     q0, q1 = m.span("pay")
     return (m.group("kid").decode("utf-8"),
-            seq_b[0] if len(seq_b) == 1 else int.from_bytes(seq_b[1:], "big"), m.group("prev"),
+            _uint(seq_b), m.group("prev"),
             b"".join((_SIG1_PREFIX, msg[p0:p1], b"\x40", msg[q0:q1])), m.group("sig"))
 
 
@@ -644,7 +649,7 @@ def identity(msg: bytes) -> tuple[str, int] | None:
         dev = m.group("kid").decode("utf-8")
     except UnicodeDecodeError:
         return None
-    return dev, seq_b[0] if len(seq_b) == 1 else int.from_bytes(seq_b[1:], "big")
+    return dev, _uint(seq_b)
 
 
 def fields_and_values(msg: bytes) -> tuple[str, int, bytes, bytes, bytes, int | None,
@@ -655,7 +660,7 @@ def fields_and_values(msg: bytes) -> tuple[str, int, bytes, bytes, bytes, int | 
     if m is None:
         return None
     ts_b = m.group("ts")
-    ts = None if ts_b is None else ts_b[0] if len(ts_b) == 1 else int.from_bytes(ts_b[1:], "big")
+    ts = None if ts_b is None else _uint(ts_b)
     return (*_fields_of(m), ts, cbor2.loads(m.group("data")))
 
 
