@@ -188,7 +188,7 @@ def run_summary(loop, ok):
         "outbox": ob.pending, "dropped": ob.dropped, "seq": loop.dev.seq,
         "published": loop.published, "republished": loop.republished,
         "connects": loop.client.connects, "heap_max": loop.heap_max,
-        "heap_end": loop.heap_end, "ok": ok,
+        "heap_end": loop.heap_end, "ack_wait_ms": loop.ack_wait(), "ok": ok,
         "error": loop.crash})
 
 

@@ -15,8 +15,9 @@
 #                  acknowledged as anchored); exit 1 with the summary if that takes more than
 #                  --timeout S (default 120) after the Nth reading. Without --count: forever.
 #   --ack-timeout  publish a reading again when no ack came this many seconds after its last
-#                  publish (default 30); every waiting reading is also published again after
-#                  each reconnect
+#                  publish (default 30), or twice the smoothed delay of the acks when that is
+#                  longer (at most 8 times the option; Loop.ack_wait); every waiting reading
+#                  is also published again after each reconnect
 #   --outbox-max   readings kept waiting at most; beyond, the oldest is dropped and counted
 #                  (default 1000; see outbox.py)
 #
@@ -36,9 +37,10 @@
 # and, when the loop ends (--count), one JSON object on the last line:
 #   {"dev": ID, "produced": N, "acked": M, "outbox": K, "dropped": D, "seq": NEXT_SEQ,
 #    "published": P, "republished": R, "connects": C, "heap_max": BYTES, "heap_end": BYTES,
-#    "ok": true|false, "error": null or why the loop stopped}   (heap_max: gc.mem_alloc() after
-#    gc.collect(), sampled after each reading and each republish pass; heap_end: the same, once
-#    the loop's wait is over, before it disconnects)
+#    "ack_wait_ms": MS, "ok": true|false, "error": null or why the loop stopped}   (heap_max:
+#    gc.mem_alloc() after gc.collect(), sampled after each reading and each republish pass;
+#    heap_end: the same, once the loop's wait is over, before it disconnects; ack_wait_ms: the
+#    republish timeout at the end, Loop.ack_wait)
 # "acked" counts readings removed from the outbox by acks during this run (replayed ones too).
 #
 # Cold companions (COLD): device_setup.py holds the command line (parse_args, USAGE) and builds
@@ -195,6 +197,7 @@ _SEEN = const(2)    # bit i set: counter top - i was accepted (bit 0 is top itse
 _REFUSED = const(3)  # reason -> refusals since the device state was made
 _CONFIRM = const(4)  # the signed confirmations the sender publishes next (<= 4, oldest first)
 _MASK = const(0x3FFFFFFF)   # device_setup.make_loop: the same bits
+_ACK_SPAN = const(8)        # ack_wait() is at most this many times ack_ms
 # 17([protected = h'a10105' ({1: 5}, alg HMAC 256/256), unprotected = {}, payload, tag])
 _HEAD = b"\xd1\x84\x43\xa1\x01\x05\xa0"
 # MAC_structure = ["MAC0", protected, external_aad, payload]: its first two items
@@ -218,9 +221,10 @@ class Loop:
     #   state      crash: why a task died, or None; done: the loop is over (the count satisfied,
     #              or a task died)
     #   internal   only the methods change these: kick (a new reading is queued), idle (the
-    #              sender sleeps between passes: produce() may wake it), stop (run() is ending)
-    # run() sets the private _last_announced and _snd (the sender's task) before anything reads
-    # them.
+    #              sender sleeps between passes: produce() may wake it), stop (run() is ending);
+    #              announced: the highest seq published in this run (make_loop sets it to the
+    #              seq before the device's next; a lower one is published again)
+    # run() sets the private _snd (the sender's task) before anything reads it.
 
     # -- acks and commands ----------------------------------------------------------------
 
@@ -300,11 +304,22 @@ class Loop:
             q[r] = q.get(r, 0) + 1
             self.out("bad-%s err=%s" % ("cmd" if cmd else "ack", w.replace(" ", "_")))
             return
-        removed = self.outbox.ack(upto, seqs)
+        removed = self.outbox.ack(upto, seqs, time.ticks_ms())
         self.acked += removed
         self.out("ack upto=%d seqs=%d entry=%d removed=%d outbox=%d" % (
             upto, len(seqs), entry, removed, self.outbox.pending))
         self._check_done()
+
+    def ack_wait(self):
+        """ms after a publish without an ack before a reading is published again: twice the
+        smoothed ack delay (outbox.delay), at least ack_ms and at most _ACK_SPAN times it. A
+        gateway that falls behind acks later, and its devices wait longer instead of sending
+        it copies. A republish after this wait raises the delay to it (publish_due), so the
+        next wait doubles: a copy's ack gives no sample (Karn's rule), and without that the
+        estimate would stay with the few acks that came in time."""
+        w = 2 * self.outbox.delay
+        a = self.ack_ms
+        return a if w < a else min(w, a * _ACK_SPAN)
 
     def _check_done(self):
         if self.count is not None and self.produced >= self.count and not self.outbox.pending:
@@ -339,16 +354,22 @@ class Loop:
 
     # -- sending --------------------------------------------------------------------------
 
-    async def _publish_due(self):
+    async def publish_due(self):
+        """One pass of the sender: publish each waiting reading not published yet or not
+        acknowledged within ack_wait() of its last publish."""
         ob = self.outbox
         c = self.client
         n_re = 0
+        wait = self.ack_wait()
+        late = False
         for seg, i, seq in ob.waiting():
             if not ob.is_waiting(seg, i):
                 continue
-            t = ob.sent_at(seg, i)
-            if t is not None and time.ticks_diff(time.ticks_ms(), t) < self.ack_ms:
-                continue
+            age = ob.sent_age(seg, i, time.ticks_ms())
+            if age is not None:
+                if age < wait:
+                    continue
+                late = True
             try:
                 msg = ob.read(seg, i)
             except OSError as e:    # the flash lost it (CRC mismatch, file gone): give up on it
@@ -357,14 +378,17 @@ class Loop:
                 continue
             await c.publish(self.t_readings, msg, qos=1)
             msg = None
+            again = seq <= self.announced
             if ob.is_waiting(seg, i):
-                ob.mark_sent(seg, i, time.ticks_ms())
-            if seq > self._last_announced:   # a reading of this run, published the first time
-                self._last_announced = seq
+                ob.mark_sent(seg, i, time.ticks_ms(), again)
+            if not again:           # a reading of this run, published the first time
+                self.announced = seq
                 self.published += 1
                 self.out("pub seq=%d outbox=%d" % (seq, ob.pending))
             else:
                 n_re += 1
+        if late and ob.delay < wait:    # no ack within wait: the delay is at least that
+            ob.delay = wait
         if n_re:
             self.republished += n_re
             self.out("repub n=%d" % n_re)
@@ -386,7 +410,7 @@ class Loop:
                     self.outbox.clear_sent()
                     self.out("connected n=%d" % seen)
                 try:
-                    await self._publish_due()
+                    await self.publish_due()
                 except OSError:
                     pass            # the client noticed too and reconnects; reported below
                 q = self.dl[_CONFIRM]   # commands' confirmations, oldest first
@@ -433,7 +457,6 @@ class Loop:
         Without: forever. If one of the tasks dies (a bug, MemoryError), `crash` says why and
         the loop ends: returning False with a count, raising Error without one (so a board's
         start-up resets the board)."""
-        self._last_announced = self.dev.seq - 1
         # A collection every _GC_EVERY bytes allocated, not only when the heap is full: the
         # garbage of acks and readings is freed before it spreads over the heap, so the blocks
         # a signature needs are found in one piece. Measured (LoopRig, 50 readings under

@@ -250,6 +250,7 @@ def make_loop(board, dev, outbox, client, guard, interval=60, count=None, timeou
     loop.crash = None
     loop.done = False
     loop.kick = False
+    loop.announced = dev.seq - 1
     loop.idle = False
     loop.stop = False
     client.set_last_will(loop.t_status, b"offline", retain=True, qos=1)

@@ -37,8 +37,9 @@
 # for the call only (Outbox._trim).
 #
 # RAM: 11 bytes per record slot of each live segment (seq u32, offset u16, last publish ticks
-# i32, state u8; arrays preallocated per segment), plus one small object per segment: measured
-# 21 bytes per waiting record with 400 waiting on the Unix port (test_index_memory_per_record).
+# with a published-again flag i32, state u8; arrays preallocated per segment), plus one small
+# object per segment: measured 21 bytes per waiting record with 400 waiting on the Unix port
+# (test_index_memory_per_record).
 # Records stay on flash and are read back one at a time for (re)publishing.
 
 import binascii
@@ -62,6 +63,10 @@ BASE = const(4)
 HDR = const(12)
 LOG_COMPACT = const(2048)
 _NEVER = const(-1)  # "never published" in the sent-ticks array
+# A sent-ticks item: the low 29 bits of ticks_ms, and _AGAIN; < 2**30, so a small int on every
+# port (reading a larger one from the array would allocate an int object each time)
+_AGAIN = const(0x20000000)  # published more than once
+_TICKS = const(0x1FFFFFFF)
 
 PENDING = const(0)
 DONE = const(1)
@@ -129,7 +134,8 @@ class Outbox:
     #   state      segs: the _Seg of each segment file, oldest first; upto: every seq <= upto is
     #              done; pending: readings waiting; last_seq: the highest seq appended (after a
     #              reload: on flash, or upto if higher; -1: none); dropped: readings dropped,
-    #              ever (persisted); corrupt: files whose tail a bad record cut at load
+    #              ever (persisted); corrupt: files whose tail a bad record cut at load;
+    #              delay: the smoothed delay of the acks in ms (ack's `now`; -1 before the first)
     #   internal   for outbox_load and outbox_trim: cur (the segment appends go to, never one
     #              from before a reload, or None), log_size (bytes in acks.log), next_num (the
     #              next segment file's number); the methods path, log, mark and sweep
@@ -147,12 +153,12 @@ class Outbox:
         if len(msg) > 65535 - HDR:
             raise ValueError("reading of %d bytes is too large for the outbox" % len(msg))
         while self.pending >= self.max_records:
-            self._drop_oldest()
+            self._trim("drop_oldest")
         cur = self.cur
         if cur is None or cur.n >= self.seg_records or \
                 cur.size + HDR + len(msg) > self.seg_bytes:
             while len(self.segs) >= self.max_segs:
-                self._drop_segment(self.segs[0])
+                self._trim("drop_segment", self.segs[0])
             cur = self.cur = _Seg(self.next_num, self.path(self.next_num), self.seg_records)
             self.next_num += 1
             self.segs.append(cur)
@@ -167,12 +173,6 @@ class Outbox:
     def drop(self, seg, i):
         """Give up on one waiting reading (its record cannot be read back): counted as dropped."""
         self._trim("drop", seg, i)
-
-    def _drop_oldest(self):
-        self._trim("drop_oldest")
-
-    def _drop_segment(self, seg):
-        self._trim("drop_segment", seg)
 
     def compact_log(self):
         """Rewrite acks.log as one record (done by itself when the log outgrows LOG_COMPACT)."""
@@ -192,9 +192,12 @@ class Outbox:
 
     # -- acks -----------------------------------------------------------------------------
 
-    def ack(self, upto, seqs=()):
+    def ack(self, upto, seqs=(), now=None):
         """Apply an ack: every seq <= upto and each of `seqs` is anchored. Returns how many
-        waiting readings it removed. Durable (acks.log) before any segment is deleted."""
+        waiting readings it removed. Durable (acks.log) before any segment is deleted.
+        With `now` (ticks_ms on arrival), the delay from the publish of the newest reading it
+        removes that was published only once (a copy's ack is ambiguous) goes into `delay`,
+        smoothed as RFC 6298 smooths round trips (gain 1/8; the first sample as it is)."""
         # Never beyond what was appended: a wrong or hostile ack with a huge upto must not mark
         # future readings as done (on reload they would be skipped).
         if upto > self.last_seq:
@@ -215,14 +218,24 @@ class Outbox:
             self.log(_record(ACK, max(upto, self.upto) + 1, _u32s(extra)))
             if upto > self.upto:
                 self.upto = upto
+            top = -1
             for seg in self.segs:
                 if not seg.pending:
                     continue
                 st = seg.st
                 sq = seg.seqs
+                sent = seg.sent
                 for i in range(len(st)):
                     if st[i] == PENDING and (sq[i] <= upto or sq[i] in seqs):
                         self.mark(seg, i)
+                        t = sent[i]
+                        if t >= 0 and not t & _AGAIN and sq[i] > top:
+                            top = sq[i]
+                            at = t
+            if now is not None and top >= 0:
+                at = (now - at) & _TICKS
+                d = self.delay
+                self.delay = at if d < 0 else d + (at - d) // 8
             self.sweep()
         return newly
 
@@ -281,13 +294,17 @@ class Outbox:
             raise OSError(5)  # EIO: the flash changed under us
         return payload
 
-    def sent_at(self, seg, i):
-        """ticks_ms of the last publish, or None when never published since load."""
+    def sent_age(self, seg, i, now):
+        """ms from the last publish of record i of seg to ticks_ms `now`, or None when never
+        published since load. Counted modulo 2**29 ms (6.2 days), whatever the port's ticks
+        period (2**30 on a board, 2**62 on the 64-bit Unix port)."""
         t = seg.sent[i]
-        return None if t == _NEVER else t
+        return None if t == _NEVER else (now - t) & _TICKS
 
-    def mark_sent(self, seg, i, ticks):
-        seg.sent[i] = ticks & 0x3FFFFFFF
+    def mark_sent(self, seg, i, ticks, again=False):
+        """Record i of seg was published at ticks_ms `ticks`; `again`: not for the first
+        time."""
+        seg.sent[i] = ticks & _TICKS | (_AGAIN if again else 0)
 
     def clear_sent(self):
         """Forget publish times (after a reconnect everything is due again)."""

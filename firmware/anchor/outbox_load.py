@@ -54,6 +54,7 @@ def load_outbox(root, max_records=1000, seg_records=64, seg_bytes=16384):
     ob.corrupt = 0
     ob.log_size = 0
     ob.next_num = 1
+    ob.delay = -1
     _load(ob)
     return ob
 

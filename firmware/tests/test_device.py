@@ -187,6 +187,73 @@ def test_produce_then_ack_empties_outbox():
     assert loop.outbox.pending == 0 and loop.done
 
 
+def test_ack_wait_follows_the_smoothed_ack_delay():
+    import time
+
+    loop, lines, d = loop_on_disk()
+    ob = loop.outbox
+    assert loop.ack_ms == 30000 and ob.delay == -1 and loop.ack_wait() == 30000
+    for _ in range(5):
+        loop.produce()
+    w = {seq: (g, i) for g, i, seq in ob.waiting()}
+    t = b"anchor/dev-t/ack"
+
+    def acked_after(ctr, seq, delay_ms, again=False):
+        ob.mark_sent(*w[seq], time.ticks_add(time.ticks_ms(), -delay_ms), again)
+        loop.on_message(t, ack(loop, ctr, seq), False)
+
+    acked_after(1, 0, 40000)                # the ack's delay, measured on arrival
+    assert 40000 <= ob.delay < 40100 and 80000 <= loop.ack_wait() < 80200
+    acked_after(2, 1, 0)
+    assert 35000 <= ob.delay < 35100 and 70000 <= loop.ack_wait() < 70200
+    acked_after(3, 2, 900000, True)         # a copy's ack: no sample
+    assert 35000 <= ob.delay < 35100
+    acked_after(4, 3, 2000000)              # at most 8 x ack_ms
+    assert ob.delay > 200000 and loop.ack_wait() == 240000
+    ob.delay = 14000                        # under half of ack_ms: ack_ms
+    assert loop.ack_wait() == 30000
+
+
+class PublishClient(NullClient):
+    def __init__(self):
+        super().__init__()
+        self.sent = []
+
+    async def publish(self, topic, msg, qos=0):
+        self.sent.append(msg)
+
+
+def test_publish_due_waits_ack_wait_and_flags_copies():
+    import time
+
+    loop, lines, d = loop_on_disk()
+    loop.client = PublishClient()
+    for _ in range(2):
+        loop.produce()
+    ob = loop.outbox
+    asyncio.run(loop.publish_due())
+    assert len(loop.client.sent) == 2 and loop.published == 2 and loop.republished == 0
+    asyncio.run(loop.publish_due())
+    assert len(loop.client.sent) == 2           # not due: younger than ack_wait()
+    ob.delay = 50000                            # acks come after 50 s: wait 100 s
+    (g0, i0, _), (g1, i1, _) = ob.waiting()
+    now = time.ticks_ms()
+    ob.mark_sent(g0, i0, time.ticks_add(now, -99000))
+    ob.mark_sent(g1, i1, time.ticks_add(now, -101000))
+    asyncio.run(loop.publish_due())
+    assert len(loop.client.sent) == 3 and loop.republished == 1 and lines[-1] == "repub n=1"
+    assert seg_flag(g1, i1) and not seg_flag(g0, i0)
+    assert ob.delay == 100000 and loop.ack_wait() == 200000    # late: the next wait doubles
+    loop.client.connects += 1
+    ob.clear_sent()                             # a reconnect: all due, none of them late
+    asyncio.run(loop.publish_due())
+    assert len(loop.client.sent) == 5 and ob.delay == 100000
+
+
+def seg_flag(seg, i):
+    return bool(seg.sent[i] & 0x20000000)
+
+
 def test_forged_replayed_stale_and_plain_acks_are_refused():
     loop, lines, d = loop_on_disk()
     for _ in range(4):

@@ -262,13 +262,49 @@ def test_republish_bookkeeping():
     for s in range(3):
         ob.append(s, msg(s))
     w = list(ob.waiting())
-    assert all(ob.sent_at(g, i) is None for g, i, _ in w)
+    assert all(ob.sent_age(g, i, 0) is None for g, i, _ in w)
     ob.mark_sent(w[1][0], w[1][1], 12345)
-    assert ob.sent_at(w[1][0], w[1][1]) == 12345
+    assert ob.sent_age(w[1][0], w[1][1], 12345 + 700) == 700
     ob.clear_sent()
-    assert ob.sent_at(w[1][0], w[1][1]) is None
+    assert ob.sent_age(w[1][0], w[1][1], 0) is None
     ob.ack(0, [])
     assert not ob.is_waiting(w[0][0], w[0][1]) and ob.is_waiting(w[1][0], w[1][1])
+
+
+def test_sent_age_across_the_ticks_wrap():
+    # ticks_ms() wraps at 2**30 on a board and at 2**62 on the 64-bit Unix port; the outbox
+    # keeps 29 bits of it
+    d = fresh()
+    ob = load_outbox(d)
+    ob.append(0, msg(0))
+    (g, i, _), = ob.waiting()
+    for sent, now, age in ((2**30 - 10, 5, 15), (2**29 - 10, 2**29 + 5, 15), (5, 5, 0),
+                           (2**40 + 3, 2**40 + 30003, 30000), (2**29 - 1, 2**30 + 99, 100)):
+        for again in (False, True):
+            ob.mark_sent(g, i, sent, again)
+            assert ob.sent_age(g, i, now) == age, (sent, now, again)
+            assert -2**30 <= g.sent[i] < 2**30     # a small int on a 32-bit port too
+
+
+def test_ack_delay_from_the_newest_reading_published_once():
+    d = fresh()
+    ob = load_outbox(d)
+    for s in range(7):
+        ob.append(s, msg(s))
+    w = {seq: (g, i) for g, i, seq in ob.waiting()}
+    ob.mark_sent(*w[0], 100)
+    ob.mark_sent(*w[1], 200)
+    ob.mark_sent(*w[2], 300, True)     # a copy: its ack's delay is ambiguous
+    ob.mark_sent(*w[4], 500)
+    ob.mark_sent(*w[5], 600)
+    assert ob.delay == -1
+    assert ob.ack(0, []) == 1 and ob.delay == -1            # no `now`: no sample
+    assert ob.ack(2, [], 40200) == 2 and ob.delay == 40000  # seq 1, the first sample as it is
+    assert ob.ack(2, [], 90000) == 0 and ob.delay == 40000  # nothing removed: no sample
+    assert ob.ack(-1, [3], 90000) == 1 and ob.delay == 40000  # 3: not published since load
+    assert ob.ack(4, [], 500) == 1 and ob.delay == 35000    # 0 ms: smoothed with gain 1/8
+    ob.mark_sent(*w[6], 2**29 - 100)                         # across the wrap of 29 bits
+    assert ob.ack(6, [], 8100) == 2 and ob.delay == 35000 + (8200 - 35000) // 8
 
 
 def test_random_operations_against_a_model():
