@@ -40,8 +40,9 @@ def register(sub: Subcommands) -> None:
                    help="seconds to wait after production for every outbox to be "
                         "acknowledged (default 60)")
     p.add_argument("--ack-timeout", metavar="S", type=float, default=10.0,
-                   help="a device publishes a reading again when no ack came within S seconds "
-                        "(default 10)")
+                   help="a device publishes a reading again when no ack came within S seconds, "
+                        "or twice the smoothed delay of its acks when that is longer (at most "
+                        "8 x S), as the firmware does (default 10)")
     p.add_argument("--fleet-dir", metavar="DIR", default=None,
                    help="where the devices' state lives (default DATA/fleet)")
     p.add_argument("--with-gateway", action="store_true",

@@ -8,7 +8,8 @@ Devices are spread round-robin over `procs` worker processes, each one asyncio l
 one TCP connection per device (client id = device id). Each device keeps an in-memory
 outbox: a reading stays there until an anchoring ack (`anchor/<id>/ack`, a COSE_Mac0 over
 CBOR {"ctr", "upto", "seqs", "entry"}, gateway/wire/downlink.py) covers it, it is published
-again after `ack_timeout` and after every reconnect, like the firmware's flash outbox. Like
+again after `ack_wait(ack_delay, ack_timeout)` and after every reconnect, like the firmware's
+flash outbox (firmware/anchor/device.py, Loop.ack_wait: the same rule). Like
 the firmware, a device opens each ack with its downlink MAC key (ECDH of its key with the
 gateway's downlink key, `EngineConfig.downlink_key`) and ignores one that is forged, malformed
 or replayed.
@@ -132,6 +133,8 @@ class SimDevice:
     acked: set[int] = field(default_factory=set)
     sent_at: dict[int, float] = field(default_factory=dict)  # seq -> first publish
     last_sent: dict[int, float] = field(default_factory=dict)  # seq -> latest publish
+    waiting: dict[int, None] = field(default_factory=dict)  # published, not acked: in seq order
+    ack_delay: float = -1.0  # the smoothed delay of the acks in s; -1: none measured yet
     latencies: list[float] = field(default_factory=list)
     next_seq: int = 0  # after the last reading published
     prev: bytes = ZERO_PREV  # hash of the last reading published
@@ -141,6 +144,38 @@ class SimDevice:
     mac_key: bytes = b""  # the downlink MAC key (mac_key_for); without one no ack is accepted
     ctrs: set[int] = field(default_factory=set)  # counters of the acks accepted
     refused_acks: int = 0
+
+    def due(self, now: float, ack_timeout: float, reconnected: bool) -> list[int]:
+        """The seqs to publish again at `now`, in order, as the firmware's Loop.publish_due
+        chooses them: all that wait after a reconnect, else those not acknowledged within
+        ack_wait() of their last publish. When there are such, the ack delay is raised to that
+        wait, so the next one doubles."""
+        if reconnected:
+            return sorted(self.waiting)
+        wait = ack_wait(self.ack_delay, ack_timeout)
+        late = sorted(s for s in self.waiting if now - self.last_sent[s] >= wait)
+        if late:
+            self.ack_delay = max(self.ack_delay, wait)
+        return late
+
+
+ACK_SPAN = 8  # ack_wait() is at most this many times the ack timeout
+
+
+def ack_wait(ack_delay: float, ack_timeout: float) -> float:
+    """Seconds after a publish without an ack before a reading is published again: twice the
+    smoothed ack delay, at least ack_timeout and at most ACK_SPAN times it (the firmware's
+    Loop.ack_wait). A gateway that falls behind acks later, and its devices wait longer
+    instead of sending it copies. A republish after this wait raises the delay to it, so the
+    next wait doubles (Karn's rule: a copy's ack gives no sample, so without that the
+    estimate would stay with the few acks that came in time)."""
+    return min(max(2 * ack_delay, ack_timeout), ack_timeout * ACK_SPAN)
+
+
+def smoothed(ack_delay: float, sample: float) -> float:
+    """The smoothed ack delay after one more sample (RFC 6298's gain 1/8; the first sample as
+    it is), as the firmware's Loop.on_message keeps it."""
+    return sample if ack_delay < 0 else ack_delay + (sample - ack_delay) / 8
 
 
 def mac_key_for(secret: bytes, dev: str, downlink_key: bytes) -> bytes:
@@ -227,12 +262,18 @@ class _Conn:
         now = time.monotonic()
         covered = list(seqs)
         if upto > d.upto:
-            covered += [s for s in d.sent_at if d.upto < s <= upto]
+            covered += [s for s in d.waiting if s <= upto]
             d.upto = upto
+        newest = -1  # the newest reading published once that this ack removes: the sample
         for s in covered:
             if s not in d.acked and s in d.sent_at:
                 d.acked.add(s)
+                d.waiting.pop(s, None)
                 d.latencies.append(now - d.sent_at[s])
+                if s > newest and d.last_sent[s] == d.sent_at[s]:
+                    newest = s
+        if newest >= 0:
+            d.ack_delay = smoothed(d.ack_delay, now - d.sent_at[newest])
 
     async def send(self, items: list[tuple[int, bytes]]) -> None:
         """Publish the readings in order, at QoS 1, with at most `window` not PUBACKed.
@@ -276,6 +317,7 @@ class _Conn:
             self.inflight[pid] = seq
             if first:
                 d.sent_at[seq] = now
+                d.waiting[seq] = None
                 d.produced += 1
                 if seq >= d.next_seq:
                     d.next_seq = seq + 1
@@ -295,7 +337,7 @@ class EngineConfig:
     interval: float = 0.0  # seconds between readings per device; 0 = as fast as possible
     duration: float = 10.0  # stop producing after this many seconds
     drain_timeout: float = 30.0
-    ack_timeout: float = 10.0  # republish a reading not acknowledged after this long
+    ack_timeout: float = 10.0  # the least wait for an ack before a republish (ack_wait)
     window: int = 16  # un-PUBACKed publishes per device
     downlink_key: bytes = b""  # the gateway's downlink public key (65 bytes)
 
@@ -362,7 +404,7 @@ async def drive(cfg: EngineConfig, devs: list[SimDevice], go: Any) -> None:
         await asyncio.gather(*drainers.values())
 
     async def republisher(c: _Conn) -> None:
-        """The outbox: publish again what is not acknowledged after ack_timeout."""
+        """The outbox: publish again what is not acknowledged after ack_wait()."""
         d = c.d
         by_seq = dict(d.msgs)
         seen_connects = d.connects
@@ -371,11 +413,9 @@ async def drive(cfg: EngineConfig, devs: list[SimDevice], go: Any) -> None:
             now = time.monotonic()
             reconnected = d.connects != seen_connects
             seen_connects = d.connects
-            due = [(seq, by_seq[seq]) for seq in sorted(d.sent_at)
-                   if seq not in d.acked
-                   and (reconnected or now - d.last_sent[seq] >= cfg.ack_timeout)]
+            due = d.due(now, cfg.ack_timeout, reconnected)
             if due:
-                await c.send(due)
+                await c.send([(seq, by_seq[seq]) for seq in due])
 
     repubs = [asyncio.create_task(republisher(c)) for c in conns]
     if cfg.interval > 0:

@@ -19,7 +19,7 @@ import cbor2
 import pytest
 from conftest import run_mp
 
-from gateway.sim.loadgen import DeviceState, presign, sensor_data
+from gateway.sim.loadgen import DeviceState, ack_wait, presign, sensor_data, smoothed
 from gateway.wire.signer import DeviceSigner
 
 SECRETS = [
@@ -83,3 +83,35 @@ def test_engine_sensor_stream_equals_firmware(micropython: str, tmp_path: Path) 
         assert reading["data"] == sensor_data(3, seq)
         fw = _fw_sign(micropython, d, json.dumps(reading["data"]), str(reading["ts"]))
         assert fw == msg
+
+
+def test_engine_ack_wait_follows_the_firmware(micropython: str, tmp_path: Path) -> None:
+    """The engine's republish timeout is the firmware's (Outbox.ack's smoothed `delay`,
+    Loop.ack_wait) over the same ack delays: a gateway that falls behind gets no more copies
+    from simulated devices than from real ones."""
+    rng = random.Random(11)
+    samples = [rng.choice([0, 50, 900, 20_000, 45_000, 400_000, 3_000_000]) + rng.randrange(999)
+               for _ in range(60)]
+    script = (
+        "import sys\nsys.path.insert(0, 'firmware')\nfrom anchor.device import Loop\n"
+        "from anchor.outbox_load import load_outbox\n"
+        f"l = Loop()\nl.ack_ms = 30000\nl.outbox = ob = load_outbox({str(tmp_path)!r})\n"
+        "out = [l.ack_wait()]\n"
+        f"for s, r in enumerate({samples!r}):\n"
+        "    ob.append(s, b'reading')\n"
+        "    g, i, _ = list(ob.waiting())[0]\n"
+        "    ob.mark_sent(g, i, 10**9)\n"
+        "    ob.ack(s, (), 10**9 + r)\n"
+        "    out.append(l.ack_wait())\n"
+        "print(out)\n")
+    p = run_mp(micropython, "-c", script)
+    assert p.returncode == 0, p.stderr
+    firmware = json.loads(p.stdout.strip().splitlines()[-1])
+    delay, engine = -1.0, [ack_wait(-1.0, 30.0)]
+    for r in samples:
+        delay = smoothed(delay, r / 1000)
+        engine.append(ack_wait(delay, 30.0))
+    assert len(firmware) == len(engine) == 61
+    assert firmware[0] == 30000 and max(firmware) == 240000  # both bounds reached
+    for fw, ours in zip(firmware, engine, strict=True):
+        assert abs(fw - ours * 1000) <= 16, (firmware, engine)  # the firmware's ms floor
